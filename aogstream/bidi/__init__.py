@@ -1,0 +1,1 @@
+"""WebSocket sessions: AOG's realtime speech protocol and a generic bidi relay."""

@@ -1,0 +1,183 @@
+"""AOG's realtime speech-to-text WebSocket protocol (`speech-to-text-ws`).
+
+Client → server: a `run-task` JSON text frame, binary PCM frames, a `finish-task`
+text frame. Server → client: `{"header": {...}, "payload": {...}}` events:
+`task-started` (sent here, at once, with the connection's id as task_id), then the
+plugin's `result-generated` and `task-finished`, or `task-failed` with CLIENT_ERROR /
+SERVER_ERROR / MODEL_ERROR. Unlike AOG, a client mistake (audio before run-task, bad
+JSON) gets a `task-failed` event instead of a dropped connection, a plugin failure
+gets `task-failed` instead of a bare `{"error"}`, and a client that leaves cancels the
+plugin's session at once. After `task-finished` the same socket may run another task.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import trio
+
+from aogstream.bidi.relay import send_frame
+from aogstream.bidi.socket import AsgiWebSocket, Disconnected
+from aogstream.gateway import Gateway, Route
+from aogstream.invocation import Frame, Invocation, Mode
+
+log = logging.getLogger(__name__)
+
+SERVICE = "speech-to-text-ws"
+SAMPLE_RATES = (8000, 16000, 22050, 44100, 48000)
+RETURN_FORMATS = ("text", "json", "srt", "vtt")
+CLIENT_ERROR = "CLIENT_ERROR"
+SERVER_ERROR = "SERVER_ERROR"
+MODEL_ERROR = "MODEL_ERROR"
+
+
+def event(name: str, task_id: str, payload: dict[str, Any] | None = None,
+          *, error_code: str = "", error_message: str = "") -> str:
+    """One server event in AOG's envelope (`action` and `streaming` always present)."""
+    header: dict[str, Any] = {"action": "", "streaming": "", "task_id": task_id, "event": name}
+    if error_code:
+        header["error_code"] = error_code
+    if error_message:
+        header["error_message"] = error_message
+    return json.dumps({"header": header, "payload": payload or {}}, ensure_ascii=False)
+
+
+def task_parameters(run: dict[str, Any], default_model: str) -> dict[str, str]:
+    """The metadata AOG's host adds to the plugin session, with AOG's defaults."""
+    params = run.get("parameters") or {}
+    if not isinstance(params, dict):
+        params = {}
+    rate = params.get("sample_rate", 16000)
+    if rate not in SAMPLE_RATES:
+        rate = 16000
+    return {
+        "model": str(run.get("model") or default_model or ""),
+        "language": str(params.get("language") or "zh"),
+        "format": str(params.get("format") or "pcm"),
+        "sample_rate": str(rate),
+    }
+
+
+class RealtimeSession:
+    """One socket: a loop of tasks, each an invocation of the plugin."""
+
+    def __init__(self, ws: AsgiWebSocket, gateway: Gateway, route: Route, conn_id: str,
+                 max_frame: int) -> None:
+        self.ws = ws
+        self.gateway = gateway
+        self.route = route
+        self.conn_id = conn_id
+        self.max_frame = max_frame
+
+    async def fail(self, code: str, message: str) -> None:
+        await self.ws.send_text(event("task-failed", self.conn_id, error_code=code,
+                                      error_message=message))
+
+    async def run(self) -> None:
+        try:
+            while True:
+                msg = await self.ws.receive()
+                run = await self._parse_control(msg)
+                if run is None:
+                    continue
+                action = run.get("action")
+                if action == "run-task":
+                    await self._run_task(run)
+                    if self.ws.closed:
+                        return
+                elif action == "finish-task":
+                    await self.fail(CLIENT_ERROR, "finish-task without a running task; "
+                                    "send run-task first")
+                else:
+                    await self.fail(CLIENT_ERROR, f"unknown action {action!r}; expected "
+                                    "run-task or finish-task")
+        except Disconnected:
+            return
+
+    async def _parse_control(self, msg: str | bytes) -> dict[str, Any] | None:
+        if isinstance(msg, bytes):
+            await self.fail(CLIENT_ERROR, "audio arrived before run-task; send a run-task "
+                            "text frame first")
+            return None
+        try:
+            data = json.loads(msg)
+        except json.JSONDecodeError as exc:
+            await self.fail(CLIENT_ERROR, f"text frames must be JSON ({exc.msg} at "
+                            f"position {exc.pos})")
+            return None
+        if not isinstance(data, dict):
+            await self.fail(CLIENT_ERROR, "text frames must be JSON objects")
+            return None
+        return data
+
+    async def _run_task(self, run: dict[str, Any]) -> None:
+        meta = task_parameters(run, self.route.definition.default_model)
+        meta["ws_conn_id"] = self.conn_id
+        run["task_id"] = self.conn_id
+        run.setdefault("task", SERVICE)
+        await self.ws.send_text(event("task-started", self.conn_id))
+        finished = False
+        async with self.gateway.invoke(self.route, Mode.BIDI, b"", metadata=meta) as inv:
+            await inv.send(Frame(json.dumps(run).encode(), "text", meta))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._upstream, inv, nursery.cancel_scope)
+                async for frame in inv.responses:
+                    await send_frame(self.ws, frame)
+                    if frame.kind == "text" and _event_name(frame.data) in (
+                        "task-finished", "task-failed"
+                    ):
+                        finished = True
+                        break
+                nursery.cancel_scope.cancel()
+            if self.ws.closed:
+                return
+            if inv.error is not None:
+                await self.fail(SERVER_ERROR, inv.error.message)
+            elif not finished:
+                await self.fail(SERVER_ERROR, f"{self.route.plugin.name} ended the session "
+                                "without task-finished")
+
+    async def _upstream(self, inv: Invocation, scope: trio.CancelScope) -> None:
+        try:
+            while True:
+                msg = await self.ws.receive()
+                if isinstance(msg, bytes):
+                    if not msg:
+                        await self.fail(CLIENT_ERROR, "empty audio frame ignored")
+                        continue
+                    if len(msg) > self.max_frame:
+                        await self.fail(CLIENT_ERROR, f"audio frame of {len(msg)} bytes is "
+                                        f"over the {self.max_frame} byte limit")
+                        continue
+                    await inv.send(Frame(msg, "binary"))
+                    continue
+                ctl = await self._parse_control(msg)
+                if ctl is None:
+                    continue
+                action = ctl.get("action")
+                if action == "finish-task":
+                    ctl["task_id"] = self.conn_id
+                    await inv.send(Frame(json.dumps(ctl).encode(), "text"))
+                elif action == "run-task":
+                    await self.fail(CLIENT_ERROR, "a task is already running on this socket; "
+                                    "send finish-task first")
+                else:
+                    await self.fail(CLIENT_ERROR, f"unknown action {action!r}")
+        except Disconnected:
+            scope.cancel()
+
+
+def _event_name(data: bytes) -> str:
+    if b"task-finished" not in data and b"task-failed" not in data:
+        return ""
+    try:
+        return str(json.loads(data).get("header", {}).get("event", ""))
+    except (json.JSONDecodeError, AttributeError):
+        return ""
+
+
+async def serve_realtime(ws: AsgiWebSocket, gateway: Gateway, route: Route, conn_id: str,
+                         max_frame: int) -> None:
+    await RealtimeSession(ws, gateway, route, conn_id, max_frame).run()

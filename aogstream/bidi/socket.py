@@ -1,0 +1,52 @@
+"""A small WebSocket object over raw ASGI events, so bidi handlers stay readable."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Disconnected(Exception):
+    """The client closed the socket (or the connection dropped)."""
+
+    def __init__(self, code: int | None = None) -> None:
+        super().__init__(f"websocket closed ({code})")
+        self.code = code
+
+
+class AsgiWebSocket:
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        self.closed = False
+
+    async def accept(self) -> None:
+        await self._send({"type": "websocket.accept"})
+
+    async def receive(self) -> str | bytes:
+        """The next text (str) or binary (bytes) message; Disconnected at the end."""
+        while True:
+            msg = await self._receive()
+            kind = msg["type"]
+            if kind == "websocket.receive":
+                text = msg.get("text")
+                return text if text is not None else (msg.get("bytes") or b"")
+            if kind == "websocket.disconnect":
+                self.closed = True
+                raise Disconnected(msg.get("code"))
+
+    async def send_text(self, text: str) -> None:
+        if not self.closed:
+            await self._send({"type": "websocket.send", "text": text})
+
+    async def send_bytes(self, data: bytes) -> None:
+        if not self.closed:
+            await self._send({"type": "websocket.send", "bytes": data})
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if not self.closed:
+            self.closed = True
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})

@@ -1,0 +1,104 @@
+"""Gateway settings: defaults that match AOG, each overridable from the environment.
+
+Every number a test needs to shrink (timeouts, limits, restart backoff) lives here, so
+tests prove the policy with small values instead of waiting a minute.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import attrs
+
+
+def default_data_dir() -> Path:
+    """`AOG_DATA_DIR`, else a per-user folder (no root needed, unlike AOG's /var/lib/aog)."""
+    env = os.environ.get("AOG_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "aogstream"
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or os.environ.get("APPDATA") or str(Path.home())
+        return Path(base) / "aogstream"
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "aogstream"
+
+
+def _env_float(name: str, default: float | None) -> float | None:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    value = float(raw)
+    return None if value < 0 else value
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return default if not raw else int(raw)
+
+
+@attrs.define
+class Config:
+    """Everything the gateway process needs to know at start-up."""
+
+    host: str = "127.0.0.1"
+    port: int = 16688
+    data_dir: Path = attrs.Factory(default_data_dir)
+    # Searched in order; a plugin name found twice is a conflict (the first one wins).
+    plugin_dirs: list[Path] = attrs.Factory(list)
+    # AOG's policy: 60 s unary, 300 s server stream, none for bidi (None = no deadline).
+    unary_timeout: float | None = 60.0
+    stream_timeout: float | None = 300.0
+    max_body_bytes: int = 16 * 1024 * 1024
+    ws_max_message_bytes: int = 10 * 1024 * 1024
+    plugin_start_timeout: float = 60.0
+    plugin_connect_timeout: float = 10.0
+    plugin_stop_grace: float = 2.0
+    restart_backoff_initial: float = 0.5
+    restart_backoff_max: float = 30.0
+    health_interval: float = 5.0
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Config:
+        """Defaults, then `AOGSTREAM_*`/AOG environment variables, then overrides."""
+        cfg = cls(
+            host=os.environ.get("AOGSTREAM_HOST", "127.0.0.1"),
+            port=_env_int("AOGSTREAM_PORT", 16688),
+            unary_timeout=_env_float("AOGSTREAM_UNARY_TIMEOUT", 60.0),
+            stream_timeout=_env_float("AOGSTREAM_STREAM_TIMEOUT", 300.0),
+            max_body_bytes=_env_int("AOGSTREAM_MAX_BODY_BYTES", 16 * 1024 * 1024),
+            restart_backoff_initial=_env_float("AOGSTREAM_RESTART_BACKOFF", 0.5) or 0.0,
+            health_interval=_env_float("AOGSTREAM_HEALTH_INTERVAL", 5.0) or 5.0,
+        )
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(cfg, key, value)
+        if not cfg.plugin_dirs:
+            cfg.plugin_dirs = default_plugin_dirs(cfg.data_dir)
+        return cfg
+
+
+def default_plugin_dirs(data_dir: Path) -> list[Path]:
+    """`./plugins` when present (development mode, as AOG), `AOG_PLUGIN_DIR` (which AOG
+    documents but ignores), then the data directory's `plugins/`."""
+    dirs: list[Path] = []
+    local = Path.cwd() / "plugins"
+    if local.is_dir():
+        dirs.append(local)
+    env = os.environ.get("AOG_PLUGIN_DIR")
+    if env:
+        for part in env.split(os.pathsep):
+            if part:
+                dirs.append(Path(part).expanduser())
+    dirs.append(data_dir / "plugins")
+    seen: set[Path] = set()
+    out = []
+    for d in dirs:
+        r = d.resolve()
+        if r not in seen:
+            seen.add(r)
+            out.append(r)
+    return out

@@ -1,0 +1,1 @@
+"""Plugin hosting: discovery, go-plugin processes, restarts, the host-side client."""

@@ -1,0 +1,337 @@
+"""The host's view of one plugin: every method of AOG's `client` package, in trio.
+
+Each method is one `protocol.ProviderService` rpc through the bridge. A result code
+other than 0/200 raises `PluginError(code, message)` (as AOG's Go client does);
+gRPC-level failures (process gone, deadline) raise `RpcFailure`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from aogstream import manifest as m
+from aogstream.rpc.bridge import Channel, Stream
+from aogstream.rpc.gen import provider_pb2 as pb
+from aogstream.sse.framing import SseDecoder
+
+SERVICE = "/protocol.ProviderService/"
+
+
+def is_success(code: int) -> bool:
+    return code in (0, 200)
+
+
+def _check(resp: Any) -> Any:
+    if not is_success(resp.code):
+        raise m.PluginError(resp.code, resp.message, "")
+    return resp
+
+
+def _load(raw: bytes) -> Any:
+    return json.loads(raw) if raw else {}
+
+
+class BidiSession:
+    """An open InvokeServiceBidi call: send client frames, receive plugin frames."""
+
+    def __init__(self, stream: Stream[pb.InvokeServiceBidiRequest, pb.InvokeServiceBidiResponse]):
+        self._s = stream
+
+    async def send(
+        self, data: bytes, message_type: str, metadata: dict[str, str] | None = None
+    ) -> None:
+        await self._s.send(
+            pb.InvokeServiceBidiRequest(
+                data=data, message_type=message_type, metadata=metadata or {}, is_first=False
+            )
+        )
+
+    async def done_writing(self) -> None:
+        await self._s.done_writing()
+
+    async def receive(self) -> pb.InvokeServiceBidiResponse:
+        """Next plugin message; PluginError on a failure code, EndOfChannel at the end."""
+        return _check(await self._s.receive())
+
+    def __aiter__(self) -> BidiSession:
+        return self
+
+    async def __anext__(self) -> pb.InvokeServiceBidiResponse:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
+class PluginClient:
+    """A connected plugin. `manifest` is the on-disk one (AOG routes by it too)."""
+
+    def __init__(self, channel: Channel, manifest: m.PluginManifest) -> None:
+        self.channel = channel
+        self.manifest = manifest
+        self.name = manifest.provider.name
+
+    async def _call(self, rpc: str, req: Any, resp_type: type, timeout: float | None) -> Any:
+        return await self.channel.unary(SERVICE + rpc, req, resp_type, timeout=timeout)
+
+    async def _status(self, rpc: str, req: Any, resp_type: type, timeout: float | None) -> None:
+        _check(await self._call(rpc, req, resp_type, timeout))
+
+    # ---- base -----------------------------------------------------------------------
+
+    def get_manifest(self) -> m.PluginManifest:
+        return self.manifest
+
+    async def fetch_manifest(self, timeout: float | None = 10.0) -> m.PluginManifest:
+        """The manifest as the running plugin reports it (GetManifest rpc)."""
+        resp = _check(await self._call("GetManifest", pb.GetManifestRequest(),
+                                       pb.GetManifestResponse, timeout))
+        return m.PluginManifest.from_dict(_load(resp.manifest_json))
+
+    async def health_check(self, timeout: float | None = 5.0) -> None:
+        await self._status("HealthCheck", pb.HealthCheckRequest(), pb.HealthCheckResponse,
+                           timeout)
+
+    async def get_operate_status(self, timeout: float | None = 5.0) -> int:
+        resp = await self._call("GetOperateStatus", pb.GetOperateStatusRequest(),
+                                pb.GetOperateStatusResponse, timeout)
+        return int(resp.status)
+
+    async def set_operate_status(self, status: int, timeout: float | None = 5.0) -> None:
+        await self._call("SetOperateStatus", pb.SetOperateStatusRequest(status=status),
+                         pb.SetOperateStatusResponse, timeout)
+
+    def get_support_model_list(self) -> list[m.RecommendModelData]:
+        prov = self.manifest.provider
+        out = []
+        for svc in self.manifest.services:
+            for model in svc.support_models or ([svc.default_model] if svc.default_model else []):
+                out.append(m.RecommendModelData(
+                    id=f"{prov.name}:{svc.service_name}:{model}",
+                    service_name=svc.service_name, api_flavor=prov.name, flavor=prov.name,
+                    name=model, service_provider_name=f"{prov.type}_{prov.name}_{svc.service_name}",
+                    source=prov.type, auth_type=svc.auth_type,
+                    is_default="true" if model == svc.default_model else "false",
+                ))
+        return out
+
+    # ---- invocation -----------------------------------------------------------------
+
+    async def invoke_service(
+        self, service: str, auth_info: str, request: bytes, *, timeout: float | None = None
+    ) -> bytes:
+        req = pb.InvokeServiceRequest(service_name=service, request_data=request,
+                                      auth_info=auth_info)
+        resp = _check(await self._call("InvokeService", req, pb.InvokeServiceResponse, timeout))
+        return bytes(resp.response_data)
+
+    @asynccontextmanager
+    async def invoke_service_stream(
+        self, service: str, auth_info: str, request: bytes, *, timeout: float | None = None
+    ) -> AsyncIterator[AsyncIterator[list[bytes]]]:
+        """Yields an iterator of event batches: the SSE `data` payloads of each chunk.
+
+        Reading ends at the first `is_final`, at EOF, or raises PluginError at the
+        first failure code (AOG's rules). Batches keep what arrived together together,
+        so the writer can send it in one write.
+        """
+        req = pb.InvokeServiceRequest(service_name=service, request_data=request,
+                                      auth_info=auth_info)
+        async with self.channel.stream(
+            SERVICE + "InvokeServiceStream", pb.InvokeServiceStreamResponse,
+            request=req, timeout=timeout,
+        ) as s:
+            yield _stream_events(s)
+
+    @asynccontextmanager
+    async def invoke_service_bidi(
+        self,
+        service: str,
+        auth_info: str,
+        *,
+        first_data: bytes = b"",
+        first_type: str = "",
+        metadata: dict[str, str] | None = None,
+    ) -> AsyncIterator[BidiSession]:
+        """Open a bidi session; the first message carries service, auth and metadata
+        (`ws_conn_id` among them) as AOG's host sends it. No deadline (AOG's rule)."""
+        async with self.channel.stream(
+            SERVICE + "InvokeServiceBidi", pb.InvokeServiceBidiResponse
+        ) as s:
+            await s.send(pb.InvokeServiceBidiRequest(
+                service_name=service, auth_info=auth_info, is_first=True,
+                data=first_data, message_type=first_type, metadata=metadata or {},
+            ))
+            yield BidiSession(s)
+
+    # ---- remote ---------------------------------------------------------------------
+
+    async def set_auth(self, auth_type: str, credentials: dict[str, str],
+                       timeout: float | None = 10.0) -> None:
+        await self._status("SetAuth", pb.SetAuthRequest(auth_type=auth_type,
+                                                        credentials=credentials),
+                           pb.SetAuthResponse, timeout)
+
+    async def validate_auth(self, timeout: float | None = 30.0) -> None:
+        await self._status("ValidateAuth", pb.ValidateAuthRequest(), pb.ValidateAuthResponse,
+                           timeout)
+
+    async def refresh_auth(self, timeout: float | None = 30.0) -> None:
+        await self._status("RefreshAuth", pb.RefreshAuthRequest(), pb.RefreshAuthResponse,
+                           timeout)
+
+    # ---- local: engine --------------------------------------------------------------
+
+    async def start_engine(self, mode: str = "daemon", timeout: float | None = None) -> None:
+        await self._status("StartEngine", pb.StartEngineRequest(mode=mode),
+                           pb.StartEngineResponse, timeout)
+
+    async def stop_engine(self, timeout: float | None = None) -> None:
+        await self._status("StopEngine", pb.StopEngineRequest(), pb.StopEngineResponse, timeout)
+
+    async def get_config(self, timeout: float | None = None) -> m.EngineRecommendConfig:
+        resp = _check(await self._call("GetConfig", pb.GetConfigRequest(),
+                                       pb.GetConfigResponse, timeout))
+        return m.EngineRecommendConfig.from_dict(_load(resp.config_json))
+
+    async def check_engine(self, timeout: float | None = None) -> bool:
+        resp = _check(await self._call("CheckEngine", pb.CheckEngineRequest(),
+                                       pb.CheckEngineResponse, timeout))
+        return bool(resp.installed)
+
+    async def install_engine(self, cover: bool = False, timeout: float | None = None) -> None:
+        await self._status("InstallEngine", pb.InstallEngineRequest(cover=cover),
+                           pb.InstallEngineResponse, timeout)
+
+    async def init_env(self, timeout: float | None = None) -> None:
+        await self._status("InitEnv", pb.InitEnvRequest(), pb.InitEnvResponse, timeout)
+
+    async def upgrade_engine(self, timeout: float | None = None) -> None:
+        await self._status("UpgradeEngine", pb.UpgradeEngineRequest(),
+                           pb.UpgradeEngineResponse, timeout)
+
+    # ---- local: models --------------------------------------------------------------
+
+    async def pull_model(
+        self,
+        req: m.PullModelRequest,
+        progress: Callable[[m.ProgressResponse], Awaitable[None]] | None = None,
+        timeout: float | None = None,
+    ) -> m.ProgressResponse:
+        """Pull a model. With `progress`, progress events are reported as they come
+        (over PullModelStream); without, one blocking PullModel rpc."""
+        if progress is None:
+            resp = _check(await self._call(
+                "PullModel", pb.PullModelRequest(request_json=_dump(req.to_dict())),
+                pb.PullModelResponse, timeout))
+            return m.ProgressResponse.from_dict(_load(resp.response_json))
+        last = m.ProgressResponse(status="")
+        async with self.pull_model_stream(req) as events:
+            async for event in events:
+                if "error" in event:
+                    raise m.PluginError(m.ERR_CODE_MODEL_PULL_FAILED, str(event["error"]), "")
+                last = m.ProgressResponse.from_dict(event)
+                await progress(last)
+        return last
+
+    @asynccontextmanager
+    async def pull_model_stream(
+        self, req: m.PullModelRequest
+    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """Progress objects as the plugin sends them; ends at EOF (AOG's rule)."""
+        req_dict = req.to_dict()
+        req_dict["stream"] = True
+        async with self.channel.stream(
+            SERVICE + "PullModelStream", pb.PullModelStreamResponse,
+            request=pb.PullModelStreamRequest(request_json=_dump(req_dict)),
+        ) as s:
+            yield _progress_events(s)
+
+    async def delete_model(self, req: m.DeleteModelRequest, timeout: float | None = None) -> None:
+        await self._status("DeleteModel", pb.DeleteModelRequest(request_json=_dump(req.to_dict())),
+                           pb.DeleteModelResponse, timeout)
+
+    async def list_models(self, timeout: float | None = None) -> m.ListModelsResponse:
+        resp = _check(await self._call("ListModels", pb.ListModelsRequest(),
+                                       pb.ListModelsResponse, timeout))
+        return m.ListModelsResponse.from_dict(_load(resp.response_json))
+
+    async def load_model(self, req: m.LoadModelRequest, timeout: float | None = None) -> None:
+        await self._status("LoadModel", pb.LoadModelRequest(request_json=_dump(req.to_dict())),
+                           pb.LoadModelResponse, timeout)
+
+    async def unload_model(self, req: m.UnloadModelRequest,
+                           timeout: float | None = None) -> None:
+        await self._status("UnloadModel",
+                           pb.UnloadModelRequest(request_json=_dump(req.to_dict())),
+                           pb.UnloadModelResponse, timeout)
+
+    async def get_running_models(self, timeout: float | None = None) -> m.ListModelsResponse:
+        resp = _check(await self._call("GetRunningModels", pb.GetRunningModelsRequest(),
+                                       pb.GetRunningModelsResponse, timeout))
+        return m.ListModelsResponse.from_dict(_load(resp.response_json))
+
+    async def get_version(self, timeout: float | None = None) -> m.EngineVersionResponse:
+        template = _dump(m.EngineVersionResponse(version="").to_dict())
+        resp = _check(await self._call("GetVersion", pb.GetVersionRequest(request_json=template),
+                                       pb.GetVersionResponse, timeout))
+        return m.EngineVersionResponse.from_dict(_load(resp.response_json))
+
+
+def _dump(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+async def _stream_events(
+    s: Stream[Any, pb.InvokeServiceStreamResponse],
+) -> AsyncIterator[list[bytes]]:
+    decoder = SseDecoder()
+    while True:
+        try:
+            msg = await s.receive()
+        except trio.EndOfChannel:
+            tail = decoder.flush()
+            if tail:
+                yield tail
+            return
+        batch: list[bytes] = []
+        final = False
+        while True:
+            if not is_success(msg.code):
+                if batch:
+                    yield batch
+                raise m.PluginError(msg.code, msg.message, "")
+            if msg.chunk_data:
+                batch.extend(decoder.feed(msg.chunk_data))
+            if msg.is_final:
+                final = True
+                break
+            try:  # coalesce what has already arrived
+                msg = s.receive_nowait()
+            except trio.WouldBlock:
+                break
+        if final:
+            batch.extend(decoder.flush())
+        if batch:
+            yield batch
+        if final:
+            return
+
+
+async def _progress_events(
+    s: Stream[Any, pb.PullModelStreamResponse],
+) -> AsyncIterator[dict[str, Any]]:
+    async for msg in s:
+        if msg.data:
+            event = json.loads(msg.data)
+            yield event
+            if "error" in event:
+                return
+        elif not is_success(msg.code):
+            yield {"error": msg.message or f"plugin code {msg.code}"}
+            return

@@ -1,0 +1,382 @@
+"""A plugin process, supervised: go-plugin launch, handshake, health, restart, stop.
+
+What AOG left undone is done here: a plugin that dies is restarted with backoff,
+and every invocation it was serving ends at once with an error that says so
+(AOG's host never noticed a dead plugin). Each ProcessPlugin is also the south
+adapter of its invocations (`serve`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import trio
+
+from aogstream import AOG_VERSION, errors
+from aogstream import manifest as m
+from aogstream.config import Config
+from aogstream.host.client import PluginClient
+from aogstream.invocation import Frame, Invocation, Mode
+from aogstream.rpc.bridge import Channel, GrpcLoop, RpcFailure
+from aogstream.rpc.gen import grpc_controller_pb2
+
+log = logging.getLogger("aogstream.host")
+
+COOKIE_KEY = "AOG_PLUGIN"
+COOKIE_VALUE = "aog-provider-plugin-v1"
+HEALTH_METHOD = "/grpc.health.v1.Health/Check"
+
+
+class HandshakeError(Exception):
+    """The plugin's first stdout line was not a valid go-plugin handshake."""
+
+
+def parse_handshake(line: str) -> tuple[str, str]:
+    """`CORE|APP|NETWORK|ADDRESS|PROTOCOL[|CERT[|MUX]]` → (network, address)."""
+    parts = line.strip().split("|")
+    if len(parts) < 4:
+        raise HandshakeError(f"expected CORE|APP|NETWORK|ADDRESS|PROTOCOL, got {line!r}")
+    core, app, network, address = parts[:4]
+    protocol = parts[4] if len(parts) > 4 else "netrpc"
+    if core != "1":
+        raise HandshakeError(f"unsupported go-plugin core protocol {core!r} (want 1)")
+    if app != "1":
+        raise HandshakeError(f"plugin speaks app protocol {app!r}; this host speaks 1")
+    if network not in ("unix", "tcp"):
+        raise HandshakeError(f"unknown network {network!r} (want unix or tcp)")
+    if protocol != "grpc":
+        raise HandshakeError(f"plugin offers {protocol!r}; only grpc is supported")
+    if len(parts) > 5 and len(parts[5]) > 50:
+        raise HandshakeError("the plugin asked for TLS (AutoMTLS), which this host does not use")
+    return network, address
+
+
+def plugin_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The host environment plus AOG's cookie and go-plugin's variables."""
+    env = dict(os.environ)
+    env.update({
+        COOKIE_KEY: COOKIE_VALUE,
+        "PLUGIN_MIN_PORT": "10000",
+        "PLUGIN_MAX_PORT": "25000",
+        "PLUGIN_PROTOCOL_VERSIONS": "1",
+        "AOG_VERSION": AOG_VERSION,
+        # Python plugins shipped with aogstream run on the gateway's interpreter.
+        "AOGSTREAM_PYTHON": sys.executable,
+    })
+    env.pop("PLUGIN_CLIENT_CERT", None)
+    if extra:
+        env.update(extra)
+    return env
+
+
+class ProcessPlugin:
+    """One plugin folder, its process while it runs, and its connection."""
+
+    def __init__(self, manifest: m.PluginManifest, config: Config, grpc_loop: GrpcLoop):
+        self.manifest = manifest
+        self.name = manifest.provider.name
+        self.config = config
+        self._gl = grpc_loop
+        self.state = "stopped"  # starting, running, restarting, stopped, failed
+        self.last_error = ""
+        self.restarts = 0
+        self.pid: int | None = None
+        self.client: PluginClient | None = None
+        self._process: trio.Process | None = None
+        self._channel: Channel | None = None
+        self._active: set[Invocation] = set()
+        self._ready = trio.Event()
+        self._stopping = False
+        self._cancel: trio.CancelScope | None = None
+
+    # ---- supervision ----------------------------------------------------------------
+
+    async def supervise(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the plugin until `stop()`, restarting it with backoff when it dies.
+
+        `task_status.started()` fires after the first launch attempt, successful or
+        not, so one broken plugin never holds up the others.
+        """
+        backoff = self.config.restart_backoff_initial
+        pending = [task_status]
+
+        def started() -> None:
+            if pending:
+                pending.pop().started()
+
+        with trio.CancelScope() as scope:
+            self._cancel = scope
+            while not self._stopping:
+                began = trio.current_time()
+                try:
+                    await self._run_once(started)
+                except Exception as exc:  # noqa: BLE001 - keep supervising, report why
+                    self.last_error = f"could not start: {exc}"
+                    log.error("plugin %s %s", self.name, self.last_error)
+                finally:
+                    started()
+                if self._stopping:
+                    break
+                if trio.current_time() - began > 60:
+                    backoff = self.config.restart_backoff_initial
+                self.state = "restarting"
+                self.restarts += 1
+                log.warning("plugin %s will restart in %.1f s (restart #%d)",
+                            self.name, backoff, self.restarts)
+                await trio.sleep(backoff)
+                backoff = min(max(backoff * 2, 0.1), self.config.restart_backoff_max)
+        self.state = "stopped"
+
+    async def _run_once(self, started: Callable[[], None]) -> None:
+        exe = self.manifest.executable_path()
+        if not exe.exists():
+            raise OSError(f"executable {exe} (platforms entry of plugin.yaml) does not exist")
+        try:
+            exe.chmod(exe.stat().st_mode | 0o755)
+        except OSError as exc:
+            log.warning("could not make %s executable: %s", exe, exc)
+        self.state = "starting"
+        proc = await trio.lowlevel.open_process(
+            [str(exe)],
+            cwd=str(self.manifest.plugin_dir),
+            env=plugin_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # Ctrl-C in a terminal must not kill plugins first
+        )
+        self._process = proc
+        self.pid = proc.pid
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._log_lines, proc.stderr, logging.INFO)
+                with trio.fail_after(self.config.plugin_start_timeout):
+                    line = await _read_line(proc.stdout)
+                if line is None:
+                    await proc.wait()
+                    raise HandshakeError(
+                        f"plugin exited with status {proc.returncode} before its handshake"
+                    )
+                network, address = parse_handshake(line)
+                nursery.start_soon(self._log_lines, proc.stdout, logging.INFO)
+                target = f"unix:{address}" if network == "unix" else address
+                channel = await self._gl.open_channel(target)
+                self._channel = channel
+                await channel.wait_ready(self.config.plugin_connect_timeout)
+                await self._health_plugin(channel)
+                self.client = PluginClient(channel, self.manifest)
+                self.state = "running"
+                self.last_error = ""
+                self._ready.set()
+                log.info("plugin %s running (pid %d, %s %s)", self.name, proc.pid,
+                         network, address)
+                started()
+                await proc.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._after_exit(proc)
+
+    async def _after_exit(self, proc: trio.Process) -> None:
+        self.client = None
+        self._ready = trio.Event()
+        if proc.returncode is None:
+            await self._terminate(proc)
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+        if not self._stopping:
+            self.last_error = f"process exited with status {proc.returncode}"
+            log.error("plugin %s %s", self.name, self.last_error)
+            crash = errors.GatewayError(
+                errors.PLUGIN_UNAVAILABLE,
+                f"plugin {self.name} exited (status {proc.returncode}) while serving this "
+                f"request; it is being restarted, retry in a moment",
+            )
+            for inv in list(self._active):
+                inv.fail(crash)
+        self._active.clear()
+
+    async def _terminate(self, proc: trio.Process) -> None:
+        """go-plugin's Kill: Controller.Shutdown, a grace period, then SIGKILL."""
+        if self._channel is not None:
+            try:
+                await self._channel.unary(
+                    "/plugin.GRPCController/Shutdown", grpc_controller_pb2.Empty(),
+                    grpc_controller_pb2.Empty, timeout=1.0,
+                )
+            except RpcFailure:
+                pass
+        with trio.move_on_after(self.config.plugin_stop_grace):
+            await proc.wait()
+        if proc.returncode is None:
+            log.warning("plugin %s did not exit in %.0f s; killing it", self.name,
+                        self.config.plugin_stop_grace)
+            proc.kill()
+            await proc.wait()
+
+    async def _health_plugin(self, channel: Channel) -> None:
+        from grpc_health.v1 import health_pb2
+
+        resp = await channel.unary(
+            HEALTH_METHOD, health_pb2.HealthCheckRequest(service="plugin"),
+            health_pb2.HealthCheckResponse, timeout=self.config.plugin_connect_timeout,
+        )
+        if resp.status != health_pb2.HealthCheckResponse.SERVING:
+            raise RpcFailure("UNAVAILABLE", f"health check says {resp.status}")
+
+    async def _log_lines(self, stream: trio.abc.ReceiveStream, level: int) -> None:
+        plog = logging.getLogger(f"aogstream.plugin.{self.name}")
+        buf = b""
+        async for data in stream:
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                if raw.strip():
+                    plog.log(level, "%s", raw.decode(errors="replace").rstrip())
+        if buf.strip():
+            plog.log(level, "%s", buf.decode(errors="replace").rstrip())
+
+    async def stop(self) -> None:
+        """Shut the plugin down (Shutdown rpc, grace, kill) and stop supervising it."""
+        self._stopping = True
+        proc = self._process
+        with trio.CancelScope(shield=True):
+            if proc is not None and proc.returncode is None:
+                await self._terminate(proc)
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    async def wait_ready(self, timeout: float) -> bool:
+        with trio.move_on_after(timeout):
+            await self._ready.wait()
+            return True
+        return False
+
+    # ---- south adapter --------------------------------------------------------------
+
+    def _client_or_error(self) -> PluginClient:
+        if self.client is None or self.state != "running":
+            hint = f" ({self.last_error})" if self.last_error else ""
+            raise errors.GatewayError(
+                errors.PLUGIN_NOT_RUNNING,
+                f"plugin {self.name} is not running{hint}; it is restarted automatically, "
+                f"retry in a moment or check the gateway log",
+            )
+        return self.client
+
+    async def serve(self, inv: Invocation) -> None:
+        client = self._client_or_error()
+        self._active.add(inv)
+        try:
+            if inv.mode is Mode.UNARY:
+                data = await client.invoke_service(
+                    inv.service, inv.auth_info, inv.request, timeout=inv.remaining()
+                )
+                await inv.emit(data)
+            elif inv.mode is Mode.STREAM:
+                async with client.invoke_service_stream(
+                    inv.service, inv.auth_info, inv.request, timeout=inv.remaining()
+                ) as batches:
+                    async for batch in batches:
+                        await inv.emit(batch)
+            else:
+                await self._serve_bidi(client, inv)
+        except m.PluginError as exc:
+            raise errors.from_plugin_code(exc.code, exc.message, self.name) from None
+        except RpcFailure as exc:
+            if inv.error is not None:  # already failed by the crash handler
+                return
+            if exc.code == "DEADLINE_EXCEEDED":
+                raise errors.GatewayError(
+                    errors.PLUGIN_TIMEOUT, f"{inv.service}: plugin {self.name} did not finish "
+                    f"within {inv.timeout:g} s") from None
+            raise errors.GatewayError(
+                errors.PLUGIN_UNAVAILABLE,
+                f"plugin {self.name} failed while serving {inv.service}: {exc.details or exc.code}",
+            ) from None
+        finally:
+            self._active.discard(inv)
+
+    async def _serve_bidi(self, client: PluginClient, inv: Invocation) -> None:
+        incoming = inv.incoming()
+        first = await _first_frame(incoming)
+        if first is None:
+            return
+        meta = dict(inv.metadata)
+        meta.update(first.metadata)
+        async with client.invoke_service_bidi(
+            inv.service, inv.auth_info, first_data=first.data, first_type=first.kind,
+            metadata=meta,
+        ) as session, trio.open_nursery() as nursery:
+
+            async def upstream() -> None:
+                async for frame in incoming:
+                    await session.send(frame.data, frame.kind, frame.metadata)
+                await session.done_writing()
+
+            nursery.start_soon(upstream)
+            async for msg in session:
+                await inv.emit(Frame(bytes(msg.data), msg.message_type or "binary",
+                                     dict(msg.metadata)))
+            nursery.cancel_scope.cancel()
+
+
+async def _first_frame(incoming: trio.MemoryReceiveChannel[Frame]) -> Frame | None:
+    try:
+        return await incoming.receive()
+    except trio.EndOfChannel:
+        return None
+
+
+async def _read_line(stream: trio.abc.ReceiveStream) -> str | None:
+    """Read one line byte-exactly (nothing after it may be consumed)."""
+    buf = bytearray()
+    while True:
+        b = await stream.receive_some(1)
+        if not b:
+            return None if not buf else buf.decode(errors="replace")
+        if b == b"\n":
+            return buf.decode(errors="replace")
+        buf += b
+        if len(buf) > 64 * 1024:
+            raise HandshakeError("handshake line longer than 64 KiB")
+
+
+def discover(dirs: Iterable[os.PathLike[str] | str]) -> tuple[list[m.PluginManifest], list[str]]:
+    """Load every plugin folder's manifest. Returns (manifests, problems): a broken
+    manifest or a duplicate name is reported and skipped; the others still load."""
+    from pathlib import Path
+
+    found: list[m.PluginManifest] = []
+    problems: list[str] = []
+    names: dict[str, Path] = {}
+    for d in dirs:
+        root = Path(d)
+        if not root.is_dir():
+            continue
+        for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+            if not ((sub / "plugin.yaml").exists() or (sub / "plugin.json").exists()):
+                continue
+            try:
+                man = m.load_manifest(sub)
+            except m.ManifestError as exc:
+                problems.append(str(exc))
+                log.error("skipping plugin: %s", exc)
+                continue
+            name = man.provider.name
+            if name in names:
+                msg = (f"{sub}: plugin name conflict: {name!r} is already loaded from "
+                       f"{names[name]}; skipped")
+                problems.append(msg)
+                log.error("%s", msg)
+                continue
+            names[name] = sub
+            found.append(man)
+    return found, problems

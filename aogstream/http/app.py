@@ -1,0 +1,90 @@
+"""The Quart app: everything that is not a service invocation (health, version,
+plugin status). Service routes are served by `hot.HotRoutes` in front of it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from quart import Response, jsonify
+from quart_trio import QuartTrio
+from quart_trio.asgi import TrioASGIHTTPConnection
+
+from aogstream import AOG_VERSION, SPEC_VERSION, __version__
+from aogstream.gateway import Gateway
+from aogstream.http.hot import HotRoutes
+
+BASE = f"/aog/{SPEC_VERSION}"
+PLUGIN_STATUS = {"running": 1, "stopped": 2}
+
+
+class ShieldedFinalSend(TrioASGIHTTPConnection):
+    """Shield the final body send: without it quart-trio's disconnect watcher aborts
+    hypercorn's end-of-response bookkeeping and the connection never closes."""
+
+    async def __call__(self, receive: Any, send: Any) -> None:
+        async def shielded(message: Any) -> None:
+            if message.get("type") == "http.response.body" and not message.get("more_body"):
+                with trio.CancelScope(shield=True):
+                    await send(message)
+            else:
+                await send(message)
+
+        await super().__call__(receive, shielded)
+
+
+def envelope(code: int, message: str, data: Any = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"business_code": code, "message": message}
+    if data is not None:
+        out["data"] = data
+    return out
+
+
+def build_app(gateway: Gateway) -> HotRoutes:
+    """The ASGI application: hot routes first, Quart for the rest."""
+    app = QuartTrio("aogstream")
+    app.asgi_http_class = ShieldedFinalSend  # type: ignore[assignment]
+    app.config["MAX_CONTENT_LENGTH"] = gateway.config.max_body_bytes
+
+    @app.get("/")
+    async def root() -> Response:
+        return Response("AIPC Open Gateway (aogstream)", mimetype="text/plain")
+
+    @app.get("/health")
+    @app.get(f"{BASE}/health")
+    async def health() -> Any:
+        return jsonify(envelope(80000, "health interface call success", {"status": "UP"}))
+
+    @app.get("/version")
+    @app.get(f"{BASE}/version")
+    async def version() -> Any:
+        return jsonify(envelope(70000, "version interface call success", {
+            "version": AOG_VERSION, "spec_version": SPEC_VERSION, "aogstream": __version__,
+        }))
+
+    @app.get(f"{BASE}/plugin/list")
+    async def plugin_list() -> Any:
+        data = []
+        for p in gateway.plugins.values():
+            man = p.manifest
+            data.append({
+                "name": p.name,
+                "provider_name": man.provider.display_name or p.name,
+                "services": man.list_service_names(),
+                "status": PLUGIN_STATUS.get(p.state, 2),
+                "version": man.version,
+                "description": man.provider.description,
+                # aogstream's own details
+                "state": p.state,
+                "pid": p.pid,
+                "restarts": p.restarts,
+                "last_error": p.last_error,
+            })
+        return jsonify(envelope(100000, "Plugin operation success", data))
+
+    @app.errorhandler(404)
+    async def not_found(_e: Any) -> Any:
+        return jsonify(envelope(404, "no such route; service calls live under "
+                                f"{BASE}/services/<service>")), 404
+
+    return HotRoutes(gateway, app)

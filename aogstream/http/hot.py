@@ -1,0 +1,235 @@
+"""The hot routes, as raw ASGI in front of Quart: `/aog/v0.2/services/<service>`.
+
+Quart costs 25–40 % CPU per request and cuts streams at its 60 s response timeout,
+so service invocations (JSON, SSE, NDJSON, WebSocket) are served here and everything
+else falls through to the Quart app. Raw ASGI has no safety net, so this module does
+four things itself: it watches `receive()` for `http.disconnect` (a send after a
+disconnect is silently dropped, and the provider would run on), it shields the final
+`more_body=False` send (or hypercorn never closes the connection), it enforces a body
+limit, and it sets no response timeout on streams.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import trio
+
+from aogstream import SPEC_VERSION, errors
+from aogstream.bidi.realtime_asr import SERVICE as REALTIME_SERVICE
+from aogstream.bidi.realtime_asr import serve_realtime
+from aogstream.bidi.relay import serve_relay
+from aogstream.bidi.socket import AsgiWebSocket
+from aogstream.gateway import Gateway
+from aogstream.invocation import Mode
+from aogstream.sse.writer import write_stream
+
+log = logging.getLogger(__name__)
+
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+PREFIX = f"/aog/{SPEC_VERSION}/services/"
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+async def send_json(send: Any, status: int, body: bytes,
+                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = JSON_HEADERS + (extra or [])
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    with trio.CancelScope(shield=True):
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_error(send: Any, err: errors.GatewayError) -> None:
+    await send_json(send, err.status, err.body())
+
+
+def _header(scope: dict[str, Any], name: bytes) -> bytes:
+    for k, v in scope.get("headers", ()):
+        if k == name:
+            return v
+    return b""
+
+
+class HotRoutes:
+    """ASGI dispatcher: service routes here, the rest to `fallback` (Quart)."""
+
+    def __init__(self, gateway: Gateway, fallback: ASGIApp) -> None:
+        self.gateway = gateway
+        self.fallback = fallback
+        self.max_body = gateway.config.max_body_bytes
+        self.max_ws_frame = gateway.config.ws_max_message_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path: str = scope.get("path", "")
+        kind = scope["type"]
+        if path.startswith(PREFIX):
+            service = path[len(PREFIX):].strip("/")
+            if kind == "http":
+                await self._http(scope, receive, send, service)
+                return
+            if kind == "websocket":
+                await self._websocket(scope, receive, send, service)
+                return
+        await self.fallback(scope, receive, send)
+
+    # ---- HTTP -----------------------------------------------------------------------
+
+    async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes:
+        declared = _header(scope, b"content-length")
+        if declared.isdigit() and int(declared) > self.max_body:
+            raise errors.GatewayError(
+                errors.BODY_TOO_LARGE,
+                f"request body of {int(declared)} bytes is over the {self.max_body} byte "
+                f"limit (AOGSTREAM_MAX_BODY_BYTES); send smaller requests",
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                raise _ClientGone
+            body = msg.get("body", b"")
+            size += len(body)
+            if size > self.max_body:
+                raise errors.GatewayError(
+                    errors.BODY_TOO_LARGE,
+                    f"request body is over the {self.max_body} byte limit "
+                    f"(AOGSTREAM_MAX_BODY_BYTES); send smaller requests",
+                )
+            chunks.append(body)
+            if not msg.get("more_body", False):
+                return b"".join(chunks)
+
+    def _parse(self, scope: dict[str, Any], body: bytes) -> tuple[bytes, dict[str, Any]]:
+        """The request as JSON bytes and the parsed object (AOG reads `stream` from it).
+
+        A GET's query string becomes `{key: [values]}` as AOG does."""
+        if scope["method"] == "GET":
+            query = parse_qs(scope.get("query_string", b"").decode(), keep_blank_values=True)
+            obj: Any = dict(query)
+            return json.dumps(obj).encode(), obj
+        if not body.strip():
+            raise errors.GatewayError(errors.BAD_JSON, "request body is empty; send a JSON "
+                                      "object, e.g. {\"model\": ..., \"messages\": [...]}")
+        try:
+            obj = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            where = f" at line {exc.lineno} column {exc.colno}" if isinstance(
+                exc, json.JSONDecodeError) else ""
+            raise errors.GatewayError(
+                errors.BAD_JSON, f"request body is not valid JSON{where}: "
+                f"{getattr(exc, 'msg', str(exc))}") from None
+        if not isinstance(obj, dict):
+            raise errors.GatewayError(errors.BAD_JSON,
+                                      "request body must be a JSON object, not "
+                                      f"{type(obj).__name__}")
+        return body, obj
+
+    async def _http(self, scope: dict[str, Any], receive: Any, send: Any, service: str) -> None:
+        try:
+            if scope["method"] not in ("POST", "GET"):
+                raise errors.GatewayError(errors.METHOD_NOT_ALLOWED,
+                                          f"{scope['method']} is not allowed here; use POST "
+                                          "(or GET with a query string)")
+            route = self.gateway.route(service)
+            body = await self._read_body(scope, receive)
+            raw, obj = self._parse(scope, body)
+            if route.definition.expose_protocol.upper() in ("WEBSOCKET", "WSS"):
+                raise errors.GatewayError(
+                    errors.BAD_REQUEST,
+                    f"service {service!r} is a WebSocket service; open a WebSocket to "
+                    f"{PREFIX}{service} instead",
+                )
+        except errors.GatewayError as err:
+            await send_error(send, err)
+            return
+        except _ClientGone:
+            return
+        mode = route.mode_for(obj.get("stream") is True)
+        ndjson = b"application/x-ndjson" in _header(scope, b"accept")
+        served_by = [(b"x-aogstream-provider", route.plugin.name.encode())]
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
+            async with self.gateway.invoke(route, mode, raw) as inv:
+                if mode is Mode.STREAM:
+                    early = await write_stream(inv, send, ndjson=ndjson, extra_headers=served_by)
+                    if early is not None:
+                        await send_error(send, early)
+                else:
+                    try:
+                        data = await inv.result()
+                    except errors.GatewayError as err:
+                        await send_error(send, err)
+                    else:
+                        await _send_unary(send, data, served_by)
+            nursery.cancel_scope.cancel()
+
+    # ---- WebSocket ------------------------------------------------------------------
+
+    async def _websocket(self, scope: dict[str, Any], receive: Any, send: Any,
+                         service: str) -> None:
+        ws = AsgiWebSocket(receive, send)
+        msg = await receive()
+        if msg["type"] != "websocket.connect":
+            return
+        try:
+            route = self.gateway.route(service)
+            if not route.definition.supports_bidirectional():
+                raise errors.GatewayError(
+                    errors.BAD_REQUEST,
+                    f"service {service!r} is not a WebSocket service; POST to {PREFIX}{service}",
+                )
+        except errors.GatewayError as err:
+            await _reject_ws(scope, send, ws, err)
+            return
+        await ws.accept()
+        conn_id = str(uuid.uuid4())
+        try:
+            if service == REALTIME_SERVICE:
+                await serve_realtime(ws, self.gateway, route, conn_id, self.max_ws_frame)
+            else:
+                await serve_relay(ws, self.gateway, route, conn_id)
+        finally:
+            with trio.CancelScope(shield=True):
+                await ws.close()
+
+
+class _ClientGone(Exception):
+    """The client disconnected while we were reading its request."""
+
+
+async def _watch_disconnect(receive: Any, scope: trio.CancelScope) -> None:
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            scope.cancel()
+            return
+
+
+async def _send_unary(send: Any, data: bytes, extra: list[tuple[bytes, bytes]]) -> None:
+    head = data[:1]
+    ctype = b"application/json" if head in (b"{", b"[") else b"application/octet-stream"
+    headers = [(b"content-type", ctype), *extra]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    with trio.CancelScope(shield=True):
+        await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+async def _reject_ws(scope: dict[str, Any], send: Any, ws: AsgiWebSocket,
+                     err: errors.GatewayError) -> None:
+    """Refuse with a real HTTP status when the server supports it, else close with a
+    JSON error frame so the client learns why."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await send({"type": "websocket.http.response.start", "status": err.status,
+                    "headers": JSON_HEADERS})
+        await send({"type": "websocket.http.response.body", "body": err.body()})
+        return
+    await ws.accept()
+    await ws.send_text(json.dumps({"error": err.message, **err.to_dict()}))
+    await ws.close(1008)

@@ -1,0 +1,66 @@
+"""Run the gateway: gRPC loop, plugins, then hypercorn on trio, until a signal."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import signal
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from aogstream.config import Config
+from aogstream.gateway import Gateway
+from aogstream.http.app import build_app
+from aogstream.rpc.bridge import GrpcLoop
+
+log = logging.getLogger("aogstream")
+
+
+def hypercorn_config(cfg: Config) -> hypercorn.config.Config:
+    hc = hypercorn.config.Config()
+    hc.bind = [f"{cfg.host}:{cfg.port}"]
+    hc.backlog = 2048  # hypercorn's 100 makes connection bursts wait on SYN retries
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.websocket_max_message_size = cfg.ws_max_message_bytes
+    hc.read_timeout = None  # a read timeout would also kill quiet SSE streams
+    hc.graceful_timeout = 3.0
+    return hc
+
+
+async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED
+                ) -> None:
+    """Serve until SIGINT/SIGTERM, then stop every plugin (Shutdown, grace, kill)."""
+    stop = trio.Event()
+    async with GrpcLoop.open() as gl, trio.open_nursery() as nursery:
+        gateway = Gateway(cfg, gl)
+        try:
+            await gateway.start(nursery)
+            for problem in gateway.problems:
+                log.error("plugin problem: %s", problem)
+            app = build_app(gateway)
+            # GC pauses, not CPU, set the stream tail: freeze start-up objects and
+            # collect the young generation less often.
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(50_000, 50, 1000)
+            nursery.start_soon(_signals, stop)
+            log.info("aogstream listening on http://%s:%d", cfg.host, cfg.port)
+            task_status.started(gateway)
+            await hypercorn.trio.serve(app, hypercorn_config(cfg),  # type: ignore[arg-type]
+                                       shutdown_trigger=stop.wait)
+        finally:
+            with trio.CancelScope(shield=True):
+                log.info("stopping plugins")
+                await gateway.stop()
+            nursery.cancel_scope.cancel()
+
+
+async def _signals(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            stop.set()
+            return

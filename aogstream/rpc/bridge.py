@@ -1,0 +1,472 @@
+"""The trio⇄grpc bridge: grpc.aio on one asyncio thread, trio everywhere else.
+
+grpcio has no trio support, and the alternatives measured worse or leaked
+cancellations (spec/grpc-bridge-and-go-plugin.md). So every grpc object of a process
+lives on one dedicated asyncio loop thread (`GrpcLoop`), and trio code talks to it
+through this module:
+
+* **Wake-ups are coalesced.** Messages coming from gRPC are appended to a deque by
+  the loop thread; only the first message after the trio side drained it schedules a
+  wake-up (`TrioToken.run_sync_soon`). Sends from trio likewise wake the writer task
+  once per burst (`loop.call_soon_threadsafe`).
+* **Credits both ways.** The reader task holds an asyncio semaphore of `window`
+  credits, so a slow trio reader stops it pulling messages from gRPC, and HTTP/2 flow
+  control then pushes back on the plugin. Sends acquire a trio semaphore whose credits
+  the writer returns once the message is on the wire.
+* **`call.cancel()` on every scope exit.** Garbage collection does not cancel a grpc
+  call in time and cancelling an awaiting coroutine is not enough either, so leaving
+  the `async with` always schedules an explicit cancel (a no-op on a finished call).
+* **Callbacks into trio never raise**: a raising `run_sync_soon` callback would crash
+  the trio run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Generic, TypeVar
+
+import grpc
+import trio
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+_EOF = object()
+DEFAULT_WINDOW = 64
+
+
+class RpcFailure(Exception):
+    """A gRPC-level failure (the plugin is gone, the call was refused, a deadline hit).
+
+    Business errors of AOG plugins never arrive this way: they travel in the
+    response's `code`/`message` fields.
+    """
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(f"{code}: {details}")
+        self.code = code
+        self.details = details
+
+    @classmethod
+    def from_grpc(cls, exc: BaseException) -> RpcFailure:
+        if isinstance(exc, grpc.aio.AioRpcError):
+            return cls(exc.code().name, exc.details() or "")
+        return cls("UNKNOWN", repr(exc))
+
+
+class GrpcLoop:
+    """The asyncio loop thread that owns every grpc.aio object of this process.
+
+    Start it with `async with GrpcLoop.open() as loop:`; it stops (closing its
+    channels) when the block exits.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls) -> AsyncIterator[GrpcLoop]:
+        self = cls()
+        self._thread = threading.Thread(target=self._main, name="grpc-aio", daemon=True)
+        self._thread.start()
+        await trio.to_thread.run_sync(self._started.wait)
+        try:
+            yield self
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.run(_cancel_all_but_current)
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                await trio.to_thread.run_sync(self._thread.join, 5.0)
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        loop.call_soon(self._started.set)
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "GrpcLoop used before open()"
+        return self._loop
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Schedule `fn(*args)` on the loop thread (FIFO, thread-safe)."""
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    async def run[T](self, fn: Callable[[], Any]) -> T:
+        """Run the coroutine `fn()` on the loop and wait for its result in trio.
+
+        A trio cancellation cancels the asyncio task (and so the grpc call awaited
+        inside it) before this returns.
+        """
+        fut = asyncio.run_coroutine_threadsafe(fn(), self.loop)
+        done = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+
+        def _wake(_f: object) -> None:
+            try:
+                token.run_sync_soon(done.set)
+            except trio.RunFinishedError:
+                pass
+
+        fut.add_done_callback(_wake)
+        try:
+            await done.wait()
+        except BaseException:
+            fut.cancel()
+            raise
+        return fut.result()
+
+    async def open_channel(self, target: str) -> Channel:
+        """Dial `target` (`unix:/path` or `host:port`) with go-plugin's options."""
+
+        async def _make() -> grpc.aio.Channel:
+            return grpc.aio.insecure_channel(
+                target,
+                options=[
+                    ("grpc.max_send_message_length", 2**31 - 1),
+                    ("grpc.max_receive_message_length", 2**31 - 1),
+                    ("grpc.enable_retries", 0),
+                ],
+            )
+
+        raw = await self.run(_make)
+        return Channel(self, raw, target)
+
+
+async def _cancel_all_but_current() -> None:
+    """Cancel leftover tasks on the loop so that it can stop cleanly."""
+    me = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not me]
+    for t in tasks:
+        t.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=2)
+
+
+class Channel:
+    """One gRPC connection to a plugin, usable from trio."""
+
+    def __init__(self, gl: GrpcLoop, raw: grpc.aio.Channel, target: str) -> None:
+        self._gl = gl
+        self._raw = raw
+        self.target = target
+
+    async def close(self) -> None:
+        raw = self._raw
+
+        async def _close() -> None:
+            await raw.close(grace=None)
+
+        with trio.CancelScope(shield=True):
+            await self._gl.run(_close)
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait until the channel has connected (raises RpcFailure on timeout)."""
+        raw = self._raw
+
+        async def _ready() -> None:
+            await asyncio.wait_for(raw.channel_ready(), timeout)
+
+        try:
+            await self._gl.run(_ready)
+        except TimeoutError as exc:
+            raise RpcFailure("UNAVAILABLE", f"could not connect to {self.target}") from exc
+
+    async def unary(
+        self,
+        method: str,
+        request: Any,
+        response_type: type[Resp],
+        *,
+        timeout: float | None = None,
+        metadata: tuple[tuple[str, str], ...] | None = None,
+    ) -> Resp:
+        """One unary call. Raises RpcFailure on gRPC-level errors."""
+        raw = self._raw
+
+        async def _call() -> Resp:
+            mc = raw.unary_unary(
+                method,
+                request_serializer=_serialize,
+                response_deserializer=response_type.FromString,  # type: ignore[attr-defined]
+            )
+            call = mc(request, timeout=timeout, metadata=metadata)
+            try:
+                return await call
+            except asyncio.CancelledError:
+                call.cancel()
+                raise
+
+        try:
+            return await self._gl.run(_call)
+        except grpc.aio.AioRpcError as exc:
+            raise RpcFailure.from_grpc(exc) from None
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        response_type: type[Resp],
+        *,
+        request: Any = None,
+        timeout: float | None = None,
+        metadata: tuple[tuple[str, str], ...] | None = None,
+        window: int = DEFAULT_WINDOW,
+    ) -> AsyncIterator[Stream[Any, Resp]]:
+        """Open a server-streaming call (when `request` is given) or a bidi call.
+
+        The call is cancelled when the block exits, whatever the reason.
+        """
+        s: Stream[Any, Resp] = Stream(self._gl, window)
+        self._gl.call_soon(
+            s._start, self._raw, method, response_type, request, timeout, metadata
+        )
+        try:
+            yield s
+        finally:
+            s._teardown()
+
+
+def _serialize(msg: Any) -> bytes:
+    return msg.SerializeToString()
+
+
+class Stream(Generic[Req, Resp]):
+    """A streaming call seen from trio: `send`, `done_writing`, `receive`, `async for`."""
+
+    def __init__(self, gl: GrpcLoop, window: int) -> None:
+        self._gl = gl
+        self._window = window
+        self._token = trio.lowlevel.current_trio_token()
+        # asyncio → trio
+        self._inbox: collections.deque[Any] = collections.deque()
+        self._wake_pending = False
+        self._waiter: trio.Event | None = None
+        self._consumed = 0
+        self._credit_batch = max(1, window // 4)
+        self._finished = False
+        # trio → asyncio
+        self._send_credits = trio.Semaphore(window)
+        self._outbox: collections.deque[Any] = collections.deque()
+        self._writer_wake_pending = False
+        # owned by the loop thread
+        self._call: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._read_credits: asyncio.Semaphore | None = None
+        self._writer_event: asyncio.Event | None = None
+        self._closed = False
+
+    # ---- loop thread -------------------------------------------------------------
+
+    def _start(
+        self,
+        raw: grpc.aio.Channel,
+        method: str,
+        response_type: type[Resp],
+        request: Any,
+        timeout: float | None,
+        metadata: tuple[tuple[str, str], ...] | None,
+    ) -> None:
+        if self._closed:
+            return
+        deser = response_type.FromString  # type: ignore[attr-defined]
+        try:
+            if request is not None:
+                mc = raw.unary_stream(
+                    method, request_serializer=_serialize, response_deserializer=deser
+                )
+                self._call = mc(request, timeout=timeout, metadata=metadata)
+            else:
+                mc2 = raw.stream_stream(
+                    method, request_serializer=_serialize, response_deserializer=deser
+                )
+                self._call = mc2(timeout=timeout, metadata=metadata)
+                self._writer_event = asyncio.Event()
+                self._tasks.append(asyncio.ensure_future(self._writer()))
+        except Exception as exc:  # noqa: BLE001 - reported to the trio side
+            self._push(RpcFailure("INTERNAL", f"could not start {method}: {exc!r}"))
+            self._push(_EOF)
+            return
+        self._read_credits = asyncio.Semaphore(self._window)
+        self._tasks.append(asyncio.ensure_future(self._reader()))
+
+    async def _reader(self) -> None:
+        assert self._read_credits is not None
+        call = self._call
+        try:
+            while True:
+                await self._read_credits.acquire()
+                msg = await call.read()
+                if msg is grpc.aio.EOF:
+                    break
+                self._push(msg)
+        except asyncio.CancelledError:
+            return
+        except grpc.aio.AioRpcError as exc:
+            self._push(RpcFailure.from_grpc(exc))
+        except Exception as exc:  # noqa: BLE001
+            self._push(RpcFailure("INTERNAL", repr(exc)))
+        self._push(_EOF)
+
+    async def _writer(self) -> None:
+        assert self._writer_event is not None
+        call = self._call
+        try:
+            while True:
+                await self._writer_event.wait()
+                self._writer_event.clear()
+                self._writer_wake_pending = False
+                sent = 0
+                while self._outbox:
+                    msg = self._outbox.popleft()
+                    if msg is _EOF:
+                        await call.done_writing()
+                        self._return_send_credits(sent)
+                        return
+                    await call.write(msg)
+                    sent += 1
+                self._return_send_credits(sent)
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:  # noqa: BLE001 - the reader reports the call's status
+            log.debug("bridge writer stopped: %r", exc)
+
+    def _return_send_credits(self, n: int) -> None:
+        if n:
+            self._to_trio(self._release_send_credits, n)
+
+    def _wake_writer(self) -> None:
+        if self._writer_event is not None:
+            self._writer_event.set()
+
+    def _release_read_credits(self, n: int) -> None:
+        if self._read_credits is not None:
+            for _ in range(n):
+                self._read_credits.release()
+
+    def _cancel_on_loop(self) -> None:
+        self._closed = True
+        if self._call is not None:
+            self._call.cancel()
+        for t in self._tasks:
+            t.cancel()
+
+    def _push(self, item: Any) -> None:
+        self._inbox.append(item)
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._to_trio(self._wake_receiver)
+
+    def _to_trio(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            self._token.run_sync_soon(fn, *args)
+        except trio.RunFinishedError:
+            pass
+
+    # ---- trio thread -------------------------------------------------------------
+
+    def _wake_receiver(self) -> None:
+        self._wake_pending = False
+        w = self._waiter
+        if w is not None:
+            self._waiter = None
+            w.set()
+
+    def _release_send_credits(self, n: int) -> None:
+        for _ in range(n):
+            try:
+                self._send_credits.release()
+            except ValueError:  # more releases than acquisitions: never block on it
+                break
+
+    async def receive(self) -> Resp:
+        """Next message; raises trio.EndOfChannel at the end, RpcFailure on errors."""
+        while not self._inbox:
+            if self._finished:
+                raise trio.EndOfChannel
+            ev = trio.Event()
+            self._waiter = ev
+            await ev.wait()
+        item = self._inbox.popleft()
+        if item is _EOF:
+            self._finished = True
+            raise trio.EndOfChannel
+        if isinstance(item, RpcFailure):
+            # the EOF marker that follows is consumed with the error
+            self._finished = True
+            self._inbox.clear()
+            raise item
+        self._consumed += 1
+        if self._consumed >= self._credit_batch:
+            n, self._consumed = self._consumed, 0
+            self._gl.call_soon(self._release_read_credits, n)
+        return item
+
+    def receive_nowait(self) -> Resp:
+        """The next message if one is already here, else raise trio.WouldBlock.
+
+        The SSE writer uses it to coalesce what is already waiting into one send.
+        """
+        if not self._inbox or self._inbox[0] is _EOF or isinstance(self._inbox[0], RpcFailure):
+            raise trio.WouldBlock
+        item = self._inbox.popleft()
+        self._consumed += 1
+        if self._consumed >= self._credit_batch:
+            n, self._consumed = self._consumed, 0
+            self._gl.call_soon(self._release_read_credits, n)
+        return item
+
+    def __aiter__(self) -> Stream[Req, Resp]:
+        return self
+
+    async def __anext__(self) -> Resp:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    async def send(self, msg: Req) -> None:
+        """Queue one request message; waits while `window` messages are in flight."""
+        await self._send_credits.acquire()
+        self._outbox.append(msg)
+        self._kick_writer()
+
+    async def done_writing(self) -> None:
+        """Half-close the request side (the plugin reads EOF)."""
+        self._outbox.append(_EOF)
+        self._kick_writer()
+        await trio.lowlevel.checkpoint()
+
+    def _kick_writer(self) -> None:
+        if not self._writer_wake_pending:
+            self._writer_wake_pending = True
+            self._gl.call_soon(self._wake_writer)
+
+    def _teardown(self) -> None:
+        try:
+            self._gl.call_soon(self._cancel_on_loop)
+        except RuntimeError:  # loop already closed at shutdown
+            pass
+
+
+# A memory channel that never blocks its sender: used where the credits above already
+# bound how much can be queued.
+def unbounded_channel[T]() -> tuple[trio.MemorySendChannel[T], trio.MemoryReceiveChannel[T]]:
+    return trio.open_memory_channel[T](math.inf)

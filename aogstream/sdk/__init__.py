@@ -1,0 +1,40 @@
+"""What a Python plugin author imports.
+
+    from aogstream.sdk import serve, LocalPluginProvider, StreamablePlugin
+
+    class MyPlugin(LocalPluginProvider, StreamablePlugin): ...
+
+    if __name__ == "__main__":
+        serve(MyPlugin())
+
+The SDK depends only on the wire layer and the manifest types, never on the gateway,
+so a plugin built with it runs under aogstream and under AOG alike.
+"""
+
+from aogstream.manifest import PluginError
+from aogstream.sdk.provider import (
+    BidiMessage,
+    BidirectionalPlugin,
+    LocalPluginProvider,
+    PluginProvider,
+    RemotePluginProvider,
+    StreamablePlugin,
+    StreamChunk,
+    parse_auth_info,
+)
+from aogstream.sdk.server import COOKIE_KEY, COOKIE_VALUE, serve
+
+__all__ = [
+    "COOKIE_KEY",
+    "COOKIE_VALUE",
+    "BidiMessage",
+    "BidirectionalPlugin",
+    "LocalPluginProvider",
+    "PluginError",
+    "PluginProvider",
+    "RemotePluginProvider",
+    "StreamChunk",
+    "StreamablePlugin",
+    "parse_auth_info",
+    "serve",
+]

@@ -1,0 +1,93 @@
+"""The streaming response writer: Invocation → SSE or NDJSON over ASGI.
+
+Server CPU is spent per send, not per byte, so after each batch arrives the writer
+drains whatever else is already waiting and writes it all at once; it never waits
+to batch. Headers go out with the first events, so an invocation that fails before
+its first chunk still gets a proper HTTP error status instead of a broken stream.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from aogstream.errors import GatewayError
+from aogstream.invocation import Invocation
+from aogstream.sse.framing import encode_ndjson, encode_sse
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+NDJSON_HEADERS = [
+    (b"content-type", b"application/x-ndjson"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+def _frame_all(items: list[bytes | list[bytes]], encode: Callable[[bytes], bytes]) -> bytes:
+    out = bytearray()
+    for item in items:
+        if isinstance(item, list):
+            for event in item:
+                out += encode(event)
+        else:
+            out += encode(item)
+    return bytes(out)
+
+
+def error_event(err: GatewayError) -> bytes:
+    """The last event of a stream that failed mid-way: the error, marked finished, so
+    clients that wait for `finished: true` stop waiting."""
+    body = err.to_dict()
+    body.update({"finished": True, "finish_reason": "error"})
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
+async def write_stream(
+    inv: Invocation,
+    send: Send,
+    *,
+    ndjson: bool,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+) -> GatewayError | None:
+    """Relay `inv`'s responses as events. Returns the error to answer with instead
+    (as a plain JSON response) when the invocation failed before its first event."""
+    encode = encode_ndjson if ndjson else encode_sse
+    responses = inv.responses
+    try:
+        first = await responses.receive()
+    except trio.EndOfChannel:
+        if inv.error is not None:
+            return inv.error
+        first = b""
+    headers = list(NDJSON_HEADERS if ndjson else SSE_HEADERS)
+    if extra_headers:
+        headers.extend(extra_headers)
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    pending: list[Any] = [first] if first else []
+    while True:
+        while True:  # coalesce what is already waiting, never wait for more
+            try:
+                pending.append(responses.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        if pending:
+            await send({"type": "http.response.body", "body": _frame_all(pending, encode),
+                        "more_body": True})
+            pending = []
+        try:
+            pending.append(await responses.receive())
+        except trio.EndOfChannel:
+            break
+    tail = encode(error_event(inv.error)) if inv.error is not None else b""
+    with trio.CancelScope(shield=True):  # or hypercorn never closes the connection
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+    return None

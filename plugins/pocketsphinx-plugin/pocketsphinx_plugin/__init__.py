@@ -1,0 +1,1 @@
+"""Realtime speech-to-text plugin built on pocketsphinx."""
