@@ -54,7 +54,9 @@ def task_parameters(run: dict[str, Any], default_model: str) -> dict[str, str]:
         rate = 16000
     return {
         "model": str(run.get("model") or default_model or ""),
-        "language": str(params.get("language") or "zh"),
+        # AOG's host defaults to "zh"; we pass what the client asked and let the
+        # plugin apply its own default (an English-only engine would fail on "zh").
+        "language": str(params.get("language") or ""),
         "format": str(params.get("format") or "pcm"),
         "sample_rate": str(rate),
     }

@@ -12,8 +12,9 @@ Why it is built this way
 * The decoder is initialised with the cepstral mean that pocketsphinx's own en-us examples
   and tests use. The bundled model's default (``40,3,-1``) is far from real speech, and with
   live CMN a short first utterance never recovers from it: on ``goforward.raw`` the default
-  gives "go forward ten years", the tuned mean gives "go forward ten meters"; over 9 test
-  utterances the mean word error rate dropped from 0.39 to 0.30.
+  gives "go forward ten years", the tuned mean gives "go forward ten meters"; over 9
+  utterances (goforward, 5 LibriVox clips from ``pocketsphinx-testdata``, 3 flite sentences),
+  each on a fresh decoder, the mean word error rate dropped from 0.39 to 0.30.
 * The bundled acoustic model is wideband. 16, 32 and 48 kHz input are decoded natively; the
   front end cannot be configured for 8 kHz with this model (its ``feat.params`` pins the
   upper filter at 6800 Hz), so 8 kHz input is upsampled 2x by linear interpolation. Telephone
@@ -21,34 +22,40 @@ Why it is built this way
   still recognised exactly.
 * ``rescore_finals=True`` re-decodes each finished utterance in one batch with utterance-level
   CMN. That lowered the mean WER on the same 9 utterances from 0.30 to 0.19, but the final
-  then arrives after a second pass (about 0.25 s of CPU per second of speech), so it is off
-  by default for a realtime plugin.
+  then waits for a second pass over the whole utterance (another 0.15-0.25 s of CPU per
+  second of speech, all spent when the utterance ends), so it is off by default.
 
 Concurrency
 -----------
 There is no module-level state and every instance owns its ``Decoder`` and ``Endpointer``
-(pocketsphinx's log level is process-global, so it is left alone). An instance is not
-thread-safe: drive it from one thread at a time, e.g. ``await asyncio.to_thread(rec.feed,
-chunk)``. Construction loads the model (~0.3 s), so build it off the event loop as well.
+(pocketsphinx's log level is process-global, so it is left alone). Drive an instance from
+worker threads, e.g. ``await asyncio.to_thread(rec.feed, chunk)``. Its public calls take a
+per-instance lock: when a task is cancelled while its ``to_thread(feed)`` keeps running, a
+``close()`` from the event loop waits for it instead of touching the decoder concurrently
+(which would corrupt native state). Construction loads the model (~0.3 s), so build it off
+the event loop as well.
 pocketsphinx 5.1.1 holds the GIL inside ``process_raw``: worker threads do not run decoding
 in parallel with Python code, and each batch can stall the event loop for its decoding time
-(~25 ms per 100 ms of speech). For hard isolation run the recogniser in its own process,
-which is how plugins run anyway. After ``finish()`` the instance is reset and can serve the
+(~20-25 ms per 100 ms of speech). If the host must stay responsive under load, run the
+recogniser in a separate process. After ``finish()`` the instance is reset and can serve the
 next stream, which keeps the model loaded and the adapted cepstral mean warm.
 
-Measured cost (this machine: 2 shared cores, Python 3.13, 16 kHz input)
------------------------------------------------------------------------
-* ~0.20-0.25 s of CPU per second of speech (real-time factor ~0.2 on one core),
-  e.g. 0.57 s for the 2.8 s ``goforward.raw`` fed as 20 ms frames, and 1.4 s for 6.5 s of
-  two flite sentences with 1 s of silence, fed as 100 ms frames.
-* ~0.01 s of CPU per second of pure silence (only the VAD runs).
-* Model load ~0.3 s and ~110 MB RSS per instance.
+Measured cost (this machine: 2 shared cores, Python 3.13, 16 kHz input, CPU time)
+---------------------------------------------------------------------------------
+* ~0.16-0.23 s of CPU per second of audio containing speech (real-time factor ~0.2 on one
+  core): 0.57 s for the 2.8 s ``goforward.raw`` fed as 20 ms frames on a fresh instance
+  (0.16-0.19 s/s on a warm one), 1.07 s for 6.5 s of two flite sentences with 1 s of
+  silence fed as 100 ms frames, 0.23 s/s for 8 kHz input (upsampling included).
+  ``rescore_finals=True`` roughly doubles it (0.30-0.48 s/s).
+* ~0.0003 s of CPU per second of silence or low noise (only the VAD runs).
+* Model load 0.3-0.5 s of CPU and ~90 MB of RSS per instance.
 """
 
 from __future__ import annotations
 
 import array
 import sys
+import threading
 from dataclasses import dataclass
 
 from pocketsphinx import Decoder, Endpointer
@@ -149,6 +156,7 @@ class StreamingRecognizer:
         self._decoder = Decoder(samprate=self._decode_rate, cmninit=_EN_US_CMNINIT)
         self._bytes_per_ms = self._decode_rate * _BYTES_PER_SAMPLE // 1000
         self._batch_bytes = partial_interval_ms * self._bytes_per_ms
+        self._lock = threading.Lock()
         self._reset_stream()
 
     def _reset_stream(self) -> None:
@@ -167,6 +175,38 @@ class StreamingRecognizer:
 
     def feed(self, pcm: bytes) -> list[Event]:
         """Add audio and return the partial/final events it produced (often none)."""
+        with self._lock:
+            return self._feed(pcm)
+
+    def finish(self) -> list[Event]:
+        """End the stream: return the final event of an open utterance, then reset.
+
+        An utterance that produced no words yields nothing, so silence-only or noise-only
+        streams return an empty list.
+        """
+        with self._lock:
+            events: list[Event] = []
+            if self._in_utt:
+                # end_stream() flushes the VAD window (~0.3 s of held-back speech) but
+                # rejects an empty buffer, so a frame-aligned stream ends with one zero sample.
+                tail = self._endpointer.end_stream(bytes(self._pending) or bytes(2))
+                if tail:
+                    self._add_speech(tail, events, check_partial=False)
+                self._end_utterance(events)
+            self._reset_stream()
+            return events
+
+    def close(self) -> None:
+        """Abandon the current stream without producing events (e.g. client went away)."""
+        with self._lock:
+            if self._in_utt:
+                self._decoder.end_utt()
+            self._reset_stream()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _feed(self, pcm: bytes) -> list[Event]:
+        """Re-chunk arbitrary input into the endpointer's fixed-size frames."""
         if self._odd:
             pcm = self._odd + pcm
             self._odd = b""
@@ -190,29 +230,6 @@ class StreamingRecognizer:
         del self._pending[:n_full]
         return events
 
-    def finish(self) -> list[Event]:
-        """End the stream: return the final event of an open utterance, then reset.
-
-        An utterance that produced no words yields nothing, so silence-only or noise-only
-        streams return an empty list.
-        """
-        events: list[Event] = []
-        if self._in_utt:
-            tail = self._endpointer.end_stream(bytes(self._pending))
-            if tail:
-                self._add_speech(tail, events, check_partial=False)
-            self._end_utterance(events)
-        self._reset_stream()
-        return events
-
-    def close(self) -> None:
-        """Abandon the current stream without producing events (e.g. client went away)."""
-        if self._in_utt:
-            self._decoder.end_utt()
-        self._reset_stream()
-
-    # -- internals --------------------------------------------------------------------------
-
     def _vad_frame(self, frame: bytes, events: list[Event]) -> None:
         """Run one VAD frame through the endpointer and act on speech transitions."""
         ep = self._endpointer
@@ -225,6 +242,7 @@ class StreamingRecognizer:
             self._end_utterance(events)
 
     def _start_utterance(self, begin_ms: int) -> None:
+        """Open a decoder utterance; times stay stream-relative, not utterance-relative."""
         self._decoder.start_utt()
         self._in_utt = True
         self._utt_begin_ms = begin_ms
@@ -245,12 +263,14 @@ class StreamingRecognizer:
                 events.append(Event(text, self._utt_begin_ms, end_ms, final=False))
 
     def _decode_batch(self) -> None:
+        """Search the queued speech; batching is what keeps per-frame overhead low."""
         if self._batch:
             self._decoder.process_raw(bytes(self._batch), False, False)
             self._utt_decoded_bytes += len(self._batch)
             self._batch.clear()
 
     def _end_utterance(self, events: list[Event]) -> None:
+        """Close the utterance and emit its final, unless nothing was recognised."""
         self._decode_batch()
         self._decoder.end_utt()
         if self.rescore_finals and self._utt_audio:
@@ -266,5 +286,6 @@ class StreamingRecognizer:
             events.append(Event(text, self._utt_begin_ms, end_ms, final=True))
 
     def _hyp_text(self) -> str:
+        """Current best text; pocketsphinx returns no hypothesis before the first word."""
         hyp = self._decoder.hyp()
         return hyp.hypstr.strip() if hyp is not None else ""

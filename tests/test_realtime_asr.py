@@ -1,0 +1,198 @@
+"""The realtime speech socket end to end: a real WebSocket client speaks recorded and
+synthesised speech in small frames through the gateway to the shipped
+pocketsphinx-plugin process, and gets AOG's events back while it is still talking."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from audio import GOFORWARD_TEXT, flite_pcm, frames, goforward_pcm, silence, word_error_rate
+from websockets.sync.client import connect
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gateway_url():
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aogstream", "server", "start", "--port", str(port),
+         "--plugin-dir", str(ROOT / "plugins")],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                plugins = httpx.get(f"{base}/aog/v0.2/plugin/list", timeout=1).json()["data"]
+                if any(p["name"] == "pocketsphinx-plugin" and p["state"] == "running"
+                       for p in plugins):
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, f"gateway exited: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, "gateway/pocketsphinx-plugin did not start"
+            time.sleep(0.2)
+        yield f"ws://127.0.0.1:{port}/aog/v0.2/services/speech-to-text-ws"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_task(**params) -> str:
+    base = {"format": "pcm", "sample_rate": 16000, "language": "en"}
+    base.update(params)
+    return json.dumps({"task": "speech-to-text-ws", "action": "run-task",
+                       "model": "pocketsphinx-en-us", "parameters": base})
+
+
+FINISH = json.dumps({"task": "speech-to-text-ws", "action": "finish-task"})
+
+
+def speak(url: str, pcm: bytes, frame_ms: int, pace: float) -> tuple[list, float, float]:
+    """Send `pcm` in `frame_ms` frames at `pace`× real time, collecting every event
+    with its arrival time. Returns (events, time finish-task was sent, start time)."""
+    events: list[tuple[float, dict]] = []
+    with connect(url, open_timeout=10, max_size=None) as ws:
+        ws.send(run_task())
+        started = json.loads(ws.recv(timeout=10))
+        assert started["header"]["event"] == "task-started", started
+        assert started["header"]["task_id"], "task-started must carry the connection's id"
+
+        def reader() -> None:
+            while True:
+                msg = json.loads(ws.recv(timeout=30))
+                events.append((time.monotonic(), msg))
+                if msg["header"]["event"] in ("task-finished", "task-failed"):
+                    return
+
+        t = threading.Thread(target=reader, daemon=True)
+        t0 = time.monotonic()
+        t.start()
+        for i, f in enumerate(frames(pcm, frame_ms)):
+            ws.send(f)
+            # real-time pacing: the client is "still talking" while results arrive
+            wait = t0 + (i + 1) * frame_ms / 1000 / pace - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        finished_at = time.monotonic()
+        ws.send(FINISH)
+        t.join(30)
+        assert not t.is_alive(), "no task-finished within 30 s"
+    return events, finished_at, t0
+
+
+def sentences(events):
+    return [m["payload"]["output"]["sentence"] for _, m in events
+            if m["header"]["event"] == "result-generated"]
+
+
+def test_recorded_speech_in_20ms_frames_streams_partials_then_final(gateway_url):
+    events, finished_at, _ = speak(gateway_url, goforward_pcm() + silence(300), 20, pace=1.0)
+    assert events[-1][1]["header"]["event"] == "task-finished"
+    partial_times = [t for t, m in events if m["header"]["event"] == "result-generated"
+                     and not m["payload"]["output"]["sentence"]["sentence_end"]]
+    assert partial_times, "expected partial results while audio was streaming"
+    assert min(partial_times) < finished_at, "partials must arrive before finish-task"
+    finals = [s for s in sentences(events) if s["sentence_end"]]
+    assert finals, "expected a final sentence"
+    text = " ".join(s["text"] for s in finals)
+    assert word_error_rate(GOFORWARD_TEXT, text) <= 0.25, text
+    assert all(s["end_time"] >= s["begin_time"] >= 0 for s in finals)
+
+
+def test_synthesised_two_sentences_in_100ms_frames(gateway_url):
+    ref1, ref2 = "the weather is nice today", "please open the window"
+    pcm = flite_pcm(ref1) + silence(1200) + flite_pcm(ref2) + silence(500)
+    events, _, _ = speak(gateway_url, pcm, 100, pace=4.0)
+    finals = [s for s in sentences(events) if s["sentence_end"]]
+    text = " ".join(s["text"] for s in finals)
+    assert word_error_rate(f"{ref1} {ref2}", text) <= 0.3, text
+    times = [(s["begin_time"], s["end_time"]) for s in finals]
+    assert times == sorted(times), f"sentence times must increase: {times}"
+
+
+def test_client_mistakes_get_task_failed_and_the_socket_keeps_working(gateway_url):
+    with connect(gateway_url, open_timeout=10) as ws:
+        ws.send(b"\x00" * 640)  # audio before run-task
+        ev = json.loads(ws.recv(timeout=5))
+        assert ev["header"]["event"] == "task-failed"
+        assert ev["header"]["error_code"] == "CLIENT_ERROR"
+        assert "run-task" in ev["header"]["error_message"]
+        ws.send("{not json")
+        ev = json.loads(ws.recv(timeout=5))
+        assert ev["header"]["error_code"] == "CLIENT_ERROR"
+        ws.send(FINISH)  # finish without a task
+        assert json.loads(ws.recv(timeout=5))["header"]["error_code"] == "CLIENT_ERROR"
+        # a proper task still works on the same socket
+        ws.send(run_task())
+        assert json.loads(ws.recv(timeout=5))["header"]["event"] == "task-started"
+        for f in frames(goforward_pcm(), 100):
+            ws.send(f)
+        ws.send(FINISH)
+        names = []
+        while not names or names[-1] not in ("task-finished", "task-failed"):
+            names.append(json.loads(ws.recv(timeout=15))["header"]["event"])
+        assert names[-1] == "task-finished", names
+
+
+def test_unsupported_language_is_a_model_error(gateway_url):
+    with connect(gateway_url, open_timeout=10) as ws:
+        ws.send(run_task(language="zh"))
+        assert json.loads(ws.recv(timeout=5))["header"]["event"] == "task-started"
+        ev = json.loads(ws.recv(timeout=10))
+        assert ev["header"]["event"] == "task-failed"
+        assert ev["header"]["error_code"] == "MODEL_ERROR"
+        assert "English" in ev["header"]["error_message"]
+
+
+def test_many_concurrent_sessions(gateway_url):
+    """Several clients at once each get their own transcript (no cross-talk)."""
+    results: dict[int, str] = {}
+
+    def one(i: int) -> None:
+        events, _, _ = speak(gateway_url, goforward_pcm(), 100, pace=8.0)
+        results[i] = " ".join(s["text"] for s in sentences(events) if s["sentence_end"])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 4
+    for text in results.values():
+        assert word_error_rate(GOFORWARD_TEXT, text) <= 0.25, results
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/share/pocketsphinx/test/data/goforward.raw"),
+                    reason="needs pocketsphinx-testdata (make sysdeps)")
+def test_client_that_leaves_mid_task_frees_the_session(gateway_url):
+    for _ in range(3):
+        with connect(gateway_url, open_timeout=10) as ws:
+            ws.send(run_task())
+            ws.recv(timeout=5)
+            for f in frames(goforward_pcm()[:16000], 20):
+                ws.send(f)
+        # leaving without finish-task must not wedge anything
+    events, _, _ = speak(gateway_url, goforward_pcm(), 100, pace=8.0)
+    assert events[-1][1]["header"]["event"] == "task-finished"
