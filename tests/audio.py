@@ -64,13 +64,13 @@ def flite_pcm(text: str) -> bytes:
     if channels > 1:
         samples = array.array("h", samples[::channels])
     if rate != RATE:
-        samples = _resample_linear(samples, rate, RATE)
+        samples = resample_linear(samples, rate, RATE)
     if sys.byteorder == "big":
         samples.byteswap()
     return samples.tobytes()
 
 
-def _resample_linear(samples: array.array[int], src_rate: int, dst_rate: int) -> array.array[int]:
+def resample_linear(samples: array.array[int], src_rate: int, dst_rate: int) -> array.array[int]:
     """Plain linear-interpolation resampler: good enough for test speech, needs no numpy."""
     if not samples:
         return array.array("h")

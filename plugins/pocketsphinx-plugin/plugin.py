@@ -86,7 +86,8 @@ class PocketsphinxPlugin(LocalPluginProvider, BidirectionalPlugin):
                 action = ctl.get("action")
                 task_id = ctl.get("task_id") or task_id
                 if action == "run-task":
-                    rec, failure = self._open(ctl, msg.metadata)
+                    # the model takes ~0.4 s to load: never on the event loop
+                    rec, failure = await asyncio.to_thread(self._open, ctl, msg.metadata)
                     if failure:
                         await send(envelope("task-failed", task_id, error_code="MODEL_ERROR",
                                             error_message=failure))
@@ -100,7 +101,9 @@ class PocketsphinxPlugin(LocalPluginProvider, BidirectionalPlugin):
         finally:
             self.sessions -= 1
             if rec is not None:
-                rec.close()
+                # close() waits for a decode still running in a worker thread: let a
+                # worker wait for it rather than the event loop
+                asyncio.get_running_loop().run_in_executor(None, rec.close)
 
     def _open(self, run: dict[str, Any], meta: dict[str, str]
               ) -> tuple[StreamingRecognizer | None, str]:
