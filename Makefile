@@ -29,7 +29,7 @@ run: setup
 	@$(VPY) -m aogstream server start --host $(HOST) --port $(PORT)
 
 test: setup sysdeps
-	@$(VPY) -m ruff check aogstream plugins tests benchmarks
+	@$(VPY) -m ruff check .
 	@$(VPY) -m pytest -q
 
 # Regenerates aogstream/rpc/gen from the .proto files (the generated code is committed).
@@ -37,7 +37,7 @@ proto: setup
 	@$(VPY) tools/gen_protos.py
 
 lint: setup
-	@$(VPY) -m ruff check aogstream plugins tests benchmarks
+	@$(VPY) -m ruff check .
 
 bench: setup
 	@$(VPY) benchmarks/relay_stream.py --quick
