@@ -188,20 +188,23 @@ class ProcessPlugin:
         self._ready = trio.Event()
         if proc.returncode is None:
             await self._terminate(proc)
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
         if not self._stopping:
             self.last_error = f"process exited with status {proc.returncode}"
             log.error("plugin %s %s", self.name, self.last_error)
-            crash = errors.GatewayError(
-                errors.PLUGIN_UNAVAILABLE,
-                f"plugin {self.name} exited (status {proc.returncode}) while serving this "
-                f"request; it is being restarted, retry in a moment",
-            )
+            # fail the calls first: closing the channel would cancel them anonymously
             for inv in list(self._active):
-                inv.fail(crash)
+                inv.fail(self._crash_error(proc.returncode))
         self._active.clear()
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    def _crash_error(self, status: int | None) -> errors.GatewayError:
+        return errors.GatewayError(
+            errors.PLUGIN_UNAVAILABLE,
+            f"plugin {self.name} exited (status {status}) while serving this request; "
+            f"it is being restarted, retry in a moment",
+        )
 
     async def _terminate(self, proc: trio.Process) -> None:
         """go-plugin's Kill: Controller.Shutdown, a grace period, then SIGKILL."""
@@ -293,6 +296,13 @@ class ProcessPlugin:
         except RpcFailure as exc:
             if inv.error is not None:  # already failed by the crash handler
                 return
+            proc = self._process
+            if proc is not None and exc.code in ("UNAVAILABLE", "CANCELLED", "INTERNAL", "UNKNOWN"):
+                # the socket usually breaks a moment before the exit is reaped
+                with trio.move_on_after(0.5):
+                    await proc.wait()
+                if proc.returncode is not None:
+                    raise self._crash_error(proc.returncode) from None
             if exc.code == "DEADLINE_EXCEEDED":
                 raise errors.GatewayError(
                     errors.PLUGIN_TIMEOUT, f"{inv.service}: plugin {self.name} did not finish "
@@ -311,6 +321,16 @@ class ProcessPlugin:
             return
         meta = dict(inv.metadata)
         meta.update(first.metadata)
+        try:
+            await self._relay_bidi(client, inv, first, meta, incoming)
+        except BaseExceptionGroup as group:  # the nursery wraps the plugin's error
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+
+    async def _relay_bidi(self, client: PluginClient, inv: Invocation, first: Frame,
+                          meta: dict[str, str], incoming: trio.MemoryReceiveChannel[Frame]
+                          ) -> None:
         async with client.invoke_service_bidi(
             inv.service, inv.auth_info, first_data=first.data, first_type=first.kind,
             metadata=meta,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import logging
 import math
 import threading
@@ -131,7 +132,10 @@ class GrpcLoop:
         except BaseException:
             fut.cancel()
             raise
-        return fut.result()
+        try:
+            return fut.result()
+        except concurrent.futures.CancelledError:  # e.g. its channel closed under it
+            raise RpcFailure("CANCELLED", "the call was cancelled") from None
 
     async def open_channel(self, target: str) -> Channel:
         """Dial `target` (`unix:/path` or `host:port`) with go-plugin's options."""
@@ -218,6 +222,8 @@ class Channel:
             return await self._gl.run(_call)
         except grpc.aio.AioRpcError as exc:
             raise RpcFailure.from_grpc(exc) from None
+        except grpc.aio.UsageError as exc:  # the channel was closed
+            raise RpcFailure("UNAVAILABLE", str(exc)) from None
 
     @asynccontextmanager
     async def stream(
@@ -318,6 +324,9 @@ class Stream(Generic[Req, Resp]):
                     break
                 self._push(msg)
         except asyncio.CancelledError:
+            # our own teardown, or the channel closed under the call: either way the
+            # trio side must not wait forever
+            self._push(RpcFailure("CANCELLED", "the call was cancelled"))
             return
         except grpc.aio.AioRpcError as exc:
             self._push(RpcFailure.from_grpc(exc))

@@ -148,10 +148,10 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
                 )
             )
             return
+        it = self.p.invoke_service_stream(
+            request.service_name, request.auth_info, request.request_data
+        )
         try:
-            it = self.p.invoke_service_stream(
-                request.service_name, request.auth_info, request.request_data
-            )
             async for item in it:
                 if isinstance(item, StreamChunk):
                     msg = pb.InvokeServiceStreamResponse(
@@ -168,6 +168,11 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
                     )
                 )
         except asyncio.CancelledError:
+            # The cancel may land in context.write() rather than in plugin code;
+            # deliver it at the generator's yield so plugin code sees CancelledError
+            # (not a GeneratorExit from a finalizer later).
+            with contextlib.suppress(BaseException):
+                await it.athrow(asyncio.CancelledError())
             raise
         except Exception as exc:  # noqa: BLE001
             code, msg = error_code(exc)
