@@ -83,14 +83,6 @@ async def test_cancelled_scope_reaches_a_silent_plugin(events):
     assert min(latencies) > -0.01  # never seen before the deadline
 
 
-@pytest.mark.xfail(
-    reason="SDK bug (aogstream/sdk/server.py InvokeServiceStream): a cancellation that "
-    "lands while the servicer awaits context.write() is raised in the servicer, not in "
-    "the plugin's generator, which is later closed with GeneratorExit by the asyncgen "
-    "finalizer: plugin code's `except asyncio.CancelledError` is skipped in ~10-15% of "
-    "cancels of a busy stream",
-    strict=False,
-)
 async def test_cancelled_scope_reaches_a_streaming_plugin(events):
     """The plugin is streaming a token every millisecond while the host reads."""
     async with running_plugin() as (_plugin, client):
@@ -210,13 +202,6 @@ async def test_unary_business_error_is_plugin_error(events):
         assert info.value.code == 7 and info.value.message == "nope"
 
 
-@pytest.mark.xfail(
-    reason="bridge bug (aogstream/rpc/bridge.py Stream._reader), racy: in ~1 run of 6 the "
-    "supervisor's _after_exit closes the channel before gRPC reports UNAVAILABLE; the "
-    "cancelled call's read() raises asyncio.CancelledError, the reader returns without "
-    "pushing a failure and the stream hangs instead of raising RpcFailure",
-    strict=False,
-)
 async def test_killed_plugin_fails_the_stream(events):
     async with running_plugin(restart_backoff_initial=5.0) as (plugin, client):
         assert plugin.pid is not None
@@ -240,13 +225,6 @@ async def test_killed_plugin_fails_the_stream(events):
             await wait_until(lambda: plugin.state != "running", 3, "supervisor saw the death")
 
 
-@pytest.mark.xfail(
-    reason="bridge bug (aogstream/rpc/bridge.py): a call cancelled by Channel.close() "
-    "surfaces as concurrent.futures.CancelledError from Channel.unary (GrpcLoop.run's "
-    "fut.result()), not RpcFailure, so ProcessPlugin._terminate's `except RpcFailure` "
-    "misses it and stop() raises when it races the supervisor closing the channel",
-    strict=False,
-)
 async def test_stop_right_after_a_crash_does_not_raise(events):
     for _ in range(4):
         async with running_plugin(restart_backoff_initial=5.0) as (plugin, _client):
@@ -256,13 +234,6 @@ async def test_stop_right_after_a_crash_does_not_raise(events):
                 await plugin.stop()
 
 
-@pytest.mark.xfail(
-    reason="bridge bug (aogstream/rpc/bridge.py): when Channel.close() cancels live calls, "
-    "Stream._reader returns on asyncio.CancelledError without pushing a failure or EOF "
-    "(the trio receiver waits forever), and Channel.unary raises "
-    "concurrent.futures.CancelledError / grpc UsageError instead of RpcFailure",
-    strict=False,
-)
 async def test_closing_the_channel_fails_open_calls(events):
     async with running_plugin() as (plugin, client):
         # a second connection to the same plugin, so the supervisor's stays untouched

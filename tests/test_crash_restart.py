@@ -200,14 +200,6 @@ def test_websocket_crash(gw: Gateway):
     assert_comes_back(gw, before["pid"], min_restarts=before["restarts"] + 1)
 
 
-@pytest.mark.xfail(
-    reason="product bug (race): when the gRPC call fails before the host sees the process "
-    "exit, host/process.py serve() answers 'failed while serving ...: Stream removed "
-    "(Socket closed)' without saying the plugin restarts; and when _after_exit closes the "
-    "channel first, the call's concurrent.futures.CancelledError escapes as 500/100404 "
-    "'unexpected failure while serving generate: '",
-    strict=False,
-)
 def test_crash_errors_say_restarting():
     """Every crash error (unary response, stream's last event) is a 502/503 that names
     the plugin and says it is being restarted."""

@@ -52,13 +52,6 @@ def test_plugin_failure_sends_error_then_closes(gateway: Gateway):
     fail_session(gateway)
 
 
-@pytest.mark.xfail(
-    reason="product bug: host/process.py _serve_bidi receives plugin frames inside a trio "
-    "nursery, so the plugin's PluginError reaches serve() wrapped in an ExceptionGroup, "
-    "escapes `except m.PluginError` and becomes 'unexpected failure ... Exceptions from "
-    "Trio nursery (1 sub-exception)' (PLUGIN_INTERNAL) instead of the plugin's message",
-    strict=False,
-)
 def test_plugin_failure_keeps_plugin_message(gateway: Gateway):
     body = fail_session(gateway)
     assert "asked to fail" in body["error"], f"the plugin's message was lost: {body}"
