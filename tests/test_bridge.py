@@ -84,7 +84,11 @@ async def test_cancelled_scope_reaches_a_silent_plugin(events):
 
 
 async def test_cancelled_scope_reaches_a_streaming_plugin(events):
-    """The plugin is streaming a token every millisecond while the host reads."""
+    """The plugin is streaming a token every millisecond while the host reads.
+
+    The cancel often lands while the SDK awaits context.write(), outside plugin code:
+    the SDK must still deliver it as CancelledError at the generator's `yield`.
+    """
     async with running_plugin() as (_plugin, client):
         latencies, missed = await _cancel_latencies(
             client, events, "busy", 10, tokens=100000, interval=0.001
@@ -226,6 +230,8 @@ async def test_killed_plugin_fails_the_stream(events):
 
 
 async def test_stop_right_after_a_crash_does_not_raise(events):
+    """stop()'s Shutdown rpc races the supervisor closing the channel of the dead plugin:
+    the cancelled call must be an RpcFailure, which stop() tolerates."""
     for _ in range(4):
         async with running_plugin(restart_backoff_initial=5.0) as (plugin, _client):
             assert plugin.pid is not None
@@ -235,6 +241,8 @@ async def test_stop_right_after_a_crash_does_not_raise(events):
 
 
 async def test_closing_the_channel_fails_open_calls(events):
+    """Channel.close() (the supervisor does it when a plugin exits) must end every call
+    on it with RpcFailure: no hang, no concurrent.futures.CancelledError, no UsageError."""
     async with running_plugin() as (plugin, client):
         # a second connection to the same plugin, so the supervisor's stays untouched
         channel = await plugin._gl.open_channel(client.channel.target)
