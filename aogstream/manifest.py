@@ -1154,6 +1154,22 @@ class PluginManifest(_Wire):
         """Service names in manifest order."""
         return [s.service_name for s in self.services]
 
+
+    def support_model_list(self) -> list[RecommendModelData]:
+        """The models this plugin offers, one row per service and model, as AOG's
+        host builds its supported-model list (GetSupportModelList)."""
+        prov = self.provider
+        out: list[RecommendModelData] = []
+        for svc in self.services:
+            for model in svc.support_models or ([svc.default_model] if svc.default_model else []):
+                out.append(RecommendModelData(
+                    id=f"{prov.name}:{svc.service_name}:{model}",
+                    service_name=svc.service_name, api_flavor=prov.name, flavor=prov.name,
+                    name=model, service_provider_name=f"{prov.type}_{prov.name}_{svc.service_name}",
+                    source=prov.type, auth_type=svc.auth_type,
+                    is_default="true" if model == svc.default_model else "false",
+                ))
+        return out
     def executable_path(self, goos: str | None = None, goarch: str | None = None) -> Path:
         """Absolute path of the executable for this (or the given) platform.
 

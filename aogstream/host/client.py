@@ -107,18 +107,7 @@ class PluginClient:
                          pb.SetOperateStatusResponse, timeout)
 
     def get_support_model_list(self) -> list[m.RecommendModelData]:
-        prov = self.manifest.provider
-        out = []
-        for svc in self.manifest.services:
-            for model in svc.support_models or ([svc.default_model] if svc.default_model else []):
-                out.append(m.RecommendModelData(
-                    id=f"{prov.name}:{svc.service_name}:{model}",
-                    service_name=svc.service_name, api_flavor=prov.name, flavor=prov.name,
-                    name=model, service_provider_name=f"{prov.type}_{prov.name}_{svc.service_name}",
-                    source=prov.type, auth_type=svc.auth_type,
-                    is_default="true" if model == svc.default_model else "false",
-                ))
-        return out
+        return self.manifest.support_model_list()
 
     # ---- invocation -----------------------------------------------------------------
 

@@ -78,27 +78,7 @@ class PluginProvider:
 
     def get_support_model_list(self) -> list[m.RecommendModelData]:
         """Models this plugin offers, built from the manifest (as AOG's client does)."""
-        out: list[m.RecommendModelData] = []
-        if self.manifest is None:
-            return out
-        prov = self.manifest.provider
-        for svc in self.manifest.services:
-            for model in svc.support_models or ([svc.default_model] if svc.default_model else []):
-                out.append(
-                    m.RecommendModelData(
-                        id=f"{prov.name}:{svc.service_name}:{model}",
-                        service_name=svc.service_name,
-                        flavor=prov.name,
-                        api_flavor=prov.name,
-                        name=model,
-                        service_provider_name=f"{prov.type}_{prov.name}_{svc.service_name}",
-                        source=prov.type,
-                        auth_type=svc.auth_type,
-                        is_default="true" if model == svc.default_model else "false",
-                    )
-                )
-        return out
-
+        return [] if self.manifest is None else self.manifest.support_model_list()
 
 class StreamablePlugin(PluginProvider):
     """A plugin with server-streaming services (`capabilities.support_streaming`)."""
