@@ -7,8 +7,10 @@ VPY      := $(VENV)/bin/python
 STAMP    := $(VENV)/.installed
 HOST     ?= 127.0.0.1
 PORT     ?= 16688
+# Engines and models of the shipped local plugins used by the tests (kept between runs).
+TEST_ENGINES ?= $(CURDIR)/.cache/engines
 
-.PHONY: run test setup sysdeps proto lint bench clean
+.PHONY: run test setup sysdeps engines test-engines proto lint bench clean
 
 $(STAMP): pyproject.toml
 	@echo "==> creating the environment in $(VENV) with $(PYTHON)"
@@ -24,13 +26,24 @@ setup: $(STAMP)
 sysdeps:
 	@tools/sysdeps.sh
 
-run: setup
+# Each local plugin installs its engine into its own data directory and pulls its default
+# model, with progress. The first run compiles llama.cpp (about 10 minutes on 2 cores);
+# later runs find everything installed and return in seconds.
+engines: setup
+	@echo "==> installing the local engines and default models (first run: ~12 minutes)"
+	@$(VPY) -m aogstream engine install
+
+test-engines: setup
+	@echo "==> installing the engines the tests use into $(TEST_ENGINES) (first run: ~12 minutes)"
+	@$(VPY) -m aogstream engine install --engine-dir $(TEST_ENGINES)
+
+run: setup engines
 	@echo "==> starting aogstream on http://$(HOST):$(PORT) with the plugins in ./plugins"
 	@$(VPY) -m aogstream server start --host $(HOST) --port $(PORT)
 
-test: setup sysdeps
+test: setup sysdeps test-engines
 	@$(VPY) -m ruff check .
-	@$(VPY) -m pytest -q
+	@AOGSTREAM_TEST_ENGINE_DIR=$(TEST_ENGINES) $(VPY) -m pytest -q
 
 # Regenerates aogstream/rpc/gen from the .proto files (the generated code is committed).
 proto: setup
@@ -43,4 +56,4 @@ bench: setup
 	@$(VPY) benchmarks/relay_stream.py --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .cache

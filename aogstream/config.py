@@ -60,6 +60,11 @@ class Config:
     restart_backoff_initial: float = 0.5
     restart_backoff_max: float = 30.0
     health_interval: float = 5.0
+    # Local plugins keep engines and models in <engine_dir>/<plugin name>.
+    engine_dir: Path = attrs.field(default=attrs.Factory(
+        lambda self: self.data_dir / "engines", takes_self=True))
+    # Call StartEngine on local plugins once they are up (AOG does at start-up).
+    start_engines: bool = True
 
     @classmethod
     def from_env(cls, **overrides: object) -> Config:
@@ -76,6 +81,10 @@ class Config:
         for key, value in overrides.items():
             if value is not None:
                 setattr(cfg, key, value)
+        engines = os.environ.get("AOGSTREAM_ENGINE_DIR")
+        cfg.engine_dir = Path(engines).expanduser() if engines else cfg.data_dir / "engines"
+        if "engine_dir" in overrides and overrides["engine_dir"] is not None:
+            cfg.engine_dir = Path(str(overrides["engine_dir"]))
         if not cfg.plugin_dirs:
             cfg.plugin_dirs = default_plugin_dirs(cfg.data_dir)
         return cfg

@@ -11,6 +11,9 @@ Fixtures:
 * `gateway` - one default instance for the whole session (60 s / 300 s timeouts);
 * `gateway_factory` - module-scoped `make(name, **env)` for instances with custom
   environment variables (e.g. `AOGSTREAM_UNARY_TIMEOUT="1"`), stopped with the module.
+* `engines_gateway` - one gateway for the session with the shipped plugins
+  (`./plugins`) and their real engines, from the engine directory `make test`
+  installs into (`AOGSTREAM_TEST_ENGINE_DIR`, default `.cache/engines`).
 
 Tests are plain sync functions; every wait is bounded.
 """
@@ -35,6 +38,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN_DIR = REPO / "tests" / "plugins"
+SHIPPED_PLUGIN_DIR = REPO / "plugins"
+LOCAL_PLUGINS = ["embed-plugin", "llamacpp-plugin", "piper-plugin", "pocketsphinx-plugin",
+                 "whisper-plugin"]
 SERVICES = "/aog/v0.2/services/"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -57,8 +63,10 @@ class GatewayStartError(RuntimeError):
 class Gateway:
     """One gateway subprocess with the echo plugin, and helpers to talk to it."""
 
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None,
+                 plugin_dir: Path = PLUGIN_DIR) -> None:
         self.workdir = workdir
+        self.plugin_dir = plugin_dir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.events_file = workdir / "events.jsonl"
         self.log_file = workdir / "gateway.log"
@@ -99,7 +107,7 @@ class Gateway:
             with open(self.log_file, "ab") as log:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "aogstream", "server", "start",
-                     "--port", str(self.port), "--plugin-dir", str(PLUGIN_DIR)],
+                     "--port", str(self.port), "--plugin-dir", str(self.plugin_dir)],
                     cwd=REPO, env=self._env(), stdin=subprocess.DEVNULL,
                     stdout=log, stderr=subprocess.STDOUT,
                 )
@@ -292,6 +300,34 @@ def gateway_factory(tmp_path_factory: pytest.TempPathFactory
         for gw in started:
             with contextlib.suppress(Exception):
                 gw.stop()
+
+
+def engine_test_dir() -> Path:
+    """Where `make test` installed the shipped plugins' engines and default models."""
+    return Path(os.environ.get("AOGSTREAM_TEST_ENGINE_DIR") or REPO / ".cache" / "engines")
+
+
+def require_engines(names: list[str] | None = None) -> Path:
+    """Fail (not skip) with the fix when an engine the test needs is not installed."""
+    root = engine_test_dir()
+    missing = [n for n in (names or LOCAL_PLUGINS)
+               if not (root / n / "engine" / "installed.json").exists()]
+    if missing:
+        pytest.fail(f"engines not installed in {root}: {', '.join(missing)}; run `make test` "
+                    f"or `python -m aogstream engine install --engine-dir {root}`")
+    return root
+
+
+@pytest.fixture(scope="session")
+def engines_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A gateway serving the shipped plugins with their real engines and models."""
+    root = require_engines()
+    gw = Gateway(tmp_path_factory.mktemp("gw-engines"),
+                 {"AOGSTREAM_ENGINE_DIR": str(root)}, plugin_dir=SHIPPED_PLUGIN_DIR).start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
 
 
 @pytest.fixture

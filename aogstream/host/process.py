@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -144,7 +145,7 @@ class ProcessPlugin:
         proc = await trio.lowlevel.open_process(
             [str(exe)],
             cwd=str(self.manifest.plugin_dir),
-            env=plugin_env(),
+            env=plugin_env({"AOGSTREAM_PLUGIN_DATA_DIR": str(self.data_dir)}),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -177,11 +178,26 @@ class ProcessPlugin:
                 log.info("plugin %s running (pid %d, %s %s)", self.name, proc.pid,
                          network, address)
                 started()
+                if self.config.start_engines and self.manifest.provider.type == m.PLUGIN_TYPE_LOCAL:
+                    nursery.start_soon(self._start_engine, self.client)
                 await proc.wait()
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await self._after_exit(proc)
+
+    @property
+    def data_dir(self) -> Path:
+        """Where this plugin keeps its engine and models (never the gateway's venv)."""
+        return self.config.engine_dir / self.name
+
+    async def _start_engine(self, client: PluginClient) -> None:
+        """StartEngine in the background, as AOG does for every local plugin at start-up
+        (mode "daemon"); a missing engine is logged with the command that installs it."""
+        try:
+            await client.start_engine("daemon", timeout=self.config.plugin_start_timeout)
+        except Exception as exc:  # noqa: BLE001 - the plugin keeps serving what it can
+            log.warning("plugin %s: StartEngine: %s", self.name, exc)
 
     async def _after_exit(self, proc: trio.Process) -> None:
         self.client = None

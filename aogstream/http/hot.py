@@ -214,7 +214,12 @@ async def _watch_disconnect(receive: Any, scope: trio.CancelScope) -> None:
 
 async def _send_unary(send: Any, data: bytes, extra: list[tuple[bytes, bytes]]) -> None:
     head = data[:1]
-    ctype = b"application/json" if head in (b"{", b"[") else b"application/octet-stream"
+    if head in (b"{", b"["):
+        ctype = b"application/json"
+    elif data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        ctype = b"audio/wav"  # text-to-speech asked for raw audio
+    else:
+        ctype = b"application/octet-stream"
     headers = [(b"content-type", ctype), *extra]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     with trio.CancelScope(shield=True):
