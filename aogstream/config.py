@@ -82,9 +82,12 @@ class Config:
             if value is not None:
                 setattr(cfg, key, value)
         engines = os.environ.get("AOGSTREAM_ENGINE_DIR")
-        cfg.engine_dir = Path(engines).expanduser() if engines else cfg.data_dir / "engines"
+        cfg.engine_dir = Path(engines) if engines else cfg.data_dir / "engines"
         if "engine_dir" in overrides and overrides["engine_dir"] is not None:
             cfg.engine_dir = Path(str(overrides["engine_dir"]))
+        # plugins run in their own folders: hand them absolute paths only
+        cfg.data_dir = cfg.data_dir.expanduser().absolute()
+        cfg.engine_dir = cfg.engine_dir.expanduser().absolute()
         if not cfg.plugin_dirs:
             cfg.plugin_dirs = default_plugin_dirs(cfg.data_dir)
         return cfg

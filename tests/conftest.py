@@ -320,8 +320,9 @@ def require_engines(names: list[str] | None = None) -> Path:
 
 @pytest.fixture(scope="session")
 def engines_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """A gateway serving the shipped plugins with their real engines and models."""
-    root = require_engines()
+    """A gateway serving the shipped plugins with their real engines and models (each
+    test module calls `require_engines([...])` for the ones it needs)."""
+    root = engine_test_dir()
     gw = Gateway(tmp_path_factory.mktemp("gw-engines"),
                  {"AOGSTREAM_ENGINE_DIR": str(root)}, plugin_dir=SHIPPED_PLUGIN_DIR).start()
     try:
