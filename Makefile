@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 	@echo "==> creating the environment in $(VENV) with $(PYTHON)"
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	@$(VPY) -m pip install --progress-bar on -q --upgrade pip
-	@echo "==> installing aogstream, its engines and test tools (pip shows progress)"
-	@$(VPY) -m pip install --progress-bar on -e '.[engines,dev]'
+	@echo "==> installing aogstream and its test tools (pip shows progress)"
+	@$(VPY) -m pip install --progress-bar on -e '.[dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP)

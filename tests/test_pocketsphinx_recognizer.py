@@ -1,6 +1,9 @@
 """Tests for the pocketsphinx plugin's streaming recogniser, on real speech.
 
-The plugin folder is not a package of the project (plugins ship separately), so it is put on
+The recogniser runs in this test process on the engine the plugin installed and the model
+it pulled, in the test engine directory (`require_engines`): pocketsphinx is imported from
+the engine's virtualenv and the model's parts come from the pulled model folder. The plugin
+folder is not a package of the project (plugins ship separately), so it is put on
 ``sys.path`` here. Inputs are a human recording and flite speech; see ``tests/audio.py``.
 """
 
@@ -8,13 +11,14 @@ from __future__ import annotations
 
 import array
 import asyncio
+import importlib.util
 import itertools
 import os
 import sys
+from functools import partial
+from pathlib import Path
 
 import pytest
-
-pytest.importorskip("pocketsphinx", reason="pip install '.[engines]' installs pocketsphinx")
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 for _path in (os.path.join(_HERE, "..", "plugins", "pocketsphinx-plugin"), _HERE):
@@ -31,11 +35,65 @@ from audio import (  # noqa: E402
     silence,
     word_error_rate,
 )
+from conftest import require_engines  # noqa: E402
 from pocketsphinx_plugin.recognizer import (  # noqa: E402
     SUPPORTED_RATES,
     Event,
+    ModelPaths,
     StreamingRecognizer,
 )
+
+PLUGIN = "pocketsphinx-plugin"
+MODEL = "pocketsphinx-en-us"
+
+
+def _engine_site_packages(root: Path) -> Path:
+    found = sorted((root / PLUGIN / "engine" / "venv" / "lib").glob("python3*/site-packages"))
+    assert found, f"no site-packages in the {PLUGIN} engine under {root}"
+    return found[0]
+
+
+def _import_engine(site: Path) -> object:
+    """pocketsphinx from the installed engine, without putting the engine's whole
+    site-packages in front of this process's packages (pocketsphinx imports nothing
+    outside itself). If some other test already imported pocketsphinx, that one stays."""
+    if "pocketsphinx" in sys.modules:
+        return sys.modules["pocketsphinx"]
+    pkg = site / "pocketsphinx"
+    spec = importlib.util.spec_from_file_location(
+        "pocketsphinx", pkg / "__init__.py", submodule_search_locations=[str(pkg)])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pocketsphinx"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["pocketsphinx"]
+        raise
+    return module
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    root = require_engines([PLUGIN])
+    _import_engine(_engine_site_packages(root))
+    folder = root / PLUGIN / "models" / MODEL
+    assert (folder / "model.json").exists(), (
+        f"{MODEL} is not pulled in {root}; run `python -m aogstream engine install {PLUGIN} "
+        f"--engine-dir {root}`")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def paths(model_dir) -> ModelPaths:
+    return ModelPaths.from_folder(model_dir)
+
+
+@pytest.fixture(scope="module")
+def make(paths):
+    """`StreamingRecognizer` on the pulled model."""
+    return partial(StreamingRecognizer, model=paths)
+
 
 SENTENCE_1 = "The quick brown fox jumps over the lazy dog."
 SENTENCE_2 = "Please call me back tomorrow morning."
@@ -57,9 +115,9 @@ def final_text(events: list[Event]) -> str:
 
 
 @pytest.fixture(scope="module")
-def recognizer() -> StreamingRecognizer:
+def recognizer(make) -> StreamingRecognizer:
     """One instance reused across tests: finish() resets it, and loading costs ~0.3 s."""
-    return StreamingRecognizer()
+    return make()
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +125,9 @@ def two_sentences() -> bytes:
     return flite_pcm(SENTENCE_1) + silence(1000) + flite_pcm(SENTENCE_2)
 
 
-def test_goforward_20ms_frames_partials_then_final():
+def test_goforward_20ms_frames_partials_then_final(make):
     # A fresh instance: the first utterance of a cold decoder is the hard case.
-    rec = StreamingRecognizer()
+    rec = make()
     events = run_stream(rec, frames(goforward_pcm(), 20))
     fin = finals(events)
     assert len(fin) == 1, events
@@ -179,7 +237,7 @@ def test_close_mid_utterance_then_reuse(recognizer):
     assert fin[0].begin_ms < 1000, "times must restart at 0 for the new stream"
 
 
-def test_8khz_input_is_supported():
+def test_8khz_input_is_supported(make):
     src = array.array("h", goforward_pcm())
     if sys.byteorder == "big":
         src.byteswap()
@@ -187,7 +245,7 @@ def test_8khz_input_is_supported():
     down = array.array("h", [(src[i] + src[i + 1]) >> 1 for i in range(0, len(src) - 1, 2)])
     if sys.byteorder == "big":
         down.byteswap()
-    rec = StreamingRecognizer(sample_rate=8000)
+    rec = make(sample_rate=8000)
     events = run_stream(rec, frames(down.tobytes(), 20, rate=8000))
     fin = finals(events)
     assert len(fin) == 1
@@ -196,14 +254,14 @@ def test_8khz_input_is_supported():
 
 
 @pytest.mark.parametrize("rate", [32000, 48000])
-def test_wideband_rates_are_decoded_natively(rate):
+def test_wideband_rates_are_decoded_natively(make, rate):
     src = array.array("h", goforward_pcm())
     if sys.byteorder == "big":
         src.byteswap()
     up = resample_linear(src, 16000, rate)
     if sys.byteorder == "big":
         up.byteswap()
-    rec = StreamingRecognizer(sample_rate=rate)
+    rec = make(sample_rate=rate)
     events = run_stream(rec, frames(up.tobytes(), 20, rate=rate))
     fin = finals(events)
     assert len(fin) == 1
@@ -212,26 +270,26 @@ def test_wideband_rates_are_decoded_natively(rate):
 
 
 @pytest.mark.parametrize("rate", [11025, 22050, 44100, 0])
-def test_unsupported_rate_is_a_clear_error(rate):
+def test_unsupported_rate_is_a_clear_error(make, rate):
     with pytest.raises(ValueError, match="16000") as info:
-        StreamingRecognizer(sample_rate=rate)
+        make(sample_rate=rate)
     for supported in SUPPORTED_RATES:
         assert str(supported) in str(info.value)
 
 
-def test_rescore_finals_option(two_sentences):
-    rec = StreamingRecognizer(rescore_finals=True)
+def test_rescore_finals_option(make, two_sentences):
+    rec = make(rescore_finals=True)
     events = run_stream(rec, frames(two_sentences, 100))
     assert len(finals(events)) == 2
     wer = word_error_rate(f"{SENTENCE_1} {SENTENCE_2}", final_text(events))
     assert wer <= 0.3, final_text(events)
 
 
-def test_usable_from_asyncio_threads():
+def test_usable_from_asyncio_threads(make):
     pcm = goforward_pcm()
 
     async def main() -> list[Event]:
-        rec = await asyncio.to_thread(StreamingRecognizer)
+        rec = await asyncio.to_thread(make)
         events: list[Event] = []
         for chunk in frames(pcm, 100):
             events += await asyncio.to_thread(rec.feed, chunk)
@@ -239,3 +297,32 @@ def test_usable_from_asyncio_threads():
 
     events = asyncio.run(main())
     assert word_error_rate(GOFORWARD_TEXT, final_text(events)) <= 0.25
+
+
+def test_pocketsphinx_is_the_installed_engine(model_dir):
+    site = _engine_site_packages(model_dir.parent.parent.parent)
+    module = sys.modules["pocketsphinx"]
+    if not Path(module.__file__).is_relative_to(site):
+        pytest.skip(f"pocketsphinx was imported by another test first ({module.__file__})")
+    assert (site / "pocketsphinx-5.1.1.dist-info").is_dir()
+
+
+def test_the_model_parts_come_from_the_pulled_folder(model_dir, paths):
+    assert Path(paths.hmm) == model_dir / "en-us" / "en-us"
+    assert (Path(paths.hmm) / "mdef").is_file()
+    assert Path(paths.lm) == model_dir / "en-us" / "en-us.lm.bin"  # not the phone-loop LM
+    assert Path(paths.dict) == model_dir / "en-us" / "cmudict-en-us.dict"
+
+
+def test_a_folder_that_is_not_a_model_is_a_clear_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="mdef") as info:
+        ModelPaths.from_folder(tmp_path)
+    assert "lm.bin" in str(info.value) and ".dict" in str(info.value)
+    with pytest.raises(ValueError, match="does not exist"):
+        ModelPaths.from_folder(tmp_path / "missing")
+
+
+def test_a_model_that_does_not_load_raises(make, paths, tmp_path):
+    with pytest.raises(RuntimeError):
+        make(model=ModelPaths(hmm=str(tmp_path), lm=paths.lm, dict=paths.dict))

@@ -1,62 +1,39 @@
 """The realtime speech socket end to end: a real WebSocket client speaks recorded and
 synthesised speech in small frames through the gateway to the shipped
-pocketsphinx-plugin process, and gets AOG's events back while it is still talking."""
+pocketsphinx-plugin process, and gets AOG's events back while it is still talking.
+
+The gateway is the session's `engines_gateway` (the shipped plugins with the engines and
+models installed in the test engine directory); pocketsphinx decodes inside the plugin
+process with the engine installed there and the model pulled there."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
-import httpx
 import pytest
-from audio import GOFORWARD_TEXT, flite_pcm, frames, goforward_pcm, silence, word_error_rate
+from audio import (
+    GOFORWARD_RAW,
+    GOFORWARD_TEXT,
+    flite_pcm,
+    frames,
+    goforward_pcm,
+    silence,
+    word_error_rate,
+)
+from conftest import require_engines
 from websockets.sync.client import connect
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+PLUGIN = "pocketsphinx-plugin"
 
 
 @pytest.fixture(scope="module")
-def gateway_url():
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aogstream", "server", "start", "--port", str(port),
-         "--plugin-dir", str(ROOT / "plugins")],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                plugins = httpx.get(f"{base}/aog/v0.2/plugin/list", timeout=1).json()["data"]
-                if any(p["name"] == "pocketsphinx-plugin" and p["state"] == "running"
-                       for p in plugins):
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, f"gateway exited: {proc.stderr.read()}"
-            assert time.monotonic() < deadline, "gateway/pocketsphinx-plugin did not start"
-            time.sleep(0.2)
-        yield f"ws://127.0.0.1:{port}/aog/v0.2/services/speech-to-text-ws"
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def gateway_url(engines_gateway):
+    require_engines([PLUGIN])
+    engines_gateway.wait_plugin_running(name=PLUGIN, timeout=30)
+    return engines_gateway.service_ws_url("speech-to-text-ws")
 
 
 def run_task(**params) -> str:
@@ -184,7 +161,7 @@ def test_many_concurrent_sessions(gateway_url):
         assert word_error_rate(GOFORWARD_TEXT, text) <= 0.25, results
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/share/pocketsphinx/test/data/goforward.raw"),
+@pytest.mark.skipif(not os.path.exists(GOFORWARD_RAW),
                     reason="needs pocketsphinx-testdata (make sysdeps)")
 def test_client_that_leaves_mid_task_frees_the_session(gateway_url):
     for _ in range(3):
@@ -196,3 +173,25 @@ def test_client_that_leaves_mid_task_frees_the_session(gateway_url):
         # leaving without finish-task must not wedge anything
     events, _, _ = speak(gateway_url, goforward_pcm(), 100, pace=8.0)
     assert events[-1][1]["header"]["event"] == "task-finished"
+
+
+def test_a_model_that_is_not_pulled_fails_the_task_saying_how_to_pull_it(gateway_url):
+    with connect(gateway_url, open_timeout=10) as ws:
+        ws.send(run_task(model="pocketsphinx-xx-not-pulled"))
+        assert json.loads(ws.recv(timeout=5))["header"]["event"] == "task-started"
+        ev = json.loads(ws.recv(timeout=10))
+        assert ev["header"]["event"] == "task-failed"
+        assert ev["header"]["error_code"] == "MODEL_ERROR"
+        message = ev["header"]["error_message"]
+        assert "pocketsphinx-xx-not-pulled" in message and "not pulled" in message, message
+        assert "PullModel" in message, message
+        # the default model still serves on the same socket
+        ws.send(run_task())
+        assert json.loads(ws.recv(timeout=5))["header"]["event"] == "task-started"
+        for f in frames(goforward_pcm(), 100):
+            ws.send(f)
+        ws.send(FINISH)
+        names = []
+        while not names or names[-1] not in ("task-finished", "task-failed"):
+            names.append(json.loads(ws.recv(timeout=15))["header"]["event"])
+        assert names[-1] == "task-finished", names

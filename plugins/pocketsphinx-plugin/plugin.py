@@ -7,63 +7,160 @@ A session is one `speech-to-text-ws` task: the host forwards the client's run-ta
 `{header, payload}` envelope. Decoding runs in a worker thread so one busy session
 never stalls the others. A host that leaves cancels the session; the decoder is
 released in `finally`.
+
+Engine and models follow the same contract as the other local plugins (see
+`aogstream.engines.base`): the engine (`pocketsphinx==5.1.1`) is installed into a
+virtualenv in this plugin's data directory, and models are pulled into its model store
+(`pocketsphinx-en-us` is the wheel's `pocketsphinx/model/en-us/` folder). Unlike the
+others, decoding stays in this process: a realtime frame every 20 ms must not pay a
+hop to an engine process. So once the engine is installed its site-packages are
+appended to `sys.path` (appended: the gateway's own packages win for anything shared;
+pocketsphinx has no dependencies) and pocketsphinx is imported when the first session
+opens, never at plugin start. "Loading" a model therefore means checking it is pulled
+and caching where its acoustic model, language model and dictionary are.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
-import time
+import sys
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pocketsphinx_plugin.recognizer import Event, StreamingRecognizer
+from pocketsphinx_plugin.recognizer import Event, ModelPaths, StreamingRecognizer
 
 from aogstream import manifest as m
-from aogstream.sdk import (
-    BidiMessage,
-    BidirectionalPlugin,
-    LocalPluginProvider,
-    PluginError,
-    serve,
-)
+from aogstream.engines.base import EnginePlugin
+from aogstream.engines.install import EngineSpec
+from aogstream.engines.models import PackageModel, StoredModel, check_name
+from aogstream.sdk import BidiMessage, BidirectionalPlugin, serve
 
+HERE = Path(__file__).resolve().parent
 log = logging.getLogger("pocketsphinx-plugin")
 MODEL_NAME = "pocketsphinx-en-us"
 ENGLISH = {"", "en", "en-us", "en_us", "english"}
+SPHINX_DETAILS = {"format": "pocketsphinx", "family": "cmu-sphinx",
+                  "parameter_size": "", "quantization_level": ""}
+
+
+class SessionError(Exception):
+    """Why a run-task cannot start, as the AOG error code the client gets."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 def envelope(event: str, task_id: str, payload: dict[str, Any] | None = None,
              **error: str) -> BidiMessage:
+    """One server event in AOG's realtime envelope."""
     header: dict[str, Any] = {"action": "", "streaming": "", "task_id": task_id, "event": event}
     header.update({k: v for k, v in error.items() if v})
     return BidiMessage.text({"header": header, "payload": payload or {}})
 
 
 def sentence(task_id: str, ev: Event) -> BidiMessage:
+    """A recogniser event as AOG's `result-generated` sentence."""
     return envelope("result-generated", task_id, {"output": {"sentence": {
         "begin_time": ev.begin_ms, "end_time": ev.end_ms, "text": ev.text,
         "sentence_end": ev.final,
     }}})
 
 
-def _model_dir() -> Path:
-    import pocketsphinx
+class PocketsphinxPlugin(EnginePlugin, BidirectionalPlugin):
+    """Realtime ASR sessions decoded in-process; engine and models managed like the others."""
 
-    return Path(pocketsphinx.__file__).parent / "model" / "en-us"
+    ENGINE = EngineSpec(name="pocketsphinx", packages=["pocketsphinx==5.1.1"],
+                        check_import="pocketsphinx", version_of="pocketsphinx")
+    CATALOG = [
+        PackageModel(MODEL_NAME, "pocketsphinx==5.1.1", ["pocketsphinx/model/en-us/*"],
+                     SPHINX_DETAILS, "CMU Sphinx US English: acoustic model, 3-gram LM "
+                     "and CMUdict, from the pocketsphinx wheel",
+                     strip="pocketsphinx/model/"),
+    ]
+    DEFAULT_MODEL = MODEL_NAME
 
+    def __init__(self, plugin_dir: Path, name: str) -> None:
+        super().__init__(plugin_dir, name)
+        # loaded models: name → (the stored model, where its parts are)
+        self.models: dict[str, tuple[StoredModel, ModelPaths]] = {}
+        self._announced = False
 
-class PocketsphinxPlugin(LocalPluginProvider, BidirectionalPlugin):
-    """Realtime ASR sessions plus the local-engine contract for a bundled engine."""
+    # ---- the engine runs in this process ----
 
-    def __init__(self) -> None:
-        self.running = False
-        self.sessions = 0
+    def engine_argv(self, model: StoredModel, port: int) -> list[str]:
+        """Unused: pocketsphinx decodes in this process (no engine process to start)."""
+        raise NotImplementedError("pocketsphinx-plugin decodes in-process")
+
+    def _engine_on_path(self) -> None:
+        """Make the installed engine importable (appended: the gateway's packages win)."""
+        self._require_installed()
+        site = str(self.env.site_packages())
+        if site not in sys.path:
+            sys.path.append(site)
+
+    def _load(self, model: str | None) -> ModelPaths:
+        """Mark `model` (default when None) loaded and return its parts; clear errors
+        when the engine or the model is missing."""
+        name = model or self.default_model()
+        self._require_installed()
+        cached = self.models.get(name)
+        if cached is not None and cached[0].path.is_dir():
+            return cached[1]
+        stored = self.store.get(check_name(name))
+        if stored is None:
+            self.models.pop(name, None)
+            raise m.PluginError(m.ERR_CODE_MODEL_NOT_FOUND, self._pull_hint(name), "")
+        try:
+            paths = ModelPaths.from_folder(stored.path)
+        except ValueError as exc:
+            raise m.PluginError(m.ERR_CODE_MODEL_INVALID_FORMAT,
+                                f"model {name!r} is not a pocketsphinx model: {exc}", "") from exc
+        self.models[name] = (stored, paths)
+        return paths
+
+    def _pull_hint(self, name: str) -> str:
+        default = self.default_model()
+        how = (f"run `aogstream engine install {self.name}` (it pulls {default})"
+               if name == default else
+               f"pull it with the host's PullModel (model={name!r}; known: "
+               f"{', '.join(c.name for c in self.CATALOG)}, or a local model folder)")
+        return f"model {name!r} is not pulled on {self.name}; {how}"
+
+    # ---- the local-engine contract, where in-process decoding differs from the base ----
+
+    async def start_engine(self, mode: str) -> None:
+        self._require_installed()
+        self.started = True
+        default = self.default_model()
+        if default and self.store.get(default) is not None:
+            self._load(default)
+
+    async def stop_engine(self) -> None:
+        self.started = False
+        self.models.clear()
+
+    async def load_model(self, req: m.LoadModelRequest) -> None:
+        self._load(req.model or None)
+
+    async def unload_model(self, req: m.UnloadModelRequest) -> None:
+        for name in req.models:
+            self.models.pop(name, None)
+
+    async def delete_model(self, req: m.DeleteModelRequest) -> None:
+        self.models.pop(req.model, None)
+        self.store.delete(req.model)
+
+    async def get_running_models(self) -> m.ListModelsResponse:
+        return m.ListModelsResponse(models=[stored.info() for stored, _ in
+                                            self.models.values()])
+
+    # ---- realtime sessions ----
 
     async def invoke_service_bidirectional(
         self, service_name: str, ws_conn_id: str, auth_info: str,
@@ -71,7 +168,6 @@ class PocketsphinxPlugin(LocalPluginProvider, BidirectionalPlugin):
     ) -> None:
         task_id = ws_conn_id
         rec: StreamingRecognizer | None = None
-        self.sessions += 1
         try:
             async for msg in incoming:
                 if msg.message_type == "binary":
@@ -86,11 +182,13 @@ class PocketsphinxPlugin(LocalPluginProvider, BidirectionalPlugin):
                 action = ctl.get("action")
                 task_id = ctl.get("task_id") or task_id
                 if action == "run-task":
-                    # the model takes ~0.4 s to load: never on the event loop
-                    rec, failure = await asyncio.to_thread(self._open, ctl, msg.metadata)
-                    if failure:
-                        await send(envelope("task-failed", task_id, error_code="MODEL_ERROR",
-                                            error_message=failure))
+                    try:
+                        rate, paths = self._session_setup(ctl, msg.metadata)
+                        # the model takes ~0.4 s to load: never on the event loop
+                        rec = await asyncio.to_thread(self._recognizer, rate, paths)
+                    except SessionError as exc:
+                        await send(envelope("task-failed", task_id, error_code=exc.code,
+                                            error_message=exc.message))
                         return
                 elif action == "finish-task":
                     if rec is not None:
@@ -99,92 +197,57 @@ class PocketsphinxPlugin(LocalPluginProvider, BidirectionalPlugin):
                     await send(envelope("task-finished", task_id))
                     return
         finally:
-            self.sessions -= 1
             if rec is not None:
                 # close() waits for a decode still running in a worker thread: let a
                 # worker wait for it rather than the event loop
                 asyncio.get_running_loop().run_in_executor(None, rec.close)
 
-    def _open(self, run: dict[str, Any], meta: dict[str, str]
-              ) -> tuple[StreamingRecognizer | None, str]:
+    def _session_setup(self, run: dict[str, Any], meta: dict[str, str]
+                       ) -> tuple[int, ModelPaths]:
+        """Check a run-task (engine, model, language, format) on the event loop."""
         params = run.get("parameters") or {}
+        try:
+            self._engine_on_path()
+            paths = self._load(str(params.get("model") or run.get("model")
+                                   or meta.get("model") or "") or None)
+        except m.PluginError as exc:
+            code = "MODEL_ERROR" if exc.code in (m.ERR_CODE_MODEL_NOT_FOUND,
+                                                 m.ERR_CODE_MODEL_INVALID_FORMAT) \
+                else "SERVER_ERROR"
+            raise SessionError(code, exc.message) from exc
         language = str(params.get("language") or meta.get("language") or "").lower()
         if language not in ENGLISH:
-            return None, (f"pocketsphinx-plugin ships an English (en-us) model only; "
-                          f"language {language!r} is not available")
+            raise SessionError("MODEL_ERROR", (
+                f"pocketsphinx-plugin ships an English (en-us) model only; "
+                f"language {language!r} is not available"))
         fmt = str(params.get("format") or meta.get("format") or "pcm").lower()
         if fmt != "pcm":
-            return None, f"audio format {fmt!r} is not supported; send raw PCM16 mono (pcm)"
-        rate = int(params.get("sample_rate") or meta.get("sample_rate") or 16000)
+            raise SessionError("MODEL_ERROR",
+                               f"audio format {fmt!r} is not supported; send raw PCM16 mono (pcm)")
+        return int(params.get("sample_rate") or meta.get("sample_rate") or 16000), paths
+
+    def _recognizer(self, rate: int, paths: ModelPaths) -> StreamingRecognizer:
+        """Build a session's recogniser (in a worker thread: this loads the model)."""
         try:
-            return StreamingRecognizer(sample_rate=rate), ""
+            rec = StreamingRecognizer(sample_rate=rate, model=paths)
         except ValueError as exc:
-            return None, str(exc)
+            raise SessionError("MODEL_ERROR", str(exc)) from exc
+        except ImportError as exc:
+            raise SessionError("SERVER_ERROR", (
+                f"the installed pocketsphinx does not import in this Python ({exc}); "
+                f"reinstall it: `aogstream engine install {self.name} --cover`")) from exc
+        except RuntimeError as exc:
+            raise SessionError("MODEL_ERROR",
+                               f"pocketsphinx could not load the model in {paths.hmm}: "
+                               f"{exc}") from exc
+        if not self._announced:
+            self._announced = True
+            import pocketsphinx
 
-    # ---- the local-engine contract (the engine ships inside the pocketsphinx wheel) ----
-
-    async def check_engine(self) -> bool:
-        try:
-            return _model_dir().is_dir()
-        except ImportError:
-            return False
-
-    async def install_engine(self, cover: bool = False) -> None:
-        if not await self.check_engine():
-            raise PluginError(m.ERR_CODE_ENGINE_INSTALL_FAILED,
-                              "pocketsphinx is not installed; pip install pocketsphinx==5.1.1")
-
-    async def init_env(self) -> None:
-        return None
-
-    async def start_engine(self, mode: str) -> None:
-        await self.install_engine()
-        self.running = True
-
-    async def stop_engine(self) -> None:
-        self.running = False
-
-    async def upgrade_engine(self) -> None:
-        return None
-
-    async def health_check(self) -> None:
-        if not await self.check_engine():
-            raise PluginError(m.ERR_CODE_ENGINE_NOT_INSTALLED, "pocketsphinx model is missing")
-
-    async def get_version(self) -> m.EngineVersionResponse:
-        from importlib.metadata import version
-
-        return m.EngineVersionResponse(version=version("pocketsphinx"))
-
-    async def list_models(self) -> m.ListModelsResponse:
-        d = _model_dir()
-        files = sorted(p for p in d.rglob("*") if p.is_file())
-        digest = hashlib.sha256()
-        for p in files:
-            digest.update(p.name.encode())
-            digest.update(str(p.stat().st_size).encode())
-        mtime = max((p.stat().st_mtime for p in files), default=time.time())
-        return m.ListModelsResponse(models=[m.ModelInfo(
-            name=MODEL_NAME, model=MODEL_NAME,
-            modified_at=datetime.fromtimestamp(mtime, tz=UTC),
-            size=sum(p.stat().st_size for p in files), digest=digest.hexdigest(),
-            details=m.ModelDetails(format="pocketsphinx", family="cmu-sphinx",
-                                   families=["cmu-sphinx"], parameter_size="",
-                                   quantization_level=""),
-        )])
-
-    async def get_running_models(self) -> m.ListModelsResponse:
-        return await self.list_models() if self.sessions else m.ListModelsResponse(models=[])
-
-    async def load_model(self, req: m.LoadModelRequest) -> None:
-        if req.model not in (MODEL_NAME, ""):
-            raise PluginError(m.ERR_CODE_MODEL_NOT_FOUND, f"unknown model {req.model!r}; "
-                              f"this plugin offers {MODEL_NAME}")
-
-    async def unload_model(self, req: m.UnloadModelRequest) -> None:
-        return None
+            log.info("decoding with pocketsphinx from %s", Path(pocketsphinx.__file__).parent)
+        return rec
 
 
 if __name__ == "__main__":
     os.environ.setdefault("AOGSTREAM_PLUGIN_LOG_LEVEL", "INFO")
-    serve(PocketsphinxPlugin())
+    serve(PocketsphinxPlugin(HERE, "pocketsphinx-plugin"))

@@ -49,6 +49,14 @@ Measured cost (this machine: 2 shared cores, Python 3.13, 16 kHz input, CPU time
   ``rescore_finals=True`` roughly doubles it (0.30-0.48 s/s).
 * ~0.0003 s of CPU per second of silence or low noise (only the VAD runs).
 * Model load 0.3-0.5 s of CPU and ~90 MB of RSS per instance.
+
+Model and engine
+----------------
+The model is a folder (pulled from the pocketsphinx wheel by the plugin, or any folder of the
+same kind): :meth:`ModelPaths.from_folder` finds its acoustic model (the folder holding
+``mdef``), language model (``*.lm.bin``) and dictionary (``*.dict``). ``pocketsphinx`` itself
+is imported only when the first recogniser is built, so a process can import this module
+(and put the engine's site-packages on ``sys.path``) before the engine is installed.
 """
 
 from __future__ import annotations
@@ -57,10 +65,10 @@ import array
 import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from pocketsphinx import Decoder, Endpointer
-
-__all__ = ["SUPPORTED_RATES", "Event", "StreamingRecognizer"]
+__all__ = ["SUPPORTED_RATES", "Event", "ModelPaths", "StreamingRecognizer"]
 
 SUPPORTED_RATES: tuple[int, ...] = (8000, 16000, 32000, 48000)
 """Input sample rates accepted by :class:`StreamingRecognizer` (PCM16LE mono)."""
@@ -82,6 +90,45 @@ class Event:
     begin_ms: int
     end_ms: int
     final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPaths:
+    """The three parts pocketsphinx loads: acoustic model folder, language model, dictionary."""
+
+    hmm: str
+    lm: str
+    dict: str
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> ModelPaths:
+        """Find the parts inside a model folder, whatever its layout.
+
+        The wheel's layout (``en-us/en-us/mdef``, ``en-us/en-us.lm.bin``,
+        ``en-us/cmudict-en-us.dict``) is found as well as a flat one; the phone-loop LM
+        (``*-phone.lm.bin``) that ships beside the word LM is not a word LM and is skipped.
+        Raises ``ValueError`` naming what is missing.
+        """
+        root = Path(folder)
+        if not root.is_dir():
+            raise ValueError(f"model folder {root} does not exist")
+        mdefs = sorted(root.rglob("mdef"))
+        lms = [p for p in sorted(root.rglob("*.lm.bin")) if "phone" not in p.name]
+        dicts = sorted(root.rglob("*.dict"))
+        missing = [what for what, found in (("an acoustic model (a folder with mdef)", mdefs),
+                                            ("a word language model (*.lm.bin)", lms),
+                                            ("a pronunciation dictionary (*.dict)", dicts))
+                   if not found]
+        if missing:
+            raise ValueError(f"model folder {root} has no {' and no '.join(missing)}")
+        return cls(hmm=str(mdefs[0].parent), lm=str(lms[0]), dict=str(dicts[0]))
+
+
+def _engine() -> Any:
+    """The pocketsphinx module, imported on first use (see "Model and engine")."""
+    import pocketsphinx
+
+    return pocketsphinx
 
 
 class _Upsampler2x:
@@ -132,12 +179,16 @@ class StreamingRecognizer:
     ``feed`` accepts chunks of any size (an odd trailing byte is kept for the next call) and
     returns the events the new audio produced; ``finish`` ends the stream, returns the final
     event of an utterance still open, and resets the instance for another stream.
+
+    ``model`` names the model's parts (see :class:`ModelPaths`); without it pocketsphinx's
+    own bundled en-us model is used. A model that does not load raises ``RuntimeError``.
     """
 
     def __init__(
         self,
         sample_rate: int = 16000,
         *,
+        model: ModelPaths | None = None,
         partial_interval_ms: int = 100,
         rescore_finals: bool = False,
     ) -> None:
@@ -153,7 +204,10 @@ class StreamingRecognizer:
         self.rescore_finals = rescore_finals
         # 8 kHz is decoded as upsampled 16 kHz; every other supported rate natively.
         self._decode_rate = 16000 if sample_rate == 8000 else sample_rate
-        self._decoder = Decoder(samprate=self._decode_rate, cmninit=_EN_US_CMNINIT)
+        ps = _engine()
+        self._endpointer_type = ps.Endpointer
+        paths = {} if model is None else {"hmm": model.hmm, "lm": model.lm, "dict": model.dict}
+        self._decoder = ps.Decoder(samprate=self._decode_rate, cmninit=_EN_US_CMNINIT, **paths)
         self._bytes_per_ms = self._decode_rate * _BYTES_PER_SAMPLE // 1000
         self._batch_bytes = partial_interval_ms * self._bytes_per_ms
         self._lock = threading.Lock()
@@ -161,7 +215,7 @@ class StreamingRecognizer:
 
     def _reset_stream(self) -> None:
         """Per-stream state; the decoder (model and adapted CMN) outlives streams."""
-        self._endpointer = Endpointer(sample_rate=self._decode_rate)
+        self._endpointer = self._endpointer_type(sample_rate=self._decode_rate)
         self._frame_bytes: int = self._endpointer.frame_bytes
         self._upsampler = _Upsampler2x() if self.sample_rate == 8000 else None
         self._odd = b""  # a lone trailing byte of the caller's input
