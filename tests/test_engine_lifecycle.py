@@ -31,9 +31,16 @@ def tree_rss(pid: int) -> int:
                                         for c in proc.children(recursive=True))
 
 
-def engine_children(pid: int) -> list[psutil.Process]:
-    return [c for c in psutil.Process(pid).children(recursive=True)
-            if "embed_worker.py" in " ".join(c.cmdline())]
+def engine_children(pid: int, marker: str = "embed_worker.py") -> list[psutil.Process]:
+    """Live engine processes below `pid` (zombies and processes gone meanwhile excluded)."""
+    out = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if marker in " ".join(child.cmdline()):
+                out.append(child)
+        except psutil.Error:
+            continue
+    return out
 
 
 async def until(predicate, timeout: float, step: float = 0.1) -> None:
@@ -188,3 +195,41 @@ async def test_killed_plugin_takes_its_engine_along(tmp_path):
         (engine,) = engine_children(plugin.pid)
         os.kill(plugin.pid, signal.SIGKILL)  # no chance to clean up
         await until(lambda: gone(engine), 10, 0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_stopping_or_killing_the_gateway_leaves_no_engine_behind(tmp_path, how):
+    """Every engine process the gateway's plugins started is gone after the gateway
+    stops (SIGINT: orderly StopEngine) or dies (SIGKILL: the plugin notices its parent
+    is gone, and the kernel kills the engine with its plugin)."""
+    from conftest import Gateway, require_engines
+
+    shared = require_engines(["embed-plugin", "whisper-plugin"])
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    for name in ("embed-plugin", "whisper-plugin"):
+        (plugins / name).symlink_to(REPO / "plugins" / name)
+    gw = Gateway(tmp_path / "gw", {"AOGSTREAM_ENGINE_DIR": str(shared)},
+                 plugin_dir=plugins).start()
+    try:
+        root = psutil.Process(gw.proc.pid)
+        deadline = time.monotonic() + 90
+        engines: list[psutil.Process] = []
+        while len(engines) < 2:  # StartEngine preloads both default models
+            assert time.monotonic() < deadline, gw.log_tail()
+            engines = [p for p in root.children(recursive=True)
+                       if p in engine_children(root.pid, "_worker.py")]
+            time.sleep(0.2)
+        tree = root.children(recursive=True)
+        if how == "SIGKILL":
+            gw.proc.kill()
+            gw.proc.wait(10)
+        else:
+            gw.stop()
+        deadline = time.monotonic() + 15
+        while not all(gone(p) for p in tree):
+            assert time.monotonic() < deadline, [p.pid for p in tree if not gone(p)]
+            time.sleep(0.1)
+    finally:
+        gw.stop()
