@@ -61,7 +61,11 @@ OPTIONS: dict[str, tuple[type, ...]] = {
 class LlamaCppPlugin(EnginePlugin):
     ENGINE = EngineSpec(
         name="llama.cpp (llama-cpp-python)",
-        packages=["llama-cpp-python[server]==0.3.36"],
+        # the server's web stack is pinned too: an engine install is reproducible
+        packages=["llama-cpp-python[server]==0.3.36", "numpy==2.5.5", "fastapi==0.165.0",
+                  "starlette==1.10.0", "uvicorn==0.54.0", "sse-starlette==3.7.0",
+                  "starlette-context==0.3.6", "pydantic==2.14.3", "pydantic-settings==2.16.3",
+                  "jinja2==3.1.6", "diskcache==5.6.3"],
         check_import="llama_cpp.server",
         note="llama-cpp-python compiles llama.cpp from source: about 10 minutes on 2 cores",
         version_of="llama-cpp-python",
