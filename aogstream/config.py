@@ -66,6 +66,11 @@ class Config:
     # Call StartEngine on local plugins once they are up (AOG does at start-up).
     start_engines: bool = True
 
+    @property
+    def db_path(self) -> Path:
+        """The embedded store (services, providers, models, plugin switches)."""
+        return self.data_dir / "aogstream.db"
+
     @classmethod
     def from_env(cls, **overrides: object) -> Config:
         """Defaults, then `AOGSTREAM_*`/AOG environment variables, then overrides."""

@@ -22,6 +22,13 @@ from aogstream.config import Config
 from aogstream.gateway import Gateway
 from aogstream.host.process import ProcessPlugin
 from aogstream.rpc.bridge import GrpcLoop
+from aogstream.store import SQLiteStore
+
+
+def _gateway(cfg: Config, gl: GrpcLoop) -> Gateway:
+    """A gateway that only drives plugins: its store is in memory, so installing
+    engines never writes the user's database."""
+    return Gateway(cfg, gl, SQLiteStore(Path(":memory:")))
 
 
 def say(plugin: str, text: str) -> None:
@@ -128,7 +135,7 @@ async def run_install(cfg: Config, names: list[str], *, cover: bool, models: boo
     cfg.start_engines = False
     failures = 0
     async with GrpcLoop.open() as gl, trio.open_nursery() as nursery:
-        gw = Gateway(cfg, gl)
+        gw = _gateway(cfg, gl)
         await gw.start(nursery)
         try:
             for problem in gw.problems:
@@ -168,7 +175,7 @@ async def run_install(cfg: Config, names: list[str], *, cover: bool, models: boo
 async def run_status(cfg: Config) -> int:
     cfg.start_engines = False
     async with GrpcLoop.open() as gl, trio.open_nursery() as nursery:
-        gw = Gateway(cfg, gl)
+        gw = _gateway(cfg, gl)
         await gw.start(nursery)
         try:
             for plugin in gw.plugins.values():

@@ -1,9 +1,10 @@
 """The core: which provider serves a service, in which mode, under which deadline.
 
-North adapters ask the Gateway for a Route and open an invocation on it; they never
-see a process or a gRPC call. Until the store and flavors land, a service is served
-by the first discovered plugin whose manifest declares it, and request bodies pass to
-the plugin unchanged (the plugin's `config_ref` flavor decides its native format).
+North adapters ask the Gateway for Routes and open an invocation on one; they never
+see a process or a gRPC call. Which provider serves a request comes from the store
+(providers, downloaded models, the service's hybrid policy), kept in memory; request
+bodies pass to the plugin unchanged (the plugin's `config_ref` flavor decides its
+native format).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import attrs
 import trio
@@ -21,17 +23,21 @@ from aogstream.config import Config
 from aogstream.host.process import ProcessPlugin, discover
 from aogstream.invocation import Invocation, Mode, TimeoutPolicy, open_invocation
 from aogstream.rpc.bridge import GrpcLoop
+from aogstream.store import HYBRID_POLICIES, ModelRow, Provider, Service, SQLiteStore, Store
 
 log = logging.getLogger(__name__)
 
 
 @attrs.frozen
 class Route:
-    """A service resolved to the plugin that serves it."""
+    """A service resolved to the provider (and plugin) that serves it."""
 
     service: str
     plugin: ProcessPlugin
     definition: m.ServiceDef
+    provider_name: str = ""
+    auth_info: str = ""  # the provider's credentials, for this plugin's calls only
+    source: str = "local"
 
     def mode_for(self, want_stream: bool) -> Mode:
         """Stream only when asked and declared (AOG keeps stream mode only then)."""
@@ -40,42 +46,185 @@ class Route:
         return Mode.UNARY
 
 
-class Gateway:
-    """Plugins, routing and the timeout policy of one gateway process."""
+def provider_name_for(plugin: m.PluginManifest, service: str) -> str:
+    """AOG's naming of plugin provider rows: `<type>_<plugin>_<service>`."""
+    return f"{plugin.provider.type}_{plugin.provider.name}_{service}"
 
-    def __init__(self, config: Config, grpc_loop: GrpcLoop) -> None:
+
+class Gateway:
+    """Plugins, the store, routing and the timeout policy of one gateway process.
+
+    Routing reads an in-memory table (`_table`), rebuilt from the store after every
+    write (`reload()`), so no request touches the database.
+    """
+
+    def __init__(self, config: Config, grpc_loop: GrpcLoop, store: Store | None = None) -> None:
         self.config = config
         self.grpc_loop = grpc_loop
         self.policy = TimeoutPolicy(config.unary_timeout, config.stream_timeout)
         self.plugins: dict[str, ProcessPlugin] = {}
         self.problems: list[str] = []
         self._services: dict[str, list[tuple[ProcessPlugin, m.ServiceDef]]] = {}
+        self.store: Store = store if store is not None else SQLiteStore(config.db_path)
+        self._table: dict[str, list[Provider]] = {}
+        self._models: dict[tuple[str, str], list[ModelRow]] = {}
+        self._policies: dict[str, str] = {}
+        self._nursery: trio.Nursery | None = None
 
     async def start(self, nursery: trio.Nursery) -> None:
-        """Discover plugins and launch them all concurrently; returns once each has
-        either come up or failed its first attempt (failures keep retrying)."""
+        """Discover plugins, register their providers, and launch the enabled ones
+        concurrently; returns once each has either come up or failed its first attempt
+        (failures keep retrying)."""
+        self._nursery = nursery
         manifests, self.problems = discover(self.config.plugin_dirs)
         for man in manifests:
-            plugin = ProcessPlugin(man, self.config, self.grpc_loop)
-            self.plugins[plugin.name] = plugin
-            for svc in man.services:
-                self._services.setdefault(svc.service_name, []).append((plugin, svc))
+            self.add_plugin(man)
+        await trio.to_thread.run_sync(self._register_all)
         async with trio.open_nursery() as starting:
             for plugin in self.plugins.values():
-                starting.start_soon(_start_in, nursery, plugin)
+                if self.store.plugin_enabled(plugin.name):
+                    starting.start_soon(self._launch, plugin)
         log.info("plugins: %s", ", ".join(f"{p.name}={p.state}" for p in self.plugins.values())
                  or "none found")
+
+    def add_plugin(self, man: m.PluginManifest) -> ProcessPlugin:
+        plugin = ProcessPlugin(man, self.config, self.grpc_loop)
+        plugin.on_running = self._plugin_running
+        self.plugins[plugin.name] = plugin
+        for svc in man.services:
+            self._services.setdefault(svc.service_name, []).append((plugin, svc))
+        return plugin
+
+    def remove_plugin(self, name: str) -> None:
+        self.plugins.pop(name, None)
+        for svc, entries in list(self._services.items()):
+            self._services[svc] = [(p, d) for p, d in entries if p.name != name]
+            if not self._services[svc]:
+                del self._services[svc]
+
+    async def _launch(self, plugin: ProcessPlugin) -> None:
+        assert self._nursery is not None
+        await self._nursery.start(plugin.supervise)
+
+    async def launch(self, plugin: ProcessPlugin) -> None:
+        """Start a plugin that is not running (load / enable)."""
+        plugin.reset()
+        await self._launch(plugin)
 
     async def stop(self) -> None:
         async with trio.open_nursery() as n:
             for plugin in self.plugins.values():
                 n.start_soon(plugin.stop)
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self.store.close)
+
+    # ---- providers and models in the store ----
+
+    def _register_all(self) -> None:
+        for plugin in self.plugins.values():
+            self._register(plugin.manifest)
+        self._rebuild()
+
+    def _register(self, man: m.PluginManifest) -> None:
+        """Upsert the plugin's provider rows. Re-discovery refreshes what the manifest
+        says and never touches what the user set (credentials, status, properties)."""
+        for svc in man.services:
+            name = provider_name_for(man, svc.service_name)
+            row = self.store.get_provider(name) or Provider(
+                provider_name=name, service_name=svc.service_name, scope="plugin")
+            row.service_source = man.provider.type
+            row.flavor = man.provider.name
+            row.desc = svc.description if hasattr(svc, "description") and svc.description \
+                else man.provider.description
+            row.method = "WS" if svc.expose_protocol.upper() in ("WEBSOCKET", "WSS") else "POST"
+            row.auth_type = svc.auth_type or "none"
+            row.protocol = svc.protocol or "HTTP"
+            row.models = list(svc.support_models or ([svc.default_model]
+                                                    if svc.default_model else []))
+            self.store.put_provider(row)
+            if self.store.get_service(svc.service_name) is None:
+                self.store.put_service(Service(svc.service_name))
+            if man.provider.type == m.PLUGIN_TYPE_REMOTE:
+                # cloud models need no download: they are there as soon as the provider is
+                for i, model in enumerate(row.models):
+                    if not self.store.models(provider_name=name, model_name=model):
+                        self.store.put_model(ModelRow(
+                            model, name, svc.service_name, "remote",
+                            is_default=(model == svc.default_model or (i == 0 and not
+                                                                       svc.default_model))
+                            and not self._service_has_default(svc.service_name)))
+
+    def _service_has_default(self, service: str) -> bool:
+        return any(r.is_default for r in self.store.models(service_name=service))
+
+    async def _plugin_running(self, plugin: ProcessPlugin) -> None:
+        """A plugin came up: record which models a local one really has."""
+        if plugin.manifest.provider.type != m.PLUGIN_TYPE_LOCAL or plugin.client is None:
+            return
+        try:
+            listed = await plugin.client.list_models(timeout=30)
+        except Exception as exc:  # noqa: BLE001 - plugins without model management
+            log.debug("plugin %s: ListModels: %s", plugin.name, exc)
+            return
+        await trio.to_thread.run_sync(self.sync_models, plugin.manifest, listed.models)
+
+    def sync_models(self, man: m.PluginManifest, models: list[m.ModelInfo]) -> None:
+        """Make the store's downloaded models of a local plugin match what it reports."""
+        have = {mi.name: mi for mi in models}
+        for svc in man.services:
+            pname = provider_name_for(man, svc.service_name)
+            declared = set(svc.support_models or []) | ({svc.default_model}
+                                                       if svc.default_model else set())
+            rows = {r.model_name: r for r in self.store.models(provider_name=pname)}
+            for name, info in have.items():
+                if declared and name not in declared and name not in rows and \
+                        len(man.services) > 1:
+                    continue  # a multi-service plugin: only the models a service declares
+                row = rows.get(name) or ModelRow(name, pname, svc.service_name, "local")
+                if row.status != "downloaded" or row.size != info.size:
+                    row.status, row.size = "downloaded", int(info.size)
+                    if not self._service_has_default(svc.service_name):
+                        row.is_default = name == (svc.default_model or name)
+                    self.store.put_model(row)
+            for name, row in rows.items():
+                if name not in have and row.status == "downloaded":
+                    self.store.delete_model(pname, name)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        table: dict[str, list[Provider]] = {}
+        for p in self.store.providers():
+            table.setdefault(p.service_name, []).append(p)
+        models: dict[tuple[str, str], list[ModelRow]] = {}
+        for r in self.store.models():
+            if r.status == "downloaded":
+                models.setdefault((r.service_name, r.model_name), []).append(r)
+        self._table, self._models = table, models
+        self._policies = {s.service_name: s.hybrid_policy for s in self.store.services()}
+
+    async def reload(self) -> None:
+        """Rebuild the routing table after a write to the store."""
+        await trio.to_thread.run_sync(self._rebuild)
+
+    # ---- routing ----
 
     def services(self) -> list[str]:
         return sorted(self._services)
 
-    def route(self, service: str) -> Route:
-        """The plugin for `service`, preferring one that is running."""
+    def route(self, service: str, body: dict[str, Any] | None = None) -> Route:
+        """The first choice for `service` (see `routes`)."""
+        return self.routes(service, body)[0]
+
+    def routes(self, service: str, body: dict[str, Any] | None = None) -> list[Route]:
+        """Providers that may serve this request, best first.
+
+        A named `model` picks the providers that have it downloaded; no model picks the
+        provider of the service's default model first. `hybrid_policy` (the request's,
+        else the service's) orders local and remote: `default` local then remote,
+        `always_remote` remote then local, `always_local` local only (data never leaves
+        the machine). Later entries are fallbacks when an earlier one is down or fails
+        before its first byte.
+        """
         candidates = self._services.get(service)
         if not candidates:
             known = ", ".join(self.services()) or "none (no plugins loaded)"
@@ -83,11 +232,54 @@ class Gateway:
                 errors.SERVICE_NOT_FOUND,
                 f"service {service!r} is not provided by any plugin; available services: {known}",
             )
-        for plugin, svc in candidates:
-            if plugin.state == "running":
-                return Route(service, plugin, svc)
-        plugin, svc = candidates[0]
-        return Route(service, plugin, svc)
+        body = body or {}
+        by_plugin = {p.name: (p, d) for p, d in candidates}
+        rows = [r for r in self._table.get(service, [])
+                if r.is_plugin and r.flavor in by_plugin]
+        model = body.get("model") if isinstance(body.get("model"), str) else ""
+        if model:
+            owners = {r.provider_name for r in self._models.get((service, model), [])}
+            known = {mr.provider_name for (svc, _), rs in self._models.items()
+                     if svc == service for mr in rs}
+            # who has it downloaded; else who declares it; else a plugin that says nothing
+            # about its models (it decides for itself, as under AOG)
+            chosen = [r for r in rows if r.provider_name in owners] or \
+                [r for r in rows if model in r.models] or \
+                [r for r in rows if not r.models and r.provider_name not in known]
+            if not chosen:
+                offered = sorted({mr.model_name for (svc, _), rs in self._models.items()
+                                  if svc == service for mr in rs})
+                raise errors.GatewayError(
+                    errors.MODEL_NOT_FOUND,
+                    f"model {model!r} is not available for {service!r}; downloaded models: "
+                    f"{', '.join(offered) or 'none'} (pull it first)")
+        else:
+            defaults = {mr.provider_name for (svc, _), rs in self._models.items()
+                        if svc == service for mr in rs if mr.is_default}
+            chosen = sorted(rows, key=lambda r: r.provider_name not in defaults)
+        policy = body.get("hybrid_policy") or self._policies.get(service, "default")
+        if policy not in HYBRID_POLICIES:
+            raise errors.GatewayError(
+                errors.BAD_REQUEST, f"hybrid_policy {policy!r} is not one of "
+                f"{', '.join(HYBRID_POLICIES)}")
+        local = [r for r in chosen if r.service_source == "local"]
+        remote = [r for r in chosen if r.service_source == "remote"]
+        ordered = {"default": local + remote, "always_local": local,
+                   "always_remote": remote + local}[policy]
+        # a running plugin before one that is restarting or stopped, keeping the order
+        routes = [Route(service, by_plugin[r.flavor][0], by_plugin[r.flavor][1],
+                        r.provider_name, r.auth_key, r.service_source) for r in ordered]
+        routes.sort(key=lambda rt: rt.plugin.state != "running")
+        if not routes:
+            if policy == "always_local" and remote:
+                raise errors.GatewayError(
+                    errors.SERVICE_NOT_FOUND,
+                    f"service {service!r} has only remote providers and its hybrid_policy is "
+                    f"always_local; change the policy or add a local provider")
+            # no store rows (e.g. a plugin that declares no provider rows yet): plugins
+            routes = [Route(service, p, d, provider_name_for(p.manifest, service), "",
+                            p.manifest.provider.type) for p, d in candidates]
+        return routes
 
     @asynccontextmanager
     async def invoke(
@@ -103,10 +295,8 @@ class Gateway:
         timeout = self.policy.for_call(mode, route.definition.timeout)
         async with open_invocation(
             route.plugin, route.service, mode, request, timeout=timeout,
-            auth_info=auth_info, metadata=metadata,
+            auth_info=auth_info or route.auth_info, metadata=metadata,
         ) as inv:
             yield inv
 
 
-async def _start_in(nursery: trio.Nursery, plugin: ProcessPlugin) -> None:
-    await nursery.start(plugin.supervise)

@@ -55,7 +55,8 @@ def test_unary_generate(gateway: Gateway, client):
     r = client.post(gateway.service_url("generate"), json=req)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("application/json"), r.headers
-    assert r.headers.get("x-aogstream-provider") == "echo-plugin", r.headers
+    assert r.headers.get("x-aogstream-provider") == "local_echo-plugin_generate", r.headers
+    assert r.headers.get("x-aogstream-plugin") == "echo-plugin", r.headers
     assert r.json() == {"id": tag, "service": "generate", "echo": req}
     assert gateway.events("unary", id=tag, service="generate"), "plugin never saw the call"
 
@@ -71,7 +72,8 @@ def test_sse_stream_headers_and_framing(gateway: Gateway, client):
     assert h["content-type"].startswith("text/event-stream"), h
     assert h.get("cache-control") == "no-cache", h
     assert h.get("x-accel-buffering") == "no", h
-    assert h.get("x-aogstream-provider") == "echo-plugin", h
+    assert h.get("x-aogstream-provider") == "local_echo-plugin_chat", h
+    assert h.get("x-aogstream-plugin") == "echo-plugin", h
     events = parse_sse(r.content)
     assert len(events) == 6, f"want 5 tokens + 1 final event, got {events}"
     assert [e["message"]["content"] for e in events[:5]] == [f"tok{i} " for i in range(5)]

@@ -12,7 +12,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,8 @@ class ProcessPlugin:
         self.restarts = 0
         self.pid: int | None = None
         self.client: PluginClient | None = None
+        # called (in the plugin's nursery) each time the plugin comes up
+        self.on_running: Callable[[ProcessPlugin], Awaitable[None]] | None = None
         self._process: trio.Process | None = None
         self._channel: Channel | None = None
         self._active: set[Invocation] = set()
@@ -180,6 +182,8 @@ class ProcessPlugin:
                 started()
                 if self.config.start_engines and self.manifest.provider.type == m.PLUGIN_TYPE_LOCAL:
                     nursery.start_soon(self._start_engine, self.client)
+                if self.on_running is not None:
+                    nursery.start_soon(self.on_running, self)
                 await proc.wait()
                 nursery.cancel_scope.cancel()
         finally:
@@ -271,6 +275,12 @@ class ProcessPlugin:
                 await self._terminate(proc)
         if self._cancel is not None:
             self._cancel.cancel()
+
+    def reset(self) -> None:
+        """Make a stopped plugin launchable again (plugin load / enable)."""
+        self._stopping = False
+        self._cancel = None
+        self.last_error = ""
 
     async def wait_ready(self, timeout: float) -> bool:
         with trio.move_on_after(timeout):

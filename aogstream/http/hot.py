@@ -136,10 +136,11 @@ class HotRoutes:
                 raise errors.GatewayError(errors.METHOD_NOT_ALLOWED,
                                           f"{scope['method']} is not allowed here; use POST "
                                           "(or GET with a query string)")
-            route = self.gateway.route(service)
+            self.gateway.routes(service)  # an unknown service fails before the body is read
             body = await self._read_body(scope, receive)
             raw, obj = self._parse(scope, body)
-            if route.definition.expose_protocol.upper() in ("WEBSOCKET", "WSS"):
+            routes = self.gateway.routes(service, obj)
+            if routes[0].definition.expose_protocol.upper() in ("WEBSOCKET", "WSS"):
                 raise errors.GatewayError(
                     errors.BAD_REQUEST,
                     f"service {service!r} is a WebSocket service; open a WebSocket to "
@@ -150,24 +151,40 @@ class HotRoutes:
             return
         except _ClientGone:
             return
-        mode = route.mode_for(obj.get("stream") is True)
+        want_stream = obj.get("stream") is True
         ndjson = b"application/x-ndjson" in _header(scope, b"accept")
-        served_by = [(b"x-aogstream-provider", route.plugin.name.encode())]
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
-            async with self.gateway.invoke(route, mode, raw) as inv:
-                if mode is Mode.STREAM:
-                    early = await write_stream(inv, send, ndjson=ndjson, extra_headers=served_by)
-                    if early is not None:
+            for i, route in enumerate(routes):
+                last = i == len(routes) - 1
+                mode = route.mode_for(want_stream)
+                served_by = [(b"x-aogstream-provider", route.provider_name.encode()),
+                             (b"x-aogstream-plugin", route.plugin.name.encode())]
+                async with self.gateway.invoke(route, mode, raw) as inv:
+                    if mode is Mode.STREAM:
+                        early = await write_stream(inv, send, ndjson=ndjson,
+                                                   extra_headers=served_by)
+                        if early is None:
+                            break
+                        if not last and _may_fall_back(early):
+                            log.warning("%s failed before its first byte (%s); trying %s",
+                                        route.provider_name, early.message,
+                                        routes[i + 1].provider_name)
+                            continue
                         await send_error(send, early)
-                else:
+                        break
                     try:
                         data = await inv.result()
                     except errors.GatewayError as err:
+                        if not last and _may_fall_back(err):
+                            log.warning("%s failed (%s); trying %s", route.provider_name,
+                                        err.message, routes[i + 1].provider_name)
+                            continue
                         await send_error(send, err)
                     else:
                         await _send_unary(send, data, served_by)
+                    break
             nursery.cancel_scope.cancel()
 
     # ---- WebSocket ------------------------------------------------------------------
@@ -198,6 +215,12 @@ class HotRoutes:
         finally:
             with trio.CancelScope(shield=True):
                 await ws.close()
+
+
+def _may_fall_back(err: errors.GatewayError) -> bool:
+    """Provider trouble (down, crashed, timed out, 5xx) moves on to the next provider;
+    a mistake in the request (4xx) would fail everywhere, so it is answered at once."""
+    return err.status >= 500
 
 
 class _ClientGone(Exception):
