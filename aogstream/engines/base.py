@@ -323,13 +323,13 @@ class EnginePlugin(LocalPluginProvider, StreamablePlugin):
             f"if it crashed, {self.name} restarts it — retry in a few seconds", str(exc))
 
     async def post_json(self, name: str, engine: EngineProcess, path: str,
-                        body: dict[str, Any]) -> Any:
+                        body: dict[str, Any], label: str = "") -> Any:
         try:
             r = await self.http.post(engine.base_url + path, json=body)
         except httpx.TransportError as exc:
             raise self.engine_failed(name, exc) from exc
         if r.status_code != 200:
-            raise _engine_error(r.status_code, r.content)
+            raise engine_error(r.status_code, r.content, label)
         return r.json() if r.headers.get("content-type", "").startswith("application/json") \
             else r.content
 
@@ -340,7 +340,7 @@ class EnginePlugin(LocalPluginProvider, StreamablePlugin):
         try:
             async with self.http.stream("POST", engine.base_url + path, json=body) as r:
                 if r.status_code != 200:
-                    raise _engine_error(r.status_code, await r.aread())
+                    raise engine_error(r.status_code, await r.aread())
                 async for line in r.aiter_lines():
                     if not line:
                         continue
@@ -352,13 +352,24 @@ class EnginePlugin(LocalPluginProvider, StreamablePlugin):
             raise self.engine_failed(name, exc) from exc
 
 
-def _engine_error(status: int, body: bytes) -> m.PluginError:
+def engine_error(status: int, body: bytes, label: str = "") -> m.PluginError:
+    """The engine's own message, from `{"error": "..."}`, `{"error": {"message"}}` or
+    FastAPI's `{"detail": ...}` (a list of field errors for a 422); a 4xx becomes
+    INVALID_ARGUMENT (the caller's mistake), anything else INTERNAL."""
     message = body.decode(errors="replace")[:500]
-    with contextlib.suppress(ValueError, AttributeError):
-        err = json.loads(body).get("error")
-        message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        obj = json.loads(body)
+        err = obj.get("error") or obj.get("detail")
+        if isinstance(err, dict):
+            message = str(err.get("message") or err)
+        elif isinstance(err, list):
+            message = "; ".join(
+                f"{'.'.join(str(p) for p in (e.get('loc') or [])[1:])}: {e.get('msg')}"
+                for e in err if isinstance(e, dict)) or message
+        elif err:
+            message = str(err)
     code = m.ERR_CODE_INVALID_ARGUMENT if 400 <= status < 500 else m.ERR_CODE_INTERNAL
-    return m.PluginError(code, message, "")
+    return m.PluginError(code, f"{label}: {message}" if label else message, "")
 
 
 def request_json(request: bytes) -> dict[str, Any]:

@@ -25,7 +25,6 @@ another's. Requests queue instead.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -36,13 +35,14 @@ from typing import Any
 import httpx
 
 from aogstream import manifest as m
-from aogstream.engines.base import EnginePlugin, request_json
+from aogstream.engines.base import EnginePlugin, engine_error, request_json
 from aogstream.engines.install import EngineSpec
 from aogstream.engines.models import PackageModel, StoredModel
 from aogstream.engines.process import EngineProcess
 from aogstream.sdk import serve
 
 HERE = Path(__file__).resolve().parent
+LABEL = "llama.cpp engine"
 N_CTX = 2048
 CHAT_PATH = "/v1/chat/completions"
 COMPLETION_PATH = "/v1/completions"
@@ -180,16 +180,10 @@ class LlamaCppPlugin(EnginePlugin):
 
     async def _post(self, name: str, engine: EngineProcess, path: str,
                     payload: dict[str, Any]) -> dict[str, Any]:
-        try:
-            r = await self.http.post(engine.base_url + path, json=payload)
-        except httpx.TransportError as exc:
-            raise self.engine_failed(name, exc) from exc
-        if r.status_code != 200:
-            raise engine_error(r.status_code, r.content)
-        out = r.json()
+        out = await self.post_json(name, engine, path, payload, label=LABEL)
         if not isinstance(out, dict):
             raise m.PluginError(m.ERR_CODE_INTERNAL, "the engine answered with no JSON object",
-                                r.text[:500])
+                                str(out)[:500])
         return out
 
     async def _sse(self, name: str, engine: EngineProcess, path: str,
@@ -199,7 +193,7 @@ class LlamaCppPlugin(EnginePlugin):
         try:
             async with self.http.stream("POST", engine.base_url + path, json=payload) as r:
                 if r.status_code != 200:
-                    raise engine_error(r.status_code, await r.aread())
+                    raise engine_error(r.status_code, await r.aread(), LABEL)
                 async for line in r.aiter_lines():
                     if not line.startswith("data:"):
                         continue  # blank separators and ": ping" comments
@@ -215,7 +209,7 @@ class LlamaCppPlugin(EnginePlugin):
                     if not isinstance(item, dict):
                         continue
                     if "error" in item:
-                        raise engine_error(500, data.encode())
+                        raise engine_error(500, data.encode(), LABEL)
                     yield item
         except httpx.TransportError as exc:
             raise self.engine_failed(name, exc) from exc
@@ -310,24 +304,6 @@ def cpu_has_amx() -> bool:
     except OSError:
         return False
 
-
-def engine_error(status: int, body: bytes) -> m.PluginError:
-    """The engine's own message: llama_cpp.server answers `{"error": {"message"}}` or
-    FastAPI's `{"detail": ...}` (a list of field errors for a 422)."""
-    message = body.decode(errors="replace")[:500]
-    with contextlib.suppress(ValueError, AttributeError, TypeError):
-        obj = json.loads(body)
-        err = obj.get("error") or obj.get("detail")
-        if isinstance(err, dict):
-            message = str(err.get("message") or err)
-        elif isinstance(err, list):
-            message = "; ".join(
-                f"{'.'.join(str(p) for p in (e.get('loc') or [])[1:])}: {e.get('msg')}"
-                for e in err if isinstance(e, dict)) or message
-        elif err:
-            message = str(err)
-    code = m.ERR_CODE_INVALID_ARGUMENT if 400 <= status < 500 else m.ERR_CODE_INTERNAL
-    return m.PluginError(code, f"llama.cpp engine: {message}", "")
 
 
 if __name__ == "__main__":
