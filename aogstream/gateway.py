@@ -10,8 +10,9 @@ native format).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -76,7 +77,7 @@ class Gateway:
         concurrently; returns once each has either come up or failed its first attempt
         (failures keep retrying)."""
         self._nursery = nursery
-        manifests, self.problems = discover(self.config.plugin_dirs)
+        manifests, self.problems = discover(self.plugin_search_dirs())
         for man in manifests:
             self.add_plugin(man)
         await trio.to_thread.run_sync(self._register_all)
@@ -84,6 +85,8 @@ class Gateway:
             for plugin in self.plugins.values():
                 if self.store.plugin_enabled(plugin.name):
                     starting.start_soon(self._launch, plugin)
+                else:  # disabled: listed, never started, serves nothing
+                    self.set_routable(plugin.name, False)
         log.info("plugins: %s", ", ".join(f"{p.name}={p.state}" for p in self.plugins.values())
                  or "none found")
 
@@ -95,12 +98,37 @@ class Gateway:
             self._services.setdefault(svc.service_name, []).append((plugin, svc))
         return plugin
 
+    def plugin_search_dirs(self) -> list[Path]:
+        """The configured plugin folders plus `<data dir>/plugins`, where `plugin install`
+        puts plugins: an installed plugin must come back after a restart even when the
+        gateway was started with explicit `--plugin-dir`s."""
+        dirs = [Path(d) for d in self.config.plugin_dirs]
+        installed = self.config.data_dir / "plugins"
+        if all(d.absolute() != installed.absolute() for d in dirs):
+            dirs.append(installed)
+        return dirs
+
     def remove_plugin(self, name: str) -> None:
+        self.set_routable(name, False)
         self.plugins.pop(name, None)
+
+    def set_routable(self, name: str, routable: bool) -> None:
+        """Give or take away a plugin's services in routing; a disabled plugin stays
+        listed (and can be enabled again) but no request reaches it."""
         for svc, entries in list(self._services.items()):
             self._services[svc] = [(p, d) for p, d in entries if p.name != name]
             if not self._services[svc]:
                 del self._services[svc]
+        plugin = self.plugins.get(name)
+        if routable and plugin is not None:
+            for svc_def in plugin.manifest.services:
+                self._services.setdefault(svc_def.service_name, []).append((plugin, svc_def))
+
+    def spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run a background task (a model pull) for as long as the gateway runs."""
+        if self._nursery is None:
+            raise RuntimeError("the gateway is not started")
+        self._nursery.start_soon(fn, *args)
 
     async def _launch(self, plugin: ProcessPlugin) -> None:
         assert self._nursery is not None
@@ -211,6 +239,19 @@ class Gateway:
     def services(self) -> list[str]:
         return sorted(self._services)
 
+    def check_service(self, service: str) -> list[tuple[ProcessPlugin, m.ServiceDef]]:
+        """The plugins declaring `service`, or 404 listing the known ones. Only this, and
+        not `routes()`, may run before the body is read: the body's `model` and
+        `hybrid_policy` change which providers qualify."""
+        candidates = self._services.get(service)
+        if not candidates:
+            known = ", ".join(self.services()) or "none (no plugins loaded)"
+            raise errors.GatewayError(
+                errors.SERVICE_NOT_FOUND,
+                f"service {service!r} is not provided by any plugin; available services: {known}",
+            )
+        return candidates
+
     def route(self, service: str, body: dict[str, Any] | None = None) -> Route:
         """The first choice for `service` (see `routes`)."""
         return self.routes(service, body)[0]
@@ -225,17 +266,11 @@ class Gateway:
         the machine). Later entries are fallbacks when an earlier one is down or fails
         before its first byte.
         """
-        candidates = self._services.get(service)
-        if not candidates:
-            known = ", ".join(self.services()) or "none (no plugins loaded)"
-            raise errors.GatewayError(
-                errors.SERVICE_NOT_FOUND,
-                f"service {service!r} is not provided by any plugin; available services: {known}",
-            )
+        candidates = self.check_service(service)
         body = body or {}
         by_plugin = {p.name: (p, d) for p, d in candidates}
         rows = [r for r in self._table.get(service, [])
-                if r.is_plugin and r.flavor in by_plugin]
+                if r.flavor in by_plugin]  # plugin rows and custom rows naming a plugin
         model = body.get("model") if isinstance(body.get("model"), str) else ""
         if model:
             owners = {r.provider_name for r in self._models.get((service, model), [])}
@@ -266,19 +301,23 @@ class Gateway:
         remote = [r for r in chosen if r.service_source == "remote"]
         ordered = {"default": local + remote, "always_local": local,
                    "always_remote": remote + local}[policy]
-        # a running plugin before one that is restarting or stopped, keeping the order
         routes = [Route(service, by_plugin[r.flavor][0], by_plugin[r.flavor][1],
                         r.provider_name, r.auth_key, r.service_source) for r in ordered]
-        routes.sort(key=lambda rt: rt.plugin.state != "running")
-        if not routes:
-            if policy == "always_local" and remote:
-                raise errors.GatewayError(
-                    errors.SERVICE_NOT_FOUND,
-                    f"service {service!r} has only remote providers and its hybrid_policy is "
-                    f"always_local; change the policy or add a local provider")
-            # no store rows (e.g. a plugin that declares no provider rows yet): plugins
+        if not routes and not chosen:
+            # no store rows (e.g. a plugin that declares no provider rows yet): the
+            # plugins themselves, under the same policy
+            sides = {"default": ("local", "remote"), "always_local": ("local",),
+                     "always_remote": ("remote", "local")}[policy]
             routes = [Route(service, p, d, provider_name_for(p.manifest, service), "",
-                            p.manifest.provider.type) for p, d in candidates]
+                            p.manifest.provider.type)
+                      for side in sides for p, d in candidates if p.manifest.provider.type == side]
+        # a running plugin before one that is restarting or stopped, keeping the order
+        routes.sort(key=lambda rt: rt.plugin.state != "running")
+        if not routes:  # always_local, and only remote providers qualify
+            raise errors.GatewayError(
+                errors.SERVICE_NOT_FOUND,
+                f"service {service!r} has only remote providers and its hybrid_policy is "
+                f"always_local; change the policy or add a local provider")
         return routes
 
     @asynccontextmanager

@@ -64,9 +64,10 @@ class Gateway:
     """One gateway subprocess with the echo plugin, and helpers to talk to it."""
 
     def __init__(self, workdir: Path, env: dict[str, str] | None = None,
-                 plugin_dir: Path = PLUGIN_DIR) -> None:
+                 plugin_dir: Path | list[Path] = PLUGIN_DIR) -> None:
         self.workdir = workdir
-        self.plugin_dir = plugin_dir
+        self.plugin_dirs = plugin_dir if isinstance(plugin_dir, list) else [plugin_dir]
+        self.plugin_dir = self.plugin_dirs[0]
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.events_file = workdir / "events.jsonl"
         self.log_file = workdir / "gateway.log"
@@ -107,7 +108,8 @@ class Gateway:
             with open(self.log_file, "ab") as log:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "aogstream", "server", "start",
-                     "--port", str(self.port), "--plugin-dir", str(self.plugin_dir)],
+                     "--port", str(self.port),
+                     *(a for d in self.plugin_dirs for a in ("--plugin-dir", str(d)))],
                     cwd=REPO, env=self._env(), stdin=subprocess.DEVNULL,
                     stdout=log, stderr=subprocess.STDOUT,
                 )

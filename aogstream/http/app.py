@@ -1,5 +1,6 @@
-"""The Quart app: everything that is not a service invocation (health, version,
-plugin status). Service routes are served by `hot.HotRoutes` in front of it."""
+"""The Quart app: everything that is not a service invocation (health, version, the
+management routes of `http.manage`). Service routes are served by `hot.HotRoutes` in
+front of it."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from quart_trio.asgi import TrioASGIHTTPConnection
 from aogstream import AOG_VERSION, SPEC_VERSION, __version__
 from aogstream.gateway import Gateway
 from aogstream.http.hot import HotRoutes
+from aogstream.http.manage import register_management
 
 BASE = f"/aog/{SPEC_VERSION}"
-PLUGIN_STATUS = {"running": 1, "stopped": 2}
 
 
 class ShieldedFinalSend(TrioASGIHTTPConnection):
@@ -62,25 +63,8 @@ def build_app(gateway: Gateway) -> HotRoutes:
             "version": AOG_VERSION, "spec_version": SPEC_VERSION, "aogstream": __version__,
         }))
 
-    @app.get(f"{BASE}/plugin/list")
-    async def plugin_list() -> Any:
-        data = []
-        for p in gateway.plugins.values():
-            man = p.manifest
-            data.append({
-                "name": p.name,
-                "provider_name": man.provider.display_name or p.name,
-                "services": man.list_service_names(),
-                "status": PLUGIN_STATUS.get(p.state, 2),
-                "version": man.version,
-                "description": man.provider.description,
-                # aogstream's own details
-                "state": p.state,
-                "pid": p.pid,
-                "restarts": p.restarts,
-                "last_error": p.last_error,
-            })
-        return jsonify(envelope(100000, "Plugin operation success", data))
+    # service, service_provider, model and plugin management (plugin/list among them)
+    register_management(app, gateway)
 
     @app.errorhandler(404)
     async def not_found(_e: Any) -> Any:

@@ -136,7 +136,7 @@ class HotRoutes:
                 raise errors.GatewayError(errors.METHOD_NOT_ALLOWED,
                                           f"{scope['method']} is not allowed here; use POST "
                                           "(or GET with a query string)")
-            self.gateway.routes(service)  # an unknown service fails before the body is read
+            self.gateway.check_service(service)  # unknown: fail before reading the body
             body = await self._read_body(scope, receive)
             raw, obj = self._parse(scope, body)
             routes = self.gateway.routes(service, obj)

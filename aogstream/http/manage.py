@@ -1,0 +1,324 @@
+"""The management routes under `/aog/v0.2`: service, service_provider, model, plugin.
+
+A thin HTTP layer over `aogstream.manage.Manager`: it reads the request fields, checks
+their types and answers in AOG's envelope `{business_code, message, data}`.
+
+Fields come from the query string and from a JSON body alike (the body wins), for
+every method, GET included: AOG's own CLI sends JSON bodies on GET while gin binds
+GET requests from the query string, so clients of both kinds exist.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from quart import Blueprint, Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from aogstream import SPEC_VERSION, manage
+from aogstream.errors import Bcode, GatewayError
+from aogstream.gateway import Gateway
+from aogstream.manage import Manager
+
+log = logging.getLogger(__name__)
+BASE = f"/aog/{SPEC_VERSION}"
+
+
+class Fields:
+    """Request fields with type checks whose errors name the field."""
+
+    def __init__(self, data: dict[str, Any], bad: Bcode) -> None:
+        self.data = data
+        self.bad = bad
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.data and self.data[key] is not None
+
+    def text(self, key: str, *, required: bool = False) -> str:
+        value = self.data.get(key)
+        if value is None or value == "":
+            if required:
+                raise GatewayError(self.bad, f"{key} is required")
+            return ""
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise GatewayError(self.bad, f"{key} must be a string, not "
+                                         f"{type(value).__name__}")
+        return str(value).strip()
+
+    def flag(self, key: str) -> bool:
+        value = self.data.get(key)
+        if value is None or value == "":
+            return False
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise GatewayError(self.bad, f"{key} must be true or false, got {value!r}")
+
+    def number(self, key: str, default: int) -> int:
+        value = self.data.get(key)
+        if value is None or value == "":
+            return default
+        if isinstance(value, bool):
+            raise GatewayError(self.bad, f"{key} must be an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise GatewayError(self.bad, f"{key} must be an integer, got {value!r}") from None
+
+    def raw(self, *keys: str) -> dict[str, Any]:
+        """The given keys that are present, untouched (the manager checks them)."""
+        return {k: self.data[k] for k in keys if k in self}
+
+
+async def read_fields(bad: Bcode) -> Fields:
+    data: dict[str, Any] = {k: request.args.getlist(k)[-1] for k in request.args}
+    raw = await request.get_data()
+    if raw.strip():
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            where = f" at line {exc.lineno} column {exc.colno}" if isinstance(
+                exc, json.JSONDecodeError) else ""
+            raise GatewayError(bad, f"request body is not valid JSON{where}: "
+                                    f"{getattr(exc, 'msg', str(exc))}") from None
+        if not isinstance(body, dict):
+            raise GatewayError(bad, f"request body must be a JSON object, not "
+                                    f"{type(body).__name__}")
+        data.update(body)
+    return Fields(data, bad)
+
+
+def ok(bcode: Bcode, data: Any = None, message: str = "") -> Response:
+    body: dict[str, Any] = {"business_code": bcode.code,
+                            "message": message or manage.SUCCESS_MESSAGES[bcode.code]}
+    if data is not None:
+        body["data"] = data
+    return Response(json.dumps(body, ensure_ascii=False), status=200,
+                    mimetype="application/json")
+
+
+def failure(err: GatewayError) -> Response:
+    return Response(err.body(), status=err.status, mimetype="application/json")
+
+
+PROVIDER_KEYS = ("service_name", "service_source", "api_flavor", "provider_name", "desc",
+                 "method", "url", "auth_type", "auth_key", "models", "extra_headers",
+                 "extra_json_body", "properties")
+
+
+def management_blueprint(gateway: Gateway) -> Blueprint:
+    """The routes, bound to one gateway's Manager."""
+    mgr = Manager(gateway)
+    bp = Blueprint("management", __name__, url_prefix=BASE)
+
+    @bp.errorhandler(GatewayError)
+    async def gateway_error(err: GatewayError) -> Response:
+        return failure(err)
+
+    # ---- service ----
+
+    @bp.get("/service")
+    async def get_services() -> Response:
+        f = await read_fields(manage.SERVICE_BAD)
+        return ok(manage.SERVICE_OK, await mgr.list_services(f.text("service_name")))
+
+    @bp.put("/service")
+    async def edit_service() -> Response:
+        f = await read_fields(manage.SERVICE_BAD)
+        data = await mgr.edit_service(f.text("service_name", required=True),
+                                      f.text("hybrid_policy", required=True))
+        return ok(manage.SERVICE_OK, data)
+
+    @bp.post("/service/install")
+    async def install_service() -> Response:
+        f = await read_fields(manage.SERVICE_BAD)
+        auth_key = f.data.get("auth_key") or ""
+        if auth_key:
+            auth_key = manage.json_object_text(auth_key, "auth_key", manage.SERVICE_BAD)
+        data = await mgr.install_service(
+            f.text("service_name", required=True), service_source=f.text("service_source"),
+            provider_name=f.text("provider_name"), api_flavor=f.text("api_flavor"),
+            auth_type=f.text("auth_type"), auth_key=auth_key, model_name=f.text("model_name"),
+            skip_model=f.flag("skip_model"), url=f.text("url"), method=f.text("method"),
+            desc=f.text("desc"))
+        return ok(manage.SERVICE_OK, data)
+
+    @bp.post("/service/export")
+    async def export_services() -> Response:
+        f = await read_fields(manage.SERVICE_BAD)
+        data = await mgr.export(f.text("service_name"), f.text("provider_name"),
+                                f.text("model_name"))
+        return ok(manage.SERVICE_OK, data)
+
+    @bp.post("/service/import")
+    async def import_services() -> Response:
+        f = await read_fields(manage.SERVICE_BAD)
+        return ok(manage.SERVICE_OK, await mgr.import_(f.data))
+
+    # ---- service_provider ----
+
+    def provider_filters(f: Fields) -> dict[str, str]:
+        return {k: f.text(k) for k in ("service_name", "service_source", "provider_name",
+                                       "api_flavor")}
+
+    @bp.get("/service_provider")
+    async def get_providers() -> Response:
+        f = await read_fields(manage.PROVIDER_BAD)
+        return ok(manage.PROVIDER_OK, await mgr.list_providers(**provider_filters(f)))
+
+    @bp.get("/service_provider/detail")
+    async def provider_detail() -> Response:
+        f = await read_fields(manage.PROVIDER_BAD)
+        return ok(manage.PROVIDER_OK, await mgr.provider_detail(**provider_filters(f)))
+
+    @bp.post("/service_provider")
+    async def create_provider() -> Response:
+        f = await read_fields(manage.PROVIDER_BAD)
+        return ok(manage.PROVIDER_OK, await mgr.create_provider(f.raw(*PROVIDER_KEYS)))
+
+    @bp.put("/service_provider")
+    async def update_provider() -> Response:
+        f = await read_fields(manage.PROVIDER_BAD)
+        f.text("provider_name", required=True)
+        return ok(manage.PROVIDER_OK, await mgr.update_provider(f.raw(*PROVIDER_KEYS)))
+
+    @bp.delete("/service_provider")
+    async def delete_provider() -> Response:
+        f = await read_fields(manage.PROVIDER_BAD)
+        await mgr.delete_provider(f.text("provider_name", required=True))
+        return ok(manage.PROVIDER_OK)
+
+    # ---- model ----
+
+    @bp.get("/model")
+    async def get_models() -> Response:
+        f = await read_fields(manage.MODEL_BAD)
+        return ok(manage.MODEL_OK, await mgr.list_models(
+            f.text("provider_name"), f.text("model_name"), f.text("service_name")))
+
+    async def pull_job(f: Fields, background: bool) -> manage.PullJob:
+        return await mgr.start_pull(f.text("provider_name"),
+                                    f.text("model_name", required=True),
+                                    f.text("service_name"), f.text("service_source"),
+                                    background=background)
+
+    @bp.post("/model")
+    async def pull_model() -> Response:
+        job = await pull_job(await read_fields(manage.MODEL_BAD), True)
+        return ok(manage.MODEL_OK, {"provider_name": job.provider.provider_name,
+                                    "model_name": job.model_name, "status": "downloading"},
+                  f"pulling {job.model_name} in the background; GET /model shows its status")
+
+    @bp.post("/model/stream")
+    async def pull_model_stream() -> Response:
+        job = await pull_job(await read_fields(manage.MODEL_BAD), False)
+        events = job.watch()
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for event in events:
+                    yield b"data: " + json.dumps(event, ensure_ascii=False).encode() + b"\n\n"
+            finally:
+                job.unwatch(events)
+
+        resp = Response(body(), mimetype="text/event-stream")
+        resp.headers["Cache-Control"] = "no-cache"
+        resp.timeout = None  # a big model takes longer than Quart's 60 s
+        return resp
+
+    @bp.post("/model/stream/cancel")
+    async def cancel_pull() -> Response:
+        f = await read_fields(manage.MODEL_BAD)
+        providers = mgr.cancel_pull(f.text("model_name", required=True))
+        return ok(manage.MODEL_OK, {"providers": providers})
+
+    @bp.delete("/model")
+    async def delete_model() -> Response:
+        f = await read_fields(manage.MODEL_BAD)
+        data = await mgr.delete_model(f.text("provider_name"),
+                                      f.text("model_name", required=True),
+                                      f.text("service_name"))
+        return ok(manage.MODEL_OK, data)
+
+    @bp.get("/model/recommend")
+    async def recommend() -> Response:
+        await read_fields(manage.MODEL_BAD)
+        return ok(manage.MODEL_OK, await mgr.recommend())
+
+    @bp.get("/model/support")
+    async def support() -> Response:
+        f = await read_fields(manage.MODEL_BAD)
+        return ok(manage.MODEL_OK, await mgr.support(
+            service_name=f.text("service_name"), flavor=f.text("flavor"),
+            service_source=f.text("service_source"), search_name=f.text("search_name"),
+            page=f.number("page", 1), page_size=f.number("page_size", 10)))
+
+    # ---- plugin ----
+
+    @bp.get("/plugin/list")
+    async def plugin_list() -> Response:
+        return ok(manage.PLUGIN_OK, await mgr.list_plugins())
+
+    async def plugin_name() -> str:
+        return (await read_fields(manage.PLUGIN_INVALID)).text("name", required=True)
+
+    @bp.get("/plugin/info")
+    async def plugin_info() -> Response:
+        return ok(manage.PLUGIN_OK, await mgr.plugin_info(await plugin_name()))
+
+    @bp.post("/plugin/load")
+    async def plugin_load() -> Response:
+        return ok(manage.PLUGIN_OK, await mgr.plugin_load(await plugin_name()))
+
+    @bp.post("/plugin/stop")
+    async def plugin_stop() -> Response:
+        return ok(manage.PLUGIN_OK, await mgr.plugin_stop(await plugin_name()))
+
+    @bp.delete("/plugin/delete")
+    async def plugin_delete() -> Response:
+        return ok(manage.PLUGIN_OK, await mgr.plugin_delete(await plugin_name()))
+
+    @bp.post("/plugin/install")
+    async def plugin_install() -> Response:
+        f = await read_fields(manage.PLUGIN_INVALID)
+        return ok(manage.PLUGIN_OK, await mgr.plugin_install(f.text("path", required=True)))
+
+    @bp.post("/plugin/enable")
+    async def plugin_enable() -> Response:
+        return ok(manage.PLUGIN_OK, await mgr.plugin_enable(await plugin_name()))
+
+    @bp.post("/plugin/disable")
+    async def plugin_disable() -> Response:
+        return ok(manage.PLUGIN_OK, await mgr.plugin_disable(await plugin_name()))
+
+    return bp
+
+
+def register_management(app: QuartTrio, gateway: Gateway) -> None:
+    """Wire the management routes into the app, with JSON answers for wrong methods
+    and unexpected failures (never an HTML error page)."""
+    app.register_blueprint(management_blueprint(gateway))
+
+    @app.errorhandler(405)
+    async def method_not_allowed(exc: Any) -> Response:
+        allowed = sorted(m for m in (getattr(exc, "valid_methods", None) or ())
+                         if m not in ("HEAD", "OPTIONS"))
+        hint = f"; use {', '.join(allowed)}" if allowed else ""
+        return failure(GatewayError(Bcode(405, 40005),
+                                    f"{request.method} is not allowed on {request.path}{hint}"))
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Response:
+        if isinstance(exc, GatewayError):
+            return failure(exc)
+        if isinstance(exc, HTTPException):
+            code = exc.code or 500
+            return failure(GatewayError(Bcode(code, code), exc.description or exc.name))
+        log.exception("management call %s %s failed", request.method, request.path)
+        return failure(GatewayError(Bcode(500, 100404), f"internal error: "
+                                    f"{type(exc).__name__}: {exc}; see the gateway log"))
