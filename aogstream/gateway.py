@@ -180,7 +180,14 @@ class Gateway:
                             model, name, svc.service_name, "remote",
                             is_default=(model == svc.default_model or (i == 0 and not
                                                                        svc.default_model))
-                            and not self._service_has_default(svc.service_name)))
+                            and not self._service_has_default(svc.service_name)
+                            and svc.service_name not in self._local_services()))
+
+    def _local_services(self) -> set[str]:
+        """Services some local plugin offers: their default model is a local one (the
+        local plugin reports it when it comes up), never a cloud model chosen first."""
+        return {svc.service_name for p in self.plugins.values()
+                if p.manifest.provider.type == m.PLUGIN_TYPE_LOCAL for svc in p.manifest.services}
 
     def _service_has_default(self, service: str) -> bool:
         return any(r.is_default for r in self.store.models(service_name=service))
@@ -209,10 +216,11 @@ class Gateway:
                         len(man.services) > 1:
                     continue  # a multi-service plugin: only the models a service declares
                 row = rows.get(name) or ModelRow(name, pname, svc.service_name, "local")
-                if row.status != "downloaded" or row.size != info.size:
+                make_default = not self._service_has_default(svc.service_name) and \
+                    name == (svc.default_model or name)
+                if row.status != "downloaded" or row.size != info.size or make_default:
                     row.status, row.size = "downloaded", int(info.size)
-                    if not self._service_has_default(svc.service_name):
-                        row.is_default = name == (svc.default_model or name)
+                    row.is_default = row.is_default or make_default
                     self.store.put_model(row)
             for name, row in rows.items():
                 if name not in have and row.status == "downloaded":
@@ -301,6 +309,11 @@ class Gateway:
         remote = [r for r in chosen if r.service_source == "remote"]
         ordered = {"default": local + remote, "always_local": local,
                    "always_remote": remote + local}[policy]
+        # a provider that needs credentials nobody has set cannot serve: as the first
+        # choice it answers how to set the key; as a fallback it would only hide the
+        # first choice's real error
+        ordered = ordered[:1] + [r for r in ordered[1:]
+                                 if r.auth_type in ("", "none") or r.auth_key]
         routes = [Route(service, by_plugin[r.flavor][0], by_plugin[r.flavor][1],
                         r.provider_name, r.auth_key, r.service_source) for r in ordered]
         if not routes and not chosen:

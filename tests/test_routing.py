@@ -217,6 +217,15 @@ def test_remote_without_credentials_is_refused_not_rerouted(hybrid: Gateway) -> 
     assert remote_event(hybrid, tag)["auth"] == {"sha256": "", "fields": []}
 
 
+def test_a_keyless_remote_is_no_fallback(hybrid: Gateway) -> None:
+    """A remote provider without its key cannot serve: trying it after a local failure
+    would only replace the local error with "set the key"."""
+    r, tag = call(hybrid, "embed", {"input": "x", "fail_code": 11})
+    assert r.status_code >= 500, r.text
+    assert "api_key" not in r.json()["message"]
+    assert tried(hybrid, tag) == {LOCAL: 1, REMOTE: 0}
+
+
 def test_always_remote_sends_the_providers_credentials(creds: Gateway) -> None:
     set_policy(creds, "chat", "always_remote")
     r, tag = call(creds, "chat", {})

@@ -241,8 +241,9 @@ def test_rediscovery_never_wipes_what_the_user_set(tmp_path: Path, db: Path) -> 
         row.desc, row.models = "stale", ["old-model"]
         store.put_provider(row)
         cloud = store.models(provider_name=REMOTE_CHAT)
+        # a local plugin (echo) offers chat too: the default is left for a local model
         assert [(m.model_name, m.status, m.is_default) for m in cloud] == [
-            ("cloud-chat-1", "downloaded", True)]
+            ("cloud-chat-1", "downloaded", False)]
         store.put_model(ModelRow("echo", "local_echo-plugin_chat", "chat", is_default=True))
 
         gw._register(load_manifest(HYBRID_DIR / "remote-echo-plugin"))
