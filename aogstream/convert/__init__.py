@@ -1,0 +1,39 @@
+"""Flavor conversion: AOG-format templates translating API dialects to and from the AOG shape."""
+
+from aogstream.convert.engine import (
+    PIVOT,
+    Conversion,
+    Converted,
+    Converter,
+    ConvertError,
+    StreamConverter,
+)
+from aogstream.convert.flavor import (
+    BUILTIN_DIR,
+    Flavor,
+    FlavorRegistry,
+    ServiceDef,
+    TemplateError,
+    UnknownFlavorError,
+    load_flavor_file,
+    load_plugin_templates,
+    parse_flavor,
+)
+
+__all__ = [
+    "BUILTIN_DIR",
+    "PIVOT",
+    "Conversion",
+    "ConvertError",
+    "Converted",
+    "Converter",
+    "Flavor",
+    "FlavorRegistry",
+    "ServiceDef",
+    "StreamConverter",
+    "TemplateError",
+    "UnknownFlavorError",
+    "load_flavor_file",
+    "load_plugin_templates",
+    "parse_flavor",
+]
