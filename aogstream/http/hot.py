@@ -26,6 +26,7 @@ from aogstream.bidi.realtime_asr import serve_realtime
 from aogstream.bidi.relay import serve_relay
 from aogstream.bidi.socket import AsgiWebSocket
 from aogstream.gateway import Gateway
+from aogstream.http.flavors import FrontDoors, is_front_door
 from aogstream.invocation import Mode
 from aogstream.sse.writer import write_stream
 
@@ -63,6 +64,7 @@ class HotRoutes:
         self.fallback = fallback
         self.max_body = gateway.config.max_body_bytes
         self.max_ws_frame = gateway.config.ws_max_message_bytes
+        self.front_doors = FrontDoors(gateway, self.max_body)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path: str = scope.get("path", "")
@@ -75,6 +77,9 @@ class HotRoutes:
             if kind == "websocket":
                 await self._websocket(scope, receive, send, service)
                 return
+        elif kind == "http" and is_front_door(path):  # OpenAI / Ollama / api_flavors
+            await self.front_doors(scope, receive, send)
+            return
         await self.fallback(scope, receive, send)
 
     # ---- HTTP -----------------------------------------------------------------------
