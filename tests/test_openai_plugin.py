@@ -68,7 +68,8 @@ class Cloud:
                  "--host", "127.0.0.1", "--port", str(self.port), "--n_threads", "2",
                  "--n_ctx", "2048", "--api_key", KEY, "--interrupt_requests", "false",
                  "--embedding", "true"],
-                env={**os.environ, "LLAMACPP_EXTRA_BUFTS": "0"},  # AMX crash on some VMs
+                # AMX crash on some VMs; unbuffered, or the server's prints wait in a buffer
+                env={**os.environ, "LLAMACPP_EXTRA_BUFTS": "0", "PYTHONUNBUFFERED": "1"},
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 90.0) -> float:
