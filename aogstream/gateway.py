@@ -47,6 +47,12 @@ class Route:
         return Mode.UNARY
 
 
+def may_fall_back(err: errors.GatewayError) -> bool:
+    """Provider trouble (down, crashed, timed out, 5xx) moves on to the next provider;
+    a mistake in the request (4xx) would fail everywhere, so it is answered at once."""
+    return err.status >= 500
+
+
 def provider_name_for(plugin: m.PluginManifest, service: str) -> str:
     """AOG's naming of plugin provider rows: `<type>_<plugin>_<service>`."""
     return f"{plugin.provider.type}_{plugin.provider.name}_{service}"

@@ -22,9 +22,18 @@ import trio
 
 from aogstream import SPEC_VERSION, errors
 from aogstream.convert import PIVOT, Conversion, Converter, ConvertError, TemplateError
-from aogstream.gateway import Gateway, Route
+from aogstream.gateway import Gateway, Route, may_fall_back
+from aogstream.http.asgi import (
+    ClientGone,
+    parse_object,
+    read_body,
+    send_json,
+    served_by_headers,
+    watch_disconnect,
+)
 from aogstream.invocation import Mode
 from aogstream.sse.framing import encode_ndjson, encode_sse
+from aogstream.sse.writer import NDJSON_HEADERS, SSE_HEADERS
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +45,6 @@ FLAVORS = ("openai", "ollama")
 SERVICES = ("chat", "generate", "embed", "models")
 # `GET /v1/models` and `GET /api/tags` list the downloaded models of these services.
 MODEL_SERVICES = ("chat", "generate", "embed")
-_STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
-
-
-class _ClientGone(Exception):
-    """The client hung up while we were reading its request."""
 
 
 @dataclass(frozen=True)
@@ -157,31 +161,12 @@ class FrontDoors:
                 await self._models(send, door)
                 return
             self.gateway.check_service(door.service)
-            body = await self._read_body(scope, receive)
+            body = await read_body(scope, receive, self.max_body)
             await self._invoke(door, body, receive, send)
         except errors.GatewayError as err:
-            await _send(send, err.status, error_body(err_flavor, err))
-        except _ClientGone:
+            await send_json(send, err.status, error_body(err_flavor, err))
+        except ClientGone:
             return
-
-    async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes:
-        """The whole request body, bounded by the gateway's body limit."""
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                raise _ClientGone
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise errors.GatewayError(
-                    errors.BODY_TOO_LARGE,
-                    f"request body is over the {self.max_body} byte limit "
-                    "(AOGSTREAM_MAX_BODY_BYTES); send smaller requests")
-            chunks.append(chunk)
-            if not msg.get("more_body", False):
-                return b"".join(chunks)
 
     # ---- model listing ----------------------------------------------------------------
 
@@ -197,7 +182,7 @@ class FrontDoors:
         aog = json.dumps({"models": list(seen.values())}).encode()
         conv = self.converter.between("models", door.flavor, PIVOT)
         out = self._convert(lambda: conv.response(aog, {"Content-Type": "application/json"}))
-        await _send(send, 200, out)
+        await send_json(send, 200, out)
 
     # ---- invocation -------------------------------------------------------------------
 
@@ -214,17 +199,7 @@ class FrontDoors:
 
     def _parse(self, door: Door, body: bytes) -> dict[str, Any]:
         """The app's JSON object, or a 400 naming what is wrong with it."""
-        if not body.strip():
-            raise errors.GatewayError(errors.BAD_JSON, "request body is empty; send a JSON "
-                                      "object with \"model\" and the service's fields")
-        try:
-            obj = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise errors.GatewayError(errors.BAD_JSON,
-                                      f"request body is not valid JSON: {exc}") from None
-        if not isinstance(obj, dict):
-            raise errors.GatewayError(errors.BAD_JSON, "request body must be a JSON object, "
-                                      f"not {type(obj).__name__}")
+        obj = parse_object(body, 'with "model" and the service\'s fields')
         if door.service == "chat" and not (isinstance(obj.get("messages"), list)
                                            and obj["messages"]):
             raise errors.GatewayError(errors.BAD_REQUEST,
@@ -262,7 +237,7 @@ class FrontDoors:
             aog = json.dumps(aog_obj).encode()
         routes = self.gateway.routes(door.service, aog_obj)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
+            nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope)
             for i, route in enumerate(routes):
                 may_retry = i < len(routes) - 1
                 try:
@@ -271,11 +246,11 @@ class FrontDoors:
                     early, may_retry = err, False
                 if early is None:
                     break
-                if may_retry and early.status >= 500:
+                if may_retry and may_fall_back(early):
                     log.warning("%s failed (%s); trying %s", route.provider_name,
                                 early.message, routes[i + 1].provider_name)
                     continue
-                await _send(send, early.status, error_body(door.flavor, early))
+                await send_json(send, early.status, error_body(door.flavor, early))
                 break
             nursery.cancel_scope.cancel()
 
@@ -291,8 +266,7 @@ class FrontDoors:
             return errors.GatewayError(errors.TASK_FAILED,
                                        f"{route.provider_name}: {exc}")
         mode = route.mode_for(want_stream)
-        served_by = [(b"x-aogstream-provider", route.provider_name.encode()),
-                     (b"x-aogstream-plugin", route.plugin.name.encode())]
+        served_by = served_by_headers(route)
         async with self.gateway.invoke(route, mode, request) as inv:
             if mode is Mode.STREAM:
                 return await self._stream(inv, send, door, back, model, served_by)
@@ -302,7 +276,7 @@ class FrontDoors:
                 return err
         out = self._convert(lambda: back.response(data, {"Content-Type": "application/json"},
                                                   model=model))
-        await _send(send, 200, out, served_by)
+        await send_json(send, 200, out, served_by)
         return None
 
     async def _stream(self, inv: Any, send: Send, door: Door, back: Conversion,
@@ -323,9 +297,8 @@ class FrontDoors:
             if inv.error is not None:
                 return inv.error
             first = None
-        ctype_out = b"application/x-ndjson" if ndjson else b"text/event-stream; charset=utf-8"
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", ctype_out), *_STREAM_HEADERS, *served_by]})
+                    "headers": [*(NDJSON_HEADERS if ndjson else SSE_HEADERS), *served_by]})
         # the prologue/epilogue strings are the payload of an event ("[DONE]"), framed
         # like every other event: `data: [DONE]\n\n`, not a bare line
         out = bytearray(b"".join(encode(p) for p in sc.prologue))
@@ -364,21 +337,3 @@ class FrontDoors:
         with trio.CancelScope(shield=True):  # or hypercorn never closes the connection
             await send({"type": "http.response.body", "body": bytes(out), "more_body": False})
         return None
-
-
-async def _send(send: Send, status: int, body: bytes,
-                extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    """A complete JSON response; the last send is shielded so the connection closes."""
-    headers = [(b"content-type", b"application/json"), *(extra or [])]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    with trio.CancelScope(shield=True):
-        await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def _watch_disconnect(receive: Any, scope: trio.CancelScope) -> None:
-    """A client that hangs up cancels the provider call (raw ASGI has no one else to)."""
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            scope.cancel()
-            return

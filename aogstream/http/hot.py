@@ -25,7 +25,17 @@ from aogstream.bidi.realtime_asr import SERVICE as REALTIME_SERVICE
 from aogstream.bidi.realtime_asr import serve_realtime
 from aogstream.bidi.relay import serve_relay
 from aogstream.bidi.socket import AsgiWebSocket
-from aogstream.gateway import Gateway
+from aogstream.gateway import Gateway, may_fall_back
+from aogstream.http.asgi import (
+    JSON_HEADERS,
+    ClientGone,
+    header,
+    parse_object,
+    read_body,
+    send_json,
+    served_by_headers,
+    watch_disconnect,
+)
 from aogstream.http.flavors import FrontDoors, is_front_door
 from aogstream.invocation import Mode
 from aogstream.sse.writer import write_stream
@@ -34,26 +44,10 @@ log = logging.getLogger(__name__)
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 PREFIX = f"/aog/{SPEC_VERSION}/services/"
-JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-async def send_json(send: Any, status: int, body: bytes,
-                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = JSON_HEADERS + (extra or [])
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    with trio.CancelScope(shield=True):
-        await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def send_error(send: Any, err: errors.GatewayError) -> None:
     await send_json(send, err.status, err.body())
-
-
-def _header(scope: dict[str, Any], name: bytes) -> bytes:
-    for k, v in scope.get("headers", ()):
-        if k == name:
-            return v
-    return b""
 
 
 class HotRoutes:
@@ -85,30 +79,7 @@ class HotRoutes:
     # ---- HTTP -----------------------------------------------------------------------
 
     async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes:
-        declared = _header(scope, b"content-length")
-        if declared.isdigit() and int(declared) > self.max_body:
-            raise errors.GatewayError(
-                errors.BODY_TOO_LARGE,
-                f"request body of {int(declared)} bytes is over the {self.max_body} byte "
-                f"limit (AOGSTREAM_MAX_BODY_BYTES); send smaller requests",
-            )
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                raise _ClientGone
-            body = msg.get("body", b"")
-            size += len(body)
-            if size > self.max_body:
-                raise errors.GatewayError(
-                    errors.BODY_TOO_LARGE,
-                    f"request body is over the {self.max_body} byte limit "
-                    f"(AOGSTREAM_MAX_BODY_BYTES); send smaller requests",
-                )
-            chunks.append(body)
-            if not msg.get("more_body", False):
-                return b"".join(chunks)
+        return await read_body(scope, receive, self.max_body)
 
     def _parse(self, scope: dict[str, Any], body: bytes) -> tuple[bytes, dict[str, Any]]:
         """The request as JSON bytes and the parsed object (AOG reads `stream` from it).
@@ -118,21 +89,7 @@ class HotRoutes:
             query = parse_qs(scope.get("query_string", b"").decode(), keep_blank_values=True)
             obj: Any = dict(query)
             return json.dumps(obj).encode(), obj
-        if not body.strip():
-            raise errors.GatewayError(errors.BAD_JSON, "request body is empty; send a JSON "
-                                      "object, e.g. {\"model\": ..., \"messages\": [...]}")
-        try:
-            obj = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            where = f" at line {exc.lineno} column {exc.colno}" if isinstance(
-                exc, json.JSONDecodeError) else ""
-            raise errors.GatewayError(
-                errors.BAD_JSON, f"request body is not valid JSON{where}: "
-                f"{getattr(exc, 'msg', str(exc))}") from None
-        if not isinstance(obj, dict):
-            raise errors.GatewayError(errors.BAD_JSON,
-                                      "request body must be a JSON object, not "
-                                      f"{type(obj).__name__}")
+        obj = parse_object(body, 'e.g. {"model": ..., "messages": [...]}')
         return body, obj
 
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any, service: str) -> None:
@@ -154,25 +111,24 @@ class HotRoutes:
         except errors.GatewayError as err:
             await send_error(send, err)
             return
-        except _ClientGone:
+        except ClientGone:
             return
         want_stream = obj.get("stream") is True
-        ndjson = b"application/x-ndjson" in _header(scope, b"accept")
+        ndjson = b"application/x-ndjson" in header(scope, b"accept")
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
+            nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope)
             for i, route in enumerate(routes):
                 last = i == len(routes) - 1
                 mode = route.mode_for(want_stream)
-                served_by = [(b"x-aogstream-provider", route.provider_name.encode()),
-                             (b"x-aogstream-plugin", route.plugin.name.encode())]
+                served_by = served_by_headers(route)
                 async with self.gateway.invoke(route, mode, raw) as inv:
                     if mode is Mode.STREAM:
                         early = await write_stream(inv, send, ndjson=ndjson,
                                                    extra_headers=served_by)
                         if early is None:
                             break
-                        if not last and _may_fall_back(early):
+                        if not last and may_fall_back(early):
                             log.warning("%s failed before its first byte (%s); trying %s",
                                         route.provider_name, early.message,
                                         routes[i + 1].provider_name)
@@ -182,7 +138,7 @@ class HotRoutes:
                     try:
                         data = await inv.result()
                     except errors.GatewayError as err:
-                        if not last and _may_fall_back(err):
+                        if not last and may_fall_back(err):
                             log.warning("%s failed (%s); trying %s", route.provider_name,
                                         err.message, routes[i + 1].provider_name)
                             continue
@@ -220,24 +176,6 @@ class HotRoutes:
         finally:
             with trio.CancelScope(shield=True):
                 await ws.close()
-
-
-def _may_fall_back(err: errors.GatewayError) -> bool:
-    """Provider trouble (down, crashed, timed out, 5xx) moves on to the next provider;
-    a mistake in the request (4xx) would fail everywhere, so it is answered at once."""
-    return err.status >= 500
-
-
-class _ClientGone(Exception):
-    """The client disconnected while we were reading its request."""
-
-
-async def _watch_disconnect(receive: Any, scope: trio.CancelScope) -> None:
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            scope.cancel()
-            return
 
 
 async def _send_unary(send: Any, data: bytes, extra: list[tuple[bytes, bytes]]) -> None:
