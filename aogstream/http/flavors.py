@@ -32,8 +32,7 @@ from aogstream.http.asgi import (
     watch_disconnect,
 )
 from aogstream.invocation import Mode
-from aogstream.sse.framing import encode_ndjson, encode_sse
-from aogstream.sse.writer import NDJSON_HEADERS, SSE_HEADERS
+from aogstream.sse.writer import write_stream
 
 log = logging.getLogger(__name__)
 
@@ -289,51 +288,17 @@ class FrontDoors:
         sc = back.stream({"Content-Type": "text/event-stream"}, model=model)
         ctype = sc.content_type if not sc.passthrough else ""
         ndjson = "ndjson" in ctype or (not ctype and door.flavor == "ollama")
-        encode = encode_ndjson if ndjson else encode_sse
-        responses = inv.responses
-        try:
-            first = await responses.receive()
-        except trio.EndOfChannel:
-            if inv.error is not None:
-                return inv.error
-            first = None
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [*(NDJSON_HEADERS if ndjson else SSE_HEADERS), *served_by]})
+
+        def convert(chunk: bytes) -> bytes | None:
+            try:
+                return sc.convert(_strip_sse(bytes(chunk)))
+            except ConvertError as exc:
+                raise errors.GatewayError(errors.TASK_FAILED,
+                                          f"cannot convert a stream chunk: {exc}") from None
+
         # the prologue/epilogue strings are the payload of an event ("[DONE]"), framed
         # like every other event: `data: [DONE]\n\n`, not a bare line
-        out = bytearray(b"".join(encode(p) for p in sc.prologue))
-        item = first
-        failed: errors.GatewayError | None = None
-        while item is not None:
-            try:  # the provider may hand a batch (a list) of chunks at once
-                for chunk in item if isinstance(item, list) else [item]:
-                    converted = sc.convert(_strip_sse(bytes(chunk)))
-                    if converted is not None:
-                        out += encode(converted)
-            except ConvertError as exc:
-                failed = errors.GatewayError(errors.TASK_FAILED,
-                                             f"cannot convert a stream chunk: {exc}")
-                break
-            try:
-                item = responses.receive_nowait()
-                continue  # coalesce what is already waiting into one send
-            except trio.WouldBlock:
-                pass
-            except trio.EndOfChannel:
-                break
-            if out:
-                await send({"type": "http.response.body", "body": bytes(out),
-                            "more_body": True})
-                out = bytearray()
-            try:
-                item = await responses.receive()
-            except trio.EndOfChannel:
-                item = None
-        failed = failed or inv.error
-        if failed is not None:
-            out += encode(error_body(door.flavor, failed))
-        else:
-            out += b"".join(encode(e) for e in sc.epilogue)
-        with trio.CancelScope(shield=True):  # or hypercorn never closes the connection
-            await send({"type": "http.response.body", "body": bytes(out), "more_body": False})
-        return None
+        return await write_stream(
+            inv, send, ndjson=ndjson, extra_headers=served_by, convert=convert,
+            prologue=sc.prologue, epilogue=sc.epilogue,
+            error_tail=lambda err: error_body(door.flavor, err))

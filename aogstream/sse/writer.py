@@ -9,7 +9,7 @@ its first chunk still gets a proper HTTP error status instead of a broken stream
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -51,15 +51,39 @@ def error_event(err: GatewayError) -> bytes:
     return json.dumps(body, ensure_ascii=False).encode()
 
 
+Convert = Callable[[bytes], bytes | None]
+
+
+def _frame_converted(items: list[bytes | list[bytes]], encode: Callable[[bytes], bytes],
+                     convert: Convert) -> bytes:
+    """Like `_frame_all`, each event passed through `convert` first (None drops it)."""
+    out = bytearray()
+    for item in items:
+        for event in item if isinstance(item, list) else (item,):
+            converted = convert(event)
+            if converted is not None:
+                out += encode(converted)
+    return bytes(out)
+
+
 async def write_stream(
     inv: Invocation,
     send: Send,
     *,
     ndjson: bool,
     extra_headers: list[tuple[bytes, bytes]] | None = None,
+    convert: Convert | None = None,
+    prologue: Sequence[bytes] = (),
+    epilogue: Sequence[bytes] = (),
+    error_tail: Callable[[GatewayError], bytes] = error_event,
 ) -> GatewayError | None:
     """Relay `inv`'s responses as events. Returns the error to answer with instead
-    (as a plain JSON response) when the invocation failed before its first event."""
+    (as a plain JSON response) when the invocation failed before its first event.
+
+    Flavor front doors pass `convert` (one chunk into the app's flavor; it may raise
+    GatewayError, which ends the stream with that error), the flavor's `prologue` and
+    `epilogue` events (the epilogue only after a stream that did not fail) and the
+    flavor's `error_tail`. Without them the events are relayed as they are."""
     encode = encode_ndjson if ndjson else encode_sse
     responses = inv.responses
     try:
@@ -73,6 +97,8 @@ async def write_stream(
         headers.extend(extra_headers)
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     pending: list[Any] = [first] if first else []
+    head = b"".join(encode(p) for p in prologue)
+    failed: GatewayError | None = None
     while True:
         while True:  # coalesce what is already waiting, never wait for more
             try:
@@ -80,14 +106,23 @@ async def write_stream(
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
         if pending:
-            await send({"type": "http.response.body", "body": _frame_all(pending, encode),
-                        "more_body": True})
+            try:
+                body = _frame_all(pending, encode) if convert is None else \
+                    _frame_converted(pending, encode, convert)
+            except GatewayError as err:
+                failed = err
+                break
+            if head:
+                body, head = head + body, b""
+            await send({"type": "http.response.body", "body": body, "more_body": True})
             pending = []
         try:
             pending.append(await responses.receive())
         except trio.EndOfChannel:
             break
-    tail = encode(error_event(inv.error)) if inv.error is not None else b""
+    failed = failed or inv.error
+    tail = head + (encode(error_tail(failed)) if failed is not None
+                   else b"".join(encode(e) for e in epilogue))
     with trio.CancelScope(shield=True):  # or hypercorn never closes the connection
         await send({"type": "http.response.body", "body": tail, "more_body": False})
     return None
