@@ -124,14 +124,23 @@ class RealtimeSession:
         async with self.gateway.invoke(self.route, Mode.BIDI, b"", metadata=meta) as inv:
             await inv.send(Frame(json.dumps(run).encode(), "text", meta))
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._upstream, inv, nursery.cancel_scope)
+                upstream = trio.CancelScope()
+                upstream_done = trio.Event()
+                nursery.start_soon(self._upstream, inv, nursery.cancel_scope, upstream,
+                                   upstream_done)
                 async for frame in inv.responses:
-                    await send_frame(self.ws, frame)
                     if frame.kind == "text" and _event_name(frame.data) in (
                         "task-finished", "task-failed"
                     ):
+                        # stop reading the socket first: the client may answer the final
+                        # event with its next run-task at once, and that frame belongs
+                        # to run(), not to this task's reader
+                        upstream.cancel()
+                        await upstream_done.wait()
+                        await send_frame(self.ws, frame)
                         finished = True
                         break
+                    await send_frame(self.ws, frame)
                 nursery.cancel_scope.cancel()
             if self.ws.closed:
                 return
@@ -141,34 +150,42 @@ class RealtimeSession:
                 await self.fail(SERVER_ERROR, f"{self.route.plugin.name} ended the session "
                                 "without task-finished")
 
-    async def _upstream(self, inv: Invocation, scope: trio.CancelScope) -> None:
+    async def _upstream(self, inv: Invocation, scope: trio.CancelScope,
+                        reading: trio.CancelScope, done: trio.Event) -> None:
         try:
-            while True:
-                msg = await self.ws.receive()
-                if isinstance(msg, bytes):
-                    if not msg:
-                        await self.fail(CLIENT_ERROR, "empty audio frame ignored")
-                        continue
-                    if len(msg) > self.max_frame:
-                        await self.fail(CLIENT_ERROR, f"audio frame of {len(msg)} bytes is "
-                                        f"over the {self.max_frame} byte limit")
-                        continue
-                    await inv.send(Frame(msg, "binary"))
-                    continue
-                ctl = await self._parse_control(msg)
-                if ctl is None:
-                    continue
-                action = ctl.get("action")
-                if action == "finish-task":
-                    ctl["task_id"] = self.conn_id
-                    await inv.send(Frame(json.dumps(ctl).encode(), "text"))
-                elif action == "run-task":
-                    await self.fail(CLIENT_ERROR, "a task is already running on this socket; "
-                                    "send finish-task first")
-                else:
-                    await self.fail(CLIENT_ERROR, f"unknown action {action!r}")
+            with reading:
+                await self._relay_client(inv)
         except Disconnected:
             scope.cancel()
+        finally:
+            done.set()
+
+    async def _relay_client(self, inv: Invocation) -> None:
+        """The client's audio and finish-task, into the running task."""
+        while True:
+            msg = await self.ws.receive()
+            if isinstance(msg, bytes):
+                if not msg:
+                    await self.fail(CLIENT_ERROR, "empty audio frame ignored")
+                    continue
+                if len(msg) > self.max_frame:
+                    await self.fail(CLIENT_ERROR, f"audio frame of {len(msg)} bytes is "
+                                    f"over the {self.max_frame} byte limit")
+                    continue
+                await inv.send(Frame(msg, "binary"))
+                continue
+            ctl = await self._parse_control(msg)
+            if ctl is None:
+                continue
+            action = ctl.get("action")
+            if action == "finish-task":
+                ctl["task_id"] = self.conn_id
+                await inv.send(Frame(json.dumps(ctl).encode(), "text"))
+            elif action == "run-task":
+                await self.fail(CLIENT_ERROR, "a task is already running on this socket; "
+                                "send finish-task first")
+            else:
+                await self.fail(CLIENT_ERROR, f"unknown action {action!r}")
 
 
 def _event_name(data: bytes) -> str:
