@@ -4,6 +4,10 @@ Requests run the app flavor's `request_to_aog` then the provider's `request_from
 responses and stream chunks run the provider's `*_to_aog` then the app flavor's `*_from_aog`.
 The `aog` flavor is the pivot, so its own blocks are skipped, and when both sides speak the
 same flavor nothing is parsed at all: the very same bytes object goes through.
+
+Jsonata steps whose exact text has a plain-Python twin (aogstream.convert.fast: the built-in
+chat/generate/embed expressions) run the twin, and jsonata only when the twin declines the
+body's shape; every other expression (plugin templates, edited built-ins) runs on jsonata.
 """
 
 from __future__ import annotations
@@ -39,9 +43,13 @@ def _opaque(headers: dict[str, str]) -> bool:
     return ctype.startswith(_OPAQUE_PREFIXES)
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _dumps(value: Any) -> bytes:
-    """Compact UTF-8 JSON, the form every chunk is sent in."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    """Compact UTF-8 JSON, the form every chunk is sent in (one shared encoder: json.dumps
+    with options would build a new one per chunk)."""
+    return _ENCODER.encode(value).encode()
 
 
 def apply_headers(pipelines: tuple[Pipeline, ...], headers: dict[str, str]) -> dict[str, str]:
@@ -69,35 +77,63 @@ def _matches(step: Step, text: str) -> bool:
     return step.pattern is not None and step.pattern.search(text) is not None
 
 
-def apply_body(pipelines: tuple[Pipeline, ...], body: bytes,
-               bindings: dict[str, Any]) -> bytes | None:
-    """Run the body steps; None means the body was dropped (action_if, or empty result).
+def body_steps(pipelines: tuple[Pipeline, ...]) -> tuple[Step, ...]:
+    """The body steps of consecutive pipelines as one flat tuple (computed once per stream)."""
+    return tuple(step for pipe in pipelines for step in pipe.body_steps)
+
+
+def _evaluate(step: Step, value: Any, bindings: dict[str, Any]) -> Any:
+    """One jsonata step: the plain-Python twin when it has one, else (or if it balks) jsonata.
+
+    A twin raises when the body has a shape it does not mirror exactly (and never mutates its
+    input), so jsonata then gives the answer, or the error, it always gave.
+    """
+    if step.fast is not None:
+        try:
+            return step.fast(value, bindings)
+        except Exception:  # noqa: BLE001 - any doubt means: let jsonata decide
+            pass
+    try:
+        return step.expr.evaluate(value, bindings)  # type: ignore[union-attr]
+    except Exception as exc:
+        raise ConvertError(f"{step.where}: jsonata evaluation failed: {exc}") from exc
+
+
+def run_steps(steps: tuple[Step, ...], body: bytes, bindings: dict[str, Any]) -> bytes | None:
+    """Run body steps; None means the body was dropped (action_if, or empty result).
 
     The body is parsed lazily at the first jsonata step and serialized once at the end, so
     an action_if-only pipeline never touches JSON and a multi-step one parses only once.
     """
     value: Any = body
     parsed = False
-    for pipe in pipelines:
-        for step in pipe.body_steps:
-            if step.converter == "action_if":
-                text = _dumps(value).decode() if parsed else body.decode("utf-8", "replace")
-                if _matches(step, text):
-                    return None
-                continue
-            if not parsed:
-                try:
-                    value = json.loads(body)
-                except ValueError as exc:
-                    raise ConvertError(f"{step.where}: body is not JSON: {exc}") from exc
-                parsed = True
-            try:
-                value = step.expr.evaluate(value, bindings)  # type: ignore[union-attr]
-            except Exception as exc:
-                raise ConvertError(f"{step.where}: jsonata evaluation failed: {exc}") from exc
-            if value is None:
+    for step in steps:
+        if step.converter == "action_if":
+            if parsed:
+                text = _dumps(value).decode()
+            elif step.needle is not None and step.needle not in body:
+                continue  # cannot match: skip decoding the chunk
+            else:
+                text = body.decode("utf-8", "replace")
+            if _matches(step, text):
                 return None
+            continue
+        if not parsed:
+            try:
+                value = json.loads(body)
+            except ValueError as exc:
+                raise ConvertError(f"{step.where}: body is not JSON: {exc}") from exc
+            parsed = True
+        value = _evaluate(step, value, bindings)
+        if value is None:
+            return None
     return _dumps(value) if parsed else body
+
+
+def apply_body(pipelines: tuple[Pipeline, ...], body: bytes,
+               bindings: dict[str, Any]) -> bytes | None:
+    """Run the body steps of `pipelines`; None means the body was dropped."""
+    return run_steps(body_steps(pipelines), body, bindings)
 
 
 def new_id() -> str:
@@ -136,6 +172,7 @@ class StreamConverter:
             if app.flavor != PIVOT:
                 pipes.append(app.pipeline("stream_response_from_aog"))
         self._pipes = tuple(pipes)
+        self._steps = body_steps(self._pipes)
         self._bindings = bindings
         self.headers = apply_headers(self._pipes, headers)
         last = app.pipeline("stream_response_from_aog")
@@ -154,7 +191,7 @@ class StreamConverter:
             return chunk
         if not chunk.strip():
             return None
-        return apply_body(self._pipes, chunk, self._bindings)
+        return run_steps(self._steps, chunk, self._bindings)
 
 
 class Conversion:
@@ -251,4 +288,6 @@ __all__ = [
     "TemplateError",
     "apply_body",
     "apply_headers",
+    "body_steps",
+    "run_steps",
 ]

@@ -10,8 +10,11 @@ else to go on.
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +45,32 @@ class UnknownFlavorError(TemplateError):
 _FRACTION = re.compile(r"(\.\d{6})\d+")
 
 
+@lru_cache(maxsize=256)
+def _iso_millis(ms: int | float) -> str:
+    """RFC 3339 UTC text of a unix-millisecond time; cached: a stream repeats it per chunk."""
+    stamp = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
 def _from_millis(ms: Any, picture: Any = None, tz: Any = None) -> Any:
     """$fromMillis without picture: the library's generic formatter costs ~200 µs a chunk."""
     if ms is None:
         return None
     if picture is not None or tz is not None or not isinstance(ms, int | float):
         return _JFunctions.datetime_from_millis(ms, picture, tz)
-    stamp = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
+    return _iso_millis(ms)
+
+
+@lru_cache(maxsize=256)
+def _iso_to_millis(text: str) -> int | None:
+    """Unix milliseconds of plain ISO 8601 text (None if it is not); cached like _iso_millis."""
+    try:
+        stamp = datetime.fromisoformat(_FRACTION.sub(r"\1", text))
+    except ValueError:
+        return None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return round(stamp.timestamp() * 1000)
 
 
 def _to_millis(text: Any, picture: Any = None) -> Any:
@@ -57,15 +78,15 @@ def _to_millis(text: Any, picture: Any = None) -> Any:
     if text is None:
         return None
     if picture is None and isinstance(text, str):
-        try:
-            stamp = datetime.fromisoformat(_FRACTION.sub(r"\1", text))
-        except ValueError:
-            stamp = None
-        if stamp is not None:
-            if stamp.tzinfo is None:
-                stamp = stamp.replace(tzinfo=UTC)
-            return round(stamp.timestamp() * 1000)
+        ms = _iso_to_millis(text)
+        if ms is not None:
+            return ms
     return _JFunctions.datetime_to_millis(text, picture)
+
+
+def _millis() -> int:
+    """$millis(): the time now (as the jsonata library's clock: rounded milliseconds)."""
+    return round(time.time() * 1000)
 
 
 def canonical_header(name: str) -> str:
@@ -83,6 +104,10 @@ class Step:
     header: dict[str, Any] | None = None
     pattern: str | re.Pattern[str] | None = None
     trim: bool = False
+    # The plain-Python twin of `expr` (aogstream.convert.fast), when the text has one.
+    fast: Callable[[Any, dict[str, Any]], Any] | None = None
+    # action_if with a plain pattern: bytes that must occur in a body for it to match at all.
+    needle: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -138,8 +163,8 @@ class Flavor:
             ) from None
 
 
-def _compile_step(raw: Any, where: str) -> Step:
-    """Validate and compile one `{converter, config}` step."""
+def _compile_step(raw: Any, where: str, fast: bool = True) -> Step:
+    """Validate and compile one `{converter, config}` step (with its fast twin if `fast`)."""
     if not isinstance(raw, dict) or "converter" not in raw:
         raise TemplateError(f"{where}: a step must be a mapping with 'converter' and 'config'")
     kind = raw["converter"]
@@ -153,9 +178,17 @@ def _compile_step(raw: Any, where: str) -> Step:
             raise TemplateError(f"{where}: bad jsonata expression: {exc}") from exc
         expr.register_lambda("fromMillis", _from_millis)
         expr.register_lambda("toMillis", _to_millis)
+        # jsonata-python's own $millis() reads the clock of the expression compiled last in
+        # the thread, which is only refreshed when *that* one runs: stale by minutes.
+        expr.register_lambda("millis", _millis)
         # json.loads output is always valid jsonata input: skip the per-call validation walk
         expr.set_validate_input(False)
-        return Step("jsonata", where, expr=expr)
+        twin = None
+        if fast:
+            from aogstream.convert.fast import lookup  # fast imports this module
+
+            twin = lookup(config)
+        return Step("jsonata", where, expr=expr, fast=twin)
     if kind == "header":
         config = config or {}
         if not isinstance(config, dict) or set(config) - {"clear_all", "del", "set", "add"}:
@@ -178,13 +211,19 @@ def _compile_step(raw: Any, where: str) -> Step:
                 pattern = re.compile(config["pattern"])
             except re.error as exc:
                 raise TemplateError(f"{where}: bad action_if regex: {exc}") from exc
-        return Step("action_if", where, pattern=pattern, trim=bool(config.get("trim")))
+        # A plain pattern can only match a body that holds its UTF-8 bytes (U+FFFD excepted:
+        # undecodable bytes turn into it), so most chunks are ruled out without decoding.
+        needle = None
+        if isinstance(pattern, str) and pattern and "\ufffd" not in pattern:
+            needle = pattern.encode()
+        return Step("action_if", where, pattern=pattern, trim=bool(config.get("trim")),
+                    needle=needle)
     raise TemplateError(
         f"{where}: unknown converter {kind!r}; known converters: {', '.join(CONVERTERS)}"
     )
 
 
-def _compile_block(raw: Any, where: str) -> Pipeline:
+def _compile_block(raw: Any, where: str, fast: bool = True) -> Pipeline:
     """Compile one conversion block (prologue, epilogue, conversion steps)."""
     if raw is None:
         return EMPTY
@@ -193,7 +232,7 @@ def _compile_block(raw: Any, where: str) -> Pipeline:
     steps = raw.get("conversion") or []
     if not isinstance(steps, list):
         raise TemplateError(f"{where}.conversion: must be a list of steps")
-    compiled = [_compile_step(s, f"{where}.conversion[{i}]") for i, s in enumerate(steps)]
+    compiled = [_compile_step(s, f"{where}.conversion[{i}]", fast) for i, s in enumerate(steps)]
     for key in ("prologue", "epilogue"):
         value = raw.get(key) or []
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -206,8 +245,12 @@ def _compile_block(raw: Any, where: str) -> Pipeline:
     )
 
 
-def parse_flavor(text: str, path: str) -> Flavor:
-    """Parse and compile a flavor template from YAML text; `path` is used in error messages."""
+def parse_flavor(text: str, path: str, *, fast: bool = True) -> Flavor:
+    """Parse and compile a flavor template from YAML text; `path` is used in error messages.
+
+    `fast=False` leaves out the plain-Python twins (aogstream.convert.fast), so every step runs
+    on jsonata: the benchmark and the equivalence tests compare the two paths that way.
+    """
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -229,7 +272,7 @@ def parse_flavor(text: str, path: str) -> Flavor:
         if not isinstance(body, dict):
             raise TemplateError(f"{path}: services.{svc} must be a mapping")
         pipelines = {
-            block: _compile_block(body.get(block), f"{path}: services.{svc}.{block}")
+            block: _compile_block(body.get(block), f"{path}: services.{svc}.{block}", fast)
             for block in BLOCKS
             if body.get(block) is not None
         }
@@ -239,13 +282,13 @@ def parse_flavor(text: str, path: str) -> Flavor:
     return Flavor(name, path, str(doc.get("version", "")), info, services)
 
 
-def load_flavor_file(path: Path) -> Flavor:
+def load_flavor_file(path: Path, *, fast: bool = True) -> Flavor:
     """Load one template file."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise TemplateError(f"{path}: cannot read template: {exc}") from exc
-    return parse_flavor(text, str(path))
+    return parse_flavor(text, str(path), fast=fast)
 
 
 class FlavorRegistry:
@@ -255,9 +298,13 @@ class FlavorRegistry:
     flavors are kept per plugin folder so one plugin's broken template hurts only that plugin.
     """
 
-    def __init__(self, builtin_dir: Path = BUILTIN_DIR) -> None:
-        """Remember where built-ins live; nothing is read until first use."""
+    def __init__(self, builtin_dir: Path = BUILTIN_DIR, *, fast: bool = True) -> None:
+        """Remember where built-ins live; nothing is read until first use.
+
+        `fast=False` runs every step on jsonata (no plain-Python twins), for comparisons.
+        """
         self._builtin_dir = builtin_dir
+        self._fast = fast
         self._builtin: dict[str, Flavor] | None = None
         self._plugin: dict[tuple[str, str], Flavor] = {}
 
@@ -266,7 +313,7 @@ class FlavorRegistry:
         if self._builtin is None:
             flavors = {}
             for path in sorted(self._builtin_dir.glob("*.yaml")):
-                flavor = load_flavor_file(path)
+                flavor = load_flavor_file(path, fast=self._fast)
                 flavors[flavor.name] = flavor
             self._builtin = flavors
         return self._builtin
@@ -286,7 +333,7 @@ class FlavorRegistry:
                 return self._plugin[key]
             path = Path(plugin_dir) / "templates" / f"{name}.yaml"
             if path.is_file():
-                flavor = load_flavor_file(path)
+                flavor = load_flavor_file(path, fast=self._fast)
                 self._plugin[key] = flavor
                 return flavor
         where = f" (nor in {Path(plugin_dir) / 'templates'})" if plugin_dir is not None else ""
