@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="plugin folder to search (repeatable; default: ./plugins, "
                        "AOG_PLUGIN_DIR, <data dir>/plugins)")
     start.add_argument("--data-dir", type=Path, default=None, help="data directory")
+    start.add_argument("--workers", type=int, default=None,
+                       help="serving processes sharing the port and one set of plugins "
+                       "(default: one per core; AOGSTREAM_WORKERS)")
     start.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     stop = ssub.add_parser("stop", help="stop the gateway started with `server start -d`")
     stop.add_argument("--data-dir", type=Path, default=None, help="data directory")
@@ -77,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         return _engine(args)
     if args.action == "stop":
         return server_stop(Config.from_env(data_dir=args.data_dir).data_dir)
+    if args.workers is not None and args.workers < 0:
+        parser.error("--workers must be 0 (one per core) or more")
     cfg = Config.from_env(host=args.host, port=args.port, data_dir=args.data_dir,
-                          plugin_dirs=args.plugin_dir)
+                          plugin_dirs=args.plugin_dir, workers=args.workers)
     if args.data_dir is not None and not args.plugin_dir:
         cfg.plugin_dirs = default_plugin_dirs(cfg.data_dir)
     if args.daemon:
@@ -199,6 +204,8 @@ def server_start_daemon(cfg: Config, args: argparse.Namespace) -> int:
         cmd += ["--plugin-dir", str(d)]
     if args.verbose:
         cmd.append("-v")
+    if args.workers is not None:
+        cmd += ["--workers", str(args.workers)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     popen_kw: dict[str, object] = {}
     if sys.platform == "win32":

@@ -65,6 +65,9 @@ class Config:
         lambda self: self.data_dir / "engines", takes_self=True))
     # Call StartEngine on local plugins once they are up (AOG does at start-up).
     start_engines: bool = True
+    # Serving processes on the one port (0 = one per core); they share one set of
+    # plugin processes (see `http.workers`).
+    workers: int = 0
 
     @property
     def db_path(self) -> Path:
@@ -82,6 +85,7 @@ class Config:
             max_body_bytes=_env_int("AOGSTREAM_MAX_BODY_BYTES", 16 * 1024 * 1024),
             restart_backoff_initial=_env_float("AOGSTREAM_RESTART_BACKOFF", 0.5) or 0.0,
             health_interval=_env_float("AOGSTREAM_HEALTH_INTERVAL", 5.0) or 5.0,
+            workers=_env_int("AOGSTREAM_WORKERS", 0),
         )
         for key, value in overrides.items():
             if value is not None:

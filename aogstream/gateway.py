@@ -77,6 +77,12 @@ class Gateway:
         self._models: dict[tuple[str, str], list[ModelRow]] = {}
         self._policies: dict[str, str] = {}
         self._nursery: trio.Nursery | None = None
+        # Multi-worker serving (`http.workers`): `store_gen` counts routing-table
+        # rebuilds, `on_change` is told (from any thread) that plugins or tables changed,
+        # and `workers_sync` returns once every worker process has caught up.
+        self.store_gen = 0
+        self.on_change: Callable[[], None] | None = None
+        self.workers_sync: Callable[[], Awaitable[None]] | None = None
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Discover plugins, register their providers, and launch the enabled ones
@@ -96,13 +102,27 @@ class Gateway:
         log.info("plugins: %s", ", ".join(f"{p.name}={p.state}" for p in self.plugins.values())
                  or "none found")
 
-    def add_plugin(self, man: m.PluginManifest) -> ProcessPlugin:
-        plugin = ProcessPlugin(man, self.config, self.grpc_loop)
+    def add_plugin(self, man: m.PluginManifest,
+                   factory: Callable[..., ProcessPlugin] = ProcessPlugin) -> ProcessPlugin:
+        plugin = factory(man, self.config, self.grpc_loop)
         plugin.on_running = self._plugin_running
+        plugin.on_change = self.notify
         self.plugins[plugin.name] = plugin
         for svc in man.services:
             self._services.setdefault(svc.service_name, []).append((plugin, svc))
+        self.notify()
         return plugin
+
+    def notify(self) -> None:
+        """Plugins or routing changed: let the worker processes know (thread-safe)."""
+        if self.on_change is not None:
+            self.on_change()
+
+    async def sync_workers(self) -> None:
+        """Return once every worker process routes by what this process knows, so a
+        management call's answer is true on whichever worker serves the next request."""
+        if self.workers_sync is not None:
+            await self.workers_sync()
 
     def plugin_search_dirs(self) -> list[Path]:
         """The configured plugin folders plus `<data dir>/plugins`, where `plugin install`
@@ -117,6 +137,7 @@ class Gateway:
     def remove_plugin(self, name: str) -> None:
         self.set_routable(name, False)
         self.plugins.pop(name, None)
+        self.notify()
 
     def set_routable(self, name: str, routable: bool) -> None:
         """Give or take away a plugin's services in routing; a disabled plugin stays
@@ -129,6 +150,11 @@ class Gateway:
         if routable and plugin is not None:
             for svc_def in plugin.manifest.services:
                 self._services.setdefault(svc_def.service_name, []).append((plugin, svc_def))
+        self.notify()
+
+    def routable(self, name: str) -> bool:
+        """Whether the plugin's services are in routing (enabled)."""
+        return any(p.name == name for entries in self._services.values() for p, _ in entries)
 
     def spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         """Run a background task (a model pull) for as long as the gateway runs."""
@@ -243,10 +269,14 @@ class Gateway:
                 models.setdefault((r.service_name, r.model_name), []).append(r)
         self._table, self._models = table, models
         self._policies = {s.service_name: s.hybrid_policy for s in self.store.services()}
+        self.store_gen += 1
+        self.notify()
 
     async def reload(self) -> None:
-        """Rebuild the routing table after a write to the store."""
+        """Rebuild the routing table after a write to the store (and, with several
+        workers, return once they have rebuilt theirs)."""
         await trio.to_thread.run_sync(self._rebuild)
+        await self.sync_workers()
 
     # ---- routing ----
 

@@ -90,6 +90,12 @@ class ProcessPlugin:
         self.client: PluginClient | None = None
         # called (in the plugin's nursery) each time the plugin comes up
         self.on_running: Callable[[ProcessPlugin], Awaitable[None]] | None = None
+        # called (synchronously) whenever state, pid or address change, so other
+        # worker processes can follow (see `http.workers`)
+        self.on_change: Callable[[], None] | None = None
+        # the gRPC target workers dial ("unix:/path" or "host:port"), while running
+        self.address = ""
+        self.exit_status: int | None = None
         self._process: trio.Process | None = None
         self._channel: Channel | None = None
         self._active: set[Invocation] = set()
@@ -129,11 +135,17 @@ class ProcessPlugin:
                     backoff = self.config.restart_backoff_initial
                 self.state = "restarting"
                 self.restarts += 1
+                self._changed()
                 log.warning("plugin %s will restart in %.1f s (restart #%d)",
                             self.name, backoff, self.restarts)
                 await trio.sleep(backoff)
                 backoff = min(max(backoff * 2, 0.1), self.config.restart_backoff_max)
         self.state = "stopped"
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     async def _run_once(self, started: Callable[[], None]) -> None:
         exe = self.manifest.executable_path()
@@ -144,6 +156,7 @@ class ProcessPlugin:
         except OSError as exc:
             log.warning("could not make %s executable: %s", exe, exc)
         self.state = "starting"
+        self._changed()
         proc = await trio.lowlevel.open_process(
             [str(exe)],
             cwd=str(self.manifest.plugin_dir),
@@ -176,7 +189,9 @@ class ProcessPlugin:
                 self.client = PluginClient(channel, self.manifest)
                 self.state = "running"
                 self.last_error = ""
+                self.address = target
                 self._ready.set()
+                self._changed()
                 log.info("plugin %s running (pid %d, %s %s)", self.name, proc.pid,
                          network, address)
                 started()
@@ -205,9 +220,11 @@ class ProcessPlugin:
 
     async def _after_exit(self, proc: trio.Process) -> None:
         self.client = None
+        self.address = ""
         self._ready = trio.Event()
         if proc.returncode is None:
             await self._terminate(proc)
+        self.exit_status = proc.returncode
         if not self._stopping:
             self.last_error = f"process exited with status {proc.returncode}"
             log.error("plugin %s %s", self.name, self.last_error)
@@ -218,6 +235,7 @@ class ProcessPlugin:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
+        self._changed()
 
     def _crash_error(self, status: int | None) -> errors.GatewayError:
         return errors.GatewayError(
@@ -322,13 +340,10 @@ class ProcessPlugin:
         except RpcFailure as exc:
             if inv.error is not None:  # already failed by the crash handler
                 return
-            proc = self._process
-            if proc is not None and exc.code in ("UNAVAILABLE", "CANCELLED", "INTERNAL", "UNKNOWN"):
-                # the socket usually breaks a moment before the exit is reaped
-                with trio.move_on_after(0.5):
-                    await proc.wait()
-                if proc.returncode is not None:
-                    raise self._crash_error(proc.returncode) from None
+            if exc.code in ("UNAVAILABLE", "CANCELLED", "INTERNAL", "UNKNOWN"):
+                exited, status = await self._exited()
+                if exited:
+                    raise self._crash_error(status) from None
             if exc.code == "DEADLINE_EXCEEDED":
                 raise errors.GatewayError(
                     errors.PLUGIN_TIMEOUT, f"{inv.service}: plugin {self.name} did not finish "
@@ -339,6 +354,16 @@ class ProcessPlugin:
             ) from None
         finally:
             self._active.discard(inv)
+
+    async def _exited(self) -> tuple[bool, int | None]:
+        """Did the process die under this call? The socket usually breaks a moment
+        before the exit is reaped, so wait for it briefly."""
+        proc = self._process
+        if proc is None:
+            return False, None
+        with trio.move_on_after(0.5):
+            await proc.wait()
+        return proc.returncode is not None, proc.returncode
 
     async def _serve_bidi(self, client: PluginClient, inv: Invocation) -> None:
         incoming = inv.incoming()

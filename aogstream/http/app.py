@@ -66,6 +66,13 @@ def build_app(gateway: Gateway) -> HotRoutes:
     # service, service_provider, model and plugin management (plugin/list among them)
     register_management(app, gateway)
 
+    @app.after_request
+    async def workers_caught_up(response: Response) -> Response:
+        # with several workers, what this answer reports (a plugin running, a model
+        # pulled, a policy set) must hold on whichever worker serves the next request
+        await gateway.sync_workers()
+        return response
+
     @app.errorhandler(404)
     async def not_found(_e: Any) -> Any:
         return jsonify(envelope(404, "no such route; service calls live under "

@@ -13,6 +13,13 @@ import trio
 from aogstream.config import Config
 from aogstream.gateway import Gateway
 from aogstream.http.app import build_app
+from aogstream.http.workers import (
+    WorkerPool,
+    listen_socket,
+    primary_socket_path,
+    remove_folder,
+    worker_count,
+)
 from aogstream.rpc.bridge import GrpcLoop
 
 log = logging.getLogger("aogstream")
@@ -32,8 +39,13 @@ def hypercorn_config(cfg: Config) -> hypercorn.config.Config:
 
 async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED
                 ) -> None:
-    """Serve until SIGINT/SIGTERM, then stop every plugin (Shutdown, grace, kill)."""
+    """Serve until SIGINT/SIGTERM, then stop the workers and every plugin (Shutdown,
+    grace, kill). With more than one worker this process is the primary: it also
+    serves, and the others follow it (`http.workers`)."""
     stop = trio.Event()
+    count = worker_count(cfg)
+    pool: WorkerPool | None = None
+    private_dir = ""
     async with GrpcLoop.open() as gl, trio.open_nursery() as nursery:
         gateway = Gateway(cfg, gl)
         try:
@@ -41,20 +53,33 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
             for problem in gateway.problems:
                 log.error("plugin problem: %s", problem)
             app = build_app(gateway)
+            hc = hypercorn_config(cfg)
+            if count > 1:
+                public = listen_socket(cfg.host, cfg.port, reuse_port=True)
+                private_dir, private = primary_socket_path()
+                hc.bind = [f"fd://{public.fileno()}", f"unix:{private}"]
+                pool = WorkerPool(gateway, count, private)
+                nursery.start_soon(pool.run)
             # GC pauses, not CPU, set the stream tail: freeze start-up objects and
             # collect the young generation less often.
             gc.collect()
             gc.freeze()
             gc.set_threshold(50_000, 50, 1000)
             nursery.start_soon(_signals, stop)
-            log.info("aogstream listening on http://%s:%d", cfg.host, cfg.port)
+            log.info("aogstream listening on http://%s:%d (%d serving process%s)",
+                     cfg.host, cfg.port, count, "es" if count > 1 else "")
             task_status.started(gateway)
-            await hypercorn.trio.serve(app, hypercorn_config(cfg),  # type: ignore[arg-type]
+            await hypercorn.trio.serve(app, hc,  # type: ignore[arg-type]
                                        shutdown_trigger=stop.wait)
         finally:
             with trio.CancelScope(shield=True):
+                if pool is not None:
+                    log.info("stopping workers")
+                    await pool.stop()
                 log.info("stopping plugins")
                 await gateway.stop()
+                if private_dir:
+                    remove_folder(private_dir)
             nursery.cancel_scope.cancel()
 
 
