@@ -90,6 +90,11 @@ def test_openai_embeddings(oa):
 def test_openai_models(oa):
     ids = {m.id for m in oa.models.list()}
     assert {CHAT_MODEL, EMBED_MODEL} <= ids
+    m = oa.models.retrieve(CHAT_MODEL)
+    assert m.id == CHAT_MODEL and m.object == "model" and m.owned_by
+    with pytest.raises(openai.NotFoundError) as exc:
+        oa.models.retrieve("no-such-model")
+    assert exc.value.code == "model_not_found" and CHAT_MODEL in exc.value.message
 
 
 def test_openai_errors_raise_the_client_exceptions(oa):

@@ -115,6 +115,10 @@ class HotRoutes:
             return
         want_stream = obj.get("stream") is True
         ndjson = b"application/x-ndjson" in header(scope, b"accept")
+        if self.front_doors.converts(routes):  # a provider whose config_ref is not aog:*
+            await self.front_doors.serve_pivot(service, raw, obj, routes, receive, send,
+                                               ndjson=ndjson)
+            return
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope)
