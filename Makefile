@@ -10,7 +10,7 @@ PORT     ?= 16688
 # Engines and models of the shipped local plugins used by the tests (kept between runs).
 TEST_ENGINES ?= $(CURDIR)/.cache/engines
 
-.PHONY: run test setup sysdeps engines test-engines proto lint bench clean
+.PHONY: run test setup sysdeps engines test-engines proto lint bench bench-full bench-setup clean
 
 $(STAMP): pyproject.toml
 	@echo "==> creating the environment in $(VENV) with $(PYTHON)"
@@ -52,8 +52,44 @@ proto: setup
 lint: setup
 	@$(VPY) -m ruff check .
 
-bench: setup
-	@$(VPY) benchmarks/relay_stream.py --quick
+# Benchmarks (never part of `make test`: speed is measured, not asserted). `make bench` is
+# the quick set (a few minutes per script); `make bench-full` runs everything in full mode,
+# including the end-to-end run against the real local engines. Both install the `bench`
+# extra (matplotlib) and LiteLLM (the reference gateway, in its own venv under .cache/bench).
+# Scripts that are not there yet are skipped; a failing script does not stop the others,
+# but makes the target fail at the end. Results: benchmarks/results/<script>.md/.json/.png
+BENCH_STAMP   := $(VENV)/.bench-installed
+BENCH_SCRIPTS := ttft cpu throughput knee memory cancel realtime coldstart
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	@echo "==> installing the bench extra (matplotlib)"
+	@$(VPY) -m pip install --progress-bar on -q -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+bench-setup: $(BENCH_STAMP)
+	@benchmarks/setup_litellm.sh || echo "==> LiteLLM could not be installed: the benchmarks run without it (see above)" >&2
+
+bench: bench-setup
+	@failed=""; for s in $(BENCH_SCRIPTS); do \
+	  if [ -f benchmarks/$$s.py ]; then \
+	    echo "==> benchmarks/$$s.py --quick"; \
+	    $(VPY) benchmarks/$$s.py --quick || failed="$$failed $$s"; \
+	  else echo "==> benchmarks/$$s.py is not there yet: skipped"; fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo "==> failed:$$failed" >&2; exit 1; fi
+
+bench-full: bench-setup test-engines
+	@failed=""; for s in $(BENCH_SCRIPTS); do \
+	  if [ -f benchmarks/$$s.py ]; then \
+	    echo "==> benchmarks/$$s.py"; \
+	    $(VPY) benchmarks/$$s.py || failed="$$failed $$s"; \
+	  else echo "==> benchmarks/$$s.py is not there yet: skipped"; fi; \
+	done; \
+	echo "==> benchmarks/relay_stream.py"; $(VPY) benchmarks/relay_stream.py || failed="$$failed relay_stream"; \
+	echo "==> benchmarks/convert_chunk.py"; $(VPY) benchmarks/convert_chunk.py || failed="$$failed convert_chunk"; \
+	echo "==> benchmarks/engines.py (the real local engines)"; \
+	$(VPY) benchmarks/engines.py --engine-dir $(TEST_ENGINES) || failed="$$failed engines"; \
+	if [ -n "$$failed" ]; then echo "==> failed:$$failed" >&2; exit 1; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .cache
