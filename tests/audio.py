@@ -9,6 +9,7 @@ of failing, since the project code is not at fault.
 from __future__ import annotations
 
 import array
+import io
 import os
 import shutil
 import string
@@ -87,6 +88,17 @@ def resample_linear(samples: array.array[int], src_rate: int, dst_rate: int) -> 
         frac = pos - j
         out[i] = round(samples[j] + (samples[j + 1] - samples[j]) * frac)
     return out
+
+
+def wav_bytes(pcm: bytes, rate: int = RATE) -> bytes:
+    """PCM16 mono wrapped in a WAV header, as apps upload speech."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm)
+    return buf.getvalue()
 
 
 def silence(ms: int, rate: int = RATE) -> bytes:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from audio import GOFORWARD_TEXT, goforward_pcm, word_error_rate
+from audio import GOFORWARD_TEXT, goforward_pcm, wav_bytes, word_error_rate
 from conftest import REPO, Gateway, require_engines
 
 from aogstream.errors import GatewayError
@@ -55,19 +55,10 @@ def oa(gw: Gateway) -> openai.OpenAI:
                          timeout=120)
 
 
-def to_wav(pcm: bytes, rate: int = 16000) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm)
-    return buf.getvalue()
-
 
 @pytest.fixture(scope="module")
 def goforward_wav() -> bytes:
-    return to_wav(goforward_pcm())
+    return wav_bytes(goforward_pcm())
 
 
 def heard(text: str) -> str:
@@ -146,7 +137,7 @@ def test_speech_is_heard_back_by_whisper(oa: openai.OpenAI) -> None:
     assert pcm.content[:4] != b"RIFF"
     assert abs(len(pcm.content) / 2 / 24000 - seconds) < 0.15 * seconds
     text = oa.audio.transcriptions.create(
-        model="whisper-1", file=("pcm.wav", to_wav(pcm.content, 24000), "audio/wav")).text
+        model="whisper-1", file=("pcm.wav", wav_bytes(pcm.content, 24000), "audio/wav")).text
     assert word_error_rate(SENTENCE, text) < 0.15, text
 
 
@@ -169,7 +160,7 @@ def test_pcm_speech_streams_sentence_by_sentence(oa: openai.OpenAI) -> None:
     assert arrivals[-1] - arrivals[0] > 0.1, arrivals  # not one blob at the end
     print(f"pcm stream: first audio after {arrivals[0]:.2f} s, last after {arrivals[-1]:.2f} s")
     text = oa.audio.transcriptions.create(
-        model="whisper-1", file=("pcm.wav", to_wav(pcm, 24000), "audio/wav")).text
+        model="whisper-1", file=("pcm.wav", wav_bytes(pcm, 24000), "audio/wav")).text
     assert word_error_rate(" ".join(sentences), text) < 0.15, text
 
 

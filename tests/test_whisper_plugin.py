@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import array
 import base64
-import io
 import json
 import re
 import sys
-import wave
 from pathlib import Path
 
 import pytest
-from audio import GOFORWARD_TEXT, RATE, flite_pcm, goforward_pcm, resample_linear, word_error_rate
+from audio import (
+    GOFORWARD_TEXT,
+    RATE,
+    flite_pcm,
+    goforward_pcm,
+    resample_linear,
+    wav_bytes,
+    word_error_rate,
+)
 from conftest import require_engines
 from hostutil import running_plugin
 
@@ -40,15 +46,6 @@ def spoken(text: str) -> str:
     """Digits as words: Whisper writes "10" where the reference says "ten"."""
     return re.sub(r"\b\d+\b", lambda mt: NUMBERS.get(mt.group(), mt.group()), text)
 
-
-def wav_bytes(pcm: bytes, rate: int = RATE) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm)
-    return buf.getvalue()
 
 
 def resampled(pcm: bytes, rate: int) -> bytes:
