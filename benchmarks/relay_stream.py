@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import dataclasses
 import json
 import os
@@ -31,7 +30,6 @@ import platform
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +40,22 @@ from time import perf_counter
 
 import httpx
 import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # the /proc, process and report helpers every benchmark shares
+    alive,
+    cmdline,
+    descendants,
+    fmt,
+    free_port,
+    loadavg,
+    machine_busy,
+    med,
+    popen,
+    progress,
+    read_stat,
+    tail,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -124,68 +138,6 @@ def build_params(args: argparse.Namespace) -> Params:
 # ---- processes ------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM if this benchmark dies (Linux only)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def read_stat(pid: int) -> tuple[int, str, float]:
-    """(ppid, state, utime+stime in seconds) from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        raw = f.read()
-    fields = raw[raw.rindex(b")") + 2:].split()
-    # fields[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
-    return int(fields[1]), fields[0].decode(), (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def machine_busy() -> float:
-    """CPU seconds all processes of the machine have used (from /proc/stat)."""
-    with open("/proc/stat") as f:
-        vals = [int(v) for v in f.readline().split()[1:9]]
-    # user nice system idle iowait irq softirq steal
-    return (sum(vals) - vals[3] - vals[4] - vals[7]) / CLK_TCK
-
-
-def alive(pid: int) -> bool:
-    try:
-        return read_stat(pid)[1] not in ("Z", "X")
-    except (OSError, ValueError):
-        return False
-
-
-def descendants(root: int) -> list[int]:
-    """root and every process below it (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = read_stat(int(entry))[0]
-            except (OSError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
-def cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 def cpu_by_pid(pids: list[int]) -> dict[int, float]:
     out = {}
     for pid in pids:
@@ -217,22 +169,6 @@ class System:
             raise RuntimeError(f"{self.name}: processes changed from {sorted(self.roles)} to "
                                f"{sorted(now)} (a plugin restart?); log: {self.log}\n"
                                f"{tail(self.log)}")
-
-
-def tail(path: Path, n: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
-
-
-def popen(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    with open(log, "wb") as out:
-        return subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_die_with_parent,  # safe: no threads run yet
-        )
 
 
 def wait_port(proc: subprocess.Popen, port: int, log: Path, what: str) -> None:
@@ -293,7 +229,7 @@ def start_gateway(tmp: Path, started: list[System]) -> System:
     if plugin_pid not in procs:
         raise RuntimeError(f"plugin pid {plugin_pid} is not a child of the gateway {proc.pid}")
     sut.roles = {pid: ("gateway" if pid == proc.pid else
-                       "plugin" if pid == plugin_pid else f"other ({cmdline(pid)[:40]})")
+                       "plugin" if pid == plugin_pid else _role_of(pid))
                  for pid in procs}
     return sut
 
@@ -335,6 +271,17 @@ class StreamResult:
     events: int = 0
     first_event: bytes = b""
     error: str = ""
+
+
+def _role_of(pid: int) -> str:
+    """A name for another process of the gateway: a serving worker (`--workers`), or
+    the program it runs (no directories: the report must not carry local paths)."""
+    args = cmdline(pid).split()
+    if "aogstream.http.workers" in args:
+        rest = args[args.index("aogstream.http.workers") + 1:]
+        return f"worker #{rest[0]}" if rest else "worker"
+    prog = " ".join(os.path.basename(a) for a in args[:3])
+    return f"other ({prog[:40]})"
 
 
 def request_bytes(port: int, body: dict) -> bytes:
@@ -611,30 +558,7 @@ def run_trio(*args: object) -> dict:
         raise
 
 
-def progress(msg: str) -> None:
-    print(f"# {msg}", file=sys.stderr, flush=True)
-
-
 # ---- report ---------------------------------------------------------------------------
-
-
-def med(values: list[float]) -> float:
-    values = [v for v in values if v == v]  # drop NaN
-    return statistics.median(values) if values else float("nan")
-
-
-def fmt(v: float, digits: int = 2, sign: bool = False) -> str:
-    if v != v:
-        return "n/a"
-    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
-
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def report(p: Params, data: dict, direct: System, gateway: System, load_start: str,

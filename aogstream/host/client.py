@@ -17,7 +17,8 @@ import trio
 from aogstream import manifest as m
 from aogstream.rpc.bridge import Channel, Stream
 from aogstream.rpc.gen import provider_pb2 as pb
-from aogstream.sse.framing import SseDecoder
+from aogstream.rpc.wire import BATCH_OFFER
+from aogstream.sse.framing import SseDecoder, SseEvents
 
 SERVICE = "/protocol.ProviderService/"
 
@@ -127,13 +128,14 @@ class PluginClient:
 
         Reading ends at the first `is_final`, at EOF, or raises PluginError at the
         first failure code (AOG's rules). Batches keep what arrived together together,
-        so the writer can send it in one write.
+        so the writer can send it in one write. The call offers our SDK's plugins to
+        pack waiting events into one message (`rpc.wire`); AOG plugins ignore it.
         """
         req = pb.InvokeServiceRequest(service_name=service, request_data=request,
                                       auth_info=auth_info)
         async with self.channel.stream(
             SERVICE + "InvokeServiceStream", pb.InvokeServiceStreamResponse,
-            request=req, timeout=timeout,
+            request=req, timeout=timeout, metadata=BATCH_OFFER, is_last=_is_final,
         ) as s:
             yield _stream_events(s)
 
@@ -272,6 +274,11 @@ class PluginClient:
         return m.EngineVersionResponse.from_dict(_load(resp.response_json))
 
 
+def _is_final(msg: pb.InvokeServiceStreamResponse) -> bool:
+    """Where AOG's host stops reading a stream: the final message or an error."""
+    return msg.is_final or not is_success(msg.code)
+
+
 def _dump(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
@@ -279,6 +286,8 @@ def _dump(obj: Any) -> bytes:
 async def _stream_events(
     s: Stream[Any, pb.InvokeServiceStreamResponse],
 ) -> AsyncIterator[list[bytes]]:
+    """Batches of event payloads (`SseEvents`, carrying the plugin's own SSE bytes when
+    they can be relayed as they are)."""
     decoder = SseDecoder()
     while True:
         try:
@@ -288,15 +297,22 @@ async def _stream_events(
             if tail:
                 yield tail
             return
-        batch: list[bytes] = []
+        batch = SseEvents()
+        raw: list[bytes] | None = []
         final = False
         while True:
             if not is_success(msg.code):
                 if batch:
                     yield batch
                 raise m.PluginError(msg.code, msg.message, "")
-            if msg.chunk_data:
-                batch.extend(decoder.feed(msg.chunk_data))
+            chunk = msg.chunk_data
+            if chunk:
+                batch.extend(decoder.feed(chunk))
+                if raw is not None:
+                    if decoder.verbatim:
+                        raw.append(chunk)
+                    else:
+                        raw = None
             if msg.is_final:
                 final = True
                 break
@@ -305,8 +321,13 @@ async def _stream_events(
             except trio.WouldBlock:
                 break
         if final:
-            batch.extend(decoder.flush())
+            tail = decoder.flush()
+            if tail:
+                batch.extend(tail)
+                raw = None
         if batch:
+            if raw is not None:
+                batch.sse = raw[0] if len(raw) == 1 else b"".join(raw)
             yield batch
         if final:
             return

@@ -5,10 +5,13 @@ cancellations (spec/grpc-bridge-and-go-plugin.md). So every grpc object of a pro
 lives on one dedicated asyncio loop thread (`GrpcLoop`), and trio code talks to it
 through this module:
 
-* **Wake-ups are coalesced.** Messages coming from gRPC are appended to a deque by
-  the loop thread; only the first message after the trio side drained it schedules a
-  wake-up (`TrioToken.run_sync_soon`). Sends from trio likewise wake the writer task
-  once per burst (`loop.call_soon_threadsafe`).
+* **Wake-ups are coalesced, across calls too.** A wake-up of the other thread costs a
+  syscall and a GIL hand-over, far more than the work it carries, so each direction
+  has one queue per process: the loop thread queues callbacks for trio and schedules
+  one `TrioToken.run_sync_soon` per burst, whatever the number of calls involved;
+  trio queues commands for the loop (start a call, credits, wake a writer, cancel)
+  and schedules one `loop.call_soon_threadsafe` per burst. Per call, messages from
+  gRPC go to a deque and only the first after a drain asks for a wake-up.
 * **Credits both ways.** The reader task holds an asyncio semaphore of `window`
   credits, so a slow trio reader stops it pulling messages from gRPC, and HTTP/2 flow
   control then pushes back on the plugin. Sends acquire a trio semaphore whose credits
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import logging
 import math
 import threading
@@ -42,6 +44,9 @@ Resp = TypeVar("Resp")
 
 _EOF = object()
 DEFAULT_WINDOW = 64
+# After a call's last message (`is_last`), how long the loop thread waits for the
+# call's end before cancelling it: a well-behaved server ends at once.
+LINGER_S = 1.0
 
 
 class RpcFailure(Exception):
@@ -74,11 +79,21 @@ class GrpcLoop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
+        # trio → loop commands, drained by one loop callback per burst
+        self._to_loop: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = (
+            collections.deque())
+        self._to_loop_pending = False
+        # loop → trio callbacks, drained by one trio callback per burst
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._to_trio: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = (
+            collections.deque())
+        self._to_trio_pending = False
 
     @classmethod
     @asynccontextmanager
     async def open(cls) -> AsyncIterator[GrpcLoop]:
         self = cls()
+        self._token = trio.lowlevel.current_trio_token()
         self._thread = threading.Thread(target=self._main, name="grpc-aio", daemon=True)
         self._thread.start()
         await trio.to_thread.run_sync(self._started.wait)
@@ -107,34 +122,89 @@ class GrpcLoop:
         return self._loop
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Schedule `fn(*args)` on the loop thread (FIFO, thread-safe)."""
-        self.loop.call_soon_threadsafe(fn, *args)
+        """Schedule `fn(*args)` on the loop thread (FIFO; from the trio thread).
+
+        Commands queue up and one loop wake-up runs every command queued by then, so
+        a burst (many calls starting, credits of many streams) costs one syscall.
+        """
+        self._to_loop.append((fn, args))
+        if not self._to_loop_pending:
+            self._to_loop_pending = True
+            self.loop.call_soon_threadsafe(self._run_to_loop)
+
+    def _run_to_loop(self) -> None:
+        # clear the flag first: a command queued from now on schedules a new run
+        self._to_loop_pending = False
+        q = self._to_loop
+        while q:
+            fn, args = q.popleft()
+            try:
+                fn(*args)
+            except Exception:  # one bad command must not stop the others
+                log.exception("bridge command %r failed", fn)
+
+    def to_trio(self, fn: Callable[..., None], *args: Any) -> None:
+        """Schedule `fn(*args)` on the trio thread (FIFO; from the loop thread).
+
+        Never raises: a trio run that has finished just drops the callback.
+        """
+        self._to_trio.append((fn, args))
+        if not self._to_trio_pending:
+            self._to_trio_pending = True
+            assert self._token is not None
+            try:
+                self._token.run_sync_soon(self._run_to_trio)
+            except trio.RunFinishedError:
+                pass
+
+    def _run_to_trio(self) -> None:
+        # runs in trio: it must never raise (that would crash the whole trio run)
+        self._to_trio_pending = False
+        q = self._to_trio
+        while q:
+            fn, args = q.popleft()
+            try:
+                fn(*args)
+            except Exception:  # never into trio: it would crash the run
+                log.exception("bridge callback %r failed", fn)
 
     async def run[T](self, fn: Callable[[], Any]) -> T:
         """Run the coroutine `fn()` on the loop and wait for its result in trio.
 
         A trio cancellation cancels the asyncio task (and so the grpc call awaited
-        inside it) before this returns.
+        inside it). Both hops go through the coalesced queues: a unary call costs one
+        wake-up each way, shared with whatever else crosses at the same moment.
         """
-        fut = asyncio.run_coroutine_threadsafe(fn(), self.loop)
         done = trio.Event()
-        token = trio.lowlevel.current_trio_token()
+        box: list[asyncio.Task[Any]] = []
 
-        def _wake(_f: object) -> None:
-            try:
-                token.run_sync_soon(done.set)
-            except trio.RunFinishedError:
-                pass
+        def _finished(task: asyncio.Task[Any]) -> None:  # loop thread
+            self.to_trio(_deliver, task)
 
-        fut.add_done_callback(_wake)
+        def _deliver(task: asyncio.Task[Any]) -> None:  # trio thread
+            box.append(task)
+            done.set()
+
+        started: list[asyncio.Task[Any]] = []
+
+        def _start() -> None:  # loop thread; runs before any _cancel (FIFO)
+            task = self.loop.create_task(fn())
+            started.append(task)
+            task.add_done_callback(_finished)
+
+        def _cancel() -> None:  # loop thread
+            for task in started:
+                task.cancel()
+
+        self.call_soon(_start)
         try:
             await done.wait()
         except BaseException:
-            fut.cancel()
+            self.call_soon(_cancel)
             raise
         try:
-            return fut.result()
-        except concurrent.futures.CancelledError:  # e.g. its channel closed under it
+            return box[0].result()
+        except asyncio.CancelledError:  # e.g. its channel closed under it
             raise RpcFailure("CANCELLED", "the call was cancelled") from None
 
     async def open_channel(self, target: str) -> Channel:
@@ -171,6 +241,19 @@ class Channel:
         self._gl = gl
         self._raw = raw
         self.target = target
+        # (kind, method, deserializer) → multicallable; loop thread only
+        self._methods: dict[tuple[str, str, Any], Any] = {}
+
+    def _method(self, kind: str, method: str, deser: Any) -> Any:
+        """This channel's multicallable for `method` (loop thread), made once:
+        building one per call costs more than the lookup."""
+        key = (kind, method, deser)
+        mc = self._methods.get(key)
+        if mc is None:
+            factory = self._raw.unary_stream if kind == "us" else self._raw.stream_stream
+            mc = factory(method, request_serializer=_serialize, response_deserializer=deser)
+            self._methods[key] = mc
+        return mc
 
     async def close(self) -> None:
         raw = self._raw
@@ -235,15 +318,18 @@ class Channel:
         timeout: float | None = None,
         metadata: tuple[tuple[str, str], ...] | None = None,
         window: int = DEFAULT_WINDOW,
+        is_last: Callable[[Resp], bool] | None = None,
     ) -> AsyncIterator[Stream[Any, Resp]]:
         """Open a server-streaming call (when `request` is given) or a bidi call.
 
-        The call is cancelled when the block exits, whatever the reason.
+        The call is cancelled when the block exits, whatever the reason, except after
+        a message for which `is_last` is true (AOG's `is_final`): the call is then
+        over for the caller, and the loop thread itself reads the end of the call, or
+        cancels it if the end does not follow within LINGER_S. That saves the trio
+        side a loop wake-up per call.
         """
-        s: Stream[Any, Resp] = Stream(self._gl, window)
-        self._gl.call_soon(
-            s._start, self._raw, method, response_type, request, timeout, metadata
-        )
+        s: Stream[Any, Resp] = Stream(self._gl, window, is_last, bidi=request is None)
+        self._gl.call_soon(s._start, self, method, response_type, request, timeout, metadata)
         try:
             yield s
         finally:
@@ -257,17 +343,27 @@ def _serialize(msg: Any) -> bytes:
 class Stream(Generic[Req, Resp]):
     """A streaming call seen from trio: `send`, `done_writing`, `receive`, `async for`."""
 
-    def __init__(self, gl: GrpcLoop, window: int) -> None:
+    def __init__(
+        self,
+        gl: GrpcLoop,
+        window: int,
+        is_last: Callable[[Any], bool] | None = None,
+        *,
+        bidi: bool = False,
+    ) -> None:
         self._gl = gl
         self._window = window
-        self._token = trio.lowlevel.current_trio_token()
+        self._is_last = is_last
+        self._bidi = bidi
         # asyncio → trio
         self._inbox: collections.deque[Any] = collections.deque()
         self._wake_pending = False
-        self._waiter: trio.Event | None = None
+        self._waiter: trio.lowlevel.Task | None = None  # parked in receive()
         self._consumed = 0
         self._credit_batch = max(1, window // 4)
         self._finished = False
+        # EOF or the last message read: nothing left for the trio side to cancel
+        self._clean_end = False
         # trio → asyncio
         self._send_credits = trio.Semaphore(window)
         self._outbox: collections.deque[Any] = collections.deque()
@@ -283,7 +379,7 @@ class Stream(Generic[Req, Resp]):
 
     def _start(
         self,
-        raw: grpc.aio.Channel,
+        channel: Channel,
         method: str,
         response_type: type[Resp],
         request: Any,
@@ -295,14 +391,10 @@ class Stream(Generic[Req, Resp]):
         deser = response_type.FromString  # type: ignore[attr-defined]
         try:
             if request is not None:
-                mc = raw.unary_stream(
-                    method, request_serializer=_serialize, response_deserializer=deser
-                )
+                mc = channel._method("us", method, deser)
                 self._call = mc(request, timeout=timeout, metadata=metadata)
             else:
-                mc2 = raw.stream_stream(
-                    method, request_serializer=_serialize, response_deserializer=deser
-                )
+                mc2 = channel._method("ss", method, deser)
                 self._call = mc2(timeout=timeout, metadata=metadata)
                 self._writer_event = asyncio.Event()
                 self._tasks.append(asyncio.ensure_future(self._writer()))
@@ -323,6 +415,15 @@ class Stream(Generic[Req, Resp]):
                 if msg is grpc.aio.EOF:
                     break
                 self._push(msg)
+                if self._is_last is not None and self._is_last(msg):
+                    # the trio side stops here and will not cancel (see `stream`)
+                    try:
+                        await asyncio.wait_for(call.read(), LINGER_S)
+                    except (TimeoutError, grpc.aio.AioRpcError):
+                        pass
+                    finally:
+                        call.cancel()
+                    return
         except asyncio.CancelledError:
             # our own teardown, or the channel closed under the call: either way the
             # trio side must not wait forever
@@ -384,19 +485,20 @@ class Stream(Generic[Req, Resp]):
             self._to_trio(self._wake_receiver)
 
     def _to_trio(self, fn: Callable[..., None], *args: Any) -> None:
-        try:
-            self._token.run_sync_soon(fn, *args)
-        except trio.RunFinishedError:
-            pass
+        self._gl.to_trio(fn, *args)
 
     # ---- trio thread -------------------------------------------------------------
 
     def _wake_receiver(self) -> None:
         self._wake_pending = False
-        w = self._waiter
-        if w is not None:
+        task = self._waiter
+        if task is not None:
             self._waiter = None
-            w.set()
+            trio.lowlevel.reschedule(task)
+
+    def _abort_wait(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
+        self._waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     def _release_send_credits(self, n: int) -> None:
         for _ in range(n):
@@ -408,14 +510,14 @@ class Stream(Generic[Req, Resp]):
     async def receive(self) -> Resp:
         """Next message; raises trio.EndOfChannel at the end, RpcFailure on errors."""
         while not self._inbox:
-            if self._finished:
+            if self._finished or self._clean_end:  # EOF, or past the `is_last` message
                 raise trio.EndOfChannel
-            ev = trio.Event()
-            self._waiter = ev
-            await ev.wait()
+            # park the task itself (an Event per message costs more than the wake)
+            self._waiter = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
         item = self._inbox.popleft()
         if item is _EOF:
-            self._finished = True
+            self._finished = self._clean_end = True
             raise trio.EndOfChannel
         if isinstance(item, RpcFailure):
             # the EOF marker that follows is consumed with the error
@@ -423,7 +525,9 @@ class Stream(Generic[Req, Resp]):
             self._inbox.clear()
             raise item
         self._consumed += 1
-        if self._consumed >= self._credit_batch:
+        if self._is_last is not None and self._is_last(item):
+            self._clean_end = True
+        elif self._consumed >= self._credit_batch:
             n, self._consumed = self._consumed, 0
             self._gl.call_soon(self._release_read_credits, n)
         return item
@@ -437,7 +541,9 @@ class Stream(Generic[Req, Resp]):
             raise trio.WouldBlock
         item = self._inbox.popleft()
         self._consumed += 1
-        if self._consumed >= self._credit_batch:
+        if self._is_last is not None and self._is_last(item):
+            self._clean_end = True
+        elif self._consumed >= self._credit_batch:
             n, self._consumed = self._consumed, 0
             self._gl.call_soon(self._release_read_credits, n)
         return item
@@ -469,6 +575,11 @@ class Stream(Generic[Req, Resp]):
             self._gl.call_soon(self._wake_writer)
 
     def _teardown(self) -> None:
+        if self._clean_end and not self._bidi:
+            # a server stream that ended normally: the call is done (EOF), or its
+            # reader finishes it (after `is_last`), so a cancel would only cost a
+            # loop wake-up
+            return
         try:
             self._gl.call_soon(self._cancel_on_loop)
         except RuntimeError:  # loop already closed at shutdown

@@ -16,7 +16,7 @@ import trio
 
 from aogstream.errors import GatewayError
 from aogstream.invocation import Invocation
-from aogstream.sse.framing import encode_ndjson, encode_sse
+from aogstream.sse.framing import SseEvents, encode_ndjson, encode_sse
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -33,9 +33,19 @@ NDJSON_HEADERS = [
 
 
 def _frame_all(items: list[bytes | list[bytes]], encode: Callable[[bytes], bytes]) -> bytes:
+    """Frame every event of `items`. A batch that arrived as plain SSE goes out as the
+    plugin's own bytes when the output is SSE too (framing it again gives the same)."""
+    if len(items) == 1:
+        only = items[0]
+        if encode is encode_sse and isinstance(only, SseEvents) and only.sse is not None:
+            return only.sse
     out = bytearray()
     for item in items:
         if isinstance(item, list):
+            raw = item.sse if isinstance(item, SseEvents) else None
+            if raw is not None and encode is encode_sse:
+                out += raw
+                continue
             for event in item:
                 out += encode(event)
         else:
@@ -99,11 +109,15 @@ async def write_stream(
     pending: list[Any] = [first] if first else []
     head = b"".join(encode(p) for p in prologue)
     failed: GatewayError | None = None
+    ended = False
     while True:
         while True:  # coalesce what is already waiting, never wait for more
             try:
                 pending.append(responses.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
+            except trio.WouldBlock:
+                break
+            except trio.EndOfChannel:
+                ended = True
                 break
         if pending:
             try:
@@ -112,10 +126,15 @@ async def write_stream(
             except GatewayError as err:
                 failed = err
                 break
+            pending = []
             if head:
                 body, head = head + body, b""
+            if ended:  # the end is already here: one write for the rest and the end
+                head = body
+                break
             await send({"type": "http.response.body", "body": body, "more_body": True})
-            pending = []
+        if ended:
+            break
         try:
             pending.append(await responses.receive())
         except trio.EndOfChannel:
