@@ -76,6 +76,7 @@ bench: bench-setup
 	    $(VPY) benchmarks/$$s.py --quick || failed="$$failed $$s"; \
 	  else echo "==> benchmarks/$$s.py is not there yet: skipped"; fi; \
 	done; \
+	echo "==> benchmarks/summary.py"; $(VPY) benchmarks/summary.py || failed="$$failed summary"; \
 	if [ -n "$$failed" ]; then echo "==> failed:$$failed" >&2; exit 1; fi
 
 bench-full: bench-setup test-engines
@@ -89,6 +90,7 @@ bench-full: bench-setup test-engines
 	echo "==> benchmarks/convert_chunk.py"; $(VPY) benchmarks/convert_chunk.py || failed="$$failed convert_chunk"; \
 	echo "==> benchmarks/engines.py (the real local engines)"; \
 	$(VPY) benchmarks/engines.py --engine-dir $(TEST_ENGINES) || failed="$$failed engines"; \
+	echo "==> benchmarks/summary.py"; $(VPY) benchmarks/summary.py || failed="$$failed summary"; \
 	if [ -n "$$failed" ]; then echo "==> failed:$$failed" >&2; exit 1; fi
 
 clean:

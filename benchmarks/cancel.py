@@ -1,6 +1,6 @@
 """cancel: how soon a client that leaves is noticed behind the gateway.
 
-    .venv/bin/python benchmarks/cancel.py --quick    # about 2-3 minutes
+    .venv/bin/python benchmarks/cancel.py --quick    # 2 repetitions per cell, about 1 minute
     .venv/bin/python benchmarks/cancel.py            # more repetitions
 
 A client sends a request and then closes its TCP connection (no goodbye) in one of
@@ -57,8 +57,8 @@ FRAME = bytes(640)  # 20 ms of PCM16 16 kHz mono silence
 
 def params(args: argparse.Namespace) -> dict[str, Any]:
     p = {
-        "reps": args.reps or (5 if args.quick else 20),
-        "wait": args.wait,
+        "reps": args.reps or (2 if args.quick else 20),
+        "wait": args.wait or (1.0 if args.quick else 2.0),
         "modes": [m.strip() for m in args.modes.split(",") if m.strip()],
         "timeout": args.request_timeout,
         "max_seconds": args.max_seconds or (900 if args.quick else 3600),
@@ -368,9 +368,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     h.common_args(ap, "cancel")
     ap.add_argument("--reps", type=int, default=0,
-                    help="repetitions per mode, window and system (quick 5, full 20)")
-    ap.add_argument("--wait", type=float, default=2.0,
-                    help="how long to wait for the notice of one close, s (2)")
+                    help="repetitions per mode, window and system (quick 2, full 20)")
+    ap.add_argument("--wait", type=float, default=0.0,
+                    help="how long to wait for the notice of one close, s (quick 1, full 2)")
     ap.add_argument("--modes", default=",".join(MODES),
                     help=f"comma-separated, from {', '.join(MODES)}")
     return ap.parse_args(argv)

@@ -1,6 +1,6 @@
 """coldstart: from exec to serving, and the idle footprint.
 
-    .venv/bin/python benchmarks/coldstart.py --quick   # 3 starts per system, ~3 minutes
+    .venv/bin/python benchmarks/coldstart.py --quick   # 2 starts per system, ~1.5 minutes
     .venv/bin/python benchmarks/coldstart.py           # 7 starts per system
 
 Each round starts every system from nothing (a fresh data directory, a new process
@@ -41,7 +41,7 @@ HEALTH = {"direct": "/health", "aogstream": "/health", "litellm": "/health/livel
 
 
 def params(args: argparse.Namespace) -> dict[str, Any]:
-    p = {"rounds": args.rounds or (3 if args.quick else 7),
+    p = {"rounds": args.rounds or (2 if args.quick else 7),
          "timeout": args.start_timeout}
     h.bounded("--rounds", p["rounds"], 1, 50)
     h.bounded("--start-timeout", p["timeout"], 5, 600)
@@ -243,7 +243,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     h.common_args(ap, "coldstart")
-    ap.add_argument("--rounds", type=int, default=0, help="starts per system (quick 3, full 7)")
+    ap.add_argument("--rounds", type=int, default=0, help="starts per system (quick 2, full 7)")
     ap.add_argument("--start-timeout", type=float, default=h.START_TIMEOUT,
                     help=f"per start, s ({h.START_TIMEOUT:g}; LiteLLM imports for ~35 s)")
     return ap.parse_args(argv)

@@ -41,11 +41,11 @@ TARGET_JSON_MS_PER_REQ = 1.5
 def params(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
     p = {
-        "streams": args.streams or 20,
-        "chunks": args.chunks or (250 if quick else 1000),
-        "requests": args.requests or (300 if quick else 2000),
+        "streams": args.streams or (10 if quick else 20),
+        "chunks": args.chunks or (100 if quick else 1000),
+        "requests": args.requests or (100 if quick else 2000),
         "json_concurrency": args.json_concurrency,
-        "rounds": args.rounds or (3 if quick else 7),
+        "rounds": args.rounds or (2 if quick else 7),
         "protocols": [x.strip() for x in args.protocols.split(",") if x.strip()],
         "timeout": args.request_timeout,
         "max_seconds": args.max_seconds or (900 if quick else 3600),
@@ -208,7 +208,7 @@ def report(bench: h.Bench, p: dict[str, Any], rounds: list[dict[str, Any]]) -> s
                 continue
             figure = (h.target(val[n], TARGET_STREAM_MS_PER_1K, digits=1)
                       if n.startswith("aogstream") else f"**{h.fmt(val[n], 1)}**")
-            rows.append([n, _roles(rs, "1k"), figure,
+            rows.append([h.label(n), _roles(rs, "1k"), figure,
                          "—" if n == "direct" else h.ratio(val[n], val["direct"]),
                          "—" if n in ("litellm", "direct") else h.ratio(val[n], lit),
                          h.fmt(h.med(r["engine_ms_per_1k"] for r in rs), 1),
@@ -230,7 +230,7 @@ def report(bench: h.Bench, p: dict[str, Any], rounds: list[dict[str, Any]]) -> s
                 continue
             figure = (h.target(val[n], TARGET_JSON_MS_PER_REQ)
                       if n.startswith("aogstream") else f"**{h.fmt(val[n])}**")
-            rows.append([n, _roles(rs, "req"), figure,
+            rows.append([h.label(n), _roles(rs, "req"), figure,
                          "—" if n == "direct" else h.ratio(val[n], val["direct"]),
                          "—" if n in ("litellm", "direct") else h.ratio(val[n], lit),
                          h.fmt(h.med(r["engine_ms_per_req"] for r in rs)),
@@ -265,7 +265,7 @@ def plot(bench: h.Bench, p: dict[str, Any], rounds: list[dict[str, Any]]) -> Any
         vals = [h.med(r["ms_per_1k"] for r in rounds if r["system"] == n and r["proto"] == pr)
                 for pr in streams]
         ax.bar([j + i * width for j in range(len(streams))],
-               [v if v == v else 0 for v in vals], width, label=n)
+               [v if v == v else 0 for v in vals], width, label=h.label(n))
     ax.axhline(TARGET_STREAM_MS_PER_1K, color="k", ls="--", lw=1, label="target")
     ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(streams))],
                   [s.upper() for s in streams])
@@ -274,7 +274,8 @@ def plot(bench: h.Bench, p: dict[str, Any], rounds: list[dict[str, Any]]) -> Any
     ax = axes[1]
     vals = [h.med(r["ms_per_req"] for r in rounds if r["system"] == n and r["proto"] == "json")
             for n in names]
-    ax.bar(names, [v if v == v else 0 for v in vals], color=[f"C{i}" for i in range(len(names))])
+    ax.bar([h.label(x) for x in names], [v if v == v else 0 for v in vals],
+           color=[f"C{i}" for i in range(len(names))])
     ax.axhline(TARGET_JSON_MS_PER_REQ, color="k", ls="--", lw=1, label="target")
     ax.set(title="CPU ms per non-stream request", ylabel="CPU ms")
     ax.legend(fontsize=8)
@@ -289,17 +290,18 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     h.common_args(ap, "cpu", systems="")
     ap.add_argument("--protocols", default="sse,ndjson,json", help="sse, ndjson, json")
-    ap.add_argument("--streams", type=int, default=0, help="concurrent streams (20)")
-    ap.add_argument("--chunks", type=int, default=0, help="chunks per stream (250 / 1000)")
+    ap.add_argument("--streams", type=int, default=0, help="concurrent streams (10 / 20)")
+    ap.add_argument("--chunks", type=int, default=0, help="chunks per stream (100 / 1000)")
     ap.add_argument("--requests", type=int, default=0,
-                    help="non-stream requests per round (300 / 2000)")
+                    help="non-stream requests per round (100 / 2000)")
     ap.add_argument("--json-concurrency", type=int, default=10,
                     help="keep-alive connections for the non-stream requests (10)")
-    ap.add_argument("--rounds", type=int, default=0, help="rounds per system (3 / 7)")
+    ap.add_argument("--rounds", type=int, default=0, help="rounds per system (2 / 7)")
     args = ap.parse_args(argv)
     p = params(args)
-    systems = h.systems_arg(args.systems or ("direct,aogstream,litellm" if args.quick else
-                                             "direct,aogstream,aogstream-ollama,litellm"))
+    systems = h.systems_arg(args.systems or (
+        "direct,aogstream,aogstream-x1,litellm" if args.quick else
+        "direct,aogstream,aogstream-x1,aogstream-ollama,litellm"))
 
     def body() -> int:
         with h.Bench("cpu", args.quick, systems, workers=args.workers,

@@ -21,6 +21,9 @@ everywhere: tables, JSON, `Bench(systems=...)`):
   and W is given), relaying through `relay-plugin` (config_ref `openai:chat`, a separate
   process over gRPC) to the stub. `/v1/chat/completions` is a byte passthrough; NDJSON
   goes through the Ollama door `/api/chat` (converted ollama → openai → ollama).
+- `aogstream-x1` ("aogstream ×1" in tables): the same gateway started with `--workers 1`,
+  next to `aogstream` (the default, one worker per core), so the tables show what the
+  extra workers buy (or cost).
 - `aogstream-ollama`: the same gateway with the Ollama twin `relay-ollama-plugin`
   (config_ref `ollama:chat`): `/api/chat` NDJSON is then a passthrough too.
 - `litellm`: LiteLLM proxy 1.106.2 from its own venv (`benchmarks/setup_litellm.sh`),
@@ -80,8 +83,10 @@ Statistics and output::
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ctypes
+import functools
 import itertools
 import json
 import math
@@ -125,7 +130,14 @@ MAX_INFLIGHT = 4000  # open-loop requests in flight at once, whatever the schedu
 RECV = 262144
 
 PROTOCOLS = ("json", "sse", "ndjson")
-ALL_SYSTEMS = ("direct", "aogstream", "aogstream-ollama", "litellm")
+ALL_SYSTEMS = ("direct", "aogstream", "aogstream-x1", "aogstream-ollama", "litellm")
+# How a system is named in tables: `aogstream-x1` is the gateway pinned to one worker.
+LABELS = {"aogstream-x1": "aogstream ×1"}
+
+
+def label(name: str) -> str:
+    """The system's name as the tables print it."""
+    return LABELS.get(name, name)
 
 
 # ---- processes and /proc -------------------------------------------------------------
@@ -137,10 +149,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+try:  # looked up here, not in the child: no dlopen between fork and exec
+    _PRCTL: Any = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _PRCTL = None
+
+
 def _die_with_parent() -> None:
     """In the child before exec: get SIGTERM if the benchmark dies (Linux only)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def read_stat(pid: int) -> tuple[int, str, float]:
@@ -224,7 +242,9 @@ def popen(argv: list[str], log: Path, env: dict[str, str] | None = None,
         return subprocess.Popen(
             argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
             stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_die_with_parent,  # safe: the harness starts no threads
+            # Bench starts systems from threads; the hook only calls a C function
+            # looked up in advance, and those threads live until the systems stop.
+            preexec_fn=_die_with_parent,
         )
 
 
@@ -330,6 +350,7 @@ def start_stub(tmp: Path, name: str = "stub", close_log: Path | None = None,
     return sut
 
 
+@functools.cache
 def gateway_help() -> str:
     """`server start --help`, to see which options this gateway build has."""
     out = subprocess.run([sys.executable, "-m", "aogstream", "server", "start", "--help"],
@@ -496,6 +517,7 @@ class Bench:
         self.systems: dict[str, System] = {}
         self.skipped: dict[str, str] = {}
         self._started: list[System] = []
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.started_at = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         self.load_start = loadavg()
         self.load_end = ""
@@ -513,13 +535,27 @@ class Bench:
         try:
             self.stub = start_stub(self.tmp, close_log=self.close_log, extra=self.stub_args)
             self._started.append(self.stub)
-            for s in self.wanted:
-                sut = self._start(s)
+            gateway_help()  # once, before the threads below look at it
+            # Start the systems side by side: LiteLLM alone takes ~30 s to import, and
+            # each script would otherwise wait for every start-up in turn. The pool's
+            # threads must outlive the systems: PR_SET_PDEATHSIG fires when the *thread*
+            # that forked a child exits, so the pool is shut down only in __exit__.
+            self._pool = concurrent.futures.ThreadPoolExecutor(max(1, len(self.wanted)))
+            futures = {s: self._pool.submit(self._start, s) for s in self.wanted}
+            errors: list[BaseException] = []
+            for s, fut in futures.items():
+                try:
+                    sut = fut.result()
+                except BaseException as err:  # noqa: BLE001 - stop the others first
+                    errors.append(err)
+                    continue
                 if sut is not None:
                     self.systems[s] = sut
                     self._started.append(sut)
                     progress(f"{s} on :{sut.port}: " + ", ".join(
                         f"{role} {pid}" for pid, role in sut.roles.items()))
+            if errors:
+                raise errors[0]
         except BaseException:
             self.__exit__(*sys.exc_info())
             raise
@@ -532,6 +568,8 @@ class Bench:
                           paths=dict(self.stub.paths), roles=dict(self.stub.roles))
         if s == "aogstream":
             return start_aogstream(self.tmp, self.stub, workers=self.workers)
+        if s == "aogstream-x1":
+            return start_aogstream(self.tmp, self.stub, name=s, workers=1)
         if s == "aogstream-ollama":
             sut = start_aogstream(self.tmp, self.stub, name=s, plugin_dir=RELAY_OLLAMA_DIR,
                                   plugin_name="relay-ollama-plugin", workers=self.workers)
@@ -553,6 +591,9 @@ class Bench:
             except Exception as err:  # noqa: BLE001 - stop the others anyway
                 progress(f"could not stop {sut.name}: {err}")
         self._started.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         if self.keep_logs or self.failed or exc_type is not None:
             progress(f"logs kept in {self.tmp}")
         else:
@@ -605,7 +646,9 @@ class Bench:
         elapsed = time.monotonic() - self.t_begin
         systems = []
         for name, sut in self.systems.items():
-            procs = ", ".join(sorted({r for r in sut.roles.values()}))
+            roles = list(sut.roles.values())
+            procs = ", ".join(r if roles.count(r) == 1 else f"{r} ×{roles.count(r)}"
+                              for r in sorted(set(roles)))
             systems.append(f"{name} ({procs})")
         lines = [
             f"# {title}",
@@ -617,6 +660,10 @@ class Bench:
             f"sockets), measured separately; client: one trio process, raw sockets, "
             f"all on {HOST}",
         ]
+        if "aogstream-x1" in self.systems:
+            lines.append("- `aogstream-x1` (**aogstream ×1**) is the gateway started with "
+                         "`--workers 1`; `aogstream` has the default, one serving worker "
+                         f"per core ({NCPU} here)")
         if self.skipped:
             lines.append("- not run: " + "; ".join(f"{k}: {v}" for k, v in self.skipped.items()))
         if self.workers is not None:
@@ -642,6 +689,7 @@ class Bench:
         raw = {"name": self.name, "mode": self.mode, "started_at": self.started_at,
                "load_start": self.load_start, "load_end": self.load_end,
                "foreign_cpus": self.foreign, "cpus": NCPU,
+               "duration_s": round(time.monotonic() - self.t_begin, 1),
                "processes": {n: {str(k): v for k, v in s.roles.items()}
                              for n, s in self.systems.items()},
                "skipped": self.skipped, **raw}

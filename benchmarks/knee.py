@@ -44,13 +44,13 @@ RAMP_S = 1.0  # a level's streams start spread over this long
 
 def params(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
-    levels = args.levels or ("25,50,100,200,400" if quick else
+    levels = args.levels or ("10,50,200" if quick else
                              "50,100,150,200,300,400,600,800,1000")
     p = {
         "levels": sorted({int(x) for x in levels.split(",") if x.strip()}),
         "gap_ms": args.gap_ms,
         "t0_ms": args.t0_ms,
-        "chunks": args.chunks or (60 if quick else 400),
+        "chunks": args.chunks or (20 if quick else 400),
         "protocols": [x.strip() for x in args.protocols.split(",") if x.strip()],
         "timeout": args.request_timeout,
         "max_seconds": args.max_seconds or (900 if quick else 5400),
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     h.common_args(ap, "knee", systems="")
     ap.add_argument("--protocols", default="sse,ndjson", help="sse, ndjson")
     ap.add_argument("--levels", default="", help="stream counts to try, ascending")
-    ap.add_argument("--chunks", type=int, default=0, help="chunks per stream (60 / 400)")
+    ap.add_argument("--chunks", type=int, default=0, help="chunks per stream (20 / 400)")
     ap.add_argument("--gap-ms", type=float, default=50.0, help="Δ (50 ms = 20 tokens/s)")
     ap.add_argument("--t0-ms", type=float, default=20.0, help="T₀ (20)")
     args = ap.parse_args(argv)

@@ -1,7 +1,7 @@
 """memory: what an open stream costs in memory, whether it all comes back, and whether
 1,000 slow streams stay on time.
 
-    .venv/bin/python benchmarks/memory.py --quick    # 100 and 500 streams, ~4 minutes
+    .venv/bin/python benchmarks/memory.py --quick    # 100 and 300 streams, 2 cycles
     .venv/bin/python benchmarks/memory.py            # 100 and 1,000 streams
 
 Each system (direct = the stub engine itself, aogstream through its relay plugin,
@@ -9,12 +9,12 @@ LiteLLM) is sent N SSE chat streams of 1 token/s (`/v1/chat/completions`, the st
 T₀ = 0, Δ = 1 s), opened over a few seconds and then held open. Then:
 
 - **memory per open stream** = (RSS of all the system's processes with N streams open
-  − RSS just before opening) / N, for N = 100 and N = 1,000 (quick: 500);
+  − RSS just before opening) / N, for N = 100 and N = 1,000 (quick: 300);
 - **gap inflation** while held: each gap between two tokens of a stream − 1 s, p50/p99
   over every gap of every stream (target at 1,000 streams: p99 ≤ 25 ms);
 - **leak check**: every client closes its connection (no goodbye), the system is left
-  to settle, and its RSS is read again; three cycles of the large N. Target: RSS back
-  within 10 % of the idle RSS before the first cycle, each time.
+  to settle, and its RSS is read again; three cycles of the large N (quick: two).
+  Target: RSS back within 10 % of the idle RSS before the first cycle, each time.
 
 Systems are interleaved phase by phase (direct, aogstream, LiteLLM, direct, …). The
 stub engine's streams last only a few seconds past the hold, and every system settles
@@ -45,18 +45,22 @@ TARGET_GAP_P99_MS = 25.0
 TARGET_BACK = 0.10  # RSS after closing within 10 % of idle
 TARGET_N = 1000
 OPEN_RATE = 200.0  # streams opened per second
-STREAM_EXTRA_S = 10.0  # stream length beyond opening + hold (first-token wait, margin)
+# stream length beyond opening + hold (first-token wait, margin); quick: 2 s, since every
+# phase lasts about as long as its streams
+STREAM_EXTRA_S = 10.0
+STREAM_EXTRA_QUICK_S = 2.0
 SETTLE_S = 1.5  # after the last stream would have ended
 
 
 def params(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
     small = args.small or 100
-    big = args.big or (500 if quick else 1000)
+    big = args.big or (300 if quick else 1000)
     p = {
         "small": small, "big": big,
-        "cycles": args.cycles or 3,
-        "hold": args.hold or (5.0 if quick else 15.0),
+        "cycles": args.cycles or (2 if quick else 3),
+        "hold": args.hold or (2.0 if quick else 15.0),
+        "stream_extra": STREAM_EXTRA_QUICK_S if quick else STREAM_EXTRA_S,
         "timeout": args.request_timeout,
         "max_seconds": args.max_seconds or (1200 if quick else 3600),
     }
@@ -142,7 +146,7 @@ async def phase(sut: h.System, engine: h.System, n: int, p: dict[str, Any], labe
     sut.check()
     engine.check()
     open_s = n / OPEN_RATE
-    chunks = math.ceil(open_s + p["hold"] + STREAM_EXTRA_S)
+    chunks = math.ceil(open_s + p["hold"] + p["stream_extra"])
     body = h.chat_body("sse", h.model_name(0, chunks, GAP_S * 1000))
     await trio.sleep(0.5)
     idle_roles = sut.rss_kb()
@@ -342,10 +346,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     h.common_args(ap, "memory")
     ap.add_argument("--small", type=int, default=0, help="the small N (100)")
-    ap.add_argument("--big", type=int, default=0, help="the large N (quick 500, full 1000)")
-    ap.add_argument("--cycles", type=int, default=0, help="cycles of the large N (3)")
+    ap.add_argument("--big", type=int, default=0, help="the large N (quick 300, full 1000)")
+    ap.add_argument("--cycles", type=int, default=0, help="cycles of the large N (quick 2, full 3)")
     ap.add_argument("--hold", type=float, default=0.0,
-                    help="seconds streams are held open (quick 5, full 15)")
+                    help="seconds streams are held open (quick 2, full 15)")
     return ap.parse_args(argv)
 
 

@@ -35,14 +35,14 @@ import harness as h
 
 def params(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
-    levels = args.levels or ("1,4,16,64" if quick else "1,2,4,8,16,32,64,128")
+    levels = args.levels or ("1,8,32" if quick else "1,2,4,8,16,32,64,128")
     p = {
         "levels": [int(x) for x in levels.split(",") if x.strip()],
         "stream_levels": [int(x) for x in (args.stream_levels or (
-            "1,8,32" if quick else "1,4,16,64")).split(",") if x.strip()],
-        "step_s": args.step_seconds or (3.0 if quick else 8.0),
+            "1,16" if quick else "1,4,16,64")).split(",") if x.strip()],
+        "step_s": args.step_seconds or (1.0 if quick else 8.0),
         "bound_ms": args.p99_bound_ms,
-        "chunks": args.chunks or (200 if quick else 1000),
+        "chunks": args.chunks or (100 if quick else 1000),
         "protocols": [x.strip() for x in args.protocols.split(",") if x.strip()],
         "timeout": args.request_timeout,
         "max_seconds": args.max_seconds or (900 if quick else 3600),
@@ -152,7 +152,7 @@ def report(bench: h.Bench, p: dict[str, Any], steps: list[dict[str, Any]]) -> st
         rows = []
         for n in best:
             b, t = best[n], top[n]
-            rows.append([n, f"**{h.fmt(b[0], 0)}**" + (f" (c={b[1]}, p99 {h.fmt(b[2], 1)})"
+            rows.append([h.label(n), f"**{h.fmt(b[0], 0)}**" + (f" (c={b[1]}, p99 {h.fmt(b[2], 1)})"
                                                         if b[1] else " (no step within)"),
                          "—" if n == "direct" else h.ratio(b[0], best["direct"][0]),
                          "—" if n in ("direct", "litellm") else
@@ -183,7 +183,7 @@ def report(bench: h.Bench, p: dict[str, Any], steps: list[dict[str, Any]]) -> st
         for n, (v, c) in peak.items():
             per = " / ".join(h.fmt(r["chunks_per_s"], 0) for r in steps
                              if r["system"] == n and r["proto"] == proto)
-            rows.append([n, f"**{h.fmt(v, 0)}** (streams={c})",
+            rows.append([h.label(n), f"**{h.fmt(v, 0)}** (streams={c})",
                          "—" if n == "direct" else h.ratio(v, peak["direct"][0]),
                          "—" if n in ("direct", "litellm") or "litellm" not in peak
                          else h.ratio(v, peak["litellm"][0]), per])
@@ -203,7 +203,7 @@ def plot(bench: h.Bench, p: dict[str, Any], steps: list[dict[str, Any]]) -> Any:
     for n in bench.systems:
         rs = [r for r in steps if r["system"] == n and r["proto"] == "json"]
         if rs:
-            ax.plot([r["req_per_s"] for r in rs], [r["p99"] for r in rs], "o-", label=n)
+            ax.plot([r["req_per_s"] for r in rs], [r["p99"] for r in rs], "o-", label=h.label(n))
     ax.axhline(p["bound_ms"], color="k", ls="--", lw=1, label="p99 bound")
     ax.set(title="JSON: p99 latency vs req/s", xlabel="req/s", ylabel="p99 ms", yscale="log")
     ax.legend(fontsize=8)
@@ -213,7 +213,7 @@ def plot(bench: h.Bench, p: dict[str, Any], steps: list[dict[str, Any]]) -> Any:
             rs = [r for r in steps if r["system"] == n and r["proto"] == proto]
             if rs:
                 ax.plot([r["c"] for r in rs], [r["chunks_per_s"] for r in rs], "o-",
-                        label=f"{n} {proto}")
+                        label=f"{h.label(n)} {proto}")
     ax.set(title="chunks/s (instant streams)", xlabel="concurrent streams",
            ylabel="chunks/s", xscale="log")
     ax.legend(fontsize=8)
@@ -229,15 +229,16 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     h.common_args(ap, "throughput", systems="")
     ap.add_argument("--protocols", default="json,sse,ndjson", help="json, sse, ndjson")
-    ap.add_argument("--levels", default="", help="JSON concurrencies (1,4,16,64 / 1..128)")
+    ap.add_argument("--levels", default="", help="JSON concurrencies (1,8,32 / 1..128)")
     ap.add_argument("--stream-levels", default="", help="stream concurrencies")
-    ap.add_argument("--step-seconds", type=float, default=0.0, help="per step (3 / 8)")
+    ap.add_argument("--step-seconds", type=float, default=0.0, help="per step (1 / 8)")
     ap.add_argument("--p99-bound-ms", type=float, default=50.0, help="p99 bound (50)")
-    ap.add_argument("--chunks", type=int, default=0, help="chunks per stream (200 / 1000)")
+    ap.add_argument("--chunks", type=int, default=0, help="chunks per stream (100 / 1000)")
     args = ap.parse_args(argv)
     p = params(args)
-    systems = h.systems_arg(args.systems or ("direct,aogstream,litellm" if args.quick else
-                                             "direct,aogstream,aogstream-ollama,litellm"))
+    systems = h.systems_arg(args.systems or (
+        "direct,aogstream,aogstream-x1,litellm" if args.quick else
+        "direct,aogstream,aogstream-x1,aogstream-ollama,litellm"))
 
     def body() -> int:
         with h.Bench("throughput", args.quick, systems, workers=args.workers,

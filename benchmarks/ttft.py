@@ -1,13 +1,14 @@
 """ttft: time to first chunk added by a gateway, inter-chunk gap inflation, coalescing.
 
-    .venv/bin/python benchmarks/ttft.py --quick   # a few minutes
+    .venv/bin/python benchmarks/ttft.py --quick   # c = 1, 10, 50; about 1.5 minutes
     .venv/bin/python benchmarks/ttft.py           # full: longer streams, more rounds
 
 For each protocol (SSE and JSON on `/v1/chat/completions`, NDJSON on `/api/chat`) and
-each offered concurrency c (1, 10, 50, 200), every system answers the same requests
-from the stub engine (T₀ of silence, N chunks every Δ). Requests arrive open loop, one
-every (T₀ + N·Δ)/c whatever the system does, so a slow system sees more streams in
-flight, not fewer requests. Rounds alternate direct, aogstream, LiteLLM, direct, …
+each offered concurrency c (quick 1, 10, 50; full 1, 10, 50, 200), every system
+answers the same requests from the stub engine (T₀ of silence, N chunks every Δ).
+Requests arrive open loop, one every (T₀ + N·Δ)/c whatever the system does, so a slow
+system sees more streams in flight, not fewer requests. Rounds alternate direct,
+aogstream, aogstream ×1, LiteLLM, direct, …
 
 Per round: TTFT percentiles (request written → first complete content event; for JSON,
 the complete body), and the gaps between content events minus Δ (gap inflation). Added
@@ -39,14 +40,16 @@ def params(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
     p = {
         "t0_ms": args.t0_ms if args.t0_ms is not None else 20.0,
-        "chunks": args.chunks or (10 if quick else 20),
-        "gap_ms": args.gap_ms if args.gap_ms is not None else (30.0 if quick else 50.0),
-        "concurrency": [int(c) for c in args.concurrency.split(",") if c.strip()],
+        "chunks": args.chunks or (5 if quick else 20),
+        "gap_ms": args.gap_ms if args.gap_ms is not None else (15.0 if quick else 50.0),
+        "concurrency": [int(c) for c in (args.concurrency or ("1,10,50" if quick else
+                                                               "1,10,50,200")).split(",")
+                        if c.strip()],
         "protocols": [x.strip() for x in args.protocols.split(",") if x.strip()],
         "rounds": args.rounds or (2 if quick else 4),
-        "min_requests": args.requests or (20 if quick else 60),
+        "min_requests": args.requests or (10 if quick else 60),
         "per_c": 1 if quick else 3,  # requests per round ≥ per_c · c
-        "warmup": 10 if quick else 30,
+        "warmup": 5 if quick else 30,
         "timeout": args.request_timeout,
         "max_seconds": args.max_seconds or (900 if quick else 5400),
     }
@@ -172,7 +175,7 @@ def report(bench: h.Bench, p: dict[str, Any], rounds: list[dict[str, Any]]) -> s
                         h.fmt(h.med(r["gap_p99"] for r in rs), sign=True)])
                 coal = "—" if proto == "json" else (
                     f"{sum(r['coalesced_streams'] for r in rs)}/{sum(r['ok'] for r in rs)}")
-                rows.append([c, name, *(h.fmt(h.med(r[q] for r in rs))
+                rows.append([c, h.label(name), *(h.fmt(h.med(r[q] for r in rs))
                                         for q in ("p50", "p90", "p99")),
                              *add_cells, *gap, coal,
                              h.fmt(h.med(r["in_flight"] for r in rs), 1),
@@ -211,9 +214,9 @@ def plot(bench: h.Bench, p: dict[str, Any], rounds: list[dict[str, Any]]) -> Any
                   and r["c"] == c]
             if not rs:
                 continue
-            h.cdf(ax_t, [t for r in rs for t in r["ttft_ms"]], name, scale=1)
+            h.cdf(ax_t, [t for r in rs for t in r["ttft_ms"]], h.label(name), scale=1)
             if proto != "json":
-                h.cdf(ax_g, [g for r in rs for g in r["gaps_ms"]], name, scale=1)
+                h.cdf(ax_g, [g for r in rs for g in r["gaps_ms"]], h.label(name), scale=1)
         ax_t.set(title=f"TTFT, {proto.upper()}, c={c}", xlabel="ms", ylabel="fraction")
         ax_t.set_xscale("log")
         h.tidy_log(ax_t)
@@ -234,18 +237,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     h.common_args(ap, "ttft", systems="")
-    ap.add_argument("--concurrency", default="1,10,50,200", help="offered concurrencies")
+    ap.add_argument("--concurrency", default="",
+                    help="offered concurrencies (quick 1,10,50; full 1,10,50,200)")
     ap.add_argument("--protocols", default="sse,ndjson,json", help="sse, ndjson, json")
     ap.add_argument("--t0-ms", type=float, default=None, help="T₀ (default 20)")
-    ap.add_argument("--chunks", type=int, default=0, help="N (quick 10, full 20)")
-    ap.add_argument("--gap-ms", type=float, default=None, help="Δ (quick 30, full 50)")
+    ap.add_argument("--chunks", type=int, default=0, help="N (quick 5, full 20)")
+    ap.add_argument("--gap-ms", type=float, default=None, help="Δ (quick 15, full 50)")
     ap.add_argument("--rounds", type=int, default=0, help="rounds per system (2 / 4)")
     ap.add_argument("--requests", type=int, default=0,
-                    help="minimum requests per round (20 / 60; at least c / 3c)")
+                    help="minimum requests per round (10 / 60; at least c / 3c)")
     args = ap.parse_args(argv)
     p = params(args)
-    systems = h.systems_arg(args.systems or ("direct,aogstream,litellm" if args.quick else
-                                             "direct,aogstream,aogstream-ollama,litellm"))
+    systems = h.systems_arg(args.systems or (
+        "direct,aogstream,aogstream-x1,litellm" if args.quick else
+        "direct,aogstream,aogstream-x1,aogstream-ollama,litellm"))
 
     def body() -> int:
         with h.Bench("ttft", args.quick, systems, workers=args.workers,
