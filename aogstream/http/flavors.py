@@ -498,7 +498,10 @@ class FrontDoors:
         # like every other event: `data: [DONE]\n\n`, not a bare line (openvino's
         # template writes its epilogue with the `data: ` already in it)
         return await write_stream(
-            inv, send, ndjson=ndjson, extra_headers=served_by, convert=convert,
+            # same flavor both sides: no per-chunk work, the plugin's SSE bytes go out as
+            # they came (the writer's raw path)
+            inv, send, ndjson=ndjson, extra_headers=served_by,
+            convert=None if sc.passthrough else convert,
             prologue=[_strip_sse(p) for p in sc.prologue],
             epilogue=[_strip_sse(e) for e in sc.epilogue],
             # AOG's last event of a failed stream is marked finished, as on /services
