@@ -42,7 +42,7 @@ def params(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
     p = {
         "streams": args.streams or (10 if quick else 20),
-        "chunks": args.chunks or (100 if quick else 1000),
+        "chunks": args.chunks or (500 if quick else 1000),
         "requests": args.requests or (100 if quick else 2000),
         "json_concurrency": args.json_concurrency,
         "rounds": args.rounds or (2 if quick else 7),
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     h.common_args(ap, "cpu", systems="")
     ap.add_argument("--protocols", default="sse,ndjson,json", help="sse, ndjson, json")
     ap.add_argument("--streams", type=int, default=0, help="concurrent streams (10 / 20)")
-    ap.add_argument("--chunks", type=int, default=0, help="chunks per stream (100 / 1000)")
+    ap.add_argument("--chunks", type=int, default=0, help="chunks per stream (500 / 1000)")
     ap.add_argument("--requests", type=int, default=0,
                     help="non-stream requests per round (100 / 2000)")
     ap.add_argument("--json-concurrency", type=int, default=10,
