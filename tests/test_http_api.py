@@ -150,6 +150,22 @@ def test_unknown_service(gateway: Gateway, client):
         assert svc in body["message"], f"message should list available services: {body}"
 
 
+def test_a_kept_alive_connection_survives_errors_answered_before_the_body(gateway: Gateway):
+    """An unknown service or flavor endpoint is refused before its body is read; that
+    answer says `connection: close`, so a client reusing its connection for the next
+    request gets a fresh one instead of a connection closed under it."""
+    body = json.dumps({"messages": [{"role": "user", "content": "x" * 2000}]})
+    with httpx.Client(timeout=10) as client:
+        for _ in range(40):
+            for path in ("/aog/v0.2/services/nope", "/v1/no-such-endpoint"):
+                r = client.post(gateway.url + path, content=body)
+                assert r.status_code == 404, r.text
+                assert r.headers.get("connection") == "close"
+                assert client.get(gateway.url + "/health").status_code == 200
+        ok = client.post(gateway.service_url("chat"), content=body)
+        assert ok.status_code == 200 and "connection" not in ok.headers
+
+
 @pytest.mark.parametrize(
     ("content", "what"),
     [

@@ -30,6 +30,12 @@ def header(scope: dict[str, Any], name: bytes) -> bytes:
     return b""
 
 
+# An answer sent before the request body was read (unknown service, wrong method, body
+# over the limit) must end the connection: the unread body is still on the socket, and
+# a client that reuses the connection would see it closed under its next request.
+CLOSE_AFTER = [(b"connection", b"close")]
+
+
 async def send_json(send: Any, status: int, body: bytes,
                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
     """A complete JSON response; the last send is shielded so the connection closes."""

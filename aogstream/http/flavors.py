@@ -35,6 +35,7 @@ from aogstream.convert import PIVOT, Conversion, Converter, ConvertError, Templa
 from aogstream.gateway import Gateway, Route, may_fall_back
 from aogstream.http import audio
 from aogstream.http.asgi import (
+    CLOSE_AFTER,
     ClientGone,
     header,
     parse_object,
@@ -236,6 +237,7 @@ class FrontDoors:
         path = scope.get("path", "")
         flavor, methods, item = self._find(path)
         err_flavor = flavor if flavor in self.flavors() else "openai"
+        body_read = False
         try:
             if not methods:
                 raise self._not_found(flavor, path)
@@ -250,6 +252,7 @@ class FrontDoors:
                 return
             self.gateway.check_service(door.service)
             body = await read_body(scope, receive, self.max_body)
+            body_read = True
             if door.flavor == "openai" and door.service == "speech-to-text":
                 await self._transcribe(scope, door, body, receive, send)
             elif door.flavor == "openai" and door.service == "text-to-speech":
@@ -257,7 +260,8 @@ class FrontDoors:
             else:
                 await self._invoke(scope, door, body, receive, send)
         except errors.GatewayError as err:
-            await send_json(send, err.status, error_body(err_flavor, err))
+            await send_json(send, err.status, error_body(err_flavor, err),
+                            None if body_read or scope["method"] == "GET" else CLOSE_AFTER)
         except ClientGone:
             return
 

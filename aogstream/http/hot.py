@@ -27,6 +27,7 @@ from aogstream.bidi.relay import serve_relay
 from aogstream.bidi.socket import AsgiWebSocket
 from aogstream.gateway import Gateway, may_fall_back
 from aogstream.http.asgi import (
+    CLOSE_AFTER,
     JSON_HEADERS,
     ClientGone,
     header,
@@ -93,6 +94,7 @@ class HotRoutes:
         return body, obj
 
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any, service: str) -> None:
+        body_read = False
         try:
             if scope["method"] not in ("POST", "GET"):
                 raise errors.GatewayError(errors.METHOD_NOT_ALLOWED,
@@ -100,6 +102,7 @@ class HotRoutes:
                                           "(or GET with a query string)")
             self.gateway.check_service(service)  # unknown: fail before reading the body
             body = await self._read_body(scope, receive)
+            body_read = True
             raw, obj = self._parse(scope, body)
             routes = self.gateway.routes(service, obj)
             if routes[0].definition.expose_protocol.upper() in ("WEBSOCKET", "WSS"):
@@ -109,7 +112,7 @@ class HotRoutes:
                     f"{PREFIX}{service} instead",
                 )
         except errors.GatewayError as err:
-            await send_error(send, err)
+            await send_json(send, err.status, err.body(), None if body_read else CLOSE_AFTER)
             return
         except ClientGone:
             return
