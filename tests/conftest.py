@@ -333,6 +333,24 @@ def engines_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatewa
         gw.stop()
 
 
+@contextlib.contextmanager
+def shipped_plugins_gateway(work: Path, names: list[str],
+                            env: dict[str, str] | None = None) -> Iterator[Gateway]:
+    """A gateway serving only the named shipped plugins (linked into its own plugin
+    folder) with their real engines and models, stopped on exit."""
+    root = require_engines(names)
+    plugins = work / "plugins"
+    plugins.mkdir()
+    for name in names:
+        (plugins / name).symlink_to(REPO / "plugins" / name)
+    gateway = Gateway(work, {"AOGSTREAM_ENGINE_DIR": str(root), **(env or {})},
+                      plugin_dir=plugins).start()
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
 @pytest.fixture
 def client() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0)) as c:

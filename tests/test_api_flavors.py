@@ -28,7 +28,14 @@ import ollama
 import openai
 import pytest
 import test_openai_plugin as cloud_server
-from conftest import REPO, Gateway, parse_ndjson, parse_sse, require_engines
+from conftest import (
+    REPO,
+    Gateway,
+    parse_ndjson,
+    parse_sse,
+    require_engines,
+    shipped_plugins_gateway,
+)
 
 from aogstream.convert import FlavorRegistry
 
@@ -62,16 +69,9 @@ def test_every_built_in_flavor_has_a_chat_door() -> None:
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    root = require_engines(["llamacpp-plugin"])
-    work = tmp_path_factory.mktemp("api-flavors")
-    plugins = work / "plugins"
-    plugins.mkdir()
-    (plugins / "llamacpp-plugin").symlink_to(REPO / "plugins" / "llamacpp-plugin")
-    gateway = Gateway(work, {"AOGSTREAM_ENGINE_DIR": str(root)}, plugin_dir=plugins).start()
-    try:
+    with shipped_plugins_gateway(tmp_path_factory.mktemp("api-flavors"),
+                                 ["llamacpp-plugin"]) as gateway:
         yield gateway
-    finally:
-        gateway.stop()
 
 
 def door_url(gw: Gateway, flavor: str) -> str:

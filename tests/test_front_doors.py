@@ -15,7 +15,7 @@ import httpx
 import ollama
 import openai
 import pytest
-from conftest import REPO, Gateway, require_engines
+from conftest import Gateway, shipped_plugins_gateway
 
 CHAT_MODEL = "smollm2-135m-instruct"
 EMBED_MODEL = "multilingual-e5-small"
@@ -25,17 +25,9 @@ FRANCE = [{"role": "system", "content": "You are a helpful assistant."},
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    root = require_engines(["llamacpp-plugin", "embed-plugin"])
-    work = tmp_path_factory.mktemp("front-doors")
-    plugins = work / "plugins"
-    plugins.mkdir()
-    for name in ("llamacpp-plugin", "embed-plugin"):
-        (plugins / name).symlink_to(REPO / "plugins" / name)
-    gateway = Gateway(work, {"AOGSTREAM_ENGINE_DIR": str(root)}, plugin_dir=plugins).start()
-    try:
+    with shipped_plugins_gateway(tmp_path_factory.mktemp("front-doors"),
+                                 ["llamacpp-plugin", "embed-plugin"]) as gateway:
         yield gateway
-    finally:
-        gateway.stop()
 
 
 @pytest.fixture(scope="module")

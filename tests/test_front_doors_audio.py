@@ -21,7 +21,7 @@ import httpx
 import openai
 import pytest
 from audio import GOFORWARD_TEXT, goforward_pcm, wav_bytes, word_error_rate
-from conftest import REPO, Gateway, require_engines
+from conftest import Gateway, shipped_plugins_gateway
 
 from aogstream.errors import GatewayError
 from aogstream.http.audio import parse_form, resample_pcm16, srt, vtt
@@ -34,19 +34,10 @@ FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    root = require_engines(["whisper-plugin", "piper-plugin"])
-    work = tmp_path_factory.mktemp("front-doors-audio")
-    plugins = work / "plugins"
-    plugins.mkdir()
-    for name in ("whisper-plugin", "piper-plugin"):
-        (plugins / name).symlink_to(REPO / "plugins" / name)
-    gateway = Gateway(work, {"AOGSTREAM_ENGINE_DIR": str(root),
-                             "AOGSTREAM_MAX_BODY_BYTES": str(MAX_BODY)},
-                      plugin_dir=plugins).start()
-    try:
+    with shipped_plugins_gateway(tmp_path_factory.mktemp("front-doors-audio"),
+                                 ["whisper-plugin", "piper-plugin"],
+                                 {"AOGSTREAM_MAX_BODY_BYTES": str(MAX_BODY)}) as gateway:
         yield gateway
-    finally:
-        gateway.stop()
 
 
 @pytest.fixture(scope="module")
