@@ -1145,6 +1145,30 @@ def script_main(body: Callable[[], int]) -> int:
         return 1
 
 
+# The systems ttft, cpu and throughput compare (the default gateway and `--workers 1`).
+WORKER_COMPARISON = ("direct,aogstream,aogstream-x1,litellm",
+                     "direct,aogstream,aogstream-x1,aogstream-ollama,litellm")
+
+
+def run_measured(name: str, args: Any, systems: Sequence[str], measure: Callable[..., Any],
+                 p: dict[str, Any], report: Callable[..., str], plot: Callable[..., Any],
+                 key: str) -> int:
+    """The body most scripts share: start the systems, run `measure(bench, p)` within
+    `p["max_seconds"]`, print and save `report(bench, p, data)` with `plot(bench, p,
+    data)`; the raw data is saved under `key` beside the parameters."""
+
+    def body() -> int:
+        with Bench(name, args.quick, systems, workers=args.workers,
+                   keep_logs=args.keep_logs) as bench:
+            data = bench.run(measure, bench, p, max_seconds=p["max_seconds"])
+            md = report(bench, p, data)
+            print(md)
+            bench.save(md, {"params": p, key: data}, plot(bench, p, data), args.out)
+        return 0
+
+    return script_main(body)
+
+
 def protocol_of(sut: System, proto: str) -> str:
     """Why `sut` does not serve `proto` ('' when it does)."""
     return "" if sut.supports(proto) else (sut.notes.get(proto) or f"no {proto} endpoint")

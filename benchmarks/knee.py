@@ -251,16 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                                              "direct,aogstream,aogstream-ollama,litellm"))
     raise_fd_limit(4 * max(p["levels"]) + 256)
 
-    def body() -> int:
-        with h.Bench("knee", args.quick, systems, workers=args.workers,
-                     keep_logs=args.keep_logs) as bench:
-            rows = bench.run(measure, bench, p, max_seconds=p["max_seconds"])
-            md = report(bench, p, rows)
-            print(md)
-            bench.save(md, {"params": p, "levels": rows}, plot(bench, p, rows), args.out)
-        return 0
-
-    return h.script_main(body)
+    return h.run_measured("knee", args, systems, measure, p, report, plot, "levels")
 
 
 if __name__ == "__main__":

@@ -358,16 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     p = params(args)
     systems = h.systems_arg(args.systems)
 
-    def body() -> int:
-        with h.Bench("memory", args.quick, systems, workers=args.workers,
-                     keep_logs=args.keep_logs) as bench:
-            phases = bench.run(measure, bench, p, max_seconds=p["max_seconds"])
-            md = report(bench, p, phases)
-            print(md)
-            bench.save(md, {"params": p, "phases": phases}, plot(bench, p, phases), args.out)
-        return 0
-
-    return h.script_main(body)
+    return h.run_measured("memory", args, systems, measure, p, report, plot, "phases")
 
 
 if __name__ == "__main__":

@@ -236,20 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunks", type=int, default=0, help="chunks per stream (100 / 1000)")
     args = ap.parse_args(argv)
     p = params(args)
-    systems = h.systems_arg(args.systems or (
-        "direct,aogstream,aogstream-x1,litellm" if args.quick else
-        "direct,aogstream,aogstream-x1,aogstream-ollama,litellm"))
+    systems = h.systems_arg(args.systems or h.WORKER_COMPARISON[0 if args.quick else 1])
 
-    def body() -> int:
-        with h.Bench("throughput", args.quick, systems, workers=args.workers,
-                     keep_logs=args.keep_logs) as bench:
-            steps = bench.run(measure, bench, p, max_seconds=p["max_seconds"])
-            md = report(bench, p, steps)
-            print(md)
-            bench.save(md, {"params": p, "steps": steps}, plot(bench, p, steps), args.out)
-        return 0
-
-    return h.script_main(body)
+    return h.run_measured("throughput", args, systems, measure, p, report, plot, "steps")
 
 
 if __name__ == "__main__":

@@ -248,20 +248,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="minimum requests per round (10 / 60; at least c / 3c)")
     args = ap.parse_args(argv)
     p = params(args)
-    systems = h.systems_arg(args.systems or (
-        "direct,aogstream,aogstream-x1,litellm" if args.quick else
-        "direct,aogstream,aogstream-x1,aogstream-ollama,litellm"))
+    systems = h.systems_arg(args.systems or h.WORKER_COMPARISON[0 if args.quick else 1])
 
-    def body() -> int:
-        with h.Bench("ttft", args.quick, systems, workers=args.workers,
-                     keep_logs=args.keep_logs) as bench:
-            rounds = bench.run(measure, bench, p, max_seconds=p["max_seconds"])
-            md = report(bench, p, rounds)
-            print(md)
-            bench.save(md, {"params": p, "rounds": rounds}, plot(bench, p, rounds), args.out)
-        return 0
-
-    return h.script_main(body)
+    return h.run_measured("ttft", args, systems, measure, p, report, plot, "rounds")
 
 
 if __name__ == "__main__":
