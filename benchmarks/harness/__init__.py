@@ -17,7 +17,8 @@ module's docstring says why it is built the way it is.
 - `processes`: starting a child, the client's limits (free_port, popen, raise_fd_limit).
 - `logs`: what the operator sees (progress, tail).
 - `systems`: the systems under test (System, start_stub, start_aogstream,
-  start_litellm, stop, wait_listening, label, protocol_of, ALL_SYSTEMS).
+  start_litellm, stop, wait_listening, their command lines stub_argv, aogstream_argv,
+  litellm_argv, label, protocol_of, ALL_SYSTEMS).
 - `realtime`: AOG's realtime protocol and its systems (run_task, FINISH_TASK, frame_seq,
   event_name, start_direct_ws, start_realtime_gateway, read_events).
 - `http_client`: the raw-socket HTTP client (call, KeepAlive, Result, chat_body,
@@ -96,14 +97,17 @@ from .systems import (
     STOP_TIMEOUT,
     STUB_ENV,
     System,
+    aogstream_argv,
     gateway_help,
     label,
+    litellm_argv,
     litellm_missing,
     protocol_of,
     start_aogstream,
     start_litellm,
     start_stub,
     stop,
+    stub_argv,
     wait_listening,
 )
 from .tables import fmt, md_table, ratio, target
@@ -142,6 +146,7 @@ __all__ = [
     "WsClient",
     "WsError",
     "alive",
+    "aogstream_argv",
     "bounded",
     "call",
     "cdf",
@@ -157,6 +162,7 @@ __all__ = [
     "free_port",
     "gateway_help",
     "label",
+    "litellm_argv",
     "litellm_missing",
     "loadavg",
     "machine_busy",
@@ -183,6 +189,7 @@ __all__ = [
     "start_realtime_gateway",
     "start_stub",
     "stop",
+    "stub_argv",
     "systems_arg",
     "tail",
     "target",

@@ -163,12 +163,48 @@ def wait_listening(sut: System, what: str, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def stub_argv(port: int, extra: Sequence[str] = ()) -> list[str]:
+    """The stub engine's command line (coldstart.py starts it without `start_stub`)."""
+    return [sys.executable, str(HERE / "stub_engine.py"), "--port", str(port), *extra]
+
+
+def aogstream_argv(port: int, plugin_dir: Path, data_dir: Path, workers: int | None = None,
+                   extra: Sequence[str] = ()) -> list[str]:
+    """The gateway's command line; `--workers` only when this build lists it."""
+    argv = [sys.executable, "-m", "aogstream", "server", "start", "--host", HOST,
+            "--port", str(port), "--plugin-dir", str(plugin_dir),
+            "--data-dir", str(data_dir), *extra]
+    if workers is not None and "--workers" in gateway_help():
+        argv += ["--workers", str(workers)]
+    return argv
+
+
+def litellm_argv(port: int, cfg: Path, stub: System) -> list[str]:
+    """LiteLLM's command line, after writing its config to `cfg`: one worker, every
+    model name routed to the stub (`openai/*`), no retries, the master key."""
+    cfg.write_text(
+        "model_list:\n"
+        "  - model_name: \"*\"\n"
+        "    litellm_params:\n"
+        "      model: \"openai/*\"\n"
+        f"      api_base: \"http://{HOST}:{stub.port}/v1\"\n"
+        "      api_key: \"none\"\n"
+        "litellm_settings:\n"
+        "  num_retries: 0\n"
+        "  request_timeout: 600\n"
+        "  telemetry: false\n"
+        "general_settings:\n"
+        f"  master_key: \"{LITELLM_KEY}\"\n")
+    return [str(LITELLM_VENV / "bin" / "litellm"), "--config", str(cfg), "--host", HOST,
+            "--port", str(port), "--num_workers", "1"]
+
+
 def start_stub(tmp: Path, name: str = "stub", close_log: Path | None = None,
                extra: Sequence[str] = ()) -> System:
     """benchmarks/stub_engine.py on a free port."""
     port = free_port()
     log = tmp / f"{name}.log"
-    argv = [sys.executable, str(HERE / "stub_engine.py"), "--port", str(port), *extra]
+    argv = stub_argv(port, extra)
     if close_log is not None:
         argv += ["--close-log", str(close_log)]
     sut = System(name, popen(argv, log), port, log,
@@ -204,11 +240,7 @@ def start_aogstream(tmp: Path, stub: System | None, name: str = "aogstream",
 
     port = free_port()
     log = tmp / f"{name}.log"
-    argv = [sys.executable, "-m", "aogstream", "server", "start", "--host", HOST,
-            "--port", str(port), "--plugin-dir", str(plugin_dir),
-            "--data-dir", str(tmp / f"{name}-data"), *extra]
-    if workers is not None and "--workers" in gateway_help():
-        argv += ["--workers", str(workers)]
+    argv = aogstream_argv(port, plugin_dir, tmp / f"{name}-data", workers, extra)
     env = dict(os.environ)
     if stub is not None:
         env[STUB_ENV] = f"{HOST}:{stub.port}"
@@ -268,27 +300,12 @@ def start_litellm(tmp: Path, stub: System, name: str = "litellm") -> System:
         raise RuntimeError(why)
     port = free_port()
     log = tmp / f"{name}.log"
-    cfg = tmp / f"{name}.yaml"
-    cfg.write_text(
-        "model_list:\n"
-        "  - model_name: \"*\"\n"
-        "    litellm_params:\n"
-        "      model: \"openai/*\"\n"
-        f"      api_base: \"http://{HOST}:{stub.port}/v1\"\n"
-        "      api_key: \"none\"\n"
-        "litellm_settings:\n"
-        "  num_retries: 0\n"
-        "  request_timeout: 600\n"
-        "  telemetry: false\n"
-        "general_settings:\n"
-        f"  master_key: \"{LITELLM_KEY}\"\n")
     # The stub repeats one token; LiteLLM ends a stream after 100 identical chunks ("the
     # model is repeating the same chunk"), a guard against looping models that real
     # tokens never trip. Its documented knob lifts it, so long streams can be measured.
     env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True",
                REPEATED_STREAMING_CHUNK_LIMIT="1000000000")
-    argv = [str(LITELLM_VENV / "bin" / "litellm"), "--config", str(cfg), "--host", HOST,
-            "--port", str(port), "--num_workers", "1"]
+    argv = litellm_argv(port, tmp / f"{name}.yaml", stub)
     sut = System(name, popen(argv, log, env=env, cwd=tmp), port, log,
                  paths={"json": "/v1/chat/completions", "sse": "/v1/chat/completions"},
                  auth=f"Authorization: Bearer {LITELLM_KEY}\r\n".encode(),
