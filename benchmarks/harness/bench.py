@@ -234,9 +234,9 @@ class Bench:
             lines.append(f"- gateway workers asked: {self.workers} (passed only if "
                          "`server start --help` lists `--workers`)")
         lines += list(extra)
-        lines.append(f"- other processes on the machine (not the client, the engine or the "
-                     f"systems) used **{fmt(self.foreign)} CPUs** on average during the "
-                     "measurements")
+        ours = "the client, the engine or the systems" if self.stub else "the client or the systems"
+        lines.append(f"- other processes on the machine (not {ours}) used "
+                     f"**{fmt(self.foreign)} CPUs** on average during the measurements")
         if self.busy():
             lines.append("- **warning: the machine was busy** (load average / other "
                          "processes above): wall-clock figures are inflated and noisy; CPU "
