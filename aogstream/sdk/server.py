@@ -583,11 +583,14 @@ def find_plugin_dir(start: Path | None = None) -> Path:
 
 
 def _negotiate_version() -> int:
-    offered = os.environ.get("PLUGIN_PROTOCOL_VERSIONS", "")
-    versions = {int(v) for v in offered.split(",") if v.strip().isdigit()}
-    return APP_PROTOCOL_VERSION if not versions or APP_PROTOCOL_VERSION in versions else min(
-        versions
-    )
+    """The app protocol version to announce: ours, whatever the host offers.
+
+    go-plugin's rule: the highest version both sides speak, else the plugin's own lowest,
+    which the host then refuses with a clear "incompatible API version" error. This plugin
+    speaks only APP_PROTOCOL_VERSION, so that is the answer either way; announcing one of
+    the host's versions instead would claim a protocol this plugin does not speak.
+    """
+    return APP_PROTOCOL_VERSION
 
 
 def _listen(server: grpc.aio.Server) -> tuple[str, str]:
