@@ -8,6 +8,7 @@ adapter of its invocations (`serve`).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -31,6 +32,33 @@ log = logging.getLogger("aogstream.host")
 COOKIE_KEY = "AOG_PLUGIN"
 COOKIE_VALUE = "aog-provider-plugin-v1"
 HEALTH_METHOD = "/grpc.health.v1.Health/Check"
+
+
+# hclog's level names (what Go plugins write on stderr) → logging levels.
+HCLOG_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
+                "warn": logging.WARNING, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def plugin_log_line(line: str, default: int) -> tuple[int, str]:
+    """One line a plugin wrote → (level, text) for the gateway's log.
+
+    Go plugins log through hclog, which go-plugin sets to JSON (`{"@level": "warn",
+    "@message": ..., "@module": ..., key: value}`): such a line keeps its own level and is
+    shown as its message and fields, so a Go plugin's errors are not buried at INFO.
+    Any other line is logged at `default`, as written.
+    """
+    if not (line.startswith("{") and '"@level"' in line):
+        return default, line
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return default, line
+    if not isinstance(entry, dict) or not isinstance(entry.get("@level"), str):
+        return default, line
+    level = HCLOG_LEVELS.get(entry["@level"].lower(), default)
+    fields = " ".join(f"{k}={v}" for k, v in entry.items() if not k.startswith("@"))
+    text = " ".join(part for part in (str(entry.get("@message", "")), fields) if part)
+    return level, text
 
 
 class HandshakeError(Exception):
@@ -274,15 +302,19 @@ class ProcessPlugin:
 
     async def _log_lines(self, stream: trio.abc.ReceiveStream, level: int) -> None:
         plog = logging.getLogger(f"aogstream.plugin.{self.name}")
+
+        def emit(raw: bytes) -> None:
+            if raw.strip():
+                line_level, text = plugin_log_line(raw.decode(errors="replace").rstrip(), level)
+                plog.log(line_level, "%s", text)
+
         buf = b""
         async for data in stream:
             buf += data
             *lines, buf = buf.split(b"\n")
             for raw in lines:
-                if raw.strip():
-                    plog.log(level, "%s", raw.decode(errors="replace").rstrip())
-        if buf.strip():
-            plog.log(level, "%s", buf.decode(errors="replace").rstrip())
+                emit(raw)
+        emit(buf)
 
     async def stop(self) -> None:
         """Shut the plugin down (Shutdown rpc, grace, kill) and stop supervising it."""
