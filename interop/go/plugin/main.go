@@ -111,7 +111,7 @@ func (r request) has(key string) bool {
 
 func chunk(tag, content string, finished bool) []byte {
 	out := map[string]interface{}{
-		"id": tag, "model": "go-echo", "created_at": float64(time.Now().UnixNano()) / 1e9,
+		"id": tag, "model": "go-echo", "created_at": time.Now().UTC().Format(time.RFC3339Nano),
 		"message":  map[string]string{"role": "assistant", "content": content},
 		"finished": finished,
 	}
