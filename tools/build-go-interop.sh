@@ -38,7 +38,7 @@ protoc -I aogstream/rpc/protos \
   --go-grpc_out="$PKG_DIR" --go-grpc_opt=paths=source_relative \
   "$PROTO"
 
-export GO111MODULE=off GOPROXY=off
+export GO111MODULE=off GOPROXY=off GOFLAGS=
 export GOPATH="$GOPATH_OURS:/usr/share/gocode"
 export GOCACHE="$OUT/gocache"
 for prog in host:aog-go-host plugin:go-echo-plugin; do
