@@ -24,7 +24,7 @@ from aogstream.config import Config
 from aogstream.host.process import ProcessPlugin, discover
 from aogstream.invocation import Invocation, Mode, TimeoutPolicy, open_invocation
 from aogstream.rpc.bridge import GrpcLoop
-from aogstream.store import HYBRID_POLICIES, ModelRow, Provider, Service, SQLiteStore, Store
+from aogstream.store import HYBRID_POLICIES, ModelRow, ProviderRow, Service, SQLiteStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class Gateway:
         self.problems: list[str] = []
         self._services: dict[str, list[tuple[ProcessPlugin, m.ServiceDef]]] = {}
         self.store: Store = store if store is not None else SQLiteStore(config.db_path)
-        self._table: dict[str, list[Provider]] = {}
+        self._table: dict[str, list[ProviderRow]] = {}
         self._models: dict[tuple[str, str], list[ModelRow]] = {}
         self._policies: dict[str, str] = {}
         self._nursery: trio.Nursery | None = None
@@ -190,7 +190,7 @@ class Gateway:
         says and never touches what the user set (credentials, status, properties)."""
         for svc in man.services:
             name = provider_name_for(man, svc.service_name)
-            row = self.store.get_provider(name) or Provider(
+            row = self.store.get_provider(name) or ProviderRow(
                 provider_name=name, service_name=svc.service_name, scope="plugin")
             row.service_source = man.provider.type
             row.flavor = man.provider.name
@@ -260,7 +260,7 @@ class Gateway:
         self._rebuild()
 
     def _rebuild(self) -> None:
-        table: dict[str, list[Provider]] = {}
+        table: dict[str, list[ProviderRow]] = {}
         for p in self.store.providers():
             table.setdefault(p.service_name, []).append(p)
         models: dict[tuple[str, str], list[ModelRow]] = {}

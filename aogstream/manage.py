@@ -45,7 +45,7 @@ from aogstream.gateway import Gateway, provider_name_for
 from aogstream.host.client import PluginClient
 from aogstream.host.process import ProcessPlugin
 from aogstream.rpc.bridge import RpcFailure
-from aogstream.store import HYBRID_POLICIES, ModelRow, Provider, Service
+from aogstream.store import HYBRID_POLICIES, ModelRow, ProviderRow, Service
 from aogstream.store.base import AUTH_TYPES, SERVICE_AVAILABLE, SOURCES
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ class _PullFailed(Exception):
 class PullJob:
     """One model pull in flight, watched by zero or more progress streams."""
 
-    provider: Provider
+    provider: ProviderRow
     model_name: str
     service_name: str
     background: bool
@@ -250,7 +250,7 @@ class Manager:
                                       f"{_names(known)}")
         return svc
 
-    async def _provider(self, name: str, bcode: Bcode = PROVIDER_NOT_FOUND) -> Provider:
+    async def _provider(self, name: str, bcode: Bcode = PROVIDER_NOT_FOUND) -> ProviderRow:
         row = await self._db(self.store.get_provider, name)
         if row is None:
             known = [p.provider_name for p in await self._db(self.store.providers)]
@@ -267,7 +267,7 @@ class Manager:
                                                  f"plugins: {_names(set(self.gw.plugins))}")
         return plugin
 
-    def plugin_of(self, provider: Provider) -> ProcessPlugin | None:
+    def plugin_of(self, provider: ProviderRow) -> ProcessPlugin | None:
         """The plugin process behind a provider row (its flavor names the plugin)."""
         return self.gw.plugins.get(provider.flavor)
 
@@ -372,7 +372,7 @@ class Manager:
                                                  skip_model))
         return {"providers": done}
 
-    async def _ensure_local(self, plugin: ProcessPlugin, row: Provider, service: str,
+    async def _ensure_local(self, plugin: ProcessPlugin, row: ProviderRow, service: str,
                             model_name: str, skip_model: bool) -> dict[str, Any]:
         client = await self._client(plugin)
         steps: list[str] = []
@@ -474,7 +474,7 @@ class Manager:
         return {"providers": [{"provider_name": row.provider_name, "plugin": row.flavor,
                                "steps": ["set_auth", "validate_auth"]}]}
 
-    async def check_remote(self, row: Provider) -> None:
+    async def check_remote(self, row: ProviderRow) -> None:
         """The live credential check: SetAuth then ValidateAuth on the provider's plugin."""
         plugin = self.plugin_of(row)
         if plugin is None:
@@ -727,7 +727,7 @@ class Manager:
                                f"service provider {name!r} already exists; change it with "
                                f"PUT /service_provider or delete it first")
         await self._service(f["service_name"], SERVICE_UNSUPPORTED)
-        row = Provider(provider_name=name, service_name=f["service_name"],
+        row = ProviderRow(provider_name=name, service_name=f["service_name"],
                        service_source=f["service_source"], flavor=f["api_flavor"],
                        desc=f.get("desc", ""), method=f.get("method", "POST"),
                        url=f.get("url", ""), auth_type=f.get("auth_type", "none"),
@@ -771,7 +771,7 @@ class Manager:
         await self.gw.reload()
         return row.public()
 
-    def _write_provider(self, row: Provider) -> None:
+    def _write_provider(self, row: ProviderRow) -> None:
         """Store a provider; a remote one's models exist as soon as it does."""
         self.store.put_provider(row)
         if row.service_source != "remote":
@@ -809,7 +809,7 @@ class Manager:
         return [r.public() for r in rows]
 
     async def _pull_provider(self, provider_name: str, model_name: str, service_name: str,
-                             service_source: str) -> Provider:
+                             service_source: str) -> ProviderRow:
         """The provider a pull goes to: the named one, else the service's provider that
         declares the model (local first unless service_source says remote)."""
         if provider_name:

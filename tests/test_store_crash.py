@@ -42,20 +42,20 @@ ROUNDS = 5
 WRITER = r"""
 import json, sys
 from pathlib import Path
-from aogstream.store import ModelRow, Provider, SQLiteStore
+from aogstream.store import ModelRow, ProviderRow, SQLiteStore
 
 store = SQLiteStore(Path(sys.argv[1]))
 step = int(sys.argv[2])
 print("ready", flush=True)
 while True:
     name = f"remote_crash{step}_chat"
-    store.put_provider(Provider(name, "chat", "remote", "crash", auth_type="apikey",
+    store.put_provider(ProviderRow(name, "chat", "remote", "crash", auth_type="apikey",
                                 auth_key=json.dumps({"api_key": f"k-{step}"}),
                                 models=[f"m-{step}"]))
     store.put_model(ModelRow(f"m-{step}", name, "chat", "remote", "downloading"))
     store.put_model(ModelRow(f"m-{step}", name, "chat", "remote", "downloaded",
                              is_default=True, size=step))
-    store.put_provider(Provider("remote_shared_chat", "chat", "remote", "crash",
+    store.put_provider(ProviderRow("remote_shared_chat", "chat", "remote", "crash",
                                 auth_key=json.dumps({"api_key": f"k-{step}"})))
     print(step, flush=True)
     step += 1

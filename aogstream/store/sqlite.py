@@ -25,7 +25,7 @@ from typing import Any
 from aogstream.store.base import (
     SERVICES,
     ModelRow,
-    Provider,
+    ProviderRow,
     Service,
     now,
 )
@@ -188,17 +188,17 @@ class SQLiteStore:
     # ---- providers ----
 
     def providers(self, *, service_name: str = "", service_source: str = "",
-                  provider_name: str = "", flavor: str = "") -> list[Provider]:
+                  provider_name: str = "", flavor: str = "") -> list[ProviderRow]:
         where, params = _filters(service_name=service_name, service_source=service_source,
                                  provider_name=provider_name, flavor=flavor)
         rows = self._query(f"SELECT * FROM aog_service_provider{where} ORDER BY id", params)
         return [_provider(r) for r in rows]
 
-    def get_provider(self, provider_name: str) -> Provider | None:
+    def get_provider(self, provider_name: str) -> ProviderRow | None:
         found = self.providers(provider_name=provider_name)
         return found[0] if found else None
 
-    def put_provider(self, provider: Provider) -> None:
+    def put_provider(self, provider: ProviderRow) -> None:
         provider.updated_at = now()
         values = [getattr(provider, c) for c in PROVIDER_COLUMNS]
         values[PROVIDER_COLUMNS.index("models")] = json.dumps(provider.models)
@@ -270,7 +270,7 @@ def _filters(**kw: str) -> tuple[str, tuple[Any, ...]]:
     return " WHERE " + " AND ".join(f"{k}=?" for k, _ in parts), tuple(v for _, v in parts)
 
 
-def _provider(r: sqlite3.Row) -> Provider:
+def _provider(r: sqlite3.Row) -> ProviderRow:
     d = {c: r[c] for c in PROVIDER_COLUMNS}
     d["models"] = json.loads(d["models"] or "[]")
-    return Provider(**d)
+    return ProviderRow(**d)
