@@ -43,7 +43,7 @@ from aogstream import manifest as m
 from aogstream.errors import Bcode, GatewayError
 from aogstream.gateway import Gateway, provider_name_for
 from aogstream.host.client import PluginClient
-from aogstream.host.process import ProcessPlugin
+from aogstream.host.process import PluginSupervisor
 from aogstream.rpc.bridge import RpcFailure
 from aogstream.store import HYBRID_POLICIES, ModelRow, ProviderRow, Service
 from aogstream.store.base import AUTH_TYPES, SERVICE_AVAILABLE, SOURCES
@@ -258,7 +258,7 @@ class Manager:
                                       f"providers: {_names(known)}")
         return row
 
-    def _plugin(self, name: str) -> ProcessPlugin:
+    def _plugin(self, name: str) -> PluginSupervisor:
         if not name:
             raise GatewayError(PLUGIN_INVALID, "name is required (the plugin's name)")
         plugin = self.gw.plugins.get(name)
@@ -267,11 +267,11 @@ class Manager:
                                                  f"plugins: {_names(set(self.gw.plugins))}")
         return plugin
 
-    def plugin_of(self, provider: ProviderRow) -> ProcessPlugin | None:
+    def plugin_of(self, provider: ProviderRow) -> PluginSupervisor | None:
         """The plugin process behind a provider row (its flavor names the plugin)."""
         return self.gw.plugins.get(provider.flavor)
 
-    async def _client(self, plugin: ProcessPlugin) -> PluginClient:
+    async def _client(self, plugin: PluginSupervisor) -> PluginClient:
         """The plugin's connection, waiting a little for one that is (re)starting."""
         if plugin.state in ("starting", "restarting"):
             await plugin.wait_ready(min(READY_WAIT_S, self.gw.config.plugin_start_timeout))
@@ -286,7 +286,7 @@ class Manager:
                                f"plugin {plugin.name} is not running ({plugin.state}); {hint}")
         return plugin.client
 
-    async def _call(self, plugin: ProcessPlugin, what: str,
+    async def _call(self, plugin: PluginSupervisor, what: str,
                     fn: Callable[[], Awaitable[T]]) -> T:
         """A plugin rpc whose failure becomes a GatewayError naming plugin and step."""
         try:
@@ -372,7 +372,7 @@ class Manager:
                                                  skip_model))
         return {"providers": done}
 
-    async def _ensure_local(self, plugin: ProcessPlugin, row: ProviderRow, service: str,
+    async def _ensure_local(self, plugin: PluginSupervisor, row: ProviderRow, service: str,
                             model_name: str, skip_model: bool) -> dict[str, Any]:
         client = await self._client(plugin)
         steps: list[str] = []
@@ -869,7 +869,7 @@ class Manager:
         self.gw.spawn(self._run_pull, job, plugin)
         return job
 
-    async def _run_pull(self, job: PullJob, plugin: ProcessPlugin | None) -> None:
+    async def _run_pull(self, job: PullJob, plugin: PluginSupervisor | None) -> None:
         try:
             with job.scope:
                 if plugin is not None:
@@ -889,7 +889,7 @@ class Manager:
                     job.cancel_reason = job.cancel_reason or "the gateway is stopping"
                 await self._finish_pull(job, plugin)
 
-    async def _pull_from(self, job: PullJob, plugin: ProcessPlugin) -> None:
+    async def _pull_from(self, job: PullJob, plugin: PluginSupervisor) -> None:
         client = plugin.client
         if client is None:
             raise _PullFailed(f"plugin {plugin.name} is not running")
@@ -910,7 +910,7 @@ class Manager:
             raise _PullFailed(f"{plugin.name} ended the pull of {job.model_name!r} without "
                               f"reporting success")
 
-    async def _finish_pull(self, job: PullJob, plugin: ProcessPlugin | None) -> None:
+    async def _finish_pull(self, job: PullJob, plugin: PluginSupervisor | None) -> None:
         """Make the store say what happened, then tell the watchers."""
         size = 0
         if job.outcome == "success" and plugin is not None and plugin.client is not None:
@@ -1053,7 +1053,7 @@ class Manager:
 
     # ================================ plugins ================================
 
-    def plugin_entry(self, plugin: ProcessPlugin, enabled: bool) -> dict[str, Any]:
+    def plugin_entry(self, plugin: PluginSupervisor, enabled: bool) -> dict[str, Any]:
         """AOG's plugin list item plus aogstream's details."""
         man = plugin.manifest
         return {
@@ -1099,14 +1099,14 @@ class Manager:
             lambda: self.store.providers(flavor=name))]
         return entry
 
-    async def _wait_stopped(self, plugin: ProcessPlugin) -> None:
+    async def _wait_stopped(self, plugin: PluginSupervisor) -> None:
         # the supervisor marks the plugin stopped a moment after stop() returns; there
         # is no event for it, so poll (bounded)
         with trio.move_on_after(self.gw.config.plugin_stop_grace + 5):
             while plugin.state not in ("stopped", "failed"):  # noqa: ASYNC110
                 await trio.sleep(0.02)
 
-    async def _start(self, plugin: ProcessPlugin) -> None:
+    async def _start(self, plugin: PluginSupervisor) -> None:
         """Launch a plugin that is not running and wait (bounded) until it is up."""
         if plugin.state in ("stopped", "failed"):
             await self.gw.launch(plugin)
@@ -1146,7 +1146,7 @@ class Manager:
                                    f"{plugin.last_error or plugin.state}; see the gateway log")
         return self.plugin_entry(plugin, enabled)
 
-    async def _add(self, man: m.PluginManifest) -> ProcessPlugin:
+    async def _add(self, man: m.PluginManifest) -> PluginSupervisor:
         """Register a new plugin (providers in the store, routes if enabled)."""
         plugin = self.gw.add_plugin(man)
         await self._db(self.gw._register, man)

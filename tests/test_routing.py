@@ -254,7 +254,7 @@ def test_policy_holds_without_provider_rows(tmp_path: Path) -> None:
             store.delete_provider(row.provider_name)
         store.delete_provider("local_echo-plugin_embed")
         gw._rebuild()
-        names = {policy: [rt.plugin.name for rt in gw.routes("chat", {"hybrid_policy": policy})]
+        names = {policy: [rt.provider.name for rt in gw.routes("chat", {"hybrid_policy": policy})]
                  for policy in ("default", "always_local", "always_remote")}
         assert names == {"default": [LOCAL, REMOTE], "always_local": [LOCAL],
                          "always_remote": [REMOTE, LOCAL]}
