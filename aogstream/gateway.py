@@ -74,7 +74,10 @@ class Gateway:
     The gateway can run without any process: `add_provider` a provider and route.
     """
 
-    def __init__(self, config: Config, grpc_loop: GrpcLoop, store: Store | None = None) -> None:
+    def __init__(self, config: Config, grpc_loop: GrpcLoop | None = None,
+                 store: Store | None = None) -> None:
+        """`grpc_loop` None: a gateway of in-process providers only (unit tests), which
+        routes to plugins but cannot launch them."""
         self.config = config
         self.grpc_loop = grpc_loop
         self.policy = TimeoutPolicy(config.unary_timeout, config.stream_timeout)
@@ -115,7 +118,7 @@ class Gateway:
     def add_plugin(self, man: m.PluginManifest) -> PluginSupervisor:
         """Supervise the process plugin of `man` (launched by `start` or `launch`) and
         route to its provider."""
-        plugin = PluginSupervisor(man, self.config, self.grpc_loop)
+        plugin = PluginSupervisor(man, self.config, self.grpc_loop)  # type: ignore[arg-type]
         plugin.on_running = self._plugin_running
         plugin.on_change = self.notify
         self.plugins[plugin.name] = plugin
@@ -186,6 +189,8 @@ class Gateway:
 
     async def _launch(self, plugin: PluginSupervisor) -> None:
         assert self._nursery is not None
+        if self.grpc_loop is None:
+            raise RuntimeError("this gateway has no gRPC loop: it cannot launch plugins")
         await self._nursery.start(plugin.supervise)
 
     async def launch(self, plugin: PluginSupervisor) -> None:
