@@ -105,7 +105,7 @@ class Gateway:
         manifests, self.problems = discover(self.plugin_search_dirs())
         for man in manifests:
             self.add_plugin(man)
-        await trio.to_thread.run_sync(self._register_all)
+        await self.register()
         async with trio.open_nursery() as starting:
             for plugin in self.plugins.values():
                 if self.store.plugin_enabled(plugin.name):
