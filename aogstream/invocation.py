@@ -1,8 +1,8 @@
 """One call through the gateway: a channel pair, a mode and a cancel scope.
 
-Every path (JSON, SSE, NDJSON, WebSocket on the north side; providers such as plugin
-processes on the south side) meets here, so timeouts, cancellation and errors behave the same
-everywhere:
+Every path (JSON, SSE, NDJSON, WebSocket on the north side; providers, such as
+plugin processes, on the south side) meets here, so timeouts, cancellation and
+errors behave the same everywhere:
 
 * the client's task owns the invocation (`async with open_invocation(...)`), and the
   invocation's nursery owns the provider call: leaving the block for any reason
