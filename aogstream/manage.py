@@ -1223,9 +1223,15 @@ class Manager:
         if not path:
             raise GatewayError(PLUGIN_INVALID, "path is required (a plugin folder or a "
                                                ".tar.gz/.zip archive)")
+        src = Path(path)
+        if not src.is_absolute():
+            # a request never names the server's home or working folder: `~` and
+            # relative paths would resolve against whoever runs the gateway
+            raise GatewayError(PLUGIN_INVALID, f"path {path!r} is not absolute; give the "
+                                               "absolute path of a plugin folder or archive "
+                                               "on the gateway's machine (~ is not expanded)")
         root = self.installed_plugins_dir
-        dest = await self._db(_install_files, Path(path).expanduser(), root,
-                              set(self.gw.plugins))
+        dest = await self._db(_install_files, src, root, set(self.gw.plugins))
         man = await self._db(_validated_manifest, dest, True)
         plugin = await self._add(man)
         enabled = await self._db(self.store.plugin_enabled, plugin.name)

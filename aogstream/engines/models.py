@@ -152,12 +152,12 @@ class ModelStore:
                         yield ev
                 src, det = source, details or {}
             else:
-                path = Path(source).expanduser()
-                if not path.exists():
+                path = Path(source)  # from a request: never `~`-expanded
+                if not path.is_absolute() or not path.exists():
                     raise m.PluginError(
                         m.ERR_CODE_MODEL_NOT_FOUND,
                         f"model source {source!r} is neither a known model, an existing "
-                        f"path nor an http(s) URL", "")
+                        f"absolute path nor an http(s) URL", "")
                 paths = [path, *(Path(c) for c in (companions(str(path)) if companions
                                                    else []))]
                 for p in paths:

@@ -22,7 +22,7 @@ import trio
 
 from aogstream import AOG_VERSION
 from aogstream import manifest as m
-from aogstream.config import Config
+from aogstream.config import SECRET_ENV, Config
 from aogstream.host.client import PluginClient
 from aogstream.host.connection import ProcessProvider, crash_error
 from aogstream.rpc.bridge import Channel, GrpcLoop, RpcFailure
@@ -99,6 +99,8 @@ def plugin_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         "AOGSTREAM_PYTHON": sys.executable,
     })
     env.pop("PLUGIN_CLIENT_CERT", None)
+    for name in SECRET_ENV:  # the gateway's own keys are not the plugins' business
+        env.pop(name, None)
     if extra:
         env.update(extra)
     return env

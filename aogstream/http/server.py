@@ -10,9 +10,10 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from aogstream.config import Config
+from aogstream.config import Config, ensure_private_dir
 from aogstream.gateway import Gateway
 from aogstream.http.app import build_app
+from aogstream.http.guard import Guard, describe, load_keys, policy_for
 from aogstream.http.workers import (
     WorkerPool,
     listen_socket,
@@ -41,7 +42,12 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
                 ) -> None:
     """Serve until SIGINT/SIGTERM, then stop the workers and every plugin (Shutdown,
     grace, kill). With more than one worker this process is the primary: it also
-    serves, and the others follow it (`http.workers`)."""
+    serves, and the others follow it (`http.workers`).
+
+    Raises `guard.GuardConfigError` before anything starts when the security settings
+    do not allow serving on `cfg.host` (e.g. beyond loopback without keys)."""
+    ensure_private_dir(cfg.data_dir)
+    policy = policy_for(cfg, load_keys(cfg, generate=True))
     stop = trio.Event()
     count = worker_count(cfg)
     pool: WorkerPool | None = None
@@ -52,7 +58,8 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
             await gateway.start(nursery)
             for problem in gateway.problems:
                 log.error("plugin problem: %s", problem)
-            app = build_app(gateway)
+            app = Guard(build_app(gateway), policy)
+            log.info("request guard: %s", describe(policy))
             hc = hypercorn_config(cfg)
             if count > 1:
                 public = listen_socket(cfg.host, cfg.port, reuse_port=True)

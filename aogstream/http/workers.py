@@ -447,11 +447,14 @@ async def _lifespan(receive: Any, send: Any) -> None:
 
 async def serve_worker(cfg: Config, index: int, link_fd: int) -> None:
     """One worker: follow the primary, then serve the hot routes on the shared port."""
+    from aogstream.http.guard import Guard, load_keys, policy_for
     from aogstream.http.hot import HotRoutes
     from aogstream.http.server import hypercorn_config
     from aogstream.rpc.bridge import GrpcLoop
     from aogstream.store import SQLiteStore
 
+    # the same guard as the primary's, with the keys read here (never passed along)
+    policy = policy_for(cfg, load_keys(cfg, generate=False))
     stop = trio.Event()
     link = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=link_fd)))
     async with GrpcLoop.open() as gl, trio.open_nursery() as nursery:
@@ -463,8 +466,8 @@ async def serve_worker(cfg: Config, index: int, link_fd: int) -> None:
                 return
             nursery.start_soon(follower.run, stop)
             nursery.start_soon(_signals, stop)
-            app = HotRoutes(gateway, PrimaryProxy(os.environ["AOGSTREAM_PRIMARY_SOCKET"],
-                                                  cfg.max_body_bytes))
+            app = Guard(HotRoutes(gateway, PrimaryProxy(os.environ["AOGSTREAM_PRIMARY_SOCKET"],
+                                                        cfg.max_body_bytes)), policy)
             sock = listen_socket(cfg.host, cfg.port, reuse_port=True)
             hc = hypercorn_config(cfg)
             hc.bind = [f"fd://{sock.fileno()}"]

@@ -16,8 +16,11 @@ streaming hot path. Call it from a worker thread when on the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -97,10 +100,26 @@ class StoreError(Exception):
     """The database cannot be used (newer schema, not a database, unwritable)."""
 
 
+def _private_files(path: Path) -> None:
+    """The database holds provider keys: create it 0600 before SQLite opens it (SQLite
+    gives its -wal and -shm files the database's mode), and tighten the modes of files
+    an older version left readable to others."""
+    if sys.platform == "win32":
+        return
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"),
+              path.with_name(path.name + "-journal")):
+        with contextlib.suppress(FileNotFoundError):
+            if p.stat().st_mode & 0o077:
+                p.chmod(0o600)
+
+
 class SQLiteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_files(path)
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(str(path), check_same_thread=False,
