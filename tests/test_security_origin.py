@@ -370,6 +370,17 @@ def test_client_api_keys_guard_the_services(keyed):
     assert ol.list() is not None
 
 
+def test_keys_reach_no_plugin_and_no_log(keyed):
+    r = httpx.get(f"{keyed.url}{API}/plugin/list", headers={"x-management-key": MGMT_KEY},
+                  timeout=10)
+    pid = next(p["pid"] for p in r.json()["data"] if p["name"] == "echo-plugin")
+    environ = Path(f"/proc/{pid}/environ").read_bytes()
+    assert b"AOGSTREAM_MANAGEMENT_KEY" not in environ and MGMT_KEY.encode() not in environ
+    assert b"AOGSTREAM_API_KEYS" not in environ and CLIENT_KEY.encode() not in environ
+    log = keyed.log_tail(2000)
+    assert MGMT_KEY not in log and CLIENT_KEY not in log
+
+
 def cli(gw: Gateway, *args: str, **env: str) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if not k.startswith(("AOGSTREAM_", "AOG_"))}
     full.update(AOG_HOST=gw.url, **env)

@@ -36,6 +36,7 @@ decision.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import json
@@ -79,7 +80,7 @@ class GuardConfigError(Exception):
 # ---- the facts and the policy ---------------------------------------------------------
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Policy:
     """What this gateway accepts. Hosts and origins are normalised (lower case; origins
     as `scheme://host:port`)."""
@@ -183,6 +184,14 @@ def host_allowed(policy: Policy, name: str) -> bool:
     return policy.any_ip_host
 
 
+@functools.lru_cache(maxsize=512)
+def host_header_ok(policy: Policy, host: str) -> bool:
+    """Whether a `Host` value names this gateway (cached: clients send the same few
+    values, and parsing IP addresses is most of the guard's cost per request)."""
+    hp = split_host(host)
+    return hp is not None and host_allowed(policy, hp[0])
+
+
 def normalise_origin(origin: str) -> str | None:
     """`scheme://host:port` (default port filled in), or None if not an origin."""
     try:
@@ -239,15 +248,14 @@ def _short(value: str) -> str:
 def decide(policy: Policy, req: Request) -> Decision:
     """The guard's whole policy: Host, then Origin/Sec-Fetch-Site (with CORS for listed
     origins on service routes), then keys."""
-    if req.host is not None:
+    if req.host is not None and not host_header_ok(policy, req.host):
         hp = split_host(req.host)
-        if hp is None or not host_allowed(policy, hp[0]):
-            name = hp[0] if hp else req.host
-            return Decision(403, HOST_REFUSED, (
-                f"Host {_short(req.host)!r} is not a name of this gateway (refused to stop "
-                f"DNS rebinding); if clients really reach it by that name, allow it with "
-                f"AOGSTREAM_ALLOWED_HOSTS={_short(name)} or `server start --allowed-host "
-                f"{_short(name)}`"))
+        name = hp[0] if hp else req.host
+        return Decision(403, HOST_REFUSED, (
+            f"Host {_short(req.host)!r} is not a name of this gateway (refused to stop "
+            f"DNS rebinding); if clients really reach it by that name, allow it with "
+            f"AOGSTREAM_ALLOWED_HOSTS={_short(name)} or `server start --allowed-host "
+            f"{_short(name)}`"))
     kind = route_kind(req.path)
     origin = req.origin
     cors = ""
@@ -500,7 +508,7 @@ def _with_cors(send: Any, origin: bytes) -> Any:
 def describe(policy: Policy) -> str:
     """One log line of what the guard enforces (never a key)."""
     return json.dumps({
-        "allowed_hosts": sorted(policy.allowed_hosts) or ["(loopback only)"],
+        "allowed_hosts": ["loopback", *sorted(policy.allowed_hosts)],
         "any_ip_host": policy.any_ip_host,
         "cors_origins": sorted(policy.cors_origins),
         "management_key_required": policy.require_management_key,
