@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -413,17 +414,26 @@ def test_the_cli_reads_the_generated_key_file(gateway_factory, tmp_path):
 
 
 def start_exposed(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    """`server start --host 0.0.0.0` that must refuse (bounded: it would serve forever)."""
+    """`server start --host 0.0.0.0`, which must refuse before serving anything. If it
+    does not exit within 20 s it is serving: stopped at once (SIGINT, so its plugins go
+    too) and the test fails."""
     full = {k: v for k, v in os.environ.items() if not k.startswith(("AOGSTREAM_", "AOG_"))}
     full.update(AOG_DATA_DIR=str(tmp_path / "data"), PYTHONUNBUFFERED="1", **env)
+    cmd = [sys.executable, "-m", "aogstream", "server", "start", "--host", "0.0.0.0",
+           "--port", str(free_port()), "--plugin-dir", str(ECHO.parent)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=full, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        return subprocess.run([sys.executable, "-m", "aogstream", "server", "start",
-                               "--host", "0.0.0.0", "--port", str(free_port()),
-                               "--plugin-dir", str(ECHO.parent)],
-                              cwd=REPO, env=full, capture_output=True, text=True, timeout=60,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        raise AssertionError("the gateway kept running on 0.0.0.0 without keys") from exc
+        out, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise AssertionError("the gateway started serving on 0.0.0.0 without keys") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def test_beyond_loopback_it_refuses_to_start_without_keys(tmp_path):
