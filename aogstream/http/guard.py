@@ -66,6 +66,7 @@ HOST_REFUSED = errors.Bcode(403, 40030)
 ORIGIN_REFUSED = errors.Bcode(403, 40031)
 KEY_REQUIRED = errors.Bcode(401, 40032)
 
+LOG_EVERY = 10.0
 CORS_METHODS = b"GET, POST, OPTIONS"
 CORS_MAX_AGE = b"600"
 CORS_EXPOSE = b"x-aogstream-provider, x-aogstream-plugin"
@@ -425,6 +426,20 @@ class Guard:
     def __init__(self, app: ASGIApp, policy: Policy) -> None:
         self.app = app
         self.policy = policy
+        self._logged: dict[str, float] = {}
+
+    def _log_refusal(self, req: Request, decision: Decision) -> None:
+        """A refusal is worth a warning, but a page firing requests in a loop must not
+        flood the log: the same refusal is a warning once per LOG_EVERY seconds."""
+        now = trio.current_time()
+        level = logging.DEBUG
+        if now - self._logged.get(decision.message, -LOG_EVERY) >= LOG_EVERY:
+            if len(self._logged) > 1000:
+                self._logged.clear()
+            self._logged[decision.message] = now
+            level = logging.WARNING
+        log.log(level, "refused %s %s: %s", "WebSocket" if req.websocket else req.method,
+                _short(req.path), decision.message)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -436,8 +451,7 @@ class Guard:
             await self._preflight(scope, send, decision.cors_origin)
             return
         if not decision.allowed:
-            log.warning("refused %s %s: %s", "WebSocket" if req.websocket else req.method,
-                        _short(req.path), decision.message)
+            self._log_refusal(req, decision)
             await self._refuse(scope, receive, send, decision)
             return
         if decision.cors_origin and scope["type"] == "http":
