@@ -322,6 +322,7 @@ def _foreign(who: str, kind: str) -> str:
 class Keys:
     management_key: str
     api_keys: tuple[str, ...]
+    source: str = ""  # where the management key came from (for the log; never the key)
 
 
 def load_keys(cfg: Config, *, generate: bool) -> Keys:
@@ -356,7 +357,9 @@ def load_keys(cfg: Config, *, generate: bool) -> Keys:
         key = config.ensure_management_key(cfg.data_dir)  # also tightens its mode
     if generate:
         config.tighten_mode(cfg.data_dir / config.MANAGEMENT_KEY_FILE, 0o600)
-    return Keys(key, api_keys)
+    source = (config.MANAGEMENT_KEY_ENV if env_key else
+              str(cfg.data_dir / config.MANAGEMENT_KEY_FILE) if key else "")
+    return Keys(key, api_keys, source)
 
 
 def policy_for(cfg: Config, keys: Keys) -> Policy:

@@ -47,7 +47,8 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
     Raises `guard.GuardConfigError` before anything starts when the security settings
     do not allow serving on `cfg.host` (e.g. beyond loopback without keys)."""
     ensure_private_dir(cfg.data_dir)
-    policy = policy_for(cfg, load_keys(cfg, generate=True))
+    keys = load_keys(cfg, generate=True)
+    policy = policy_for(cfg, keys)
     stop = trio.Event()
     count = worker_count(cfg)
     pool: WorkerPool | None = None
@@ -59,7 +60,8 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
             for problem in gateway.problems:
                 log.error("plugin problem: %s", problem)
             app = Guard(build_app(gateway), policy)
-            log.info("request guard: %s", describe(policy))
+            log.info("request guard: %s; management key: %s", describe(policy),
+                     keys.source or "none")
             hc = hypercorn_config(cfg)
             if count > 1:
                 public = listen_socket(cfg.host, cfg.port, reuse_port=True)
