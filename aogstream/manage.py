@@ -24,13 +24,9 @@ import json
 import logging
 import math
 import os
-import posixpath
 import re
 import shutil
-import stat
-import tarfile
 import tempfile
-import zipfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +40,7 @@ from aogstream.errors import Bcode, GatewayError
 from aogstream.gateway import Gateway, provider_name_for
 from aogstream.host.client import PluginClient
 from aogstream.host.process import PluginSupervisor
+from aogstream.management import archives
 from aogstream.rpc.bridge import RpcFailure
 from aogstream.store import HYBRID_POLICIES, ModelRow, ProviderRow, Service
 from aogstream.store.base import AUTH_TYPES, SERVICE_AVAILABLE, SOURCES
@@ -99,8 +96,6 @@ METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "WS")
 UNSUPPORTED_CODES = {m.ERR_CODE_UNIMPLEMENTED, 501, m.ERR_CODE_SERVICE_STREAMING_NOT_SUPPORTED,
                      m.ERR_CODE_SERVICE_BIDIRECTIONAL_NOT_SUPPORTED}
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz", ".zip")
-MAX_ARCHIVE_BYTES = 4 << 30  # refuse archives that unpack to more than 4 GiB
 READY_WAIT_S = 10.0  # how long a call waits for a plugin that is (re)starting
 
 
@@ -1287,61 +1282,12 @@ def _check_links(folder: Path, shown: str) -> None:
                            f"{os.readlink(p)}, outside the plugin folder")
 
 
-def _member_problem(name: str) -> str | None:
-    posix = name.replace("\\", "/")
-    if posix.startswith("/") or re.match(r"^[A-Za-z]:", posix):
-        return "is an absolute path"
-    normal = posixpath.normpath(posix)
-    if normal == ".." or normal.startswith("../"):
-        return "would be written outside the plugin folder"
-    return None
-
-
 def _extract(archive: Path, into: Path) -> None:
-    lower = archive.name.lower()
-    shown = archive.name
+    """Unpack by hand, every member checked first (see management/archives.py for why)."""
     try:
-        if lower.endswith(".zip"):
-            with zipfile.ZipFile(archive) as zf:
-                total = 0
-                for info in zf.infolist():
-                    problem = _member_problem(info.filename)
-                    if problem:
-                        raise _bad(f"archive {shown}: member {info.filename!r} {problem}; "
-                                   f"refusing the archive")
-                    if stat.S_ISLNK(info.external_attr >> 16):
-                        raise _bad(f"archive {shown}: member {info.filename!r} is a "
-                                   f"symbolic link; links are not allowed in zip archives")
-                    total += info.file_size
-                if total > MAX_ARCHIVE_BYTES:
-                    raise _bad(f"archive {shown} unpacks to {total} bytes, over the "
-                               f"{MAX_ARCHIVE_BYTES} byte limit")
-                zf.extractall(into)
-            return
-        with tarfile.open(archive) as tf:
-            total = 0
-            for mem in tf.getmembers():
-                problem = _member_problem(mem.name)
-                if problem:
-                    raise _bad(f"archive {shown}: member {mem.name!r} {problem}; refusing "
-                               f"the archive")
-                if mem.issym() or mem.islnk():
-                    base = posixpath.dirname(mem.name) if mem.issym() else ""
-                    target = mem.linkname if mem.linkname.startswith("/") else \
-                        posixpath.join(base, mem.linkname)
-                    if _member_problem(target):
-                        raise _bad(f"archive {shown}: link {mem.name!r} → {mem.linkname!r} "
-                                   f"points outside the plugin folder; refusing the archive")
-                elif not (mem.isfile() or mem.isdir()):
-                    raise _bad(f"archive {shown}: member {mem.name!r} is a special file "
-                               f"(device or fifo); refusing the archive")
-                total += mem.size
-            if total > MAX_ARCHIVE_BYTES:
-                raise _bad(f"archive {shown} unpacks to {total} bytes, over the "
-                           f"{MAX_ARCHIVE_BYTES} byte limit")
-            tf.extractall(into, filter="data")
-    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise _bad(f"archive {shown} cannot be unpacked: {exc}") from None
+        archives.extract(archive, into)
+    except archives.ArchiveError as exc:
+        raise _bad(str(exc)) from None
 
 
 def _archive_root(into: Path, shown: str) -> Path:
@@ -1366,7 +1312,7 @@ def _install_files(src: Path, root: Path, loaded: set[str]) -> Path:
     try:
         if src.is_dir():
             folder, shown = src, str(src)
-        elif src.name.lower().endswith(ARCHIVE_SUFFIXES):
+        elif archives.is_archive(src):
             _extract(src, staging / "unpacked")
             shown = src.name
             folder = _archive_root(staging / "unpacked", shown)
