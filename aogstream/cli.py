@@ -124,6 +124,13 @@ def _engine(args: argparse.Namespace) -> int:
     return trio.run(engine_cli.run_status, cfg)
 
 
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
 def _serve_foreground(cfg: Config) -> int:
     """Serve until a signal, with the PID file in the data directory so that
     `server stop` works for a foreground server too; the file goes when it exits."""
@@ -131,6 +138,7 @@ def _serve_foreground(cfg: Config) -> int:
 
     from aogstream.http.guard import GuardConfigError
     from aogstream.http.server import serve
+    from aogstream.store.sqlite import StoreError
 
     pid_file = cfg.data_dir / PID_FILE
     other = read_pid(pid_file)
@@ -139,8 +147,14 @@ def _serve_foreground(cfg: Config) -> int:
         with contextlib.suppress(OSError):
             ensure_private_dir(cfg.data_dir)
             pid_file.write_text(f"{os.getpid()}\n")
+    refused = False
     try:
-        trio.run(serve, cfg)
+        try:
+            trio.run(serve, cfg)
+        except* StoreError as group:  # e.g. encrypted keys and no AOGSTREAM_SECRET_KEY
+            for exc in _leaves(group):
+                sys.stderr.write(f"aogstream: cannot start: {exc}\n")
+            refused = True
     except KeyboardInterrupt:
         pass
     except GuardConfigError as exc:
@@ -150,7 +164,7 @@ def _serve_foreground(cfg: Config) -> int:
         if read_pid(pid_file) == os.getpid():
             with contextlib.suppress(OSError):
                 pid_file.unlink()
-    return 0
+    return 2 if refused else 0
 
 
 # ---- daemon -----------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def default_data_dir() -> Path:
 # Secrets read from the environment by every serving process; never handed to plugins.
 MANAGEMENT_KEY_ENV = "AOGSTREAM_MANAGEMENT_KEY"
 API_KEYS_ENV = "AOGSTREAM_API_KEYS"
-SECRET_ENV = (MANAGEMENT_KEY_ENV, API_KEYS_ENV)
+SECRET_ENV = (MANAGEMENT_KEY_ENV, API_KEYS_ENV, "AOGSTREAM_SECRET_KEY")
 MANAGEMENT_KEY_FILE = "management.key"
 LOOPBACK_NAMES = ("localhost", "localhost.")
 

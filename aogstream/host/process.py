@@ -99,7 +99,9 @@ def plugin_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         "AOGSTREAM_PYTHON": sys.executable,
     })
     env.pop("PLUGIN_CLIENT_CERT", None)
-    for name in SECRET_ENV:  # the gateway's own keys are not the plugins' business
+    # the gateway's own keys are not the plugins' business; the secret that encrypts
+    # provider keys at rest least of all: a plugin gets the keys it needs through SetAuth
+    for name in SECRET_ENV:
         env.pop(name, None)
     if extra:
         env.update(extra)
