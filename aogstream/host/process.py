@@ -9,9 +9,11 @@ it the connection each time the process comes up.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterable
@@ -84,6 +86,19 @@ def parse_handshake(line: str) -> tuple[str, str]:
     if len(parts) > 5 and len(parts[5]) > 50:
         raise HandshakeError("the plugin asked for TLS (AutoMTLS), which this host does not use")
     return network, address
+
+
+def remove_socket_dir(address: str) -> None:
+    """Once a plugin has exited: its unix socket, and the private folder go-plugin made
+    for it (`<tmp>/pluginXXXX`) when that folder is left empty. A plugin killed before
+    it could clean up would otherwise leave one folder behind per start."""
+    path = Path(address)
+    with contextlib.suppress(OSError):
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    if path.parent.name.startswith("plugin"):
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # only ever removes an empty folder
 
 
 def plugin_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -209,6 +224,7 @@ class PluginSupervisor:
         self._process = proc
         self.pid = proc.pid
         assert proc.stdout is not None and proc.stderr is not None
+        socket_path = ""
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._log_lines, proc.stderr, logging.INFO)
@@ -220,6 +236,8 @@ class PluginSupervisor:
                         f"plugin exited with status {proc.returncode} before its handshake"
                     )
                 network, address = parse_handshake(line)
+                if network == "unix":
+                    socket_path = address
                 nursery.start_soon(self._log_lines, proc.stdout, logging.INFO)
                 target = f"unix:{address}" if network == "unix" else address
                 channel = await self._gl.open_channel(target)
@@ -245,6 +263,8 @@ class PluginSupervisor:
         finally:
             with trio.CancelScope(shield=True):
                 await self._after_exit(proc)
+            if socket_path:
+                remove_socket_dir(socket_path)
 
     @property
     def data_dir(self) -> Path:

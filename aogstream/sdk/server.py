@@ -661,26 +661,34 @@ async def _serve(provider: PluginProvider, handshake_fd: int) -> None:
     grpc_stdio_pb2_grpc.add_GRPCStdioServicer_to_server(_Stdio(stop), server)
     grpc_broker_pb2_grpc.add_GRPCBrokerServicer_to_server(_Broker(), server)
     network, address = _listen(server)
-    await server.start()
-
-    line = f"1|{_negotiate_version()}|{network}|{address}|grpc|"
-    if os.environ.get("PLUGIN_MULTIPLEX_GRPC") == "true":
-        line += "|false"
-    os.write(handshake_fd, (line + "\n").encode())
-    _tune_gc()
-    watcher = asyncio.ensure_future(_watch_parent(stop))
     try:
-        await stop.wait()
+        await server.start()
+        line = f"1|{_negotiate_version()}|{network}|{address}|grpc|"
+        if os.environ.get("PLUGIN_MULTIPLEX_GRPC") == "true":
+            line += "|false"
+        os.write(handshake_fd, (line + "\n").encode())
+        _tune_gc()
+        watcher = asyncio.ensure_future(_watch_parent(stop))
+        try:
+            await stop.wait()
+        finally:
+            watcher.cancel()
+            await server.stop(grace=1.0)
+            with contextlib.suppress(Exception):
+                if isinstance(provider, LocalPluginProvider):
+                    await provider.stop_engine()
     finally:
-        watcher.cancel()
-        await server.stop(grace=1.0)
-        with contextlib.suppress(Exception):
-            if isinstance(provider, LocalPluginProvider):
-                await provider.stop_engine()
         if network == "unix":
-            with contextlib.suppress(OSError):
-                os.unlink(address)
-                os.rmdir(os.path.dirname(address))
+            _remove_socket(address)
+
+
+def _remove_socket(address: str) -> None:
+    """The unix socket and the private folder `_listen` made for it (gRPC may already
+    have removed the socket, so each step is tried on its own)."""
+    with contextlib.suppress(OSError):
+        os.unlink(address)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(address))
 
 
 def serve(provider: PluginProvider) -> None:
