@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import tempfile
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -96,7 +97,21 @@ METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "WS")
 UNSUPPORTED_CODES = {m.ERR_CODE_UNIMPLEMENTED, 501, m.ERR_CODE_SERVICE_STREAMING_NOT_SUPPORTED,
                      m.ERR_CODE_SERVICE_BIDIRECTIONAL_NOT_SUPPORTED}
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")  # as plugins store them
 READY_WAIT_S = 10.0  # how long a call waits for a plugin that is (re)starting
+
+
+def model_name_for_url(url: str) -> str:
+    """The name of a model pulled from `url`: its file name without extensions
+    (`https://host/voices/en_US-joe.onnx?dl=1` → `en_US-joe`), as the local plugins store
+    a URL's model."""
+    stem = re.sub(r"(\.[A-Za-z0-9]+)+$", "",
+                  urllib.parse.urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1])
+    if not MODEL_NAME.match(stem):
+        raise GatewayError(MODEL_BAD, f"cannot name a model after {url!r}: its file name "
+                                      f"{stem!r} is not a model name (letters, digits and "
+                                      f". _ : + -); give a URL that ends in the model's file")
+    return stem
 
 
 def _names(items: list[str] | set[str]) -> str:
@@ -163,6 +178,7 @@ class PullJob:
     outcome: str = ""  # success | error | canceled
     error: str = ""
     cancel_reason: str = ""
+    source: str = ""  # the URL a model named after it is pulled from
     watchers: list[trio.MemorySendChannel[dict[str, Any]]] = attrs.Factory(list)
 
     @property
@@ -829,8 +845,15 @@ class Manager:
 
     async def start_pull(self, provider_name: str, model_name: str, service_name: str = "",
                          service_source: str = "", *, background: bool = True) -> PullJob:
-        """Validate and start (or join) a pull; the returned job runs on its own."""
+        """Validate and start (or join) a pull; the returned job runs on its own.
+
+        A model named by an http(s) URL is recorded, pulled and later deleted under one
+        name, the URL's file name without extensions, which the plugin is told to store
+        it under (PullModelRequest.name): the store and the plugin must agree on it."""
         _need(model_name, "model_name", MODEL_BAD)
+        source = ""
+        if re.match(r"^https?://", model_name):
+            source, model_name = model_name, model_name_for_url(model_name)
         row = await self._pull_provider(provider_name, model_name, service_name,
                                         service_source)
         if service_source and service_source != row.service_source:
@@ -855,7 +878,8 @@ class Manager:
             job.background = job.background or background
             return job
         job = PullJob(row, model_name, row.service_name, background,
-                      was_downloaded=any(r.status == "downloaded" for r in before))
+                      was_downloaded=any(r.status == "downloaded" for r in before),
+                      source=source)
         self._jobs[job.key] = job
         if not job.was_downloaded:
             await self._db(self.store.put_model, ModelRow(
@@ -888,7 +912,9 @@ class Manager:
         client = plugin.client
         if client is None:
             raise _PullFailed(f"plugin {plugin.name} is not running")
-        req = m.PullModelRequest(model=job.model_name, model_type=job.service_name)
+        req = m.PullModelRequest(model=job.source or job.model_name,
+                                 name=job.model_name if job.source else "",
+                                 model_type=job.service_name)
         succeeded = False
         try:
             async with client.pull_model_stream(req) as events:
@@ -953,7 +979,7 @@ class Manager:
     def cancel_pull(self, model_name: str) -> list[str]:
         """Cancel every pull of `model_name`; returns the providers they were on."""
         _need(model_name, "model_name", MODEL_BAD)
-        hit = [j for j in self._jobs.values() if j.model_name == model_name]
+        hit = [j for j in self._jobs.values() if model_name in (j.model_name, j.source)]
         if not hit:
             busy = sorted({j.model_name for j in self._jobs.values()})
             raise GatewayError(MODEL_NOT_FOUND, f"no pull of {model_name!r} is in progress; "
