@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from conftest import PLUGIN_DIR, Gateway
 
@@ -378,3 +379,25 @@ def test_a_hostile_archive_is_refused_by_the_gateway_leaving_nothing(gw, tmp_pat
     assert snapshot(data / "plugins") == before
     assert not (data / "evil-plugin").exists()
     assert not (tmp_path / "outside").exists()
+
+
+def test_a_pax_bomb_sent_to_the_gateway_is_refused_without_growing_it(gw, tmp_path):
+    """The issue's reproduction: a small .tar.gz whose pax header is hundreds of MB took
+    the gateway from 82 to 1,094 MB. Now it is refused from the header's size."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("bomb-plugin/plugin.yaml")
+        info.pax_headers = {"comment": "A" * (256 << 20)}
+        tf.addfile(info, io.BytesIO(b""))
+    archive = tmp_path / "bomb-plugin.tar.gz"
+    archive.write_bytes(gzip.compress(raw.getvalue(), 9))
+    del raw
+    assert archive.stat().st_size < 1 << 20
+    assert gw.proc is not None
+    gateway = psutil.Process(gw.proc.pid)
+    before = gateway.memory_info().rss
+    r = install(gw, archive)
+    assert r.status_code == 400, r.text
+    assert "AOGSTREAM_ARCHIVE_MAX_HEADER_BYTES" in r.json()["message"]
+    grown = gateway.memory_info().rss - before
+    assert grown < 32 << 20, f"the gateway grew by {grown >> 20} MB"
