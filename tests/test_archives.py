@@ -180,6 +180,9 @@ def test_duplicate_names_and_file_folder_clashes_are_refused(work, tmp_path):
     clash = tar_gz(tmp_path / "in" / "clash.tar.gz", lambda tf: (
         add_file(tf, "plugin/bin"), add_file(tf, "plugin/bin/run")))
     refused(clash, work, "plugin/bin/run", "is a file")
+    late = tar_gz(tmp_path / "in" / "late.tar.gz", lambda tf: (
+        add_file(tf, "plugin/bin/run"), add_file(tf, "plugin/bin")))
+    refused(late, work, "plugin/bin", "other members use it as a folder")
 
 
 def test_a_huge_pax_header_in_a_small_gzip_is_refused_with_bounded_memory(work, tmp_path):

@@ -193,14 +193,14 @@ class _Plan:
         if len(self.members) >= self.limits.max_members:
             raise ArchiveError(f"archive {self.shown} has more than {self.limits.max_members} "
                                f"members ({ENV_MAX_MEMBERS}); refusing the archive")
+        if kind == FILE and self.kinds.get(parts) == "implied":
+            raise self.refuse(name, "is a file but other members use it as a folder")
         if parts in self.kinds and not (kind == DIR and self.kinds[parts] == "implied"):
             raise self.refuse(name, "appears twice in the archive")
         for i in range(1, len(parts)):
             if self.kinds.get(parts[:i]) == FILE:
                 raise self.refuse(name, f"is inside {'/'.join(parts[:i])!r}, which is a file")
             self.kinds.setdefault(parts[:i], "implied")
-        if kind == FILE and self.kinds.get(parts) == "implied":
-            raise self.refuse(name, "is a file but other members use it as a folder")
         self.kinds[parts] = kind
         self.check_size(name, size, 0)
         member = Member(name, parts, kind, executable, size)
