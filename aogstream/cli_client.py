@@ -508,7 +508,7 @@ def cmd_export(api: Api, args: argparse.Namespace) -> int:
     """Stdout by default so it pipes; `to-file` without -f writes `./.aog` as AOG does."""
     body = {k: v for k, v in (("service_name", args.service), ("provider_name", args.provider),
                               ("model_name", args.model)) if v}
-    data = api.call("POST", "/service/export", body=body)
+    data = api.call("POST", "/service/export", body=body)  # the document, bare (as AOG)
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     target = args.file or (".aog" if args.target == "to-file" else None)
     if target is None:
