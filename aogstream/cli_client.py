@@ -275,10 +275,10 @@ def cmd_get(api: Api, args: argparse.Namespace) -> int:
         if args.json:
             dump_json(data)
             return 0
-        table(["SERVICE", "HYBRID POLICY", "STATUS", "CREATED", "UPDATED"],
+        table(["SERVICE", "HYBRID POLICY", "STATUS", "WHY", "UPDATED"],
               [[s.get("service_name"), s.get("hybrid_policy"),
-                SERVICE_STATUS.get(s.get("status"), s.get("status")),
-                s.get("created_at"), s.get("updated_at")] for s in data])
+                s.get("state") or SERVICE_STATUS.get(s.get("status"), s.get("status")),
+                s.get("reason") or "", s.get("updated_at")] for s in data])
     elif what == "models":
         data = api.call("GET", "/model", params={"provider_name": args.provider,
                                                  "service_name": args.service}) or []
@@ -287,7 +287,7 @@ def cmd_get(api: Api, args: argparse.Namespace) -> int:
             return 0
         table(["MODEL", "PROVIDER", "SERVICE", "SOURCE", "STATUS", "DEFAULT", "UPDATED"],
               [[m.get("model_name"), m.get("provider_name"), m.get("service_name"),
-                m.get("service_source"), m.get("status"), "yes" if m.get("is_default") else "",
+                m.get("service_source"), _model_status(m), "yes" if m.get("is_default") else "",
                 m.get("updated_at")] for m in data])
     else:
         data = api.call("GET", "/service_provider", params={
@@ -297,13 +297,25 @@ def cmd_get(api: Api, args: argparse.Namespace) -> int:
             dump_json([_no_key(p) for p in data])
             return 0
         table(["PROVIDER", "SERVICE", "SOURCE", "FLAVOR", "AUTH", "KEY", "STATUS", "MODELS",
-               "UPDATED"],
+               "WHY"],
               [[p.get("provider_name"), p.get("service_name"), p.get("service_source"),
                 p.get("flavor") or p.get("api_flavor"), p.get("auth_type"),
                 "set" if p.get("has_auth_key") else "",
-                PROVIDER_STATUS.get(p.get("status"), p.get("status")),
-                ",".join(p.get("models") or []), p.get("updated_at")] for p in data])
+                p.get("state") or PROVIDER_STATUS.get(p.get("status"), p.get("status")),
+                ",".join(p.get("models") or []),
+                "" if p.get("state") == "serving" else p.get("reason") or ""] for p in data])
     return 0
+
+
+def _model_status(model: dict[str, Any]) -> str:
+    """"downloaded" only when a request for it would be served; else what stops it (a
+    cloud model is nothing to download: only whether it can be used counts)."""
+    status, state = str(model.get("status") or ""), str(model.get("state") or "")
+    if status == "downloaded" and state and state != "serving":
+        return state if model.get("service_source") == "remote" else f"downloaded, {state}"
+    if status == "downloaded" and model.get("service_source") == "remote":
+        return "available"
+    return status
 
 
 def _no_key(provider: dict[str, Any]) -> dict[str, Any]:
