@@ -26,6 +26,7 @@ from aogstream.bidi.realtime_asr import serve_realtime
 from aogstream.bidi.relay import serve_relay
 from aogstream.bidi.socket import AsgiWebSocket
 from aogstream.gateway import Gateway, may_fall_back
+from aogstream.http import local_audio
 from aogstream.http.asgi import (
     CLOSE_AFTER,
     JSON_HEADERS,
@@ -114,6 +115,12 @@ class HotRoutes:
             body_read = True
             raw, obj = self._parse(scope, body)
             raw, obj, provider = unwrap_guide_envelope(raw, obj, service)
+            cfg = self.gateway.config
+            if service == local_audio.AUDIO_SERVICE and await local_audio.inline_audio_path(
+                    scope, obj, cfg.local_audio_paths, cfg.local_audio_max_bytes):
+                raw = json.dumps(obj).encode()  # AOG's SDK names a local file
+            save_wav = service == local_audio.SPEECH_SERVICE and \
+                local_audio.wants_saved_wav(scope, obj, cfg.local_audio_paths)
             routes = self.gateway.routes(service, obj)
             if provider:
                 routes = pick_provider(routes, provider, service)
@@ -163,6 +170,9 @@ class HotRoutes:
                             continue
                         await send_error(send, err)
                     else:
+                        if save_wav:  # AOG's answer: the saved WAV's path in `url`
+                            data = await local_audio.add_saved_wav(
+                                data, self.gateway.config.data_dir / "audio")
                         await _send_unary(send, data, served_by)
                     break
             nursery.cancel_scope.cancel()
