@@ -282,6 +282,12 @@ def cmd_get(api: Api, args: argparse.Namespace) -> int:
     elif what == "models":
         data = api.call("GET", "/model", params={"provider_name": args.provider,
                                                  "service_name": args.service}) or []
+        if args.provider and not data:
+            known = [p.get("provider_name") for p in
+                     api.call("GET", "/service_provider") or []]
+            if args.provider not in known:
+                raise CliError(f"provider {args.provider!r} does not exist; providers: "
+                               f"{', '.join(sorted(str(k) for k in known)) or 'none'}")
         if args.json:
             dump_json(data)
             return 0
@@ -744,16 +750,37 @@ class _Captions:
             self.partial = False
 
 
+def mic_pcm(path: str) -> bytes:
+    """The file for `--mic-file` as PCM16 16 kHz mono: a WAV's header is read and its
+    audio resampled (first channel); anything else must already be raw PCM16 16 kHz."""
+    from aogstream.errors import GatewayError
+    from aogstream.http.audio import resample_pcm16, wav_pcm
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}", 2) from exc
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        try:
+            pcm, rate = wav_pcm(data)
+        except GatewayError:
+            raise CliError(f"{path} is not a readable 16-bit PCM WAV; --mic-file takes "
+                           "16-bit PCM (convert it, e.g. `sox in.wav -b 16 out.wav`)",
+                           2) from None
+        return resample_pcm16(pcm, rate, RATE)
+    if data[:4] in (b"fLaC", b"OggS") or data[:3] == b"ID3":
+        raise CliError(f"{path} is compressed audio; --mic-file takes a WAV or raw PCM16 "
+                       f"{RATE} Hz mono (or transcribe it without --mic-file)", 2)
+    return data
+
+
 def _transcribe_realtime(api: Api, args: argparse.Namespace) -> int:
     """Play a raw PCM16 16 kHz file into the realtime socket in 20 ms frames, paced like
     a microphone, while a reader thread prints the results as they come."""
     from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
     from websockets.sync.client import connect
 
-    try:
-        pcm = Path(args.mic_file).read_bytes()
-    except OSError as exc:
-        raise CliError(f"cannot read {args.mic_file}: {exc.strerror or exc}", 2) from exc
+    pcm = mic_pcm(args.mic_file)
     ws_url = "ws" + api.url[len("http"):] + f"{BASE}/services/speech-to-text-ws"
     run = {"task": "speech-to-text-ws", "action": "run-task",
            "parameters": {"format": "pcm", "sample_rate": RATE,
@@ -953,7 +980,8 @@ def add_parsers(sub: Any) -> None:
     tr = sub.add_parser("transcribe", help="speech to text from a file, or realtime from a "
                         "raw PCM16 16 kHz mono recording played as a microphone")
     tr.add_argument("file", nargs="?", help="audio file (WAV, MP3, FLAC, ...; .raw/.pcm = PCM16)")
-    tr.add_argument("--mic-file", help="raw PCM16 16 kHz mono file streamed in 20 ms frames")
+    tr.add_argument("--mic-file", help="a WAV (resampled to 16 kHz mono) or raw PCM16 16 kHz "
+                    "mono file, streamed in 20 ms frames")
     tr.add_argument("--pace", type=float, default=1.0,
                     help="--mic-file speed: 1 = real time (default), 0 = as fast as possible")
     tr.add_argument("--rate", type=int, default=RATE, help="sample rate of .raw/.pcm files")
