@@ -57,3 +57,27 @@ def test_the_readme_tour_snippet_prints_the_sentence(gw: Gateway):
                     and " " in ln)
     assert "forward" in said.lower(), proc.stdout
     assert "{" not in proc.stdout  # the text, not the dict
+
+
+def front_door_snippets() -> str:
+    """The README's two OpenAI snippets (chat, then audio), joined as one script."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## OpenAI and Ollama front doors"):]
+    section = section[:section.index("\n## ", 4)]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2, blocks
+    return "".join(blocks)
+
+
+def test_the_readme_openai_snippets_print_the_answers(tmp_path_factory):
+    with shipped_plugins_gateway(tmp_path_factory.mktemp("tour-openai"),
+                                 ["llamacpp-plugin", "whisper-plugin", "piper-plugin"]) as g:
+        code = front_door_snippets().replace("localhost:16688", f"127.0.0.1:{g.port}")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AOGSTREAM_")}
+        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300,
+                              stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert len(lines) >= 2, proc.stdout  # the chat answer, then the transcript
+    assert "window" in lines[-1].lower(), proc.stdout
