@@ -412,6 +412,15 @@ def cmd_install(api: Api, args: argparse.Namespace) -> int:
     return 0
 
 
+def _only_remote_plugin(api: Api, service: str) -> str:
+    """The remote plugin offering `service` when there is exactly one (so `install chat
+    --remote --name X --auth-key ...` needs no --flavor on a usual setup), else ""."""
+    plugins = api.call("GET", "/plugin/list") or []
+    remote = [p.get("name") for p in plugins if p.get("type") == "remote"
+              and service in (p.get("services") or [])]
+    return str(remote[0]) if len(remote) == 1 else ""
+
+
 def _install_remote(api: Api, args: argparse.Namespace) -> int:
     """Create or update the remote provider when the options describe one, then let
     `/service/install` check the credentials live; a provider created here is removed
@@ -425,12 +434,13 @@ def _install_remote(api: Api, args: argparse.Namespace) -> int:
     existing = api.call("GET", "/service_provider", params={"provider_name": name}) or []
     created = False
     if not existing:
-        if not args.flavor:
+        flavor = args.flavor or _only_remote_plugin(api, args.service)
+        if not flavor:
             raise CliError(f"there is no provider {name!r}; give --flavor (and --auth-key) "
                            f"to create it, or see `aogstream get service_providers`")
         api.call("POST", "/service_provider", body={
             "provider_name": name, "service_name": args.service, "service_source": "remote",
-            "api_flavor": args.flavor, "url": args.remote_url or "", "method": args.method,
+            "api_flavor": flavor, "url": args.remote_url or "", "method": args.method,
             "auth_type": auth_type or "none", "auth_key": auth_key,
             "models": [args.model] if args.model else [],
         })

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -144,3 +145,22 @@ def test_mic_file_wav_is_read_and_resampled(asr: Gateway, tmp_path: Path):
         w.writeframes(b"\x80" * 1600)
     bad = cli("transcribe", "--mic-file", str(eight_bit), url=asr.url)
     assert bad.returncode == 2 and "16-bit" in bad.stderr, bad
+
+
+def test_readme_remote_install_line_works_as_written(tmp_path_factory: pytest.TempPathFactory):
+    """`install chat --remote --name my_cloud_chat --auth-key ...` (README's CLI section)
+    with one remote plugin offering chat (the stand-in cloud, which accepts any api_key)."""
+    readme = (REPO / "README.md").read_text()
+    line = next(ln for ln in readme.splitlines()
+                if ln.startswith("aogstream install chat --remote --name my_cloud_chat"))
+    args = shlex.split(line.split("#")[0])[1:]
+    g = Gateway(tmp_path_factory.mktemp("first-run-remote"),
+                plugin_dir=[PLUGIN_DIR, REPO / "tests" / "plugins-hybrid"]).start()
+    try:
+        proc = cli(*args, url=g.url)
+        assert proc.returncode == 0, proc.stderr
+        assert "my_cloud_chat" in proc.stdout
+        listed = cli("get", "service_providers", "-p", "my_cloud_chat", url=g.url)
+        assert "remote-echo-plugin" in listed.stdout and "serving" in listed.stdout, listed
+    finally:
+        g.stop()
