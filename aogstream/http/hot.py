@@ -212,7 +212,8 @@ def unwrap_guide_envelope(raw: bytes, obj: dict[str, Any], service: str
     """The request inside AOG's plugin-guide envelope `{"provider", "service", "data"}`
     (`data` is the request; `provider` names the plugin or provider that must serve it),
     or the body unchanged with no provider when it is not that envelope."""
-    if not isinstance(obj.get("data"), dict) or not set(obj) <= {"provider", "service", "data"}:
+    if not isinstance(obj.get("data"), dict) or not set(obj) <= {"provider", "service", "data"} \
+            or len(obj) < 2:  # a bare {"data": ...} may be some service's own request
         return raw, obj, ""
     named = obj.get("service")
     if named is not None and named != service:
