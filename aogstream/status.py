@@ -61,6 +61,10 @@ def service_public(gw: Gateway, svc: Service, providers: list[Provider]) -> dict
     when nothing offers it; `state`/`reason` say which provider serves or why none does."""
     item = svc.public()
     mine = [p for p in providers if p.service_name == svc.service_name]
+    # AOG's older service fields, which AOG's Node SDK still requires in its schema
+    for source in ("local", "remote"):
+        item[f"{source}_provider"] = next(
+            (p.provider_name for p in mine if p.service_source == source), "")
     states = [(p, *provider_state(gw, p)) for p in mine]
     serving = [p.provider_name for p, s, _ in states if s == SERVING]
     if serving:

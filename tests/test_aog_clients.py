@@ -8,8 +8,8 @@ Proven here:
 * the C# SDK's `GET /aog/v0.2/services/models` lists the downloaded models;
 * the control panel routes answer what they show, `set_default` changes which model a
   request without `model` gets, and an unserved one is a 404 naming the replacement;
-* management answers carry AOG's "2006-01-02 15:04:05" timestamps (AOG's CLI parses
-  them with Go's time.Parse and that layout);
+* management timestamps are RFC 3339, which AOG's CLI (Go time.Time) and Node SDK (JSON
+  schema date-time) decode; "2006-01-02 15:04:05" would break both;
 * `POST /service/export` answers the `.aog` document bare;
 * the plugin guide's test command (`POST /v0.2/services/chat` with the
   `{"provider", "service", "data"}` envelope) reaches the named plugin with `data`.
@@ -26,7 +26,7 @@ import pytest
 from conftest import Gateway, new_id
 
 API = "/aog/v0.2"
-AOG_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 MODEL = "compat-model"
 
 
@@ -68,14 +68,29 @@ def test_csharp_sdk_model_list_names_the_downloaded_models(gw: Gateway, client):
         assert {"name", "modified_at", "size", "digest", "details"} <= set(m)
 
 
-def test_management_timestamps_use_aogs_layout(gw: Gateway, client):
+def test_management_timestamps_are_what_aogs_clients_decode(gw: Gateway, client):
+    # AOG's CLI decodes created_at/updated_at into Go time.Time (encoding/json: RFC 3339
+    # only; "2006-01-02 15:04:05" fails with `cannot parse " 15:04:05" as "T"`), and AOG's
+    # Node SDK validates them as ajv-formats date-time (RFC 3339 with a zone)
     for path in ("/service", "/service_provider", "/model"):
         rows = client.get(f"{gw.url}{API}{path}").json()["data"]
         assert rows, path
         for row in rows:
             for key in ("created_at", "updated_at"):
-                assert AOG_TIME.match(row[key]), (path, key, row[key])
-                datetime.datetime.strptime(row[key], "%Y-%m-%d %H:%M:%S")
+                assert RFC3339.match(row[key]), (path, key, row[key])
+                stamp = datetime.datetime.fromisoformat(row[key])
+                assert stamp.tzinfo is not None
+
+
+def test_node_sdk_schema_fields_are_there(gw: Gateway, client):
+    # getServicesSchema requires service_name, hybrid_policy, remote_provider,
+    # local_provider (strings) and status (integer)
+    for row in client.get(f"{gw.url}{API}/service").json()["data"]:
+        assert isinstance(row["remote_provider"], str) and isinstance(row["local_provider"], str)
+        assert isinstance(row["status"], int) and isinstance(row["hybrid_policy"], str)
+    chat = client.get(f"{gw.url}{API}/service", params={"service_name": "chat"}).json()["data"]
+    assert chat[0]["local_provider"] == "local_echo-plugin_chat"
+    assert chat[0]["remote_provider"] == "remote_compat_chat"
 
 
 def test_export_answers_the_document_bare(gw: Gateway, client):
@@ -97,7 +112,7 @@ def test_control_panel_routes(gw: Gateway, client):
     assert dash["engines"] == {"echo-plugin": "UP"} and dash["model_count"] >= 1
     models = client.get(f"{gw.url}{API}/control_panel/modellist").json()["data"]
     echo = [m for m in models if m["model_name"] == MODEL]
-    assert echo and AOG_TIME.match(echo[0]["updated_at"]), models
+    assert echo and RFC3339.match(echo[0]["updated_at"]), models
     # the removed key route: a 404 that says what to use instead
     gone = client.get(f"{gw.url}{API}/control_panel/modelkey")
     assert gone.status_code == 404 and "service_provider" in gone.json()["message"]

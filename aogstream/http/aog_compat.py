@@ -53,23 +53,6 @@ def engine_health(gateway: Gateway) -> dict[str, str]:
             for name in asked}
 
 
-def aog_time(stamp: str) -> str:
-    """An RFC 3339 UTC stamp (`2026-12-05T23:02:08Z`, as the store keeps them) in AOG's
-    format `2006-01-02 15:04:05` (still UTC), which AOG's CLI parses; anything else
-    unchanged."""
-    if isinstance(stamp, str) and len(stamp) == 20 and stamp[10] == "T" and stamp[-1] == "Z":
-        return f"{stamp[:10]} {stamp[11:19]}"
-    return stamp
-
-
-def with_aog_times(item: dict[str, Any]) -> dict[str, Any]:
-    """`item` with its created_at/updated_at in AOG's format."""
-    for key in ("created_at", "updated_at"):
-        if key in item:
-            item[key] = aog_time(item[key])
-    return item
-
-
 def _rfc3339(stamp: str) -> str:
     return stamp if isinstance(stamp, str) and stamp.endswith("Z") else \
         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -122,7 +105,7 @@ def register_aog_compat(app: QuartTrio, gateway: Gateway) -> None:
 
     @app.get(f"{BASE}/control_panel/dashboard")
     async def dashboard() -> Any:
-        services = [with_aog_times(s.public()) for s in gateway.store.services()]
+        services = [s.public() for s in gateway.store.services()]
         models = gateway.store.models()
         return jsonify(_envelope(90000, "control panel interface call success", {
             "services": services,
@@ -132,7 +115,7 @@ def register_aog_compat(app: QuartTrio, gateway: Gateway) -> None:
 
     @app.get(f"{BASE}/control_panel/modellist")
     async def modellist() -> Any:
-        rows = [with_aog_times(r.public()) for r in gateway.store.models()]
+        rows = [r.public() for r in gateway.store.models()]
         return jsonify(_envelope(90000, "control panel interface call success", rows))
 
     @app.post(f"{BASE}/control_panel/set_default")

@@ -22,7 +22,6 @@ from werkzeug.exceptions import HTTPException
 from aogstream import SPEC_VERSION, manage
 from aogstream.errors import Bcode, GatewayError
 from aogstream.gateway import Gateway
-from aogstream.http.aog_compat import aog_time
 from aogstream.manage import Manager
 
 log = logging.getLogger(__name__)
@@ -98,20 +97,9 @@ def ok(bcode: Bcode, data: Any = None, message: str = "") -> Response:
     body: dict[str, Any] = {"business_code": bcode.code,
                             "message": message or manage.SUCCESS_MESSAGES[bcode.code]}
     if data is not None:
-        body["data"] = aog_times(data)
+        body["data"] = data
     return Response(json.dumps(body, ensure_ascii=False), status=200,
                     mimetype="application/json")
-
-
-def aog_times(data: Any) -> Any:
-    """`data` with every created_at/updated_at in AOG's "2006-01-02 15:04:05" (UTC): AOG's
-    CLI (`aog get models|services|service_providers`) parses that format only."""
-    if isinstance(data, list):
-        return [aog_times(x) for x in data]
-    if isinstance(data, dict):
-        return {k: aog_time(v) if k in ("created_at", "updated_at") else aog_times(v)
-                for k, v in data.items()}
-    return data
 
 
 def failure(err: GatewayError) -> Response:
