@@ -22,14 +22,14 @@ from typing import Any
 
 from aogstream import SPEC_VERSION
 from aogstream.gateway import Gateway
-from aogstream.store import ModelRow, Provider, Service
+from aogstream.store import ModelRow, ProviderRow, Service
 from aogstream.store.base import SERVICE_AVAILABLE, SERVICE_NOT_INSTALLED
 
 SERVING, NEEDS_KEY, DOWN, NOT_INSTALLED = "serving", "needs a key", "down", "not installed"
 PROVIDER_HEALTHY, PROVIDER_UNHEALTHY = 1, 0
 
 
-def provider_state(gw: Gateway, row: Provider) -> tuple[str, str]:
+def provider_state(gw: Gateway, row: ProviderRow) -> tuple[str, str]:
     """(state, reason) of one provider row."""
     plugin = gw.plugins.get(row.flavor)
     if plugin is None:
@@ -47,7 +47,7 @@ def provider_state(gw: Gateway, row: Provider) -> tuple[str, str]:
     return SERVING, f"plugin {plugin.name} is running"
 
 
-def provider_public(gw: Gateway, row: Provider) -> dict[str, Any]:
+def provider_public(gw: Gateway, row: ProviderRow) -> dict[str, Any]:
     """The provider's API item, with a status that says whether it can serve."""
     item = row.public()
     state, reason = provider_state(gw, row)
@@ -56,7 +56,7 @@ def provider_public(gw: Gateway, row: Provider) -> dict[str, Any]:
     return item
 
 
-def service_public(gw: Gateway, svc: Service, providers: list[Provider]) -> dict[str, Any]:
+def service_public(gw: Gateway, svc: Service, providers: list[ProviderRow]) -> dict[str, Any]:
     """The service's API item: status 1 (available) when a provider serves it now, -1
     when nothing offers it; `state`/`reason` say which provider serves or why none does."""
     item = svc.public()
@@ -81,7 +81,7 @@ def service_public(gw: Gateway, svc: Service, providers: list[Provider]) -> dict
     return item
 
 
-def model_public(gw: Gateway, row: ModelRow, providers: dict[str, Provider]) -> dict[str, Any]:
+def model_public(gw: Gateway, row: ModelRow, providers: dict[str, ProviderRow]) -> dict[str, Any]:
     """The model's API item; `state` says whether a request for it would be served now
     (a cloud model is "downloaded" as AOG has it, but not usable without a key)."""
     item = row.public()

@@ -231,9 +231,9 @@ def unwrap_guide_envelope(raw: bytes, obj: dict[str, Any], service: str
 def pick_provider(routes: list[Any], provider: str, service: str) -> list[Any]:
     """The routes served by `provider` (a plugin name such as `aliyun-plugin`, or a
     provider name such as `remote_aliyun-plugin_chat`), or a 404 naming the ones there are."""
-    mine = [r for r in routes if provider in (r.plugin.name, r.provider_name)]
+    mine = [r for r in routes if provider in (r.provider.name, r.provider_name)]
     if not mine:
-        offered = sorted({r.plugin.name for r in routes})
+        offered = sorted({r.provider.name for r in routes})
         raise errors.GatewayError(errors.SERVICE_NOT_FOUND,
                                   f"provider {provider!r} does not serve {service!r} for this "
                                   f"request; it can be served by: {', '.join(offered)}")
