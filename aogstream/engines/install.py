@@ -72,17 +72,16 @@ class EngineEnv:
 
     def installed(self) -> bool:
         """True when a finished install of exactly these packages is present."""
+        return self.info().get("packages") == self.spec.packages and self.python.exists()
+
+    def info(self) -> dict[str, Any]:
+        """The install stamp; empty when missing or unreadable (a stamp that is not a
+        JSON object counts as unreadable: it is not ours)."""
         try:
             stamp = json.loads(self.stamp.read_text())
         except (OSError, ValueError):
-            return False
-        return stamp.get("packages") == self.spec.packages and self.python.exists()
-
-    def info(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.stamp.read_text())
-        except (OSError, ValueError):
             return {}
+        return stamp if isinstance(stamp, dict) else {}
 
     def site_packages(self) -> Path:
         found = sorted((self.venv / "lib").glob("python3*/site-packages"))
