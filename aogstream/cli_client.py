@@ -389,12 +389,12 @@ def cmd_install(api: Api, args: argparse.Namespace) -> int:
     if args.service == "service_provider":
         if not args.file:
             raise CliError("install service_provider needs -f <provider.json>", 2)
-        body = read_json_file(args.file, "provider")
-        if not isinstance(body, dict):
+        given = read_json_file(args.file, "provider")
+        if not isinstance(given, dict):
             raise CliError(f"provider file {args.file} must hold a JSON object", 2)
-        body = _provider_body(body)
-        api.call("POST", "/service_provider", body=body)
-        print(f"provider {body.get('provider_name', '?')} created")
+        provider = _provider_body(given)
+        api.call("POST", "/service_provider", body=provider)
+        print(f"provider {provider.get('provider_name', '?')} created")
         return 0
     if args.remote:
         return _install_remote(api, args)
