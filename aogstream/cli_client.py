@@ -374,7 +374,7 @@ def cmd_delete(api: Api, args: argparse.Namespace) -> int:
 
 def _pick_provider_of_model(api: Api, model: str, service: str | None) -> str:
     rows = api.call("GET", "/model", params={"model_name": model, "service_name": service}) or []
-    names = sorted({r.get("provider_name", "") for r in rows})
+    names: list[str] = sorted({r.get("provider_name", "") for r in rows})
     if len(names) == 1:
         return names[0]
     if not names:
@@ -515,7 +515,7 @@ def cmd_pull(api: Api, args: argparse.Namespace) -> int:
 def _pick_provider_of_service(api: Api, service: str, source: str) -> str:
     rows = api.call("GET", "/service_provider",
                     params={"service_name": service, "service_source": source}) or []
-    names = sorted(r.get("provider_name", "") for r in rows)
+    names: list[str] = sorted(r.get("provider_name", "") for r in rows)
     if len(names) == 1:
         return names[0]
     if not names:

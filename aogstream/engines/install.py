@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import attrs
 
@@ -200,7 +200,8 @@ class EngineEnv:
             progress(event)
 
 
-def _lock(path: Path) -> Any:
+def _lock(path: Path) -> IO[str]:
+    """An exclusive lock on `path`, held until the returned file is closed."""
     f = path.open("a")
     fcntl.flock(f, fcntl.LOCK_EX)
     return f
