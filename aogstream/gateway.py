@@ -361,7 +361,7 @@ class Gateway:
                 offered = sorted({mr.model_name for (svc, _), rs in self._models.items()
                                   if svc == service for mr in rs})
                 raise errors.GatewayError(
-                    errors.MODEL_NOT_FOUND,
+                    errors.PLUGIN_MODEL_NOT_FOUND,
                     f"model {model!r} is not available for {service!r}; downloaded models: "
                     f"{', '.join(offered) or 'none'} (pull it first)")
         else:

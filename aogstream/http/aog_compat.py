@@ -21,7 +21,7 @@ import trio
 from quart import jsonify, request
 from quart_trio import QuartTrio
 
-from aogstream import AOG_VERSION, SPEC_VERSION, __version__
+from aogstream import AOG_VERSION, SPEC_VERSION, __version__, errors
 from aogstream import manifest as m
 from aogstream.gateway import Gateway
 
@@ -157,7 +157,7 @@ def register_aog_compat(app: QuartTrio, gateway: Gateway) -> None:
 
         problem = await trio.to_thread.run_sync(write)
         if problem:
-            return jsonify(_envelope(30003, problem)), 404
+            return jsonify(_envelope(errors.MODEL_NOT_FOUND.code, problem)), 404
         await gateway.reload()
         return jsonify(_envelope(90000, "control panel interface call success"))
 
