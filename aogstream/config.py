@@ -133,6 +133,9 @@ class Config:
     stream_timeout: float | None = 300.0
     max_body_bytes: int = 16 * 1024 * 1024
     ws_max_message_bytes: int = 10 * 1024 * 1024
+    # Open WebSocket sessions per service in each serving process (0 = no cap); see
+    # `bidi.limits`.
+    max_realtime_sessions: int = 16
     plugin_start_timeout: float = 60.0
     plugin_connect_timeout: float = 10.0
     plugin_stop_grace: float = 2.0
@@ -181,6 +184,7 @@ class Config:
             local_audio_paths=os.environ.get("AOGSTREAM_LOCAL_AUDIO_PATHS", "1").lower()
             not in ("0", "false", "no", "off"),
             local_audio_max_bytes=_env_int("AOGSTREAM_LOCAL_AUDIO_MAX_BYTES", 16 * 1024 * 1024),
+            max_realtime_sessions=_env_int("AOGSTREAM_MAX_REALTIME_SESSIONS", 16),
         )
         for key, value in overrides.items():
             if value is not None:

@@ -21,8 +21,9 @@ from urllib.parse import parse_qs
 import trio
 
 from aogstream import SPEC_VERSION, errors
+from aogstream.bidi.limits import CLOSE_TRY_AGAIN_LATER, SessionLimit
+from aogstream.bidi.realtime_asr import SERVER_ERROR, event, serve_realtime
 from aogstream.bidi.realtime_asr import SERVICE as REALTIME_SERVICE
-from aogstream.bidi.realtime_asr import serve_realtime
 from aogstream.bidi.relay import serve_relay
 from aogstream.bidi.socket import AsgiWebSocket
 from aogstream.gateway import Gateway, may_fall_back
@@ -64,6 +65,7 @@ class HotRoutes:
         self.max_body = gateway.config.max_body_bytes
         self.max_ws_frame = gateway.config.ws_max_message_bytes
         self.front_doors = FrontDoors(gateway, self.max_body)
+        self.ws_sessions = SessionLimit(gateway.config.max_realtime_sessions)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path: str = scope.get("path", "")
@@ -197,14 +199,27 @@ class HotRoutes:
             return
         await ws.accept()
         conn_id = str(uuid.uuid4())
-        try:
-            if service == REALTIME_SERVICE:
-                await serve_realtime(ws, self.gateway, route, conn_id, self.max_ws_frame)
-            else:
-                await serve_relay(ws, self.gateway, route, conn_id)
-        finally:
-            with trio.CancelScope(shield=True):
-                await ws.close()
+        with self.ws_sessions.session(service) as admitted:
+            try:
+                if not admitted:
+                    await self._refuse_busy(ws, service, conn_id)
+                elif service == REALTIME_SERVICE:
+                    await serve_realtime(ws, self.gateway, route, conn_id, self.max_ws_frame)
+                else:
+                    await serve_relay(ws, self.gateway, route, conn_id)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await ws.close(CLOSE_TRY_AGAIN_LATER if not admitted else 1000)
+
+    async def _refuse_busy(self, ws: AsgiWebSocket, service: str, conn_id: str) -> None:
+        """Over the session cap: say so in the service's own protocol (the close follows)."""
+        message = self.ws_sessions.message(service)
+        log.warning("refused a WebSocket session: %s", message)
+        if service == REALTIME_SERVICE:
+            await ws.send_text(event("task-failed", conn_id, error_code=SERVER_ERROR,
+                                     error_message=message))
+        else:
+            await ws.send_text(json.dumps({"error": message}))
 
 
 def unwrap_guide_envelope(raw: bytes, obj: dict[str, Any], service: str
