@@ -200,8 +200,7 @@ class PocketsphinxPlugin(EnginePlugin, BidirectionalPlugin):
                         slot = self.pool.try_enter()
                         if not slot:
                             raise SessionError("SERVER_ERROR", self._busy_message())
-                        # a new decoder loads the model (~0.4 s): never on the event loop
-                        rec = await asyncio.to_thread(self.pool.borrow, rate, paths)
+                        rec = await self._borrow(rate, paths)
                     except SessionError as exc:
                         await send(envelope("task-failed", task_id, error_code=exc.code,
                                             error_message=exc.message))
@@ -224,6 +223,23 @@ class PocketsphinxPlugin(EnginePlugin, BidirectionalPlugin):
                 # worker wait for it rather than the event loop (and never await here:
                 # a cancelled session must not be kept from ending)
                 self.pool.give_back_soon(rec, paths)
+
+    async def _borrow(self, rate: int, paths: ModelPaths) -> StreamingRecognizer:
+        """A decoder from the pool, in a worker thread (a new one loads the model, ~0.4 s).
+
+        A session cancelled meanwhile cannot stop the thread: the decoder it hands over
+        is given back when it arrives, never left as the result of a forgotten future.
+        """
+        fut = asyncio.get_running_loop().run_in_executor(None, self.pool.borrow, rate, paths)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            def back(done: asyncio.Future[StreamingRecognizer]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    self.pool.give_back_soon(done.result(), paths)
+
+            fut.add_done_callback(back)
+            raise
 
     def _busy_message(self) -> str:
         limit = self.pool.max_sessions

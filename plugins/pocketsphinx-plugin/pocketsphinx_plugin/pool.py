@@ -13,7 +13,9 @@ memory back:
   decoders piled up session after session;
 * even when freed, glibc keeps the pages of a freed decoder in its arenas: 8 decoders
   built and freed one after another left a process at 330 MB with one decoder alive,
-  and ``malloc_trim(0)`` took it back to 35 MB.
+  and ``malloc_trim(0)`` took it back to 35 MB. (``bin/pocketsphinx-plugin`` also pins
+  glibc's mmap threshold, so a decoder's large tables are mappings of their own that a
+  free returns whole.)
 
 So a session borrows a decoder and gives it back when it ends, however it ends (clean
 finish, task-failed, client gone, host cancel). A returned decoder is restarted (a
