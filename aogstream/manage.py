@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from aogstream import AOG_VERSION, errors
+from aogstream import AOG_VERSION, errors, safejson
 from aogstream import manifest as m
 from aogstream.errors import Bcode, GatewayError
 from aogstream.gateway import Gateway, provider_name_for
@@ -121,9 +121,9 @@ def json_object_text(value: Any, field: str, bcode: Bcode) -> str:
     if not isinstance(value, str):
         raise GatewayError(bcode, f"{field} must be a JSON object (or a string holding one)")
     try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise GatewayError(bcode, f"{field} is not valid JSON: {exc.msg}") from None
+        parsed = safejson.loads(value, field)
+    except safejson.JSONInputError as exc:
+        raise GatewayError(bcode, str(exc)) from None
     if not isinstance(parsed, dict):
         raise GatewayError(bcode, f"{field} must be a JSON object, e.g. "
                                   '{"api_key": "..."}')

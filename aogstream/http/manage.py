@@ -19,7 +19,7 @@ from quart import Blueprint, Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from aogstream import SPEC_VERSION, manage
+from aogstream import SPEC_VERSION, manage, safejson
 from aogstream.errors import Bcode, GatewayError
 from aogstream.gateway import Gateway
 from aogstream.manage import Manager
@@ -80,16 +80,9 @@ async def read_fields(bad: Bcode) -> Fields:
     raw = await request.get_data()
     if raw.strip():
         try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            where = f" at line {exc.lineno} column {exc.colno}" if isinstance(
-                exc, json.JSONDecodeError) else ""
-            raise GatewayError(bad, f"request body is not valid JSON{where}: "
-                                    f"{getattr(exc, 'msg', str(exc))}") from None
-        if not isinstance(body, dict):
-            raise GatewayError(bad, f"request body must be a JSON object, not "
-                                    f"{type(body).__name__}")
-        data.update(body)
+            data.update(safejson.loads_object(raw))
+        except safejson.JSONInputError as exc:
+            raise GatewayError(bad, str(exc)) from None
     return Fields(data, bad)
 
 

@@ -373,10 +373,11 @@ class PrimaryProxy:
     (management, health, plugin list; streamed answers such as model-pull progress
     are relayed as they come)."""
 
-    def __init__(self, socket_path: str, max_body: int) -> None:
+    def __init__(self, socket_path: str, cfg: Config) -> None:
         import httpx
 
-        self.max_body = max_body
+        self.cfg = cfg
+        self.max_body = cfg.max_body_bytes
         self.client = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=socket_path),
             base_url="http://aogstream-primary", timeout=None)
@@ -388,12 +389,19 @@ class PrimaryProxy:
         if scope["type"] != "http":
             await send({"type": "websocket.close", "code": 1008})
             return
-        from aogstream.http.asgi import ClientGone, read_body, send_json, watch_disconnect
+        from aogstream.http.asgi import (
+            CLOSE_AFTER,
+            ClientGone,
+            read_body,
+            send_json,
+            watch_disconnect,
+        )
 
         try:
-            body = await read_body(scope, receive, self.max_body)
+            body = await read_body(scope, receive, self.max_body, self.cfg.body_timeout,
+                                   self.cfg.body_min_rate)
         except errors.GatewayError as err:
-            await send_json(send, err.status, err.body())
+            await send_json(send, err.status, err.body(), CLOSE_AFTER)
             return
         except ClientGone:
             return
@@ -462,8 +470,7 @@ async def serve_worker(cfg: Config, index: int, link_fd: int) -> None:
                 return
             nursery.start_soon(follower.run, stop)
             nursery.start_soon(_signals, stop)
-            app = HotRoutes(gateway, PrimaryProxy(os.environ["AOGSTREAM_PRIMARY_SOCKET"],
-                                                  cfg.max_body_bytes))
+            app = HotRoutes(gateway, PrimaryProxy(os.environ["AOGSTREAM_PRIMARY_SOCKET"], cfg))
             sock = listen_socket(cfg.host, cfg.port, reuse_port=True)
             hc = hypercorn_config(cfg)
             hc.bind = [f"fd://{sock.fileno()}"]
