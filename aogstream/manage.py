@@ -98,7 +98,7 @@ PLUGIN_STATUS = {"running": m.PLUGIN_STATUS_RUNNING}  # everything else: stopped
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "WS")
 UNSUPPORTED_CODES = {m.ERR_CODE_UNIMPLEMENTED, 501, m.ERR_CODE_SERVICE_STREAMING_NOT_SUPPORTED,
                      m.ERR_CODE_SERVICE_BIDIRECTIONAL_NOT_SUPPORTED}
-SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")  # a folder name any file system takes
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz", ".zip")
 MAX_ARCHIVE_BYTES = 4 << 30  # refuse archives that unpack to more than 4 GiB
 READY_WAIT_S = 10.0  # how long a call waits for a plugin that is (re)starting
@@ -1160,8 +1160,8 @@ class Manager:
             raise GatewayError(PLUGIN_INVALID, "name is required (the plugin's name)")
         if not SAFE_NAME.match(name) or ".." in name:
             raise GatewayError(PLUGIN_INVALID,
-                               f"plugin name {name!r} is not a plain folder name (letters, "
-                               f"digits, '.', '_' and '-'; no '..')")
+                               f"plugin name {safejson.short(name)} is not a plain folder "
+                               "name (up to 128 letters, digits, '.', '_' and '-'; no '..')")
         return name
 
     def _cancel_plugin_pulls(self, name: str, reason: str) -> None:

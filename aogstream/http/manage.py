@@ -20,7 +20,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from aogstream import SPEC_VERSION, manage, safejson
-from aogstream.errors import Bcode, GatewayError
+from aogstream.errors import Bcode, GatewayError, without_paths
 from aogstream.gateway import Gateway
 from aogstream.manage import Manager
 
@@ -313,5 +313,6 @@ def register_management(app: QuartTrio, gateway: Gateway) -> None:
             code = exc.code or 500
             return failure(GatewayError(Bcode(code, code), exc.description or exc.name))
         log.exception("management call %s %s failed", request.method, request.path)
+        detail = without_paths(safejson.short(str(exc), 300))
         return failure(GatewayError(Bcode(500, 100404), f"internal error: "
-                                    f"{type(exc).__name__}: {exc}; see the gateway log"))
+                                    f"{type(exc).__name__}: {detail}; see the gateway log"))

@@ -7,11 +7,11 @@ import logging
 import signal
 
 import hypercorn.config
-import hypercorn.trio
 import trio
 
 from aogstream.config import Config
 from aogstream.gateway import Gateway
+from aogstream.http import limits
 from aogstream.http.app import build_app
 from aogstream.http.workers import (
     WorkerPool,
@@ -43,6 +43,8 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
     grace, kill). With more than one worker this process is the primary: it also
     serves, and the others follow it (`http.workers`)."""
     stop = trio.Event()
+    open_files = limits.raise_open_file_limit()  # before plugins start: they inherit it
+    cap = limits.connection_cap(cfg.max_connections, open_files)
     count = worker_count(cfg)
     pool: WorkerPool | None = None
     private_dir = ""
@@ -66,11 +68,11 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
             gc.freeze()
             gc.set_threshold(50_000, 50, 1000)
             nursery.start_soon(_signals, stop)
-            log.info("aogstream listening on http://%s:%d (%d serving process%s)",
-                     cfg.host, cfg.port, count, "es" if count > 1 else "")
+            log.info("aogstream listening on http://%s:%d (%d serving process%s, up to %d "
+                     "connections each, %d open files)", cfg.host, cfg.port, count,
+                     "es" if count > 1 else "", cap, open_files)
             task_status.started(gateway)
-            await hypercorn.trio.serve(app, hc,  # type: ignore[arg-type]
-                                       shutdown_trigger=stop.wait)
+            await limits.serve(app, hc, cap, shutdown_trigger=stop.wait)
         finally:
             with trio.CancelScope(shield=True):
                 if pool is not None:

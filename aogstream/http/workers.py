@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import hypercorn.trio
 import trio
 
 from aogstream import errors
@@ -454,6 +453,7 @@ async def _lifespan(receive: Any, send: Any) -> None:
 
 async def serve_worker(cfg: Config, index: int, link_fd: int) -> None:
     """One worker: follow the primary, then serve the hot routes on the shared port."""
+    from aogstream.http import limits
     from aogstream.http.hot import HotRoutes
     from aogstream.http.server import hypercorn_config
     from aogstream.rpc.bridge import GrpcLoop
@@ -477,8 +477,9 @@ async def serve_worker(cfg: Config, index: int, link_fd: int) -> None:
             gc.collect()
             gc.freeze()
             gc.set_threshold(50_000, 50, 1000)
-            log.debug("worker %d listening", index)
-            await hypercorn.trio.serve(app, hc, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+            cap = limits.connection_cap(cfg.max_connections, limits.raise_open_file_limit())
+            log.debug("worker %d listening (up to %d connections)", index, cap)
+            await limits.serve(app, hc, cap, shutdown_trigger=stop.wait)
         finally:
             with trio.CancelScope(shield=True):
                 for plugin in list(gateway.plugins.values()):
