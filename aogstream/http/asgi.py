@@ -111,6 +111,51 @@ def parse_object(body: bytes, example: str) -> dict[str, Any]:
         raise errors.GatewayError(errors.BAD_JSON, str(exc)) from None
 
 
+# Fields every chat/generate/embed flavor (AOG, OpenAI, Ollama, ...) gives the same type;
+# a wrong one is the client's mistake, answered here rather than by a plugin's crash.
+_NUMBER_FIELDS = ("temperature", "top_p", "frequency_penalty", "presence_penalty",
+                  "repeat_penalty")
+_INTEGER_FIELDS = ("max_tokens", "max_completion_tokens", "n", "seed", "top_k",
+                   "num_predict")
+
+
+def check_fields(obj: dict[str, Any], service: str) -> None:
+    """A 400 naming the first common field whose type is wrong (`model` a string,
+    `stream` a boolean, `messages` a list of objects, sampling options numbers, ...);
+    fields a flavor adds are its templates' and the provider's business."""
+    def bad(field: str, wanted: str) -> errors.GatewayError:
+        return errors.GatewayError(errors.BAD_REQUEST, f"'{field}' must be {wanted}, not "
+                                   f"{safejson.type_name(obj[field])}")
+
+    for field, kind, wanted in (("model", str, "a string (the model's name)"),
+                                ("stream", bool, "true or false"),
+                                ("hybrid_policy", str, "a string"),
+                                ("options", dict, "an object")):
+        if obj.get(field) is not None and not isinstance(obj[field], kind):
+            raise bad(field, wanted)
+    for field in _NUMBER_FIELDS:
+        value = obj.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise bad(field, "a number")
+    for field in _INTEGER_FIELDS:
+        value = obj.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise bad(field, "an integer")
+    if service == "chat" and obj.get("messages") is not None:
+        messages = obj["messages"]
+        if not isinstance(messages, list):
+            raise bad("messages", "a list of {role, content} objects")
+        for i, msg in enumerate(messages):
+            if not isinstance(msg, dict):
+                raise errors.GatewayError(
+                    errors.BAD_REQUEST, f"'messages[{i}]' must be a {{role, content}} "
+                    f"object, not {safejson.type_name(msg)}")
+            if msg.get("role") is not None and not isinstance(msg["role"], str):
+                raise errors.GatewayError(
+                    errors.BAD_REQUEST, f"'messages[{i}].role' must be a string such as "
+                    f"\"user\", not {safejson.type_name(msg['role'])}")
+
+
 def query_object(scope: dict[str, Any]) -> dict[str, list[str]]:
     """A GET's query string as `{key: [values]}` (AOG's way), or a 400 when it is not
     UTF-8 (percent-escapes that are not UTF-8 become U+FFFD, as everywhere)."""

@@ -36,6 +36,7 @@ from aogstream.http import audio
 from aogstream.http.asgi import (
     CLOSE_AFTER,
     ClientGone,
+    check_fields,
     header,
     parse_object,
     query_object,
@@ -345,6 +346,7 @@ class FrontDoors:
     def _parse(self, door: Door, body: bytes) -> dict[str, Any]:
         """The app's JSON object, or a 400 naming what is wrong with it."""
         obj = parse_object(body, 'with "model" and the service\'s fields')
+        check_fields(obj, door.service)
         if door.service == "chat" and not (isinstance(obj.get("messages"), list)
                                            and obj["messages"]):
             raise errors.GatewayError(errors.BAD_REQUEST,

@@ -29,6 +29,7 @@ from aogstream.http.asgi import (
     CLOSE_AFTER,
     JSON_HEADERS,
     ClientGone,
+    check_fields,
     header,
     parse_object,
     query_object,
@@ -84,7 +85,8 @@ class HotRoutes:
         return await read_body(scope, receive, self.max_body, cfg.body_timeout,
                                cfg.body_min_rate)
 
-    def _parse(self, scope: dict[str, Any], body: bytes) -> tuple[bytes, dict[str, Any]]:
+    def _parse(self, scope: dict[str, Any], body: bytes,
+               service: str) -> tuple[bytes, dict[str, Any]]:
         """The request as JSON bytes and the parsed object (AOG reads `stream` from it).
 
         A GET's query string becomes `{key: [values]}` as AOG does."""
@@ -92,6 +94,7 @@ class HotRoutes:
             obj: Any = query_object(scope)
             return json.dumps(obj).encode(), obj
         obj = parse_object(body, 'e.g. {"model": ..., "messages": [...]}')
+        check_fields(obj, service)
         return body, obj
 
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any, service: str) -> None:
@@ -104,7 +107,7 @@ class HotRoutes:
             self.gateway.check_service(service)  # unknown: fail before reading the body
             body = await self._read_body(scope, receive)
             body_read = True
-            raw, obj = self._parse(scope, body)
+            raw, obj = self._parse(scope, body, service)
             routes = self.gateway.routes(service, obj)
             if routes[0].definition.expose_protocol.upper() in ("WEBSOCKET", "WSS"):
                 raise errors.GatewayError(
