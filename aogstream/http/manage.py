@@ -17,9 +17,9 @@ from typing import Any
 
 from quart import Blueprint, Response, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestTimeout
 
-from aogstream import SPEC_VERSION, manage, safejson
+from aogstream import SPEC_VERSION, errors, manage, safejson
 from aogstream.errors import Bcode, GatewayError, without_paths
 from aogstream.gateway import Gateway
 from aogstream.manage import Manager
@@ -77,7 +77,13 @@ class Fields:
 
 async def read_fields(bad: Bcode) -> Fields:
     data: dict[str, Any] = {k: request.args.getlist(k)[-1] for k in request.args}
-    raw = await request.get_data()
+    try:
+        raw = await request.get_data()
+    except RequestTimeout:  # BODY_TIMEOUT: the same answer as the hot routes give
+        raise GatewayError(errors.BODY_TIMEOUT,
+                           f"the request body did not arrive in time (the limit is "
+                           f"{request.body_timeout:g} s, AOGSTREAM_BODY_TIMEOUT); send the "
+                           "whole body without pausing") from None
     if raw.strip():
         try:
             data.update(safejson.loads_object(raw))
