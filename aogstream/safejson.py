@@ -16,10 +16,11 @@ wrong exception on, input that later crashes the gateway with a 500:
 - `NaN` and `Infinity` are Python extensions that no other JSON parser accepts.
 
 All of these become a `JSONInputError` whose message names the problem (and, where
-there is one, the field). The extra checks cost nothing on ordinary bodies: each runs
-only when a cheap C-speed test over the text says it might apply (more brackets than
-the depth limit, a `\\ud8..`-`\\udf..` escape, a long exponent or digit run); then one
-iterative walk over the parsed containers decides.
+there is one, the field). The checks cost little on ordinary bodies: numbers are
+checked as they are parsed (`parse_float`, only for literals with a fraction or an
+exponent), and the walk over the parsed containers runs only when a C-speed test over
+the text says it might find something (more brackets than the depth limit, a
+`\\ud8..`-`\\udf..` escape).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ MAX_DEPTH = 128
 MAX_INT_DIGITS = 4300
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-_HUGE_NUMBER = re.compile(r"\d[eE]\+?\d{3}|\d{309}")
 
 
 class JSONInputError(ValueError):
@@ -46,6 +46,14 @@ class JSONInputError(ValueError):
 
 def _reject_constant(name: str) -> Any:
     raise JSONInputError(f"{name} is not valid JSON; send numbers as finite decimals")
+
+
+def _finite_float(text: str) -> float:
+    """`1e999` would parse to infinity and leave as the non-JSON `Infinity`."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise JSONInputError(f"the number {text[:40]} is too large for a 64-bit float")
+    return value
 
 
 def _where(path: tuple[str | int, ...]) -> str:
@@ -61,7 +69,7 @@ def _where(path: tuple[str | int, ...]) -> str:
     return out if len(out) <= 80 else out[:77] + "..."
 
 
-def _walk(value: Any, what: str, depth: bool, text: bool, numbers: bool) -> None:
+def _walk(value: Any, what: str, depth: bool, text: bool) -> None:
     """One iterative pass over the containers (no recursion: this is what must not
     overflow) checking the properties the cheap pre-tests flagged."""
     stack: list[tuple[Any, int, tuple[str | int, ...]]] = [(value, 1, ())]
@@ -72,33 +80,34 @@ def _walk(value: Any, what: str, depth: bool, text: bool, numbers: bool) -> None
         elif isinstance(node, list):
             items = enumerate(node)
         else:
-            _leaf(node, path, what, text, numbers)
+            if text:
+                _text(node, path, what)
             continue
         if depth and level > MAX_DEPTH:
             raise JSONInputError(f"{what} is JSON nested deeper than {MAX_DEPTH} levels "
                                  f"(at {_where(path)}); flatten it")
         for key, child in items:
             where = (*path, key)
-            if text and isinstance(key, str):
-                _leaf(key, where, what, text, False)
+            if text:
+                _text(key, where, what)
             if isinstance(child, dict | list):
                 stack.append((child, level + 1, where))
-            elif (text and isinstance(child, str)) or (numbers and isinstance(child, float)):
-                _leaf(child, where, what, text, numbers)
+            elif text:
+                _text(child, where, what)
 
 
-def _leaf(value: Any, path: tuple[str | int, ...], what: str, text: bool,
-          numbers: bool) -> None:
-    if text and isinstance(value, str):
+def _text(value: Any, path: tuple[str | int, ...], what: str) -> None:
+    if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise JSONInputError(
                 f"{what} has a lone UTF-16 surrogate (e.g. \\ud800 without its pair) in "
                 f"{_where(path)}; send valid Unicode text") from None
-    elif numbers and isinstance(value, float) and not math.isfinite(value):
-        raise JSONInputError(f"{what} has a number too large for a 64-bit float at "
-                             f"{_where(path)}")
+
+
+# one decoder for every call (json.loads with options would build one per call)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def loads(data: bytes | bytearray | memoryview | str, what: str = "request body") -> Any:
@@ -118,7 +127,7 @@ def loads(data: bytes | bytearray | memoryview | str, what: str = "request body"
     if text.startswith("\ufeff"):
         text = text[1:]
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise JSONInputError(f"{what} is not valid JSON at line {exc.lineno} column "
                              f"{exc.colno}: {exc.msg}") from None
@@ -133,10 +142,10 @@ def loads(data: bytes | bytearray | memoryview | str, what: str = "request body"
                                  "digits; send big numbers as strings") from None
         raise JSONInputError(f"{what} is not valid JSON: {exc}") from None
     depth = text.count("[") + text.count("{") > MAX_DEPTH
-    surrogates = _SURROGATE_ESCAPE.search(text) is not None
-    numbers = _HUGE_NUMBER.search(text) is not None
-    if depth or surrogates or numbers:
-        _walk(value, what, depth, surrogates, numbers)
+    surrogates = ("\\ud" in text or "\\uD" in text) and \
+        _SURROGATE_ESCAPE.search(text) is not None
+    if depth or surrogates:
+        _walk(value, what, depth, surrogates)
     return value
 
 
