@@ -16,18 +16,16 @@ wrong exception on, input that later crashes the gateway with a 500:
 - `NaN` and `Infinity` are Python extensions that no other JSON parser accepts.
 
 All of these become a `JSONInputError` whose message names the problem (and, where
-there is one, the field). The checks cost little on ordinary bodies: numbers are
-checked as they are parsed (`parse_float`, only for literals with a fraction or an
-exponent), and the walk over the parsed containers runs only when a C-speed test over
-the text says it might find something (more brackets than the depth limit, a
-`\\ud8..`-`\\udf..` escape).
+there is one, the field). The checks cost little: numbers are checked as they are
+parsed (`parse_float`, only literals with a fraction or an exponent), and one iterative
+walk over the parsed values checks depth and text, a few steps per value rather than a
+scan per byte (scanning the text for brackets and escapes cost more than the parse).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
 # Deeper than any real request (chat with tool schemas nests ~20 levels) and shallow
@@ -37,7 +35,6 @@ MAX_DEPTH = 128
 # Python's default limit on converting digit strings to int.
 MAX_INT_DIGITS = 4300
 
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class JSONInputError(ValueError):
@@ -69,41 +66,47 @@ def _where(path: tuple[str | int, ...]) -> str:
     return out if len(out) <= 80 else out[:77] + "..."
 
 
-def _walk(value: Any, what: str, depth: bool, text: bool) -> None:
-    """One iterative pass over the containers (no recursion: this is what must not
-    overflow) checking the properties the cheap pre-tests flagged."""
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
+def _walk(value: Any, what: str) -> None:
+    """One iterative pass over the parsed containers (no recursion: this is what must
+    not overflow) checking depth and the text of keys and strings. It costs a few
+    Python steps per value, not per byte: an ASCII str is known to be ASCII without
+    looking at it, and only other strings are encoded to find a lone surrogate."""
+    if isinstance(value, str):
+        _text(value, (), what)
+        return
     stack: list[tuple[Any, int, tuple[str | int, ...]]] = [(value, 1, ())]
+    containers = (dict, list)
     while stack:
         node, level, path = stack.pop()
-        if isinstance(node, dict):
-            items: Any = node.items()
-        elif isinstance(node, list):
-            items = enumerate(node)
-        else:
-            if text:
-                _text(node, path, what)
-            continue
-        if depth and level > MAX_DEPTH:
+        if level > MAX_DEPTH:
             raise JSONInputError(f"{what} is JSON nested deeper than {MAX_DEPTH} levels "
                                  f"(at {_where(path)}); flatten it")
+        if isinstance(node, dict):
+            items: Any = node.items()
+        elif _SCALARS.issuperset(map(type, node)):
+            continue  # numbers, booleans, nulls only (checked in C): nothing to check
+        else:
+            items = enumerate(node)
         for key, child in items:
-            where = (*path, key)
-            if text:
-                _text(key, where, what)
-            if isinstance(child, dict | list):
-                stack.append((child, level + 1, where))
-            elif text:
-                _text(child, where, what)
+            if isinstance(key, str) and not key.isascii():
+                _text(key, (*path, key), what)
+            if isinstance(child, str):
+                if not child.isascii():
+                    _text(child, (*path, key), what)
+            elif isinstance(child, containers):
+                stack.append((child, level + 1, (*path, key)))
 
 
-def _text(value: Any, path: tuple[str | int, ...], what: str) -> None:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise JSONInputError(
-                f"{what} has a lone UTF-16 surrogate (e.g. \\ud800 without its pair) in "
-                f"{_where(path)}; send valid Unicode text") from None
+def _text(value: str, path: tuple[str | int, ...], what: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise JSONInputError(
+            f"{what} has a lone UTF-16 surrogate (e.g. \\ud800 without its pair) in "
+            f"{_where(path)}; send valid Unicode text") from None
 
 
 # one decoder for every call (json.loads with options would build one per call)
@@ -141,11 +144,8 @@ def loads(data: bytes | bytearray | memoryview | str, what: str = "request body"
             raise JSONInputError(f"{what} has an integer of more than {MAX_INT_DIGITS} "
                                  "digits; send big numbers as strings") from None
         raise JSONInputError(f"{what} is not valid JSON: {exc}") from None
-    depth = text.count("[") + text.count("{") > MAX_DEPTH
-    surrogates = ("\\ud" in text or "\\uD" in text) and \
-        _SURROGATE_ESCAPE.search(text) is not None
-    if depth or surrogates:
-        _walk(value, what, depth, surrogates)
+    if isinstance(value, dict | list | str):
+        _walk(value, what)
     return value
 
 
