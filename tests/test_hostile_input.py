@@ -236,3 +236,22 @@ def test_hostile_frames_on_the_realtime_socket_get_task_failed_client_error(
         while not events or events[-1] not in ("task-finished", "task-failed"):
             events.append(json.loads(ws.recv(timeout=20))["header"]["event"])
         assert events[-1] == "task-finished", events
+
+
+# ---- the decoder itself (a unit test of aogstream.safejson) ---------------------------------
+
+def test_the_decoder_accepts_what_real_clients_send_and_bounds_the_rest() -> None:
+    from aogstream import safejson
+
+    limit = safejson.MAX_DEPTH
+    assert safejson.loads("[" * limit + "]" * limit) is not None
+    with pytest.raises(safejson.JSONInputError, match="nested deeper"):
+        safejson.loads("[" * (limit + 1) + "]" * (limit + 1))
+    # a surrogate pair is one character, a BOM is tolerated, big-but-legal numbers pass
+    assert safejson.loads(b'\xef\xbb\xbf{"x": "\\ud83d\\ude00", "n": 1e308}') == {
+        "x": "\U0001f600", "n": 1e308}
+    assert safejson.loads("9" * 4000) == int("9" * 4000)
+    with pytest.raises(safejson.JSONInputError, match=r"surrogate.*messages\[2\]\.content"):
+        safejson.loads('{"messages": [{}, {}, {"content": "\\udc00"}]}')
+    with pytest.raises(safejson.JSONInputError, match="nested deeper"):
+        safejson.loads('{"a": ' + "[" * 9000 + "]" * 9000 + "}")
