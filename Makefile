@@ -10,7 +10,7 @@ PORT     ?= 16688
 # Engines and models of the shipped local plugins used by the tests (kept between runs).
 TEST_ENGINES ?= $(CURDIR)/.cache/engines
 
-.PHONY: run test setup sysdeps engines test-engines proto lint bench bench-full bench-setup clean
+.PHONY: run test setup sysdeps go-interop engines test-engines proto lint bench bench-full bench-setup clean
 
 $(STAMP): pyproject.toml
 	@echo "==> creating the environment in $(VENV) with $(PYTHON)"
@@ -22,9 +22,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Debian packages the tests use for real speech: recorded human speech and the flite synthesiser.
+# Debian packages the tests use: real speech (recorded speech, flite) and Go interop (Go, go-plugin).
 sysdeps:
 	@tools/sysdeps.sh
+
+# The Go host and Go plugin of the interop tests (tests/test_go_interop.py), built offline from
+# Debian's Go packages into .cache/go-interop; quick when nothing changed.
+go-interop: sysdeps
+	@tools/build-go-interop.sh
 
 # Each local plugin installs its engine into its own data directory and pulls its default
 # model, with progress. The first run compiles llama.cpp (about 10 minutes on 2 cores);
@@ -41,7 +46,7 @@ run: setup engines
 	@echo "==> starting aogstream on http://$(HOST):$(PORT) with the plugins in ./plugins"
 	@$(VPY) -m aogstream server start --host $(HOST) --port $(PORT)
 
-test: setup sysdeps test-engines
+test: setup sysdeps go-interop test-engines
 	@$(VPY) -m ruff check .
 	@AOGSTREAM_TEST_ENGINE_DIR=$(TEST_ENGINES) $(VPY) -m pytest -q
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from aogstream.config import Config, default_plugin_dirs
+from aogstream.config import Config, default_plugin_dirs, ensure_private_dir
 
 PID_FILE = "aogstream.pid"
 LOG_FILE = Path("logs") / "server.log"
@@ -42,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--workers", type=int, default=None,
                        help="serving processes sharing the port and one set of plugins "
                        "(default: one per core; AOGSTREAM_WORKERS)")
+    start.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                       help="a name clients reach the gateway by, accepted in the Host header "
+                       "besides loopback and the bound address (repeatable; also "
+                       "AOGSTREAM_ALLOWED_HOSTS, comma-separated)")
+    start.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
+                       help="a web origin (scheme://host:port) allowed to call the service "
+                       "routes with CORS, never management (repeatable; also "
+                       "AOGSTREAM_CORS_ORIGINS)")
     start.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     stop = ssub.add_parser("stop", help="stop the gateway started with `server start -d`")
     stop.add_argument("--data-dir", type=Path, default=None, help="data directory")
@@ -86,6 +94,15 @@ def main(argv: list[str] | None = None) -> int:
                           plugin_dirs=args.plugin_dir, workers=args.workers)
     if args.data_dir is not None and not args.plugin_dir:
         cfg.plugin_dirs = default_plugin_dirs(cfg.data_dir)
+    cfg.allowed_hosts = [*cfg.allowed_hosts, *(args.allowed_host or [])]
+    cfg.cors_origins = [*cfg.cors_origins, *(args.cors_origin or [])]
+    from aogstream.http.guard import GuardConfigError, load_keys
+
+    try:  # say why at once, before any plugin starts (or a daemon is spawned)
+        load_keys(cfg, generate=False)
+    except GuardConfigError as exc:
+        print(f"aogstream: {exc}", file=sys.stderr)
+        return 2
     if args.daemon:
         return server_start_daemon(cfg, args)
     return _serve_foreground(cfg)
@@ -107,33 +124,47 @@ def _engine(args: argparse.Namespace) -> int:
     return trio.run(engine_cli.run_status, cfg)
 
 
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
 def _serve_foreground(cfg: Config) -> int:
     """Serve until a signal, with the PID file in the data directory so that
     `server stop` works for a foreground server too; the file goes when it exits."""
     import trio
 
+    from aogstream.http.guard import GuardConfigError
     from aogstream.http.server import serve
+    from aogstream.store.sqlite import StoreError
 
-    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
-        logging.getLogger("aogstream").warning(
-            "binding to %s: the API has no authentication; anyone who can reach this "
-            "address can use it", cfg.host)
     pid_file = cfg.data_dir / PID_FILE
     other = read_pid(pid_file)
     if other is None or other == os.getpid() or not pid_alive(other):
         # never take over the file of another live server on this data directory
         with contextlib.suppress(OSError):
-            cfg.data_dir.mkdir(parents=True, exist_ok=True)
+            ensure_private_dir(cfg.data_dir)
             pid_file.write_text(f"{os.getpid()}\n")
+    refused = False
     try:
-        trio.run(serve, cfg)
+        try:
+            trio.run(serve, cfg)
+        except* StoreError as group:  # e.g. encrypted keys and no AOGSTREAM_SECRET_KEY
+            for exc in _leaves(group):
+                sys.stderr.write(f"aogstream: cannot start: {exc}\n")
+            refused = True
     except KeyboardInterrupt:
         pass
+    except GuardConfigError as exc:
+        print(f"aogstream: {exc}", file=sys.stderr)
+        return 2
     finally:
         if read_pid(pid_file) == os.getpid():
             with contextlib.suppress(OSError):
                 pid_file.unlink()
-    return 0
+    return 2 if refused else 0
 
 
 # ---- daemon -----------------------------------------------------------------------------
@@ -197,6 +228,7 @@ def server_start_daemon(cfg: Config, args: argparse.Namespace) -> int:
         print(f"something already answers at {health.removesuffix('/health')}; "
               f"choose another --port or stop it first", file=sys.stderr)
         return 1
+    ensure_private_dir(cfg.data_dir)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "aogstream", "server", "start",
            "--host", cfg.host, "--port", str(cfg.port), "--data-dir", str(cfg.data_dir)]
@@ -206,6 +238,10 @@ def server_start_daemon(cfg: Config, args: argparse.Namespace) -> int:
         cmd.append("-v")
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
+    for name in args.allowed_host or []:
+        cmd += ["--allowed-host", name]
+    for origin in args.cors_origin or []:
+        cmd += ["--cors-origin", origin]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     popen_kw: dict[str, object] = {}
     if sys.platform == "win32":

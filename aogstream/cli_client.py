@@ -64,6 +64,22 @@ def server_url(raw: str | None = None) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}".rstrip("/")
 
 
+def management_key(url: str) -> str:
+    """The key to send: `AOGSTREAM_MANAGEMENT_KEY`, else, for a gateway on this machine
+    (a loopback address), the key file in the data directory (`AOG_DATA_DIR` or the
+    default), so the user never types it. Never read for a remote gateway: its key is
+    not ours to send elsewhere."""
+    from aogstream import config
+
+    key = os.environ.get(config.MANAGEMENT_KEY_ENV, "").strip()
+    if key:
+        return key
+    host = urlsplit(url).hostname or ""
+    if config.is_loopback_host(host):
+        return config.read_management_key(config.default_data_dir())
+    return ""
+
+
 def not_running(url: str) -> CliError:
     return CliError(f"aogstream is not running at {url}; start it with "
                     f"`aogstream server start -d`")
@@ -86,7 +102,11 @@ class Api:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.http = httpx.Client(base_url=url, timeout=MANAGE_TIMEOUT, trust_env=False)
+        key = management_key(url)
+        # the management key opens the service routes too (when they need API keys)
+        self.headers = {"X-Management-Key": key} if key else {}
+        self.http = httpx.Client(base_url=url, timeout=MANAGE_TIMEOUT, trust_env=False,
+                                 headers=self.headers)
 
     def close(self) -> None:
         self.http.close()
@@ -761,7 +781,8 @@ def _transcribe_realtime(api: Api, args: argparse.Namespace) -> int:
             finished.set()
 
     try:
-        with connect(ws_url, open_timeout=10, max_size=None) as ws:
+        with connect(ws_url, open_timeout=10, max_size=None,
+                     additional_headers=api.headers) as ws:
             ws.send(json.dumps(run))
             first = json.loads(ws.recv(timeout=30))
             header = first.get("header") or {}

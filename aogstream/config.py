@@ -7,6 +7,7 @@ tests prove the policy with small values instead of waiting a minute.
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -25,6 +26,84 @@ def default_data_dir() -> Path:
         return Path(base) / "aogstream"
     xdg = os.environ.get("XDG_DATA_HOME")
     return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "aogstream"
+
+
+# Secrets read from the environment by every serving process; never handed to plugins.
+MANAGEMENT_KEY_ENV = "AOGSTREAM_MANAGEMENT_KEY"
+API_KEYS_ENV = "AOGSTREAM_API_KEYS"
+SECRET_ENV = (MANAGEMENT_KEY_ENV, API_KEYS_ENV, "AOGSTREAM_SECRET_KEY")
+MANAGEMENT_KEY_FILE = "management.key"
+LOOPBACK_NAMES = ("localhost", "localhost.")
+
+
+def _env_list(name: str) -> list[str]:
+    """A comma-separated environment variable as a list (blanks dropped)."""
+    return [part.strip() for part in os.environ.get(name, "").split(",") if part.strip()]
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a bind address (or host name) reaches this machine only."""
+    import ipaddress
+
+    name = host.strip().strip("[]").lower()
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def tighten_mode(path: Path, mode: int) -> None:
+    """Make an existing file or folder `mode` if others may read it (a missing one is
+    fine)."""
+    if sys.platform == "win32":
+        return
+    try:
+        if path.stat().st_mode & 0o077:
+            path.chmod(mode)
+    except FileNotFoundError:
+        pass
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create `path` (and parents) and make it 0700: the data directory holds the
+    database with provider keys and the management key file."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tighten_mode(path, 0o700)
+
+
+def read_management_key(data_dir: Path) -> str:
+    """The key in `<data dir>/management.key`, or "" when there is none (or it cannot
+    be read)."""
+    try:
+        return (data_dir / MANAGEMENT_KEY_FILE).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def ensure_management_key(data_dir: Path) -> str:
+    """The key file's key, generated (32 random bytes, urlsafe) into a new file of mode
+    0600 when there is none; an existing file's mode is tightened to 0600."""
+    ensure_private_dir(data_dir)
+    path = data_dir / MANAGEMENT_KEY_FILE
+    key = read_management_key(data_dir)
+    if key:
+        tighten_mode(path, 0o600)
+        return key
+    key = secrets.token_urlsafe(32)
+    tmp = path.with_name(f".{MANAGEMENT_KEY_FILE}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)  # a reader sees the whole key or none
+    return key
 
 
 def _env_float(name: str, default: float | None) -> float | None:
@@ -76,6 +155,12 @@ class Config:
     # Serving processes on the one port (0 = one per core); they share one set of
     # plugin processes (see `http.workers`).
     workers: int = 0
+    # Host names (besides loopback and the bound address) that may appear in `Host`,
+    # origins that get CORS on the service routes, and whether the management key is
+    # required on loopback too (it always is beyond loopback). See `http.guard`.
+    allowed_hosts: list[str] = attrs.Factory(list)
+    cors_origins: list[str] = attrs.Factory(list)
+    require_management_key: bool = False
 
     @property
     def db_path(self) -> Path:
@@ -96,6 +181,9 @@ class Config:
             restart_backoff_initial=_env_float("AOGSTREAM_RESTART_BACKOFF", 0.5) or 0.0,
             health_interval=_env_float("AOGSTREAM_HEALTH_INTERVAL", 5.0) or 5.0,
             workers=_env_int("AOGSTREAM_WORKERS", 0),
+            allowed_hosts=_env_list("AOGSTREAM_ALLOWED_HOSTS"),
+            cors_origins=_env_list("AOGSTREAM_CORS_ORIGINS"),
+            require_management_key=_env_flag("AOGSTREAM_REQUIRE_MANAGEMENT_KEY"),
         )
         for key, value in overrides.items():
             if value is not None:

@@ -20,7 +20,7 @@ import trio
 from aogstream import manifest as m
 from aogstream.config import Config
 from aogstream.gateway import Gateway
-from aogstream.host.process import ProcessPlugin
+from aogstream.host.process import PluginSupervisor
 from aogstream.rpc.bridge import GrpcLoop
 from aogstream.store import SQLiteStore
 
@@ -90,7 +90,7 @@ class Bar:
             self.shown = -1
 
 
-async def install_plugin(plugin: ProcessPlugin, *, cover: bool, models: bool) -> dict[str, Any]:
+async def install_plugin(plugin: PluginSupervisor, *, cover: bool, models: bool) -> dict[str, Any]:
     name = plugin.name
     client = plugin.client
     assert client is not None

@@ -1,10 +1,15 @@
 """The core: which provider serves a service, in which mode, under which deadline.
 
 North adapters ask the Gateway for Routes and open an invocation on one; they never
-see a process or a gRPC call. Which provider serves a request comes from the store
+see a process or a gRPC call. A Route holds an `invocation.Provider` (a process
+plugin's connection, later a native plugin, a function in unit tests), never the
+class that keeps it alive. Which provider serves a request comes from the store
 (providers, downloaded models, the service's hybrid policy), kept in memory; request
 bodies pass to the plugin unchanged (the plugin's `config_ref` flavor decides its
 native format).
+
+The process plugins this process launches (`plugins`, each a `PluginSupervisor`)
+are the gateway's too, for their lifecycle only: routing sees their providers.
 """
 
 from __future__ import annotations
@@ -21,20 +26,21 @@ import trio
 from aogstream import errors
 from aogstream import manifest as m
 from aogstream.config import Config
-from aogstream.host.process import ProcessPlugin, discover
-from aogstream.invocation import Invocation, Mode, TimeoutPolicy, open_invocation
+from aogstream.host.process import PluginSupervisor, discover
+from aogstream.invocation import Invocation, Mode, Provider, TimeoutPolicy, open_invocation
 from aogstream.rpc.bridge import GrpcLoop
-from aogstream.store import HYBRID_POLICIES, ModelRow, Provider, Service, SQLiteStore, Store
+from aogstream.store import HYBRID_POLICIES, ModelRow, ProviderRow, Service, SQLiteStore, Store
 
 log = logging.getLogger(__name__)
 
 
 @attrs.frozen
 class Route:
-    """A service resolved to the provider (and plugin) that serves it."""
+    """A service resolved to the provider that serves it (`provider`, a plugin) and the
+    store's provider row that chose it (`provider_name`, `auth_info`, `source`)."""
 
     service: str
-    plugin: ProcessPlugin
+    provider: Provider
     definition: m.ServiceDef
     provider_name: str = ""
     auth_info: str = ""  # the provider's credentials, for this plugin's calls only
@@ -59,21 +65,28 @@ def provider_name_for(plugin: m.PluginManifest, service: str) -> str:
 
 
 class Gateway:
-    """Plugins, the store, routing and the timeout policy of one gateway process.
+    """Providers, the store, routing and the timeout policy of one gateway process.
 
     Routing reads an in-memory table (`_table`), rebuilt from the store after every
-    write (`reload()`), so no request touches the database.
+    write (`reload()`), so no request touches the database. `providers` are what
+    routes hold (every kind, by name); `plugins` are the process plugins this process
+    supervises (the primary's; a worker's plugins are attached by `http.workers`).
+    The gateway can run without any process: `add_provider` a provider and route.
     """
 
-    def __init__(self, config: Config, grpc_loop: GrpcLoop, store: Store | None = None) -> None:
+    def __init__(self, config: Config, grpc_loop: GrpcLoop | None = None,
+                 store: Store | None = None) -> None:
+        """`grpc_loop` None: a gateway of in-process providers only (unit tests), which
+        routes to plugins but cannot launch them."""
         self.config = config
         self.grpc_loop = grpc_loop
         self.policy = TimeoutPolicy(config.unary_timeout, config.stream_timeout)
-        self.plugins: dict[str, ProcessPlugin] = {}
+        self.plugins: dict[str, PluginSupervisor] = {}
+        self.providers: dict[str, Provider] = {}
         self.problems: list[str] = []
-        self._services: dict[str, list[tuple[ProcessPlugin, m.ServiceDef]]] = {}
+        self._services: dict[str, list[tuple[Provider, m.ServiceDef]]] = {}
         self.store: Store = store if store is not None else SQLiteStore(config.db_path)
-        self._table: dict[str, list[Provider]] = {}
+        self._table: dict[str, list[ProviderRow]] = {}
         self._models: dict[tuple[str, str], list[ModelRow]] = {}
         self._policies: dict[str, str] = {}
         self._nursery: trio.Nursery | None = None
@@ -92,26 +105,39 @@ class Gateway:
         manifests, self.problems = discover(self.plugin_search_dirs())
         for man in manifests:
             self.add_plugin(man)
-        await trio.to_thread.run_sync(self._register_all)
+        await self.register()
         async with trio.open_nursery() as starting:
             for plugin in self.plugins.values():
                 if self.store.plugin_enabled(plugin.name):
                     starting.start_soon(self._launch, plugin)
                 else:  # disabled: listed, never started, serves nothing
                     self.set_routable(plugin.name, False)
-        log.info("plugins: %s", ", ".join(f"{p.name}={p.state}" for p in self.plugins.values())
-                 or "none found")
+        log.info("providers: %s", ", ".join(
+            f"{p.name}={p.state}" for p in self.providers.values()) or "none found")
 
-    def add_plugin(self, man: m.PluginManifest,
-                   factory: Callable[..., ProcessPlugin] = ProcessPlugin) -> ProcessPlugin:
-        plugin = factory(man, self.config, self.grpc_loop)
+    def add_plugin(self, man: m.PluginManifest) -> PluginSupervisor:
+        """Supervise the process plugin of `man` (launched by `start` or `launch`) and
+        route to its provider."""
+        plugin = PluginSupervisor(man, self.config, self.grpc_loop)  # type: ignore[arg-type]
         plugin.on_running = self._plugin_running
         plugin.on_change = self.notify
         self.plugins[plugin.name] = plugin
-        for svc in man.services:
-            self._services.setdefault(svc.service_name, []).append((plugin, svc))
-        self.notify()
+        self.add_provider(plugin.provider)
         return plugin
+
+    def add_provider(self, provider: Provider) -> None:
+        """Route the services of `provider.manifest` to `provider` (its owner keeps it
+        alive); its store rows are written by `start`, or `register` after it."""
+        self.providers[provider.name] = provider
+        for svc in provider.manifest.services:
+            self._services.setdefault(svc.service_name, []).append((provider, svc))
+        self.notify()
+
+    def remove_provider(self, name: str) -> None:
+        """No more routes to the provider `name` (its owner stops it)."""
+        self.set_routable(name, False)
+        self.providers.pop(name, None)
+        self.notify()
 
     def notify(self) -> None:
         """Plugins or routing changed: let the worker processes know (thread-safe)."""
@@ -135,9 +161,8 @@ class Gateway:
         return dirs
 
     def remove_plugin(self, name: str) -> None:
-        self.set_routable(name, False)
+        self.remove_provider(name)
         self.plugins.pop(name, None)
-        self.notify()
 
     def set_routable(self, name: str, routable: bool) -> None:
         """Give or take away a plugin's services in routing; a disabled plugin stays
@@ -146,10 +171,10 @@ class Gateway:
             self._services[svc] = [(p, d) for p, d in entries if p.name != name]
             if not self._services[svc]:
                 del self._services[svc]
-        plugin = self.plugins.get(name)
-        if routable and plugin is not None:
-            for svc_def in plugin.manifest.services:
-                self._services.setdefault(svc_def.service_name, []).append((plugin, svc_def))
+        provider = self.providers.get(name)
+        if routable and provider is not None:
+            for svc_def in provider.manifest.services:
+                self._services.setdefault(svc_def.service_name, []).append((provider, svc_def))
         self.notify()
 
     def routable(self, name: str) -> bool:
@@ -162,11 +187,13 @@ class Gateway:
             raise RuntimeError("the gateway is not started")
         self._nursery.start_soon(fn, *args)
 
-    async def _launch(self, plugin: ProcessPlugin) -> None:
+    async def _launch(self, plugin: PluginSupervisor) -> None:
         assert self._nursery is not None
+        if self.grpc_loop is None:
+            raise RuntimeError("this gateway has no gRPC loop: it cannot launch plugins")
         await self._nursery.start(plugin.supervise)
 
-    async def launch(self, plugin: ProcessPlugin) -> None:
+    async def launch(self, plugin: PluginSupervisor) -> None:
         """Start a plugin that is not running (load / enable)."""
         plugin.reset()
         await self._launch(plugin)
@@ -181,16 +208,21 @@ class Gateway:
     # ---- providers and models in the store ----
 
     def _register_all(self) -> None:
-        for plugin in self.plugins.values():
-            self._register(plugin.manifest)
+        for provider in self.providers.values():
+            self._register(provider.manifest)
         self._rebuild()
+
+    async def register(self) -> None:
+        """Write the store rows of every provider and route by them (what `start` does
+        for the providers it finds), off the event loop."""
+        await trio.to_thread.run_sync(self._register_all)
 
     def _register(self, man: m.PluginManifest) -> None:
         """Upsert the plugin's provider rows. Re-discovery refreshes what the manifest
         says and never touches what the user set (credentials, status, properties)."""
         for svc in man.services:
             name = provider_name_for(man, svc.service_name)
-            row = self.store.get_provider(name) or Provider(
+            row = self.store.get_provider(name) or ProviderRow(
                 provider_name=name, service_name=svc.service_name, scope="plugin")
             row.service_source = man.provider.type
             row.flavor = man.provider.name
@@ -218,22 +250,22 @@ class Gateway:
     def _local_services(self) -> set[str]:
         """Services some local plugin offers: their default model is a local one (the
         local plugin reports it when it comes up), never a cloud model chosen first."""
-        return {svc.service_name for p in self.plugins.values()
+        return {svc.service_name for p in self.providers.values()
                 if p.manifest.provider.type == m.PLUGIN_TYPE_LOCAL for svc in p.manifest.services}
 
     def _service_has_default(self, service: str) -> bool:
         return any(r.is_default for r in self.store.models(service_name=service))
 
-    async def _plugin_running(self, plugin: ProcessPlugin) -> None:
+    async def _plugin_running(self, plugin: PluginSupervisor) -> None:
         """A plugin came up: record which models a local one really has."""
-        if plugin.manifest.provider.type != m.PLUGIN_TYPE_LOCAL or plugin.client is None:
+        if plugin.manifest.provider.type != m.PLUGIN_TYPE_LOCAL:
             return
         try:
-            listed = await plugin.client.list_models(timeout=30)
+            models = await plugin.provider.models(timeout=30)
         except Exception as exc:  # noqa: BLE001 - plugins without model management
             log.debug("plugin %s: ListModels: %s", plugin.name, exc)
             return
-        await trio.to_thread.run_sync(self.sync_models, plugin.manifest, listed.models)
+        await trio.to_thread.run_sync(self.sync_models, plugin.manifest, models)
 
     def sync_models(self, man: m.PluginManifest, models: list[m.ModelInfo]) -> None:
         """Make the store's downloaded models of a local plugin match what it reports."""
@@ -260,7 +292,7 @@ class Gateway:
         self._rebuild()
 
     def _rebuild(self) -> None:
-        table: dict[str, list[Provider]] = {}
+        table: dict[str, list[ProviderRow]] = {}
         for p in self.store.providers():
             table.setdefault(p.service_name, []).append(p)
         models: dict[tuple[str, str], list[ModelRow]] = {}
@@ -283,8 +315,8 @@ class Gateway:
     def services(self) -> list[str]:
         return sorted(self._services)
 
-    def check_service(self, service: str) -> list[tuple[ProcessPlugin, m.ServiceDef]]:
-        """The plugins declaring `service`, or 404 listing the known ones. Only this, and
+    def check_service(self, service: str) -> list[tuple[Provider, m.ServiceDef]]:
+        """The providers declaring `service`, or 404 listing the known ones. Only this, and
         not `routes()`, may run before the body is read: the body's `model` and
         `hybrid_policy` change which providers qualify."""
         candidates = self._services.get(service)
@@ -361,7 +393,7 @@ class Gateway:
                             p.manifest.provider.type)
                       for side in sides for p, d in candidates if p.manifest.provider.type == side]
         # a running plugin before one that is restarting or stopped, keeping the order
-        routes.sort(key=lambda rt: rt.plugin.state != "running")
+        routes.sort(key=lambda rt: rt.provider.state != "running")
         if not routes:  # always_local, and only remote providers qualify
             raise errors.GatewayError(
                 errors.SERVICE_NOT_FOUND,
@@ -382,7 +414,7 @@ class Gateway:
         """Open an invocation of `route` in `mode` with AOG's deadline for it."""
         timeout = self.policy.for_call(mode, route.definition.timeout)
         async with open_invocation(
-            route.plugin, route.service, mode, request, timeout=timeout,
+            route.provider, route.service, mode, request, timeout=timeout,
             auth_info=auth_info or route.auth_info, metadata=metadata,
         ) as inv:
             yield inv

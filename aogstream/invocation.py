@@ -1,8 +1,8 @@
 """One call through the gateway: a channel pair, a mode and a cancel scope.
 
-Every path (JSON, SSE, NDJSON, WebSocket on the north side; plugin processes on the
-south side) meets here, so timeouts, cancellation and errors behave the same
-everywhere:
+Every path (JSON, SSE, NDJSON, WebSocket on the north side; providers, such as
+plugin processes, on the south side) meets here, so timeouts, cancellation and
+errors behave the same everywhere:
 
 * the client's task owns the invocation (`async with open_invocation(...)`), and the
   invocation's nursery owns the provider call: leaving the block for any reason
@@ -19,12 +19,15 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import trio
 
 from aogstream import errors
+
+if TYPE_CHECKING:
+    from aogstream import manifest as m
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +72,72 @@ class TimeoutPolicy:
 
 
 class Provider(Protocol):
-    """The south side: something that can fulfil an invocation (a plugin process...)."""
+    """The south side: what fulfils invocations (the transport, in httpx's sense).
 
-    name: str
+    A `Route` holds one; the gateway and everything north of it (the doors, SSE,
+    WebSockets) use this interface only and never learn which kind serves a call.
+    Implementations: `host.connection.ProcessProvider` (a plugin process over gRPC),
+    native plugins in process (later), `testing.FunctionProvider` (a function, for
+    unit tests).
+
+    Ownership: the provider object lives as long as the gateway knows the plugin (a
+    process plugin keeps one across restarts and swaps its connection underneath);
+    whoever created it (a supervisor, a worker's follower, a test) owns its lifecycle.
+    The gateway only reads it and calls `serve`.
+
+    Cancellation: `serve` runs inside the invocation's cancel scope, in a task of the
+    invocation's nursery (`open_invocation`); the client leaving, the deadline, or
+    `inv.fail()` cancels it, and the provider must then stop its work at once (a
+    process plugin cancels its gRPC call). It never outlives that scope: no task it
+    starts may run past its return.
+    """
+
+    @property
+    def name(self) -> str:
+        """Unique among providers; routing names it (the store's `flavor` column)."""
+        ...
+
+    @property
+    def kind(self) -> str:
+        """The kind of provider ("process", later "native"), for listings and logs;
+        never a reason to branch."""
+        ...
+
+    @property
+    def manifest(self) -> m.PluginManifest:
+        """What it offers: its services (with their definitions and timeouts), its
+        type (local or remote) and the folder its own flavor templates may be in."""
+        ...
+
+    @property
+    def state(self) -> str:
+        """Whether it can serve now: "running"; else "starting", "restarting",
+        "stopped" or "failed" (routing tries running providers first)."""
+        ...
 
     async def serve(self, inv: Invocation) -> None:
-        """Read `inv.request` (and `inv.incoming()` for bidi), `emit` responses."""
+        """Fulfil `inv` in its mode, ending when the call is complete.
+
+        * UNARY: read `inv.request`, `emit` one response (bytes);
+        * STREAM: read `inv.request`, `emit` event payloads as they come: bytes, or a
+          batch (`list[bytes]`, an `sse.framing.SseEvents` when the events can be
+          relayed as they arrived) of what arrived together, so the writer sends them
+          in one write;
+        * BIDI: read client frames from `inv.incoming()` (the first one opens the
+          session, `inv.metadata` merged under its metadata), `emit` `Frame`s.
+
+        Pass `inv.remaining()` on as the provider's own deadline. Failures are raised
+        as `errors.GatewayError` (status 4xx: the request is wrong, so no fallback;
+        5xx: provider trouble, the gateway may try the next provider).
+        """
+        ...
+
+    async def health(self, timeout: float | None = 5.0) -> None:
+        """Return when the provider answers as healthy; raise `GatewayError` otherwise."""
+        ...
+
+    async def models(self, timeout: float | None = 30.0) -> list[m.ModelInfo]:
+        """The models it has now (a local plugin's downloaded ones), or `GatewayError`."""
         ...
 
 
@@ -100,7 +163,7 @@ class Invocation:
         self.error: errors.GatewayError | None = None
         self.deadline = math.inf if timeout is None else trio.current_time() + timeout
         self.cancel_scope = trio.CancelScope(deadline=self.deadline)
-        self._out_send, self.responses = trio.open_memory_channel[bytes | Frame](
+        self._out_send, self.responses = trio.open_memory_channel[bytes | list[bytes] | Frame](
             RESPONSE_BUFFER
         )
         self._in_send, self._in_recv = trio.open_memory_channel[Frame](
@@ -109,8 +172,9 @@ class Invocation:
 
     # ---- used by the south side (providers) ----------------------------------------
 
-    async def emit(self, item: bytes | Frame) -> None:
-        """Hand one response (a JSON document, or a Frame in bidi) to the client.
+    async def emit(self, item: bytes | list[bytes] | Frame) -> None:
+        """Hand one response (a JSON document, a batch of stream events, or a Frame in
+        bidi) to the client.
 
         While the bounded channel has room this hands the item over without a
         schedule point: the writer is woken either way, and the provider reaches

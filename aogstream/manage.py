@@ -24,13 +24,10 @@ import json
 import logging
 import math
 import os
-import posixpath
 import re
 import shutil
-import stat
-import tarfile
 import tempfile
-import zipfile
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,9 +40,10 @@ from aogstream import manifest as m
 from aogstream.errors import Bcode, GatewayError
 from aogstream.gateway import Gateway, provider_name_for
 from aogstream.host.client import PluginClient
-from aogstream.host.process import ProcessPlugin
+from aogstream.host.process import PluginSupervisor
+from aogstream.management import archives
 from aogstream.rpc.bridge import RpcFailure
-from aogstream.store import HYBRID_POLICIES, ModelRow, Provider, Service
+from aogstream.store import HYBRID_POLICIES, ModelRow, ProviderRow, Service
 from aogstream.store.base import AUTH_TYPES, SERVICE_AVAILABLE, SOURCES
 
 log = logging.getLogger(__name__)
@@ -99,9 +97,21 @@ METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "WS")
 UNSUPPORTED_CODES = {m.ERR_CODE_UNIMPLEMENTED, 501, m.ERR_CODE_SERVICE_STREAMING_NOT_SUPPORTED,
                      m.ERR_CODE_SERVICE_BIDIRECTIONAL_NOT_SUPPORTED}
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")  # a folder name any file system takes
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz", ".zip")
-MAX_ARCHIVE_BYTES = 4 << 30  # refuse archives that unpack to more than 4 GiB
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")  # as plugins store them
 READY_WAIT_S = 10.0  # how long a call waits for a plugin that is (re)starting
+
+
+def model_name_for_url(url: str) -> str:
+    """The name of a model pulled from `url`: its file name without extensions
+    (`https://host/voices/en_US-joe.onnx?dl=1` → `en_US-joe`), as the local plugins store
+    a URL's model."""
+    stem = re.sub(r"(\.[A-Za-z0-9]+)+$", "",
+                  urllib.parse.urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1])
+    if not MODEL_NAME.match(stem):
+        raise GatewayError(MODEL_BAD, f"cannot name a model after {url!r}: its file name "
+                                      f"{stem!r} is not a model name (letters, digits and "
+                                      f". _ : + -); give a URL that ends in the model's file")
+    return stem
 
 
 def _names(items: list[str] | set[str]) -> str:
@@ -158,7 +168,7 @@ class _PullFailed(Exception):
 class PullJob:
     """One model pull in flight, watched by zero or more progress streams."""
 
-    provider: Provider
+    provider: ProviderRow
     model_name: str
     service_name: str
     background: bool
@@ -168,6 +178,7 @@ class PullJob:
     outcome: str = ""  # success | error | canceled
     error: str = ""
     cancel_reason: str = ""
+    source: str = ""  # the URL a model named after it is pulled from
     watchers: list[trio.MemorySendChannel[dict[str, Any]]] = attrs.Factory(list)
 
     @property
@@ -250,7 +261,7 @@ class Manager:
                                       f"{_names(known)}")
         return svc
 
-    async def _provider(self, name: str, bcode: Bcode = PROVIDER_NOT_FOUND) -> Provider:
+    async def _provider(self, name: str, bcode: Bcode = PROVIDER_NOT_FOUND) -> ProviderRow:
         row = await self._db(self.store.get_provider, name)
         if row is None:
             known = [p.provider_name for p in await self._db(self.store.providers)]
@@ -258,7 +269,7 @@ class Manager:
                                       f"providers: {_names(known)}")
         return row
 
-    def _plugin(self, name: str) -> ProcessPlugin:
+    def _plugin(self, name: str) -> PluginSupervisor:
         if not name:
             raise GatewayError(PLUGIN_INVALID, "name is required (the plugin's name)")
         plugin = self.gw.plugins.get(name)
@@ -267,11 +278,11 @@ class Manager:
                                                  f"plugins: {_names(set(self.gw.plugins))}")
         return plugin
 
-    def plugin_of(self, provider: Provider) -> ProcessPlugin | None:
+    def plugin_of(self, provider: ProviderRow) -> PluginSupervisor | None:
         """The plugin process behind a provider row (its flavor names the plugin)."""
         return self.gw.plugins.get(provider.flavor)
 
-    async def _client(self, plugin: ProcessPlugin) -> PluginClient:
+    async def _client(self, plugin: PluginSupervisor) -> PluginClient:
         """The plugin's connection, waiting a little for one that is (re)starting."""
         if plugin.state in ("starting", "restarting"):
             await plugin.wait_ready(min(READY_WAIT_S, self.gw.config.plugin_start_timeout))
@@ -286,7 +297,7 @@ class Manager:
                                f"plugin {plugin.name} is not running ({plugin.state}); {hint}")
         return plugin.client
 
-    async def _call(self, plugin: ProcessPlugin, what: str,
+    async def _call(self, plugin: PluginSupervisor, what: str,
                     fn: Callable[[], Awaitable[T]]) -> T:
         """A plugin rpc whose failure becomes a GatewayError naming plugin and step."""
         try:
@@ -372,7 +383,7 @@ class Manager:
                                                  skip_model))
         return {"providers": done}
 
-    async def _ensure_local(self, plugin: ProcessPlugin, row: Provider, service: str,
+    async def _ensure_local(self, plugin: PluginSupervisor, row: ProviderRow, service: str,
                             model_name: str, skip_model: bool) -> dict[str, Any]:
         client = await self._client(plugin)
         steps: list[str] = []
@@ -474,7 +485,7 @@ class Manager:
         return {"providers": [{"provider_name": row.provider_name, "plugin": row.flavor,
                                "steps": ["set_auth", "validate_auth"]}]}
 
-    async def check_remote(self, row: Provider) -> None:
+    async def check_remote(self, row: ProviderRow) -> None:
         """The live credential check: SetAuth then ValidateAuth on the provider's plugin."""
         plugin = self.plugin_of(row)
         if plugin is None:
@@ -727,7 +738,7 @@ class Manager:
                                f"service provider {name!r} already exists; change it with "
                                f"PUT /service_provider or delete it first")
         await self._service(f["service_name"], SERVICE_UNSUPPORTED)
-        row = Provider(provider_name=name, service_name=f["service_name"],
+        row = ProviderRow(provider_name=name, service_name=f["service_name"],
                        service_source=f["service_source"], flavor=f["api_flavor"],
                        desc=f.get("desc", ""), method=f.get("method", "POST"),
                        url=f.get("url", ""), auth_type=f.get("auth_type", "none"),
@@ -771,7 +782,7 @@ class Manager:
         await self.gw.reload()
         return row.public()
 
-    def _write_provider(self, row: Provider) -> None:
+    def _write_provider(self, row: ProviderRow) -> None:
         """Store a provider; a remote one's models exist as soon as it does."""
         self.store.put_provider(row)
         if row.service_source != "remote":
@@ -809,7 +820,7 @@ class Manager:
         return [r.public() for r in rows]
 
     async def _pull_provider(self, provider_name: str, model_name: str, service_name: str,
-                             service_source: str) -> Provider:
+                             service_source: str) -> ProviderRow:
         """The provider a pull goes to: the named one, else the service's provider that
         declares the model (local first unless service_source says remote)."""
         if provider_name:
@@ -834,8 +845,15 @@ class Manager:
 
     async def start_pull(self, provider_name: str, model_name: str, service_name: str = "",
                          service_source: str = "", *, background: bool = True) -> PullJob:
-        """Validate and start (or join) a pull; the returned job runs on its own."""
+        """Validate and start (or join) a pull; the returned job runs on its own.
+
+        A model named by an http(s) URL is recorded, pulled and later deleted under one
+        name, the URL's file name without extensions, which the plugin is told to store
+        it under (PullModelRequest.name): the store and the plugin must agree on it."""
         _need(model_name, "model_name", MODEL_BAD)
+        source = ""
+        if re.match(r"^https?://", model_name):
+            source, model_name = model_name, model_name_for_url(model_name)
         row = await self._pull_provider(provider_name, model_name, service_name,
                                         service_source)
         if service_source and service_source != row.service_source:
@@ -860,7 +878,8 @@ class Manager:
             job.background = job.background or background
             return job
         job = PullJob(row, model_name, row.service_name, background,
-                      was_downloaded=any(r.status == "downloaded" for r in before))
+                      was_downloaded=any(r.status == "downloaded" for r in before),
+                      source=source)
         self._jobs[job.key] = job
         if not job.was_downloaded:
             await self._db(self.store.put_model, ModelRow(
@@ -869,7 +888,7 @@ class Manager:
         self.gw.spawn(self._run_pull, job, plugin)
         return job
 
-    async def _run_pull(self, job: PullJob, plugin: ProcessPlugin | None) -> None:
+    async def _run_pull(self, job: PullJob, plugin: PluginSupervisor | None) -> None:
         try:
             with job.scope:
                 if plugin is not None:
@@ -889,11 +908,13 @@ class Manager:
                     job.cancel_reason = job.cancel_reason or "the gateway is stopping"
                 await self._finish_pull(job, plugin)
 
-    async def _pull_from(self, job: PullJob, plugin: ProcessPlugin) -> None:
+    async def _pull_from(self, job: PullJob, plugin: PluginSupervisor) -> None:
         client = plugin.client
         if client is None:
             raise _PullFailed(f"plugin {plugin.name} is not running")
-        req = m.PullModelRequest(model=job.model_name, model_type=job.service_name)
+        req = m.PullModelRequest(model=job.source or job.model_name,
+                                 name=job.model_name if job.source else "",
+                                 model_type=job.service_name)
         succeeded = False
         try:
             async with client.pull_model_stream(req) as events:
@@ -910,7 +931,7 @@ class Manager:
             raise _PullFailed(f"{plugin.name} ended the pull of {job.model_name!r} without "
                               f"reporting success")
 
-    async def _finish_pull(self, job: PullJob, plugin: ProcessPlugin | None) -> None:
+    async def _finish_pull(self, job: PullJob, plugin: PluginSupervisor | None) -> None:
         """Make the store say what happened, then tell the watchers."""
         size = 0
         if job.outcome == "success" and plugin is not None and plugin.client is not None:
@@ -958,7 +979,7 @@ class Manager:
     def cancel_pull(self, model_name: str) -> list[str]:
         """Cancel every pull of `model_name`; returns the providers they were on."""
         _need(model_name, "model_name", MODEL_BAD)
-        hit = [j for j in self._jobs.values() if j.model_name == model_name]
+        hit = [j for j in self._jobs.values() if model_name in (j.model_name, j.source)]
         if not hit:
             busy = sorted({j.model_name for j in self._jobs.values()})
             raise GatewayError(MODEL_NOT_FOUND, f"no pull of {model_name!r} is in progress; "
@@ -1053,7 +1074,7 @@ class Manager:
 
     # ================================ plugins ================================
 
-    def plugin_entry(self, plugin: ProcessPlugin, enabled: bool) -> dict[str, Any]:
+    def plugin_entry(self, plugin: PluginSupervisor, enabled: bool) -> dict[str, Any]:
         """AOG's plugin list item plus aogstream's details."""
         man = plugin.manifest
         return {
@@ -1099,14 +1120,14 @@ class Manager:
             lambda: self.store.providers(flavor=name))]
         return entry
 
-    async def _wait_stopped(self, plugin: ProcessPlugin) -> None:
+    async def _wait_stopped(self, plugin: PluginSupervisor) -> None:
         # the supervisor marks the plugin stopped a moment after stop() returns; there
         # is no event for it, so poll (bounded)
         with trio.move_on_after(self.gw.config.plugin_stop_grace + 5):
             while plugin.state not in ("stopped", "failed"):  # noqa: ASYNC110
                 await trio.sleep(0.02)
 
-    async def _start(self, plugin: ProcessPlugin) -> None:
+    async def _start(self, plugin: PluginSupervisor) -> None:
         """Launch a plugin that is not running and wait (bounded) until it is up."""
         if plugin.state in ("stopped", "failed"):
             await self.gw.launch(plugin)
@@ -1146,7 +1167,7 @@ class Manager:
                                    f"{plugin.last_error or plugin.state}; see the gateway log")
         return self.plugin_entry(plugin, enabled)
 
-    async def _add(self, man: m.PluginManifest) -> ProcessPlugin:
+    async def _add(self, man: m.PluginManifest) -> PluginSupervisor:
         """Register a new plugin (providers in the store, routes if enabled)."""
         plugin = self.gw.add_plugin(man)
         await self._db(self.gw._register, man)
@@ -1223,9 +1244,15 @@ class Manager:
         if not path:
             raise GatewayError(PLUGIN_INVALID, "path is required (a plugin folder or a "
                                                ".tar.gz/.zip archive)")
+        src = Path(path)
+        if not src.is_absolute():
+            # a request never names the server's home or working folder: `~` and
+            # relative paths would resolve against whoever runs the gateway
+            raise GatewayError(PLUGIN_INVALID, f"path {path!r} is not absolute; give the "
+                                               "absolute path of a plugin folder or archive "
+                                               "on the gateway's machine (~ is not expanded)")
         root = self.installed_plugins_dir
-        dest = await self._db(_install_files, Path(path).expanduser(), root,
-                              set(self.gw.plugins))
+        dest = await self._db(_install_files, src, root, set(self.gw.plugins))
         man = await self._db(_validated_manifest, dest, True)
         plugin = await self._add(man)
         enabled = await self._db(self.store.plugin_enabled, plugin.name)
@@ -1281,61 +1308,12 @@ def _check_links(folder: Path, shown: str) -> None:
                            f"{os.readlink(p)}, outside the plugin folder")
 
 
-def _member_problem(name: str) -> str | None:
-    posix = name.replace("\\", "/")
-    if posix.startswith("/") or re.match(r"^[A-Za-z]:", posix):
-        return "is an absolute path"
-    normal = posixpath.normpath(posix)
-    if normal == ".." or normal.startswith("../"):
-        return "would be written outside the plugin folder"
-    return None
-
-
 def _extract(archive: Path, into: Path) -> None:
-    lower = archive.name.lower()
-    shown = archive.name
+    """Unpack by hand, every member checked first (see management/archives.py for why)."""
     try:
-        if lower.endswith(".zip"):
-            with zipfile.ZipFile(archive) as zf:
-                total = 0
-                for info in zf.infolist():
-                    problem = _member_problem(info.filename)
-                    if problem:
-                        raise _bad(f"archive {shown}: member {info.filename!r} {problem}; "
-                                   f"refusing the archive")
-                    if stat.S_ISLNK(info.external_attr >> 16):
-                        raise _bad(f"archive {shown}: member {info.filename!r} is a "
-                                   f"symbolic link; links are not allowed in zip archives")
-                    total += info.file_size
-                if total > MAX_ARCHIVE_BYTES:
-                    raise _bad(f"archive {shown} unpacks to {total} bytes, over the "
-                               f"{MAX_ARCHIVE_BYTES} byte limit")
-                zf.extractall(into)
-            return
-        with tarfile.open(archive) as tf:
-            total = 0
-            for mem in tf.getmembers():
-                problem = _member_problem(mem.name)
-                if problem:
-                    raise _bad(f"archive {shown}: member {mem.name!r} {problem}; refusing "
-                               f"the archive")
-                if mem.issym() or mem.islnk():
-                    base = posixpath.dirname(mem.name) if mem.issym() else ""
-                    target = mem.linkname if mem.linkname.startswith("/") else \
-                        posixpath.join(base, mem.linkname)
-                    if _member_problem(target):
-                        raise _bad(f"archive {shown}: link {mem.name!r} → {mem.linkname!r} "
-                                   f"points outside the plugin folder; refusing the archive")
-                elif not (mem.isfile() or mem.isdir()):
-                    raise _bad(f"archive {shown}: member {mem.name!r} is a special file "
-                               f"(device or fifo); refusing the archive")
-                total += mem.size
-            if total > MAX_ARCHIVE_BYTES:
-                raise _bad(f"archive {shown} unpacks to {total} bytes, over the "
-                           f"{MAX_ARCHIVE_BYTES} byte limit")
-            tf.extractall(into, filter="data")
-    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise _bad(f"archive {shown} cannot be unpacked: {exc}") from None
+        archives.extract(archive, into)
+    except archives.ArchiveError as exc:
+        raise _bad(str(exc)) from None
 
 
 def _archive_root(into: Path, shown: str) -> Path:
@@ -1360,7 +1338,7 @@ def _install_files(src: Path, root: Path, loaded: set[str]) -> Path:
     try:
         if src.is_dir():
             folder, shown = src, str(src)
-        elif src.name.lower().endswith(ARCHIVE_SUFFIXES):
+        elif archives.is_archive(src):
             _extract(src, staging / "unpacked")
             shown = src.name
             folder = _archive_root(staging / "unpacked", shown)

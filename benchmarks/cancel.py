@@ -41,7 +41,6 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness as h
-import harness_extra as hx
 
 TARGET_MS = 20.0
 WINDOWS = ("before headers", "first token", "mid-stream")
@@ -174,10 +173,10 @@ async def ws_trial(sut: h.System, log: CloseLog, window: str, wait: float
                    ) -> dict[str, Any]:
     """One realtime session left in `window`; the plugin's (or direct server's) record."""
     out: dict[str, Any] = {"system": sut.name.split()[0], "mode": "ws", "window": window}
-    ws = await hx.WsClient.connect(sut.port, hx.REALTIME_PATH)
+    ws = await h.WsClient.connect(sut.port, h.REALTIME_PATH)
     try:
         delay = HOLD_T0_MS / 1000 if window == "first token" else 0.0
-        await ws.send_text(hx.run_task(first_delay=delay))
+        await ws.send_text(h.run_task(first_delay=delay))
         _, msg = await ws.receive_text()
         conn = json.loads(msg)["header"]["task_id"]
         out["tag"] = conn
@@ -190,7 +189,7 @@ async def ws_trial(sut: h.System, log: CloseLog, window: str, wait: float
                 while got < MID_AFTER:
                     await ws.send_bytes(FRAME)
                     _, msg = await ws.receive_text()
-                    got += hx.frame_seq(msg) >= 0
+                    got += h.frame_seq(msg) >= 0
                     await trio.sleep(0.02)
             if got < MID_AFTER:
                 out["error"] = f"only {got} answers in 10 s"
@@ -389,15 +388,15 @@ def main(argv: list[str] | None = None) -> int:
             ws_logs: dict[str, CloseLog] = {}
             if "ws" in p["modes"]:
                 for name, start in (
-                    ("direct", lambda ev: hx.start_direct_ws(bench.tmp, ev, "direct ws")),
-                    ("aogstream", lambda ev: hx.start_realtime_gateway(
+                    ("direct", lambda ev: h.start_direct_ws(bench.tmp, ev, "direct ws")),
+                    ("aogstream", lambda ev: h.start_realtime_gateway(
                         bench.tmp, bench.stub, ev, workers=args.workers,
                         name="aogstream ws")),
                 ):
                     if name not in systems:
                         continue
                     events = bench.tmp / f"{name}-ws-events.jsonl"
-                    ws_systems[name] = hx.adopt(bench, start(events))
+                    ws_systems[name] = bench.adopt(start(events))
                     ws_logs[name] = CloseLog(events, "conn")
             trials = bench.run(measure, bench, p, ws_systems, ws_logs,
                                max_seconds=p["max_seconds"])

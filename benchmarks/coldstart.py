@@ -66,36 +66,17 @@ def http_status(port: int, request: bytes, timeout: float) -> int:
 
 def argv_for(name: str, tmp: Path, port: int, stub: h.System, workers: int | None
              ) -> tuple[list[str], dict[str, str], Path]:
-    """The command line each system is started with — the same as the harness's
-    start_stub / start_aogstream / start_litellm, with a fresh data directory per start."""
+    """The command line each system is started with — the harness's own (the ones
+    start_stub / start_aogstream / start_litellm use), with a fresh data directory per
+    start."""
     run = tmp / f"{name}-{time.monotonic_ns()}"
     run.mkdir()
     if name == "direct":
-        return ([sys.executable, str(h.HERE / "stub_engine.py"), "--port", str(port)],
-                dict(os.environ), run)
+        return h.stub_argv(port), dict(os.environ), run
     if name == "aogstream":
-        argv = [sys.executable, "-m", "aogstream", "server", "start", "--host", h.HOST,
-                "--port", str(port), "--plugin-dir", str(h.RELAY_PLUGIN_DIR),
-                "--data-dir", str(run / "data")]
-        if workers is not None and "--workers" in h.gateway_help():
-            argv += ["--workers", str(workers)]
+        argv = h.aogstream_argv(port, h.RELAY_PLUGIN_DIR, run / "data", workers)
         return argv, dict(os.environ, **{h.STUB_ENV: f"{h.HOST}:{stub.port}"}), run
-    cfg = run / "litellm.yaml"
-    cfg.write_text(
-        "model_list:\n"
-        "  - model_name: \"*\"\n"
-        "    litellm_params:\n"
-        "      model: \"openai/*\"\n"
-        f"      api_base: \"http://{h.HOST}:{stub.port}/v1\"\n"
-        "      api_key: \"none\"\n"
-        "litellm_settings:\n"
-        "  num_retries: 0\n"
-        "  request_timeout: 600\n"
-        "  telemetry: false\n"
-        "general_settings:\n"
-        f"  master_key: \"{h.LITELLM_KEY}\"\n")
-    argv = [str(h.LITELLM_VENV / "bin" / "litellm"), "--config", str(cfg), "--host", h.HOST,
-            "--port", str(port), "--num_workers", "1"]
+    argv = h.litellm_argv(port, run / "litellm.yaml", stub)
     return argv, dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True"), run
 
 

@@ -24,8 +24,6 @@ LiteLLM's. Per protocol: SSE for every system, NDJSON for direct and aogstream
 from __future__ import annotations
 
 import argparse
-import contextlib
-import resource
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,15 +63,6 @@ def params(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"--protocols: {proto!r} is not one of sse, ndjson")
     p["timeout"] = max(p["timeout"], 3 * (p["t0_ms"] + p["chunks"] * p["gap_ms"]) / 1000 + 10)
     return p
-
-
-def raise_fd_limit(need: int) -> None:
-    """Each stream is a socket here and in the system; ask for enough descriptors."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(hard, max(soft, need))
-    if want > soft:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 async def level(sut: h.System, proto: str, k: int, p: dict[str, Any]) -> dict[str, Any]:
@@ -249,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     p = params(args)
     systems = h.systems_arg(args.systems or ("direct,aogstream,litellm" if args.quick else
                                              "direct,aogstream,aogstream-ollama,litellm"))
-    raise_fd_limit(4 * max(p["levels"]) + 256)
+    h.raise_fd_limit(4 * max(p["levels"]) + 256)
 
     return h.run_measured("knee", args, systems, measure, p, report, plot, "levels")
 

@@ -37,7 +37,6 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness as h
-import harness_extra as hx
 
 GAP_S = 1.0  # 1 token/s
 TARGET_KB = 64.0
@@ -200,7 +199,7 @@ async def phase(sut: h.System, engine: h.System, n: int, p: dict[str, Any], labe
 
 
 async def measure(bench: h.Bench, p: dict[str, Any]) -> list[dict[str, Any]]:
-    hx.raise_fd_limit(3 * p["big"] + 512)
+    h.raise_fd_limit(3 * p["big"] + 512)
     assert bench.stub is not None
     engine = bench.stub
     systems = list(bench.systems.values())

@@ -38,8 +38,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness as h
-import harness_extra as hx
-from harness_extra import (
+from harness import (
     FINISH_TASK,
     REALTIME_PATH,
     WsClient,
@@ -265,7 +264,7 @@ def params(args: argparse.Namespace) -> dict[str, Any]:
 
 async def measure(bench: h.Bench, p: dict[str, Any]) -> dict[str, Any]:
     systems = [bench.systems["direct"], bench.systems["aogstream"]]
-    hx.raise_fd_limit(4 * max(p["sessions"]) + 256)
+    h.raise_fd_limit(4 * max(p["sessions"]) + 256)
     # warm-up: a session on each (imports, first gRPC stream, caches)
     for sut in systems:
         r = await run_round(sut, 2, 25, p["timeout"])
@@ -458,9 +457,9 @@ def main(argv: list[str] | None = None) -> int:
         with h.Bench("realtime", args.quick, systems=(), workers=args.workers,
                      keep_logs=args.keep_logs) as bench:
             assert bench.stub is not None
-            hx.adopt(bench, hx.start_direct_ws(bench.tmp))
-            hx.adopt(bench, hx.start_realtime_gateway(bench.tmp, bench.stub,
-                                                      workers=args.workers))
+            bench.adopt(h.start_direct_ws(bench.tmp))
+            bench.adopt(h.start_realtime_gateway(bench.tmp, bench.stub,
+                                                 workers=args.workers))
             for name, sut in bench.systems.items():
                 h.progress(f"{name} on :{sut.port}: " + ", ".join(
                     f"{role} {pid}" for pid, role in sut.roles.items()))

@@ -22,50 +22,22 @@ printed and written to benchmarks/results/relay_stream.md (raw numbers: relay_st
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
-import os
-import platform
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
+from typing import Any
 
-import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (  # the /proc, process and report helpers every benchmark shares
-    alive,
-    cmdline,
-    descendants,
-    fmt,
-    free_port,
-    loadavg,
-    machine_busy,
-    med,
-    popen,
-    progress,
-    read_stat,
-    tail,
-)
+import harness as h
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-RESULTS = HERE / "results"
-PLUGIN_DIR = HERE / "stub_plugin"
+PLUGIN_DIR = h.HERE / "stub_plugin"
 PLUGIN_NAME = "stub-plugin"
-PLUGIN_MARKER = "stub-plugin/plugin.py"  # in the plugin process's command line
 PATH = "/aog/v0.2/services/chat"
-HOST = "127.0.0.1"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # Hard bounds, whatever the command line says.
 MAX_REQUESTS = 5_000
@@ -74,7 +46,6 @@ MAX_STREAMS = 500
 MAX_CHUNKS = 20_000
 MAX_ROUNDS = 50
 START_TIMEOUT = 60.0
-STOP_TIMEOUT = 10.0
 
 
 @dataclass
@@ -135,353 +106,117 @@ def build_params(args: argparse.Namespace) -> Params:
     return p
 
 
-# ---- processes ------------------------------------------------------------------------
+
+# ---- systems --------------------------------------------------------------------------
 
 
-def cpu_by_pid(pids: list[int]) -> dict[int, float]:
-    out = {}
-    for pid in pids:
-        try:
-            out[pid] = read_stat(pid)[2]
-        except (OSError, ValueError) as exc:
-            raise RuntimeError(f"process {pid} of the system under test is gone") from exc
-    return out
-
-
-@dataclass
-class System:
-    """A system under test: its root process, the port it serves and its processes."""
-
-    name: str
-    proc: subprocess.Popen
-    port: int
-    log: Path
-    roles: dict[int, str] = field(default_factory=dict)  # pid → role, measured for CPU
-    extra_kill: list[tuple[int, str]] = field(default_factory=list)  # (pid, cmdline marker)
-
-    def check_processes(self) -> None:
-        """Fail if a measured process died or a new one appeared (e.g. a plugin restart)."""
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} exited with status {self.proc.returncode}; "
-                               f"log: {self.log}\n{tail(self.log)}")
-        now = set(descendants(self.proc.pid))
-        if now != set(self.roles):
-            raise RuntimeError(f"{self.name}: processes changed from {sorted(self.roles)} to "
-                               f"{sorted(now)} (a plugin restart?); log: {self.log}\n"
-                               f"{tail(self.log)}")
-
-
-def wait_port(proc: subprocess.Popen, port: int, log: Path, what: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {proc.returncode} at start-up:\n"
-                               f"{tail(log)}")
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on {HOST}:{port} in {START_TIMEOUT:.0f} s:\n"
-                       f"{tail(log)}")
-
-
-def start_direct(tmp: Path, started: list[System]) -> System:
-    port = free_port()
+def start_direct(tmp: Path) -> h.System:
+    """stub_sse.py, the engine alone (it has no health route: wait until it listens)."""
+    port = h.free_port()
     log = tmp / "stub_sse.log"
-    proc = popen([sys.executable, str(HERE / "stub_sse.py"), "--port", str(port)], log)
-    sut = System("direct", proc, port, log)
-    started.append(sut)
-    wait_port(proc, port, log, "the direct stub server")
-    sut.roles = {proc.pid: "stub server"}
-    sut.check_processes()
+    argv = [sys.executable, str(h.HERE / "stub_sse.py"), "--port", str(port)]
+    sut = h.System("direct", h.popen(argv, log), port, log, paths={"sse": PATH})
+    try:
+        h.wait_listening(sut, "the direct stub server", START_TIMEOUT)
+        sut.roles = {sut.proc.pid: "stub server"}
+        sut.check()
+    except BaseException:
+        h.stop(sut)
+        raise
     return sut
 
 
-def start_gateway(tmp: Path, started: list[System]) -> System:
-    port = free_port()
-    log = tmp / "gateway.log"
-    argv = [sys.executable, "-m", "aogstream", "server", "start", "--host", HOST,
-            "--port", str(port), "--plugin-dir", str(PLUGIN_DIR),
-            "--data-dir", str(tmp / "data")]
-    proc = popen(argv, log, env=dict(os.environ))
-    sut = System("aogstream", proc, port, log)
-    started.append(sut)
-    wait_port(proc, port, log, "the aogstream gateway")
-    deadline = time.monotonic() + START_TIMEOUT
-    base = f"http://{HOST}:{port}/aog/v0.2"
-    plugin: dict = {}
-    with httpx.Client(timeout=5.0, trust_env=False) as http:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the gateway exited at start-up:\n{tail(log)}")
-            with contextlib.suppress(httpx.HTTPError, ValueError):
-                if http.get(f"{base}/health").status_code == 200:
-                    listed = http.get(f"{base}/plugin/list").json().get("data") or []
-                    plugin = next((p for p in listed if p.get("name") == PLUGIN_NAME), {})
-                    if plugin.get("state") == "running" and plugin.get("pid"):
-                        break
-            time.sleep(0.1)
-        else:
-            raise RuntimeError(f"plugin {PLUGIN_NAME} not running after {START_TIMEOUT:.0f} s "
-                               f"(last: {plugin}):\n{tail(log)}")
-    plugin_pid = int(plugin["pid"])
-    sut.extra_kill.append((plugin_pid, PLUGIN_MARKER))
-    procs = descendants(proc.pid)
-    if plugin_pid not in procs:
-        raise RuntimeError(f"plugin pid {plugin_pid} is not a child of the gateway {proc.pid}")
-    sut.roles = {pid: ("gateway" if pid == proc.pid else
-                       "plugin" if pid == plugin_pid else _role_of(pid))
-                 for pid in procs}
+def start_gateway(tmp: Path) -> h.System:
+    """The gateway with the stub plugin, which answers by itself (no stub engine)."""
+    sut = h.start_aogstream(tmp, None, plugin_dir=PLUGIN_DIR, plugin_name=PLUGIN_NAME)
+    sut.paths = {"sse": PATH}
     return sut
-
-
-def stop(sut: System) -> None:
-    """SIGTERM (the gateway then stops its plugin), a grace period, SIGKILL; then make
-    sure the processes it started that we know of (the plugin) are gone too."""
-    proc = sut.proc
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            print(f"# {sut.name} ignored SIGTERM for {STOP_TIMEOUT:.0f} s; killing it",
-                  file=sys.stderr)
-            proc.kill()
-            proc.wait(timeout=STOP_TIMEOUT)
-    for pid, marker in sut.extra_kill:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if not (alive(pid) and marker in cmdline(pid)):
-                break
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-            deadline = time.monotonic() + 3.0
-            while time.monotonic() < deadline and alive(pid):
-                time.sleep(0.05)
-
-
-# ---- client ---------------------------------------------------------------------------
-
-
-@dataclass
-class StreamResult:
-    ok: bool
-    ttft: float = 0.0  # s, request sent → first complete data: event
-    total: float = 0.0  # s, request sent → end of the response
-    start: float = 0.0  # perf_counter at send
-    events: int = 0
-    first_event: bytes = b""
-    error: str = ""
-
-
-def _role_of(pid: int) -> str:
-    """A name for another process of the gateway: a serving worker (`--workers`), or
-    the program it runs (no directories: the report must not carry local paths)."""
-    args = cmdline(pid).split()
-    if "aogstream.http.workers" in args:
-        rest = args[args.index("aogstream.http.workers") + 1:]
-        return f"worker #{rest[0]}" if rest else "worker"
-    prog = " ".join(os.path.basename(a) for a in args[:3])
-    return f"other ({prog[:40]})"
-
-
-def request_bytes(port: int, body: dict) -> bytes:
-    raw = json.dumps(body, separators=(",", ":")).encode()
-    return (f"POST {PATH} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
-            f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
-            f"Content-Length: {len(raw)}\r\nConnection: close\r\n\r\n").encode() + raw
-
-
-async def stream_once(port: int, req: bytes, expect_events: int, timeout: float
-                      ) -> StreamResult:
-    """One request on a fresh connection; timestamps each read, decodes HTTP/1.1
-    (chunked or close-delimited) and splits SSE events on blank lines."""
-    res = StreamResult(ok=False)
-    with trio.move_on_after(timeout) as scope:
-        try:
-            stream = await trio.open_tcp_stream(HOST, port)
-        except OSError as exc:
-            res.error = f"connect: {exc}"
-            return res
-        async with stream:
-            res.start = t0 = perf_counter()
-            try:
-                await stream.send_all(req)
-                await _read_response(stream, t0, res)
-            except (trio.BrokenResourceError, OSError, ValueError) as exc:
-                res.error = f"{type(exc).__name__}: {exc}"
-    if scope.cancelled_caught:
-        res.error = f"timeout after {timeout:.0f} s"
-    if not res.error and res.events != expect_events:
-        res.error = f"{res.events} events, expected {expect_events}"
-    res.ok = not res.error
-    return res
-
-
-async def _read_response(stream: trio.SocketStream, t0: float, res: StreamResult) -> None:
-    raw = bytearray()
-    sse = bytearray()
-    head_done = chunked = done = False
-    need = -1  # bytes of chunk data (+CRLF) still to read; -1 = at a size line
-    last = b""
-    while not done:
-        data = await stream.receive_some(262144)
-        now = perf_counter()
-        if not data:
-            if chunked:
-                raise ValueError("connection closed inside a chunked body")
-            done = True
-        raw += data
-        if not head_done:
-            i = raw.find(b"\r\n\r\n")
-            if i < 0:
-                if done:
-                    raise ValueError("connection closed before the response head")
-                continue
-            head = bytes(raw[:i]).lower()
-            del raw[:i + 4]
-            status = int(head.split(b" ", 2)[1])
-            if status != 200:
-                raise ValueError(f"HTTP {status}")
-            chunked = b"transfer-encoding: chunked" in head
-            head_done = True
-        if chunked:
-            while True:
-                if need < 0:
-                    j = raw.find(b"\r\n")
-                    if j < 0:
-                        break
-                    size = int(bytes(raw[:j]).split(b";")[0], 16)
-                    del raw[:j + 2]
-                    if size == 0:
-                        done = True
-                        break
-                    need = size + 2
-                if len(raw) < need:
-                    break
-                sse += raw[:need - 2]
-                del raw[:need]
-                need = -1
-        else:
-            sse += raw
-            raw.clear()
-        while True:
-            k = sse.find(b"\n\n")
-            if k < 0:
-                break
-            event = bytes(sse[:k])
-            del sse[:k + 2]
-            if event.startswith(b"data:"):
-                if not res.events:
-                    res.ttft = now - t0
-                    res.first_event = event
-                res.events += 1
-                last = event
-    res.total = perf_counter() - t0
-    if res.events and b'"finished":true' not in last:
-        raise ValueError("the last event is not finished:true")
 
 
 # ---- rounds ---------------------------------------------------------------------------
 
 
-def pct(values: list[float], q: float) -> float:
-    """Percentile q (0..100), linear interpolation between closest ranks."""
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    pos = (len(s) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+async def stream_once(sut: h.System, body: dict[str, Any], chunks: int, timeout: float
+                      ) -> h.Result:
+    """One streamed chat request on a fresh connection; complete when it brought
+    `chunks` content events and AOG's final `"finished":true` event."""
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    return await h.call(sut, "sse", raw, timeout, expect=chunks)
 
 
-async def ttft_round(sut: System, p: Params, conc: int, n: int, tag: str) -> dict:
+def _cpu_ms_by_role(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {role: (after[role] - before.get(role, 0.0)) * 1000 for role in after}
+
+
+async def ttft_round(sut: h.System, p: Params, conc: int, n: int, tag: str
+                     ) -> dict[str, Any]:
     """n requests on a fixed arrival schedule, one every nominal/conc seconds (open loop:
     by Little's law `conc` streams are in flight on average while the system keeps up)."""
-    sut.check_processes()
-    interval = p.nominal / conc
+    sut.check()
     body = {"model": "stub", "messages": [{"role": "user", "content": "hi"}], "stream": True,
             "chunks": p.chunks, "first_delay": p.t0, "gap": p.gap}
-    results: list[StreamResult | None] = [None] * n
-
-    async def one(i: int) -> None:
-        req = request_bytes(sut.port, {**body, "id": f"{tag}-{i}"})
-        results[i] = await stream_once(sut.port, req, p.chunks + 1, p.request_timeout)
-
-    pids = list(sut.roles)
-    cpu_before = cpu_by_pid(pids)
-    begin = trio.current_time() + 0.05
-    async with trio.open_nursery() as nursery:
-        for i in range(n):
-            await trio.sleep_until(begin + i * interval)
-            nursery.start_soon(one, i)
+    cpu_before = sut.cpu()
+    results = await h.open_loop(n, p.nominal / conc, lambda i: stream_once(
+        sut, {**body, "id": f"{tag}-{i}"}, p.chunks, p.request_timeout))
     await trio.sleep(0.1)
-    cpu_after = cpu_by_pid(pids)
-    cpu_ms = sum(cpu_after[pid] - cpu_before[pid] for pid in pids) * 1000
-    done = [r for r in results if r is not None]
-    ok = [r for r in done if r.ok]
+    cpu_ms = sum(_cpu_ms_by_role(cpu_before, sut.cpu()).values())
+    ok = [r for r in results if r.ok]
     ttfts = [r.ttft * 1000 for r in ok]
     span = (max(r.start + r.total for r in ok) - min(r.start for r in ok)) if ok else 0.0
-    errors = sorted({r.error for r in done if not r.ok})
+    errors = sorted({r.error for r in results if not r.ok})
     return {
         "system": sut.name, "concurrency": conc, "requests": n, "ok": len(ok),
         "errors": errors[:5],
-        "p50": pct(ttfts, 50), "p90": pct(ttfts, 90), "p99": pct(ttfts, 99),
-        "duration_p50": pct([r.total * 1000 for r in ok], 50),
+        "p50": h.pct(ttfts, 50), "p90": h.pct(ttfts, 90), "p99": h.pct(ttfts, 99),
+        "duration_p50": h.pct([r.total * 1000 for r in ok], 50),
         "in_flight": sum(r.total for r in ok) / span if span > 0 else 0.0,
         "cpu_ms_per_stream": cpu_ms / n,
     }
 
 
-async def cpu_round(sut: System, p: Params, tag: str) -> dict:
+async def cpu_round(sut: h.System, p: Params, tag: str) -> dict[str, Any]:
     """cpu_streams concurrent instant streams of cpu_chunks chunks; CPU of every process
     of the system from just before the first request to 0.1 s after the last response."""
-    sut.check_processes()
+    sut.check()
     body = {"model": "stub", "messages": [{"role": "user", "content": "hi"}], "stream": True,
             "chunks": p.cpu_chunks, "first_delay": 0, "gap": 0}
-    results: list[StreamResult | None] = [None] * p.cpu_streams
+    results: list[h.Result] = []
 
     async def one(i: int) -> None:
-        req = request_bytes(sut.port, {**body, "id": f"{tag}-{i}"})
-        results[i] = await stream_once(sut.port, req, p.cpu_chunks + 1, p.request_timeout)
+        results.append(await stream_once(sut, {**body, "id": f"{tag}-{i}"}, p.cpu_chunks,
+                                         p.request_timeout))
 
-    pids = list(sut.roles)
-    before = cpu_by_pid(pids)
+    before = sut.cpu()
     w0 = perf_counter()
     async with trio.open_nursery() as nursery:
         for i in range(p.cpu_streams):
             nursery.start_soon(one, i)
     wall = perf_counter() - w0
     await trio.sleep(0.1)  # let the system finish its per-stream clean-up
-    after = cpu_by_pid(pids)
-    sut.check_processes()
-    done = [r for r in results if r is not None]
-    chunks = sum(r.events for r in done)
-    by_role: dict[str, float] = {}
-    for pid in pids:
-        role = sut.roles[pid]
-        by_role[role] = by_role.get(role, 0.0) + (after[pid] - before[pid]) * 1000
+    by_role = _cpu_ms_by_role(before, sut.cpu())
+    sut.check()
+    chunks = sum(r.events for r in results)  # content events and the final one
     total_ms = sum(by_role.values())
     return {
-        "system": sut.name, "streams": p.cpu_streams, "ok": sum(r.ok for r in done),
-        "errors": sorted({r.error for r in done if not r.ok})[:5],
+        "system": sut.name, "streams": p.cpu_streams, "ok": sum(r.ok for r in results),
+        "errors": sorted({r.error for r in results if not r.ok})[:5],
         "chunks": chunks, "cpu_ms": total_ms, "cpu_ms_by_role": by_role, "wall_s": wall,
         "cpu_ms_per_1k": total_ms / chunks * 1000 if chunks else float("nan"),
         "chunks_per_s": chunks / wall if wall > 0 else float("nan"),
     }
 
 
-async def check_same_chunks(direct: System, gateway: System, p: Params) -> None:
+async def check_same_chunks(direct: h.System, gateway: h.System, p: Params) -> None:
     """Warm both systems up, and check they answer with the same chunk JSON."""
     firsts = []
     for sut in (direct, gateway):
         body = {"model": "stub", "stream": True, "chunks": 3, "first_delay": 0, "gap": 0,
                 "id": "check"}
-        res = await stream_once(sut.port, request_bytes(sut.port, body), 4, p.request_timeout)
+        res = await stream_once(sut, body, 3, p.request_timeout)
         if not res.ok:
             raise RuntimeError(f"{sut.name} failed the check request: {res.error}\n"
-                               f"{tail(sut.log)}")
-        first = json.loads(res.first_event.partition(b":")[2])
+                               f"{h.tail(sut.log)}")
+        first = json.loads(res.first_payload.partition(b":")[2])
         first.pop("created_at", None)
         firsts.append(first)
     if firsts[0] != firsts[1]:
@@ -492,31 +227,9 @@ async def check_same_chunks(direct: System, gateway: System, p: Params) -> None:
         await cpu_round(sut, dataclasses.replace(p, cpu_streams=min(p.cpu_streams, 5)), "warm")
 
 
-async def run_all(direct: System, gateway: System, p: Params) -> dict:
-    """All measurements, under one deadline; SIGTERM stops them cleanly (KeyboardInterrupt
-    is raised once trio has unwound, so the caller's clean-up runs as for Ctrl-C)."""
-    out: dict = {"ttft": {}, "cpu": []}
-    interrupted = False
-    with trio.fail_after(p.max_seconds):
-        async with trio.open_nursery() as nursery:
-
-            async def watch_sigterm() -> None:
-                nonlocal interrupted
-                with trio.open_signal_receiver(signal.SIGTERM) as signals:
-                    async for _ in signals:
-                        interrupted = True
-                        nursery.cancel_scope.cancel()
-                        return
-
-            nursery.start_soon(watch_sigterm)
-            await _measure(direct, gateway, p, out)
-            nursery.cancel_scope.cancel()
-    if interrupted:
-        raise KeyboardInterrupt
-    return out
-
-
-async def _measure(direct: System, gateway: System, p: Params, out: dict) -> None:
+async def measure(direct: h.System, gateway: h.System, p: Params) -> dict[str, Any]:
+    """Every measurement, direct and aogstream alternating round by round."""
+    out: dict[str, Any] = {"ttft": {}, "cpu": []}
     systems = (direct, gateway)
     await check_same_chunks(direct, gateway, p)
     for conc in p.concurrencies:
@@ -524,64 +237,53 @@ async def _measure(direct: System, gateway: System, p: Params, out: dict) -> Non
         for r in range(p.ttft_rounds):
             for sut in systems:  # A, B, A, B …
                 res = await ttft_round(sut, p, conc, p.requests[conc], f"c{conc}r{r}")
-                progress(f"TTFT c={conc} round {r + 1}/{p.ttft_rounds} {sut.name:9} "
-                         f"p50 {res['p50']:.2f} ms  p99 {res['p99']:.2f} ms  "
-                         f"ok {res['ok']}/{res['requests']}")
+                h.progress(f"TTFT c={conc} round {r + 1}/{p.ttft_rounds} {sut.name:9} "
+                           f"p50 {res['p50']:.2f} ms  p99 {res['p99']:.2f} ms  "
+                           f"ok {res['ok']}/{res['requests']}")
                 rounds.append(res)
                 await trio.sleep(0.2)
         out["ttft"][conc] = rounds
     for r in range(p.cpu_rounds):
         for sut in systems:
             res = await cpu_round(sut, p, f"cpu{r}")
-            progress(f"CPU round {r + 1}/{p.cpu_rounds} {sut.name:9} "
-                     f"{res['cpu_ms_per_1k']:.1f} ms/1k chunks  "
-                     f"{res['chunks_per_s']:.0f} chunks/s  ok {res['ok']}/{res['streams']}")
+            h.progress(f"CPU round {r + 1}/{p.cpu_rounds} {sut.name:9} "
+                       f"{res['cpu_ms_per_1k']:.1f} ms/1k chunks  "
+                       f"{res['chunks_per_s']:.0f} chunks/s  ok {res['ok']}/{res['streams']}")
             out["cpu"].append(res)
             await trio.sleep(0.2)
-
-
-def run_trio(*args: object) -> dict:
-    """trio.run(run_all, …), with a lone exception taken out of its ExceptionGroup."""
-    try:
-        return trio.run(run_all, *args)
-    except BaseExceptionGroup as group:
-        leaves: list[BaseException] = []
-        todo: list[BaseException] = [group]
-        while todo:
-            exc = todo.pop()
-            if isinstance(exc, BaseExceptionGroup):
-                todo.extend(exc.exceptions)
-            else:
-                leaves.append(exc)
-        if len(leaves) == 1:
-            raise leaves[0] from None
-        raise
+    return out
 
 
 # ---- report ---------------------------------------------------------------------------
 
 
-def report(p: Params, data: dict, direct: System, gateway: System, load_start: str,
-           load_end: str, started_at: str, elapsed: float, foreign: float) -> str:
-    lines = [
-        "# relay_stream: a streamed chat answer relayed from a plugin (SSE)",
-        "",
-        f"- mode **{p.mode}**, {started_at}, {elapsed:.0f} s; {os.cpu_count()} CPUs, "
-        f"load average at start **{load_start}**, at end {load_end}; "
-        f"Python {platform.python_version()}",
+def _processes(sut: h.System, rs: list[dict[str, Any]]) -> str:
+    """Per-role split of the CPU figure (ms per 1k chunks, median over rounds)."""
+    roles = list(sut.roles.values())
+    parts = []
+    for role in sorted(set(roles)):
+        who = (f"{next(pid for pid, rl in sut.roles.items() if rl == role)}"
+               if roles.count(role) == 1 else f"×{roles.count(role)}")
+        share = h.med([r["cpu_ms_by_role"].get(role, 0.0) / r["chunks"] * 1000
+                       for r in rs if r["chunks"]])
+        parts.append(f"{role} {who}: {h.fmt(share, 1)}")
+    return "; ".join(parts)
+
+
+def report(bench: h.Bench, p: Params, data: dict[str, Any]) -> str:
+    direct, gateway = bench.systems["direct"], bench.systems["aogstream"]
+    lines = bench.header("relay_stream: a streamed chat answer relayed from a plugin (SSE)", [
         f"- direct = `benchmarks/stub_sse.py` (trio raw sockets); aogstream = gateway + "
-        f"`{PLUGIN_NAME}` plugin over gRPC; client: one trio process, raw sockets, one "
-        f"connection per request, all on {HOST}",
+        f"`{PLUGIN_NAME}` plugin over gRPC; one connection per request",
         f"- TTFT runs: T0 = {p.t0 * 1000:g} ms, N = {p.chunks}, Δ = {p.gap * 1000:g} ms; "
         f"open loop, one request every (T0 + N·Δ)/c; {p.ttft_rounds} rounds per system "
         f"(direct, aogstream alternating) of "
         + ", ".join(f"{p.requests[c]} requests at c={c}" for c in p.concurrencies),
         f"- CPU runs: instant mode (T0 = Δ = 0), {p.cpu_streams} concurrent streams × "
         f"{p.cpu_chunks} chunks (+1 final), {p.cpu_rounds} rounds per system; CPU = "
-        f"utime+stime from /proc/PID/stat ({1000 / CLK_TCK:g} ms ticks)",
-        f"- other processes on the machine (not this client, not the systems under test) "
-        f"used **{foreign:.2f} CPUs** on average during the measurements",
-        "",
+        f"utime+stime from /proc/PID/stat ({1000 / h.CLK_TCK:g} ms ticks)",
+    ])
+    lines += [
         "## Time to first chunk (ms)",
         "",
         "TTFT = request sent → first complete `data:` event. TTFT columns: median over rounds "
@@ -594,21 +296,22 @@ def report(p: Params, data: dict, direct: System, gateway: System, load_start: s
     ]
     for conc, rounds in data["ttft"].items():
         by = {s: [r for r in rounds if r["system"] == s] for s in ("direct", "aogstream")}
-        added = {q: med([b[q] - a[q] for a, b in zip(by["direct"], by["aogstream"],
-                                                     strict=True)])
+        added = {q: h.med([b[q] - a[q] for a, b in zip(by["direct"], by["aogstream"],
+                                                       strict=True)])
                  for q in ("p50", "p90", "p99")}
         for s, rs in by.items():
             ok = sum(r["ok"] for r in rs)
             total = sum(r["requests"] for r in rs)
-            cells = [str(conc), s] + [fmt(med([r[q] for r in rs])) for q in ("p50", "p90", "p99")]
+            cells = [str(conc), s] + [h.fmt(h.med([r[q] for r in rs]))
+                                      for q in ("p50", "p90", "p99")]
             if s == "direct":
                 cells += ["—", "—", "—"]
             else:
-                cells += [f"**{fmt(added['p50'], sign=True)}**", fmt(added["p90"], sign=True),
-                          fmt(added["p99"], sign=True)]
-            cells += [fmt(med([r["duration_p50"] for r in rs]), 1),
-                      fmt(med([r["in_flight"] for r in rs]), 1),
-                      fmt(med([r["cpu_ms_per_stream"] for r in rs])), f"{ok}/{total}"]
+                cells += [f"**{h.fmt(added['p50'], sign=True)}**",
+                          h.fmt(added["p90"], sign=True), h.fmt(added["p99"], sign=True)]
+            cells += [h.fmt(h.med([r["duration_p50"] for r in rs]), 1),
+                      h.fmt(h.med([r["in_flight"] for r in rs]), 1),
+                      h.fmt(h.med([r["cpu_ms_per_stream"] for r in rs])), f"{ok}/{total}"]
             lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -624,32 +327,21 @@ def report(p: Params, data: dict, direct: System, gateway: System, load_start: s
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     cpu = {s: [r for r in data["cpu"] if r["system"] == s] for s in ("direct", "aogstream")}
-    base = med([r["cpu_ms_per_1k"] for r in cpu["direct"]])
+    base = h.med([r["cpu_ms_per_1k"] for r in cpu["direct"]])
     for s, sut in (("direct", direct), ("aogstream", gateway)):
         rs = cpu[s]
-        per_k = med([r["cpu_ms_per_1k"] for r in rs])
-        roles = sorted(set(sut.roles.values()))
-        parts = []
-        for role in roles:
-            pid = next(pid for pid, rl in sut.roles.items() if rl == role)
-            share = med([r["cpu_ms_by_role"].get(role, 0.0) / r["chunks"] * 1000
-                         for r in rs if r["chunks"]])
-            parts.append(f"{role} {pid}: {fmt(share, 1)}")
-        ratio = "1.00×" if s == "direct" else f"**{fmt(per_k / base)}×**"
-        added = "—" if s == "direct" else fmt(per_k - base, 1, sign=True)
+        per_k = h.med([r["cpu_ms_per_1k"] for r in rs])
+        ratio = "1.00×" if s == "direct" else f"**{h.fmt(per_k / base)}×**"
+        added = "—" if s == "direct" else h.fmt(per_k - base, 1, sign=True)
         lines.append(
-            f"| {s} | {'; '.join(parts)} | **{fmt(per_k, 1)}** | {ratio} | {added} | "
-            f"{fmt(med([r['chunks_per_s'] for r in rs]), 0)} | "
+            f"| {s} | {_processes(sut, rs)} | **{h.fmt(per_k, 1)}** | {ratio} | {added} | "
+            f"{h.fmt(h.med([r['chunks_per_s'] for r in rs]), 0)} | "
             f"{sum(r['ok'] for r in rs)}/{sum(r['streams'] for r in rs)} |")
     lines += [
         "",
         "CPU columns: median over rounds; `processes measured` splits the median per process "
         "(ms per 1k chunks). Ratio = aogstream / direct.",
     ]
-    if foreign > 0.25 or float(load_start.split()[0]) >= 0.5 * (os.cpu_count() or 1):
-        lines[3:3] = ["- **warning: the machine was busy** (load average / other processes "
-                      "above): wall-clock figures (TTFT, chunks/s) are inflated and noisy; "
-                      "CPU figures suffer less. Rerun on a quiet machine to quote numbers."]
     errs = sorted({e for r in [*data["cpu"], *(x for v in data["ttft"].values() for x in v)]
                    for e in r["errors"]})
     if errs:
@@ -679,7 +371,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--request-timeout", type=float, default=30.0, help="per request, s")
     ap.add_argument("--max-seconds", type=float, default=0.0,
                     help="deadline for all measurements (default: quick 240, full 1200)")
-    ap.add_argument("--out", type=Path, default=RESULTS / "relay_stream.md")
+    ap.add_argument("--out", type=Path, default=h.RESULTS / "relay_stream.md")
     ap.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
     return ap.parse_args(argv)
 
@@ -687,65 +379,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     p = build_params(args)
-    args_out, keep = args.out, args.keep_logs
-    load_start = loadavg()
-    started_at = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    progress(f"relay_stream {p.mode}: load average {load_start}, {os.cpu_count()} CPUs")
-    t_begin = time.monotonic()
 
-    def on_term(_sig: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    tmp = Path(tempfile.mkdtemp(prefix="relay_stream-"))
-    started: list[System] = []
-    failed = True
-    try:
-        direct = start_direct(tmp, started)
-        gateway = start_gateway(tmp, started)
-        progress(f"direct stub pid {direct.proc.pid} on :{direct.port}; gateway "
-                 + ", ".join(f"{role} {pid}" for pid, role in gateway.roles.items())
-                 + f" on :{gateway.port}")
-        ours = [os.getpid(), *direct.roles, *gateway.roles]
-        own0, busy0, w0 = sum(cpu_by_pid(ours).values()), machine_busy(), time.monotonic()
-        try:
-            data = run_trio(direct, gateway, p)
-        except trio.TooSlowError:
-            raise RuntimeError(f"the measurements took over {p.max_seconds:.0f} s "
-                               "(--max-seconds); stopped") from None
-        own1, busy1, w1 = sum(cpu_by_pid(ours).values()), machine_busy(), time.monotonic()
-        foreign = max(0.0, (busy1 - busy0) - (own1 - own0)) / max(w1 - w0, 1e-9)
-        load_end = loadavg()
-        md = report(p, data, direct, gateway, load_start, load_end, started_at,
-                    time.monotonic() - t_begin, foreign)
-        print(md)
-        args_out.parent.mkdir(parents=True, exist_ok=True)
-        args_out.write_text(md)
-        raw = {"params": {**p.__dict__, "requests": {str(k): v for k, v in p.requests.items()}},
-               "load_start": load_start, "load_end": load_end, "started_at": started_at,
-               "foreign_cpus": foreign,
-               "processes": {s.name: {str(k): v for k, v in s.roles.items()}
-                             for s in (direct, gateway)},
-               "ttft_rounds": {str(k): v for k, v in data["ttft"].items()},
-               "cpu_rounds": data["cpu"]}
-        args_out.with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
-        progress(f"wrote {args_out} and {args_out.with_suffix('.json')}")
-        failed = False
+    def body() -> int:
+        # no stub engine: the direct server and the stub plugin make the chunks themselves
+        with h.Bench("relay_stream", args.quick, systems=(), engine=False,
+                     keep_logs=args.keep_logs) as bench:
+            direct = bench.adopt(start_direct(bench.tmp))
+            gateway = bench.adopt(start_gateway(bench.tmp))
+            for sut in (direct, gateway):
+                h.progress(f"{sut.name} on :{sut.port}: " + ", ".join(
+                    f"{role} {pid}" for pid, role in sut.roles.items()))
+            data = bench.run(measure, direct, gateway, p, max_seconds=p.max_seconds)
+            md = report(bench, p, data)
+            print(md)
+            raw = {"params": {**p.__dict__,
+                              "requests": {str(k): v for k, v in p.requests.items()}},
+                   "ttft_rounds": {str(k): v for k, v in data["ttft"].items()},
+                   "cpu_rounds": data["cpu"]}
+            bench.save(md, raw, None, args.out)
         return 0
-    except KeyboardInterrupt:
-        progress("interrupted")
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        for sut in reversed(started):
-            try:
-                stop(sut)
-            except Exception as exc:  # noqa: BLE001 - stop the others anyway
-                progress(f"could not stop {sut.name}: {exc}")
-        if keep or failed:
-            progress(f"logs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    return h.script_main(body)
 
 
 if __name__ == "__main__":

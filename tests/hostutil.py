@@ -14,7 +14,7 @@ import trio
 
 from aogstream.config import Config
 from aogstream.host.client import PluginClient
-from aogstream.host.process import ProcessPlugin
+from aogstream.host.process import PluginSupervisor
 from aogstream.manifest import load_manifest
 from aogstream.rpc.bridge import GrpcLoop
 
@@ -24,7 +24,7 @@ ECHO_PLUGIN = Path(__file__).parent / "plugins" / "echo-plugin"
 @asynccontextmanager
 async def running_plugin(
     path: os.PathLike[str] | str = ECHO_PLUGIN, **config_overrides: Any
-) -> AsyncIterator[tuple[ProcessPlugin, PluginClient]]:
+) -> AsyncIterator[tuple[PluginSupervisor, PluginClient]]:
     """Launch the plugin in `path` under supervision and yield `(plugin, client)`.
 
     `config_overrides` are `Config` fields (e.g. `plugin_stop_grace=0.5`). The plugin is
@@ -34,7 +34,7 @@ async def running_plugin(
     overrides.update(config_overrides)
     async with GrpcLoop.open() as grpc_loop:
         manifest = load_manifest(path)
-        plugin = ProcessPlugin(manifest, Config(**overrides), grpc_loop)
+        plugin = PluginSupervisor(manifest, Config(**overrides), grpc_loop)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(plugin.supervise)

@@ -10,10 +10,13 @@ terminal, a model pull with progress, and speech to text from a file and in real
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -412,34 +415,73 @@ def test_pull_shows_progress_and_delete_removes(engines):
 
 class _SlowModel(BaseHTTPRequestHandler):
     """Trickles at most 9 MB of a 10 MB "model" (so progress events flow), then stalls
-    until the test ends: a pull that is surely still running when it is interrupted."""
+    until the test ends: a pull that is surely still running when it is interrupted.
+    `hung_up` is set the moment the downloader closes its connection, which is how the
+    test knows the cancel reached the download itself and not just the CLI."""
 
     done = threading.Event()
+    hung_up = threading.Event()
 
     def do_GET(self):
         self.send_response(200)
         self.send_header("Content-Length", str(10_000_000))
         self.end_headers()
-        for _ in range(90):
-            if self.done.wait(0.1):
-                return
-            self.wfile.write(b"\0" * 100_000)
-            self.wfile.flush()
-        self.done.wait(60)
+        try:
+            for _ in range(90):
+                if self.done.wait(0.1) or self._peer_closed():
+                    return
+                self.wfile.write(b"\0" * 100_000)
+                self.wfile.flush()
+            while not self.done.is_set():
+                if self._peer_closed(timeout=0.05):
+                    return
+        except OSError:  # the downloader hung up in the middle of a write
+            type(self).hung_up.set()
+
+    def _peer_closed(self, timeout: float = 0.0) -> bool:
+        ready, _, _ = select.select([self.connection], [], [], timeout)
+        if ready and not self.connection.recv(1, socket.MSG_PEEK):
+            type(self).hung_up.set()
+            return True
+        return False
 
     def log_message(self, *args):
         pass
 
 
+@contextlib.contextmanager
+def _sigint_as_from_a_terminal():
+    """Give the children started here SIGINT at its default, as a shell gives its
+    foreground job when the user presses Ctrl-C in a terminal.
+
+    A test runner started in the background of a non-interactive shell (as `cmd &` in
+    a script) inherits SIGINT *ignored*; Python then leaves it ignored, and so does every
+    child it starts, so a SIGINT sent to the CLI would be dropped without a trace and
+    the CLI would go on pulling. That, and not the CLI, is why this test failed in such
+    runs. A Python-level handler in this process is reset to the default in a child on
+    exec, which is exactly the terminal's disposition."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_cancels_a_pull(engines):
+    """Ctrl-C on a pull stuck on a stalled server: the CLI exits 130 saying it was
+    canceled, the gateway stops the plugin's download (the server sees the downloader
+    hang up long before any read timeout), and no partial model is left listed."""
+    _SlowModel.done.clear()
+    _SlowModel.hung_up.clear()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowModel)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/stalled-e5.bin"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AOGSTREAM_", "AOG_"))}
-    proc = subprocess.Popen([sys.executable, "-m", "aogstream", "pull", url, "--for", "embed",
-                             "--provider", EMBED_PROVIDER], cwd=REPO, text=True,
-                            env={**env, "AOG_HOST": engines.url, "PYTHONUNBUFFERED": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with _sigint_as_from_a_terminal():
+        proc = subprocess.Popen([sys.executable, "-m", "aogstream", "pull", url, "--for",
+                                 "embed", "--provider", EMBED_PROVIDER], cwd=REPO, text=True,
+                                env={**env, "AOG_HOST": engines.url, "PYTHONUNBUFFERED": "1"},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         seen = []
         while not any("%" in ln for ln in seen):  # progress shows: the pull is under way
@@ -450,6 +492,8 @@ def test_ctrl_c_cancels_a_pull(engines):
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, (out, err)
         assert "canceled" in err, err
+        # far below the plugin's 30 s read timeout: the cancel reached the download
+        assert _SlowModel.hung_up.wait(15), "the plugin kept downloading after Ctrl-C"
         models = ok(cli("get", "models", "-p", EMBED_PROVIDER, url=engines.url))
         assert "stalled-e5" not in models, models
     finally:

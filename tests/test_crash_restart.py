@@ -1,6 +1,8 @@
 """A plugin process that dies: every call it was serving ends at once with an error
 naming it, the host restarts it (backoff 0.2 s here), and no request ever hangs while
-it is down or restarting. The tests run in order on one gateway of this module."""
+it is down or restarting. The tests share one gateway of this module, but each sets up
+its own crash and waits for the plugin to be running first, so any one of them can run
+alone or in any order."""
 
 from __future__ import annotations
 
@@ -33,10 +35,6 @@ def assert_comes_back(gw: Gateway, old_pid: int, min_restarts: int = 1) -> None:
     assert gw.events("unary", id=tag)[0]["pid"] == p["pid"]
 
 
-# What each crash answered, for test_crash_errors_say_restarting at the end.
-CRASH_ERRORS: list[tuple[str, int, dict]] = []
-
-
 def crash_unary(gw: Gateway) -> tuple[httpx.Response, float]:
     t0 = time.monotonic()
     r = httpx.post(gw.service_url("generate"), json={"id": new_id("crash"), "crash": True},
@@ -49,13 +47,11 @@ def crash_unary(gw: Gateway) -> tuple[httpx.Response, float]:
     body = r.json()
     assert isinstance(body.get("business_code"), int), body
     assert "echo-plugin" in body["message"], f"error should name the plugin: {body}"
-    CRASH_ERRORS.append(("unary", r.status_code, body))
     return r, elapsed
 
 
 def test_unary_crash(gw: Gateway):
-    before = gw.plugin()
-    assert before["state"] == "running", before
+    before = gw.wait_plugin_running()
     crash_unary(gw)
     assert_comes_back(gw, before["pid"], min_restarts=before["restarts"] + 1)
 
@@ -85,22 +81,31 @@ class StreamThread(threading.Thread):
             self.ended_at = time.monotonic()
 
 
-def test_stream_crash_ends_every_open_stream(gw: Gateway):
-    before = gw.wait_plugin_running()
-    others = [StreamThread(gw, {"id": new_id(f"other{i}"), "stream": True, "tokens": 10_000,
-                                "interval": 0.05}) for i in range(2)]
-    for t in others:
+def crash_a_stream(gw: Gateway, others: int) -> tuple[StreamThread, list[StreamThread], float]:
+    """`others` long streams open on the plugin, then one that crashes it after 3 tokens.
+    Returns once every stream has ended (each within 10 s): the crasher, the others and
+    when the crasher was started."""
+    bystanders = [StreamThread(gw, {"id": new_id(f"other{i}"), "stream": True,
+                                    "tokens": 10_000, "interval": 0.05})
+                  for i in range(others)]
+    for t in bystanders:
         t.start()
-    for t in others:
+    for t in bystanders:
         assert gw.wait_event("stream-start", timeout=5, id=t.req["id"]), "stream never started"
     crasher = StreamThread(gw, {"id": new_id("crasher"), "stream": True, "tokens": 10,
                                 "interval": 0.05, "crash_after": 3})
     t0 = time.monotonic()
     crasher.start()
-    for t in [crasher, *others]:
+    for t in [crasher, *bystanders]:
         t.join(timeout=10)
         assert not t.is_alive(), f"stream {t.req['id']} still open 10 s after the crash"
         assert t.exc is None, f"stream {t.req['id']} broke instead of ending: {t.exc!r}"
+    return crasher, bystanders, t0
+
+
+def test_stream_crash_ends_every_open_stream(gw: Gateway):
+    before = gw.wait_plugin_running()
+    crasher, others, t0 = crash_a_stream(gw, others=2)
     crash_at = gw.events("stream-start", id=crasher.req["id"])[0]["t"]
     print(f"\ncrasher ended {crasher.ended_at - t0:.2f} s after its start; others ended "
           f"{[round(t.ended_at - crash_at, 2) for t in others]} s after the crashing call began")
@@ -112,7 +117,6 @@ def test_stream_crash_ends_every_open_stream(gw: Gateway):
     assert ev[-1].get("business_code") in UNAVAILABLE, ev[-1]
     assert ev[-1].get("finished") is True, ev[-1]
     assert "echo-plugin" in ev[-1].get("message", ""), ev[-1]
-    CRASH_ERRORS.append(("stream", crasher.status, ev[-1]))
     assert crasher.ended_at - t0 < PROMPT, f"crashed stream took {crasher.ended_at - t0:.2f} s"
 
     for t in others:
@@ -120,7 +124,6 @@ def test_stream_crash_ends_every_open_stream(gw: Gateway):
         assert t.status == 200 and len(ev) >= 2, ev
         assert ev[-1].get("business_code") in UNAVAILABLE, f"{t.req['id']} last event {ev[-1]}"
         assert ev[-1].get("finished") is True, ev[-1]
-        CRASH_ERRORS.append(("other stream", t.status, ev[-1]))
         assert t.ended_at - crash_at < PROMPT, (
             f"{t.req['id']} ended {t.ended_at - crash_at:.2f} s after the crash")
     assert_comes_back(gw, before["pid"], min_restarts=before["restarts"] + 1)
@@ -200,14 +203,26 @@ def test_websocket_crash(gw: Gateway):
     assert_comes_back(gw, before["pid"], min_restarts=before["restarts"] + 1)
 
 
-def test_crash_errors_say_restarting():
-    """Every crash error (unary response, stream's last event) is a 502/503 that names
-    the plugin and says it is being restarted."""
-    if not CRASH_ERRORS:
-        pytest.skip("no crash was recorded (earlier tests failed)")
-    for kind, status, body in CRASH_ERRORS:
+def test_crash_errors_say_restarting(gw: Gateway):
+    """Every crash error (the unary response, the crashing stream's last event, the last
+    event of a stream that was open beside it) is a 502/503 that names the plugin and
+    says it is being restarted. Its own crashes: one unary call, then one stream."""
+    errors: list[tuple[str, int | None, dict]] = []
+    before = gw.wait_plugin_running()
+    r, _ = crash_unary(gw)
+    errors.append(("unary", r.status_code, r.json()))
+    assert_comes_back(gw, before["pid"], min_restarts=before["restarts"] + 1)
+
+    before = gw.wait_plugin_running()
+    crasher, others, _ = crash_a_stream(gw, others=1)
+    for kind, t in (("stream", crasher), *(("other stream", o) for o in others)):
+        assert t.reader.events, f"{kind} {t.req['id']} ended without an event"
+        errors.append((kind, t.status, t.reader.events[-1]))
+    assert_comes_back(gw, before["pid"], min_restarts=before["restarts"] + 1)
+
+    for kind, status, body in errors:
         print(f"{kind}: {status} {body}")
-    bad = [(k, s, b) for k, s, b in CRASH_ERRORS
+    bad = [(k, s, b) for k, s, b in errors
            if s not in (200, 502, 503) or b.get("business_code") not in UNAVAILABLE
            or "restart" not in b.get("message", "")]
     assert not bad, f"crash errors that do not say the plugin is restarting: {bad}"

@@ -8,8 +8,10 @@ import json
 import shutil
 import sqlite3
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -642,3 +644,47 @@ def test_background_pull_goes_downloading_then_downloaded(embed_gw):
     assert [r["status"] for r in failed] == ["failed"]
     ok(call(gw, "DELETE", "/model", body={"provider_name": EMBED_PROVIDER,
                                           "model_name": "no-such-model"}), 30000)
+
+
+class _ModelFile(BaseHTTPRequestHandler):
+    """Serves one small "model" file over loopback HTTP."""
+
+    body = b"not really a model, but a file to pull\n" * 100
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_model_pulled_from_a_url_is_listed_under_its_name_and_deletes(embed_gw):
+    """The plugin stores a URL's file under the file's stem; the store names it the same,
+    so the listed name is the one DELETE /model (and the plugin) accepts."""
+    gw, models = embed_gw
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ModelFile)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/files/url-pulled.bin"
+        events = pull_stream(gw, {"provider_name": EMBED_PROVIDER, "model_name": url})
+        assert events[-1]["status"] == "success", events
+    finally:
+        server.shutdown()
+        server.server_close()
+    names = {r["model_name"]: r for r in model_rows(gw, provider_name=EMBED_PROVIDER)}
+    assert "url-pulled" in names and url not in names, names
+    assert names["url-pulled"]["status"] == "downloaded"
+    assert names["url-pulled"]["size"] == len(_ModelFile.body)
+    assert (models / "url-pulled" / "model.json").is_file()
+    ok(call(gw, "DELETE", "/model", body={"provider_name": EMBED_PROVIDER,
+                                          "model_name": "url-pulled"}), 30000)
+    assert not (models / "url-pulled").exists()
+    assert "url-pulled" not in {r["model_name"] for r in
+                                model_rows(gw, provider_name=EMBED_PROVIDER)}
+    # a URL without a file name to name the model after is refused up front
+    refused(call(gw, "POST", "/model", body={"provider_name": EMBED_PROVIDER,
+                                             "model_name": "http://127.0.0.1:9/"}),
+            400, 30001, "cannot name a model", "http://127.0.0.1:9/")

@@ -639,20 +639,81 @@ def test_from_dict_type_errors_name_key():
 def test_plugin_error():
     err = m.PluginError(m.ERR_CODE_MODEL_PULL_FAILED, "pull failed", "disk full")
     assert str(err) == "Plugin error (code=3001): pull failed"
-    assert isinstance(err, Exception)
+    assert (err.code, err.message, err.details) == (3001, "pull failed", "disk full")
     assert err.to_dict() == {"code": 3001, "message": "pull failed", "details": "disk full"}
     assert m.PluginError(11, "boom").to_dict() == {"code": 11, "message": "boom"}
     with pytest.raises(m.PluginError, match=r"code=12"):
         raise m.PluginError.from_dict({"code": m.ERR_CODE_UNAVAILABLE, "message": "down"})
 
 
-def test_constants():
-    assert (m.PLUGIN_TYPE_LOCAL, m.PLUGIN_TYPE_REMOTE) == ("local", "remote")
-    assert m.ERR_CODE_SUCCESS == 0
-    assert m.ERR_CODE_UNAVAILABLE == 12
-    assert m.ERR_CODE_SERVICE_BIDIRECTIONAL_NOT_SUPPORTED == 4006
-    assert m.SERVICE_TYPE_SPEECH_TO_TEXT_WS == "speech-to-text-ws"
-    assert (m.PLUGIN_STATUS_RUNNING, m.PLUGIN_STATUS_STOPPED, m.PLUGIN_STATUS_UNLOAD) == (1, 2, 3)
-    assert m.GPU_TYPE_INTEL_ARC == "intel_arc"
+def exported(prefix: str) -> dict[str, object]:
+    """The module's public constants whose names start with `prefix`."""
+    return {name: getattr(m, name) for name in m.__all__ if name.startswith(prefix)}
+
+
+def test_every_exported_name_exists():
     for name in m.__all__:
         assert hasattr(m, name), name
+
+
+def test_error_codes_are_the_sdks_and_distinct():
+    """AOG's spec §1.4 (plugin-sdk/types/common.go): 0..14 in this order, then families
+    1000–1005 plugin, 2000–2006 engine, 3000–3005 model, 4000–4006 service. Distinct,
+    because the host reads a plugin's code back into one meaning."""
+    general = ["SUCCESS", "UNKNOWN", "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS",
+               "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
+               "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+               "UNAUTHENTICATED"]
+    assert [getattr(m, f"ERR_CODE_{name}") for name in general] == list(range(15))
+    codes = exported("ERR_CODE_")
+    assert len(set(codes.values())) == len(codes), codes
+    families = {"PLUGIN": range(1000, 1006), "ENGINE": range(2000, 2007),
+                "MODEL": range(3000, 3006), "SERVICE": range(4000, 4007)}
+    for name, code in codes.items():
+        family = name.removeprefix("ERR_CODE_").split("_")[0]
+        assert code in families.get(family, range(15)), (name, code)
+    # the plugin, engine and model families are complete, as the spec's ranges say
+    for family in ("PLUGIN", "ENGINE", "MODEL"):
+        assert sorted(v for n, v in codes.items() if n.startswith(f"ERR_CODE_{family}_")) \
+            == list(families[family]), family
+    assert m.ERR_CODE_SERVICE_BIDIRECTIONAL_NOT_SUPPORTED == 4006
+
+
+def test_name_constants_are_the_wire_values_of_aogs_spec():
+    """The strings and numbers a manifest, an RPC or the plugin list carries, as AOG's spec
+    spells them (each set distinct: one value, one meaning)."""
+    # §1.6: provider.type "local" | "remote"
+    assert (m.PLUGIN_TYPE_LOCAL, m.PLUGIN_TYPE_REMOTE) == ("local", "remote")
+    # §1.6: protocol "HTTP"/"HTTPS"/"GRPC"/"GRPC_STREAM"/"WEBSOCKET"/"WSS", case-insensitive;
+    # kept lower-case so a manifest's value compares after .lower()
+    protocols = exported("PROTOCOL_")
+    assert set(protocols.values()) == m.KNOWN_PROTOCOLS
+    assert all(p == p.lower() for p in m.KNOWN_PROTOCOLS)
+    assert {"HTTP", "HTTPS", "GRPC", "GRPC_STREAM", "WEBSOCKET", "WSS"} <= {
+        p.upper() for p in m.KNOWN_PROTOCOLS}
+    # §4: AOG's services, plus the SDK's vision and text-to-video
+    services = exported("SERVICE_TYPE_")
+    assert len(set(services.values())) == len(services)
+    assert set(services.values()) == {
+        "chat", "models", "generate", "embed", "rerank", "text-to-image", "text-to-speech",
+        "speech-to-text", "text-to-video", "image-to-video", "image-to-image",
+        "speech-to-text-ws", "vision"}
+    assert m.SERVICE_TYPE_SPEECH_TO_TEXT_WS == "speech-to-text-ws"
+    # §1.6 auth_type none/apikey/token/oauth/sign
+    assert set(exported("AUTH_TYPE_").values()) == {"none", "apikey", "token", "oauth", "sign"}
+    assert len(exported("AUTH_TYPE_")) == 5
+    # §1.7: the host's plugin status 1 running, 2 stopped, 3 unload
+    assert (m.PLUGIN_STATUS_RUNNING, m.PLUGIN_STATUS_STOPPED, m.PLUGIN_STATUS_UNLOAD) == (1, 2, 3)
+    # §5: an unset timeout is 60 s unary, 300 s for a stream
+    assert (m.DEFAULT_UNARY_TIMEOUT_S, m.DEFAULT_STREAM_TIMEOUT_S) == (60, 300)
+    # §1.6: <dir>/plugin.yaml, else <dir>/plugin.json
+    assert (m.MANIFEST_YAML, m.MANIFEST_JSON) == ("plugin.yaml", "plugin.json")
+    # device types (Nvidia/AMD/Intel Arc/none), invocation modes, operation statuses
+    assert set(exported("GPU_TYPE_").values()) == {"none", "nvidia", "amd", "intel_arc"}
+    assert len(exported("GPU_TYPE_")) == 4
+    modes = exported("INVOKE_MODE_")
+    assert sorted(modes.values()) == ["bidirectional", "streaming", "unary"]
+    statuses = exported("STATUS_")
+    assert len(set(statuses.values())) == len(statuses) == 5
+    # Go's zero time.Time, what an unset ModelInfo.modified_at is on the wire
+    assert m.ZERO_TIME == datetime(1, 1, 1, tzinfo=UTC)

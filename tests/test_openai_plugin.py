@@ -238,6 +238,13 @@ def test_wrong_key_is_a_clear_401(gw: Gateway, cloud: Cloud) -> None:
 
 
 def test_unreachable_base_url_is_a_quick_5xx(gw: Gateway, cloud: Cloud) -> None:
+    """A refused connection is reported at once, as "cannot reach", not after the
+    plugin's connect timeout ("could not connect ... within"), which a plugin that
+    retried or waited on a dead port would hit instead."""
+    # Quick is behaviour, not speed: nothing listens on the port, so the connect fails
+    # with ECONNREFUSED on the spot; waiting for a timeout would take CONNECT_TIMEOUT
+    # (5 s) or longer. Half of it leaves a busy machine a wide margin either way.
+    quick = load_plugin_module().CONNECT_TIMEOUT / 2
     closed = free_port()  # bound then released: nothing listens there
     set_key(gw, CHAT, auth_key(KEY, f"http://127.0.0.1:{closed}/v1"))
     try:
@@ -245,8 +252,11 @@ def test_unreachable_base_url_is_a_quick_5xx(gw: Gateway, cloud: Cloud) -> None:
             t0 = time.monotonic()
             r = chat(gw, model="gpt-4o-mini", stream=stream)
             took = time.monotonic() - t0
-            msg = refused(r, 503, f"127.0.0.1:{closed}", "base_url")
+            msg = refused(r, 503, f"127.0.0.1:{closed}", "base_url", "cannot reach")
             print(f"unreachable (stream={stream}): {r.status_code} in {took:.2f} s: {msg}")
+            assert took < quick, (
+                f"a refused connection took {took:.2f} s to surface (stream={stream}); "
+                f"connection refused must fail fast, not wait for a timeout")
     finally:
         set_key(gw, CHAT, auth_key(KEY, cloud.base_url))
 

@@ -1,5 +1,6 @@
 """Hosting plugin processes: go-plugin handshake and environment, every PluginClient
-method against the real echo plugin, stop, restart and discovery."""
+method against the real echo plugin, stop, restart, the provider that serves calls
+across a restart, and discovery."""
 
 import json
 import os
@@ -15,6 +16,7 @@ import pytest
 import trio
 from hostutil import ECHO_PLUGIN, running_plugin, wait_until
 
+from aogstream import errors
 from aogstream import manifest as m
 from aogstream.host.process import (
     COOKIE_KEY,
@@ -24,6 +26,7 @@ from aogstream.host.process import (
     parse_handshake,
     plugin_env,
 )
+from aogstream.invocation import Mode, open_invocation
 
 
 def req(**fields) -> bytes:
@@ -302,6 +305,43 @@ async def test_killed_plugin_is_restarted(monkeypatch, tmp_path):
         await new_client.health_check()
         out = json.loads(await new_client.invoke_service("generate", "", req(id="again")))
         assert out["id"] == "again"
+
+
+async def test_the_provider_serves_calls_across_a_restart(monkeypatch, tmp_path):
+    """Routes hold the supervisor's provider: one object for the plugin's life, which
+    serves invocations, health and models over whichever process runs now, and says
+    "not running" while there is none."""
+    monkeypatch.setenv("ECHO_PLUGIN_EVENTS", str(tmp_path / "events.jsonl"))
+
+    async def generate(tag: str) -> str:
+        async with open_invocation(provider, "generate", Mode.UNARY, req(id=tag),
+                                   timeout=10) as inv:
+            return json.loads(await inv.result())["id"]
+
+    async with running_plugin(restart_backoff_initial=0.5) as (plugin, _client):
+        provider = plugin.provider
+        assert (provider.kind, provider.name, provider.state) == ("process", plugin.name,
+                                                                  "running")
+        assert provider.manifest is plugin.manifest
+        await provider.health()
+        with pytest.raises(errors.GatewayError) as info:  # the echo plugin lists no models
+            await provider.models()
+        assert info.value.bcode == errors.PLUGIN_NOT_IMPLEMENTED
+        assert await generate("before") == "before"
+
+        old_pid = plugin.pid
+        assert old_pid is not None
+        os.kill(old_pid, signal.SIGKILL)
+        await wait_until(lambda: provider.state != "running", 5, "seen down")
+        with pytest.raises(errors.GatewayError) as info:  # within the 0.5 s backoff
+            await provider.health()
+        assert info.value.bcode == errors.PLUGIN_NOT_RUNNING
+        assert "not running" in info.value.message
+
+        await wait_until(lambda: provider.state == "running", 8, "restarted")
+        assert plugin.provider is provider and plugin.pid != old_pid
+        await provider.health()
+        assert await generate("after") == "after"
 
 
 # ---- discovery ----------------------------------------------------------------------------

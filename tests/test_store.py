@@ -15,7 +15,7 @@ from conftest import PLUGIN_DIR, REPO
 from aogstream.config import Config
 from aogstream.gateway import Gateway
 from aogstream.manifest import load_manifest
-from aogstream.store import SERVICES, ModelRow, Provider, Service, SQLiteStore
+from aogstream.store import SERVICES, ModelRow, ProviderRow, Service, SQLiteStore
 from aogstream.store.sqlite import MIGRATIONS, StoreError
 
 HYBRID_DIR = REPO / "tests" / "plugins-hybrid"
@@ -64,11 +64,11 @@ def test_durability_settings(db: Path) -> None:
 def test_provider_upsert_keeps_created_at_and_public_hides_the_key(db: Path) -> None:
     store = SQLiteStore(db)
     try:
-        first = Provider("remote_openai_chat", "chat", "remote", "openai", auth_type="apikey",
+        first = ProviderRow("remote_openai_chat", "chat", "remote", "openai", auth_type="apikey",
                          auth_key='{"api_key": "sk-secret"}', models=["gpt-x"],
                          created_at="2020-01-01T00:00:00Z", updated_at="2020-01-01T00:00:00Z")
         store.put_provider(first)
-        again = Provider("remote_openai_chat", "chat", "remote", "openai", desc="edited",
+        again = ProviderRow("remote_openai_chat", "chat", "remote", "openai", desc="edited",
                          auth_type="apikey", auth_key='{"api_key": "sk-other"}',
                          models=["gpt-x", "gpt-y"])
         store.put_provider(again)
@@ -83,10 +83,10 @@ def test_provider_upsert_keeps_created_at_and_public_hides_the_key(db: Path) -> 
         public = row.public()
         assert "auth_key" not in public and public["has_auth_key"] is True
         assert "sk-other" not in repr(public)
-        assert Provider("x", "chat").public()["has_auth_key"] is False
+        assert ProviderRow("x", "chat").public()["has_auth_key"] is False
 
         # filters
-        store.put_provider(Provider("local_ollama_embed", "embed", "local", "ollama"))
+        store.put_provider(ProviderRow("local_ollama_embed", "embed", "local", "ollama"))
         assert [p.provider_name for p in store.providers(service_name="embed")] == [
             "local_ollama_embed"]
         assert [p.provider_name for p in store.providers(service_source="remote")] == [
@@ -100,8 +100,8 @@ def test_provider_upsert_keeps_created_at_and_public_hides_the_key(db: Path) -> 
 def test_delete_provider_removes_its_models(db: Path) -> None:
     store = SQLiteStore(db)
     try:
-        store.put_provider(Provider("local_ollama_chat", "chat"))
-        store.put_provider(Provider("local_other_chat", "chat"))
+        store.put_provider(ProviderRow("local_ollama_chat", "chat"))
+        store.put_provider(ProviderRow("local_other_chat", "chat"))
         store.put_model(ModelRow("qwen", "local_ollama_chat", "chat"))
         store.put_model(ModelRow("llama", "local_ollama_chat", "chat"))
         store.put_model(ModelRow("qwen", "local_other_chat", "chat"))
@@ -178,7 +178,7 @@ def test_reopening_keeps_everything(db: Path) -> None:
     store = SQLiteStore(db)
     try:
         store.put_service(Service("chat", "always_local", 1, "avatar.png"))
-        store.put_provider(Provider("remote_openai_chat", "chat", "remote", "openai",
+        store.put_provider(ProviderRow("remote_openai_chat", "chat", "remote", "openai",
                                     auth_type="apikey", auth_key='{"api_key": "k"}',
                                     extra_headers='{"x": "1"}', properties='{"max": 2}',
                                     models=["m1"], status=0))

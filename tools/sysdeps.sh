@@ -1,9 +1,19 @@
 #!/bin/sh
-# Installs the Debian packages the speech tests need, once. Quiet when they are present.
+# Installs the Debian packages the tests need, once. Quiet when they are present.
+# - the speech tests: recorded human speech and the flite synthesiser;
+# - the Go interop tests (tools/build-go-interop.sh): Go, go-plugin, gRPC and protobuf for Go,
+#   hclog, protoc and its Go generators. golang-github-golang-protobuf-1-5-dev replaces the
+#   default 1.3 package: with 1.3 the Go programs build, but the first call panics inside the
+#   protobuf codec.
 set -e
 need=""
 [ -f /usr/share/pocketsphinx/test/data/goforward.raw ] || need="$need pocketsphinx-testdata"
 command -v flite >/dev/null 2>&1 || need="$need flite"
+for p in golang-go golang-github-hashicorp-go-plugin-dev golang-google-grpc-dev \
+         golang-google-protobuf-dev golang-github-hashicorp-go-hclog-dev protobuf-compiler \
+         protoc-gen-go protoc-gen-go-grpc golang-github-golang-protobuf-1-5-dev; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need="$need $p"
+done
 [ -z "$need" ] && exit 0
 echo "==> installing Debian packages:$need"
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -187,7 +187,7 @@ class RealtimeSession:
             if inv.error is not None:
                 await self.fail(SERVER_ERROR, inv.error.message)
             elif not finished:
-                await self.fail(SERVER_ERROR, f"{self.route.plugin.name} ended the session "
+                await self.fail(SERVER_ERROR, f"{self.route.provider.name} ended the session "
                                 "without task-finished")
 
     async def _upstream(self, inv: Invocation, scope: trio.CancelScope,

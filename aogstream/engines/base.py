@@ -180,12 +180,14 @@ class EnginePlugin(LocalPluginProvider, StreamablePlugin):
             name = check_name(req.name or what)
             pull = self.store.pull(name, package=pkg)
         else:
-            if not (re.match(r"^https?://", what) or Path(what).expanduser().exists()):
+            # a request's path is taken as it is: never `~`-expanded, never relative
+            if not (re.match(r"^https?://", what)
+                    or (Path(what).is_absolute() and Path(what).exists())):
                 known = ", ".join(c.name for c in self.CATALOG) or "none"
                 raise m.PluginError(
                     m.ERR_CODE_MODEL_NOT_FOUND,
                     f"unknown model {what!r}: {self.name} knows {known}; or name a local "
-                    f"file/folder path or an http(s) URL of a model file", "")
+                    f"file/folder path (absolute) or an http(s) URL of a model file", "")
             stem = re.sub(r"(\.[A-Za-z0-9]+)+$", "", what.rstrip("/").rsplit("/", 1)[-1])
             name = check_name(req.name or stem)
             pull = self.store.pull(name, source=what, details=self.source_details(what),

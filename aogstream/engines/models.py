@@ -152,12 +152,12 @@ class ModelStore:
                         yield ev
                 src, det = source, details or {}
             else:
-                path = Path(source).expanduser()
-                if not path.exists():
+                path = Path(source)  # from a request: never `~`-expanded
+                if not path.is_absolute() or not path.exists():
                     raise m.PluginError(
                         m.ERR_CODE_MODEL_NOT_FOUND,
                         f"model source {source!r} is neither a known model, an existing "
-                        f"path nor an http(s) URL", "")
+                        f"absolute path nor an http(s) URL", "")
                 paths = [path, *(Path(c) for c in (companions(str(path)) if companions
                                                    else []))]
                 for p in paths:
@@ -274,6 +274,10 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+# Seconds without a byte from the server before a URL pull gives up.
+URL_READ_TIMEOUT_S = 30.0
+
+
 async def _from_url(url: str, dest: Path) -> AsyncIterator[dict[str, Any]]:
     import httpx
 
@@ -281,12 +285,16 @@ async def _from_url(url: str, dest: Path) -> AsyncIterator[dict[str, Any]]:
     target = dest / fname
     h = hashlib.sha256()
     tick = _Ticker()
+    total = 0
+    resp: httpx.Response | None = None
     try:
-        async with httpx.AsyncClient(follow_redirects=True, timeout=30.0) as client, \
+        async with httpx.AsyncClient(follow_redirects=True,
+                                     timeout=URL_READ_TIMEOUT_S) as client, \
                 client.stream("GET", url) as resp:
             if resp.status_code != 200:
                 raise m.PluginError(m.ERR_CODE_MODEL_PULL_FAILED,
-                                    f"GET {url} answered HTTP {resp.status_code}", "")
+                                    f"GET {url} answered HTTP {resp.status_code} "
+                                    f"{resp.reason_phrase}".rstrip(), "")
             total = int(resp.headers.get("content-length") or 0)
             done = 0
             with target.open("wb") as f:
@@ -300,8 +308,42 @@ async def _from_url(url: str, dest: Path) -> AsyncIterator[dict[str, Any]]:
             yield {"status": f"pulling {fname}", "digest": "sha256:" + h.hexdigest(),
                    "total": total or done, "completed": done}
     except httpx.HTTPError as exc:
+        got = resp.num_bytes_downloaded if resp is not None else 0
         raise m.PluginError(m.ERR_CODE_MODEL_PULL_FAILED,
-                            f"could not download {url}: {exc}", "") from exc
+                            f"could not download {url}: "
+                            f"{describe_download_error(exc, got, total)}", "") from exc
+
+
+def describe_download_error(exc: Exception, done: int, total: int) -> str:
+    """Say what went wrong with a download in words a user can act on.
+
+    httpx's timeout and protocol errors often carry an empty message (a read timeout
+    is `ReadTimeout('')`), which made a failed pull end in "could not download <url>: "
+    with nothing after the colon."""
+    import httpx
+
+    got = f"after {_mb(done)} of {_mb(total)}" if total else f"after {_mb(done)}"
+    try:
+        where = exc.request.url.host or "the server"  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):  # no request attached
+        where = "the server"
+    detail = str(exc).strip()
+    if isinstance(exc, httpx.ReadTimeout):
+        return f"no data from {where} for {URL_READ_TIMEOUT_S:g} s ({got})"
+    if isinstance(exc, httpx.ConnectTimeout):
+        return f"could not connect to {where} within {URL_READ_TIMEOUT_S:g} s"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"{where} timed out ({type(exc).__name__}, {got})"
+    if isinstance(exc, httpx.ConnectError):
+        return f"could not connect to {where}: {detail or type(exc).__name__}"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return (f"{where} closed the connection {got}"
+                + (f" ({detail})" if detail else ""))
+    return f"{type(exc).__name__} {got}" + (f": {detail}" if detail else "")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
 
 
 async def _copy_path(path: Path, dest: Path) -> AsyncIterator[dict[str, Any]]:

@@ -4,6 +4,9 @@ With several worker processes (`http.workers`) only the primary process launches
 supervises plugins; each worker dials the sockets the primary reports and follows
 its view of every plugin (state, pid, address). A plugin restart is therefore one new
 process that every worker re-dials, never one process per worker.
+
+An `AttachedPlugin` keeps no process: it is the keeper of the plugin's
+`ProcessProvider` in this worker, the way `PluginSupervisor` is in the primary.
 """
 
 from __future__ import annotations
@@ -13,22 +16,32 @@ from typing import Any
 
 import trio
 
+from aogstream import manifest as m
+from aogstream.config import Config
 from aogstream.host.client import PluginClient
-from aogstream.host.process import ProcessPlugin
-from aogstream.rpc.bridge import RpcFailure
+from aogstream.host.connection import ProcessProvider
+from aogstream.rpc.bridge import Channel, GrpcLoop, RpcFailure
 
 log = logging.getLogger("aogstream.host")
 
 
-class AttachedPlugin(ProcessPlugin):
-    """The south adapter of a plugin whose process belongs to the primary."""
+class AttachedPlugin:
+    """A plugin whose process belongs to the primary, followed and dialled from here."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, manifest: m.PluginManifest, config: Config, grpc_loop: GrpcLoop) -> None:
+        self.manifest = manifest
+        self.name = manifest.provider.name
+        self.config = config
+        self._gl = grpc_loop
+        self.state = "stopped"  # the primary's word for it, "starting" until dialled
+        self.last_error = ""
+        self.restarts = 0
+        self.pid: int | None = None
+        self.exit_status: int | None = None
+        self.address = ""
+        self.provider = ProcessProvider(manifest, self)
+        self._channel: Channel | None = None
         self._update = trio.Event()
-
-    async def supervise(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        raise RuntimeError("an attached plugin is supervised by the primary process")
 
     async def follow(self, info: dict[str, Any]) -> None:
         """Take the primary's view of this plugin; dial its new address when it has
@@ -40,15 +53,14 @@ class AttachedPlugin(ProcessPlugin):
         self.restarts = int(info.get("restarts") or 0)
         self.exit_status = info.get("exit_status")
         if address != self.address:
-            old, self._channel, self.client, self.address = self._channel, None, None, ""
-            self._ready = trio.Event()
+            old, self._channel, self.address = self._channel, None, ""
+            self.provider.detach()
             if address:
                 await self._dial(address)
             if old is not None:
-                await old.close()  # calls still on it fail; `_exited` says why
-        self.state = state if (self.client is not None or state != "running") else "starting"
-        if self.state == "running":
-            self._ready.set()
+                await old.close()  # calls still on it fail; `exited` says why
+        connected = self.provider.client is not None
+        self.state = state if (connected or state != "running") else "starting"
         update, self._update = self._update, trio.Event()
         update.set()
 
@@ -62,9 +74,9 @@ class AttachedPlugin(ProcessPlugin):
             log.error("plugin %s: %s", self.name, self.last_error)
             return
         self._channel, self.address = channel, address
-        self.client = PluginClient(channel, self.manifest)
+        self.provider.attach(PluginClient(channel, self.manifest))
 
-    async def _exited(self) -> tuple[bool, int | None]:
+    async def exited(self) -> tuple[bool, int | None]:
         """The call broke: did the plugin's process die? The primary says so a moment
         after the socket breaks, so wait briefly for its next view."""
         pid = self.pid
@@ -75,6 +87,7 @@ class AttachedPlugin(ProcessPlugin):
 
     async def stop(self) -> None:
         """Hang up (the primary stops the process itself)."""
-        channel, self._channel, self.client = self._channel, None, None
+        channel, self._channel = self._channel, None
+        self.provider.detach()
         if channel is not None:
             await channel.close()

@@ -2,14 +2,18 @@
 
 What AOG left undone is done here: a plugin that dies is restarted with backoff,
 and every invocation it was serving ends at once with an error that says so
-(AOG's host never noticed a dead plugin). Each ProcessPlugin is also the south
-adapter of its invocations (`serve`).
+(AOG's host never noticed a dead plugin). Serving calls is not done here: each
+`PluginSupervisor` owns the plugin's `ProcessProvider` (`host.connection`) and hands
+it the connection each time the process comes up.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterable
@@ -18,11 +22,11 @@ from typing import Any
 
 import trio
 
-from aogstream import AOG_VERSION, errors
+from aogstream import AOG_VERSION
 from aogstream import manifest as m
-from aogstream.config import Config
+from aogstream.config import SECRET_ENV, Config
 from aogstream.host.client import PluginClient
-from aogstream.invocation import Frame, Invocation, Mode
+from aogstream.host.connection import ProcessProvider, crash_error
 from aogstream.rpc.bridge import Channel, GrpcLoop, RpcFailure
 from aogstream.rpc.gen import grpc_controller_pb2
 
@@ -31,6 +35,33 @@ log = logging.getLogger("aogstream.host")
 COOKIE_KEY = "AOG_PLUGIN"
 COOKIE_VALUE = "aog-provider-plugin-v1"
 HEALTH_METHOD = "/grpc.health.v1.Health/Check"
+
+
+# hclog's level names (what Go plugins write on stderr) → logging levels.
+HCLOG_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
+                "warn": logging.WARNING, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def plugin_log_line(line: str, default: int) -> tuple[int, str]:
+    """One line a plugin wrote → (level, text) for the gateway's log.
+
+    Go plugins log through hclog, which go-plugin sets to JSON (`{"@level": "warn",
+    "@message": ..., "@module": ..., key: value}`): such a line keeps its own level and is
+    shown as its message and fields, so a Go plugin's errors are not buried at INFO.
+    Any other line is logged at `default`, as written.
+    """
+    if not (line.startswith("{") and '"@level"' in line):
+        return default, line
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return default, line
+    if not isinstance(entry, dict) or not isinstance(entry.get("@level"), str):
+        return default, line
+    level = HCLOG_LEVELS.get(entry["@level"].lower(), default)
+    fields = " ".join(f"{k}={v}" for k, v in entry.items() if not k.startswith("@"))
+    text = " ".join(part for part in (str(entry.get("@message", "")), fields) if part)
+    return level, text
 
 
 class HandshakeError(Exception):
@@ -57,6 +88,19 @@ def parse_handshake(line: str) -> tuple[str, str]:
     return network, address
 
 
+def remove_socket_dir(address: str) -> None:
+    """Once a plugin has exited: its unix socket, and the private folder go-plugin made
+    for it (`<tmp>/pluginXXXX`) when that folder is left empty. A plugin killed before
+    it could clean up would otherwise leave one folder behind per start."""
+    path = Path(address)
+    with contextlib.suppress(OSError):
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    if path.parent.name.startswith("plugin"):
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # only ever removes an empty folder
+
+
 def plugin_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The host environment plus AOG's cookie and go-plugin's variables."""
     env = dict(os.environ)
@@ -70,13 +114,20 @@ def plugin_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         "AOGSTREAM_PYTHON": sys.executable,
     })
     env.pop("PLUGIN_CLIENT_CERT", None)
+    # the gateway's own keys are not the plugins' business; the secret that encrypts
+    # provider keys at rest least of all: a plugin gets the keys it needs through SetAuth
+    for name in SECRET_ENV:
+        env.pop(name, None)
     if extra:
         env.update(extra)
     return env
 
 
-class ProcessPlugin:
-    """One plugin folder, its process while it runs, and its connection."""
+class PluginSupervisor:
+    """One plugin folder and its process while it runs (the primary process's view).
+
+    `provider` serves the plugin's calls; routes hold it, never the supervisor.
+    """
 
     def __init__(self, manifest: m.PluginManifest, config: Config, grpc_loop: GrpcLoop):
         self.manifest = manifest
@@ -87,9 +138,9 @@ class ProcessPlugin:
         self.last_error = ""
         self.restarts = 0
         self.pid: int | None = None
-        self.client: PluginClient | None = None
+        self.provider = ProcessProvider(manifest, self)
         # called (in the plugin's nursery) each time the plugin comes up
-        self.on_running: Callable[[ProcessPlugin], Awaitable[None]] | None = None
+        self.on_running: Callable[[PluginSupervisor], Awaitable[None]] | None = None
         # called (synchronously) whenever state, pid or address change, so other
         # worker processes can follow (see `http.workers`)
         self.on_change: Callable[[], None] | None = None
@@ -98,10 +149,14 @@ class ProcessPlugin:
         self.exit_status: int | None = None
         self._process: trio.Process | None = None
         self._channel: Channel | None = None
-        self._active: set[Invocation] = set()
         self._ready = trio.Event()
         self._stopping = False
         self._cancel: trio.CancelScope | None = None
+
+    @property
+    def client(self) -> PluginClient | None:
+        """The connection to the running plugin (management rpcs), None while down."""
+        return self.provider.client
 
     # ---- supervision ----------------------------------------------------------------
 
@@ -169,6 +224,7 @@ class ProcessPlugin:
         self._process = proc
         self.pid = proc.pid
         assert proc.stdout is not None and proc.stderr is not None
+        socket_path = ""
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._log_lines, proc.stderr, logging.INFO)
@@ -180,13 +236,16 @@ class ProcessPlugin:
                         f"plugin exited with status {proc.returncode} before its handshake"
                     )
                 network, address = parse_handshake(line)
+                if network == "unix":
+                    socket_path = address
                 nursery.start_soon(self._log_lines, proc.stdout, logging.INFO)
                 target = f"unix:{address}" if network == "unix" else address
                 channel = await self._gl.open_channel(target)
                 self._channel = channel
                 await channel.wait_ready(self.config.plugin_connect_timeout)
                 await self._health_plugin(channel)
-                self.client = PluginClient(channel, self.manifest)
+                client = PluginClient(channel, self.manifest)
+                self.provider.attach(client)
                 self.state = "running"
                 self.last_error = ""
                 self.address = target
@@ -196,7 +255,7 @@ class ProcessPlugin:
                          network, address)
                 started()
                 if self.config.start_engines and self.manifest.provider.type == m.PLUGIN_TYPE_LOCAL:
-                    nursery.start_soon(self._start_engine, self.client)
+                    nursery.start_soon(self._start_engine, client)
                 if self.on_running is not None:
                     nursery.start_soon(self.on_running, self)
                 await proc.wait()
@@ -204,6 +263,8 @@ class ProcessPlugin:
         finally:
             with trio.CancelScope(shield=True):
                 await self._after_exit(proc)
+            if socket_path:
+                remove_socket_dir(socket_path)
 
     @property
     def data_dir(self) -> Path:
@@ -219,7 +280,7 @@ class ProcessPlugin:
             log.warning("plugin %s: StartEngine: %s", self.name, exc)
 
     async def _after_exit(self, proc: trio.Process) -> None:
-        self.client = None
+        self.provider.detach()
         self.address = ""
         self._ready = trio.Event()
         if proc.returncode is None:
@@ -229,20 +290,11 @@ class ProcessPlugin:
             self.last_error = f"process exited with status {proc.returncode}"
             log.error("plugin %s %s", self.name, self.last_error)
             # fail the calls first: closing the channel would cancel them anonymously
-            for inv in list(self._active):
-                inv.fail(self._crash_error(proc.returncode))
-        self._active.clear()
+            self.provider.fail_active(crash_error(self.name, proc.returncode))
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
         self._changed()
-
-    def _crash_error(self, status: int | None) -> errors.GatewayError:
-        return errors.GatewayError(
-            errors.PLUGIN_UNAVAILABLE,
-            f"plugin {self.name} exited (status {status}) while serving this request; "
-            f"it is being restarted, retry in a moment",
-        )
 
     async def _terminate(self, proc: trio.Process) -> None:
         """go-plugin's Kill: Controller.Shutdown, a grace period, then SIGKILL."""
@@ -274,15 +326,19 @@ class ProcessPlugin:
 
     async def _log_lines(self, stream: trio.abc.ReceiveStream, level: int) -> None:
         plog = logging.getLogger(f"aogstream.plugin.{self.name}")
+
+        def emit(raw: bytes) -> None:
+            if raw.strip():
+                line_level, text = plugin_log_line(raw.decode(errors="replace").rstrip(), level)
+                plog.log(line_level, "%s", text)
+
         buf = b""
         async for data in stream:
             buf += data
             *lines, buf = buf.split(b"\n")
             for raw in lines:
-                if raw.strip():
-                    plog.log(level, "%s", raw.decode(errors="replace").rstrip())
-        if buf.strip():
-            plog.log(level, "%s", buf.decode(errors="replace").rstrip())
+                emit(raw)
+        emit(buf)
 
     async def stop(self) -> None:
         """Shut the plugin down (Shutdown rpc, grace, kill) and stop supervising it."""
@@ -306,56 +362,7 @@ class ProcessPlugin:
             return True
         return False
 
-    # ---- south adapter --------------------------------------------------------------
-
-    def _client_or_error(self) -> PluginClient:
-        if self.client is None or self.state != "running":
-            hint = f" ({self.last_error})" if self.last_error else ""
-            raise errors.GatewayError(
-                errors.PLUGIN_NOT_RUNNING,
-                f"plugin {self.name} is not running{hint}; it is restarted automatically, "
-                f"retry in a moment or check the gateway log",
-            )
-        return self.client
-
-    async def serve(self, inv: Invocation) -> None:
-        client = self._client_or_error()
-        self._active.add(inv)
-        try:
-            if inv.mode is Mode.UNARY:
-                data = await client.invoke_service(
-                    inv.service, inv.auth_info, inv.request, timeout=inv.remaining()
-                )
-                await inv.emit(data)
-            elif inv.mode is Mode.STREAM:
-                async with client.invoke_service_stream(
-                    inv.service, inv.auth_info, inv.request, timeout=inv.remaining()
-                ) as batches:
-                    async for batch in batches:
-                        await inv.emit(batch)
-            else:
-                await self._serve_bidi(client, inv)
-        except m.PluginError as exc:
-            raise errors.from_plugin_code(exc.code, exc.message, self.name) from None
-        except RpcFailure as exc:
-            if inv.error is not None:  # already failed by the crash handler
-                return
-            if exc.code in ("UNAVAILABLE", "CANCELLED", "INTERNAL", "UNKNOWN"):
-                exited, status = await self._exited()
-                if exited:
-                    raise self._crash_error(status) from None
-            if exc.code == "DEADLINE_EXCEEDED":
-                raise errors.GatewayError(
-                    errors.PLUGIN_TIMEOUT, f"{inv.service}: plugin {self.name} did not finish "
-                    f"within {inv.timeout:g} s") from None
-            raise errors.GatewayError(
-                errors.PLUGIN_UNAVAILABLE,
-                f"plugin {self.name} failed while serving {inv.service}: {exc.details or exc.code}",
-            ) from None
-        finally:
-            self._active.discard(inv)
-
-    async def _exited(self) -> tuple[bool, int | None]:
+    async def exited(self) -> tuple[bool, int | None]:
         """Did the process die under this call? The socket usually breaks a moment
         before the exit is reaped, so wait for it briefly."""
         proc = self._process
@@ -364,46 +371,6 @@ class ProcessPlugin:
         with trio.move_on_after(0.5):
             await proc.wait()
         return proc.returncode is not None, proc.returncode
-
-    async def _serve_bidi(self, client: PluginClient, inv: Invocation) -> None:
-        incoming = inv.incoming()
-        first = await _first_frame(incoming)
-        if first is None:
-            return
-        meta = dict(inv.metadata)
-        meta.update(first.metadata)
-        try:
-            await self._relay_bidi(client, inv, first, meta, incoming)
-        except BaseExceptionGroup as group:  # the nursery wraps the plugin's error
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
-
-    async def _relay_bidi(self, client: PluginClient, inv: Invocation, first: Frame,
-                          meta: dict[str, str], incoming: trio.MemoryReceiveChannel[Frame]
-                          ) -> None:
-        async with client.invoke_service_bidi(
-            inv.service, inv.auth_info, first_data=first.data, first_type=first.kind,
-            metadata=meta,
-        ) as session, trio.open_nursery() as nursery:
-
-            async def upstream() -> None:
-                async for frame in incoming:
-                    await session.send(frame.data, frame.kind, frame.metadata)
-                await session.done_writing()
-
-            nursery.start_soon(upstream)
-            async for msg in session:
-                await inv.emit(Frame(bytes(msg.data), msg.message_type or "binary",
-                                     dict(msg.metadata)))
-            nursery.cancel_scope.cancel()
-
-
-async def _first_frame(incoming: trio.MemoryReceiveChannel[Frame]) -> Frame | None:
-    try:
-        return await incoming.receive()
-    except trio.EndOfChannel:
-        return None
 
 
 async def _read_line(stream: trio.abc.ReceiveStream) -> str | None:

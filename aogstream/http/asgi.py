@@ -48,7 +48,7 @@ async def send_json(send: Any, status: int, body: bytes,
 def served_by_headers(route: Route) -> list[tuple[bytes, bytes]]:
     """Which provider row and plugin served the request, on every answer."""
     return [(b"x-aogstream-provider", route.provider_name.encode()),
-            (b"x-aogstream-plugin", route.plugin.name.encode())]
+            (b"x-aogstream-plugin", route.provider.name.encode())]
 
 
 async def read_body(scope: dict[str, Any], receive: Any, max_body: int,

@@ -365,7 +365,7 @@ class FrontDoors:
         "flavor:service") and its folder (where its own templates may live)."""
         ref = route.definition.config_ref or f"{PIVOT}:{service}"
         flavor, _, ref_service = ref.partition(":")
-        return flavor or PIVOT, ref_service or service, route.plugin.manifest.plugin_dir
+        return flavor or PIVOT, ref_service or service, route.provider.manifest.plugin_dir
 
     def _between(self, service: str, app_flavor: str, route: Route) -> Conversion:
         """The conversion between the app's `service` and the provider's: AOG copies the

@@ -9,10 +9,11 @@ import signal
 import hypercorn.config
 import trio
 
-from aogstream.config import Config
+from aogstream.config import Config, ensure_private_dir
 from aogstream.gateway import Gateway
 from aogstream.http import limits
 from aogstream.http.app import build_app
+from aogstream.http.guard import Guard, describe, load_keys, policy_for
 from aogstream.http.workers import (
     WorkerPool,
     listen_socket,
@@ -41,7 +42,13 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
                 ) -> None:
     """Serve until SIGINT/SIGTERM, then stop the workers and every plugin (Shutdown,
     grace, kill). With more than one worker this process is the primary: it also
-    serves, and the others follow it (`http.workers`)."""
+    serves, and the others follow it (`http.workers`).
+
+    Raises `guard.GuardConfigError` before anything starts when the security settings
+    do not allow serving on `cfg.host` (e.g. beyond loopback without keys)."""
+    ensure_private_dir(cfg.data_dir)
+    keys = load_keys(cfg, generate=True)
+    policy = policy_for(cfg, keys)
     stop = trio.Event()
     open_files = limits.raise_open_file_limit()  # before plugins start: they inherit it
     cap = limits.connection_cap(cfg.max_connections, open_files)
@@ -54,7 +61,9 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
             await gateway.start(nursery)
             for problem in gateway.problems:
                 log.error("plugin problem: %s", problem)
-            app = build_app(gateway)
+            app = Guard(build_app(gateway), policy)
+            log.info("request guard: %s; management key: %s", describe(policy),
+                     keys.source or "none")
             hc = hypercorn_config(cfg)
             if count > 1:
                 public = listen_socket(cfg.host, cfg.port, reuse_port=True)

@@ -45,6 +45,7 @@ from aogstream import errors
 from aogstream import manifest as m
 from aogstream.config import Config
 from aogstream.gateway import Gateway
+from aogstream.host.attached import AttachedPlugin
 
 log = logging.getLogger("aogstream.workers")
 
@@ -311,6 +312,8 @@ class Follower:
     def __init__(self, gateway: Gateway, stream: trio.SocketStream) -> None:
         self.gateway = gateway
         self.stream = stream
+        # the primary's plugins, dialled from here; the gateway routes to their providers
+        self.plugins: dict[str, AttachedPlugin] = {}
         self._buf = b""
         self._store_gen: int | None = None
 
@@ -331,28 +334,26 @@ class Follower:
             view = None
         if view is None:
             return False
-        from aogstream.host.attached import AttachedPlugin
-
         gw = self.gateway
         seen = set()
         for info in view["plugins"]:
             name = info["name"]
             seen.add(name)
-            plugin = gw.plugins.get(name)
+            plugin = self.plugins.get(name)
             if plugin is None:
                 try:
                     man = m.load_manifest(Path(info["dir"]))
                 except Exception as exc:  # noqa: BLE001 - the primary loaded it; say why not
                     log.error("worker: cannot load plugin %s: %s", name, exc)
                     continue
-                plugin = gw.add_plugin(man, AttachedPlugin)
+                plugin = self.plugins[name] = AttachedPlugin(man, gw.config, gw.grpc_loop)
+                gw.add_provider(plugin.provider)
             if gw.routable(name) != bool(info["routable"]):
                 gw.set_routable(name, bool(info["routable"]))
-            assert isinstance(plugin, AttachedPlugin)
             await plugin.follow(info)
-        for name in [n for n in gw.plugins if n not in seen]:
-            plugin = gw.plugins[name]
-            gw.remove_plugin(name)
+        for name in [n for n in self.plugins if n not in seen]:
+            plugin = self.plugins.pop(name)
+            gw.remove_provider(name)
             await plugin.stop()
         if view["store_gen"] != self._store_gen:
             self._store_gen = view["store_gen"]
@@ -454,23 +455,27 @@ async def _lifespan(receive: Any, send: Any) -> None:
 async def serve_worker(cfg: Config, index: int, link_fd: int) -> None:
     """One worker: follow the primary, then serve the hot routes on the shared port."""
     from aogstream.http import limits
+    from aogstream.http.guard import Guard, load_keys, policy_for
     from aogstream.http.hot import HotRoutes
     from aogstream.http.server import hypercorn_config
     from aogstream.rpc.bridge import GrpcLoop
     from aogstream.store import SQLiteStore
 
+    # the same guard as the primary's, with the keys read here (never passed along)
+    policy = policy_for(cfg, load_keys(cfg, generate=False))
     stop = trio.Event()
     link = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=link_fd)))
     async with GrpcLoop.open() as gl, trio.open_nursery() as nursery:
         store = await trio.to_thread.run_sync(SQLiteStore, cfg.db_path)
         gateway = Gateway(cfg, gl, store)
+        follower = Follower(gateway, link)
         try:
-            follower = Follower(gateway, link)
             if not await follower.apply_next():
                 return
             nursery.start_soon(follower.run, stop)
             nursery.start_soon(_signals, stop)
-            app = HotRoutes(gateway, PrimaryProxy(os.environ["AOGSTREAM_PRIMARY_SOCKET"], cfg))
+            app = Guard(HotRoutes(gateway, PrimaryProxy(os.environ["AOGSTREAM_PRIMARY_SOCKET"],
+                                                        cfg)), policy)
             sock = listen_socket(cfg.host, cfg.port, reuse_port=True)
             hc = hypercorn_config(cfg)
             hc.bind = [f"fd://{sock.fileno()}"]
@@ -482,7 +487,7 @@ async def serve_worker(cfg: Config, index: int, link_fd: int) -> None:
             await limits.serve(app, hc, cap, shutdown_trigger=stop.wait)
         finally:
             with trio.CancelScope(shield=True):
-                for plugin in list(gateway.plugins.values()):
+                for plugin in list(follower.plugins.values()):
                     await plugin.stop()
                 await trio.to_thread.run_sync(store.close)
             nursery.cancel_scope.cancel()

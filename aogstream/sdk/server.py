@@ -583,11 +583,14 @@ def find_plugin_dir(start: Path | None = None) -> Path:
 
 
 def _negotiate_version() -> int:
-    offered = os.environ.get("PLUGIN_PROTOCOL_VERSIONS", "")
-    versions = {int(v) for v in offered.split(",") if v.strip().isdigit()}
-    return APP_PROTOCOL_VERSION if not versions or APP_PROTOCOL_VERSION in versions else min(
-        versions
-    )
+    """The app protocol version to announce: ours, whatever the host offers.
+
+    go-plugin's rule: the highest version both sides speak, else the plugin's own lowest,
+    which the host then refuses with a clear "incompatible API version" error. This plugin
+    speaks only APP_PROTOCOL_VERSION, so that is the answer either way; announcing one of
+    the host's versions instead would claim a protocol this plugin does not speak.
+    """
+    return APP_PROTOCOL_VERSION
 
 
 def _listen(server: grpc.aio.Server) -> tuple[str, str]:
@@ -658,26 +661,34 @@ async def _serve(provider: PluginProvider, handshake_fd: int) -> None:
     grpc_stdio_pb2_grpc.add_GRPCStdioServicer_to_server(_Stdio(stop), server)
     grpc_broker_pb2_grpc.add_GRPCBrokerServicer_to_server(_Broker(), server)
     network, address = _listen(server)
-    await server.start()
-
-    line = f"1|{_negotiate_version()}|{network}|{address}|grpc|"
-    if os.environ.get("PLUGIN_MULTIPLEX_GRPC") == "true":
-        line += "|false"
-    os.write(handshake_fd, (line + "\n").encode())
-    _tune_gc()
-    watcher = asyncio.ensure_future(_watch_parent(stop))
     try:
-        await stop.wait()
+        await server.start()
+        line = f"1|{_negotiate_version()}|{network}|{address}|grpc|"
+        if os.environ.get("PLUGIN_MULTIPLEX_GRPC") == "true":
+            line += "|false"
+        os.write(handshake_fd, (line + "\n").encode())
+        _tune_gc()
+        watcher = asyncio.ensure_future(_watch_parent(stop))
+        try:
+            await stop.wait()
+        finally:
+            watcher.cancel()
+            await server.stop(grace=1.0)
+            with contextlib.suppress(Exception):
+                if isinstance(provider, LocalPluginProvider):
+                    await provider.stop_engine()
     finally:
-        watcher.cancel()
-        await server.stop(grace=1.0)
-        with contextlib.suppress(Exception):
-            if isinstance(provider, LocalPluginProvider):
-                await provider.stop_engine()
         if network == "unix":
-            with contextlib.suppress(OSError):
-                os.unlink(address)
-                os.rmdir(os.path.dirname(address))
+            _remove_socket(address)
+
+
+def _remove_socket(address: str) -> None:
+    """The unix socket and the private folder `_listen` made for it (gRPC may already
+    have removed the socket, so each step is tried on its own)."""
+    with contextlib.suppress(OSError):
+        os.unlink(address)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(address))
 
 
 def serve(provider: PluginProvider) -> None:

@@ -11,12 +11,12 @@ from aogstream.store.base import (
     HYBRID_POLICIES,
     SERVICES,
     ModelRow,
-    Provider,
+    ProviderRow,
     Service,
     Store,
     now,
 )
 from aogstream.store.sqlite import SQLiteStore
 
-__all__ = ["HYBRID_POLICIES", "SERVICES", "ModelRow", "Provider", "SQLiteStore", "Service",
+__all__ = ["HYBRID_POLICIES", "SERVICES", "ModelRow", "ProviderRow", "SQLiteStore", "Service",
            "Store", "now"]

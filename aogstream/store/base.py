@@ -51,7 +51,11 @@ class Service:
 
 
 @attrs.define
-class Provider:
+class ProviderRow:
+    """A service provider as AOG stores it (`aog_service_provider`): which plugin or
+    flavor serves a service, from where, with which credentials. Routing reads these
+    rows; what then serves the call is an `invocation.Provider`."""
+
     provider_name: str
     service_name: str
     service_source: str = "local"  # local | remote
@@ -112,9 +116,9 @@ class Store(Protocol):
 
     # providers
     def providers(self, *, service_name: str = "", service_source: str = "",
-                  provider_name: str = "", flavor: str = "") -> list[Provider]: ...
-    def get_provider(self, provider_name: str) -> Provider | None: ...
-    def put_provider(self, provider: Provider) -> None: ...
+                  provider_name: str = "", flavor: str = "") -> list[ProviderRow]: ...
+    def get_provider(self, provider_name: str) -> ProviderRow | None: ...
+    def put_provider(self, provider: ProviderRow) -> None: ...
     def delete_provider(self, provider_name: str) -> bool: ...
 
     # models

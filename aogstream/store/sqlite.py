@@ -16,8 +16,11 @@ streaming hot path. Call it from a worker thread when on the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -25,10 +28,11 @@ from typing import Any
 from aogstream.store.base import (
     SERVICES,
     ModelRow,
-    Provider,
+    ProviderRow,
     Service,
     now,
 )
+from aogstream.store.secrets import SecretBox, SecretError, is_sealed, open_value
 
 MIGRATIONS: list[str] = [
     # 1: the first release
@@ -97,11 +101,34 @@ class StoreError(Exception):
     """The database cannot be used (newer schema, not a database, unwritable)."""
 
 
+def _private_files(path: Path) -> None:
+    """The database holds provider keys: create it 0600 before SQLite opens it (SQLite
+    gives its -wal and -shm files the database's mode), and tighten the modes of files
+    an older version left readable to others."""
+    if sys.platform == "win32":
+        return
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"),
+              path.with_name(path.name + "-journal")):
+        with contextlib.suppress(FileNotFoundError):
+            if p.stat().st_mode & 0o077:
+                p.chmod(0o600)
+
+
 class SQLiteStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, secret: str | None = None) -> None:
+        """Open (creating or migrating) the store at `path`.
+
+        `secret` encrypts provider credentials at rest (`store.secrets`); None takes it
+        from AOGSTREAM_SECRET_KEY, "" means none. Sealed credentials that this secret
+        cannot open make the store refuse to open (StoreError naming the variable)."""
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_files(path)
         self._lock = threading.Lock()
+        self._box = SecretBox.from_env() if secret is None else (
+            SecretBox(secret) if secret else None)
         try:
             self._db = sqlite3.connect(str(path), check_same_thread=False,
                                        isolation_level=None, timeout=10.0)
@@ -109,10 +136,14 @@ class SQLiteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            # overwrite deleted and replaced content: an old plain credential must not
+            # linger in a free page after it was sealed or changed
+            self._db.execute("PRAGMA secure_delete=ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{path}: cannot open the database: {exc}") from exc
         self._seed()
+        self._seal_credentials()
 
     def close(self) -> None:
         with self._lock:
@@ -154,6 +185,38 @@ class SQLiteStore:
                 "BEGIN IMMEDIATE;\n" + script +
                 f"\nINSERT INTO schema_migrations VALUES ({version}, '{now()}');\nCOMMIT;")
 
+    def _seal_credentials(self) -> None:
+        """Check that every sealed credential opens with this secret (refusing to open
+        otherwise), then seal the plain ones when there is a secret, leaving no plain
+        copy in the WAL."""
+        rows = self._query("SELECT id, provider_name, auth_key FROM aog_service_provider "
+                           "WHERE auth_key != '' ORDER BY id")
+        sealed = [r for r in rows if is_sealed(r["auth_key"])]
+        for r in sealed:
+            try:
+                open_value(self._box, r["auth_key"], r["provider_name"])
+            except SecretError as exc:
+                self.close()
+                raise StoreError(f"{self.path}: {exc} (provider {r['provider_name']}); "
+                                 f"refusing to start without them") from None
+        if self._box is None:
+            return
+        if sealed:
+            self._box.adopt_salt(sealed[0]["auth_key"])
+        plain = [r for r in rows if not is_sealed(r["auth_key"])]
+        if plain:
+            self._tx([("UPDATE aog_service_provider SET auth_key=? WHERE id=?",
+                       (self._box.seal(r["auth_key"], r["provider_name"]), r["id"]))
+                      for r in plain])
+            with self._lock:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _open_credential(self, value: str, provider_name: str) -> str:
+        try:
+            return open_value(self._box, value, provider_name)
+        except SecretError as exc:  # written by a process with another secret
+            raise StoreError(f"{self.path}: {exc} (provider {provider_name})") from None
+
     def _seed(self) -> None:
         existing = {s.service_name for s in self.services()}
         ops = []
@@ -188,20 +251,26 @@ class SQLiteStore:
     # ---- providers ----
 
     def providers(self, *, service_name: str = "", service_source: str = "",
-                  provider_name: str = "", flavor: str = "") -> list[Provider]:
+                  provider_name: str = "", flavor: str = "") -> list[ProviderRow]:
         where, params = _filters(service_name=service_name, service_source=service_source,
                                  provider_name=provider_name, flavor=flavor)
         rows = self._query(f"SELECT * FROM aog_service_provider{where} ORDER BY id", params)
-        return [_provider(r) for r in rows]
+        out = [_provider(r) for r in rows]
+        for p in out:
+            p.auth_key = self._open_credential(p.auth_key, p.provider_name)
+        return out
 
-    def get_provider(self, provider_name: str) -> Provider | None:
+    def get_provider(self, provider_name: str) -> ProviderRow | None:
         found = self.providers(provider_name=provider_name)
         return found[0] if found else None
 
-    def put_provider(self, provider: Provider) -> None:
+    def put_provider(self, provider: ProviderRow) -> None:
         provider.updated_at = now()
         values = [getattr(provider, c) for c in PROVIDER_COLUMNS]
         values[PROVIDER_COLUMNS.index("models")] = json.dumps(provider.models)
+        if self._box is not None:
+            values[PROVIDER_COLUMNS.index("auth_key")] = self._box.seal(
+                provider.auth_key, provider.provider_name)
         cols = ", ".join(PROVIDER_COLUMNS)
         marks = ", ".join("?" * len(PROVIDER_COLUMNS))
         updates = ", ".join(f"{c}=excluded.{c}" for c in PROVIDER_COLUMNS
@@ -270,7 +339,7 @@ def _filters(**kw: str) -> tuple[str, tuple[Any, ...]]:
     return " WHERE " + " AND ".join(f"{k}=?" for k, _ in parts), tuple(v for _, v in parts)
 
 
-def _provider(r: sqlite3.Row) -> Provider:
+def _provider(r: sqlite3.Row) -> ProviderRow:
     d = {c: r[c] for c in PROVIDER_COLUMNS}
     d["models"] = json.loads(d["models"] or "[]")
-    return Provider(**d)
+    return ProviderRow(**d)

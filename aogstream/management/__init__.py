@@ -1,0 +1,1 @@
+"""Management of a running gateway, split by concern (plugin archives so far)."""
