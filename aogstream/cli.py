@@ -16,6 +16,8 @@ from pathlib import Path
 
 from aogstream.config import Config, default_plugin_dirs, ensure_private_dir
 
+# the plugins that come with aogstream (beside the package in a checkout)
+SHIPPED_PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
 PID_FILE = "aogstream.pid"
 LOG_FILE = Path("logs") / "server.log"
 DAEMON_START_TIMEOUT = 180.0  # plugins come up (and engines start) before /health answers
@@ -23,10 +25,13 @@ STOP_TIMEOUT = 60.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from aogstream import cli_client
+    from aogstream import AOG_VERSION, __version__, cli_client
 
-    parser = argparse.ArgumentParser(prog="aogstream", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    parser = argparse.ArgumentParser(prog="aogstream", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"aogstream {__version__} (AOG API {AOG_VERSION})")
+    sub = parser.add_subparsers(dest="command", metavar="command")
     server = sub.add_parser("server", help="start or stop the gateway")
     ssub = server.add_subparsers(dest="action", required=True)
     start = ssub.add_parser("start", help="start the gateway (in the foreground unless -d)")
@@ -72,9 +77,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EPILOG = """examples:
+  aogstream server start -d            start the gateway in the background
+  aogstream get services               what each service is served by, or why not
+  aogstream chat "What is the capital of France?"
+  aogstream transcribe examples/goforward.wav
+  aogstream install chat --remote --flavor openai-plugin --name my_cloud_chat \\
+      --auth-key '{"api_key": "sk-..."}'
+  aogstream engine status              which local engines and models are installed
+  aogstream <command> -h               the options of one command
+
+environment:
+  AOG_HOST                 the gateway the client commands talk to
+                           (default http://127.0.0.1:16688; host:port works too)
+  AOG_DATA_DIR             data directory (database, logs, engines, plugins)
+  AOG_PLUGIN_DIR           more plugin folders (separated by ':')
+  AOGSTREAM_HOST, AOGSTREAM_PORT     where `server start` listens
+  AOGSTREAM_ENGINE_DIR     where local engines and models are installed
+  AOGSTREAM_WORKERS        serving processes (0 = one per core)
+  AOGSTREAM_UNARY_TIMEOUT, AOGSTREAM_STREAM_TIMEOUT   seconds (negative: none)
+  AOGSTREAM_MAX_BODY_BYTES request body limit
+  AOGSTREAM_LOCAL_AUDIO_PATHS=0      refuse local file paths in speech-to-text `audio`
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:  # bare `aogstream`: the help, not a usage error
+        parser.print_help()
+        return 0
     if args.command not in ("server", "engine"):
         from aogstream import cli_client
 
@@ -117,6 +149,10 @@ def _engine(args: argparse.Namespace) -> int:
                           engine_dir=args.engine_dir)
     if args.data_dir is not None and not args.plugin_dir:
         cfg.plugin_dirs = default_plugin_dirs(cfg.data_dir)
+    shipped = SHIPPED_PLUGINS.resolve()
+    if not args.plugin_dir and shipped.is_dir() and shipped not in cfg.plugin_dirs:
+        # run outside the repository folder: the engines are the shipped plugins' still
+        cfg.plugin_dirs.append(shipped)
     logging.getLogger().setLevel(logging.WARNING)
     if args.action == "install":
         return trio.run(lambda: engine_cli.run_install(
@@ -131,6 +167,48 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return out
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be bound, naming the process that holds it when it can be
+    found; None when it is free. Checked before any plugin starts, so a taken port is
+    one clear line instead of six plugins started and a traceback."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            return None
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return f"cannot listen on {host}: no such address on this machine"
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                return f"may not listen on port {port} (ports below 1024 need privileges)"
+            if exc.errno != errno.EADDRINUSE:
+                return f"cannot listen on {host}:{port}: {exc.strerror}"
+    return f"port {port} is already in use{_holder(port)}; stop that process or choose " \
+        "another port with --port (or AOGSTREAM_PORT)"
+
+
+def _holder(port: int) -> str:
+    """" by pid N (command line)" for the process listening on `port`, if visible."""
+    try:
+        import psutil
+
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN \
+                    and conn.pid:
+                try:
+                    cmd = " ".join(psutil.Process(conn.pid).cmdline())[:120]
+                except psutil.Error:
+                    cmd = ""
+                return f" by pid {conn.pid}" + (f" ({cmd})" if cmd else "")
+    except Exception:  # noqa: BLE001 - naming the holder is a courtesy
+        pass
+    return ""
+
+
 def _serve_foreground(cfg: Config) -> int:
     """Serve until a signal, with the PID file in the data directory so that
     `server stop` works for a foreground server too; the file goes when it exits."""
@@ -140,6 +218,10 @@ def _serve_foreground(cfg: Config) -> int:
     from aogstream.http.server import serve
     from aogstream.store.sqlite import StoreError
 
+    problem = port_problem(cfg.host, cfg.port)
+    if problem:
+        print(f"aogstream cannot start: {problem}", file=sys.stderr)
+        return 1
     pid_file = cfg.data_dir / PID_FILE
     other = read_pid(pid_file)
     if other is None or other == os.getpid() or not pid_alive(other):
@@ -229,6 +311,10 @@ def server_start_daemon(cfg: Config, args: argparse.Namespace) -> int:
               f"choose another --port or stop it first", file=sys.stderr)
         return 1
     ensure_private_dir(cfg.data_dir)
+    problem = port_problem(cfg.host, cfg.port)
+    if problem:
+        print(f"aogstream cannot start: {problem}", file=sys.stderr)
+        return 1
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "aogstream", "server", "start",
            "--host", cfg.host, "--port", str(cfg.port), "--data-dir", str(cfg.data_dir)]

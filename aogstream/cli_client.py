@@ -275,19 +275,25 @@ def cmd_get(api: Api, args: argparse.Namespace) -> int:
         if args.json:
             dump_json(data)
             return 0
-        table(["SERVICE", "HYBRID POLICY", "STATUS", "CREATED", "UPDATED"],
+        table(["SERVICE", "HYBRID POLICY", "STATUS", "WHY", "UPDATED"],
               [[s.get("service_name"), s.get("hybrid_policy"),
-                SERVICE_STATUS.get(s.get("status"), s.get("status")),
-                s.get("created_at"), s.get("updated_at")] for s in data])
+                s.get("state") or SERVICE_STATUS.get(s.get("status"), s.get("status")),
+                s.get("reason") or "", s.get("updated_at")] for s in data])
     elif what == "models":
         data = api.call("GET", "/model", params={"provider_name": args.provider,
                                                  "service_name": args.service}) or []
+        if args.provider and not data:
+            known = [p.get("provider_name") for p in
+                     api.call("GET", "/service_provider") or []]
+            if args.provider not in known:
+                raise CliError(f"provider {args.provider!r} does not exist; providers: "
+                               f"{', '.join(sorted(str(k) for k in known)) or 'none'}")
         if args.json:
             dump_json(data)
             return 0
         table(["MODEL", "PROVIDER", "SERVICE", "SOURCE", "STATUS", "DEFAULT", "UPDATED"],
               [[m.get("model_name"), m.get("provider_name"), m.get("service_name"),
-                m.get("service_source"), m.get("status"), "yes" if m.get("is_default") else "",
+                m.get("service_source"), _model_status(m), "yes" if m.get("is_default") else "",
                 m.get("updated_at")] for m in data])
     else:
         data = api.call("GET", "/service_provider", params={
@@ -297,13 +303,25 @@ def cmd_get(api: Api, args: argparse.Namespace) -> int:
             dump_json([_no_key(p) for p in data])
             return 0
         table(["PROVIDER", "SERVICE", "SOURCE", "FLAVOR", "AUTH", "KEY", "STATUS", "MODELS",
-               "UPDATED"],
+               "WHY"],
               [[p.get("provider_name"), p.get("service_name"), p.get("service_source"),
                 p.get("flavor") or p.get("api_flavor"), p.get("auth_type"),
                 "set" if p.get("has_auth_key") else "",
-                PROVIDER_STATUS.get(p.get("status"), p.get("status")),
-                ",".join(p.get("models") or []), p.get("updated_at")] for p in data])
+                p.get("state") or PROVIDER_STATUS.get(p.get("status"), p.get("status")),
+                ",".join(p.get("models") or []),
+                "" if p.get("state") == "serving" else p.get("reason") or ""] for p in data])
     return 0
+
+
+def _model_status(model: dict[str, Any]) -> str:
+    """"downloaded" only when a request for it would be served; else what stops it (a
+    cloud model is nothing to download: only whether it can be used counts)."""
+    status, state = str(model.get("status") or ""), str(model.get("state") or "")
+    if status == "downloaded" and state and state != "serving":
+        return state if model.get("service_source") == "remote" else f"downloaded, {state}"
+    if status == "downloaded" and model.get("service_source") == "remote":
+        return "available"
+    return status
 
 
 def _no_key(provider: dict[str, Any]) -> dict[str, Any]:
@@ -356,7 +374,7 @@ def cmd_delete(api: Api, args: argparse.Namespace) -> int:
 
 def _pick_provider_of_model(api: Api, model: str, service: str | None) -> str:
     rows = api.call("GET", "/model", params={"model_name": model, "service_name": service}) or []
-    names = sorted({r.get("provider_name", "") for r in rows})
+    names: list[str] = sorted({r.get("provider_name", "") for r in rows})
     if len(names) == 1:
         return names[0]
     if not names:
@@ -371,12 +389,12 @@ def cmd_install(api: Api, args: argparse.Namespace) -> int:
     if args.service == "service_provider":
         if not args.file:
             raise CliError("install service_provider needs -f <provider.json>", 2)
-        body = read_json_file(args.file, "provider")
-        if not isinstance(body, dict):
+        given = read_json_file(args.file, "provider")
+        if not isinstance(given, dict):
             raise CliError(f"provider file {args.file} must hold a JSON object", 2)
-        body = _provider_body(body)
-        api.call("POST", "/service_provider", body=body)
-        print(f"provider {body.get('provider_name', '?')} created")
+        provider = _provider_body(given)
+        api.call("POST", "/service_provider", body=provider)
+        print(f"provider {provider.get('provider_name', '?')} created")
         return 0
     if args.remote:
         return _install_remote(api, args)
@@ -394,6 +412,15 @@ def cmd_install(api: Api, args: argparse.Namespace) -> int:
     return 0
 
 
+def _only_remote_plugin(api: Api, service: str) -> str:
+    """The remote plugin offering `service` when there is exactly one (so `install chat
+    --remote --name X --auth-key ...` needs no --flavor on a usual setup), else ""."""
+    plugins = api.call("GET", "/plugin/list") or []
+    remote = [p.get("name") for p in plugins if p.get("type") == "remote"
+              and service in (p.get("services") or [])]
+    return str(remote[0]) if len(remote) == 1 else ""
+
+
 def _install_remote(api: Api, args: argparse.Namespace) -> int:
     """Create or update the remote provider when the options describe one, then let
     `/service/install` check the credentials live; a provider created here is removed
@@ -407,12 +434,13 @@ def _install_remote(api: Api, args: argparse.Namespace) -> int:
     existing = api.call("GET", "/service_provider", params={"provider_name": name}) or []
     created = False
     if not existing:
-        if not args.flavor:
+        flavor = args.flavor or _only_remote_plugin(api, args.service)
+        if not flavor:
             raise CliError(f"there is no provider {name!r}; give --flavor (and --auth-key) "
                            f"to create it, or see `aogstream get service_providers`")
         api.call("POST", "/service_provider", body={
             "provider_name": name, "service_name": args.service, "service_source": "remote",
-            "api_flavor": args.flavor, "url": args.remote_url or "", "method": args.method,
+            "api_flavor": flavor, "url": args.remote_url or "", "method": args.method,
             "auth_type": auth_type or "none", "auth_key": auth_key,
             "models": [args.model] if args.model else [],
         })
@@ -487,7 +515,7 @@ def cmd_pull(api: Api, args: argparse.Namespace) -> int:
 def _pick_provider_of_service(api: Api, service: str, source: str) -> str:
     rows = api.call("GET", "/service_provider",
                     params={"service_name": service, "service_source": source}) or []
-    names = sorted(r.get("provider_name", "") for r in rows)
+    names: list[str] = sorted(r.get("provider_name", "") for r in rows)
     if len(names) == 1:
         return names[0]
     if not names:
@@ -508,7 +536,7 @@ def cmd_export(api: Api, args: argparse.Namespace) -> int:
     """Stdout by default so it pipes; `to-file` without -f writes `./.aog` as AOG does."""
     body = {k: v for k, v in (("service_name", args.service), ("provider_name", args.provider),
                               ("model_name", args.model)) if v}
-    data = api.call("POST", "/service/export", body=body)
+    data = api.call("POST", "/service/export", body=body)  # the document, bare (as AOG)
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     target = args.file or (".aog" if args.target == "to-file" else None)
     if target is None:
@@ -732,16 +760,37 @@ class _Captions:
             self.partial = False
 
 
+def mic_pcm(path: str) -> bytes:
+    """The file for `--mic-file` as PCM16 16 kHz mono: a WAV's header is read and its
+    audio resampled (first channel); anything else must already be raw PCM16 16 kHz."""
+    from aogstream.errors import GatewayError
+    from aogstream.http.audio import resample_pcm16, wav_pcm
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}", 2) from exc
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        try:
+            pcm, rate = wav_pcm(data)
+        except GatewayError:
+            raise CliError(f"{path} is not a readable 16-bit PCM WAV; --mic-file takes "
+                           "16-bit PCM (convert it, e.g. `sox in.wav -b 16 out.wav`)",
+                           2) from None
+        return resample_pcm16(pcm, rate, RATE)
+    if data[:4] in (b"fLaC", b"OggS") or data[:3] == b"ID3":
+        raise CliError(f"{path} is compressed audio; --mic-file takes a WAV or raw PCM16 "
+                       f"{RATE} Hz mono (or transcribe it without --mic-file)", 2)
+    return data
+
+
 def _transcribe_realtime(api: Api, args: argparse.Namespace) -> int:
     """Play a raw PCM16 16 kHz file into the realtime socket in 20 ms frames, paced like
     a microphone, while a reader thread prints the results as they come."""
     from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
     from websockets.sync.client import connect
 
-    try:
-        pcm = Path(args.mic_file).read_bytes()
-    except OSError as exc:
-        raise CliError(f"cannot read {args.mic_file}: {exc.strerror or exc}", 2) from exc
+    pcm = mic_pcm(args.mic_file)
     ws_url = "ws" + api.url[len("http"):] + f"{BASE}/services/speech-to-text-ws"
     run = {"task": "speech-to-text-ws", "action": "run-task",
            "parameters": {"format": "pcm", "sample_rate": RATE,
@@ -941,7 +990,8 @@ def add_parsers(sub: Any) -> None:
     tr = sub.add_parser("transcribe", help="speech to text from a file, or realtime from a "
                         "raw PCM16 16 kHz mono recording played as a microphone")
     tr.add_argument("file", nargs="?", help="audio file (WAV, MP3, FLAC, ...; .raw/.pcm = PCM16)")
-    tr.add_argument("--mic-file", help="raw PCM16 16 kHz mono file streamed in 20 ms frames")
+    tr.add_argument("--mic-file", help="a WAV (resampled to 16 kHz mono) or raw PCM16 16 kHz "
+                    "mono file, streamed in 20 ms frames")
     tr.add_argument("--pace", type=float, default=1.0,
                     help="--mic-file speed: 1 = real time (default), 0 = as fast as possible")
     tr.add_argument("--rate", type=int, default=RATE, help="sample rate of .raw/.pcm files")

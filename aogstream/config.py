@@ -161,6 +161,10 @@ class Config:
     allowed_hosts: list[str] = attrs.Factory(list)
     cors_origins: list[str] = attrs.Factory(list)
     require_management_key: bool = False
+    # AOG's clients name local files: speech-to-text `audio` as a path, text-to-speech
+    # answered with the saved WAV's path. Loopback clients only (see `http.local_audio`).
+    local_audio_paths: bool = True
+    local_audio_max_bytes: int = 16 * 1024 * 1024
 
     @property
     def db_path(self) -> Path:
@@ -184,6 +188,9 @@ class Config:
             allowed_hosts=_env_list("AOGSTREAM_ALLOWED_HOSTS"),
             cors_origins=_env_list("AOGSTREAM_CORS_ORIGINS"),
             require_management_key=_env_flag("AOGSTREAM_REQUIRE_MANAGEMENT_KEY"),
+            local_audio_paths=os.environ.get("AOGSTREAM_LOCAL_AUDIO_PATHS", "1").lower()
+            not in ("0", "false", "no", "off"),
+            local_audio_max_bytes=_env_int("AOGSTREAM_LOCAL_AUDIO_MAX_BYTES", 16 * 1024 * 1024),
         )
         for key, value in overrides.items():
             if value is not None:

@@ -143,6 +143,10 @@ async def run_install(cfg: Config, names: list[str], *, cover: bool, models: boo
             local = [p for p in gw.plugins.values()
                      if p.manifest.provider.type == m.PLUGIN_TYPE_LOCAL
                      and (not names or p.name in names)]
+            if not local and not names:
+                print("no local plugins found in " + ", ".join(str(d) for d in cfg.plugin_dirs)
+                      + "; name a folder with --plugin-dir", file=sys.stderr)
+                return 1
             unknown = set(names) - {p.name for p in local}
             if unknown:
                 known = ", ".join(p.name for p in gw.plugins.values()
@@ -178,8 +182,19 @@ async def run_status(cfg: Config) -> int:
         gw = _gateway(cfg, gl)
         await gw.start(nursery)
         try:
+            if not any(p.manifest.provider.type == m.PLUGIN_TYPE_LOCAL
+                       for p in gw.plugins.values()):
+                print("no local plugins found in " + ", ".join(str(d) for d in cfg.plugin_dirs)
+                      + "; name a folder with --plugin-dir", file=sys.stderr)
+                return 1
             for plugin in gw.plugins.values():
-                if plugin.manifest.provider.type != m.PLUGIN_TYPE_LOCAL or plugin.client is None:
+                if plugin.manifest.provider.type != m.PLUGIN_TYPE_LOCAL:
+                    continue
+                if plugin.client is None and not await plugin.wait_ready(
+                        cfg.plugin_start_timeout):
+                    print(f"{plugin.name}: did not start: {plugin.last_error}")
+                    continue
+                if plugin.client is None:
                     continue
                 installed = await plugin.client.check_engine(timeout=30)
                 line = f"{plugin.name}: engine {'installed' if installed else 'NOT installed'}"

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from aogstream import AOG_VERSION, errors, safejson
+from aogstream import AOG_VERSION, errors, safejson, status
 from aogstream import manifest as m
 from aogstream.errors import Bcode, GatewayError
 from aogstream.gateway import Gateway, provider_name_for
@@ -313,9 +313,10 @@ class Manager:
     # ================================ services ================================
 
     async def list_services(self, service_name: str = "") -> list[dict[str, Any]]:
-        if service_name:
-            return [(await self._service(service_name)).public()]
-        return [s.public() for s in await self._db(self.store.services)]
+        services = [await self._service(service_name)] if service_name else \
+            await self._db(self.store.services)
+        providers = await self._db(self.store.providers)
+        return [status.service_public(self.gw, s, providers) for s in services]
 
     async def edit_service(self, service_name: str, hybrid_policy: str) -> dict[str, Any]:
         _need(service_name, "service_name", SERVICE_BAD)
@@ -648,7 +649,7 @@ class Manager:
         rows = await self._db(lambda: self.store.providers(
             service_name=service_name, service_source=service_source,
             provider_name=provider_name, flavor=api_flavor))
-        return [p.public() for p in rows]
+        return [status.provider_public(self.gw, p) for p in rows]
 
     async def provider_detail(self, service_name: str = "", service_source: str = "",
                               provider_name: str = "", api_flavor: str = ""
@@ -817,7 +818,8 @@ class Manager:
                           service_name: str = "") -> list[dict[str, Any]]:
         rows = await self._db(lambda: self.store.models(
             provider_name=provider_name, model_name=model_name, service_name=service_name))
-        return [r.public() for r in rows]
+        providers = {p.provider_name: p for p in await self._db(self.store.providers)}
+        return [status.model_public(self.gw, r, providers) for r in rows]
 
     async def _pull_provider(self, provider_name: str, model_name: str, service_name: str,
                              service_source: str) -> ProviderRow:

@@ -41,6 +41,10 @@ HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 HCLOG_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
                 "warn": logging.WARNING, "warning": logging.WARNING, "error": logging.ERROR}
 
+# Python logging's level names, as the SDK's plugins print them first on a line.
+PY_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
+             "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
+
 
 def plugin_log_line(line: str, default: int) -> tuple[int, str]:
     """One line a plugin wrote → (level, text) for the gateway's log.
@@ -48,9 +52,14 @@ def plugin_log_line(line: str, default: int) -> tuple[int, str]:
     Go plugins log through hclog, which go-plugin sets to JSON (`{"@level": "warn",
     "@message": ..., "@module": ..., key: value}`): such a line keeps its own level and is
     shown as its message and fields, so a Go plugin's errors are not buried at INFO.
-    Any other line is logged at `default`, as written.
+    A line that starts with a level name, as Python plugins log ("WARNING name: message"),
+    is logged at that level without the word, so the gateway's line carries one level,
+    not "INFO ...: WARNING ...". Any other line is logged at `default`, as written.
     """
     if not (line.startswith("{") and '"@level"' in line):
+        word, _, rest = line.partition(" ")
+        if word in PY_LEVELS and rest:
+            return PY_LEVELS[word], rest
         return default, line
     try:
         entry = json.loads(line)

@@ -25,6 +25,7 @@ from aogstream.bidi.realtime_asr import serve_realtime
 from aogstream.bidi.relay import serve_relay
 from aogstream.bidi.socket import AsgiWebSocket
 from aogstream.gateway import Gateway, may_fall_back
+from aogstream.http import local_audio
 from aogstream.http.asgi import (
     CLOSE_AFTER,
     JSON_HEADERS,
@@ -46,6 +47,9 @@ log = logging.getLogger(__name__)
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 PREFIX = f"/aog/{SPEC_VERSION}/services/"
+# AOG's plugin guide tests a plugin with `POST /v0.2/services/chat` (no `/aog`) and a
+# body `{"provider": <plugin>, "service": <service>, "data": <the request>}`
+GUIDE_PREFIX = f"/{SPEC_VERSION}/services/"
 
 
 async def send_error(send: Any, err: errors.GatewayError) -> None:
@@ -65,8 +69,14 @@ class HotRoutes:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path: str = scope.get("path", "")
         kind = scope["type"]
+        if path.startswith(GUIDE_PREFIX):  # the plugin guide's test command's path
+            path = "/aog" + path
         if path.startswith(PREFIX):
             service = path[len(PREFIX):].strip("/")
+            if service == "models" and "models" not in self.gateway.services():
+                # no plugin serves models: the app answers from the store
+                await self.fallback({**scope, "path": path}, receive, send)
+                return
             if kind == "http":
                 await self._http(scope, receive, send, service)
                 return
@@ -108,7 +118,16 @@ class HotRoutes:
             body = await self._read_body(scope, receive)
             body_read = True
             raw, obj = self._parse(scope, body, service)
+            raw, obj, provider = unwrap_guide_envelope(raw, obj, service)
+            cfg = self.gateway.config
+            if service == local_audio.AUDIO_SERVICE and await local_audio.inline_audio_path(
+                    scope, obj, cfg.local_audio_paths, cfg.local_audio_max_bytes):
+                raw = json.dumps(obj).encode()  # AOG's SDK names a local file
+            save_wav = service == local_audio.SPEECH_SERVICE and \
+                local_audio.wants_saved_wav(scope, obj, cfg.local_audio_paths)
             routes = self.gateway.routes(service, obj)
+            if provider:
+                routes = pick_provider(routes, provider, service)
             if routes[0].definition.expose_protocol.upper() in ("WEBSOCKET", "WSS"):
                 raise errors.GatewayError(
                     errors.BAD_REQUEST,
@@ -155,6 +174,9 @@ class HotRoutes:
                             continue
                         await send_error(send, err)
                     else:
+                        if save_wav:  # AOG's answer: the saved WAV's path in `url`
+                            data = await local_audio.add_saved_wav(
+                                data, self.gateway.config.data_dir / "audio")
                         await _send_unary(send, data, served_by)
                     break
             nursery.cancel_scope.cancel()
@@ -187,6 +209,39 @@ class HotRoutes:
         finally:
             with trio.CancelScope(shield=True):
                 await ws.close()
+
+
+def unwrap_guide_envelope(raw: bytes, obj: dict[str, Any], service: str
+                          ) -> tuple[bytes, dict[str, Any], str]:
+    """The request inside AOG's plugin-guide envelope `{"provider", "service", "data"}`
+    (`data` is the request; `provider` names the plugin or provider that must serve it),
+    or the body unchanged with no provider when it is not that envelope."""
+    if not isinstance(obj.get("data"), dict) or not set(obj) <= {"provider", "service", "data"} \
+            or len(obj) < 2:  # a bare {"data": ...} may be some service's own request
+        return raw, obj, ""
+    named = obj.get("service")
+    if named is not None and named != service:
+        raise errors.GatewayError(errors.BAD_REQUEST,
+                                  f"the body names service {named!r} but was posted to "
+                                  f"{PREFIX}{service}; post it to {PREFIX}{named}")
+    provider = obj.get("provider") or ""
+    if not isinstance(provider, str):
+        raise errors.GatewayError(errors.BAD_REQUEST, "'provider' must be a plugin or "
+                                  "provider name (a string)")
+    inner: dict[str, Any] = obj["data"]
+    return json.dumps(inner).encode(), inner, provider
+
+
+def pick_provider(routes: list[Any], provider: str, service: str) -> list[Any]:
+    """The routes served by `provider` (a plugin name such as `aliyun-plugin`, or a
+    provider name such as `remote_aliyun-plugin_chat`), or a 404 naming the ones there are."""
+    mine = [r for r in routes if provider in (r.provider.name, r.provider_name)]
+    if not mine:
+        offered = sorted({r.provider.name for r in routes})
+        raise errors.GatewayError(errors.SERVICE_NOT_FOUND,
+                                  f"provider {provider!r} does not serve {service!r} for this "
+                                  f"request; it can be served by: {', '.join(offered)}")
+    return mine
 
 
 async def _send_unary(send: Any, data: bytes, extra: list[tuple[bytes, bytes]]) -> None:

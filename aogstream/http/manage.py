@@ -152,7 +152,10 @@ def management_blueprint(gateway: Gateway) -> Blueprint:
         f = await read_fields(manage.SERVICE_BAD)
         data = await mgr.export(f.text("service_name"), f.text("provider_name"),
                                 f.text("model_name"))
-        return ok(manage.SERVICE_OK, data)
+        # the `.aog` document bare, as AOG answers it (`aog export` writes the body to
+        # the file as it comes; errors still come in the envelope)
+        return Response(json.dumps(data, ensure_ascii=False), status=200,
+                        mimetype="application/json")
 
     @bp.post("/service/import")
     async def import_services() -> Response:
