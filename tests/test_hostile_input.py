@@ -105,6 +105,8 @@ WRONG_TYPES: list[tuple[str, str, Any, tuple[str, ...]]] = [
      ("'stream'", "true or false")),
     (f"{API}/services/chat", "POST", {"messages": [{"role": "user", "content": "x"}, 5]},
      ("'messages[1]'",)),
+    (f"{API}/services/chat", "POST", {"service": "chat", "data": {"model": 5, "messages": []}},
+     ("'model'", "a number")),  # inside AOG's plugin-guide envelope
     (f"{API}/services/generate", "POST", {"prompt": "x", "temperature": "hot"},
      ("'temperature'", "a number")),
     (f"{API}/services/chat", "POST", {"messages": [], "hybrid_policy": ["x"]},

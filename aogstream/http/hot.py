@@ -95,8 +95,7 @@ class HotRoutes:
         return await read_body(scope, receive, self.max_body, cfg.body_timeout,
                                cfg.body_min_rate)
 
-    def _parse(self, scope: dict[str, Any], body: bytes,
-               service: str) -> tuple[bytes, dict[str, Any]]:
+    def _parse(self, scope: dict[str, Any], body: bytes) -> tuple[bytes, dict[str, Any]]:
         """The request as JSON bytes and the parsed object (AOG reads `stream` from it).
 
         A GET's query string becomes `{key: [values]}` as AOG does."""
@@ -104,7 +103,6 @@ class HotRoutes:
             obj: Any = query_object(scope)
             return json.dumps(obj).encode(), obj
         obj = parse_object(body, 'e.g. {"model": ..., "messages": [...]}')
-        check_fields(obj, service)
         return body, obj
 
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any, service: str) -> None:
@@ -117,8 +115,10 @@ class HotRoutes:
             self.gateway.check_service(service)  # unknown: fail before reading the body
             body = await self._read_body(scope, receive)
             body_read = True
-            raw, obj = self._parse(scope, body, service)
+            raw, obj = self._parse(scope, body)
             raw, obj, provider = unwrap_guide_envelope(raw, obj, service)
+            if scope["method"] != "GET":  # a query string's values are lists of strings
+                check_fields(obj, service)
             cfg = self.gateway.config
             if service == local_audio.AUDIO_SERVICE and await local_audio.inline_audio_path(
                     scope, obj, cfg.local_audio_paths, cfg.local_audio_max_bytes):
