@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from aogstream import AOG_VERSION, errors, status
+from aogstream import AOG_VERSION, errors, safejson, status
 from aogstream import manifest as m
 from aogstream.errors import Bcode, GatewayError
 from aogstream.gateway import Gateway, provider_name_for
@@ -96,7 +96,7 @@ PLUGIN_STATUS = {"running": m.PLUGIN_STATUS_RUNNING}  # everything else: stopped
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "WS")
 UNSUPPORTED_CODES = {m.ERR_CODE_UNIMPLEMENTED, 501, m.ERR_CODE_SERVICE_STREAMING_NOT_SUPPORTED,
                      m.ERR_CODE_SERVICE_BIDIRECTIONAL_NOT_SUPPORTED}
-SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")  # a folder name any file system takes
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")  # as plugins store them
 READY_WAIT_S = 10.0  # how long a call waits for a plugin that is (re)starting
 
@@ -131,9 +131,9 @@ def json_object_text(value: Any, field: str, bcode: Bcode) -> str:
     if not isinstance(value, str):
         raise GatewayError(bcode, f"{field} must be a JSON object (or a string holding one)")
     try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise GatewayError(bcode, f"{field} is not valid JSON: {exc.msg}") from None
+        parsed = safejson.loads(value, field)
+    except safejson.JSONInputError as exc:
+        raise GatewayError(bcode, str(exc)) from None
     if not isinstance(parsed, dict):
         raise GatewayError(bcode, f"{field} must be a JSON object, e.g. "
                                   '{"api_key": "..."}')
@@ -1183,8 +1183,8 @@ class Manager:
             raise GatewayError(PLUGIN_INVALID, "name is required (the plugin's name)")
         if not SAFE_NAME.match(name) or ".." in name:
             raise GatewayError(PLUGIN_INVALID,
-                               f"plugin name {name!r} is not a plain folder name (letters, "
-                               f"digits, '.', '_' and '-'; no '..')")
+                               f"plugin name {safejson.short(name)} is not a plain folder "
+                               "name (up to 128 letters, digits, '.', '_' and '-'; no '..')")
         return name
 
     def _cancel_plugin_pulls(self, name: str, reason: str) -> None:

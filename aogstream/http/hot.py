@@ -16,7 +16,6 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs
 
 import trio
 
@@ -32,8 +31,10 @@ from aogstream.http.asgi import (
     CLOSE_AFTER,
     JSON_HEADERS,
     ClientGone,
+    check_fields,
     header,
     parse_object,
+    query_object,
     read_body,
     send_json,
     served_by_headers,
@@ -92,15 +93,16 @@ class HotRoutes:
     # ---- HTTP -----------------------------------------------------------------------
 
     async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes:
-        return await read_body(scope, receive, self.max_body)
+        cfg = self.gateway.config
+        return await read_body(scope, receive, self.max_body, cfg.body_timeout,
+                               cfg.body_min_rate)
 
     def _parse(self, scope: dict[str, Any], body: bytes) -> tuple[bytes, dict[str, Any]]:
         """The request as JSON bytes and the parsed object (AOG reads `stream` from it).
 
         A GET's query string becomes `{key: [values]}` as AOG does."""
         if scope["method"] == "GET":
-            query = parse_qs(scope.get("query_string", b"").decode(), keep_blank_values=True)
-            obj: Any = dict(query)
+            obj: Any = query_object(scope)
             return json.dumps(obj).encode(), obj
         obj = parse_object(body, 'e.g. {"model": ..., "messages": [...]}')
         return body, obj
@@ -117,6 +119,8 @@ class HotRoutes:
             body_read = True
             raw, obj = self._parse(scope, body)
             raw, obj, provider = unwrap_guide_envelope(raw, obj, service)
+            if scope["method"] != "GET":  # a query string's values are lists of strings
+                check_fields(obj, service)
             cfg = self.gateway.config
             if service == local_audio.AUDIO_SERVICE and await local_audio.inline_audio_path(
                     scope, obj, cfg.local_audio_paths, cfg.local_audio_max_bytes):
