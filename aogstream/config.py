@@ -133,6 +133,17 @@ class Config:
     stream_timeout: float | None = 300.0
     max_body_bytes: int = 16 * 1024 * 1024
     ws_max_message_bytes: int = 10 * 1024 * 1024
+    # Open WebSocket sessions per service in each serving process (0 = no cap); see
+    # `bidi.limits`.
+    max_realtime_sessions: int = 16
+    # A request body must arrive within `body_timeout` seconds, plus one second per
+    # `body_min_rate` bytes received (a big upload on a slow link keeps going; a client
+    # trickling bytes to hold a connection open is cut). None: no deadline.
+    body_timeout: float | None = 30.0
+    body_min_rate: int = 64 * 1024
+    # Connections one serving process holds at once; more wait in the listen backlog.
+    # 0: as many as the open-file limit allows, less a reserve (see `serving_limits`).
+    max_connections: int = 0
     plugin_start_timeout: float = 60.0
     plugin_connect_timeout: float = 10.0
     plugin_stop_grace: float = 2.0
@@ -172,6 +183,8 @@ class Config:
             unary_timeout=_env_float("AOGSTREAM_UNARY_TIMEOUT", 60.0),
             stream_timeout=_env_float("AOGSTREAM_STREAM_TIMEOUT", 300.0),
             max_body_bytes=_env_int("AOGSTREAM_MAX_BODY_BYTES", 16 * 1024 * 1024),
+            body_timeout=_env_float("AOGSTREAM_BODY_TIMEOUT", 30.0),
+            max_connections=_env_int("AOGSTREAM_MAX_CONNECTIONS", 0),
             restart_backoff_initial=_env_float("AOGSTREAM_RESTART_BACKOFF", 0.5) or 0.0,
             health_interval=_env_float("AOGSTREAM_HEALTH_INTERVAL", 5.0) or 5.0,
             workers=_env_int("AOGSTREAM_WORKERS", 0),
@@ -181,6 +194,7 @@ class Config:
             local_audio_paths=os.environ.get("AOGSTREAM_LOCAL_AUDIO_PATHS", "1").lower()
             not in ("0", "false", "no", "off"),
             local_audio_max_bytes=_env_int("AOGSTREAM_LOCAL_AUDIO_MAX_BYTES", 16 * 1024 * 1024),
+            max_realtime_sessions=_env_int("AOGSTREAM_MAX_REALTIME_SESSIONS", 16),
         )
         for key, value in overrides.items():
             if value is not None:

@@ -8,6 +8,7 @@ GatewayError carries both numbers from AOG's business-code families (10000 servi
 from __future__ import annotations
 
 import json
+import re
 
 import attrs
 
@@ -21,8 +22,7 @@ class Bcode:
 
 
 # The one table of business codes, by AOG's families (its internal/utils/bcode). A code
-# that shows with two HTTP statuses (40002, 100004) is AOG's own doubling, kept as AOG
-# answers it.
+# that shows with more than one HTTP status (40002, 100004) is kept as AOG answers it.
 
 # 10000 service
 SERVICE_OK = Bcode(200, 10000)
@@ -57,6 +57,7 @@ MODEL_ENGINE_DELETE = Bcode(500, 30006)
 NO_TARGET_PROVIDER = Bcode(404, 40001)
 READ_BODY = Bcode(400, 40002)
 BODY_TOO_LARGE = Bcode(413, 40002)
+BODY_TIMEOUT = Bcode(408, 40002)
 BAD_JSON = Bcode(400, 40003)
 UNSUPPORTED_MEDIA = Bcode(415, 40004)
 METHOD_NOT_ALLOWED = Bcode(405, 40005)
@@ -93,6 +94,17 @@ SUCCESS_MESSAGES: dict[int, str] = {
 }
 """The message of a management call's success envelope, by family."""
 
+# An absolute path not preceded by a word character (so `a/b` in an expression, or a
+# URL path after a host name, is left alone): its folders are dropped, its name kept.
+_ABSOLUTE_DIRS = re.compile(r"(?<![\w.$~:/])(?:/[\w.+@-]+)+/(?=[\w.+@-])")
+
+
+def without_paths(text: str) -> str:
+    """`text` with the folders of absolute paths removed (`/srv/x/openai.yaml` becomes
+    `openai.yaml`): answers may name a file but never show where it lives."""
+    return _ABSOLUTE_DIRS.sub("", text)
+
+
 class GatewayError(Exception):
     """An error with an HTTP status, an AOG business code and a helpful message."""
 
@@ -109,7 +121,8 @@ class GatewayError(Exception):
         return {"business_code": self.bcode.code, "message": self.message}
 
     def body(self) -> bytes:
-        return json.dumps(self.to_dict(), ensure_ascii=False).encode()
+        # backslashreplace: a message quoting a client's lone surrogate still encodes
+        return json.dumps(self.to_dict(), ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 def from_plugin_code(code: int, message: str, plugin: str) -> GatewayError:

@@ -29,7 +29,7 @@ import pytest
 from audio import goforward_pcm
 from conftest import REPO, Gateway, free_port, require_engines
 
-from aogstream.cli import pid_alive
+from aogstream.cli.server import pid_alive
 
 CLI_TIMEOUT = 60.0
 SECRET = "sk-cli-secret-4242"

@@ -18,10 +18,12 @@ from typing import Any
 
 import trio
 
+from aogstream import safejson
 from aogstream.bidi.relay import send_frame
 from aogstream.bidi.socket import AsgiWebSocket, Disconnected
 from aogstream.gateway import Gateway, Route
 from aogstream.invocation import Frame, Invocation, Mode
+from aogstream.safejson import short, type_name
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +46,40 @@ def event(name: str, task_id: str, payload: dict[str, Any] | None = None,
     return json.dumps({"header": header, "payload": payload or {}}, ensure_ascii=False)
 
 
+class BadTask(ValueError):
+    """A run-task the client got wrong (a CLIENT_ERROR); the message names the field."""
+
+
+def _text_field(obj: dict[str, Any], key: str, where: str) -> None:
+    value = obj.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadTask(f"'{where}{key}' must be a string, not {type_name(value)}")
+
+
 def task_parameters(run: dict[str, Any], default_model: str) -> dict[str, str]:
-    """The metadata AOG's host adds to the plugin session, with AOG's defaults."""
-    params = run.get("parameters") or {}
-    if not isinstance(params, dict):
+    """The metadata AOG's host adds to the plugin session, with AOG's defaults.
+
+    The run-task goes to the plugin as the client sent it, so its fields are checked
+    here first: a wrong type is the client's mistake (BadTask, a CLIENT_ERROR naming the
+    field), not a plugin crash reported as SERVER_ERROR."""
+    params = run.get("parameters")
+    if params is None:
         params = {}
-    rate = params.get("sample_rate", 16000)
+    if not isinstance(params, dict):
+        raise BadTask("'parameters' must be a JSON object such as "
+                      '{"format": "pcm", "sample_rate": 16000, "language": "en"}, not '
+                      f"{type_name(params)}")
+    _text_field(run, "model", "")
+    for key in ("model", "language", "format"):
+        _text_field(params, key, "parameters.")
+    rate: Any = params.get("sample_rate")
+    if rate is None:
+        rate = 16000
+    elif isinstance(rate, str) and rate.isascii() and rate.isdigit() and len(rate) <= 9:
+        rate = int(rate)
+    if isinstance(rate, bool) or not isinstance(rate, int):
+        raise BadTask("'parameters.sample_rate' must be an integer number of Hz (one of "
+                      f"{', '.join(map(str, SAMPLE_RATES))}), not {type_name(rate)}")
     if rate not in SAMPLE_RATES:
         rate = 16000
     return {
@@ -79,6 +109,16 @@ class RealtimeSession:
 
     async def run(self) -> None:
         try:
+            await self._loop()
+        except Disconnected:
+            return
+        except Exception:  # a bug must still tell the client, not close as "normal"
+            log.exception("realtime session %s failed", self.conn_id)
+            await self.fail(SERVER_ERROR, "the gateway failed on this task; see its log")
+            await self.ws.close(1011)
+
+    async def _loop(self) -> None:
+        try:
             while True:
                 msg = await self.ws.receive()
                 run = await self._parse_control(msg)
@@ -93,7 +133,7 @@ class RealtimeSession:
                     await self.fail(CLIENT_ERROR, "finish-task without a running task; "
                                     "send run-task first")
                 else:
-                    await self.fail(CLIENT_ERROR, f"unknown action {action!r}; expected "
+                    await self.fail(CLIENT_ERROR, f"unknown action {short(action)}; expected "
                                     "run-task or finish-task")
         except Disconnected:
             return
@@ -104,18 +144,18 @@ class RealtimeSession:
                             "text frame first")
             return None
         try:
-            data = json.loads(msg)
-        except json.JSONDecodeError as exc:
-            await self.fail(CLIENT_ERROR, f"text frames must be JSON ({exc.msg} at "
-                            f"position {exc.pos})")
+            return safejson.loads_object(msg, "the text frame")
+        except safejson.JSONInputError as exc:
+            await self.fail(CLIENT_ERROR, f"{exc}; text frames must be JSON objects such "
+                            'as {"action": "run-task", ...}')
             return None
-        if not isinstance(data, dict):
-            await self.fail(CLIENT_ERROR, "text frames must be JSON objects")
-            return None
-        return data
 
     async def _run_task(self, run: dict[str, Any]) -> None:
-        meta = task_parameters(run, self.route.definition.default_model)
+        try:
+            meta = task_parameters(run, self.route.definition.default_model)
+        except BadTask as exc:
+            await self.fail(CLIENT_ERROR, f"run-task refused: {exc}")
+            return
         meta["ws_conn_id"] = self.conn_id
         run["task_id"] = self.conn_id
         run.setdefault("task", SERVICE)
@@ -185,7 +225,7 @@ class RealtimeSession:
                 await self.fail(CLIENT_ERROR, "a task is already running on this socket; "
                                 "send finish-task first")
             else:
-                await self.fail(CLIENT_ERROR, f"unknown action {action!r}")
+                await self.fail(CLIENT_ERROR, f"unknown action {short(action)}")
 
 
 def _event_name(data: bytes) -> str:

@@ -29,11 +29,18 @@ from aogstream.host.client import PluginClient
 from aogstream.host.connection import ProcessProvider, crash_error
 from aogstream.rpc.bridge import Channel, GrpcLoop, RpcFailure
 from aogstream.rpc.gen import grpc_controller_pb2
+from aogstream.rpc.handshake import (
+    APP_PROTOCOL_VERSION,
+    COOKIE_KEY,
+    COOKIE_VALUE,
+    MAX_LINE_BYTES,
+    PROTOCOL_VERSIONS_ENV,
+    HandshakeError,
+    parse_handshake,
+)
 
 log = logging.getLogger("aogstream.host")
 
-COOKIE_KEY = "AOG_PLUGIN"
-COOKIE_VALUE = "aog-provider-plugin-v1"
 HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 
 
@@ -73,30 +80,6 @@ def plugin_log_line(line: str, default: int) -> tuple[int, str]:
     return level, text
 
 
-class HandshakeError(Exception):
-    """The plugin's first stdout line was not a valid go-plugin handshake."""
-
-
-def parse_handshake(line: str) -> tuple[str, str]:
-    """`CORE|APP|NETWORK|ADDRESS|PROTOCOL[|CERT[|MUX]]` → (network, address)."""
-    parts = line.strip().split("|")
-    if len(parts) < 4:
-        raise HandshakeError(f"expected CORE|APP|NETWORK|ADDRESS|PROTOCOL, got {line!r}")
-    core, app, network, address = parts[:4]
-    protocol = parts[4] if len(parts) > 4 else "netrpc"
-    if core != "1":
-        raise HandshakeError(f"unsupported go-plugin core protocol {core!r} (want 1)")
-    if app != "1":
-        raise HandshakeError(f"plugin speaks app protocol {app!r}; this host speaks 1")
-    if network not in ("unix", "tcp"):
-        raise HandshakeError(f"unknown network {network!r} (want unix or tcp)")
-    if protocol != "grpc":
-        raise HandshakeError(f"plugin offers {protocol!r}; only grpc is supported")
-    if len(parts) > 5 and len(parts[5]) > 50:
-        raise HandshakeError("the plugin asked for TLS (AutoMTLS), which this host does not use")
-    return network, address
-
-
 def remove_socket_dir(address: str) -> None:
     """Once a plugin has exited: its unix socket, and the private folder go-plugin made
     for it (`<tmp>/pluginXXXX`) when that folder is left empty. A plugin killed before
@@ -117,7 +100,7 @@ def plugin_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         COOKIE_KEY: COOKIE_VALUE,
         "PLUGIN_MIN_PORT": "10000",
         "PLUGIN_MAX_PORT": "25000",
-        "PLUGIN_PROTOCOL_VERSIONS": "1",
+        PROTOCOL_VERSIONS_ENV: str(APP_PROTOCOL_VERSION),
         "AOG_VERSION": AOG_VERSION,
         # Python plugins shipped with aogstream run on the gateway's interpreter.
         "AOGSTREAM_PYTHON": sys.executable,
@@ -392,7 +375,7 @@ async def _read_line(stream: trio.abc.ReceiveStream) -> str | None:
         if b == b"\n":
             return buf.decode(errors="replace")
         buf += b
-        if len(buf) > 64 * 1024:
+        if len(buf) > MAX_LINE_BYTES:
             raise HandshakeError("handshake line longer than 64 KiB")
 
 

@@ -47,6 +47,8 @@ def build_app(gateway: Gateway) -> HotRoutes:
     app = QuartTrio("aogstream")
     app.asgi_http_class = ShieldedFinalSend  # type: ignore[assignment]
     app.config["MAX_CONTENT_LENGTH"] = gateway.config.max_body_bytes
+    # the same body deadline as the hot routes' (Quart's default is 60 s; None: none)
+    app.config["BODY_TIMEOUT"] = gateway.config.body_timeout
 
     @app.get("/")
     async def root() -> Response:

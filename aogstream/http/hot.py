@@ -16,13 +16,13 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs
 
 import trio
 
 from aogstream import SPEC_VERSION, errors
+from aogstream.bidi.limits import CLOSE_TRY_AGAIN_LATER, SessionLimit
+from aogstream.bidi.realtime_asr import SERVER_ERROR, event, serve_realtime
 from aogstream.bidi.realtime_asr import SERVICE as REALTIME_SERVICE
-from aogstream.bidi.realtime_asr import serve_realtime
 from aogstream.bidi.relay import serve_relay
 from aogstream.bidi.socket import AsgiWebSocket
 from aogstream.gateway import Gateway, may_fall_back
@@ -31,8 +31,10 @@ from aogstream.http.asgi import (
     CLOSE_AFTER,
     JSON_HEADERS,
     ClientGone,
+    check_fields,
     header,
     parse_object,
+    query_object,
     read_body,
     send_json,
     served_by_headers,
@@ -64,6 +66,7 @@ class HotRoutes:
         self.max_body = gateway.config.max_body_bytes
         self.max_ws_frame = gateway.config.ws_max_message_bytes
         self.front_doors = FrontDoors(gateway, self.max_body)
+        self.ws_sessions = SessionLimit(gateway.config.max_realtime_sessions)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path: str = scope.get("path", "")
@@ -90,15 +93,16 @@ class HotRoutes:
     # ---- HTTP -----------------------------------------------------------------------
 
     async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes:
-        return await read_body(scope, receive, self.max_body)
+        cfg = self.gateway.config
+        return await read_body(scope, receive, self.max_body, cfg.body_timeout,
+                               cfg.body_min_rate)
 
     def _parse(self, scope: dict[str, Any], body: bytes) -> tuple[bytes, dict[str, Any]]:
         """The request as JSON bytes and the parsed object (AOG reads `stream` from it).
 
         A GET's query string becomes `{key: [values]}` as AOG does."""
         if scope["method"] == "GET":
-            query = parse_qs(scope.get("query_string", b"").decode(), keep_blank_values=True)
-            obj: Any = dict(query)
+            obj: Any = query_object(scope)
             return json.dumps(obj).encode(), obj
         obj = parse_object(body, 'e.g. {"model": ..., "messages": [...]}')
         return body, obj
@@ -115,6 +119,8 @@ class HotRoutes:
             body_read = True
             raw, obj = self._parse(scope, body)
             raw, obj, provider = unwrap_guide_envelope(raw, obj, service)
+            if scope["method"] != "GET":  # a query string's values are lists of strings
+                check_fields(obj, service)
             cfg = self.gateway.config
             if service == local_audio.AUDIO_SERVICE and await local_audio.inline_audio_path(
                     scope, obj, cfg.local_audio_paths, cfg.local_audio_max_bytes):
@@ -197,14 +203,27 @@ class HotRoutes:
             return
         await ws.accept()
         conn_id = str(uuid.uuid4())
-        try:
-            if service == REALTIME_SERVICE:
-                await serve_realtime(ws, self.gateway, route, conn_id, self.max_ws_frame)
-            else:
-                await serve_relay(ws, self.gateway, route, conn_id)
-        finally:
-            with trio.CancelScope(shield=True):
-                await ws.close()
+        with self.ws_sessions.session(service) as admitted:
+            try:
+                if not admitted:
+                    await self._refuse_busy(ws, service, conn_id)
+                elif service == REALTIME_SERVICE:
+                    await serve_realtime(ws, self.gateway, route, conn_id, self.max_ws_frame)
+                else:
+                    await serve_relay(ws, self.gateway, route, conn_id)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await ws.close(CLOSE_TRY_AGAIN_LATER if not admitted else 1000)
+
+    async def _refuse_busy(self, ws: AsgiWebSocket, service: str, conn_id: str) -> None:
+        """Over the session cap: say so in the service's own protocol (the close follows)."""
+        message = self.ws_sessions.message(service)
+        log.warning("refused a WebSocket session: %s", message)
+        if service == REALTIME_SERVICE:
+            await ws.send_text(event("task-failed", conn_id, error_code=SERVER_ERROR,
+                                     error_message=message))
+        else:
+            await ws.send_text(json.dumps({"error": message}))
 
 
 def unwrap_guide_envelope(raw: bytes, obj: dict[str, Any], service: str

@@ -7,11 +7,11 @@ import logging
 import signal
 
 import hypercorn.config
-import hypercorn.trio
 import trio
 
 from aogstream.config import Config, ensure_private_dir
 from aogstream.gateway import Gateway
+from aogstream.http import limits
 from aogstream.http.app import build_app
 from aogstream.http.guard import Guard, describe, load_keys, policy_for
 from aogstream.http.workers import (
@@ -50,6 +50,8 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
     keys = load_keys(cfg, generate=True)
     policy = policy_for(cfg, keys)
     stop = trio.Event()
+    open_files = limits.raise_open_file_limit()  # before plugins start: they inherit it
+    cap = limits.connection_cap(cfg.max_connections, open_files)
     count = worker_count(cfg)
     pool: WorkerPool | None = None
     private_dir = ""
@@ -80,15 +82,15 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
             async def http(task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED
                            ) -> None:
                 try:
-                    await hypercorn.trio.serve(app, hc,  # type: ignore[arg-type]
-                                               shutdown_trigger=stop.wait,
-                                               task_status=task_status)
+                    await limits.serve(app, hc, cap, shutdown_trigger=stop.wait,
+                                       task_status=task_status)
                 finally:
                     served.set()
 
             await nursery.start(http)  # returns once the port is bound
-            log.info("aogstream listening on http://%s:%d (%d serving process%s)",
-                     cfg.host, cfg.port, count, "es" if count > 1 else "")
+            log.info("aogstream listening on http://%s:%d (%d serving process%s, up to %d "
+                     "connections each, %d open files)", cfg.host, cfg.port, count,
+                     "es" if count > 1 else "", cap, open_files)
             log.info("%s", ready_line(cfg, gateway))
             task_status.started(gateway)
             await served.wait()  # hypercorn has shut down gracefully

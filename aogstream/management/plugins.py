@@ -15,6 +15,7 @@ from typing import Any
 import trio
 
 from aogstream import manifest as m
+from aogstream import safejson
 from aogstream.errors import (
     PLUGIN_CONFLICT,
     PLUGIN_INVALID,
@@ -29,7 +30,7 @@ from aogstream.management import plugin_files
 from aogstream.management.model_pulls import ModelPulls
 from aogstream.management.shared import GatewayAccess, names
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")  # a plugin's folder name
+SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")  # a folder name any file system takes
 # AOG's plugin status number: running (1); everything else is stopped (2)
 PLUGIN_STATUS: dict[str, int] = {PluginState.RUNNING: m.PLUGIN_STATUS_RUNNING}
 
@@ -148,8 +149,8 @@ class Plugins(GatewayAccess):
             raise GatewayError(PLUGIN_INVALID, "name is required (the plugin's name)")
         if not SAFE_NAME.match(name) or ".." in name:
             raise GatewayError(PLUGIN_INVALID,
-                               f"plugin name {name!r} is not a plain folder name (letters, "
-                               f"digits, '.', '_' and '-'; no '..')")
+                               f"plugin name {safejson.short(name)} is not a plain folder "
+                               "name (up to 128 letters, digits, '.', '_' and '-'; no '..')")
         return name
 
     def _cancel_plugin_pulls(self, name: str, reason: str) -> None:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from aogstream import errors
+from aogstream import errors, safejson
 from aogstream import manifest as m
 from aogstream.errors import (
     PLUGIN_INVALID,
@@ -60,9 +60,9 @@ def json_object_text(value: Any, field: str, bcode: Bcode) -> str:
     if not isinstance(value, str):
         raise GatewayError(bcode, f"{field} must be a JSON object (or a string holding one)")
     try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise GatewayError(bcode, f"{field} is not valid JSON: {exc.msg}") from None
+        parsed = safejson.loads(value, field)
+    except safejson.JSONInputError as exc:
+        raise GatewayError(bcode, str(exc)) from None
     if not isinstance(parsed, dict):
         raise GatewayError(bcode, f"{field} must be a JSON object, e.g. "
                                   '{"api_key": "..."}')
