@@ -1112,6 +1112,8 @@ class Manager:
                                 "description": "", "state": "unloaded", "pid": None,
                                 "restarts": 0, "last_error": "", "enabled": True,
                                 "type": "", "plugin_version": "", "dir": str(sub)})
+        if self.gw.native is not None:  # native plugins (CLIProxyAPI's C ABI)
+            out.extend(self.gw.native.entries())
         return out
 
     async def plugin_info(self, name: str) -> dict[str, Any]:

@@ -1,0 +1,264 @@
+"""What native plugins call on the host (`host_api.call`), and the scopes that bind
+those calls to the request that caused them.
+
+Callbacks arrive on any thread (a worker thread of ours running the plugin's call, or
+a thread the plugin made), re-entrantly. `host.log` is answered on that thread; every
+other callback runs as a trio task on the gateway's loop (`trio.from_thread.run`), so
+it uses the gateway's HTTP client, its cancellation and its channels while the
+plugin's thread waits.
+
+Scopes (`host_callback_id`): the host opens one per request-bound call, sends its id,
+and closes it when the call (for a streamed answer: the stream) ends. A callback that
+names an open scope runs under that request's cancellation (the client leaving cancels
+an outbound `host.http.do`) and logs with its request id; an unknown or expired id
+falls back to no request (as CPA does).
+
+Executor streams (`host.stream.emit`/`close`): the host registers a stream (a channel
+of 16 chunks) before calling `executor.execute_stream`; `emit` blocks while 16 chunks
+wait (backpressure into the invocation), and fails with "stream N is not open" once
+the client has gone, which is how the plugin learns to stop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from typing import Any
+
+import attrs
+import httpx
+import trio
+
+from aogstream.host.native import gojson as gj
+
+log = logging.getLogger("aogstream.native")
+
+STREAM_BUFFER = 16  # CPA's bridge: emit blocks while this many chunks wait
+HTTP_TIMEOUT = 120.0
+HTTP_MAX_BODY = 32 * 1024 * 1024
+_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
+           "warn": logging.WARNING, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class CallbackFailure(Exception):
+    """A callback that fails: its message goes back as `host_call_failed`."""
+
+
+@attrs.define(eq=False)
+class Scope:
+    """One request's callback scope: its plugin, request id, and what to cancel when
+    it ends."""
+
+    id: str
+    plugin: str
+    request_id: str
+    closed: bool = False
+    cancel_scopes: set[trio.CancelScope] = attrs.Factory(set)
+
+    def close(self) -> None:
+        self.closed = True
+        for cs in list(self.cancel_scopes):
+            cs.cancel()
+        self.cancel_scopes.clear()
+
+
+@attrs.frozen
+class StreamError:
+    """An error chunk of an executor stream (`emit` with `error`, or `close` with one)."""
+
+    message: str
+
+
+@attrs.define(eq=False)
+class ExecutorStream:
+    """The host end of one streamed executor answer."""
+
+    id: str
+    plugin: str
+    send: trio.MemorySendChannel[bytes | StreamError]
+    receive: trio.MemoryReceiveChannel[bytes | StreamError]
+
+
+class HostServices:
+    """The callbacks of every native plugin of one gateway process, and their scopes
+    and streams. Create it inside the trio run (it keeps the loop's token)."""
+
+    def __init__(self, max_body: int = HTTP_MAX_BODY) -> None:
+        self.token = trio.lowlevel.current_trio_token()
+        self.max_body = max_body
+        self._ids = itertools.count(1)
+        self._scopes: dict[str, Scope] = {}
+        self._streams: dict[str, ExecutorStream] = {}
+        self._http: httpx.AsyncClient | None = None
+
+    # ---- scopes and streams (called on the trio thread) -------------------------------
+
+    def open_scope(self, plugin: str, request_id: str) -> Scope:
+        scope = Scope(str(next(self._ids)), plugin, request_id)
+        self._scopes[scope.id] = scope
+        return scope
+
+    def close_scope(self, scope: Scope) -> None:
+        self._scopes.pop(scope.id, None)
+        scope.close()
+
+    def open_stream(self, plugin: str) -> ExecutorStream:
+        send, receive = trio.open_memory_channel[bytes | StreamError](STREAM_BUFFER)
+        stream = ExecutorStream(str(next(self._ids)), plugin, send, receive)
+        self._streams[stream.id] = stream
+        return stream
+
+    def abort_stream(self, stream: ExecutorStream) -> None:
+        """The consumer is done (finished, failed or gone): later emits fail."""
+        self._streams.pop(stream.id, None)
+        stream.receive.close()
+        stream.send.close()
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+
+    # ---- the entry point (any thread) ---------------------------------------------------
+
+    def handle(self, plugin: str, method: str, data: bytes) -> bytes:
+        """Answer one callback of `plugin` with an envelope (never raises)."""
+        try:
+            if method == "host.log":
+                return gj.ok(self._log(plugin, gj.loads(data) if data else {}))
+            try:
+                trio.lowlevel.current_trio_token()
+            except RuntimeError:
+                pass
+            else:  # on the loop's own thread we cannot wait for the loop
+                raise CallbackFailure(f"{method} called from the event loop thread")
+            result = trio.from_thread.run(self._dispatch, plugin, method, data,
+                                          trio_token=self.token)
+            return gj.ok(result)
+        except (CallbackFailure, gj.ReplyError) as exc:
+            return gj.failure(str(exc))
+        except trio.RunFinishedError:
+            return gj.failure("the gateway is shutting down")
+        except Exception as exc:  # every failure goes back as an envelope
+            log.exception("native plugin %s: host callback %s failed", plugin, method)
+            return gj.failure(f"{method} failed: {exc}")
+
+    async def _dispatch(self, plugin: str, method: str, data: bytes) -> Any:
+        req = gj.loads(data) if data else {}
+        if not isinstance(req, dict):
+            raise CallbackFailure(f"{method}: the request must be a JSON object")
+        if method == "host.http.do":
+            return await self._http_do(plugin, req)
+        if method == "host.stream.emit":
+            return await self._emit(plugin, req)
+        if method == "host.stream.close":
+            return await self._close(plugin, req)
+        raise CallbackFailure(f"unsupported host callback {method}")
+
+    def _scope(self, plugin: str, req: Any) -> Scope | None:
+        scope = self._scopes.get(gj.text(req, "host_callback_id"))
+        return scope if scope is not None and scope.plugin == plugin and not scope.closed \
+            else None
+
+    # ---- host.log --------------------------------------------------------------------
+
+    def _log(self, plugin: str, req: Any) -> dict[str, Any]:
+        level = _LEVELS.get(gj.text(req, "level").lower(), logging.DEBUG)
+        if log.isEnabledFor(level):
+            message = gj.text(req, "message") or "plugin log"
+            fields = gj.field(req, "fields")
+            scope = self._scopes.get(gj.text(req, "host_callback_id"))
+            extra = f" request_id={scope.request_id}" if scope is not None else ""
+            if isinstance(fields, dict) and fields:
+                extra += " " + " ".join(f"{k}={v}" for k, v in sorted(fields.items()))
+            log.log(level, "plugin %s: %s%s", plugin, message, extra)
+        return {}
+
+    # ---- host.http.do ----------------------------------------------------------------
+
+    async def _http_do(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
+        inner = gj.field(req, "request")
+        src = inner if isinstance(inner, dict) else req
+        method = (gj.text(src, "method") or "GET").upper()
+        url = gj.text(src, "url")
+        if not url.startswith(("http://", "https://")):
+            raise CallbackFailure(f"host.http.do: url must be http:// or https://, got {url!r}")
+        headers: list[tuple[str, str]] = []
+        raw_headers = gj.field(src, "headers")
+        if isinstance(raw_headers, dict):
+            for k, v in raw_headers.items():
+                for item in v if isinstance(v, list) else [v]:
+                    headers.append((str(k), str(item)))
+        body = gj.data(src, "body")
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0),
+                                           follow_redirects=False)
+        scope = self._scope(plugin, req)
+        with trio.CancelScope() as cs:
+            if scope is not None:
+                scope.cancel_scopes.add(cs)
+            try:
+                with trio.fail_after(HTTP_TIMEOUT):
+                    async with self._http.stream(method, url, headers=headers,
+                                                 content=body or None) as resp:
+                        chunks, size = [], 0
+                        async for chunk in resp.aiter_raw():
+                            size += len(chunk)
+                            if size > self.max_body:
+                                raise CallbackFailure(
+                                    f"host.http.do: the response is larger than "
+                                    f"{self.max_body} bytes")
+                            chunks.append(chunk)
+                        out_headers: dict[str, list[str]] = {}
+                        for k, v in resp.headers.multi_items():
+                            out_headers.setdefault(_canonical(k), []).append(v)
+                        return {"StatusCode": resp.status_code,
+                                "Headers": gj.header_map(out_headers),
+                                "Body": b"".join(chunks)}
+            except httpx.HTTPError as exc:
+                raise CallbackFailure(f"host.http.do {method} failed: {exc!r}") from None
+            except trio.TooSlowError:
+                raise CallbackFailure(f"host.http.do: no complete answer within "
+                                      f"{HTTP_TIMEOUT:g} s") from None
+            finally:
+                if scope is not None:
+                    scope.cancel_scopes.discard(cs)
+        raise CallbackFailure("host.http.do: the request that opened this scope has ended")
+
+    # ---- host.stream.* ---------------------------------------------------------------
+
+    def _stream(self, plugin: str, req: Any) -> ExecutorStream:
+        sid = gj.field(req, "stream_id")
+        sid = str(int(sid)) if isinstance(sid, int | float) and math.isfinite(sid) else str(sid)
+        stream = self._streams.get(sid)
+        if stream is None or stream.plugin != plugin:
+            raise CallbackFailure(f"stream {sid} is not open")
+        return stream
+
+    async def _emit(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
+        stream = self._stream(plugin, req)
+        err = gj.text(req, "error")
+        item: bytes | StreamError = StreamError(err) if err else gj.data(req, "payload")
+        try:
+            await stream.send.send(item)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise CallbackFailure(f"stream {stream.id} is not open") from None
+        return {}
+
+    async def _close(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
+        stream = self._stream(plugin, req)
+        self._streams.pop(stream.id, None)
+        err = gj.text(req, "error")
+        try:
+            if err:
+                await stream.send.send(StreamError(err))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            stream.send.close()
+        return {}
+
+
+def _canonical(name: str) -> str:
+    """Go's canonical header key (`content-type` → `Content-Type`)."""
+    return "-".join(p[:1].upper() + p[1:].lower() for p in name.split("-"))
