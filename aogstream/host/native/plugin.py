@@ -43,6 +43,7 @@ log = logging.getLogger("aogstream.native")
 SCHEMA_VERSION = 3
 CALL_LIMIT = 64  # native calls in flight per plugin (each holds a thread)
 LOAD_TIMEOUT = 30.0
+DONE = b"[DONE]"  # the end of an OpenAI stream
 # CPA's executor format aliases (adapters.go normalizeExecutorFormatName)
 FORMAT_ALIASES = {
     "chat-completions": "openai", "chat_completions": "openai",
@@ -362,15 +363,19 @@ class NativeProvider:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(start)
+                done = False
                 async for item in stream.receive:
                     if isinstance(item, StreamError):
                         raise errors.GatewayError(errors.PLUGIN_SERVICE_ERROR,
                                                   f"native plugin {self.name}: {item.message}")
                     chunk = _bare(item)
                     if chunk:
+                        done = chunk == DONE
                         await inv.emit(chunk)
                 if failure:
                     raise failure[0]
+                if not done:  # as CPA does after an `openai` stream, and OpenAI itself
+                    await inv.emit(DONE)
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             if len(group.exceptions) == 1:
@@ -382,8 +387,8 @@ class NativeProvider:
 
 def _bare(chunk: bytes) -> bytes:
     """A chunk as the event payload (CPA writes each inside `data: …`): a plugin that
-    framed it itself loses its `data:` prefix; `[DONE]` is the door's to send."""
+    framed it itself loses its `data:` prefix."""
     chunk = chunk.strip()
     if chunk.startswith(b"data:"):
         chunk = chunk[5:].strip()
-    return b"" if chunk == b"[DONE]" else chunk
+    return chunk

@@ -1,0 +1,305 @@
+"""Native plugins (CLIProxyAPI's C ABI) loaded in process by a real gateway.
+
+Real parts: a gateway subprocess (tests/conftest.py) with its default worker processes,
+a C plugin compiled by gcc from tests/native/test_plugin.c (tools/build-native-plugins.sh,
+as `make test` does) dropped into its plugin folder under `linux/<arch>/`, enabled by
+`<data dir>/config.yaml`; libraries that fail to load in each way the loader must
+report; the official `openai` client and plain HTTP over loopback; a loopback HTTP
+server the plugin reaches through `host.http.do`.
+
+Proven: the plugin's models are listed on `/v1/models`, `/api/tags` and AOG's model
+list; chat is served unary and streamed (the synchronous `chunks` answer and the
+asynchronous `host.stream.emit`/`close` from a thread of the plugin) on
+`/v1/chat/completions`, `/aog/v0.2/services/chat` and `/api/chat`; the plugin's config
+reaches it as YAML; `host.log` lands in the gateway log with the request id;
+`host.http.do` reaches a loopback server; a client that leaves mid-stream stops the
+plugin's stream (the plugin's next emit is refused, which it records); each bad library
+is listed with a clear reason and the gateway keeps serving.
+
+The Go-compatible JSON codec (`aogstream.host.native.gojson`) has unit tests here too
+(pure functions, no gateway).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import platform
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from aogstream import errors
+from aogstream.host.native import gojson as gj
+from aogstream.host.native.plugin import plugin_error
+from tests.conftest import PLUGIN_DIR, REPO, Gateway
+
+BUILT = REPO / ".cache" / "native-plugins"
+BAD = {  # file → what the plugin list must say about it
+    "bad-abi": "plugin ABI version 2 is not supported",
+    "bad-rc": "cliproxy_plugin_init returned 3",
+    "bad-json": "plugin.register answered invalid JSON",
+    "no-init": "missing cliproxy_plugin_init",
+}
+
+
+def _arch() -> str:
+    m = platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(m, m)
+
+
+@pytest.fixture(scope="module")
+def native_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    subprocess.run([str(REPO / "tools" / "build-native-plugins.sh")], check=True)
+    work = tmp_path_factory.mktemp("native")
+    plugins = work / "native-plugins"
+    (plugins / "linux" / _arch()).mkdir(parents=True)
+    shutil.copy(BUILT / "c-test.so", plugins / "linux" / _arch() / "c-test.so")
+    for name in BAD:
+        shutil.copy(BUILT / f"{name}.so", plugins / f"{name}.so")
+    shutil.copy(BUILT / "c-test.so", plugins / "not-configured.so")
+    data = work / "gw" / "data"
+    data.mkdir(parents=True)
+    (data / "config.yaml").write_text(
+        "plugins:\n"
+        "  enabled: true\n"
+        "  configs:\n"
+        "    c-test:\n"
+        "      enabled: true\n"
+        "      greeting: a&b<c>\n"
+        + "".join(f"    {name}:\n      enabled: true\n" for name in BAD))
+    gw = Gateway(work / "gw", {"NATIVE_TEST_EVENTS": str(work / "native-events.txt")},
+                 plugin_dir=[PLUGIN_DIR, plugins])
+    gw.start()
+    gw.native_events = work / "native-events.txt"  # type: ignore[attr-defined]
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def events(gw: Gateway) -> list[str]:
+    path: Path = gw.native_events  # type: ignore[attr-defined]
+    try:
+        return path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def oai(gw: Gateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0,
+                         timeout=30)
+
+
+# ---- models ------------------------------------------------------------------------------
+
+def test_native_models_are_listed_on_every_model_listing(native_gw: Gateway) -> None:
+    ids = {m.id for m in oai(native_gw).models.list()}
+    assert {"c-echo", "c-async"} <= ids
+    tags = httpx.get(f"{native_gw.url}/api/tags", timeout=10).json()
+    assert {"c-echo", "c-async"} <= {m["name"] for m in tags["models"]}
+    aog = httpx.get(f"{native_gw.url}/aog/v0.2/model", timeout=10).json()
+    rows = [r for r in aog["data"] if r["model_name"] in ("c-echo", "c-async")]
+    assert {r["provider_name"] for r in rows} == {"remote_c-test_chat"}
+
+
+# ---- chat ----------------------------------------------------------------------------
+
+def test_openai_client_unary_chat_is_answered_by_the_plugin(native_gw: Gateway) -> None:
+    out = oai(native_gw).chat.completions.create(
+        model="c-echo", messages=[{"role": "user", "content": "hi"}])
+    assert out.choices[0].message.content == "hello from C"
+    assert out.usage is not None and out.usage.total_tokens == 4
+
+
+def test_openai_client_stream_from_synchronous_chunks(native_gw: Gateway) -> None:
+    stream = oai(native_gw).chat.completions.create(
+        model="c-echo", messages=[{"role": "user", "content": "hi"}], stream=True)
+    parts = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert "".join(parts) == "hello from C"
+
+
+def test_openai_client_stream_from_asynchronous_emits(native_gw: Gateway) -> None:
+    stream = oai(native_gw).chat.completions.create(
+        model="c-async", messages=[{"role": "user", "content": "hi"}], stream=True)
+    chunks = [c for c in stream if c.choices]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == \
+        "hello from a C thread"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_aog_route_serves_the_plugin_unary_and_streamed(native_gw: Gateway) -> None:
+    r = httpx.post(native_gw.service_url("chat"), timeout=30, json={
+        "model": "c-echo", "messages": [{"role": "user", "content": "hi"}], "stream": False})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-aogstream-plugin"] == "c-test"
+    assert "hello from C" in r.text
+    with httpx.stream("POST", native_gw.service_url("chat"), timeout=30, json={
+            "model": "c-async", "messages": [{"role": "user", "content": "hi"}],
+            "stream": True}) as r:
+        assert r.status_code == 200
+        body = r.read().decode()
+    events_ = [json.loads(line[5:]) for line in body.splitlines() if line.startswith("data:")]
+    assert "".join(e["message"].get("content", "") for e in events_) == "hello from a C thread"
+    assert events_[-1]["finished"] is True
+
+
+def test_openai_stream_ends_with_done(native_gw: Gateway) -> None:
+    r = httpx.post(f"{native_gw.url}/v1/chat/completions", timeout=30, json={
+        "model": "c-echo", "messages": [{"role": "user", "content": "hi"}], "stream": True})
+    datas = [line[5:].strip() for line in r.text.splitlines() if line.startswith("data:")]
+    assert datas[-1] == "[DONE]" and datas.count("[DONE]") == 1
+
+
+def test_ollama_chat_door_reaches_the_plugin(native_gw: Gateway) -> None:
+    r = httpx.post(f"{native_gw.url}/api/chat", timeout=30, json={
+        "model": "c-echo", "messages": [{"role": "user", "content": "hi"}], "stream": False})
+    assert r.status_code == 200, r.text
+    assert r.json()["message"]["content"] == "hello from C"
+
+
+# ---- config and host callbacks ---------------------------------------------------------
+
+def test_config_reaches_the_plugin_as_yaml(native_gw: Gateway) -> None:
+    regs = [e.split(" ", 1)[1] for e in events(native_gw) if e.startswith("register ")]
+    assert regs, events(native_gw)
+    yaml_text = base64.b64decode(regs[0]).decode()
+    assert "greeting: a&b<c>" in yaml_text
+    assert "enabled: true" in yaml_text and "priority: 0" in yaml_text
+
+
+def test_host_log_reaches_the_gateway_log_with_the_request_id(native_gw: Gateway) -> None:
+    oai(native_gw).chat.completions.create(
+        model="c-echo", messages=[{"role": "user", "content": "log me"}])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [x for x in native_gw.log_tail(400).splitlines()
+                 if "plugin c-test: c-test executing" in x]
+        if any("request_id=" in x for x in lines):
+            return
+        time.sleep(0.05)
+    pytest.fail(f"no host.log line with a request id; log:\n{native_gw.log_tail()}")
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    seen: list[dict[str, str]] = []
+
+    def do_GET(self) -> None:  # http.server calls it by this name
+        _Recorder.seen.append({"path": self.path, "x-plugin": self.headers.get("X-Plugin", "")})
+        body = b"fetched through the host"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_host_http_do_reaches_a_loopback_server(native_gw: Gateway) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/page"
+        out = oai(native_gw).chat.completions.create(
+            model="c-echo", messages=[{"role": "user", "content": f"fetch {url}"}])
+        assert out.choices[0].message.content == "fetched through the host"
+        assert {"path": "/page", "x-plugin": "c-test"} in _Recorder.seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_client_leaving_mid_stream_stops_the_plugin_stream(native_gw: Gateway) -> None:
+    before = len([e for e in events(native_gw) if e.startswith("aborted ")])
+    body = json.dumps({"model": "c-async", "stream": True,
+                       "messages": [{"role": "user", "content": "forever"}]}).encode()
+    sock = socket.create_connection(("127.0.0.1", native_gw.port), timeout=10)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: "
+                 + str(len(body)).encode() + b"\r\n\r\n" + body)
+    got = b""
+    while got.count(b"data:") < 3:
+        chunk = sock.recv(65536)
+        assert chunk, got
+        got += chunk
+    sock.close()
+    left = time.monotonic()
+    deadline = left + 10
+    while time.monotonic() < deadline:
+        aborted = [e for e in events(native_gw) if e.startswith("aborted ")]
+        if len(aborted) > before:
+            # the plugin's CLOCK_MONOTONIC milliseconds, comparable with ours
+            latency_ms = int(aborted[-1].split()[2]) - left * 1000
+            print(f"plugin stream stopped {latency_ms:.0f} ms after the client left")
+            return
+        time.sleep(0.005)
+    pytest.fail("the plugin kept streaming after the client left")
+
+
+# ---- bad libraries -----------------------------------------------------------------------
+
+def test_bad_libraries_are_listed_with_their_reason_and_the_gateway_serves_on(
+        native_gw: Gateway) -> None:
+    listing = httpx.get(f"{native_gw.url}/aog/v0.2/plugin/list", timeout=10).json()["data"]
+    native = {p["name"]: p for p in listing if p.get("kind") == "native"}
+    for name, reason in BAD.items():
+        assert native[name]["state"] == "failed", native[name]
+        assert reason in native[name]["last_error"], native[name]
+        assert "/" not in native[name]["last_error"].split(":")[0]  # no server paths
+    assert native["c-test"]["state"] == "running"
+    assert native["c-test"]["models"] == ["c-echo", "c-async"]
+    assert native["not-configured"]["state"] == "disabled"
+    assert "plugins.configs.not-configured.enabled" in native["not-configured"]["last_error"]
+    assert any(p["name"] == "echo-plugin" for p in listing)  # process plugins still there
+    assert httpx.get(f"{native_gw.url}/health", timeout=10).status_code == 200
+
+
+# ---- the JSON codec (unit) -----------------------------------------------------------------
+
+def test_codec_writes_go_escapes_field_order_and_base64() -> None:
+    out = gj.dumps({"URL": "https://x/?a=1&b=<2>", "Body": b"\x00\xffhi", "Stream": False,
+                    "Headers": gj.header_map({"b": "2", "a": ["1"]}), "Metadata": None,
+                    "N": 3, "Line": "\u2028\n\t\"\\\x01"})
+    assert out == (b'{"URL":"https://x/?a=1\\u0026b=\\u003c2\\u003e","Body":"AP9oaQ==",'
+                   b'"Stream":false,"Headers":{"a":["1"],"b":["2"]},"Metadata":null,'
+                   b'"N":3,"Line":"\\u2028\\n\\t\\"\\\\\\u0001"}')
+
+
+def test_codec_keeps_struct_order_and_sorts_maps() -> None:
+    assert gj.dumps({"z": 1, "a": 2}) == b'{"z":1,"a":2}'
+    assert gj.dumps(gj.GoMap({"z": 1, "a": 2})) == b'{"a":2,"z":1}'
+    assert gj.dumps(gj.go_value({"z": {"y": 1, "b": [{"d": 1, "c": 2}]}})) == \
+        b'{"z":{"b":[{"c":2,"d":1}],"y":1}}'
+    assert gj.dumps([1.5, 2.0, "é"]) == '[1.5,2,"é"]'.encode()
+
+
+def test_codec_reads_replies_case_insensitively_and_ignores_unknown_keys() -> None:
+    result = gj.envelope_result(b'{"OK":true,"Result":{"resources":[1],"extra":0}}')
+    assert gj.field(result, "Resources") == [1]
+    assert gj.data({"payload": "aGk="}, "Payload") == b"hi"
+    assert gj.envelope_result(b'{"ok":true}') == {}
+
+
+def test_error_envelope_carries_its_http_status() -> None:
+    with pytest.raises(gj.EnvelopeError) as info:
+        gj.envelope_result(b'{"ok":false,"error":{"code":"x","message":"slow down",'
+                           b'"http_status":429}}')
+    err = plugin_error("p", "executor.execute", info.value)
+    assert err.status == 429 and "slow down" in err.message
+    with pytest.raises(gj.EnvelopeError) as info:
+        gj.envelope_result(b'{"ok":false,"error":{"message":"broken"}}')
+    assert plugin_error("p", "m", info.value).status == errors.PLUGIN_SERVICE_ERROR.status
+    with pytest.raises(gj.ReplyError):
+        gj.envelope_result(b'{"ok":true,')
