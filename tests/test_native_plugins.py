@@ -303,3 +303,65 @@ def test_error_envelope_carries_its_http_status() -> None:
     assert plugin_error("p", "m", info.value).status == errors.PLUGIN_SERVICE_ERROR.status
     with pytest.raises(gj.ReplyError):
         gj.envelope_result(b'{"ok":true,')
+
+
+# ---- discovery and config (unit) ---------------------------------------------------------
+
+def test_discovery_prefers_arch_folders_versions_and_valid_ids(tmp_path: Path) -> None:
+    from aogstream.host.native import loader
+
+    arch = loader.goarch()
+    (tmp_path / "linux" / arch).mkdir(parents=True)
+    for name in ("a.so", "b-v1.2.so", "b-v1.10.so", "b.so", "-bad.so", "c.txt", "D.SO"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "linux" / arch / "a.so").write_bytes(b"")
+    found = loader.discover([tmp_path])
+    assert found["a"].path == tmp_path / "linux" / arch / "a.so"  # arch folder first
+    assert found["b"].version == "1.10"  # numeric compare, versioned beats unversioned
+    assert "D" in found and "-bad" not in found and "c" not in found
+    assert loader.discover([tmp_path], {"b": "v1.2"})["b"].version == "1.2"
+    assert "b" not in loader.discover([tmp_path], {"b": "9"})  # wanted version missing
+
+
+def test_config_yaml_is_normalized_with_enabled_and_priority(tmp_path: Path) -> None:
+    from aogstream.host.native import loader
+
+    (tmp_path / "config.yaml").write_text(
+        "plugins:\n  enabled: true\n  dir: mine\n  configs:\n"
+        "    p: {enabled: true, priority: 7, key: v}\n    q: {other: 1}\n")
+    cfg = loader.read_config(tmp_path)
+    assert cfg.enabled and cfg.dir == tmp_path / "mine"
+    assert cfg.yaml_for("p") == b"enabled: true\npriority: 7\nkey: v\n"
+    assert cfg.yaml_for("q") == b"other: 1\nenabled: false\npriority: 0\n"
+    assert cfg.yaml_for("absent") == b"enabled: false\npriority: 0\n"
+    assert cfg.plugin_enabled("p") and not cfg.plugin_enabled("q")
+    (tmp_path / "config.yaml").write_text("plugins: [not, a, mapping]\n")
+    bad = loader.read_config(tmp_path)
+    assert not bad.enabled and "'plugins' must be a mapping" in bad.error
+    (tmp_path / "config.yaml").unlink()
+    assert not loader.read_config(tmp_path).enabled  # off by default, as in CPA
+
+
+# ---- many calls at once --------------------------------------------------------------------
+
+def test_many_concurrent_streams_on_one_plugin(native_gw: Gateway) -> None:
+    results: list[str] = []
+    errors_: list[BaseException] = []
+
+    def one(model: str) -> None:
+        try:
+            stream = oai(native_gw).chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "hi"}], stream=True)
+            results.append("".join(c.choices[0].delta.content or "" for c in stream
+                                   if c.choices))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors_.append(exc)
+
+    threads = [threading.Thread(target=one, args=("c-async" if i % 2 else "c-echo",))
+               for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors_, errors_
+    assert sorted(results) == ["hello from C"] * 8 + ["hello from a C thread"] * 8
