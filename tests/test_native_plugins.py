@@ -365,3 +365,37 @@ def test_many_concurrent_streams_on_one_plugin(native_gw: Gateway) -> None:
         t.join(timeout=60)
     assert not errors_, errors_
     assert sorted(results) == ["hello from C"] * 8 + ["hello from a C thread"] * 8
+
+
+class _Big(http.server.BaseHTTPRequestHandler):
+    """A 100 KiB body sent in pieces, to be pulled in several reads."""
+
+    def do_GET(self) -> None:  # http.server calls it by this name
+        body = b"A" + b"x" * (100 * 1024 - 2) + b"Z"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        for i in range(0, len(body), 10_000):
+            self.wfile.write(body[i:i + 10_000])
+            self.wfile.flush()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_host_http_stream_is_pulled_in_reads_from_a_loopback_server(
+        native_gw: Gateway) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Big)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/big"
+        out = oai(native_gw).chat.completions.create(
+            model="c-echo", messages=[{"role": "user", "content": f"fetchstream {url}"}])
+        text = out.choices[0].message.content or ""
+        assert text.startswith(f"streamed {100 * 1024} bytes in "), text
+        assert text.endswith("A..Z"), text
+        assert int(text.split(" in ")[1].split()[0]) >= 4  # 32 KiB reads at most
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -5,7 +5,8 @@
  * buffers released by free_buffer. It offers a model provider (models c-echo and
  * c-async) and an executor speaking `openai` (Chat Completions):
  *   - executor.execute answers a chat completion "hello from C", or, when the last
- *     message says "fetch <url>", the body host.http.do got from <url>;
+ *     message says "fetch <url>", the body host.http.do got from <url>, or for
+ *     "fetchstream <url>" what host.http.do_stream/stream_read pulled from it;
  *   - executor.execute_stream for c-echo answers synchronously (`chunks`); for c-async
  *     a thread of its own emits chunks with host.stream.emit and ends with
  *     host.stream.close; when the message says "forever" it emits until the host
@@ -214,13 +215,58 @@ static char* user_text(const char* req, size_t n) {
     return payload;
 }
 
+/* host.http.do_stream, then stream_read until done, then stream_close: the answer
+ * says how many bytes and reads it took and what the body's first and last bytes are. */
+static char* fetch_stream(const char* url_start, const char* cb) {
+    const char* end = url_start;
+    while (*end && *end != '"' && *end != ' ') end++;
+    char req[1024];
+    snprintf(req, sizeof req, "{\"method\":\"GET\",\"url\":\"%.*s\",\"host_callback_id\":\"%s\"}",
+             (int)(end - url_start), url_start, cb ? cb : "");
+    char* out = host_call("host.http.do_stream", req);
+    char* sid = out ? find_string(out, strlen(out), "stream_id") : NULL;
+    free(out);
+    if (sid == NULL) return strdup("do_stream failed");
+    size_t total = 0;
+    int reads = 0;
+    char first = 0, last = 0;
+    for (;;) {
+        snprintf(req, sizeof req, "{\"stream_id\":\"%s\"}", sid);
+        char* chunk = host_call("host.http.stream_read", req);
+        if (chunk == NULL || strstr(chunk, "\"ok\":true") == NULL) { free(chunk); break; }
+        char* p64 = find_string(chunk, strlen(chunk), "payload");
+        int done = strstr(chunk, "\"done\":true") != NULL;
+        free(chunk);
+        if (p64) {
+            size_t n;
+            char* data = b64_decode(p64, strlen(p64), &n);
+            if (n) { if (!total) first = data[0]; last = data[n - 1]; }
+            total += n;
+            reads++;
+            free(data);
+            free(p64);
+        }
+        if (done) break;
+    }
+    snprintf(req, sizeof req, "{\"stream_id\":\"%s\"}", sid);
+    free(host_call("host.http.stream_close", req));
+    free(sid);
+    char* answer = malloc(128);
+    snprintf(answer, 128, "streamed %zu bytes in %d reads, %c..%c", total, reads, first, last);
+    return answer;
+}
+
 static int do_execute(const char* req, size_t n, cliproxy_buffer* response) {
     char* cb = find_string(req, n, "host_callback_id");
     host_log("info", "c-test executing", cb);
     char* payload = user_text(req, n);
     char* answer = strdup("hello from C");
     const char* fetch = strstr(payload, "fetch ");
-    if (fetch) {
+    const char* pull = strstr(payload, "fetchstream ");
+    if (pull) {
+        free(answer);
+        answer = fetch_stream(pull + 12, cb);
+    } else if (fetch) {
         fetch += 6;
         const char* end = fetch;
         while (*end && *end != '"' && *end != ' ') end++;

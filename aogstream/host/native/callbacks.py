@@ -37,6 +37,7 @@ log = logging.getLogger("aogstream.native")
 STREAM_BUFFER = 16  # CPA's bridge: emit blocks while this many chunks wait
 HTTP_TIMEOUT = 120.0
 HTTP_MAX_BODY = 32 * 1024 * 1024
+HTTP_READ_SIZE = 32 * 1024  # host.http.stream_read: CPA reads 32 KiB at a time
 _LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
            "warn": logging.WARNING, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -55,6 +56,7 @@ class Scope:
     request_id: str
     closed: bool = False
     cancel_scopes: set[trio.CancelScope] = attrs.Factory(set)
+    http_streams: set[str] = attrs.Factory(set)
 
     def close(self) -> None:
         self.closed = True
@@ -68,6 +70,18 @@ class StreamError:
     """An error chunk of an executor stream (`emit` with `error`, or `close` with one)."""
 
     message: str
+
+
+@attrs.define(eq=False)
+class HttpStream:
+    """An outbound response a plugin pulls (`host.http.do_stream`/`stream_read`)."""
+
+    id: str
+    plugin: str
+    response: httpx.Response
+    chunks: Any  # the response's raw byte iterator
+    scope: Scope | None
+    lock: trio.Lock = attrs.Factory(trio.Lock)
 
 
 @attrs.define(eq=False)
@@ -90,6 +104,7 @@ class HostServices:
         self._ids = itertools.count(1)
         self._scopes: dict[str, Scope] = {}
         self._streams: dict[str, ExecutorStream] = {}
+        self._http_streams: dict[str, HttpStream] = {}
         self._http: httpx.AsyncClient | None = None
 
     # ---- scopes and streams (called on the trio thread) -------------------------------
@@ -100,8 +115,13 @@ class HostServices:
         return scope
 
     def close_scope(self, scope: Scope) -> None:
+        """The request ended: cancel what it started, close the HTTP streams it opened."""
         self._scopes.pop(scope.id, None)
         scope.close()
+        for sid in list(scope.http_streams):
+            stream = self._http_streams.pop(sid, None)
+            if stream is not None:
+                trio.lowlevel.spawn_system_task(stream.response.aclose)
 
     def open_stream(self, plugin: str) -> ExecutorStream:
         send, receive = trio.open_memory_channel[bytes | StreamError](STREAM_BUFFER)
@@ -116,6 +136,9 @@ class HostServices:
         stream.send.close()
 
     async def aclose(self) -> None:
+        for stream in list(self._http_streams.values()):
+            await stream.response.aclose()
+        self._http_streams.clear()
         if self._http is not None:
             await self._http.aclose()
 
@@ -149,6 +172,12 @@ class HostServices:
             raise CallbackFailure(f"{method}: the request must be a JSON object")
         if method == "host.http.do":
             return await self._http_do(plugin, req)
+        if method == "host.http.do_stream":
+            return await self._http_do_stream(plugin, req)
+        if method == "host.http.stream_read":
+            return await self._http_read(plugin, req)
+        if method == "host.http.stream_close":
+            return await self._http_close(plugin, req)
         if method == "host.stream.emit":
             return await self._emit(plugin, req)
         if method == "host.stream.close":
@@ -176,13 +205,14 @@ class HostServices:
 
     # ---- host.http.do ----------------------------------------------------------------
 
-    async def _http_do(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
+    def _outbound(self, req: dict[str, Any], what: str) -> httpx.Request:
+        """The request a plugin asks for (a nested `request` takes precedence)."""
         inner = gj.field(req, "request")
         src = inner if isinstance(inner, dict) else req
         method = (gj.text(src, "method") or "GET").upper()
         url = gj.text(src, "url")
         if not url.startswith(("http://", "https://")):
-            raise CallbackFailure(f"host.http.do: url must be http:// or https://, got {url!r}")
+            raise CallbackFailure(f"{what}: url must be http:// or https://, got {url!r}")
         headers: list[tuple[str, str]] = []
         raw_headers = gj.field(src, "headers")
         if isinstance(raw_headers, dict):
@@ -193,14 +223,23 @@ class HostServices:
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0),
                                            follow_redirects=False)
+        try:
+            return self._http.build_request(method, url, headers=headers, content=body or None)
+        except (httpx.HTTPError, ValueError) as exc:
+            raise CallbackFailure(f"{what}: {exc}") from None
+
+    async def _http_do(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
+        request = self._outbound(req, "host.http.do")
+        method = request.method
+        assert self._http is not None
         scope = self._scope(plugin, req)
         with trio.CancelScope() as cs:
             if scope is not None:
                 scope.cancel_scopes.add(cs)
             try:
                 with trio.fail_after(HTTP_TIMEOUT):
-                    async with self._http.stream(method, url, headers=headers,
-                                                 content=body or None) as resp:
+                    resp = await self._http.send(request, stream=True)
+                    try:
                         chunks, size = [], 0
                         async for chunk in resp.aiter_raw():
                             size += len(chunk)
@@ -209,12 +248,10 @@ class HostServices:
                                     f"host.http.do: the response is larger than "
                                     f"{self.max_body} bytes")
                             chunks.append(chunk)
-                        out_headers: dict[str, list[str]] = {}
-                        for k, v in resp.headers.multi_items():
-                            out_headers.setdefault(_canonical(k), []).append(v)
-                        return {"StatusCode": resp.status_code,
-                                "Headers": gj.header_map(out_headers),
-                                "Body": b"".join(chunks)}
+                    finally:
+                        await resp.aclose()
+                    return {"StatusCode": resp.status_code,
+                            "Headers": _headers(resp), "Body": b"".join(chunks)}
             except httpx.HTTPError as exc:
                 raise CallbackFailure(f"host.http.do {method} failed: {exc!r}") from None
             except trio.TooSlowError:
@@ -225,11 +262,77 @@ class HostServices:
                     scope.cancel_scopes.discard(cs)
         raise CallbackFailure("host.http.do: the request that opened this scope has ended")
 
+    async def _http_do_stream(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
+        """Open a response the plugin then pulls in 32 KiB reads; it belongs to the
+        request's scope (closed with it) when the plugin names one."""
+        request = self._outbound(req, "host.http.do_stream")
+        assert self._http is not None
+        scope = self._scope(plugin, req)
+        with trio.CancelScope() as cs:
+            if scope is not None:
+                scope.cancel_scopes.add(cs)
+            try:
+                with trio.fail_after(HTTP_TIMEOUT):
+                    resp = await self._http.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                raise CallbackFailure(f"host.http.do_stream {request.method} failed: "
+                                      f"{exc!r}") from None
+            except trio.TooSlowError:
+                raise CallbackFailure(f"host.http.do_stream: no answer within "
+                                      f"{HTTP_TIMEOUT:g} s") from None
+            finally:
+                if scope is not None:
+                    scope.cancel_scopes.discard(cs)
+        if cs.cancelled_caught:
+            raise CallbackFailure("host.http.do_stream: the request that opened this scope "
+                                  "has ended")
+        stream = HttpStream(str(next(self._ids)), plugin, resp,
+                            resp.aiter_raw(HTTP_READ_SIZE), scope)
+        self._http_streams[stream.id] = stream
+        if scope is not None:
+            scope.http_streams.add(stream.id)
+        return {"status_code": resp.status_code, "headers": _headers(resp),
+                "stream_id": stream.id}
+
+    def _http_stream(self, plugin: str, req: Any) -> HttpStream:
+        sid = _stream_id(req)
+        stream = self._http_streams.get(sid)
+        if stream is None or stream.plugin != plugin:
+            raise CallbackFailure(f"http stream {sid} is not open")
+        return stream
+
+    async def _http_read(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
+        """The next chunk: `{"payload": ...}`; the end `{"done": true}` (with `error`
+        when it broke), as CPA answers (omitempty fields)."""
+        stream = self._http_stream(plugin, req)
+        async with stream.lock:  # one read at a time keeps the chunks in order
+            with trio.CancelScope() as cs:
+                if stream.scope is not None:
+                    stream.scope.cancel_scopes.add(cs)
+                try:
+                    chunk = await stream.chunks.__anext__()
+                except StopAsyncIteration:
+                    return {"done": True}
+                except httpx.HTTPError as exc:
+                    return {"error": f"reading the response failed: {exc!r}", "done": True}
+                finally:
+                    if stream.scope is not None:
+                        stream.scope.cancel_scopes.discard(cs)
+                return {"payload": chunk}
+        return {"error": "the request that opened this stream has ended", "done": True}
+
+    async def _http_close(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
+        stream = self._http_stream(plugin, req)
+        self._http_streams.pop(stream.id, None)
+        if stream.scope is not None:
+            stream.scope.http_streams.discard(stream.id)
+        await stream.response.aclose()
+        return {}
+
     # ---- host.stream.* ---------------------------------------------------------------
 
     def _stream(self, plugin: str, req: Any) -> ExecutorStream:
-        sid = gj.field(req, "stream_id")
-        sid = str(int(sid)) if isinstance(sid, int | float) and math.isfinite(sid) else str(sid)
+        sid = _stream_id(req)
         stream = self._streams.get(sid)
         if stream is None or stream.plugin != plugin:
             raise CallbackFailure(f"stream {sid} is not open")
@@ -257,6 +360,21 @@ class HostServices:
         finally:
             stream.send.close()
         return {}
+
+
+def _stream_id(req: Any) -> str:
+    """A `stream_id` as a string (plugins send it as text or as a number)."""
+    sid = gj.field(req, "stream_id", "")
+    return str(int(sid)) if isinstance(sid, int | float) and not isinstance(sid, bool) \
+        and math.isfinite(sid) else str(sid)
+
+
+def _headers(resp: httpx.Response) -> gj.GoMap | None:
+    """A response's headers as Go's `http.Header` (canonical keys, string arrays)."""
+    out: dict[str, list[str]] = {}
+    for k, v in resp.headers.multi_items():
+        out.setdefault(_canonical(k), []).append(v)
+    return gj.header_map(out)
 
 
 def _canonical(name: str) -> str:
