@@ -12,7 +12,10 @@ list; chat is served unary and streamed (the synchronous `chunks` answer and the
 asynchronous `host.stream.emit`/`close` from a thread of the plugin) on
 `/v1/chat/completions`, `/aog/v0.2/services/chat` and `/api/chat`; the plugin's config
 reaches it as YAML; `host.log` lands in the gateway log with the request id;
-`host.http.do` reaches a loopback server; a client that leaves mid-stream stops the
+`host.http.do` reaches a loopback server and `host.http.do_stream` pulls a response in
+reads; `host.model.execute` and `execute_stream` reach llama.cpp (the shipped plugin and
+its real engine) through the gateway's own routing, and a plugin's own models are
+refused to it (recursion guard); a client that leaves mid-stream stops the
 plugin's stream (the plugin's next emit is refused, which it records); each bad library
 is listed with a clear reason and the gateway keeps serving.
 
@@ -41,7 +44,7 @@ import pytest
 from aogstream import errors
 from aogstream.host.native import gojson as gj
 from aogstream.host.native.plugin import plugin_error
-from tests.conftest import PLUGIN_DIR, REPO, Gateway
+from tests.conftest import PLUGIN_DIR, REPO, Gateway, shipped_plugins_gateway
 
 BUILT = REPO / ".cache" / "native-plugins"
 BAD = {  # file → what the plugin list must say about it
@@ -399,3 +402,51 @@ def test_host_http_stream_is_pulled_in_reads_from_a_loopback_server(
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ---- host.model.* (with llama.cpp) ----------------------------------------------------
+
+LLM = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def llm_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """The C plugin (found through `plugins.dir`) beside the shipped llama.cpp plugin
+    and its real engine."""
+    subprocess.run([str(REPO / "tools" / "build-native-plugins.sh")], check=True)
+    work = tmp_path_factory.mktemp("native-llm")
+    native = work / "data" / "native" / "linux" / _arch()
+    native.mkdir(parents=True)
+    shutil.copy(BUILT / "c-test.so", native / "c-test.so")
+    (work / "data" / "config.yaml").write_text(  # plugins.dir, relative to the data dir
+        "plugins:\n  enabled: true\n  dir: native\n  configs:\n"
+        "    c-test:\n      enabled: true\n")
+    with shipped_plugins_gateway(work, ["llamacpp-plugin"], {"AOGSTREAM_WORKERS": "1"}) as gw:
+        yield gw
+
+
+def test_host_model_execute_reaches_llamacpp_through_the_gateway(llm_gw: Gateway) -> None:
+    out = oai(llm_gw).chat.completions.create(
+        model="c-echo", messages=[{"role": "user", "content": f"ask {LLM}"}])
+    answer = json.loads(out.choices[0].message.content or "")
+    assert answer["choices"][0]["message"]["content"].strip(), answer
+    assert answer["model"] == LLM
+
+
+def test_host_model_execute_stream_is_pulled_by_the_plugin(llm_gw: Gateway) -> None:
+    out = oai(llm_gw).chat.completions.create(
+        model="c-echo", messages=[{"role": "user", "content": f"askstream {LLM}"}])
+    text = out.choices[0].message.content or ""
+    datas = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
+    assert len(datas) > 2 and datas[-1] == "[DONE]", text
+    words = "".join(json.loads(d)["choices"][0]["delta"].get("content") or ""
+                    for d in datas[:-1] if json.loads(d)["choices"])
+    assert words.strip(), text
+
+
+def test_host_model_execute_refuses_the_plugins_own_models(native_gw: Gateway) -> None:
+    out = oai(native_gw).chat.completions.create(
+        model="c-echo", messages=[{"role": "user", "content": "ask c-async"}])
+    assert out.choices[0].message.content == (
+        "refused: host.model.execute: model 'c-async' is served by plugin c-test itself "
+        "(a call to it would recurse)")

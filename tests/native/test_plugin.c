@@ -6,7 +6,9 @@
  * c-async) and an executor speaking `openai` (Chat Completions):
  *   - executor.execute answers a chat completion "hello from C", or, when the last
  *     message says "fetch <url>", the body host.http.do got from <url>, or for
- *     "fetchstream <url>" what host.http.do_stream/stream_read pulled from it;
+ *     "fetchstream <url>" what host.http.do_stream/stream_read pulled from it, or for
+ *     "ask <model>" / "askstream <model>" the gateway's own answer through
+ *     host.model.execute / execute_stream + stream_read;
  *   - executor.execute_stream for c-echo answers synchronously (`chunks`); for c-async
  *     a thread of its own emits chunks with host.stream.emit and ends with
  *     host.stream.close; when the message says "forever" it emits until the host
@@ -256,6 +258,65 @@ static char* fetch_stream(const char* url_start, const char* cb) {
     return answer;
 }
 
+/* host.model.execute (or, streamed, execute_stream + stream_read until done): the
+ * gateway's own chat answer for <model>, as text. */
+static char* ask_model(const char* model_start, int streamed, const char* cb) {
+    const char* end = model_start;
+    while (*end && *end != '"' && *end != ' ') end++;
+    const char* body = "{\"max_tokens\":12,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+    char* body64 = b64_encode(body, strlen(body));
+    char req[1024];
+    snprintf(req, sizeof req,
+             "{\"entry_protocol\":\"openai\",\"exit_protocol\":\"openai\",\"model\":\"%.*s\","
+             "\"stream\":%s,\"body\":\"%s\",\"host_callback_id\":\"%s\"}",
+             (int)(end - model_start), model_start, streamed ? "true" : "false", body64,
+             cb ? cb : "");
+    free(body64);
+    char* out = host_call(streamed ? "host.model.execute_stream" : "host.model.execute", req);
+    if (out == NULL || strstr(out, "\"ok\":true") == NULL) {
+        char* msg = out ? find_string(out, strlen(out), "message") : NULL;
+        free(out);
+        char* answer = malloc(512);
+        snprintf(answer, 512, "refused: %s", msg ? msg : "?");
+        free(msg);
+        return answer;
+    }
+    if (!streamed) {
+        char* b64 = find_string(out, strlen(out), "body");
+        free(out);
+        size_t n;
+        char* text = b64 ? b64_decode(b64, strlen(b64), &n) : strdup("");
+        free(b64);
+        return text;
+    }
+    char* sid = find_string(out, strlen(out), "stream_id");
+    free(out);
+    size_t cap = 65536, used = 0;
+    char* text = calloc(cap, 1);
+    for (int i = 0; i < 10000 && sid; i++) {
+        snprintf(req, sizeof req, "{\"stream_id\":\"%s\"}", sid);
+        char* chunk = host_call("host.model.stream_read", req);
+        if (chunk == NULL) break;
+        char* p64 = find_string(chunk, strlen(chunk), "payload");
+        int done = strstr(chunk, "\"done\":true") != NULL;
+        free(chunk);
+        if (p64) {
+            size_t n;
+            char* data = b64_decode(p64, strlen(p64), &n);
+            if (used + n < cap) { memcpy(text + used, data, n); used += n; }
+            free(data);
+            free(p64);
+        }
+        if (done) break;
+    }
+    if (sid) {
+        snprintf(req, sizeof req, "{\"stream_id\":\"%s\"}", sid);
+        free(host_call("host.model.stream_close", req));
+        free(sid);
+    }
+    return text;
+}
+
 static int do_execute(const char* req, size_t n, cliproxy_buffer* response) {
     char* cb = find_string(req, n, "host_callback_id");
     host_log("info", "c-test executing", cb);
@@ -263,7 +324,15 @@ static int do_execute(const char* req, size_t n, cliproxy_buffer* response) {
     char* answer = strdup("hello from C");
     const char* fetch = strstr(payload, "fetch ");
     const char* pull = strstr(payload, "fetchstream ");
-    if (pull) {
+    const char* ask = strstr(payload, "ask ");
+    const char* askstream = strstr(payload, "askstream ");
+    if (askstream) {
+        free(answer);
+        answer = ask_model(askstream + 10, 1, cb);
+    } else if (ask) {
+        free(answer);
+        answer = ask_model(ask + 4, 0, cb);
+    } else if (pull) {
         free(answer);
         answer = fetch_stream(pull + 12, cb);
     } else if (fetch) {

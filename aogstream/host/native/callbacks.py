@@ -22,8 +22,10 @@ the client has gone, which is how the plugin learns to stop.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -37,6 +39,8 @@ log = logging.getLogger("aogstream.native")
 STREAM_BUFFER = 16  # CPA's bridge: emit blocks while this many chunks wait
 HTTP_TIMEOUT = 120.0
 HTTP_MAX_BODY = 32 * 1024 * 1024
+OPENAI_NAMES = ("openai", "chat-completions", "chat_completions",
+                "openai-chat-completions", "openai_chat_completions")
 HTTP_READ_SIZE = 32 * 1024  # host.http.stream_read: CPA reads 32 KiB at a time
 _LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
            "warn": logging.WARNING, "warning": logging.WARNING, "error": logging.ERROR}
@@ -98,9 +102,15 @@ class HostServices:
     """The callbacks of every native plugin of one gateway process, and their scopes
     and streams. Create it inside the trio run (it keeps the loop's token)."""
 
-    def __init__(self, max_body: int = HTTP_MAX_BODY) -> None:
+    def __init__(self, max_body: int = HTTP_MAX_BODY, gateway_url: str = "",
+                 own_models: Callable[[str], set[str]] | None = None) -> None:
+        """`gateway_url`: where `host.model.*` reach the gateway's own chat door;
+        `own_models(plugin)`: the models that plugin serves (it may not call them)."""
         self.token = trio.lowlevel.current_trio_token()
         self.max_body = max_body
+        self.gateway_url = gateway_url
+        self.own_models = own_models or (lambda _plugin: set())
+        self._model_streams: dict[str, HttpStream] = {}
         self._ids = itertools.count(1)
         self._scopes: dict[str, Scope] = {}
         self._streams: dict[str, ExecutorStream] = {}
@@ -119,8 +129,8 @@ class HostServices:
         self._scopes.pop(scope.id, None)
         scope.close()
         for sid in list(scope.http_streams):
-            stream = self._http_streams.pop(sid, None)
-            if stream is not None:
+            stream = self._http_streams.pop(sid, None) or self._model_streams.pop(sid, None)
+            if stream is not None:  # CPA's implicit close at the end of the scope
                 trio.lowlevel.spawn_system_task(stream.response.aclose)
 
     def open_stream(self, plugin: str) -> ExecutorStream:
@@ -136,9 +146,10 @@ class HostServices:
         stream.send.close()
 
     async def aclose(self) -> None:
-        for stream in list(self._http_streams.values()):
+        for stream in [*self._http_streams.values(), *self._model_streams.values()]:
             await stream.response.aclose()
         self._http_streams.clear()
+        self._model_streams.clear()
         if self._http is not None:
             await self._http.aclose()
 
@@ -178,6 +189,14 @@ class HostServices:
             return await self._http_read(plugin, req)
         if method == "host.http.stream_close":
             return await self._http_close(plugin, req)
+        if method == "host.model.execute":
+            return await self._model_execute(plugin, req, stream=False)
+        if method == "host.model.execute_stream":
+            return await self._model_execute(plugin, req, stream=True)
+        if method == "host.model.stream_read":
+            return await self._model_read(plugin, req)
+        if method == "host.model.stream_close":
+            return await self._model_close(plugin, req)
         if method == "host.stream.emit":
             return await self._emit(plugin, req)
         if method == "host.stream.close":
@@ -327,6 +346,102 @@ class HostServices:
         if stream.scope is not None:
             stream.scope.http_streams.discard(stream.id)
         await stream.response.aclose()
+        return {}
+
+    # ---- host.model.* ----------------------------------------------------------------
+
+    def _model_request(self, plugin: str, req: dict[str, Any], stream: bool) -> httpx.Request:
+        """The gateway's own chat door for a plugin's model call: the full routing,
+        conversions and fallbacks of a client request. Only `openai` (Chat Completions)
+        in and out, the one CPA format aogstream translates; a plugin may not call the
+        models it serves itself (recursion guard)."""
+        what = "host.model.execute_stream" if stream else "host.model.execute"
+        entry = gj.text(req, "entry_protocol").lower() or "openai"
+        exit_ = gj.text(req, "exit_protocol").lower() or entry
+        if entry not in OPENAI_NAMES or exit_ not in OPENAI_NAMES:
+            raise CallbackFailure(f"{what}: entry/exit protocol {entry}/{exit_} is not "
+                                  f"supported; aogstream serves openai (Chat Completions)")
+        if gj.field(req, "stream", False) is not stream:
+            raise CallbackFailure(f"{what}: stream must be {str(stream).lower()}")
+        if not self.gateway_url:
+            raise CallbackFailure(f"{what}: the gateway's address is unknown")
+        body = gj.data(req, "body")
+        try:
+            obj = gj.loads(body) if body else {}
+        except gj.ReplyError as exc:
+            raise CallbackFailure(f"{what}: body is {exc}") from None
+        if not isinstance(obj, dict):
+            raise CallbackFailure(f"{what}: body must be a JSON object")
+        model = gj.text(req, "model") or (obj.get("model") if isinstance(obj.get("model"), str)
+                                           else "")
+        if model:
+            obj["model"] = model
+        if model in self.own_models(plugin):
+            raise CallbackFailure(f"{what}: model {model!r} is served by plugin {plugin} "
+                                  f"itself (a call to it would recurse)")
+        obj["stream"] = stream
+        headers = [("Content-Type", "application/json")]
+        raw_headers = gj.field(req, "headers")
+        if isinstance(raw_headers, dict):
+            for k, v in raw_headers.items():
+                if str(k).lower() not in ("content-length", "host", "content-type"):
+                    for item in v if isinstance(v, list) else [v]:
+                        headers.append((str(k), str(item)))
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0),
+                                           follow_redirects=False)
+        return self._http.build_request(
+            "POST", f"{self.gateway_url}/v1/chat/completions", headers=headers,
+            content=json.dumps(obj).encode(), timeout=httpx.Timeout(300.0, connect=10.0))
+
+    async def _model_execute(self, plugin: str, req: dict[str, Any], *, stream: bool
+                             ) -> dict[str, Any]:
+        what = "host.model.execute_stream" if stream else "host.model.execute"
+        request = self._model_request(plugin, req, stream)
+        assert self._http is not None
+        try:
+            resp = await self._http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise CallbackFailure(f"{what} failed: {exc!r}") from None
+        if not stream:
+            try:
+                body = await resp.aread()
+            except httpx.HTTPError as exc:
+                raise CallbackFailure(f"{what} failed: {exc!r}") from None
+            finally:
+                await resp.aclose()
+            return {"status_code": resp.status_code, "headers": _headers(resp), "body": body}
+        # detached from the request's cancellation; closed with its scope, when named
+        scope = self._scope(plugin, req)
+        handle = HttpStream(str(next(self._ids)), plugin, resp, resp.aiter_raw(), scope)
+        self._model_streams[handle.id] = handle
+        if scope is not None:
+            scope.http_streams.add(handle.id)
+        return {"status_code": resp.status_code, "headers": _headers(resp),
+                "stream_id": handle.id}
+
+    async def _model_read(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
+        """The next piece of the stream as the gateway wrote it (SSE bytes); always
+        `payload`, `error` and `done`, and `done` without error for an unknown id."""
+        stream = self._model_streams.get(_stream_id(req))
+        if stream is None or stream.plugin != plugin:
+            return {"payload": None, "error": "", "done": True}
+        async with stream.lock:
+            try:
+                chunk = await stream.chunks.__anext__()
+            except StopAsyncIteration:
+                return {"payload": None, "error": "", "done": True}
+            except httpx.HTTPError as exc:
+                return {"payload": None, "error": f"the stream broke: {exc!r}", "done": True}
+        return {"payload": chunk, "error": "", "done": False}
+
+    async def _model_close(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
+        stream = self._model_streams.get(_stream_id(req))
+        if stream is not None and stream.plugin == plugin:
+            self._model_streams.pop(stream.id, None)
+            if stream.scope is not None:
+                stream.scope.http_streams.discard(stream.id)
+            await stream.response.aclose()
         return {}
 
     # ---- host.stream.* ---------------------------------------------------------------

@@ -238,7 +238,12 @@ class NativePlugins:
             if any(cfg.plugin_enabled(pid) for pid in self.found):
                 log.info("native plugins found but plugins.enabled is off in %s", CONFIG_FILE)
             return
-        self.host = HostServices(gw.config.max_body_bytes)
+        host = gw.config.host if gw.config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        self.host = HostServices(gw.config.max_body_bytes,
+                                 gateway_url=f"http://{host}:{gw.config.port}",
+                                 own_models=self._own_models)
         lock = trio.Lock()
         order = sorted((pid for pid in self.found if cfg.plugin_enabled(pid)),
                        key=lambda pid: (-cfg.priority(pid), pid))
@@ -255,6 +260,10 @@ class NativePlugins:
             await plugin.load()
             if plugin.state == "running" and plugin.executor_format:
                 self._route(plugin)
+
+    def _own_models(self, plugin_id: str) -> set[str]:
+        plugin = self.plugins.get(plugin_id)
+        return set(plugin.models) if plugin is not None else set()
 
     def _route(self, plugin: NativePlugin) -> None:
         """Give the plugin's executor the models no one before it claimed."""
