@@ -450,3 +450,50 @@ def test_host_model_execute_refuses_the_plugins_own_models(native_gw: Gateway) -
     assert out.choices[0].message.content == (
         "refused: host.model.execute: model 'c-async' is served by plugin c-test itself "
         "(a call to it would recurse)")
+
+
+# ---- errors and buffers ------------------------------------------------------------------
+
+def test_plugin_error_status_reaches_the_client(native_gw: Gateway) -> None:
+    for stream in (False, True):
+        with pytest.raises(openai.RateLimitError) as info:
+            out = oai(native_gw).chat.completions.create(
+                model="c-echo", messages=[{"role": "user", "content": "fail429"}],
+                stream=stream)
+            list(out) if stream else None  # type: ignore[call-overload]
+        assert "slow down" in str(info.value)
+    r = httpx.post(native_gw.service_url("chat"), timeout=30, json={
+        "model": "c-echo", "messages": [{"role": "user", "content": "fail429"}]})
+    assert r.status_code == 429 and "slow down" in r.json()["message"]
+
+
+def test_stream_closed_with_an_error_ends_with_that_error(native_gw: Gateway) -> None:
+    r = httpx.post(f"{native_gw.url}/v1/chat/completions", timeout=30, json={
+        "model": "c-async", "messages": [{"role": "user", "content": "failmid"}],
+        "stream": True})
+    datas = [line[5:].strip() for line in r.text.splitlines() if line.startswith("data:")]
+    assert json.loads(datas[0])["choices"][0]["delta"]["content"] == "hello"
+    assert "upstream broke" in datas[-1] and "[DONE]" not in datas
+
+
+def test_every_answer_buffer_is_freed_with_its_own_length(native_gw: Gateway) -> None:
+    oai(native_gw).chat.completions.create(
+        model="c-echo", messages=[{"role": "user", "content": "hi"}])
+    assert not [e for e in events(native_gw) if e.startswith("badfree")]
+
+
+def test_abi_structs_have_the_spec_layout() -> None:
+    import ctypes
+
+    from aogstream.host.native import abi
+
+    def offsets(s: type[ctypes.Structure]) -> list[int]:
+        return [getattr(s, name).offset for name, _ in s._fields_]
+
+    assert offsets(abi.Buffer) == [0, 8] and ctypes.sizeof(abi.Buffer) == 16
+    assert offsets(abi.HostApi) == [0, 8, 16, 24] and ctypes.sizeof(abi.HostApi) == 32
+    assert offsets(abi.PluginApi) == [0, 8, 16, 24] and ctypes.sizeof(abi.PluginApi) == 32
+    assert [n for n, _ in abi.HostApi._fields_] == ["abi_version", "host_ctx", "call",
+                                                     "free_buffer"]
+    assert [n for n, _ in abi.PluginApi._fields_] == ["abi_version", "call", "free_buffer",
+                                                       "shutdown"]

@@ -13,6 +13,8 @@
  *     a thread of its own emits chunks with host.stream.emit and ends with
  *     host.stream.close; when the message says "forever" it emits until the host
  *     refuses a chunk (the client left) and records that.
+ * "fail429" in the message makes either answer an error envelope with http_status 429;
+ * "failmid" makes c-async close its stream with an error after one chunk.
  * Every call logs through host.log. Events go, one line each, to the file named by
  * NATIVE_TEST_EVENTS: "register <config_yaml base64>", "aborted <stream id> <ms>".
  *
@@ -134,11 +136,15 @@ static long now_ms(void) {
     return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
 }
 
+/* Answers carry their length in a header before the bytes the host sees, so
+ * plugin_free can check that the host hands back the very pointer and length it got
+ * (as Rust plugins rely on); a mismatch is recorded as a "badfree" event. */
 static int reply(cliproxy_buffer* response, const char* text) {
     size_t n = strlen(text);
-    char* buf = malloc(n);
-    memcpy(buf, text, n);
-    response->ptr = buf;
+    char* buf = malloc(n + 16);
+    memcpy(buf, &n, sizeof n);
+    memcpy(buf + 16, text, n);
+    response->ptr = buf + 16;
     response->len = n;
     return 0;
 }
@@ -317,8 +323,17 @@ static char* ask_model(const char* model_start, int streamed, const char* cb) {
     return text;
 }
 
+static int failure_429(cliproxy_buffer* response) {
+    return reply(response, "{\"ok\":false,\"error\":{\"code\":\"rate_limited\","
+                           "\"message\":\"slow down\",\"retryable\":true,\"http_status\":429}}");
+}
+
 static int do_execute(const char* req, size_t n, cliproxy_buffer* response) {
     char* cb = find_string(req, n, "host_callback_id");
+    char* check = user_text(req, n);
+    int fail = strstr(check, "fail429") != NULL;
+    free(check);
+    if (fail) { free(cb); return failure_429(response); }
     host_log("info", "c-test executing", cb);
     char* payload = user_text(req, n);
     char* answer = strdup("hello from C");
@@ -374,7 +389,7 @@ static int do_execute(const char* req, size_t n, cliproxy_buffer* response) {
     return 0;
 }
 
-struct async_job { char* stream_id; int forever; };
+struct async_job { char* stream_id; int forever; int failmid; };
 
 static void* emit_loop(void* arg) {
     struct async_job* job = arg;
@@ -395,6 +410,14 @@ static void* emit_loop(void* arg) {
             return NULL;
         }
         if (job->forever) usleep(5000);
+        if (job->failmid) {
+            char close_req[256];
+            snprintf(close_req, sizeof close_req,
+                     "{\"stream_id\":\"%s\",\"error\":\"upstream broke\"}", job->stream_id);
+            free(host_call("host.stream.close", close_req));
+            free(job->stream_id); free(job);
+            return NULL;
+        }
     }
     char* last = completion_chunk("", "stop");
     char* c64 = b64_encode(last, strlen(last));
@@ -414,11 +437,16 @@ static int do_execute_stream(const char* req, size_t n, cliproxy_buffer* respons
     char* model = find_string(req, n, "Model");
     int async_mode = model && strcmp(model, "c-async") == 0;
     free(model);
+    char* check = user_text(req, n);
+    int fail = strstr(check, "fail429") != NULL;
+    free(check);
+    if (fail) return failure_429(response);
     if (async_mode) {
         struct async_job* job = malloc(sizeof *job);
         job->stream_id = find_string(req, n, "stream_id");
         char* payload = user_text(req, n);
         job->forever = strstr(payload, "forever") != NULL;
+        job->failmid = strstr(payload, "failmid") != NULL;
         free(payload);
         pthread_t t;
         pthread_create(&t, NULL, emit_loop, job);
@@ -461,7 +489,14 @@ static int plugin_call(const char* method, const uint8_t* request, size_t reques
                            "\"message\":\"unknown method\",\"http_status\":501}}");
 }
 
-static void plugin_free(void* ptr, size_t len) { (void)len; free(ptr); }
+static void plugin_free(void* ptr, size_t len) {
+    if (ptr == NULL) return;
+    char* base = (char*)ptr - 16;
+    size_t given;
+    memcpy(&given, base, sizeof given);
+    if (given != len) event("badfree %s%ld", "", (long)len);
+    free(base);
+}
 
 static void plugin_shutdown(void) { event("shutdown%s%ld", "", 0); }
 
