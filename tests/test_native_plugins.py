@@ -497,3 +497,23 @@ def test_abi_structs_have_the_spec_layout() -> None:
                                                      "free_buffer"]
     assert [n for n, _ in abi.PluginApi._fields_] == ["abi_version", "call", "free_buffer",
                                                        "shutdown"]
+
+
+def test_gateway_stop_calls_the_plugins_shutdown(tmp_path: Path) -> None:
+    subprocess.run([str(REPO / "tools" / "build-native-plugins.sh")], check=True)
+    plugins = tmp_path / "native"
+    plugins.mkdir()
+    shutil.copy(BUILT / "c-test.so", plugins / "c-test.so")
+    (tmp_path / "gw" / "data").mkdir(parents=True)
+    (tmp_path / "gw" / "data" / "config.yaml").write_text(
+        "plugins:\n  enabled: true\n  configs:\n    c-test:\n      enabled: true\n")
+    log = tmp_path / "events.txt"
+    gw = Gateway(tmp_path / "gw", {"NATIVE_TEST_EVENTS": str(log), "AOGSTREAM_WORKERS": "1"},
+                 plugin_dir=[plugins]).start()
+    try:
+        assert oai(gw).chat.completions.create(
+            model="c-echo", messages=[{"role": "user", "content": "hi"}]).choices
+    finally:
+        gw.stop()
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith("register ") and lines[-1] == "shutdown"

@@ -202,7 +202,7 @@ static int do_register(const char* req, size_t n, cliproxy_buffer* response) {
     return reply(response, "{\"ok\":true,\"result\":{\"schema_version\":1,");
 #else
     char* cfg = find_string(req, n, "config_yaml");
-    event("register %s%ld", cfg ? cfg : "", 0);
+    event("register %s", cfg ? cfg : "", 0);
     free(cfg);
     host_log("info", "c-test registering", NULL);
     return ok_reply(response,
@@ -494,11 +494,11 @@ static void plugin_free(void* ptr, size_t len) {
     char* base = (char*)ptr - 16;
     size_t given;
     memcpy(&given, base, sizeof given);
-    if (given != len) event("badfree %s%ld", "", (long)len);
+    if (given != len) event("badfree%s %ld", "", (long)len);
     free(base);
 }
 
-static void plugin_shutdown(void) { event("shutdown%s%ld", "", 0); }
+static void plugin_shutdown(void) { event("shutdown%s", "", 0); }
 
 #ifdef NO_INIT
 #define INIT_NAME cliproxy_plugin_init_missing

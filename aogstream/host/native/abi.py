@@ -19,7 +19,8 @@ Why the details matter:
   the request, hands it to the library's `on_host_call`, and answers in a `malloc`
   buffer that the host's `free_buffer` (libc `free`) releases; it never raises into C.
 
-This module knows nothing of trio, JSON payloads or the gateway: `NativeLibrary.call`
+This module knows nothing of trio, JSON payloads (beyond spotting an error envelope) or
+the gateway: `NativeLibrary.call`
 is a blocking call for a worker thread.
 """
 
@@ -32,6 +33,8 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+from aogstream.host.native.gojson import is_error_envelope
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +216,6 @@ class NativeLibrary:
                 if not self._inflight:
                     self._idle.notify_all()
         if rc != 0:
-            from aogstream.host.native.gojson import is_error_envelope
-
             if not is_error_envelope(raw):
                 text = raw[:300].decode("utf-8", "replace")
                 raise CallError(f"plugin call {method} returned {rc}: {text}")
