@@ -108,6 +108,7 @@ class Gateway:
         for man in manifests:
             self.add_plugin(man)
         await self.start_native()
+        await trio.to_thread.run_sync(self.native.prune_store)
         await self.register()
         async with trio.open_nursery() as starting:
             for plugin in self.plugins.values():

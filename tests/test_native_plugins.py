@@ -517,3 +517,28 @@ def test_gateway_stop_calls_the_plugins_shutdown(tmp_path: Path) -> None:
         gw.stop()
     lines = log.read_text().splitlines()
     assert lines[0].startswith("register ") and lines[-1] == "shutdown"
+
+
+def test_disabling_a_plugin_removes_its_models_after_a_restart(tmp_path: Path) -> None:
+    subprocess.run([str(REPO / "tools" / "build-native-plugins.sh")], check=True)
+    plugins = tmp_path / "native"
+    plugins.mkdir()
+    shutil.copy(BUILT / "c-test.so", plugins / "c-test.so")
+    config = tmp_path / "gw" / "data" / "config.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text("plugins:\n  enabled: true\n  configs:\n    c-test:\n      enabled: true\n")
+    gw = Gateway(tmp_path / "gw", {"AOGSTREAM_WORKERS": "1"}, plugin_dir=[PLUGIN_DIR, plugins])
+    try:
+        gw.start()
+        assert "c-echo" in {m.id for m in oai(gw).models.list()}
+        gw.stop()
+        config.write_text("plugins:\n  enabled: true\n  configs:\n    c-test:\n"
+                          "      enabled: false\n")
+        gw.start()
+        ids = {m.id for m in oai(gw).models.list()}
+        assert "c-echo" not in ids and "c-async" not in ids
+        r = httpx.post(f"{gw.url}/v1/chat/completions", timeout=30, json={
+            "model": "c-echo", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 404, r.text
+    finally:
+        gw.stop()

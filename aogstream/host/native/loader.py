@@ -30,8 +30,9 @@ import attrs
 import trio
 import yaml
 
+from aogstream import manifest as m
 from aogstream.host.native.callbacks import HostServices
-from aogstream.host.native.plugin import NativePlugin, NativeProvider
+from aogstream.host.native.plugin import NATIVE_DESC, NativePlugin, NativeProvider
 
 if TYPE_CHECKING:
     from aogstream.gateway import Gateway
@@ -275,9 +276,31 @@ class NativePlugins:
             if n in taken:
                 log.warning("native plugin %s: model %s is already served by another "
                             "provider, which keeps it", plugin.id, n)
-        if plugin.models and not models:
+        if not models:  # as in CPA, an executor no model names is unreachable
+            if not plugin.models:
+                log.warning("native plugin %s: its executor registers no models, so no "
+                            "request can name it; it is not routed", plugin.id)
             return
         self.gateway.add_provider(NativeProvider(plugin, models))
+
+    def prune_store(self) -> None:
+        """Forget the store rows of native plugins that no longer serve (disabled,
+        failed, removed) and of models they no longer offer, so listings show what
+        is served now. Runs in the primary, in a thread, before `register`."""
+        gw = self.gateway
+        store = gw.store
+        for row in store.providers(service_name="chat"):
+            provider = gw.providers.get(row.flavor)
+            native = provider.kind == "native" if provider is not None else \
+                row.desc.startswith(NATIVE_DESC)  # the rows NativeProvider's manifest made
+            if not native or row.provider_name != f"{m.PLUGIN_TYPE_REMOTE}_{row.flavor}_chat":
+                continue
+            keep = set(provider.manifest.services[0].support_models) if provider else set()
+            for model in store.models(provider_name=row.provider_name):
+                if model.model_name not in keep:
+                    store.delete_model(row.provider_name, model.model_name)
+            if provider is None:
+                store.delete_provider(row.provider_name)
 
     def entries(self) -> list[dict[str, Any]]:
         """Every discovered native plugin for the plugin list (loaded or not)."""

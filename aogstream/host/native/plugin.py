@@ -43,6 +43,7 @@ log = logging.getLogger("aogstream.native")
 SCHEMA_VERSION = 3
 CALL_LIMIT = 64  # native calls in flight per plugin (each holds a thread)
 LOAD_TIMEOUT = 30.0
+NATIVE_DESC = "native plugin "  # its store rows' description starts so (see loader)
 DONE = b"[DONE]"  # the end of an OpenAI stream
 # CPA's executor format aliases (adapters.go normalizeExecutorFormatName)
 FORMAT_ALIASES = {
@@ -267,7 +268,7 @@ class NativeProvider:
                 name=plugin.id, display_name=gj.text(plugin.metadata, "Name"),
                 version=gj.text(plugin.metadata, "Version"), type=m.PLUGIN_TYPE_REMOTE,
                 author=gj.text(plugin.metadata, "Author"),
-                description=f"native plugin {plugin.path.name}"),
+                description=f"{NATIVE_DESC}{plugin.path.name}"),
             services=[m.ServiceDef(
                 service_name="chat", task_type="text-generation", protocol="HTTP",
                 expose_protocol="HTTP", config_ref=f"{flavor}:chat", auth_type="none",
