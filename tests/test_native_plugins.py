@@ -98,9 +98,9 @@ def events(gw: Gateway) -> list[str]:
         return []
 
 
-def oai(gw: Gateway) -> openai.OpenAI:
+def oai(gw: Gateway, timeout: float = 30) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0,
-                         timeout=30)
+                         timeout=timeout)
 
 
 # ---- models ------------------------------------------------------------------------------
@@ -421,12 +421,14 @@ def llm_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     (work / "data" / "config.yaml").write_text(  # plugins.dir, relative to the data dir
         "plugins:\n  enabled: true\n  dir: native\n  configs:\n"
         "    c-test:\n      enabled: true\n")
-    with shipped_plugins_gateway(work, ["llamacpp-plugin"], {"AOGSTREAM_WORKERS": "1"}) as gw:
+    with shipped_plugins_gateway(work, ["llamacpp-plugin"], {"AOGSTREAM_WORKERS": "1",
+                                                          "AOGSTREAM_UNARY_TIMEOUT": "170"}) as gw:
         yield gw
 
 
 def test_host_model_execute_reaches_llamacpp_through_the_gateway(llm_gw: Gateway) -> None:
-    out = oai(llm_gw).chat.completions.create(
+    # a generous bound: the engine loads its model on the first request, on a busy machine
+    out = oai(llm_gw, timeout=180).chat.completions.create(
         model="c-echo", messages=[{"role": "user", "content": f"ask {LLM}"}])
     answer = json.loads(out.choices[0].message.content or "")
     assert answer["choices"][0]["message"]["content"].strip(), answer
@@ -434,7 +436,7 @@ def test_host_model_execute_reaches_llamacpp_through_the_gateway(llm_gw: Gateway
 
 
 def test_host_model_execute_stream_is_pulled_by_the_plugin(llm_gw: Gateway) -> None:
-    out = oai(llm_gw).chat.completions.create(
+    out = oai(llm_gw, timeout=180).chat.completions.create(
         model="c-echo", messages=[{"role": "user", "content": f"askstream {LLM}"}])
     text = out.choices[0].message.content or ""
     datas = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
