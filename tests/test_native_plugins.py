@@ -10,7 +10,9 @@ server the plugin reaches through `host.http.do`.
 Proven: the plugin's models are listed on `/v1/models`, `/api/tags` and AOG's model
 list; chat is served unary and streamed (the synchronous `chunks` answer and the
 asynchronous `host.stream.emit`/`close` from a thread of the plugin) on
-`/v1/chat/completions`, `/aog/v0.2/services/chat` and `/api/chat`; the plugin's config
+`/v1/chat/completions`, `/aog/v0.2/services/chat`, `/api/chat` and the api_flavors
+routes, 16 streams at once; a plugin's `http_status` (429) reaches the client and a
+stream the plugin closes with an error ends with it; the plugin's config
 reaches it as YAML; `host.log` lands in the gateway log with the request id;
 `host.http.do` reaches a loopback server and `host.http.do_stream` pulls a response in
 reads; `host.model.execute` and `execute_stream` reach llama.cpp (the shipped plugin and
@@ -168,6 +170,19 @@ def test_ollama_chat_door_reaches_the_plugin(native_gw: Gateway) -> None:
         "model": "c-echo", "messages": [{"role": "user", "content": "hi"}], "stream": False})
     assert r.status_code == 200, r.text
     assert r.json()["message"]["content"] == "hello from C"
+
+
+def test_api_flavors_doors_reach_the_plugin(native_gw: Gateway) -> None:
+    base = f"{native_gw.url}/aog/v0.2/api_flavors"
+    r = httpx.post(f"{base}/openai/v1/chat/completions", timeout=30, json={
+        "model": "c-echo", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "hello from C"
+    r = httpx.post(f"{base}/ollama/api/chat", timeout=30, json={
+        "model": "c-async", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
+    lines = [json.loads(x) for x in r.text.splitlines() if x.strip()]
+    assert "".join(x["message"].get("content", "") for x in lines) == "hello from a C thread"
 
 
 # ---- config and host callbacks ---------------------------------------------------------
