@@ -19,7 +19,11 @@ reads; `host.model.execute` and `execute_stream` reach llama.cpp (the shipped pl
 its real engine) through the gateway's own routing, and a plugin's own models are
 refused to it (recursion guard); a client that leaves mid-stream stops the
 plugin's stream (the plugin's next emit is refused, which it records); each bad library
-is listed with a clear reason and the gateway keeps serving.
+is listed with a clear reason and the gateway keeps serving; every answer buffer goes
+back to the plugin's `free_buffer` with its own length; the gateway's stop calls the
+plugin's `shutdown()`; a plugin disabled in config.yaml has its models gone after a
+restart. Unit tests: the ctypes structs' layout, discovery (arch folders, versions,
+IDs) and the YAML a plugin's config becomes.
 
 The Go-compatible JSON codec (`aogstream.host.native.gojson`) has unit tests here too
 (pure functions, no gateway).

@@ -316,7 +316,9 @@ class NativePlugins:
                 f"plugins.enabled is off in {CONFIG_FILE}" if not self.config.enabled
                 else f"plugins.configs.{pid}.enabled is not true in {CONFIG_FILE}")
             out.append({"name": pid, "provider_name": pid, "services": [], "status": 0,
-                        "version": found.version, "description": "native plugin",
+                        "version": found.version,
+                        "description": f"native plugin {found.path.name}: {why}"
+                        if why else f"native plugin {found.path.name}",
                         "state": "disabled", "pid": None, "restarts": 0,
                         "last_error": why, "enabled": False, "type": "native", "dir": "",
                         "plugin_version": found.version, "kind": "native",

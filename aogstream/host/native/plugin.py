@@ -244,8 +244,10 @@ class NativePlugin:
                 "services": services,
                 "status": {"running": 1, "failed": 0}.get(self.state, 0),
                 "version": gj.text(self.metadata, "Version"),
-                "description": f"native plugin by {gj.text(self.metadata, 'Author')}"
-                if self.metadata else "native plugin",
+                # the CLI's list shows this column: say why a plugin does not serve
+                "description": f"native plugin {self.path.name}"
+                + (f": {self.last_error}" if self.last_error else
+                   f" by {gj.text(self.metadata, 'Author')}"),
                 "state": self.state, "pid": None, "restarts": 0,
                 "last_error": self.last_error, "enabled": enabled, "type": "native",
                 "plugin_version": gj.text(self.metadata, "Version"), "dir": "",
