@@ -14,9 +14,10 @@ asynchronous `host.stream.emit`/`close` from a thread of the plugin) on
 routes, 16 streams at once; a plugin's `http_status` (429) reaches the client and a
 stream the plugin closes with an error ends with it; the plugin's config
 reaches it as YAML; `host.log` lands in the gateway log with the request id;
-`host.http.do` reaches a loopback server and `host.http.do_stream` pulls a response in
-reads; `host.model.execute` and `execute_stream` reach llama.cpp (the shipped plugin and
-its real engine) through the gateway's own routing, and a plugin's own models are
+`host.http.do` reaches a loopback server (and is cancelled when the client leaves) and
+`host.http.do_stream` pulls a response in reads; `host.model.execute` and
+`execute_stream` reach llama.cpp (the shipped plugin and its real engine) through the
+gateway's own routing, and a plugin's own models are
 refused to it (recursion guard); a client that leaves mid-stream stops the
 plugin's stream (the plugin's next emit is refused, which it records); each bad library
 is listed with a clear reason and the gateway keeps serving; every answer buffer goes
@@ -238,6 +239,48 @@ def test_host_http_do_reaches_a_loopback_server(native_gw: Gateway) -> None:
             model="c-echo", messages=[{"role": "user", "content": f"fetch {url}"}])
         assert out.choices[0].message.content == "fetched through the host"
         assert {"path": "/page", "x-plugin": "c-test"} in _Recorder.seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _Trickle(http.server.BaseHTTPRequestHandler):
+    """Sends a body a byte at a time for up to 20 s; records when the reader went away."""
+
+    gone: list[float] = []
+
+    def do_GET(self) -> None:  # http.server calls it by this name
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        try:
+            for _ in range(1000):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.02)
+        except OSError:
+            _Trickle.gone.append(time.monotonic())
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_client_leaving_cancels_the_plugins_outbound_request(native_gw: Gateway) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/slow"
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{native_gw.url}/v1/chat/completions", timeout=1.0, json={
+                "model": "c-echo", "messages": [{"role": "user", "content": f"fetch {url}"}]})
+        left = time.monotonic()
+        deadline = left + 10
+        while not _Trickle.gone and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _Trickle.gone, "the plugin's host.http.do kept reading after the client left"
+        print(f"outbound request closed {1000 * (_Trickle.gone[0] - left):.0f} ms after "
+              f"the client left")
     finally:
         server.shutdown()
         server.server_close()

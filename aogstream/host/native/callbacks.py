@@ -197,6 +197,11 @@ class HostServices:
             return await self._model_read(plugin, req)
         if method == "host.model.stream_close":
             return await self._model_close(plugin, req)
+        if method == "host.auth.list":
+            return {"files": []}  # no auth records for native plugins yet
+        if method in ("host.auth.get", "host.auth.get_runtime", "host.auth.save"):
+            raise CallbackFailure(f"{method}: this gateway keeps no auth files for native "
+                                  f"plugins yet (auth providers are not supported)")
         if method == "host.stream.emit":
             return await self._emit(plugin, req)
         if method == "host.stream.close":
