@@ -246,6 +246,6 @@ def _dlclose(dll: ctypes.CDLL) -> None:
     try:
         import _ctypes
 
-        _ctypes.dlclose(dll._handle)  # type: ignore[attr-defined]
+        _ctypes.dlclose(dll._handle)
     except Exception:  # noqa: BLE001 - best effort: failing to unmap leaks, nothing worse
         pass
