@@ -154,13 +154,14 @@ class NativeLibrary:
         """dlopen (RTLD_NOW | RTLD_LOCAL), init, validate; `LoadError` says what is wrong."""
         try:
             dll = ctypes.CDLL(str(self.path), mode=os.RTLD_NOW | os.RTLD_LOCAL)
-        except OSError as exc:
-            raise LoadError(f"cannot load {self.path.name}: {exc}") from None
+        except OSError as exc:  # the loader's words, without this machine's folders
+            raise LoadError(f"cannot load the library: "
+                            f"{str(exc).replace(str(self.path), self.path.name)}") from None
         try:
             init = getattr(dll, INIT_SYMBOL)
         except AttributeError:
             _dlclose(dll)
-            raise LoadError(f"{self.path.name}: missing {INIT_SYMBOL}") from None
+            raise LoadError(f"missing {INIT_SYMBOL}") from None
         init.restype = ctypes.c_int
         init.argtypes = [ctypes.POINTER(HostApi), ctypes.POINTER(PluginApi)]
         self._key = next(_keys)
@@ -189,7 +190,7 @@ class NativeLibrary:
                 self._api.shutdown()
             self._forget()
             _dlclose(dll)
-            raise LoadError(f"{self.path.name}: {problem}")
+            raise LoadError(problem)
         self._dll = dll
         self._closed = False
 
