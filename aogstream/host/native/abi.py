@@ -73,7 +73,9 @@ class PluginApi(ctypes.Structure):
                 ("free_buffer", FREE_BUFFER), ("shutdown", SHUTDOWN)]
 
 
-_libc = ctypes.CDLL(None)
+# the C allocator whose blocks the host's free_buffer releases (import must not fail
+# where the loader is not supported: it then refuses with a message instead)
+_libc = ctypes.CDLL(None) if os.name == "posix" else ctypes.cdll.msvcrt
 _malloc = _libc.malloc
 _malloc.restype = ctypes.c_void_p
 _malloc.argtypes = [ctypes.c_size_t]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import platform
 import re
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -238,6 +239,10 @@ class NativePlugins:
         if not cfg.enabled:
             if any(cfg.plugin_enabled(pid) for pid in self.found):
                 log.info("native plugins found but plugins.enabled is off in %s", CONFIG_FILE)
+            return
+        if sys.platform != "linux":
+            log.error("native plugins: plugins.enabled is on in %s, but this gateway loads "
+                      "native plugins on Linux only so far; none loaded", CONFIG_FILE)
             return
         host = gw.config.host if gw.config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         if ":" in host:
