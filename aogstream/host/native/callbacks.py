@@ -17,6 +17,13 @@ Executor streams (`host.stream.emit`/`close`): the host registers a stream (a ch
 of 16 chunks) before calling `executor.execute_stream`; `emit` blocks while 16 chunks
 wait (backpressure into the invocation), and fails with "stream N is not open" once
 the client has gone, which is how the plugin learns to stop.
+
+Pull streams the plugin consumes: `host.http.do_stream` (then `stream_read` in 32 KiB
+pieces, `stream_close`) and `host.model.execute_stream` (the gateway's own
+`/v1/chat/completions` over loopback, so a plugin's model call is routed, converted and
+falls back exactly like a client's). Both close with the scope that opened them.
+`host.model.*` speak `openai` only, and a plugin may not call the models it serves.
+`host.auth.*` answer that no auth files are kept for native plugins yet.
 """
 
 from __future__ import annotations
