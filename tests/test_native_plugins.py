@@ -47,11 +47,11 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from conftest import PLUGIN_DIR, REPO, Gateway, shipped_plugins_gateway
 
 from aogstream import errors
 from aogstream.host.native import gojson as gj
 from aogstream.host.native.plugin import plugin_error
-from tests.conftest import PLUGIN_DIR, REPO, Gateway, shipped_plugins_gateway
 
 BUILT = REPO / ".cache" / "native-plugins"
 BAD = {  # file → what the plugin list must say about it
