@@ -78,6 +78,8 @@ class Plugins(GatewayAccess):
                                 "description": "", "state": PluginState.UNLOADED, "pid": None,
                                 "restarts": 0, "last_error": "", "enabled": True,
                                 "type": "", "plugin_version": "", "dir": str(sub)})
+        if self.gw.native is not None:  # native plugins (CLIProxyAPI's C ABI)
+            out.extend(self.gw.native.entries())
         return out
 
     async def plugin_info(self, name: str) -> dict[str, Any]:
