@@ -27,6 +27,8 @@ PKG = REPO / "aogstream"
 KNOWN: dict[tuple[str, str], str] = {
     ("aogstream.gateway", "aogstream.host.process"):
         "plugin discovery and supervision still start from Gateway.start",
+    ("aogstream.gateway", "aogstream.host.native.loader"):
+        "native plugins are loaded from Gateway.start, as process plugins are discovered",
     ("aogstream.gateway", "aogstream.rpc.bridge"):
         "the gateway owns the gRPC loop its supervisors launch plugins on",
     ("aogstream.http.workers", "aogstream.host.attached"):
