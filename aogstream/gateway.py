@@ -116,6 +116,8 @@ class Gateway:
         for man in manifests:
             self.add_plugin(man)
         await self.start_native()
+        self.native.primary = True  # it writes the store rows; workers follow them
+        self.spawn(self.native.watch)  # config.yaml edits apply without a restart
         await trio.to_thread.run_sync(self.native.prune_store)
         await self.register()
         async with trio.open_nursery() as starting:
@@ -329,6 +331,8 @@ class Gateway:
     async def reload(self) -> None:
         """Rebuild the routing table after a write to the store (and, with several
         workers, return once they have rebuilt theirs)."""
+        if self.native is not None:  # a worker follows the primary's config.yaml apply
+            await self.native.check()
         await trio.to_thread.run_sync(self._rebuild)
         await self.sync_workers()
 
