@@ -17,7 +17,8 @@
 //! whose last message is "stats" answers `freed=<n> bad=<n> outstanding=<n>`.
 
 use std::collections::HashMap;
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::{c_void, CStr};
+use std::os::raw::{c_char, c_int};
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -56,7 +57,7 @@ static OUTSTANDING: Mutex<Option<HashMap<usize, usize>>> = Mutex::new(None);
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 fn b64_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    let mut out = String::with_capacity((data.len() + 2) / 3 * 4);
     for chunk in data.chunks(3) {
         let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
@@ -75,7 +76,10 @@ fn b64_decode(text: &str) -> Vec<u8> {
     let mut out = Vec::new();
     let (mut v, mut bits) = (0u32, 0);
     for c in text.bytes() {
-        let Some(i) = B64.iter().position(|&x| x == c) else { break };
+        let i = match B64.iter().position(|&x| x == c) {
+            Some(i) => i,
+            None => break,
+        };
         v = (v << 6) | i as u32;
         bits += 6;
         if bits >= 8 {
