@@ -19,13 +19,20 @@ and its models leave every listing (on every worker), enabling brings them back;
 editing config.yaml by hand reconfigures the plugin in place; a new version file is
 loaded and serves before the old one retires; DELETE removes a file and a config
 entry with CPA's answer, and 404 `plugin_not_found` for an unknown plugin.
+
+`aogstream plugin run <id> ...` (the real CLI in a subprocess, the same C plugin) parses
+the plugin's declared flags by Go's rules, runs `command_line.execute`, prints its
+stdout and stderr and exits with its exit code; unknown flags, a missing flag value,
+an unknown or disabled plugin are clear errors with exit status 2.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -301,3 +308,39 @@ def test_delete_removes_the_file_and_the_config_entry(mgw: Gateway) -> None:
     r = mgmt(mgw, "DELETE", f"{MGMT}/plugins/ghost")
     assert r.status_code == 404 and r.json()["error"] == "plugin_not_found"
     assert chat(mgw) == "hello from C"
+
+
+# ---- the command line ------------------------------------------------------------------------
+
+def _run_cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AOGSTREAM_", "AOG_"))}
+    env["AOG_DATA_DIR"] = str(data)
+    return subprocess.run([sys.executable, "-m", "aogstream", "plugin", "run",
+                           *args], cwd=data, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_plugin_run_dispatches_the_plugins_command_line(tmp_path: Path) -> None:
+    subprocess.run([str(REPO / "tools" / "build-native-plugins.sh")], check=True)
+    data = tmp_path / "data"
+    (data / "plugins").mkdir(parents=True)
+    shutil.copy(BUILT / "c-test.so", data / "plugins" / "c-test.so")
+    (data / "config.yaml").write_text(
+        "plugins:\n  enabled: true\n  configs:\n    c-test:\n      enabled: true\n")
+    out = _run_cli(data, "c-test", "-greet", "bob", "--loud", "a", "b")
+    assert (out.returncode, out.stdout) == (0, 'HELLO BOB\nARGS ["A","B"]\n'), out.stderr
+    assert "c-test ran" in out.stderr  # the plugin's Stderr
+    out = _run_cli(data, "c-test", "-greet=ann", "--", "-x", "fail")
+    assert out.returncode == 3  # the plugin's ExitCode
+    assert out.stdout == 'hello ann\nargs ["-x","fail"]\n'
+    out = _run_cli(data, "c-test", "-nope")
+    assert out.returncode == 2 and "flag provided but not defined: -nope" in out.stderr
+    assert "-greet, -loud" in out.stderr
+    out = _run_cli(data, "c-test", "-greet")
+    assert out.returncode == 2 and "flag needs an argument: -greet" in out.stderr
+    out = _run_cli(data, "nobody")
+    assert out.returncode == 2 and "no native plugin 'nobody'" in out.stderr
+    (data / "config.yaml").write_text("plugins:\n  enabled: true\n")
+    out = _run_cli(data, "c-test")
+    assert out.returncode == 2 and "plugins.configs.c-test.enabled" in out.stderr

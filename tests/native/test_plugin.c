@@ -17,6 +17,9 @@
  * (GET and POST /c-test/status under /v0/management) and one resource (/page under
  * /v0/resource/plugins/<id>), and management.handle answers a JSON echo of the method,
  * path and body it got (or an HTML page for the resource).
+ * And a command line: command_line.register answers the flags -greet (string, default
+ * "world") and -loud (bool); command_line.execute prints "hello <greet>" (upper-cased
+ * with -loud set), then the Args it got, and exits 3 when an argument is "fail".
  * "fail429" in the message makes either answer an error envelope with http_status 429;
  * "failmid" makes c-async close its stream with an error after one chunk.
  * Every call logs through host.log. Events go, one line each, to the file named by
@@ -215,7 +218,7 @@ static int do_register(const char* req, size_t n, cliproxy_buffer* response, int
         "\"Author\":\"aogstream tests\",\"GitHubRepository\":\"https://example.invalid/c-test\","
         "\"Logo\":\"\",\"ConfigFields\":[]},\"capabilities\":{\"model_provider\":true,"
         "\"executor\":true,\"executor_input_formats\":[\"openai\"],"
-        "\"executor_output_formats\":[\"chat-completions\"],\"management_api\":true}}");
+        "\"executor_output_formats\":[\"chat-completions\"],\"management_api\":true,\"command_line_plugin\":true}}");
 #endif
 }
 
@@ -472,6 +475,33 @@ static int do_execute_stream(const char* req, size_t n, cliproxy_buffer* respons
     return ok_reply(response, result);
 }
 
+/* command_line.execute: greet, list the arguments, exit 3 on "fail". */
+static int do_command(const char* req, size_t n, cliproxy_buffer* response) {
+    const char* flags = strstr(req, "\"TriggeredFlags\"");
+    const char* greet_at = flags ? strstr(flags, "\"greet\":{") : NULL;
+    char* greet = greet_at ? find_string(greet_at, n - (size_t)(greet_at - req), "Value") : NULL;
+    const char* loud_at = flags ? strstr(flags, "\"loud\":{") : NULL;
+    int loud = loud_at && strstr(loud_at, "\"Value\":true") != NULL;
+    const char* args = strstr(req, "\"Args\":");
+    char argbuf[512] = "null";
+    if (args && args[7] == '[') {
+        const char* end = strchr(args + 7, ']');
+        size_t len = end ? (size_t)(end - (args + 7)) + 1 : 0;
+        if (len < sizeof argbuf) { memcpy(argbuf, args + 7, len); argbuf[len] = 0; }
+    }
+    char out[1024];
+    snprintf(out, sizeof out, "hello %s\nargs %s\n", greet ? greet : "world", argbuf);
+    if (loud) for (char* p = out; *p; p++) if (*p >= 'a' && *p <= 'z') *p = (char)(*p - 32);
+    int code = strstr(argbuf, "\"fail\"") != NULL ? 3 : 0;
+    char* out64 = b64_encode(out, strlen(out));
+    char* err64 = b64_encode("c-test ran\n", 11);
+    char result[2048];
+    snprintf(result, sizeof result, "{\"Stdout\":\"%s\",\"Stderr\":\"%s\",\"Auths\":null,"
+             "\"ExitCode\":%d}", out64, err64, code);
+    free(out64); free(err64); free(greet);
+    return ok_reply(response, result);
+}
+
 /* management.handle: a JSON echo for routes, an HTML page for the resource. */
 static int do_manage(const char* req, size_t n, cliproxy_buffer* response) {
     char* method = find_string(req, n, "Method");
@@ -531,6 +561,12 @@ static int plugin_call(const char* method, const uint8_t* request, size_t reques
                                   "\"Resources\":[{\"Path\":\"page\",\"Menu\":\"C test\","
                                   "\"Description\":\"a page\"}]}");
     if (strcmp(method, "management.handle") == 0) return do_manage(req, request_len, response);
+    if (strcmp(method, "command_line.register") == 0)
+        return ok_reply(response, "{\"Flags\":[{\"Name\":\"greet\",\"Usage\":\"who to greet\","
+                                  "\"Type\":\"string\",\"DefaultValue\":\"world\"},"
+                                  "{\"Name\":\"loud\",\"Usage\":\"shout\",\"Type\":\"\","
+                                  "\"DefaultValue\":\"false\"}]}");
+    if (strcmp(method, "command_line.execute") == 0) return do_command(req, request_len, response);
     if (strcmp(method, "model.static") == 0)
         return ok_reply(response, "{\"Provider\":\"C-Test\",\"Models\":[{\"ID\":\"c-echo\"},"
                                   "{\"ID\":\"c-async\"}],\"AuthUpdate\":null}");
