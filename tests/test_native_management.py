@@ -24,6 +24,9 @@ entry with CPA's answer, and 404 `plugin_not_found` for an unknown plugin.
 the plugin's declared flags by Go's rules, runs `command_line.execute`, prints its
 stdout and stderr and exits with its exit code; unknown flags, a missing flag value,
 an unknown or disabled plugin are clear errors with exit status 2.
+
+A unit test of the guard's pure `decide` covers the key rules on `/v0/management`
+(CPA's error words, no key configured) and resources (no key, cross-site refused).
 """
 
 from __future__ import annotations
@@ -344,3 +347,29 @@ def test_plugin_run_dispatches_the_plugins_command_line(tmp_path: Path) -> None:
     (data / "config.yaml").write_text("plugins:\n  enabled: true\n")
     out = _run_cli(data, "c-test")
     assert out.returncode == 2 and "plugins.configs.c-test.enabled" in out.stderr
+
+
+# ---- the guard's decision (unit: the pure policy function) ------------------------------------
+
+def test_guard_requires_the_key_on_cpa_management_routes_even_on_loopback() -> None:
+    from aogstream.http.guard import Policy, Request, decide
+
+    loopback = Policy(management_key="k", require_management_key=False)
+    path = "/v0/management/plugins"
+    assert decide(loopback, Request(path, host="127.0.0.1:1")).cpa_error == \
+        "missing management key"
+    wrong = decide(loopback, Request(path, host="127.0.0.1:1", credentials=("x",)))
+    assert (wrong.status, wrong.cpa_error) == (401, "invalid management key")
+    assert decide(loopback, Request(path, host="127.0.0.1:1", credentials=("k",))).allowed
+    no_key = decide(Policy(), Request(path, host="127.0.0.1:1", credentials=("k",)))
+    assert (no_key.status, no_key.cpa_error) == (403, "remote management key not set")
+    # AOG's own management routes keep their loopback rule
+    assert decide(loopback, Request("/aog/v0.2/plugin/list", host="127.0.0.1:1")).allowed
+    # resources: no key, as in CPA; cross-site still refused
+    page = "/v0/resource/plugins/c-test/page"
+    strict = Policy(management_key="k", require_management_key=True)
+    assert decide(strict, Request(page, host="127.0.0.1:1")).allowed
+    assert decide(strict, Request(page, host="127.0.0.1:1", fetch_site="cross-site")
+                  ).status == 403
+    assert decide(strict, Request("/v0/resource/plugins/x/../../v0/management/plugins",
+                                  host="127.0.0.1:1")).status == 401
