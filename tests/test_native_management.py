@@ -17,7 +17,8 @@ the plugin through `plugin.reconfigure` without a restart, bad bodies get
 `invalid_body`/`invalid_config`; disabling drains and calls the plugin's `shutdown()`
 and its models leave every listing (on every worker), enabling brings them back;
 editing config.yaml by hand reconfigures the plugin in place; a new version file is
-loaded and serves before the old one retires; DELETE removes a file and a config
+loaded and serves before the old one retires, on a config write and by itself when
+dropped into the folder; DELETE removes a file and a config
 entry with CPA's answer, and 404 `plugin_not_found` for an unknown plugin.
 
 `aogstream plugin run <id> ...` (the real CLI in a subprocess, the same C plugin) parses
@@ -289,6 +290,12 @@ def test_a_new_version_file_serves_before_the_old_one_retires(mgw: Gateway) -> N
     assert entry(mgw, "c-test")["path"] == f"linux/{_arch()}/c-test-v2.0.0.so"
     assert chat(mgw) == "hello from C"
     assert {"c-echo", "c-async"} <= model_ids(mgw)
+    # a newer file dropped in is picked up by itself, no config edit needed
+    shutdowns = events(mgw).count("shutdown")
+    shutil.copy(BUILT / "c-test.so", arch_dir / "c-test-v3.0.0.so")
+    wait_for(lambda: entry(mgw, "c-test")["path"] == f"linux/{_arch()}/c-test-v3.0.0.so")
+    wait_for(lambda: events(mgw).count("shutdown") > shutdowns)  # the v2 library retired
+    assert chat(mgw) == "hello from C"
 
 
 # ---- delete ----------------------------------------------------------------------------------

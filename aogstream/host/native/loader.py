@@ -241,8 +241,9 @@ class NativePlugins:
         self.plugins: dict[str, NativePlugin] = {}
         self.host: HostServices | None = None
         self.primary = False  # the process that writes the store (Gateway.start sets it)
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: tuple[Any, ...] | None = None
         self._apply_lock = trio.Lock()
+        self._stopped = False  # after stop(), config changes are no longer applied
         self._lifecycle = trio.Lock()  # register/reconfigure never overlap
 
     async def start(self) -> None:
@@ -251,8 +252,9 @@ class NativePlugins:
         await self.apply(initial=True)
 
     async def watch(self) -> None:
-        """Apply config.yaml again whenever it changes (the primary runs this for the
-        life of the gateway; workers follow through `check` when the store changes)."""
+        """Apply config.yaml again whenever it, or the libraries in the plugin folders,
+        change (the primary runs this for the life of the gateway; workers follow
+        through `check` when the store changes)."""
         while True:
             await trio.sleep(WATCH_EVERY)
             try:
@@ -260,10 +262,22 @@ class NativePlugins:
             except Exception:  # never let a bad edit stop the watcher
                 log.exception("native plugins: applying %s failed", CONFIG_FILE)
 
+    def _disk_state(self) -> tuple[Any, ...]:
+        """What a change of shows up as: config.yaml's stamp and the library chosen for
+        each plugin ID (a new version file dropped in counts, without a config edit)."""
+        cfg = self.config
+        roots = ([cfg.dir] if cfg.dir else []) + self.gateway.plugin_search_dirs()
+        chosen = discover(roots, cfg.desired_versions())
+        return (config_stamp(self.gateway.config.data_dir),
+                tuple(sorted((pid, str(f.path)) for pid, f in chosen.items())))
+
     async def check(self) -> bool:
-        """Apply the config when the file changed since the last apply."""
-        stamp = await trio.to_thread.run_sync(config_stamp, self.gateway.config.data_dir)
-        if stamp == self._stamp:
+        """Apply the config when the file, or the libraries chosen, changed since the
+        last apply."""
+        if self._stopped:
+            return False
+        stamp = await trio.to_thread.run_sync(self._disk_state)
+        if stamp == self._stamp or self._stopped:
             return False
         await self.apply()
         return True
@@ -278,7 +292,7 @@ class NativePlugins:
         async with self._apply_lock:
             gw = self.gateway
             data_dir = gw.config.data_dir
-            stamp = await trio.to_thread.run_sync(config_stamp, data_dir)
+            stamp = await trio.to_thread.run_sync(self._disk_state)
             cfg = await trio.to_thread.run_sync(read_config, data_dir)
             self._stamp = stamp
             if cfg.error:
@@ -448,9 +462,11 @@ class NativePlugins:
         return out
 
     async def stop(self) -> None:
+        self._stopped = True
         with trio.CancelScope(shield=True):
-            for plugin in self.plugins.values():
-                if plugin.state == "running":
-                    await plugin.shutdown()
-            if self.host is not None:
-                await self.host.aclose()
+            async with self._apply_lock:  # an apply under way finishes first
+                for plugin in self.plugins.values():
+                    if plugin.state == "running":
+                        await plugin.shutdown()
+                if self.host is not None:
+                    await self.host.aclose()
