@@ -29,6 +29,7 @@ from aogstream.host.client import PluginClient
 from aogstream.host.connection import ProcessProvider, crash_error
 from aogstream.rpc.bridge import Channel, GrpcLoop, RpcFailure
 from aogstream.rpc.gen import grpc_controller_pb2
+from aogstream.rpc.hostcall import HOST_SOCKET_ENV
 
 log = logging.getLogger("aogstream.host")
 
@@ -146,6 +147,9 @@ class PluginSupervisor:
         self.on_change: Callable[[], None] | None = None
         # the gRPC target workers dial ("unix:/path" or "host:port"), while running
         self.address = ""
+        # extra environment for each launch, by plugin name (the gateway's host
+        # services: the socket of this plugin's LLM access, `host.llm_service`)
+        self.launch_env: Callable[[str], dict[str, str]] | None = None
         self.exit_status: int | None = None
         self._process: trio.Process | None = None
         self._channel: Channel | None = None
@@ -212,10 +216,16 @@ class PluginSupervisor:
             log.warning("could not make %s executable: %s", exe, exc)
         self.state = "starting"
         self._changed()
+        extra = {"AOGSTREAM_PLUGIN_DATA_DIR": str(self.data_dir)}
+        if self.launch_env is not None:
+            extra.update(self.launch_env(self.name))
+        env = plugin_env(extra)
+        if self.launch_env is None:
+            env.pop(HOST_SOCKET_ENV, None)  # never another process's host socket
         proc = await trio.lowlevel.open_process(
             [str(exe)],
             cwd=str(self.manifest.plugin_dir),
-            env=plugin_env({"AOGSTREAM_PLUGIN_DATA_DIR": str(self.data_dir)}),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
