@@ -275,6 +275,11 @@ def test_unreadable_config_denies_and_a_fixed_file_grants_again(gw):
     assert probe(gw, "acomplete", PING, model=MODEL, **SHORT)["ok"]
 
 
+def test_the_plugin_socket_is_private(gw):
+    info = probe(gw, "socket_info")["result"]
+    assert info == {"socket_mode": 0o600, "folder_mode": 0o700}, info
+
+
 def test_a_forged_plugin_id_is_ignored(gw):
     # the operator trusts llamacpp-plugin, not the probe; the probe claims to be it
     set_config(gw, grant("allow_model_override: true", plugin="llamacpp-plugin"))

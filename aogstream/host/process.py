@@ -119,6 +119,8 @@ def plugin_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     # provider keys at rest least of all: a plugin gets the keys it needs through SetAuth
     for name in SECRET_ENV:
         env.pop(name, None)
+    # a plugin's host socket is its own (given in `extra`), never one this process got
+    env.pop(HOST_SOCKET_ENV, None)
     if extra:
         env.update(extra)
     return env
@@ -220,8 +222,6 @@ class PluginSupervisor:
         if self.launch_env is not None:
             extra.update(self.launch_env(self.name))
         env = plugin_env(extra)
-        if self.launch_env is None:
-            env.pop(HOST_SOCKET_ENV, None)  # never another process's host socket
         proc = await trio.lowlevel.open_process(
             [str(exe)],
             cwd=str(self.manifest.plugin_dir),

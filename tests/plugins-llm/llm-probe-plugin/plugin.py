@@ -2,14 +2,19 @@
 back (the result, or the exception's type, message and config key).
 
 Service `llm-probe`, request `{"call": <method>, "args": [...], "kwargs": {...}}`:
-`complete`, `acomplete`, `complete_structured`, `acomplete_structured`, `embed`,
-`aembed`; `sync_in_loop` runs the sync `complete` straight from this async handler
-(on the SDK's event loop); `raw` sends `{"frame": ...}` as is over the plugin's
-socket (a forged `plugin_id`); `crash` starts a call and exits the process while it
-runs. Service `chat` (under the loop-* manifests) answers a chat by calling
+
+- `complete`, `acomplete`, `complete_structured`, `acomplete_structured`, `embed`,
+  `aembed`: that method with those arguments;
+- `sync_in_loop`: the sync `complete` straight from this async handler (on the SDK's
+  event loop);
+- `socket_info`: the modes of its socket and of the socket's folder;
+- `raw`: sends `kwargs["frame"]` as is over the plugin's socket (a forged `plugin_id`);
+- `crash`: sends a call and exits the process while it runs.
+
+Service `chat` (under the loop-* manifests) answers a chat by calling
 `ctx.llm.acomplete` with the same messages, or, when the last message is
-`sleep:<tag>`, by sleeping a minute (to be cancelled). Events go as JSON lines to the file in
-ECHO_PLUGIN_EVENTS, as the echo plugin's do.
+`sleep:<tag>`, by sleeping a minute (to be cancelled). Events go as JSON lines to the
+file in ECHO_PLUGIN_EVENTS, as the echo plugin's do.
 """
 
 from __future__ import annotations
@@ -86,6 +91,10 @@ class Probe(LocalPluginProvider):
                 task.cancel()
             return {"result": dataclasses.asdict(result),
                     "seconds": time.monotonic() - started}
+        if call == "socket_info":
+            path = llm.socket_path
+            return {"socket_mode": os.stat(path).st_mode & 0o777,
+                    "folder_mode": os.stat(os.path.dirname(path)).st_mode & 0o777}
         if call == "raw":
             return await asyncio.to_thread(_raw_call, llm.socket_path, kwargs["frame"])
         if call == "crash":
