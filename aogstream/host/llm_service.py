@@ -346,15 +346,18 @@ class PluginLlmHost:
                                                f"speaks {route.definition.config_ref}, which "
                                                f"plugin LLM calls do not convert yet")
                     continue
-                try:
-                    with self._serving_for(route.provider.name, chain):
-                        async with self.gateway.invoke(route, Mode.UNARY, raw) as inv:
+                failed: errors.GatewayError | None = None
+                with self._serving_for(route.provider.name, chain):
+                    async with self.gateway.invoke(route, Mode.UNARY, raw) as inv:
+                        try:  # inside the block: the invocation's nursery would wrap it
                             data = await inv.result()
-                except errors.GatewayError as exc:
-                    last = exc
-                    if i < len(routes) - 1 and may_fall_back(exc):
+                        except errors.GatewayError as exc:
+                            failed = exc
+                if failed is not None:
+                    last = failed
+                    if i < len(routes) - 1 and may_fall_back(failed):
                         log.warning("plugin_llm: %s failed (%s); trying %s",
-                                    route.provider_name, exc.message,
+                                    route.provider_name, failed.message,
                                     routes[i + 1].provider_name)
                         continue
                     break
