@@ -10,7 +10,7 @@ PORT     ?= 16688
 # Engines and models of the shipped local plugins used by the tests (kept between runs).
 TEST_ENGINES ?= $(CURDIR)/.cache/engines
 
-.PHONY: run test setup sysdeps go-interop engines test-engines proto lint bench bench-full bench-setup clean
+.PHONY: run test setup sysdeps go-interop native-plugins engines test-engines proto lint typecheck bench bench-full bench-setup clean
 
 $(STAMP): pyproject.toml
 	@echo "==> creating the environment in $(VENV) with $(PYTHON)"
@@ -46,8 +46,13 @@ run: setup engines
 	@echo "==> starting aogstream on http://$(HOST):$(PORT) with the plugins in ./plugins"
 	@$(VPY) -m aogstream server start --host $(HOST) --port $(PORT)
 
-test: setup sysdeps go-interop test-engines
+# The native (CLIProxyAPI C ABI) test plugins, compiled with gcc into .cache/native-plugins.
+native-plugins: sysdeps
+	@tools/build-native-plugins.sh
+
+test: setup sysdeps go-interop native-plugins test-engines
 	@$(VPY) -m ruff check .
+	@$(MAKE) --no-print-directory typecheck
 	@AOGSTREAM_TEST_ENGINE_DIR=$(TEST_ENGINES) $(VPY) -m pytest -q
 
 # Regenerates aogstream/rpc/gen from the .proto files (the generated code is committed).
@@ -56,6 +61,10 @@ proto: setup
 
 lint: setup
 	@$(VPY) -m ruff check .
+
+# mypy over aogstream/ with the tiers set in pyproject.toml ([tool.mypy]).
+typecheck: setup
+	@$(VPY) -m mypy
 
 # Benchmarks (never part of `make test`: speed is measured, not asserted). `make bench` is
 # the quick set (a few minutes per script); `make bench-full` runs everything in full mode,
@@ -99,4 +108,4 @@ bench-full: bench-setup test-engines
 	if [ -n "$$failed" ]; then echo "==> failed:$$failed" >&2; exit 1; fi
 
 clean:
-	rm -rf $(VENV) .pytest_cache .cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .cache

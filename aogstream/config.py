@@ -133,6 +133,17 @@ class Config:
     stream_timeout: float | None = 300.0
     max_body_bytes: int = 16 * 1024 * 1024
     ws_max_message_bytes: int = 10 * 1024 * 1024
+    # Open WebSocket sessions per service in each serving process (0 = no cap); see
+    # `bidi.limits`.
+    max_realtime_sessions: int = 16
+    # A request body must arrive within `body_timeout` seconds, plus one second per
+    # `body_min_rate` bytes received (a big upload on a slow link keeps going; a client
+    # trickling bytes to hold a connection open is cut). None: no deadline.
+    body_timeout: float | None = 30.0
+    body_min_rate: int = 64 * 1024
+    # Connections one serving process holds at once; more wait in the listen backlog.
+    # 0: as many as the open-file limit allows, less a reserve (see `serving_limits`).
+    max_connections: int = 0
     plugin_start_timeout: float = 60.0
     plugin_connect_timeout: float = 10.0
     plugin_stop_grace: float = 2.0
@@ -153,6 +164,10 @@ class Config:
     allowed_hosts: list[str] = attrs.Factory(list)
     cors_origins: list[str] = attrs.Factory(list)
     require_management_key: bool = False
+    # AOG's clients name local files: speech-to-text `audio` as a path, text-to-speech
+    # answered with the saved WAV's path. Loopback clients only (see `http.local_audio`).
+    local_audio_paths: bool = True
+    local_audio_max_bytes: int = 16 * 1024 * 1024
 
     @property
     def db_path(self) -> Path:
@@ -168,12 +183,18 @@ class Config:
             unary_timeout=_env_float("AOGSTREAM_UNARY_TIMEOUT", 60.0),
             stream_timeout=_env_float("AOGSTREAM_STREAM_TIMEOUT", 300.0),
             max_body_bytes=_env_int("AOGSTREAM_MAX_BODY_BYTES", 16 * 1024 * 1024),
+            body_timeout=_env_float("AOGSTREAM_BODY_TIMEOUT", 30.0),
+            max_connections=_env_int("AOGSTREAM_MAX_CONNECTIONS", 0),
             restart_backoff_initial=_env_float("AOGSTREAM_RESTART_BACKOFF", 0.5) or 0.0,
             health_interval=_env_float("AOGSTREAM_HEALTH_INTERVAL", 5.0) or 5.0,
             workers=_env_int("AOGSTREAM_WORKERS", 0),
             allowed_hosts=_env_list("AOGSTREAM_ALLOWED_HOSTS"),
             cors_origins=_env_list("AOGSTREAM_CORS_ORIGINS"),
             require_management_key=_env_flag("AOGSTREAM_REQUIRE_MANAGEMENT_KEY"),
+            local_audio_paths=os.environ.get("AOGSTREAM_LOCAL_AUDIO_PATHS", "1").lower()
+            not in ("0", "false", "no", "off"),
+            local_audio_max_bytes=_env_int("AOGSTREAM_LOCAL_AUDIO_MAX_BYTES", 16 * 1024 * 1024),
+            max_realtime_sessions=_env_int("AOGSTREAM_MAX_REALTIME_SESSIONS", 16),
         )
         for key, value in overrides.items():
             if value is not None:

@@ -8,6 +8,7 @@ GatewayError carries both numbers from AOG's business-code families (10000 servi
 from __future__ import annotations
 
 import json
+import re
 
 import attrs
 
@@ -25,6 +26,7 @@ BAD_REQUEST = Bcode(400, 10001)
 NO_TARGET_PROVIDER = Bcode(404, 40001)
 READ_BODY = Bcode(400, 40002)
 BODY_TOO_LARGE = Bcode(413, 40002)
+BODY_TIMEOUT = Bcode(408, 40002)
 BAD_JSON = Bcode(400, 40003)
 UNSUPPORTED_MEDIA = Bcode(415, 40004)
 METHOD_NOT_ALLOWED = Bcode(405, 40005)
@@ -45,6 +47,17 @@ PLUGIN_BAD_REQUEST = Bcode(400, 100403)
 PLUGIN_INTERNAL = Bcode(500, 100404)
 
 
+# An absolute path not preceded by a word character (so `a/b` in an expression, or a
+# URL path after a host name, is left alone): its folders are dropped, its name kept.
+_ABSOLUTE_DIRS = re.compile(r"(?<![\w.$~:/])(?:/[\w.+@-]+)+/(?=[\w.+@-])")
+
+
+def without_paths(text: str) -> str:
+    """`text` with the folders of absolute paths removed (`/srv/x/openai.yaml` becomes
+    `openai.yaml`): answers may name a file but never show where it lives."""
+    return _ABSOLUTE_DIRS.sub("", text)
+
+
 class GatewayError(Exception):
     """An error with an HTTP status, an AOG business code and a helpful message."""
 
@@ -61,7 +74,8 @@ class GatewayError(Exception):
         return {"business_code": self.bcode.code, "message": self.message}
 
     def body(self) -> bytes:
-        return json.dumps(self.to_dict(), ensure_ascii=False).encode()
+        # backslashreplace: a message quoting a client's lone surrogate still encodes
+        return json.dumps(self.to_dict(), ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 def from_plugin_code(code: int, message: str, plugin: str) -> GatewayError:

@@ -99,6 +99,8 @@ class Gateway:
         # Host services for plugins (`host.llm_service`): the extra environment each
         # plugin process is launched with (set by the serving process before `start`).
         self.plugin_launch_env: Callable[[str], dict[str, str]] | None = None
+        # native plugins (CLIProxyAPI's C ABI, in process): `host.native.NativePlugins`
+        self.native: Any = None
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Discover plugins, register their providers, and launch the enabled ones
@@ -108,6 +110,8 @@ class Gateway:
         manifests, self.problems = discover(self.plugin_search_dirs())
         for man in manifests:
             self.add_plugin(man)
+        await self.start_native()
+        await trio.to_thread.run_sync(self.native.prune_store)
         await self.register()
         async with trio.open_nursery() as starting:
             for plugin in self.plugins.values():
@@ -117,6 +121,14 @@ class Gateway:
                     self.set_routable(plugin.name, False)
         log.info("providers: %s", ", ".join(
             f"{p.name}={p.state}" for p in self.providers.values()) or "none found")
+
+    async def start_native(self) -> None:
+        """Load the native plugins `<data dir>/config.yaml` enables and route to them
+        (every serving process loads its own: they run in process)."""
+        from aogstream.host.native.loader import NativePlugins
+
+        self.native = NativePlugins(self)
+        await self.native.start()
 
     def add_plugin(self, man: m.PluginManifest) -> PluginSupervisor:
         """Supervise the process plugin of `man` (launched by `start` or `launch`) and
@@ -209,6 +221,8 @@ class Gateway:
         async with trio.open_nursery() as n:
             for plugin in self.plugins.values():
                 n.start_soon(plugin.stop)
+        if self.native is not None:
+            await self.native.stop()
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self.store.close)
 

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from aogstream import AOG_VERSION, errors
+from aogstream import AOG_VERSION, errors, safejson, status
 from aogstream import manifest as m
 from aogstream.errors import Bcode, GatewayError
 from aogstream.gateway import Gateway, provider_name_for
@@ -96,7 +96,7 @@ PLUGIN_STATUS = {"running": m.PLUGIN_STATUS_RUNNING}  # everything else: stopped
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "WS")
 UNSUPPORTED_CODES = {m.ERR_CODE_UNIMPLEMENTED, 501, m.ERR_CODE_SERVICE_STREAMING_NOT_SUPPORTED,
                      m.ERR_CODE_SERVICE_BIDIRECTIONAL_NOT_SUPPORTED}
-SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")  # a folder name any file system takes
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")  # as plugins store them
 READY_WAIT_S = 10.0  # how long a call waits for a plugin that is (re)starting
 
@@ -131,9 +131,9 @@ def json_object_text(value: Any, field: str, bcode: Bcode) -> str:
     if not isinstance(value, str):
         raise GatewayError(bcode, f"{field} must be a JSON object (or a string holding one)")
     try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise GatewayError(bcode, f"{field} is not valid JSON: {exc.msg}") from None
+        parsed = safejson.loads(value, field)
+    except safejson.JSONInputError as exc:
+        raise GatewayError(bcode, str(exc)) from None
     if not isinstance(parsed, dict):
         raise GatewayError(bcode, f"{field} must be a JSON object, e.g. "
                                   '{"api_key": "..."}')
@@ -313,9 +313,10 @@ class Manager:
     # ================================ services ================================
 
     async def list_services(self, service_name: str = "") -> list[dict[str, Any]]:
-        if service_name:
-            return [(await self._service(service_name)).public()]
-        return [s.public() for s in await self._db(self.store.services)]
+        services = [await self._service(service_name)] if service_name else \
+            await self._db(self.store.services)
+        providers = await self._db(self.store.providers)
+        return [status.service_public(self.gw, s, providers) for s in services]
 
     async def edit_service(self, service_name: str, hybrid_policy: str) -> dict[str, Any]:
         _need(service_name, "service_name", SERVICE_BAD)
@@ -648,7 +649,7 @@ class Manager:
         rows = await self._db(lambda: self.store.providers(
             service_name=service_name, service_source=service_source,
             provider_name=provider_name, flavor=api_flavor))
-        return [p.public() for p in rows]
+        return [status.provider_public(self.gw, p) for p in rows]
 
     async def provider_detail(self, service_name: str = "", service_source: str = "",
                               provider_name: str = "", api_flavor: str = ""
@@ -817,7 +818,8 @@ class Manager:
                           service_name: str = "") -> list[dict[str, Any]]:
         rows = await self._db(lambda: self.store.models(
             provider_name=provider_name, model_name=model_name, service_name=service_name))
-        return [r.public() for r in rows]
+        providers = {p.provider_name: p for p in await self._db(self.store.providers)}
+        return [status.model_public(self.gw, r, providers) for r in rows]
 
     async def _pull_provider(self, provider_name: str, model_name: str, service_name: str,
                              service_source: str) -> ProviderRow:
@@ -1110,6 +1112,8 @@ class Manager:
                                 "description": "", "state": "unloaded", "pid": None,
                                 "restarts": 0, "last_error": "", "enabled": True,
                                 "type": "", "plugin_version": "", "dir": str(sub)})
+        if self.gw.native is not None:  # native plugins (CLIProxyAPI's C ABI)
+            out.extend(self.gw.native.entries())
         return out
 
     async def plugin_info(self, name: str) -> dict[str, Any]:
@@ -1181,8 +1185,8 @@ class Manager:
             raise GatewayError(PLUGIN_INVALID, "name is required (the plugin's name)")
         if not SAFE_NAME.match(name) or ".." in name:
             raise GatewayError(PLUGIN_INVALID,
-                               f"plugin name {name!r} is not a plain folder name (letters, "
-                               f"digits, '.', '_' and '-'; no '..')")
+                               f"plugin name {safejson.short(name)} is not a plain folder "
+                               "name (up to 128 letters, digits, '.', '_' and '-'; no '..')")
         return name
 
     def _cancel_plugin_pulls(self, name: str, reason: str) -> None:

@@ -29,7 +29,7 @@ import pytest
 from audio import goforward_pcm
 from conftest import REPO, Gateway, free_port, require_engines
 
-from aogstream.cli import pid_alive
+from aogstream.cli.server import pid_alive
 
 CLI_TIMEOUT = 60.0
 SECRET = "sk-cli-secret-4242"
@@ -398,7 +398,7 @@ def test_pull_shows_progress_and_delete_removes(engines):
     # installing the service finds the engine and the default model in place
     ok(cli("install", "embed", url=engines.url, timeout=300))
     assert rows(ok(cli("get", "services", "embed", url=engines.url)))["embed"][2] == \
-        "available"
+        "serving"
     proc = cli("pull", ENPT, "--for", "embed", "--provider", EMBED_PROVIDER,
                url=engines.url, timeout=600)
     out = ok(proc)

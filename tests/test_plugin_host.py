@@ -18,49 +18,16 @@ from hostutil import ECHO_PLUGIN, running_plugin, wait_until
 
 from aogstream import errors
 from aogstream import manifest as m
-from aogstream.host.process import (
-    COOKIE_KEY,
-    COOKIE_VALUE,
-    HandshakeError,
-    discover,
-    parse_handshake,
-    plugin_env,
-)
+from aogstream.host.process import discover, plugin_env
 from aogstream.invocation import Mode, open_invocation
+from aogstream.rpc.handshake import COOKIE_KEY, COOKIE_VALUE
 
 
 def req(**fields) -> bytes:
     return json.dumps(fields).encode()
 
 
-# ---- handshake and environment ---------------------------------------------------------
-
-
-def test_parse_handshake_accepts_unix_and_tcp():
-    assert parse_handshake("1|1|unix|/tmp/x|grpc|") == ("unix", "/tmp/x")
-    assert parse_handshake("1|1|tcp|127.0.0.1:1234|grpc|\n") == ("tcp", "127.0.0.1:1234")
-    # go-plugin's optional multiplexing field does not matter
-    assert parse_handshake("1|1|unix|/tmp/y|grpc||false") == ("unix", "/tmp/y")
-
-
-@pytest.mark.parametrize(
-    ("line", "words"),
-    [
-        ("2|1|unix|/tmp/x|grpc|", ["core protocol", "'2'"]),
-        ("1|2|unix|/tmp/x|grpc|", ["app protocol", "'2'"]),
-        ("1|1|udp|/tmp/x|grpc|", ["network", "'udp'"]),
-        ("1|1|unix|/tmp/x|netrpc|", ["'netrpc'", "grpc"]),
-        ("1|1|unix|/tmp/x", ["'netrpc'", "grpc"]),  # no protocol means net/rpc
-        ("1|1|unix", ["CORE|APP|NETWORK|ADDRESS|PROTOCOL"]),
-        ("hello world", ["CORE|APP|NETWORK|ADDRESS|PROTOCOL", "hello world"]),
-        ("1|1|unix|/tmp/x|grpc|" + "A" * 100, ["TLS"]),
-    ],
-)
-def test_parse_handshake_rejects_with_a_clear_message(line, words):
-    with pytest.raises(HandshakeError) as info:
-        parse_handshake(line)
-    for word in words:
-        assert word in str(info.value)
+# ---- environment and the cookie --------------------------------------------------------
 
 
 def test_plugin_env_has_the_cookie_and_go_plugin_variables(monkeypatch):

@@ -326,3 +326,25 @@ def test_a_folder_that_is_not_a_model_is_a_clear_error(tmp_path):
 def test_a_model_that_does_not_load_raises(make, paths, tmp_path):
     with pytest.raises(RuntimeError):
         make(model=ModelPaths(hmm=str(tmp_path), lm=paths.lm, dict=paths.dict))
+
+
+def test_restart_makes_a_used_recogniser_decode_as_a_fresh_one(make):
+    """What lets the plugin's pool hand one decoder to many clients: after restart() the
+    same audio gives exactly the events a new instance gives, whatever came before."""
+    speech = frames(goforward_pcm(), 100)
+    fresh = run_stream(make(), speech)
+    rec = make()
+    run_stream(rec, frames(flite_pcm("please open the window") + silence(500), 100))
+    rec.feed(speech[0])  # a stream left half-way, as a client that went away leaves it
+    rec.restart()
+    assert run_stream(rec, speech) == fresh
+
+
+def test_release_frees_the_decoder_and_refuses_more_audio(make):
+    rec = make()
+    rec.feed(goforward_pcm()[:16000])
+    rec.release()
+    assert rec._decoder is None  # the model is freed now, not when the object goes
+    with pytest.raises(RuntimeError, match="released"):
+        rec.feed(b"\x00" * 320)
+    rec.release()  # twice is harmless

@@ -18,10 +18,12 @@ from typing import Any
 
 import trio
 
+from aogstream import errors, safejson
 from aogstream.bidi.relay import send_frame
 from aogstream.bidi.socket import AsgiWebSocket, Disconnected
 from aogstream.gateway import Gateway, Route
 from aogstream.invocation import Frame, Invocation, Mode
+from aogstream.safejson import short, type_name
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +46,40 @@ def event(name: str, task_id: str, payload: dict[str, Any] | None = None,
     return json.dumps({"header": header, "payload": payload or {}}, ensure_ascii=False)
 
 
+class BadTask(ValueError):
+    """A run-task the client got wrong (a CLIENT_ERROR); the message names the field."""
+
+
+def _text_field(obj: dict[str, Any], key: str, where: str) -> None:
+    value = obj.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadTask(f"'{where}{key}' must be a string, not {type_name(value)}")
+
+
 def task_parameters(run: dict[str, Any], default_model: str) -> dict[str, str]:
-    """The metadata AOG's host adds to the plugin session, with AOG's defaults."""
-    params = run.get("parameters") or {}
-    if not isinstance(params, dict):
+    """The metadata AOG's host adds to the plugin session, with AOG's defaults.
+
+    The run-task goes to the plugin as the client sent it, so its fields are checked
+    here first: a wrong type is the client's mistake (BadTask, a CLIENT_ERROR naming the
+    field), not a plugin crash reported as SERVER_ERROR."""
+    params = run.get("parameters")
+    if params is None:
         params = {}
-    rate = params.get("sample_rate", 16000)
+    if not isinstance(params, dict):
+        raise BadTask("'parameters' must be a JSON object such as "
+                      '{"format": "pcm", "sample_rate": 16000, "language": "en"}, not '
+                      f"{type_name(params)}")
+    _text_field(run, "model", "")
+    for key in ("model", "language", "format"):
+        _text_field(params, key, "parameters.")
+    rate: Any = params.get("sample_rate")
+    if rate is None:
+        rate = 16000
+    elif isinstance(rate, str) and rate.isascii() and rate.isdigit() and len(rate) <= 9:
+        rate = int(rate)
+    if isinstance(rate, bool) or not isinstance(rate, int):
+        raise BadTask("'parameters.sample_rate' must be an integer number of Hz (one of "
+                      f"{', '.join(map(str, SAMPLE_RATES))}), not {type_name(rate)}")
     if rate not in SAMPLE_RATES:
         rate = 16000
     return {
@@ -72,12 +102,26 @@ class RealtimeSession:
         self.route = route
         self.conn_id = conn_id
         self.max_frame = max_frame
+        # how the last task failed, if it did: answers a finish-task sent after it
+        self.last_failure: tuple[str, str] | None = None
 
-    async def fail(self, code: str, message: str) -> None:
+    async def fail(self, code: str, message: str, *, ends_task: bool = False) -> None:
+        if ends_task:
+            self.last_failure = (code, message)
         await self.ws.send_text(event("task-failed", self.conn_id, error_code=code,
                                       error_message=message))
 
     async def run(self) -> None:
+        try:
+            await self._loop()
+        except Disconnected:
+            return
+        except Exception:  # a bug must still tell the client, not close as "normal"
+            log.exception("realtime session %s failed", self.conn_id)
+            await self.fail(SERVER_ERROR, "the gateway failed on this task; see its log")
+            await self.ws.close(1011)
+
+    async def _loop(self) -> None:
         try:
             while True:
                 msg = await self.ws.receive()
@@ -89,33 +133,54 @@ class RealtimeSession:
                     await self._run_task(run)
                     if self.ws.closed:
                         return
+                elif action == "finish-task" and self.last_failure is not None:
+                    # the task this finish-task was meant for had already failed: say
+                    # so again, so a client that waits for an answer to finish-task
+                    # (as AOG's clients do) is never left waiting
+                    code, why = self.last_failure
+                    await self.fail(code, f"the task had already failed: {why}",
+                                    ends_task=True)
                 elif action == "finish-task":
                     await self.fail(CLIENT_ERROR, "finish-task without a running task; "
                                     "send run-task first")
                 else:
-                    await self.fail(CLIENT_ERROR, f"unknown action {action!r}; expected "
+                    await self.fail(CLIENT_ERROR, f"unknown action {short(action)}; expected "
                                     "run-task or finish-task")
         except Disconnected:
             return
 
     async def _parse_control(self, msg: str | bytes) -> dict[str, Any] | None:
         if isinstance(msg, bytes):
-            await self.fail(CLIENT_ERROR, "audio arrived before run-task; send a run-task "
-                            "text frame first")
+            if self.last_failure is None:
+                await self.fail(CLIENT_ERROR, "audio arrived before run-task; send a "
+                                "run-task text frame first")
+            # else: the rest of a failed task's audio, already answered by its task-failed
             return None
         try:
-            data = json.loads(msg)
-        except json.JSONDecodeError as exc:
-            await self.fail(CLIENT_ERROR, f"text frames must be JSON ({exc.msg} at "
-                            f"position {exc.pos})")
+            return safejson.loads_object(msg, "the text frame")
+        except safejson.JSONInputError as exc:
+            await self.fail(CLIENT_ERROR, f"{exc}; text frames must be JSON objects such "
+                            'as {"action": "run-task", ...}')
             return None
-        if not isinstance(data, dict):
-            await self.fail(CLIENT_ERROR, "text frames must be JSON objects")
-            return None
-        return data
 
     async def _run_task(self, run: dict[str, Any]) -> None:
-        meta = task_parameters(run, self.route.definition.default_model)
+        self.last_failure = None
+        try:
+            meta = task_parameters(run, self.route.definition.default_model)
+        except BadTask as exc:
+            await self.fail(CLIENT_ERROR, f"run-task refused: {exc}", ends_task=True)
+            return
+        named = run.get("model") or (run.get("parameters") or {}).get("model")
+        if named:
+            # AOG's clients name models the way AOG's catalogue does (with a "/", e.g.
+            # an OpenVINO repository name): one that is not installed here is the
+            # client's model choice, answered as MODEL_ERROR listing what is installed,
+            # never a plugin's "invalid name" reported as SERVER_ERROR
+            try:
+                self.route = self.gateway.route(self.route.service, {"model": named})
+            except errors.GatewayError as exc:
+                await self.fail(MODEL_ERROR, exc.message, ends_task=True)
+                return
         meta["ws_conn_id"] = self.conn_id
         run["task_id"] = self.conn_id
         run.setdefault("task", SERVICE)
@@ -138,6 +203,7 @@ class RealtimeSession:
                         upstream.cancel()
                         await upstream_done.wait()
                         await send_frame(self.ws, frame)
+                        self.last_failure = _failure_of(frame.data)
                         finished = True
                         break
                     await send_frame(self.ws, frame)
@@ -145,10 +211,10 @@ class RealtimeSession:
             if self.ws.closed:
                 return
             if inv.error is not None:
-                await self.fail(SERVER_ERROR, inv.error.message)
+                await self.fail(SERVER_ERROR, inv.error.message, ends_task=True)
             elif not finished:
                 await self.fail(SERVER_ERROR, f"{self.route.provider.name} ended the session "
-                                "without task-finished")
+                                "without task-finished", ends_task=True)
 
     async def _upstream(self, inv: Invocation, scope: trio.CancelScope,
                         reading: trio.CancelScope, done: trio.Event) -> None:
@@ -185,7 +251,19 @@ class RealtimeSession:
                 await self.fail(CLIENT_ERROR, "a task is already running on this socket; "
                                 "send finish-task first")
             else:
-                await self.fail(CLIENT_ERROR, f"unknown action {action!r}")
+                await self.fail(CLIENT_ERROR, f"unknown action {short(action)}")
+
+
+def _failure_of(data: bytes) -> tuple[str, str] | None:
+    """(error_code, error_message) of a plugin's task-failed event, else None."""
+    try:
+        header = json.loads(data).get("header", {})
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(header, dict) or header.get("event") != "task-failed":
+        return None
+    return (str(header.get("error_code") or SERVER_ERROR),
+            str(header.get("error_message") or "the task failed"))
 
 
 def _event_name(data: bytes) -> str:

@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,7 @@ class EnginePlugin(LocalPluginProvider, StreamablePlugin):
         self.threads = int(os.environ.get("AOGSTREAM_ENGINE_THREADS") or os.cpu_count() or 2)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0),
                                       limits=httpx.Limits(max_keepalive_connections=32))
-        self._bg: set[asyncio.Future[Any]] = set()
+        self._bg: set[asyncio.Future[None]] = set()
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per call is noise
 
     # ---- what a subclass provides ----
@@ -302,7 +302,7 @@ class EnginePlugin(LocalPluginProvider, StreamablePlugin):
         if item.watcher is not None:
             item.watcher.cancel()
 
-    def _spawn(self, coro: Any) -> asyncio.Future[Any]:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
         fut = asyncio.ensure_future(coro)
         self._bg.add(fut)
         fut.add_done_callback(self._bg.discard)

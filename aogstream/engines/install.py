@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import attrs
 
@@ -72,17 +72,16 @@ class EngineEnv:
 
     def installed(self) -> bool:
         """True when a finished install of exactly these packages is present."""
+        return self.info().get("packages") == self.spec.packages and self.python.exists()
+
+    def info(self) -> dict[str, Any]:
+        """The install stamp; empty when missing or unreadable (a stamp that is not a
+        JSON object counts as unreadable: it is not ours)."""
         try:
             stamp = json.loads(self.stamp.read_text())
         except (OSError, ValueError):
-            return False
-        return stamp.get("packages") == self.spec.packages and self.python.exists()
-
-    def info(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.stamp.read_text())
-        except (OSError, ValueError):
             return {}
+        return stamp if isinstance(stamp, dict) else {}
 
     def site_packages(self) -> Path:
         found = sorted((self.venv / "lib").glob("python3*/site-packages"))
@@ -158,13 +157,13 @@ class EngineEnv:
         )
         tail: deque[str] = deque(maxlen=25)
         last_status = [step]
+        since = [time.monotonic()]  # when the current status began
 
         async def heartbeat() -> None:
-            t0 = time.monotonic()
             while True:
                 await asyncio.sleep(HEARTBEAT_S)
-                report(f"still working: {last_status[0]} ({time.monotonic() - t0:.0f} s "
-                       f"in this step)", heartbeat=True)
+                report("still working: " + progress_text(
+                    last_status[0], time.monotonic() - since[0]), heartbeat=True)
 
         beat = asyncio.ensure_future(heartbeat())
         try:
@@ -174,8 +173,8 @@ class EngineEnv:
                 if not line:
                     continue
                 tail.append(line)
-                if parse_pip and (status := _pip_status(line)):
-                    last_status[0] = status
+                if parse_pip and (status := _pip_status(line)) and status != last_status[0]:
+                    last_status[0], since[0] = status, time.monotonic()
                     report(status)
             code = await proc.wait()
         except BaseException:
@@ -201,7 +200,8 @@ class EngineEnv:
             progress(event)
 
 
-def _lock(path: Path) -> Any:
+def _lock(path: Path) -> IO[str]:
+    """An exclusive lock on `path`, held until the returned file is closed."""
     f = path.open("a")
     fcntl.flock(f, fcntl.LOCK_EX)
     return f
@@ -212,11 +212,39 @@ _PIP_PREFIXES = ("Collecting ", "Downloading ", "Building wheel", "Building whee
                  "Installing build dependencies", "Preparing metadata", "Using cached ")
 
 
+LLAMA_BUILD = "Building wheel for llama"
+LLAMA_BUILD_S_2_CORES = 600.0  # measured: about 10 minutes on 2 cores
+
+
+def expected_seconds(status: str, cores: int | None = None) -> float | None:
+    """How long a step usually takes here, when known (the llama.cpp compile scales with
+    the cores cmake may use)."""
+    if status.startswith(LLAMA_BUILD):
+        n = max(1, cores or os.cpu_count() or 2)
+        return max(120.0, LLAMA_BUILD_S_2_CORES * 2 / n)
+    return None
+
+
+def progress_text(status: str, elapsed: float, cores: int | None = None) -> str:
+    """A heartbeat line that gives a sense of progress: elapsed against the usual
+    duration ("3 min of about 10") when the step's duration is known."""
+    expected = expected_seconds(status, cores)
+    if expected is None:
+        return f"{status} ({elapsed:.0f} s in this step)"
+    done, usual = round(elapsed / 60), round(expected / 60)
+    if elapsed <= expected:
+        return f"{status}: {done} min of about {usual}"
+    return f"{status}: {done} min, longer than the usual {usual}; still going"
+
+
 def _pip_status(line: str) -> str:
-    """The pip output lines worth showing as progress (one per phase or package)."""
+    """The pip output lines worth showing as progress (one per phase or package); pip's
+    own "still running..." repeats are not news (the heartbeat says how long)."""
     text = line.strip()
     if text.startswith(_PIP_PREFIXES):
-        if text.startswith("Building wheel for llama"):
-            return text + " (compiling llama.cpp: about 10 minutes on 2 cores)"
+        for suffix in (": started", ": still running..."):
+            text = text.removesuffix(suffix)  # the same step, so the same status
+        if text.startswith(LLAMA_BUILD) and ": finished" not in text:
+            text += " (compiling llama.cpp)"
         return text[:200]
     return ""

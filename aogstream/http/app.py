@@ -13,6 +13,7 @@ from quart_trio.asgi import TrioASGIHTTPConnection
 
 from aogstream import AOG_VERSION, SPEC_VERSION, __version__
 from aogstream.gateway import Gateway
+from aogstream.http.aog_compat import register_aog_compat
 from aogstream.http.hot import HotRoutes
 from aogstream.http.manage import register_management
 
@@ -46,6 +47,8 @@ def build_app(gateway: Gateway) -> HotRoutes:
     app = QuartTrio("aogstream")
     app.asgi_http_class = ShieldedFinalSend  # type: ignore[assignment]
     app.config["MAX_CONTENT_LENGTH"] = gateway.config.max_body_bytes
+    # the same body deadline as the hot routes' (Quart's default is 60 s; None: none)
+    app.config["BODY_TIMEOUT"] = gateway.config.body_timeout
 
     @app.get("/")
     async def root() -> Response:
@@ -65,6 +68,8 @@ def build_app(gateway: Gateway) -> HotRoutes:
 
     # service, service_provider, model and plugin management (plugin/list among them)
     register_management(app, gateway)
+    # AOG's engine, model-list and control panel routes its SDKs and CLI read
+    register_aog_compat(app, gateway)
 
     @app.after_request
     async def workers_caught_up(response: Response) -> Response:

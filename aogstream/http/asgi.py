@@ -8,12 +8,12 @@ the final send (or hypercorn never closes the connection).
 
 from __future__ import annotations
 
-import json
 from typing import Any
+from urllib.parse import parse_qs
 
 import trio
 
-from aogstream import errors
+from aogstream import errors, safejson
 from aogstream.gateway import Route
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -51,9 +51,17 @@ def served_by_headers(route: Route) -> list[tuple[bytes, bytes]]:
             (b"x-aogstream-plugin", route.provider.name.encode())]
 
 
-async def read_body(scope: dict[str, Any], receive: Any, max_body: int) -> bytes:
+async def read_body(scope: dict[str, Any], receive: Any, max_body: int,
+                    timeout: float | None = None, min_rate: int = 64 * 1024) -> bytes:
     """The whole request body, refused (413) past `max_body`: by its declared length
-    before reading, else as soon as the bytes read pass the limit."""
+    before reading, else as soon as the bytes read pass the limit.
+
+    With `timeout`, the body must have arrived `timeout` seconds after we started
+    reading it, plus one second per `min_rate` bytes received so far (408 otherwise).
+    hypercorn times out the request head but not the body, and its `read_timeout`
+    would also cut quiet streams, so the deadline lives here: a client trickling a
+    body byte by byte no longer holds its connection (and a file descriptor) forever,
+    while a large upload that keeps moving is never cut."""
     declared = header(scope, b"content-length")
     if declared.isdigit() and int(declared) > max_body:
         raise errors.GatewayError(
@@ -63,41 +71,100 @@ async def read_body(scope: dict[str, Any], receive: Any, max_body: int) -> bytes
         )
     chunks: list[bytes] = []
     size = 0
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            raise ClientGone
-        body = msg.get("body", b"")
-        size += len(body)
-        if size > max_body:
-            raise errors.GatewayError(
-                errors.BODY_TOO_LARGE,
-                f"request body is over the {max_body} byte limit "
-                f"(AOGSTREAM_MAX_BODY_BYTES); send smaller requests",
-            )
-        chunks.append(body)
-        if not msg.get("more_body", False):
-            return b"".join(chunks)
+    started = trio.current_time()
+    with trio.CancelScope() as deadline:
+        if timeout is not None:
+            deadline.deadline = started + timeout
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                raise ClientGone
+            body = msg.get("body", b"")
+            size += len(body)
+            if size > max_body:
+                raise errors.GatewayError(
+                    errors.BODY_TOO_LARGE,
+                    f"request body is over the {max_body} byte limit "
+                    f"(AOGSTREAM_MAX_BODY_BYTES); send smaller requests",
+                )
+            chunks.append(body)
+            if not msg.get("more_body", False):
+                return b"".join(chunks)
+            if timeout is not None:
+                deadline.deadline = started + timeout + size / max(1, min_rate)
+    raise errors.GatewayError(
+        errors.BODY_TIMEOUT,
+        f"the request body did not arrive in time ({size} bytes in "
+        f"{trio.current_time() - started:.1f} s; the limit is {timeout or 0:g} s plus 1 s per "
+        f"{min_rate} bytes, AOGSTREAM_BODY_TIMEOUT); send the whole body without pausing")
 
 
 def parse_object(body: bytes, example: str) -> dict[str, Any]:
-    """The body as a JSON object, or a 400 saying what is wrong (and where)."""
+    """The body as a JSON object, or a 400 saying what is wrong (and where): bad JSON,
+    bad UTF-8, nesting, huge numbers and lone surrogates included (`safejson`)."""
     if not body.strip():
         raise errors.GatewayError(errors.BAD_JSON,
                                   f"request body is empty; send a JSON object, {example}")
     try:
-        obj = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(
-            exc, json.JSONDecodeError) else ""
-        raise errors.GatewayError(
-            errors.BAD_JSON, f"request body is not valid JSON{where}: "
-            f"{getattr(exc, 'msg', str(exc))}") from None
-    if not isinstance(obj, dict):
-        raise errors.GatewayError(errors.BAD_JSON,
-                                  "request body must be a JSON object, not "
-                                  f"{type(obj).__name__}")
-    return obj
+        return safejson.loads_object(body)
+    except safejson.JSONInputError as exc:
+        raise errors.GatewayError(errors.BAD_JSON, str(exc)) from None
+
+
+# Fields every chat/generate/embed flavor (AOG, OpenAI, Ollama, ...) gives the same type;
+# a wrong one is the client's mistake, answered here rather than by a plugin's crash.
+_NUMBER_FIELDS = ("temperature", "top_p", "frequency_penalty", "presence_penalty",
+                  "repeat_penalty")
+_INTEGER_FIELDS = ("max_tokens", "max_completion_tokens", "n", "seed", "top_k",
+                   "num_predict")
+
+
+def check_fields(obj: dict[str, Any], service: str) -> None:
+    """A 400 naming the first common field whose type is wrong (`model` a string,
+    `stream` a boolean, `messages` a list of objects, sampling options numbers, ...);
+    fields a flavor adds are its templates' and the provider's business."""
+    def bad(field: str, wanted: str) -> errors.GatewayError:
+        return errors.GatewayError(errors.BAD_REQUEST, f"'{field}' must be {wanted}, not "
+                                   f"{safejson.type_name(obj[field])}")
+
+    for field, kind, wanted in (("model", str, "a string (the model's name)"),
+                                ("stream", bool, "true or false"),
+                                ("hybrid_policy", str, "a string"),
+                                ("options", dict, "an object")):
+        if obj.get(field) is not None and not isinstance(obj[field], kind):
+            raise bad(field, wanted)
+    for field in _NUMBER_FIELDS:
+        value = obj.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise bad(field, "a number")
+    for field in _INTEGER_FIELDS:
+        value = obj.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise bad(field, "an integer")
+    if service == "chat" and obj.get("messages") is not None:
+        messages = obj["messages"]
+        if not isinstance(messages, list):
+            raise bad("messages", "a list of {role, content} objects")
+        for i, msg in enumerate(messages):
+            if not isinstance(msg, dict):
+                raise errors.GatewayError(
+                    errors.BAD_REQUEST, f"'messages[{i}]' must be a {{role, content}} "
+                    f"object, not {safejson.type_name(msg)}")
+            if msg.get("role") is not None and not isinstance(msg["role"], str):
+                raise errors.GatewayError(
+                    errors.BAD_REQUEST, f"'messages[{i}].role' must be a string such as "
+                    f"\"user\", not {safejson.type_name(msg['role'])}")
+
+
+def query_object(scope: dict[str, Any]) -> dict[str, list[str]]:
+    """A GET's query string as `{key: [values]}` (AOG's way), or a 400 when it is not
+    UTF-8 (percent-escapes that are not UTF-8 become U+FFFD, as everywhere)."""
+    try:
+        query = scope.get("query_string", b"").decode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.GatewayError(errors.BAD_REQUEST, "the query string is not UTF-8; "
+                                  "percent-encode it") from None
+    return dict(parse_qs(query, keep_blank_values=True))
 
 
 async def watch_disconnect(receive: Any, scope: trio.CancelScope) -> None:

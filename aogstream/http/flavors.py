@@ -26,7 +26,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 import trio
 
@@ -37,8 +36,10 @@ from aogstream.http import audio
 from aogstream.http.asgi import (
     CLOSE_AFTER,
     ClientGone,
+    check_fields,
     header,
     parse_object,
+    query_object,
     read_body,
     send_json,
     served_by_headers,
@@ -121,6 +122,29 @@ def error_body(flavor: str, err: errors.GatewayError) -> bytes:
     if flavor == PIVOT:
         return err.body()
     return _openai_error(err)
+
+
+def conversion_error(exc: ConvertError, *, request: bool,
+                     who: str = "") -> errors.GatewayError:
+    """A failed conversion as an answer: the request's is the client's mistake (400),
+    the provider's answer's is the provider's (502). The template's folder is a server
+    path, so the message keeps only the file name (the log keeps it all)."""
+    log.warning("conversion failed%s: %s", f" for {who}" if who else "", exc)
+    detail = errors.without_paths(str(exc))
+    if request:
+        return errors.GatewayError(errors.BAD_REQUEST,
+                                   f"cannot convert the request: {detail}; check its fields "
+                                   "against the API it was sent to")
+    return errors.GatewayError(errors.INVOKE_FAILED,
+                               f"cannot convert the provider's answer{f' ({who})' if who else ''}"
+                               f": {detail}")
+
+
+def template_error(exc: TemplateError, who: str = "") -> errors.GatewayError:
+    """A flavor template that cannot serve this call: the gateway's problem (500)."""
+    log.error("flavor template problem%s: %s", f" for {who}" if who else "", exc)
+    return errors.GatewayError(errors.TASK_FAILED,
+                               f"{who + ': ' if who else ''}{errors.without_paths(str(exc))}")
 
 
 def _strip_sse(chunk: bytes) -> bytes:
@@ -251,7 +275,9 @@ class FrontDoors:
                 await self._models(send, door, item)
                 return
             self.gateway.check_service(door.service)
-            body = await read_body(scope, receive, self.max_body)
+            cfg = self.gateway.config
+            body = await read_body(scope, receive, self.max_body, cfg.body_timeout,
+                                   cfg.body_min_rate)
             body_read = True
             if door.flavor == "openai" and door.service == "speech-to-text":
                 await self._transcribe(scope, door, body, receive, send)
@@ -281,7 +307,8 @@ class FrontDoors:
                           "size": row.size, "owned_by": row.provider_name}
         aog = json.dumps({"models": list(seen.values())}).encode()
         conv = self.converter.between("models", door.flavor, PIVOT)
-        out = self._convert(lambda: conv.response(aog, {"Content-Type": "application/json"}))
+        out = self._convert(lambda: conv.response(aog, {"Content-Type": "application/json"}),
+                            request=False)
         if item is None:
             await send_json(send, 200, out)
             return
@@ -305,19 +332,21 @@ class FrontDoors:
     # ---- conversion helpers -----------------------------------------------------------
 
     @staticmethod
-    def _convert(fn: Callable[[], Any]) -> bytes:
-        """Run a conversion, turning template trouble into a clear 400/500."""
+    def _convert(fn: Callable[[], Any], *, request: bool = True) -> bytes:
+        """Run a conversion: a request the templates cannot convert is the client's
+        400, an answer they cannot convert the provider's 502, a broken template a 500;
+        each message says what failed, never where the templates live on this machine."""
         try:
             return fn().body
         except ConvertError as exc:
-            raise errors.GatewayError(errors.BAD_REQUEST,
-                                      f"cannot convert the body: {exc}") from None
+            raise conversion_error(exc, request=request) from None
         except TemplateError as exc:
-            raise errors.GatewayError(errors.TASK_FAILED, str(exc)) from None
+            raise template_error(exc) from None
 
     def _parse(self, door: Door, body: bytes) -> dict[str, Any]:
         """The app's JSON object, or a 400 naming what is wrong with it."""
         obj = parse_object(body, 'with "model" and the service\'s fields')
+        check_fields(obj, door.service)
         if door.service == "chat" and not (isinstance(obj.get("messages"), list)
                                            and obj["messages"]):
             raise errors.GatewayError(errors.BAD_REQUEST,
@@ -383,8 +412,7 @@ class FrontDoors:
                       send: Send) -> None:
         """app → AOG (route on it) → provider flavor; the answer back the same way."""
         if door.method == "GET":  # AOG turns a GET's query string into {key: [values]}
-            query = parse_qs(scope.get("query_string", b"").decode(), keep_blank_values=True)
-            obj: dict[str, Any] = dict(query)
+            obj: dict[str, Any] = query_object(scope)
             body = json.dumps(obj).encode()
         else:
             obj = self._parse(door, body)
@@ -454,9 +482,10 @@ class FrontDoors:
                 door.service, PIVOT, route).request(
                     aog, model=model or route.definition.default_model or None,
                     stream=mode is Mode.STREAM).body
-        except (TemplateError, ConvertError) as exc:
-            return errors.GatewayError(errors.TASK_FAILED,
-                                       f"{route.provider_name}: {exc}")
+        except ConvertError as exc:
+            return conversion_error(exc, request=True, who=route.provider_name)
+        except TemplateError as exc:
+            return template_error(exc, route.provider_name)
         served_by = served_by_headers(route)
         async with self.gateway.invoke(route, mode, request) as inv:
             if mode is Mode.STREAM:
@@ -470,7 +499,7 @@ class FrontDoors:
         media = _media_type(data)
         if media is None:  # JSON: into the app's flavor
             data = self._convert(lambda: back.response(
-                data, {"Content-Type": "application/json"}, model=model))
+                data, {"Content-Type": "application/json"}, model=model), request=False)
         if reply is not None:
             await reply(data, media or b"application/json", served_by)
         else:
@@ -495,8 +524,9 @@ class FrontDoors:
             try:
                 return sc.convert(_strip_sse(bytes(chunk)))
             except ConvertError as exc:
-                raise errors.GatewayError(errors.TASK_FAILED,
-                                          f"cannot convert a stream chunk: {exc}") from None
+                log.warning("cannot convert a stream chunk: %s", exc)
+                raise errors.GatewayError(errors.TASK_FAILED, "cannot convert a stream chunk: "
+                                          f"{errors.without_paths(str(exc))}") from None
 
         # the prologue/epilogue strings are the payload of an event ("[DONE]"), framed
         # like every other event: `data: [DONE]\n\n`, not a bare line (openvino's
@@ -664,7 +694,7 @@ class FrontDoors:
             to_aog = self._between(service, PIVOT, route).stream(
                 {"Content-Type": "text/event-stream"})
         except TemplateError as exc:
-            return errors.GatewayError(errors.TASK_FAILED, f"{route.provider_name}: {exc}")
+            return template_error(exc, route.provider_name)
 
         async def pcm_of(item: Any) -> bytes:
             out = bytearray()
@@ -673,8 +703,8 @@ class FrontDoors:
                     chunk = to_aog.convert(_strip_sse(bytes(event)))
                     obj = json.loads(chunk) if chunk else None
                 except (ConvertError, ValueError) as exc:
-                    raise errors.GatewayError(errors.TASK_FAILED,
-                                              f"cannot read a speech chunk: {exc}") from None
+                    raise errors.GatewayError(errors.TASK_FAILED, "cannot read a speech chunk: "
+                                              f"{errors.without_paths(str(exc))}") from None
                 if not isinstance(obj, dict) or not obj.get("audio"):
                     continue  # the closing {finished: true} event
                 try:

@@ -16,22 +16,25 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs
 
 import trio
 
 from aogstream import SPEC_VERSION, errors
+from aogstream.bidi.limits import CLOSE_TRY_AGAIN_LATER, SessionLimit
+from aogstream.bidi.realtime_asr import SERVER_ERROR, event, serve_realtime
 from aogstream.bidi.realtime_asr import SERVICE as REALTIME_SERVICE
-from aogstream.bidi.realtime_asr import serve_realtime
 from aogstream.bidi.relay import serve_relay
 from aogstream.bidi.socket import AsgiWebSocket
 from aogstream.gateway import Gateway, may_fall_back
+from aogstream.http import local_audio
 from aogstream.http.asgi import (
     CLOSE_AFTER,
     JSON_HEADERS,
     ClientGone,
+    check_fields,
     header,
     parse_object,
+    query_object,
     read_body,
     send_json,
     served_by_headers,
@@ -45,6 +48,9 @@ log = logging.getLogger(__name__)
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 PREFIX = f"/aog/{SPEC_VERSION}/services/"
+# AOG's plugin guide tests a plugin with `POST /v0.2/services/chat` (no `/aog`) and a
+# body `{"provider": <plugin>, "service": <service>, "data": <the request>}`
+GUIDE_PREFIX = f"/{SPEC_VERSION}/services/"
 
 
 async def send_error(send: Any, err: errors.GatewayError) -> None:
@@ -60,12 +66,19 @@ class HotRoutes:
         self.max_body = gateway.config.max_body_bytes
         self.max_ws_frame = gateway.config.ws_max_message_bytes
         self.front_doors = FrontDoors(gateway, self.max_body)
+        self.ws_sessions = SessionLimit(gateway.config.max_realtime_sessions)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path: str = scope.get("path", "")
         kind = scope["type"]
+        if path.startswith(GUIDE_PREFIX):  # the plugin guide's test command's path
+            path = "/aog" + path
         if path.startswith(PREFIX):
             service = path[len(PREFIX):].strip("/")
+            if service == "models" and "models" not in self.gateway.services():
+                # no plugin serves models: the app answers from the store
+                await self.fallback({**scope, "path": path}, receive, send)
+                return
             if kind == "http":
                 await self._http(scope, receive, send, service)
                 return
@@ -80,15 +93,16 @@ class HotRoutes:
     # ---- HTTP -----------------------------------------------------------------------
 
     async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes:
-        return await read_body(scope, receive, self.max_body)
+        cfg = self.gateway.config
+        return await read_body(scope, receive, self.max_body, cfg.body_timeout,
+                               cfg.body_min_rate)
 
     def _parse(self, scope: dict[str, Any], body: bytes) -> tuple[bytes, dict[str, Any]]:
         """The request as JSON bytes and the parsed object (AOG reads `stream` from it).
 
         A GET's query string becomes `{key: [values]}` as AOG does."""
         if scope["method"] == "GET":
-            query = parse_qs(scope.get("query_string", b"").decode(), keep_blank_values=True)
-            obj: Any = dict(query)
+            obj: Any = query_object(scope)
             return json.dumps(obj).encode(), obj
         obj = parse_object(body, 'e.g. {"model": ..., "messages": [...]}')
         return body, obj
@@ -104,7 +118,18 @@ class HotRoutes:
             body = await self._read_body(scope, receive)
             body_read = True
             raw, obj = self._parse(scope, body)
+            raw, obj, provider = unwrap_guide_envelope(raw, obj, service)
+            if scope["method"] != "GET":  # a query string's values are lists of strings
+                check_fields(obj, service)
+            cfg = self.gateway.config
+            if service == local_audio.AUDIO_SERVICE and await local_audio.inline_audio_path(
+                    scope, obj, cfg.local_audio_paths, cfg.local_audio_max_bytes):
+                raw = json.dumps(obj).encode()  # AOG's SDK names a local file
+            save_wav = service == local_audio.SPEECH_SERVICE and \
+                local_audio.wants_saved_wav(scope, obj, cfg.local_audio_paths)
             routes = self.gateway.routes(service, obj)
+            if provider:
+                routes = pick_provider(routes, provider, service)
             if routes[0].definition.expose_protocol.upper() in ("WEBSOCKET", "WSS"):
                 raise errors.GatewayError(
                     errors.BAD_REQUEST,
@@ -151,6 +176,9 @@ class HotRoutes:
                             continue
                         await send_error(send, err)
                     else:
+                        if save_wav:  # AOG's answer: the saved WAV's path in `url`
+                            data = await local_audio.add_saved_wav(
+                                data, self.gateway.config.data_dir / "audio")
                         await _send_unary(send, data, served_by)
                     break
             nursery.cancel_scope.cancel()
@@ -175,14 +203,60 @@ class HotRoutes:
             return
         await ws.accept()
         conn_id = str(uuid.uuid4())
-        try:
-            if service == REALTIME_SERVICE:
-                await serve_realtime(ws, self.gateway, route, conn_id, self.max_ws_frame)
-            else:
-                await serve_relay(ws, self.gateway, route, conn_id)
-        finally:
-            with trio.CancelScope(shield=True):
-                await ws.close()
+        with self.ws_sessions.session(service) as admitted:
+            try:
+                if not admitted:
+                    await self._refuse_busy(ws, service, conn_id)
+                elif service == REALTIME_SERVICE:
+                    await serve_realtime(ws, self.gateway, route, conn_id, self.max_ws_frame)
+                else:
+                    await serve_relay(ws, self.gateway, route, conn_id)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await ws.close(CLOSE_TRY_AGAIN_LATER if not admitted else 1000)
+
+    async def _refuse_busy(self, ws: AsgiWebSocket, service: str, conn_id: str) -> None:
+        """Over the session cap: say so in the service's own protocol (the close follows)."""
+        message = self.ws_sessions.message(service)
+        log.warning("refused a WebSocket session: %s", message)
+        if service == REALTIME_SERVICE:
+            await ws.send_text(event("task-failed", conn_id, error_code=SERVER_ERROR,
+                                     error_message=message))
+        else:
+            await ws.send_text(json.dumps({"error": message}))
+
+
+def unwrap_guide_envelope(raw: bytes, obj: dict[str, Any], service: str
+                          ) -> tuple[bytes, dict[str, Any], str]:
+    """The request inside AOG's plugin-guide envelope `{"provider", "service", "data"}`
+    (`data` is the request; `provider` names the plugin or provider that must serve it),
+    or the body unchanged with no provider when it is not that envelope."""
+    if not isinstance(obj.get("data"), dict) or not set(obj) <= {"provider", "service", "data"} \
+            or len(obj) < 2:  # a bare {"data": ...} may be some service's own request
+        return raw, obj, ""
+    named = obj.get("service")
+    if named is not None and named != service:
+        raise errors.GatewayError(errors.BAD_REQUEST,
+                                  f"the body names service {named!r} but was posted to "
+                                  f"{PREFIX}{service}; post it to {PREFIX}{named}")
+    provider = obj.get("provider") or ""
+    if not isinstance(provider, str):
+        raise errors.GatewayError(errors.BAD_REQUEST, "'provider' must be a plugin or "
+                                  "provider name (a string)")
+    inner: dict[str, Any] = obj["data"]
+    return json.dumps(inner).encode(), inner, provider
+
+
+def pick_provider(routes: list[Any], provider: str, service: str) -> list[Any]:
+    """The routes served by `provider` (a plugin name such as `aliyun-plugin`, or a
+    provider name such as `remote_aliyun-plugin_chat`), or a 404 naming the ones there are."""
+    mine = [r for r in routes if provider in (r.provider.name, r.provider_name)]
+    if not mine:
+        offered = sorted({r.provider.name for r in routes})
+        raise errors.GatewayError(errors.SERVICE_NOT_FOUND,
+                                  f"provider {provider!r} does not serve {service!r} for this "
+                                  f"request; it can be served by: {', '.join(offered)}")
+    return mine
 
 
 async def _send_unary(send: Any, data: bytes, extra: list[tuple[bytes, bytes]]) -> None:

@@ -17,10 +17,10 @@ from typing import Any
 
 from quart import Blueprint, Response, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestTimeout
 
-from aogstream import SPEC_VERSION, manage
-from aogstream.errors import Bcode, GatewayError
+from aogstream import SPEC_VERSION, errors, manage, safejson
+from aogstream.errors import Bcode, GatewayError, without_paths
 from aogstream.gateway import Gateway
 from aogstream.manage import Manager
 
@@ -77,19 +77,18 @@ class Fields:
 
 async def read_fields(bad: Bcode) -> Fields:
     data: dict[str, Any] = {k: request.args.getlist(k)[-1] for k in request.args}
-    raw = await request.get_data()
+    try:
+        raw = await request.get_data()
+    except RequestTimeout:  # BODY_TIMEOUT: the same answer as the hot routes give
+        raise GatewayError(errors.BODY_TIMEOUT,
+                           f"the request body did not arrive in time (the limit is "
+                           f"{request.body_timeout:g} s, AOGSTREAM_BODY_TIMEOUT); send the "
+                           "whole body without pausing") from None
     if raw.strip():
         try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            where = f" at line {exc.lineno} column {exc.colno}" if isinstance(
-                exc, json.JSONDecodeError) else ""
-            raise GatewayError(bad, f"request body is not valid JSON{where}: "
-                                    f"{getattr(exc, 'msg', str(exc))}") from None
-        if not isinstance(body, dict):
-            raise GatewayError(bad, f"request body must be a JSON object, not "
-                                    f"{type(body).__name__}")
-        data.update(body)
+            data.update(safejson.loads_object(raw))
+        except safejson.JSONInputError as exc:
+            raise GatewayError(bad, str(exc)) from None
     return Fields(data, bad)
 
 
@@ -153,7 +152,10 @@ def management_blueprint(gateway: Gateway) -> Blueprint:
         f = await read_fields(manage.SERVICE_BAD)
         data = await mgr.export(f.text("service_name"), f.text("provider_name"),
                                 f.text("model_name"))
-        return ok(manage.SERVICE_OK, data)
+        # the `.aog` document bare, as AOG answers it (`aog export` writes the body to
+        # the file as it comes; errors still come in the envelope)
+        return Response(json.dumps(data, ensure_ascii=False), status=200,
+                        mimetype="application/json")
 
     @bp.post("/service/import")
     async def import_services() -> Response:
@@ -320,5 +322,6 @@ def register_management(app: QuartTrio, gateway: Gateway) -> None:
             code = exc.code or 500
             return failure(GatewayError(Bcode(code, code), exc.description or exc.name))
         log.exception("management call %s %s failed", request.method, request.path)
+        detail = without_paths(safejson.short(str(exc), 300))
         return failure(GatewayError(Bcode(500, 100404), f"internal error: "
-                                    f"{type(exc).__name__}: {exc}; see the gateway log"))
+                                    f"{type(exc).__name__}: {detail}; see the gateway log"))

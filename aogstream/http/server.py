@@ -7,12 +7,12 @@ import logging
 import signal
 
 import hypercorn.config
-import hypercorn.trio
 import trio
 
 from aogstream.config import Config, ensure_private_dir
 from aogstream.gateway import Gateway
 from aogstream.host.llm_service import PluginLlmHost
+from aogstream.http import limits
 from aogstream.http.app import build_app
 from aogstream.http.guard import Guard, describe, load_keys, policy_for
 from aogstream.http.workers import (
@@ -32,7 +32,7 @@ def hypercorn_config(cfg: Config) -> hypercorn.config.Config:
     hc.bind = [f"{cfg.host}:{cfg.port}"]
     hc.backlog = 2048  # hypercorn's 100 makes connection bursts wait on SYN retries
     hc.accesslog = None
-    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.errorlog = logging.getLogger("aogstream.http")  # not "hypercorn.error": it is no error log
     hc.websocket_max_message_size = cfg.ws_max_message_bytes
     hc.read_timeout = None  # a read timeout would also kill quiet SSE streams
     hc.graceful_timeout = 3.0
@@ -51,6 +51,8 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
     keys = load_keys(cfg, generate=True)
     policy = policy_for(cfg, keys)
     stop = trio.Event()
+    open_files = limits.raise_open_file_limit()  # before plugins start: they inherit it
+    cap = limits.connection_cap(cfg.max_connections, open_files)
     count = worker_count(cfg)
     pool: WorkerPool | None = None
     private_dir = ""
@@ -80,11 +82,23 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
             gc.freeze()
             gc.set_threshold(50_000, 50, 1000)
             nursery.start_soon(_signals, stop)
-            log.info("aogstream listening on http://%s:%d (%d serving process%s)",
-                     cfg.host, cfg.port, count, "es" if count > 1 else "")
+            served = trio.Event()
+
+            async def http(task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED
+                           ) -> None:
+                try:
+                    await limits.serve(app, hc, cap, shutdown_trigger=stop.wait,
+                                       task_status=task_status)
+                finally:
+                    served.set()
+
+            await nursery.start(http)  # returns once the port is bound
+            log.info("aogstream listening on http://%s:%d (%d serving process%s, up to %d "
+                     "connections each, %d open files)", cfg.host, cfg.port, count,
+                     "es" if count > 1 else "", cap, open_files)
+            log.info("%s", ready_line(cfg, gateway))
             task_status.started(gateway)
-            await hypercorn.trio.serve(app, hc,  # type: ignore[arg-type]
-                                       shutdown_trigger=stop.wait)
+            await served.wait()  # hypercorn has shut down gracefully
         finally:
             with trio.CancelScope(shield=True):
                 if pool is not None:
@@ -95,6 +109,21 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
                 if private_dir:
                     remove_folder(private_dir)
             nursery.cancel_scope.cancel()
+
+
+def ready_line(cfg: Config, gateway: Gateway) -> str:
+    """The line that tells a person the gateway serves and what to try first."""
+    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::", "") else cfg.host
+    base = f"http://{host}:{cfg.port}"
+    services = set(gateway.services())
+    tries = [f"curl -s {base}/aog/v0.2/plugin/list"]
+    if "chat" in services:
+        tries.append(f"curl -sN {base}/aog/v0.2/services/chat -d "
+                     "'{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
+                     "\"stream\":true}'")
+    if "speech-to-text" in services:
+        tries.append("aogstream transcribe examples/goforward.wav")
+    return f"ready, try: {'   or   '.join(tries)}   (README: A one-minute tour)"
 
 
 async def _signals(stop: trio.Event) -> None:

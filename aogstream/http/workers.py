@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import hypercorn.trio
 import trio
 
 from aogstream import errors
@@ -374,10 +373,11 @@ class PrimaryProxy:
     (management, health, plugin list; streamed answers such as model-pull progress
     are relayed as they come)."""
 
-    def __init__(self, socket_path: str, max_body: int) -> None:
+    def __init__(self, socket_path: str, cfg: Config) -> None:
         import httpx
 
-        self.max_body = max_body
+        self.cfg = cfg
+        self.max_body = cfg.max_body_bytes
         self.client = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=socket_path),
             base_url="http://aogstream-primary", timeout=None)
@@ -389,12 +389,19 @@ class PrimaryProxy:
         if scope["type"] != "http":
             await send({"type": "websocket.close", "code": 1008})
             return
-        from aogstream.http.asgi import ClientGone, read_body, send_json, watch_disconnect
+        from aogstream.http.asgi import (
+            CLOSE_AFTER,
+            ClientGone,
+            read_body,
+            send_json,
+            watch_disconnect,
+        )
 
         try:
-            body = await read_body(scope, receive, self.max_body)
+            body = await read_body(scope, receive, self.max_body, self.cfg.body_timeout,
+                                   self.cfg.body_min_rate)
         except errors.GatewayError as err:
-            await send_json(send, err.status, err.body())
+            await send_json(send, err.status, err.body(), CLOSE_AFTER)
             return
         except ClientGone:
             return
@@ -447,6 +454,7 @@ async def _lifespan(receive: Any, send: Any) -> None:
 
 async def serve_worker(cfg: Config, index: int, link_fd: int) -> None:
     """One worker: follow the primary, then serve the hot routes on the shared port."""
+    from aogstream.http import limits
     from aogstream.http.guard import Guard, load_keys, policy_for
     from aogstream.http.hot import HotRoutes
     from aogstream.http.server import hypercorn_config
@@ -464,22 +472,26 @@ async def serve_worker(cfg: Config, index: int, link_fd: int) -> None:
         try:
             if not await follower.apply_next():
                 return
+            await gateway.start_native()
             nursery.start_soon(follower.run, stop)
             nursery.start_soon(_signals, stop)
             app = Guard(HotRoutes(gateway, PrimaryProxy(os.environ["AOGSTREAM_PRIMARY_SOCKET"],
-                                                        cfg.max_body_bytes)), policy)
+                                                        cfg)), policy)
             sock = listen_socket(cfg.host, cfg.port, reuse_port=True)
             hc = hypercorn_config(cfg)
             hc.bind = [f"fd://{sock.fileno()}"]
             gc.collect()
             gc.freeze()
             gc.set_threshold(50_000, 50, 1000)
-            log.debug("worker %d listening", index)
-            await hypercorn.trio.serve(app, hc, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+            cap = limits.connection_cap(cfg.max_connections, limits.raise_open_file_limit())
+            log.debug("worker %d listening (up to %d connections)", index, cap)
+            await limits.serve(app, hc, cap, shutdown_trigger=stop.wait)
         finally:
             with trio.CancelScope(shield=True):
                 for plugin in list(follower.plugins.values()):
                     await plugin.stop()
+                if gateway.native is not None:
+                    await gateway.native.stop()
                 await trio.to_thread.run_sync(store.close)
             nursery.cancel_scope.cancel()
 

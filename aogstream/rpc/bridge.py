@@ -27,22 +27,33 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import logging
 import math
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import grpc
 import trio
+from google.protobuf.message import Message
 
 log = logging.getLogger(__name__)
 
 Req = TypeVar("Req")
-Resp = TypeVar("Resp")
+# responses are protobuf messages: the bridge decodes them with their `FromString`
+Resp = TypeVar("Resp", bound=Message)
 
-_EOF = object()
+
+class _End(enum.Enum):
+    """The end-of-stream marker in a stream's queues (an enum member, so that an `is`
+    test tells the type checker the rest of the queue holds messages)."""
+
+    EOF = enum.auto()
+
+
+_EOF: Final = _End.EOF
 DEFAULT_WINDOW = 64
 # After a call's last message (`is_last`), how long the loop thread waits for the
 # call's end before cancelling it: a well-behaved server ends at once.
@@ -168,7 +179,7 @@ class GrpcLoop:
             except Exception:  # never into trio: it would crash the run
                 log.exception("bridge callback %r failed", fn)
 
-    async def run[T](self, fn: Callable[[], Any]) -> T:
+    async def run[T](self, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run the coroutine `fn()` on the loop and wait for its result in trio.
 
         A trio cancellation cancels the asyncio task (and so the grpc call awaited
@@ -176,16 +187,16 @@ class GrpcLoop:
         wake-up each way, shared with whatever else crosses at the same moment.
         """
         done = trio.Event()
-        box: list[asyncio.Task[Any]] = []
+        box: list[asyncio.Task[T]] = []
 
-        def _finished(task: asyncio.Task[Any]) -> None:  # loop thread
+        def _finished(task: asyncio.Task[T]) -> None:  # loop thread
             self.to_trio(_deliver, task)
 
-        def _deliver(task: asyncio.Task[Any]) -> None:  # trio thread
+        def _deliver(task: asyncio.Task[T]) -> None:  # trio thread
             box.append(task)
             done.set()
 
-        started: list[asyncio.Task[Any]] = []
+        started: list[asyncio.Task[T]] = []
 
         def _start() -> None:  # loop thread; runs before any _cancel (FIFO)
             task = self.loop.create_task(fn())
@@ -279,7 +290,7 @@ class Channel:
     async def unary(
         self,
         method: str,
-        request: Any,
+        request: Message,
         response_type: type[Resp],
         *,
         timeout: float | None = None,
@@ -292,7 +303,7 @@ class Channel:
             mc = raw.unary_unary(
                 method,
                 request_serializer=_serialize,
-                response_deserializer=response_type.FromString,  # type: ignore[attr-defined]
+                response_deserializer=response_type.FromString,
             )
             call = mc(request, timeout=timeout, metadata=metadata)
             try:
@@ -314,7 +325,7 @@ class Channel:
         method: str,
         response_type: type[Resp],
         *,
-        request: Any = None,
+        request: Message | None = None,
         timeout: float | None = None,
         metadata: tuple[tuple[str, str], ...] | None = None,
         window: int = DEFAULT_WINDOW,
@@ -336,7 +347,7 @@ class Channel:
             s._teardown()
 
 
-def _serialize(msg: Any) -> bytes:
+def _serialize(msg: Message) -> bytes:
     return msg.SerializeToString()
 
 
@@ -347,7 +358,7 @@ class Stream(Generic[Req, Resp]):
         self,
         gl: GrpcLoop,
         window: int,
-        is_last: Callable[[Any], bool] | None = None,
+        is_last: Callable[[Resp], bool] | None = None,
         *,
         bidi: bool = False,
     ) -> None:
@@ -356,7 +367,7 @@ class Stream(Generic[Req, Resp]):
         self._is_last = is_last
         self._bidi = bidi
         # asyncio → trio
-        self._inbox: collections.deque[Any] = collections.deque()
+        self._inbox: collections.deque[Resp | RpcFailure | _End] = collections.deque()
         self._wake_pending = False
         self._waiter: trio.lowlevel.Task | None = None  # parked in receive()
         self._consumed = 0
@@ -366,7 +377,7 @@ class Stream(Generic[Req, Resp]):
         self._clean_end = False
         # trio → asyncio
         self._send_credits = trio.Semaphore(window)
-        self._outbox: collections.deque[Any] = collections.deque()
+        self._outbox: collections.deque[Req | _End] = collections.deque()
         self._writer_wake_pending = False
         # owned by the loop thread
         self._call: Any = None
@@ -382,13 +393,13 @@ class Stream(Generic[Req, Resp]):
         channel: Channel,
         method: str,
         response_type: type[Resp],
-        request: Any,
+        request: Message | None,
         timeout: float | None,
         metadata: tuple[tuple[str, str], ...] | None,
     ) -> None:
         if self._closed:
             return
-        deser = response_type.FromString  # type: ignore[attr-defined]
+        deser = response_type.FromString
         try:
             if request is not None:
                 mc = channel._method("us", method, deser)
@@ -478,7 +489,7 @@ class Stream(Generic[Req, Resp]):
         for t in self._tasks:
             t.cancel()
 
-    def _push(self, item: Any) -> None:
+    def _push(self, item: Resp | RpcFailure | _End) -> None:
         self._inbox.append(item)
         if not self._wake_pending:
             self._wake_pending = True
@@ -537,9 +548,12 @@ class Stream(Generic[Req, Resp]):
 
         The SSE writer uses it to coalesce what is already waiting into one send.
         """
-        if not self._inbox or self._inbox[0] is _EOF or isinstance(self._inbox[0], RpcFailure):
+        if not self._inbox:
             raise trio.WouldBlock
-        item = self._inbox.popleft()
+        item = self._inbox[0]
+        if item is _EOF or isinstance(item, RpcFailure):
+            raise trio.WouldBlock
+        self._inbox.popleft()
         self._consumed += 1
         if self._is_last is not None and self._is_last(item):
             self._clean_end = True

@@ -14,6 +14,7 @@ so a plugin built with it runs under aogstream and under AOG alike.
 """
 
 from aogstream.manifest import PluginError
+from aogstream.rpc.handshake import COOKIE_KEY, COOKIE_VALUE
 from aogstream.sdk.llm import (
     PluginContext,
     PluginLlm,
@@ -36,7 +37,7 @@ from aogstream.sdk.provider import (
     StreamChunk,
     parse_auth_info,
 )
-from aogstream.sdk.server import COOKIE_KEY, COOKIE_VALUE, serve
+from aogstream.sdk.server import serve
 
 __all__ = [
     "COOKIE_KEY",

@@ -333,9 +333,11 @@ class PluginLlm:
 
     @staticmethod
     def _answer(frame: dict[str, Any]) -> dict[str, Any]:
-        if frame.get("ok") is True and isinstance(frame.get("result"), dict):
-            return frame["result"]
-        err = frame.get("error") if isinstance(frame.get("error"), dict) else {}
+        result = frame.get("result")
+        if frame.get("ok") is True and isinstance(result, dict):
+            return result
+        raw = frame.get("error")
+        err: dict[str, Any] = raw if isinstance(raw, dict) else {}
         code, message = str(err.get("code") or hc.ERROR_INTERNAL), str(err.get("message") or
                                                                         "the call failed")
         if code == hc.ERROR_TRUST_DENIED:

@@ -36,6 +36,12 @@ from aogstream.rpc.gen import (
     provider_pb2_grpc,
 )
 from aogstream.rpc.gen import provider_pb2 as pb
+from aogstream.rpc.handshake import (
+    MULTIPLEX_ENV,
+    HandshakeError,
+    check_cookie,
+    format_handshake,
+)
 from aogstream.rpc.wire import MAX_BATCH_BYTES, batch_limit
 from aogstream.sdk.provider import (
     BidiMessage,
@@ -49,9 +55,6 @@ from aogstream.sdk.provider import (
 
 log = logging.getLogger("aogstream.sdk")
 
-COOKIE_KEY = "AOG_PLUGIN"
-COOKIE_VALUE = "aog-provider-plugin-v1"
-APP_PROTOCOL_VERSION = 1
 SSE_METADATA = {"content-type": "text/event-stream"}
 # After the host's stream reads EOF, wait this long before telling plugin code the
 # input ended: a cancelled call reads EOF first and is cancelled ~0.1 ms later, and
@@ -582,17 +585,6 @@ def find_plugin_dir(start: Path | None = None) -> Path:
     raise FileNotFoundError("no plugin.yaml found in the working directory or above the plugin")
 
 
-def _negotiate_version() -> int:
-    """The app protocol version to announce: ours, whatever the host offers.
-
-    go-plugin's rule: the highest version both sides speak, else the plugin's own lowest,
-    which the host then refuses with a clear "incompatible API version" error. This plugin
-    speaks only APP_PROTOCOL_VERSION, so that is the answer either way; announcing one of
-    the host's versions instead would claim a protocol this plugin does not speak.
-    """
-    return APP_PROTOCOL_VERSION
-
-
 def _listen(server: grpc.aio.Server) -> tuple[str, str]:
     """Bind a listener the way go-plugin does: a private unix socket, or TCP."""
     network = os.environ.get("AOGSTREAM_PLUGIN_NETWORK") or (
@@ -663,9 +655,8 @@ async def _serve(provider: PluginProvider, handshake_fd: int) -> None:
     network, address = _listen(server)
     try:
         await server.start()
-        line = f"1|{_negotiate_version()}|{network}|{address}|grpc|"
-        if os.environ.get("PLUGIN_MULTIPLEX_GRPC") == "true":
-            line += "|false"
+        line = format_handshake(network, address,
+                                multiplex_asked=os.environ.get(MULTIPLEX_ENV) == "true")
         os.write(handshake_fd, (line + "\n").encode())
         _tune_gc()
         watcher = asyncio.ensure_future(_watch_parent(stop))
@@ -697,12 +688,10 @@ def serve(provider: PluginProvider) -> None:
     Exits with status 1 and a hint when started by hand (no magic cookie), as Go
     plugins do.
     """
-    if os.environ.get(COOKIE_KEY) != COOKIE_VALUE:
-        sys.stderr.write(
-            "This binary is a plugin. These are not meant to be executed directly.\n"
-            "Please execute the program that consumes these plugins, which will\n"
-            "load any plugins automatically\n"
-        )
+    try:
+        check_cookie(os.environ)
+    except HandshakeError as exc:
+        sys.stderr.write(f"{exc}\n")
         sys.exit(1)
     # Only the handshake may go to stdout: point everything else at stderr, which
     # the host logs line by line.

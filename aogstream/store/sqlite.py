@@ -22,8 +22,8 @@ import os
 import sqlite3
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from aogstream.store.base import (
     SERVICES,
@@ -33,6 +33,9 @@ from aogstream.store.base import (
     now,
 )
 from aogstream.store.secrets import SecretBox, SecretError, is_sealed, open_value
+
+# What a statement's `?` placeholders take (sqlite3's own types; bools go in as ints).
+type SqlValue = str | int | float | bytes | None
 
 MIGRATIONS: list[str] = [
     # 1: the first release
@@ -151,7 +154,7 @@ class SQLiteStore:
 
     # ---- plumbing ----
 
-    def _tx(self, sql_params: list[tuple[str, tuple[Any, ...]]]) -> None:
+    def _tx(self, sql_params: Sequence[tuple[str, tuple[SqlValue, ...]]]) -> None:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -162,7 +165,7 @@ class SQLiteStore:
                 raise
             self._db.execute("COMMIT")
 
-    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def _query(self, sql: str, params: tuple[SqlValue, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
@@ -304,7 +307,7 @@ class SQLiteStore:
         marks = ", ".join("?" * len(MODEL_COLUMNS))
         updates = ", ".join(f"{c}=excluded.{c}" for c in MODEL_COLUMNS
                             if c not in ("model_name", "provider_name", "created_at"))
-        ops: list[tuple[str, tuple[Any, ...]]] = []
+        ops: list[tuple[str, tuple[SqlValue, ...]]] = []
         if model.is_default:  # one default per service
             ops.append(("UPDATE aog_model SET is_default=0 WHERE service_name=? AND NOT "
                         "(provider_name=? AND model_name=?)",
@@ -332,7 +335,7 @@ class SQLiteStore:
                    "updated_at=excluded.updated_at", (name, int(enabled), now()))])
 
 
-def _filters(**kw: str) -> tuple[str, tuple[Any, ...]]:
+def _filters(**kw: str) -> tuple[str, tuple[str, ...]]:
     parts = [(k, v) for k, v in kw.items() if v]
     if not parts:
         return "", ()

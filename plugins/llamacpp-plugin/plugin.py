@@ -20,11 +20,28 @@ the hang-up after the next token and stops generating.
 The engine runs with `--interrupt_requests false`: by default llama_cpp.server ends a
 running stream early (a bare `[DONE]`, no finish reason) as soon as another request
 waits for the model, which would silently truncate one client's answer because of
-another's. Requests queue instead.
+another's. Requests queue instead, and they queue here rather than in the engine.
+
+Memory is bounded the same way whatever the load (4 cycles of 120 concurrent short chats
+grew an engine started with llama_cpp.server's defaults 252 → 327 → 361 → 393 → 394 MB):
+
+- `--logits_all false`: the server's default keeps the logits of every position, an
+  n_ctx × vocabulary float32 matrix (2048 × 49,152 × 4 B = 384 MiB for SmolLM2) that
+  becomes resident row by row as longer prompts arrive; without it the engine keeps
+  one batch's worth. No AOG option asks for per-token logprobs, the only user;
+- `--cache false`, said explicitly: the prompt cache (2 GiB of RAM by default) stays off
+  even if a later llama-cpp-python turns it on by default;
+- at most `LLAMACPP_MAX_ENGINE_REQUESTS` (default 2) requests per engine are in flight:
+  llama.cpp generates one at a time anyway (the server serialises on a lock), so the
+  others wait in this process, where waiting costs a coroutine, instead of each holding
+  a connection, a request task and its buffers inside the engine;
+- `MALLOC_ARENA_MAX=2` for the engine (unless set): the server's thread pool would
+  otherwise give each thread its own malloc arena that never shrinks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -44,6 +61,7 @@ from aogstream.sdk import serve
 HERE = Path(__file__).resolve().parent
 LABEL = "llama.cpp engine"
 N_CTX = 2048
+DEFAULT_MAX_ENGINE_REQUESTS = 2
 CHAT_PATH = "/v1/chat/completions"
 COMPLETION_PATH = "/v1/completions"
 CHAT_ROLES = ("system", "user", "assistant", "tool")
@@ -79,12 +97,18 @@ class LlamaCppPlugin(EnginePlugin):
     DEFAULT_MODEL = "smollm2-135m-instruct"
     HEALTH_PATH = "/v1/models"  # llama_cpp.server has no /health; this answers once loaded
 
+    def __init__(self, plugin_dir: Path, name: str) -> None:
+        super().__init__(plugin_dir, name)
+        # model name → its engine's in-flight request slots (see the module docstring)
+        self._engine_slots: dict[str, asyncio.Semaphore] = {}
+
     def engine_argv(self, model: StoredModel, port: int) -> list[str]:
         return [str(self.env.python), str(self.plugin_dir / "llama_launch.py"), "llama_cpp.server",
                 "--model", str(model.file("*.gguf")), "--model_alias", model.name,
                 "--host", "127.0.0.1", "--port", str(port),
                 "--n_threads", str(self.threads), "--n_ctx", str(N_CTX),
-                "--interrupt_requests", "false"]
+                "--interrupt_requests", "false", "--logits_all", "false",
+                "--cache", "false"]
 
     def engine_environ(self) -> dict[str, str]:
         """On AMX CPUs llama.cpp's AMX kernels can crash the engine (see
@@ -93,7 +117,15 @@ class LlamaCppPlugin(EnginePlugin):
         env = super().engine_environ()
         if "LLAMACPP_EXTRA_BUFTS" not in env and cpu_has_amx():
             env["LLAMACPP_EXTRA_BUFTS"] = "0"
+        env.setdefault("MALLOC_ARENA_MAX", "2")
         return env
+
+    def _slots(self, name: str) -> asyncio.Semaphore:
+        """The in-flight requests allowed to the engine of model `name`."""
+        sem = self._engine_slots.get(name)
+        if sem is None:
+            sem = self._engine_slots[name] = asyncio.Semaphore(max_engine_requests())
+        return sem
 
     def source_details(self, source: str) -> dict[str, Any]:
         """A model pulled by path or URL: all we know without reading it is the format."""
@@ -180,7 +212,8 @@ class LlamaCppPlugin(EnginePlugin):
 
     async def _post(self, name: str, engine: EngineProcess, path: str,
                     payload: dict[str, Any]) -> dict[str, Any]:
-        out = await self.post_json(name, engine, path, payload, label=LABEL)
+        async with self._slots(name):
+            out = await self.post_json(name, engine, path, payload, label=LABEL)
         if not isinstance(out, dict):
             raise m.PluginError(m.ERR_CODE_INTERNAL, "the engine answered with no JSON object",
                                 str(out)[:500])
@@ -191,7 +224,8 @@ class LlamaCppPlugin(EnginePlugin):
         """The engine's SSE events as dicts, until `[DONE]`. Leaving early (the host
         cancelled) closes the connection, which makes llama_cpp.server stop."""
         try:
-            async with self.http.stream("POST", engine.base_url + path, json=payload) as r:
+            async with self._slots(name), \
+                    self.http.stream("POST", engine.base_url + path, json=payload) as r:
                 if r.status_code != 200:
                     raise engine_error(r.status_code, await r.aread(), LABEL)
                 async for line in r.aiter_lines():
@@ -216,6 +250,15 @@ class LlamaCppPlugin(EnginePlugin):
 
 
 # ---- request checking and answer shapes (pure functions, easy to test) ----
+
+
+def max_engine_requests() -> int:
+    """`LLAMACPP_MAX_ENGINE_REQUESTS` (a positive integer), else the default."""
+    raw = os.environ.get("LLAMACPP_MAX_ENGINE_REQUESTS", "").strip()
+    try:
+        return max(1, int(raw)) if raw else DEFAULT_MAX_ENGINE_REQUESTS
+    except ValueError:
+        return DEFAULT_MAX_ENGINE_REQUESTS
 
 
 def _bad(message: str) -> m.PluginError:

@@ -5,8 +5,11 @@ A session is one `speech-to-text-ws` task: the host forwards the client's run-ta
 `result-generated` events while audio arrives (partial sentences with
 `sentence_end: false`, final ones with `true`) and `task-finished` at the end, in AOG's
 `{header, payload}` envelope. Decoding runs in a worker thread so one busy session
-never stalls the others. A host that leaves cancels the session; the decoder is
-released in `finally`.
+never stalls the others. A session borrows its decoder from a small pool and gives it
+back in `finally`, however it ends (finish, task-failed, client gone, host cancel): the
+decoder is reset and reused by the next session, or freed at once beyond a couple of
+idle ones, so memory stays flat over any number of sessions (see `pocketsphinx_plugin.pool`);
+sessions beyond `POCKETSPHINX_MAX_SESSIONS` get a `task-failed` instead of a decoder.
 
 Engine and models follow the same contract as the other local plugins (see
 `aogstream.engines.base`): the engine (`pocketsphinx==5.1.1`) is installed into a
@@ -31,6 +34,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from pocketsphinx_plugin.pool import RecognizerPool, max_sessions_from_env
 from pocketsphinx_plugin.recognizer import Event, ModelPaths, StreamingRecognizer
 
 from aogstream import manifest as m
@@ -90,6 +94,7 @@ class PocketsphinxPlugin(EnginePlugin, BidirectionalPlugin):
         # loaded models: name → (the stored model, where its parts are)
         self.models: dict[str, tuple[StoredModel, ModelPaths]] = {}
         self._announced = False
+        self.pool = RecognizerPool(self._recognizer, max_sessions=max_sessions_from_env())
 
     # ---- the engine runs in this process ----
 
@@ -144,6 +149,7 @@ class PocketsphinxPlugin(EnginePlugin, BidirectionalPlugin):
     async def stop_engine(self) -> None:
         self.started = False
         self.models.clear()
+        await asyncio.to_thread(self.pool.clear)
 
     async def load_model(self, req: m.LoadModelRequest) -> None:
         self._load(req.model or None)
@@ -151,9 +157,11 @@ class PocketsphinxPlugin(EnginePlugin, BidirectionalPlugin):
     async def unload_model(self, req: m.UnloadModelRequest) -> None:
         for name in req.models:
             self.models.pop(name, None)
+        await asyncio.to_thread(self.pool.clear)
 
     async def delete_model(self, req: m.DeleteModelRequest) -> None:
         self.models.pop(req.model, None)
+        await asyncio.to_thread(self.pool.clear)
         self.store.delete(req.model)
 
     async def get_running_models(self) -> m.ListModelsResponse:
@@ -168,6 +176,8 @@ class PocketsphinxPlugin(EnginePlugin, BidirectionalPlugin):
     ) -> None:
         task_id = ws_conn_id
         rec: StreamingRecognizer | None = None
+        paths: ModelPaths | None = None
+        slot = False
         try:
             async for msg in incoming:
                 if msg.message_type == "binary":
@@ -183,24 +193,59 @@ class PocketsphinxPlugin(EnginePlugin, BidirectionalPlugin):
                 task_id = ctl.get("task_id") or task_id
                 if action == "run-task":
                     try:
+                        if rec is not None:
+                            raise SessionError("CLIENT_ERROR", "a task is already running "
+                                               "in this session; send finish-task first")
                         rate, paths = self._session_setup(ctl, msg.metadata)
-                        # the model takes ~0.4 s to load: never on the event loop
-                        rec = await asyncio.to_thread(self._recognizer, rate, paths)
+                        slot = self.pool.try_enter()
+                        if not slot:
+                            raise SessionError("SERVER_ERROR", self._busy_message())
+                        rec = await self._borrow(rate, paths)
                     except SessionError as exc:
                         await send(envelope("task-failed", task_id, error_code=exc.code,
                                             error_message=exc.message))
                         return
                 elif action == "finish-task":
-                    if rec is not None:
+                    if rec is not None and paths is not None:
                         for ev in await asyncio.to_thread(rec.finish):
                             await send(sentence(task_id, ev))
+                        # back in the pool before the client hears the end, so a client
+                        # that starts its next session at once finds the decoder ready
+                        done, rec = rec, None
+                        await asyncio.to_thread(self.pool.give_back, done, paths)
                     await send(envelope("task-finished", task_id))
                     return
         finally:
-            if rec is not None:
-                # close() waits for a decode still running in a worker thread: let a
-                # worker wait for it rather than the event loop
-                asyncio.get_running_loop().run_in_executor(None, rec.close)
+            if slot:
+                self.pool.leave()
+            if rec is not None and paths is not None:
+                # giving back waits for a decode still running in a worker thread: let a
+                # worker wait for it rather than the event loop (and never await here:
+                # a cancelled session must not be kept from ending)
+                self.pool.give_back_soon(rec, paths)
+
+    async def _borrow(self, rate: int, paths: ModelPaths) -> StreamingRecognizer:
+        """A decoder from the pool, in a worker thread (a new one loads the model, ~0.4 s).
+
+        A session cancelled meanwhile cannot stop the thread: the decoder it hands over
+        is given back when it arrives, never left as the result of a forgotten future.
+        """
+        fut = asyncio.get_running_loop().run_in_executor(None, self.pool.borrow, rate, paths)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            def back(done: asyncio.Future[StreamingRecognizer]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    self.pool.give_back_soon(done.result(), paths)
+
+            fut.add_done_callback(back)
+            raise
+
+    def _busy_message(self) -> str:
+        limit = self.pool.max_sessions
+        return (f"{self.name} is already decoding {limit} realtime sessions, its limit; "
+                f"retry when one ends, or raise POCKETSPHINX_MAX_SESSIONS (each session "
+                f"holds a decoder of ~50-90 MB)")
 
     def _session_setup(self, run: dict[str, Any], meta: dict[str, str]
                        ) -> tuple[int, ModelPaths]:

@@ -6,6 +6,7 @@ tests can compare them with their own clock)."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import time
@@ -32,7 +33,9 @@ def record(event: str, **fields: Any) -> None:
 
 
 def chunk(tag: str, content: str, finished: bool = False) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": tag, "model": "echo", "created_at": time.time(),
+    # AOG's created_at is an RFC 3339 string (the flavor templates convert it)
+    stamp = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+    out: dict[str, Any] = {"id": tag, "model": "echo", "created_at": stamp,
                            "message": {"role": "assistant", "content": content},
                            "finished": finished}
     if finished:

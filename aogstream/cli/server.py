@@ -1,6 +1,9 @@
-"""The `aogstream` command (mirrors AOG's `aog`): the server, local engines, and the
-client commands (services, providers, models, plugins, chat, transcription) that talk
-to a running gateway at `AOG_HOST`."""
+"""`aogstream server start|stop` and `aogstream version`: the gateway process itself.
+
+`server start` serves in the foreground, or re-runs itself detached (`-d`) and returns once
+`/health` answers; either way the PID file in the data directory lets `server stop` find it.
+A taken port is named (with the process holding it) before any plugin starts.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from aogstream.config import Config, default_plugin_dirs, ensure_private_dir
+import httpx
+
+from aogstream import SPEC_VERSION
+from aogstream.cli.client import Api, CliError
+from aogstream.config import Config, ensure_private_dir
 
 PID_FILE = "aogstream.pid"
 LOG_FILE = Path("logs") / "server.log"
@@ -22,106 +29,20 @@ DAEMON_START_TIMEOUT = 180.0  # plugins come up (and engines start) before /heal
 STOP_TIMEOUT = 60.0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from aogstream import cli_client
+def cmd_version(api: Api, _args: argparse.Namespace) -> int:
+    """The client's version always, the server's when one answers (a mismatch shows)."""
+    from aogstream import AOG_VERSION, __version__
 
-    parser = argparse.ArgumentParser(prog="aogstream", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    server = sub.add_parser("server", help="start or stop the gateway")
-    ssub = server.add_subparsers(dest="action", required=True)
-    start = ssub.add_parser("start", help="start the gateway (in the foreground unless -d)")
-    start.add_argument("-d", "--daemon", action="store_true",
-                       help="run in the background (logs in <data dir>/logs/server.log, PID in "
-                       "<data dir>/aogstream.pid); returns once it answers")
-    start.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
-    start.add_argument("--port", type=int, default=None, help="port (default 16688)")
-    start.add_argument("--plugin-dir", action="append", type=Path, default=None,
-                       help="plugin folder to search (repeatable; default: ./plugins, "
-                       "AOG_PLUGIN_DIR, <data dir>/plugins)")
-    start.add_argument("--data-dir", type=Path, default=None, help="data directory")
-    start.add_argument("--workers", type=int, default=None,
-                       help="serving processes sharing the port and one set of plugins "
-                       "(default: one per core; AOGSTREAM_WORKERS)")
-    start.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
-                       help="a name clients reach the gateway by, accepted in the Host header "
-                       "besides loopback and the bound address (repeatable; also "
-                       "AOGSTREAM_ALLOWED_HOSTS, comma-separated)")
-    start.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
-                       help="a web origin (scheme://host:port) allowed to call the service "
-                       "routes with CORS, never management (repeatable; also "
-                       "AOGSTREAM_CORS_ORIGINS)")
-    start.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    stop = ssub.add_parser("stop", help="stop the gateway started with `server start -d`")
-    stop.add_argument("--data-dir", type=Path, default=None, help="data directory")
-    version = sub.add_parser("version", help="client and server versions")
-    version.set_defaults(func=cli_client.cmd_version)
-    engine = sub.add_parser("engine", help="install and inspect local plugins' engines")
-    esub = engine.add_subparsers(dest="action", required=True)
-    inst = esub.add_parser("install", help="install engines and pull default models, "
-                           "with progress (a second run returns at once)")
-    inst.add_argument("plugins", nargs="*", help="local plugin names (default: all)")
-    inst.add_argument("--cover", action="store_true", help="reinstall even if present")
-    inst.add_argument("--no-models", action="store_true", help="skip default models")
-    status = esub.add_parser("status", help="which engines and models are installed")
-    for p in (inst, status):
-        p.add_argument("--plugin-dir", action="append", type=Path, default=None)
-        p.add_argument("--data-dir", type=Path, default=None, help="data directory")
-        p.add_argument("--engine-dir", type=Path, default=None,
-                       help="where engines and models go (default <data dir>/engines)")
-    cli_client.add_parsers(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command not in ("server", "engine"):
-        from aogstream import cli_client
-
-        return cli_client.run(args)
-    logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if args.command == "engine":
-        return _engine(args)
-    if args.action == "stop":
-        return server_stop(Config.from_env(data_dir=args.data_dir).data_dir)
-    if args.workers is not None and args.workers < 0:
-        parser.error("--workers must be 0 (one per core) or more")
-    cfg = Config.from_env(host=args.host, port=args.port, data_dir=args.data_dir,
-                          plugin_dirs=args.plugin_dir, workers=args.workers)
-    if args.data_dir is not None and not args.plugin_dir:
-        cfg.plugin_dirs = default_plugin_dirs(cfg.data_dir)
-    cfg.allowed_hosts = [*cfg.allowed_hosts, *(args.allowed_host or [])]
-    cfg.cors_origins = [*cfg.cors_origins, *(args.cors_origin or [])]
-    from aogstream.http.guard import GuardConfigError, load_keys
-
-    try:  # say why at once, before any plugin starts (or a daemon is spawned)
-        load_keys(cfg, generate=False)
-    except GuardConfigError as exc:
-        print(f"aogstream: {exc}", file=sys.stderr)
-        return 2
-    if args.daemon:
-        return server_start_daemon(cfg, args)
-    return _serve_foreground(cfg)
-
-
-def _engine(args: argparse.Namespace) -> int:
-    import trio
-
-    from aogstream import engine_cli
-
-    cfg = Config.from_env(data_dir=args.data_dir, plugin_dirs=args.plugin_dir,
-                          engine_dir=args.engine_dir)
-    if args.data_dir is not None and not args.plugin_dir:
-        cfg.plugin_dirs = default_plugin_dirs(cfg.data_dir)
-    logging.getLogger().setLevel(logging.WARNING)
-    if args.action == "install":
-        return trio.run(lambda: engine_cli.run_install(
-            cfg, args.plugins, cover=args.cover, models=not args.no_models))
-    return trio.run(engine_cli.run_status, cfg)
+    print(f"aogstream {__version__} (AOG {AOG_VERSION} compatible, API {SPEC_VERSION})")
+    try:
+        info = api.call("GET", "/version", timeout=httpx.Timeout(3.0))
+    except CliError:
+        print(f"server: not running at {api.url}")
+        return 0
+    info = info if isinstance(info, dict) else {}
+    print(f"server: aogstream {info.get('aogstream', '?')} (AOG {info.get('version', '?')}, "
+          f"API {info.get('spec_version', '?')}) at {api.url}")
+    return 0
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
@@ -131,7 +52,49 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return out
 
 
-def _serve_foreground(cfg: Config) -> int:
+def port_problem(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be bound, naming the process that holds it when it can be
+    found; None when it is free. Checked before any plugin starts, so a taken port is
+    one clear line instead of six plugins started and a traceback."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            return None
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return f"cannot listen on {host}: no such address on this machine"
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                return f"may not listen on port {port} (ports below 1024 need privileges)"
+            if exc.errno != errno.EADDRINUSE:
+                return f"cannot listen on {host}:{port}: {exc.strerror}"
+    return f"port {port} is already in use{_holder(port)}; stop that process or choose " \
+        "another port with --port (or AOGSTREAM_PORT)"
+
+
+def _holder(port: int) -> str:
+    """" by pid N (command line)" for the process listening on `port`, if visible."""
+    try:
+        import psutil
+
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN \
+                    and conn.pid:
+                try:
+                    cmd = " ".join(psutil.Process(conn.pid).cmdline())[:120]
+                except psutil.Error:
+                    cmd = ""
+                return f" by pid {conn.pid}" + (f" ({cmd})" if cmd else "")
+    except Exception:  # noqa: BLE001 - naming the holder is a courtesy
+        pass
+    return ""
+
+
+def serve_foreground(cfg: Config) -> int:
     """Serve until a signal, with the PID file in the data directory so that
     `server stop` works for a foreground server too; the file goes when it exits."""
     import trio
@@ -140,6 +103,10 @@ def _serve_foreground(cfg: Config) -> int:
     from aogstream.http.server import serve
     from aogstream.store.sqlite import StoreError
 
+    problem = port_problem(cfg.host, cfg.port)
+    if problem:
+        print(f"aogstream cannot start: {problem}", file=sys.stderr)
+        return 1
     pid_file = cfg.data_dir / PID_FILE
     other = read_pid(pid_file)
     if other is None or other == os.getpid() or not pid_alive(other):
@@ -205,8 +172,6 @@ def _health_url(cfg: Config) -> str:
 
 
 def _answers(url: str) -> bool:
-    import httpx
-
     try:
         return httpx.get(url, timeout=1.0, trust_env=False).status_code == 200
     except httpx.HTTPError:
@@ -229,6 +194,10 @@ def server_start_daemon(cfg: Config, args: argparse.Namespace) -> int:
               f"choose another --port or stop it first", file=sys.stderr)
         return 1
     ensure_private_dir(cfg.data_dir)
+    problem = port_problem(cfg.host, cfg.port)
+    if problem:
+        print(f"aogstream cannot start: {problem}", file=sys.stderr)
+        return 1
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "aogstream", "server", "start",
            "--host", cfg.host, "--port", str(cfg.port), "--data-dir", str(cfg.data_dir)]
@@ -310,7 +279,3 @@ def server_stop(data_dir: Path) -> int:
             pid_file.unlink()
     print(f"aogstream stopped (pid {pid})")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

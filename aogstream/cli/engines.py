@@ -9,7 +9,9 @@ writes to `<plugin data>/engine/install-progress.jsonl` while the call runs.
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -18,11 +20,32 @@ from typing import Any
 import trio
 
 from aogstream import manifest as m
-from aogstream.config import Config
+from aogstream.config import Config, default_plugin_dirs
 from aogstream.gateway import Gateway
 from aogstream.host.process import PluginSupervisor
 from aogstream.rpc.bridge import GrpcLoop
 from aogstream.store import SQLiteStore
+
+# the plugins that come with aogstream (beside the package in a checkout)
+SHIPPED_PLUGINS = Path(__file__).resolve().parent.parent.parent / "plugins"
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    """`engine install|status` with the engine folder and plugin folders resolved as the
+    gateway would resolve them, plus the shipped plugins when run outside the checkout."""
+    cfg = Config.from_env(data_dir=args.data_dir, plugin_dirs=args.plugin_dir,
+                          engine_dir=args.engine_dir)
+    if args.data_dir is not None and not args.plugin_dir:
+        cfg.plugin_dirs = default_plugin_dirs(cfg.data_dir)
+    shipped = SHIPPED_PLUGINS.resolve()
+    if not args.plugin_dir and shipped.is_dir() and shipped not in cfg.plugin_dirs:
+        # run outside the repository folder: the engines are the shipped plugins' still
+        cfg.plugin_dirs.append(shipped)
+    logging.getLogger().setLevel(logging.WARNING)
+    if args.action == "install":
+        return trio.run(lambda: run_install(
+            cfg, args.plugins, cover=args.cover, models=not args.no_models))
+    return trio.run(run_status, cfg)
 
 
 def _gateway(cfg: Config, gl: GrpcLoop) -> Gateway:
@@ -143,6 +166,10 @@ async def run_install(cfg: Config, names: list[str], *, cover: bool, models: boo
             local = [p for p in gw.plugins.values()
                      if p.manifest.provider.type == m.PLUGIN_TYPE_LOCAL
                      and (not names or p.name in names)]
+            if not local and not names:
+                print("no local plugins found in " + ", ".join(str(d) for d in cfg.plugin_dirs)
+                      + "; name a folder with --plugin-dir", file=sys.stderr)
+                return 1
             unknown = set(names) - {p.name for p in local}
             if unknown:
                 known = ", ".join(p.name for p in gw.plugins.values()
@@ -178,8 +205,19 @@ async def run_status(cfg: Config) -> int:
         gw = _gateway(cfg, gl)
         await gw.start(nursery)
         try:
+            if not any(p.manifest.provider.type == m.PLUGIN_TYPE_LOCAL
+                       for p in gw.plugins.values()):
+                print("no local plugins found in " + ", ".join(str(d) for d in cfg.plugin_dirs)
+                      + "; name a folder with --plugin-dir", file=sys.stderr)
+                return 1
             for plugin in gw.plugins.values():
-                if plugin.manifest.provider.type != m.PLUGIN_TYPE_LOCAL or plugin.client is None:
+                if plugin.manifest.provider.type != m.PLUGIN_TYPE_LOCAL:
+                    continue
+                if plugin.client is None and not await plugin.wait_ready(
+                        cfg.plugin_start_timeout):
+                    print(f"{plugin.name}: did not start: {plugin.last_error}")
+                    continue
+                if plugin.client is None:
                     continue
                 installed = await plugin.client.check_engine(timeout=30)
                 line = f"{plugin.name}: engine {'installed' if installed else 'NOT installed'}"

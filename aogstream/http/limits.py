@@ -1,0 +1,182 @@
+"""What one serving process may hold open: file descriptors and client connections.
+
+A connection is a file descriptor, and so is every plugin socket, pipe, store file and
+log the gateway needs to keep working. Under the usual soft limit of 1,024 open files,
+about a thousand clients that open connections and never finish their requests took
+the last descriptors: `accept()` and everything else failed with "too many open
+files", for every client and for the gateway's own plugin calls. Three things stop it:
+
+- **The soft limit is raised to the hard limit at start** (`raise_open_file_limit`):
+  the soft limit is a default for programs that never need more, and the hard limit
+  is what the operator allows; children (plugins, engines) inherit it.
+- **A cap on client connections below that limit** (`connection_cap`): hypercorn has
+  no such setting, and an ASGI-level counter would come too late, since hypercorn
+  accepts the socket (spending the descriptor) before the app hears of it. So
+  `serve` runs hypercorn's own connection handler (`TCPServer`) behind an accept loop
+  that takes a slot before it calls `accept()` and gives it back when the connection
+  closes. Past the cap, new connections wait in the kernel's listen backlog, costing
+  this process nothing, and are served as soon as a slot frees; the descriptors left
+  (`FD_RESERVE`, at least an eighth of the limit) stay for plugins, the store and
+  the engines' pipes. The private unix socket the worker processes proxy through is
+  not capped: only workers reach it, each through a bounded connection pool.
+- **Slow clients are cut**, so a slot cannot be held for ever: hypercorn times out a
+  request head after `keep_alive_timeout` (5 s), and the request body has its own
+  deadline (`http.asgi.read_body`, `AOGSTREAM_BODY_TIMEOUT`).
+
+`serve` is `hypercorn.trio.serve` (0.18, pinned) for plain-TCP and unix binds, with
+the capped accept loop in place of `trio.serve_listeners`; lifespan, graceful
+shutdown and the per-connection protocol are hypercorn's own code.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import resource
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import hypercorn.config
+import trio
+from hypercorn.statsd import StatsdLogger
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
+
+log = logging.getLogger("aogstream")
+
+# The most client connections one serving process takes by default (~32 KiB each per
+# open stream: 8,192 of them are ~256 MiB); AOGSTREAM_MAX_CONNECTIONS sets another.
+DEFAULT_MAX_CONNECTIONS = 8192
+# Descriptors kept back from clients: plugin sockets and pipes, the store and its WAL,
+# logs, engine downloads. At least this many, and at least an eighth of the limit.
+FD_RESERVE = 128
+# accept() failing for want of resources: wait and retry, as trio.serve_listeners does.
+ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; return the soft
+    limit now in force (unchanged when the platform refuses)."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return 1024
+    target = hard
+    if target == resource.RLIM_INFINITY or target < 0:
+        target = max(soft, 1 << 20)  # "unlimited": take a large finite number
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target,
+                        exc)
+    return soft
+
+
+def connection_cap(configured: int, open_files: int) -> int:
+    """How many client connections one serving process holds at once: the configured
+    number (0: `DEFAULT_MAX_CONNECTIONS`), never more than the open-file limit less the
+    reserve, and at least 1."""
+    reserve = max(FD_RESERVE, open_files // 8)
+    ceiling = max(1, open_files - reserve)
+    wanted = configured if configured > 0 else DEFAULT_MAX_CONNECTIONS
+    return max(1, min(wanted, ceiling))
+
+
+async def _accept_loop(listener: trio.SocketListener, slots: trio.Semaphore | None,
+                       handle: Callable[[trio.SocketStream], Awaitable[None]],
+                       nursery: trio.Nursery) -> None:
+    """Accept connections one slot at a time (no slot: the kernel queues the client)."""
+    while True:
+        if slots is not None:
+            await slots.acquire()
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if slots is not None:
+                slots.release()
+            if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                raise
+            log.error("accept() failed: %s; retrying in 100 ms", errno.errorcode[exc.errno])
+            await trio.sleep(0.1)
+            continue
+        except BaseException:
+            if slots is not None:
+                slots.release()
+            raise
+        nursery.start_soon(_run_connection, stream, handle, slots)
+
+
+async def _run_connection(stream: trio.SocketStream,
+                          handle: Callable[[trio.SocketStream], Awaitable[None]],
+                          slots: trio.Semaphore | None) -> None:
+    try:
+        await handle(stream)
+    finally:
+        try:
+            await trio.aclose_forcefully(stream)
+        finally:
+            if slots is not None:
+                slots.release()
+
+
+async def serve(app: Any, config: hypercorn.config.Config, max_connections: int, *,
+                shutdown_trigger: Callable[[], Awaitable[None]],
+                task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    """`hypercorn.trio.serve(app, config)` with at most `max_connections` TCP
+    connections open at once (unix-socket binds are not counted). No TLS: the gateway
+    serves plain HTTP (loopback by default)."""
+    config.set_statsd_logger_class(StatsdLogger)
+    asgi = wrap_app(app, config.wsgi_max_body_size, None)
+    lifespan_state: dict[str, Any] = {}
+    lifespan = Lifespan(asgi, config, lifespan_state)
+    context = WorkerContext(None)
+    slots = trio.Semaphore(max_connections)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        await TCPServer(asgi, config, context,  # type: ignore[arg-type]
+                        ConnectionState(lifespan_state.copy()), stream)
+
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as server_nursery:
+            sockets = config.create_sockets()
+            if sockets.secure_sockets or sockets.quic_sockets:
+                raise ValueError("TLS binds are not supported here; serve plain HTTP")
+            binds = []
+            listeners = []
+            for sock in sockets.insecure_sockets:
+                sock.listen(config.backlog)
+                tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+                listeners.append((trio.SocketListener(trio.socket.from_stdlib_socket(sock)),
+                                  slots if tcp else None))
+                bind = repr_socket_addr(sock.family, sock.getsockname())
+                binds.append(f"http://{bind}")
+            task_status.started(binds)
+            try:
+                async with trio.open_nursery(strict_exception_groups=True) as nursery:
+                    nursery.start_soon(raise_shutdown, shutdown_trigger)
+                    nursery.start_soon(raise_shutdown, context.terminate.wait)
+                    for listener, cap in listeners:
+                        nursery.start_soon(_accept_loop, listener, cap, handle,
+                                           server_nursery)
+                    await trio.sleep_forever()
+            except BaseExceptionGroup as error:
+                _, others = error.split((ShutdownError, KeyboardInterrupt))
+                if others is not None:
+                    raise others from None
+            finally:
+                await context.terminated.set()
+                for listener, _cap in listeners:
+                    with trio.CancelScope(shield=True):
+                        await listener.aclose()
+                server_nursery.cancel_scope.deadline = (trio.current_time()
+                                                        + config.graceful_timeout)
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
