@@ -27,9 +27,17 @@ from aogstream import errors
 from aogstream import manifest as m
 from aogstream.config import Config
 from aogstream.host.process import PluginSupervisor, discover
-from aogstream.invocation import Invocation, Mode, Provider, TimeoutPolicy, open_invocation
+from aogstream.invocation import (
+    Invocation,
+    Mode,
+    PluginState,
+    Provider,
+    TimeoutPolicy,
+    open_invocation,
+)
 from aogstream.rpc.bridge import GrpcLoop
 from aogstream.store import HYBRID_POLICIES, ModelRow, ProviderRow, Service, SQLiteStore, Store
+from aogstream.store.base import ModelStatus
 
 log = logging.getLogger(__name__)
 
@@ -303,12 +311,12 @@ class Gateway:
                 row = rows.get(name) or ModelRow(name, pname, svc.service_name, "local")
                 make_default = not self._service_has_default(svc.service_name) and \
                     name == (svc.default_model or name)
-                if row.status != "downloaded" or row.size != info.size or make_default:
-                    row.status, row.size = "downloaded", int(info.size)
+                if row.status != ModelStatus.DOWNLOADED or row.size != info.size or make_default:
+                    row.status, row.size = ModelStatus.DOWNLOADED, int(info.size)
                     row.is_default = row.is_default or make_default
                     self.store.put_model(row)
             for name, row in rows.items():
-                if name not in have and row.status == "downloaded":
+                if name not in have and row.status == ModelStatus.DOWNLOADED:
                     self.store.delete_model(pname, name)
         self._rebuild()
 
@@ -318,7 +326,7 @@ class Gateway:
             table.setdefault(p.service_name, []).append(p)
         models: dict[tuple[str, str], list[ModelRow]] = {}
         for r in self.store.models():
-            if r.status == "downloaded":
+            if r.status == ModelStatus.DOWNLOADED:
                 models.setdefault((r.service_name, r.model_name), []).append(r)
         self._table, self._models = table, models
         self._policies = {s.service_name: s.hybrid_policy for s in self.store.services()}
@@ -382,7 +390,7 @@ class Gateway:
                 offered = sorted({mr.model_name for (svc, _), rs in self._models.items()
                                   if svc == service for mr in rs})
                 raise errors.GatewayError(
-                    errors.MODEL_NOT_FOUND,
+                    errors.PLUGIN_MODEL_NOT_FOUND,
                     f"model {model!r} is not available for {service!r}; downloaded models: "
                     f"{', '.join(offered) or 'none'} (pull it first)")
         else:
@@ -414,7 +422,7 @@ class Gateway:
                             p.manifest.provider.type)
                       for side in sides for p, d in candidates if p.manifest.provider.type == side]
         # a running plugin before one that is restarting or stopped, keeping the order
-        routes.sort(key=lambda rt: rt.provider.state != "running")
+        routes.sort(key=lambda rt: rt.provider.state != PluginState.RUNNING)
         if not routes:  # always_local, and only remote providers qualify
             raise errors.GatewayError(
                 errors.SERVICE_NOT_FOUND,
