@@ -157,3 +157,19 @@ def test_the_rerank_service_is_listed_as_serving(gw, client):
     assert r.status_code == 200, r.text
     rows = {s["service_name"]: s for s in r.json()["data"]}
     assert rows["rerank"]["state"] == "serving", rows["rerank"]
+
+
+@pytest.mark.parametrize("path", ["/v3/rerank", "/aog/v0.2/api_flavors/openvino/v3/rerank"])
+def test_the_openvino_rerank_door_answers_in_openvinos_shape(gw, client, path):
+    """AOG's openvino flavor names `/v3/rerank`: an OpenVINO client reaches the same
+    local ranking through it and gets OpenVINO's answer (results, no `model`)."""
+    r = client.post(f"{gw.url}{path}", timeout=120, json={
+        "query": "What is the capital of France?",
+        "documents": ["Coral reefs grow in warm shallow seas.",
+                      "Paris is the capital and largest city of France."],
+        "top_n": 1})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["index"] for x in results] == [1], results
+    missing = client.post(f"{gw.url}{path}", json={"query": "x"}, timeout=60)
+    assert missing.status_code == 400, missing.text
