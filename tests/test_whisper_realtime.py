@@ -11,7 +11,8 @@ accurate (WER ≤ 0.25); two sentences separated by silence give two finals with
 increasing times; speech with white noise mixed at 10 dB SNR (fixed seed) is still
 transcribed (WER ≤ 0.5); a final is never revised or repeated; two sessions at once
 each get their own transcript; and a client that leaves mid-utterance stops the
-decoding (the engine process goes idle) and frees its session.
+decoding (the engine process goes idle) and frees its session; and pocketsphinx stays
+the service's default model, however the two plugins' start-ups interleave.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import psutil
 import pytest
 from audio import GOFORWARD_TEXT, flite_pcm, frames, goforward_pcm, silence, word_error_rate
@@ -218,3 +220,19 @@ def test_a_client_that_leaves_stops_the_decoding_and_frees_its_session(url, gate
     events, _ = speak(url, goforward_pcm() + silence(800), pace=4.0)
     text = " ".join(s["text"] for s in finals(events))
     assert word_error_rate(GOFORWARD_TEXT, text) <= 0.25, text
+
+
+def test_pocketsphinx_stays_the_default_realtime_model(gateway):
+    """whisper-plugin serves the realtime socket on the side: it never takes the
+    service's default from pocketsphinx-plugin, whichever plugin came up first."""
+    gateway.wait_plugin_running(name="pocketsphinx-plugin", timeout=60)
+    deadline = time.monotonic() + 30
+    rows: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        models = httpx.get(gateway.url + "/aog/v0.2/services/models", timeout=10).json()
+        rows = [r for r in models["models"] if r["service_name"] == "speech-to-text-ws"]
+        if {r["name"] for r in rows} >= {"pocketsphinx-en-us", MODEL}:
+            break
+        time.sleep(0.2)
+    defaults = {r["name"] for r in rows if r["is_default"]}
+    assert defaults == {"pocketsphinx-en-us"}, rows
