@@ -282,6 +282,18 @@ class Gateway:
         return {svc.service_name for p in self.providers.values()
                 if p.manifest.provider.type == m.PLUGIN_TYPE_LOCAL for svc in p.manifest.services}
 
+    def _primary_elsewhere(self, man: m.PluginManifest, service: str) -> bool:
+        """True when `service` is not the first one `man` declares but is another local
+        plugin's first: a plugin that serves it on the side (whisper-plugin's realtime
+        socket) never takes the default from the plugin made for it (pocketsphinx),
+        whichever of them reports its models first."""
+        if man.services and man.services[0].service_name == service:
+            return False
+        return any(p.manifest.provider.type == m.PLUGIN_TYPE_LOCAL and p.manifest.services
+                   and p.manifest.services[0].service_name == service
+                   and p.manifest.provider.name != man.provider.name
+                   for p in self.providers.values())
+
     def _service_has_default(self, service: str) -> bool:
         return any(r.is_default for r in self.store.models(service_name=service))
 
@@ -310,7 +322,8 @@ class Gateway:
                     continue  # a multi-service plugin: only the models a service declares
                 row = rows.get(name) or ModelRow(name, pname, svc.service_name, "local")
                 make_default = not self._service_has_default(svc.service_name) and \
-                    name == (svc.default_model or name)
+                    name == (svc.default_model or name) and \
+                    not self._primary_elsewhere(man, svc.service_name)
                 if row.status != ModelStatus.DOWNLOADED or row.size != info.size or make_default:
                     row.status, row.size = ModelStatus.DOWNLOADED, int(info.size)
                     row.is_default = row.is_default or make_default
