@@ -1,4 +1,9 @@
-"""What one serving process may hold open: file descriptors and client connections.
+"""Hypercorn's set-up for one serving process, and what that process may hold open:
+file descriptors and client connections.
+
+`hypercorn_config` is the one hypercorn configuration (the primary's and a worker's);
+`listen_socket` is a public listening socket, shared by every process through
+SO_REUSEPORT when there are several.
 
 A connection is a file descriptor, and so is every plugin socket, pipe, store file and
 log the gateway needs to keep working. Under the usual soft limit of 1,024 open files,
@@ -46,6 +51,8 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
+from aogstream.config import Config
+
 log = logging.getLogger("aogstream")
 
 # The most client connections one serving process takes by default (~32 KiB each per
@@ -56,6 +63,35 @@ DEFAULT_MAX_CONNECTIONS = 8192
 FD_RESERVE = 128
 # accept() failing for want of resources: wait and retry, as trio.serve_listeners does.
 ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+def hypercorn_config(cfg: Config) -> hypercorn.config.Config:
+    """The hypercorn settings every serving process uses (its binds are set by the caller)."""
+    hc = hypercorn.config.Config()
+    hc.bind = [f"{cfg.host}:{cfg.port}"]
+    hc.backlog = 2048  # hypercorn's 100 makes connection bursts wait on SYN retries
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("aogstream.http")  # not "hypercorn.error": it is no error log
+    hc.websocket_max_message_size = cfg.ws_max_message_bytes
+    hc.read_timeout = None  # a read timeout would also kill quiet SSE streams
+    hc.graceful_timeout = 3.0
+    return hc
+
+
+def listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """The public listening socket of one serving process; with several workers each
+    binds its own with SO_REUSEPORT and the kernel balances connections across them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    sock.set_inheritable(True)
+    return sock
+
 
 
 def raise_open_file_limit() -> int:
@@ -139,8 +175,9 @@ async def serve(app: Any, config: hypercorn.config.Config, max_connections: int,
     slots = trio.Semaphore(max_connections)
 
     async def handle(stream: trio.SocketStream) -> None:
-        await TCPServer(asgi, config, context,  # type: ignore[arg-type]
-                        ConnectionState(lifespan_state.copy()), stream)
+        # hypercorn annotates the stream as TLS only; its own trio serve passes plain ones
+        await TCPServer(asgi, config, context, ConnectionState(lifespan_state.copy()),
+                        stream)  # type: ignore[arg-type]
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
