@@ -61,6 +61,8 @@ DEFAULT_MAX_CONNECTIONS = 8192
 # Descriptors kept back from clients: plugin sockets and pipes, the store and its WAL,
 # logs, engine downloads. At least this many, and at least an eighth of the limit.
 FD_RESERVE = 128
+# At most this many open client connections still count as a quiet moment (`is_quiet`).
+QUIET_CONNECTIONS = 4
 # accept() failing for want of resources: wait and retry, as trio.serve_listeners does.
 ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
@@ -124,6 +126,18 @@ def connection_cap(configured: int, open_files: int) -> int:
     return max(1, min(wanted, ceiling))
 
 
+def connection_slots(cap: int) -> trio.Semaphore:
+    """The slots `serve` takes one of per client connection (`cap` from `connection_cap`)."""
+    return trio.Semaphore(cap, max_value=cap)
+
+
+def is_quiet(slots: trio.Semaphore) -> bool:
+    """True when at most `QUIET_CONNECTIONS` client connections hold a slot (an idle
+    client's keep-alive pool, a health probe): a moment for work that pauses the
+    process, such as a full garbage collection. Read now and then, never per request."""
+    return (slots.max_value or 0) - slots.value <= QUIET_CONNECTIONS
+
+
 async def _accept_loop(listener: trio.SocketListener, slots: trio.Semaphore | None,
                        handle: Callable[[trio.SocketStream], Awaitable[None]],
                        nursery: trio.Nursery) -> None:
@@ -161,18 +175,17 @@ async def _run_connection(stream: trio.SocketStream,
                 slots.release()
 
 
-async def serve(app: Any, config: hypercorn.config.Config, max_connections: int, *,
+async def serve(app: Any, config: hypercorn.config.Config, slots: trio.Semaphore, *,
                 shutdown_trigger: Callable[[], Awaitable[None]],
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-    """`hypercorn.trio.serve(app, config)` with at most `max_connections` TCP
-    connections open at once (unix-socket binds are not counted). No TLS: the gateway
-    serves plain HTTP (loopback by default)."""
+    """`hypercorn.trio.serve(app, config)` with at most as many TCP connections open at
+    once as `slots` (from `connection_slots`) holds; unix-socket binds are not counted.
+    No TLS: the gateway serves plain HTTP (loopback by default)."""
     config.set_statsd_logger_class(StatsdLogger)
     asgi = wrap_app(app, config.wsgi_max_body_size, None)
     lifespan_state: dict[str, Any] = {}
     lifespan = Lifespan(asgi, config, lifespan_state)
     context = WorkerContext(None)
-    slots = trio.Semaphore(max_connections)
 
     async def handle(stream: trio.SocketStream) -> None:
         # hypercorn annotates the stream as TLS only; its own trio serve passes plain ones

@@ -5,6 +5,7 @@ whole gateway; with more it is also the primary of the workers (`worker_pool`)."
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import trio
@@ -58,15 +59,18 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
                 hc.bind = [f"fd://{public.fileno()}", f"unix:{private}"]
                 pool = WorkerPool(gateway, count, private)
                 nursery.start_soon(pool.run)
+            slots = hypercorn_serve.connection_slots(cap)
             process_setup.tune_gc()
+            nursery.start_soon(process_setup.collect_garbage,
+                               functools.partial(hypercorn_serve.is_quiet, slots))
             nursery.start_soon(process_setup.stop_on_signal, stop)
             served = trio.Event()
 
             async def http(task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED
                            ) -> None:
                 try:
-                    await hypercorn_serve.serve(app, hc, cap, shutdown_trigger=stop.wait,
-                                       task_status=task_status)
+                    await hypercorn_serve.serve(app, hc, slots, shutdown_trigger=stop.wait,
+                                                task_status=task_status)
                 finally:
                     served.set()
 

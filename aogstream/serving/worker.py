@@ -6,6 +6,7 @@ else goes to the primary (`primary_proxy`). How the whole arrangement works: the
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -114,11 +115,14 @@ async def serve_worker(cfg: Config, index: int, link_fd: int) -> None:
             sock = hypercorn_serve.listen_socket(cfg.host, cfg.port, reuse_port=True)
             hc = hypercorn_serve.hypercorn_config(cfg)
             hc.bind = [f"fd://{sock.fileno()}"]
-            process_setup.tune_gc()
             cap = hypercorn_serve.connection_cap(cfg.max_connections,
                                                  hypercorn_serve.raise_open_file_limit())
+            slots = hypercorn_serve.connection_slots(cap)
+            process_setup.tune_gc()
+            nursery.start_soon(process_setup.collect_garbage,
+                               functools.partial(hypercorn_serve.is_quiet, slots))
             log.debug("worker %d listening (up to %d connections)", index, cap)
-            await hypercorn_serve.serve(app, hc, cap, shutdown_trigger=stop.wait)
+            await hypercorn_serve.serve(app, hc, slots, shutdown_trigger=stop.wait)
         finally:
             with trio.CancelScope(shield=True):
                 for plugin in list(follower.plugins.values()):
