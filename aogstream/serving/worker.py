@@ -50,7 +50,8 @@ class Follower:
                 return None
             self._buf += data
         line, _, self._buf = self._buf.partition(b"\n")
-        return json.loads(line)
+        view: dict[str, Any] = json.loads(line)
+        return view
 
     async def apply_next(self) -> bool:
         """Apply one view; False once the primary has gone."""
