@@ -104,7 +104,7 @@ def _openai_error(err: errors.GatewayError) -> bytes:
         kind = "invalid_request_error"
     else:
         kind = "server_error"
-    code = "model_not_found" if err.bcode == errors.MODEL_NOT_FOUND else str(err.bcode.code)
+    code = "model_not_found" if err.bcode == errors.PLUGIN_MODEL_NOT_FOUND else str(err.bcode.code)
     return json.dumps({"error": {"message": err.message, "type": kind, "code": code}},
                       ensure_ascii=False).encode()
 
@@ -325,7 +325,7 @@ class FrontDoors:
                 "owned_by": f"aogstream (the default {alias} model)"}).encode())
             return
         raise errors.GatewayError(
-            errors.MODEL_NOT_FOUND,
+            errors.PLUGIN_MODEL_NOT_FOUND,
             f"model {item!r} does not exist here; downloaded models: "
             f"{', '.join(sorted(seen)) or 'none'} (pull it first)")
 
