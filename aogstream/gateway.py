@@ -104,6 +104,9 @@ class Gateway:
         self.store_gen = 0
         self.on_change: Callable[[], None] | None = None
         self.workers_sync: Callable[[], Awaitable[None]] | None = None
+        # Host services for plugins (`host.llm_service`): the extra environment each
+        # plugin process is launched with (set by the serving process before `start`).
+        self.plugin_launch_env: Callable[[str], dict[str, str]] | None = None
         # native plugins (CLIProxyAPI's C ABI, in process): `host.native.NativePlugins`
         self.native: Any = None
 
@@ -141,9 +144,13 @@ class Gateway:
         plugin = PluginSupervisor(man, self.config, self.grpc_loop)  # type: ignore[arg-type]
         plugin.on_running = self._plugin_running
         plugin.on_change = self.notify
+        plugin.launch_env = self._launch_env
         self.plugins[plugin.name] = plugin
         self.add_provider(plugin.provider)
         return plugin
+
+    def _launch_env(self, name: str) -> dict[str, str]:
+        return self.plugin_launch_env(name) if self.plugin_launch_env is not None else {}
 
     def add_provider(self, provider: Provider) -> None:
         """Route the services of `provider.manifest` to `provider` (its owner keeps it

@@ -12,6 +12,7 @@ import trio
 
 from aogstream.config import Config, ensure_private_dir
 from aogstream.gateway import Gateway
+from aogstream.host.llm_service import PluginLlmHost
 from aogstream.http.app import build_app
 from aogstream.http.guard import Guard, describe, load_keys, policy_for
 from aogstream.rpc.bridge import GrpcLoop
@@ -45,6 +46,10 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
     private_dir = ""
     async with GrpcLoop.open() as gl, trio.open_nursery() as nursery:
         gateway = Gateway(cfg, gl)
+        # plugins' LLM access: one socket per plugin, served for as long as we run
+        llm_host = PluginLlmHost(gateway)
+        await nursery.start(llm_host.run)
+        gateway.plugin_launch_env = llm_host.env_for
         try:
             await gateway.start(nursery)
             for problem in gateway.problems:

@@ -34,6 +34,7 @@ import yaml
 from aogstream import manifest as m
 from aogstream.host.native.callbacks import HostServices
 from aogstream.host.native.plugin import NATIVE_DESC, NativePlugin, NativeProvider
+from aogstream.plugin_config import PluginConfigFile
 
 if TYPE_CHECKING:
     from aogstream.gateway import Gateway
@@ -249,7 +250,8 @@ class NativePlugins:
             host = f"[{host}]"
         self.host = HostServices(gw.config.max_body_bytes,
                                  gateway_url=f"http://{host}:{gw.config.port}",
-                                 own_models=self._own_models)
+                                 own_models=self._own_models,
+                                 trust=PluginConfigFile.in_data_dir(gw.config.data_dir))
         lock = trio.Lock()
         order = sorted((pid for pid in self.found if cfg.plugin_enabled(pid)),
                        key=lambda pid: (-cfg.priority(pid), pid))
