@@ -78,7 +78,7 @@ class Gateway:
     Routing reads an in-memory table (`_table`), rebuilt from the store after every
     write (`reload()`), so no request touches the database. `providers` are what
     routes hold (every kind, by name); `plugins` are the process plugins this process
-    supervises (the primary's; a worker's plugins are attached by `http.workers`).
+    supervises (the primary's; a worker's plugins are attached by `aogstream.serving`).
     The gateway can run without any process: `add_provider` a provider and route.
     """
 
@@ -98,7 +98,7 @@ class Gateway:
         self._models: dict[tuple[str, str], list[ModelRow]] = {}
         self._policies: dict[str, str] = {}
         self._nursery: trio.Nursery | None = None
-        # Multi-worker serving (`http.workers`): `store_gen` counts routing-table
+        # Multi-worker serving (`aogstream.serving`): `store_gen` counts routing-table
         # rebuilds, `on_change` is told (from any thread) that plugins or tables changed,
         # and `workers_sync` returns once every worker process has caught up.
         self.store_gen = 0

@@ -137,7 +137,7 @@ class PluginSupervisor:
         # called (in the plugin's nursery) each time the plugin comes up
         self.on_running: Callable[[PluginSupervisor], Awaitable[None]] | None = None
         # called (synchronously) whenever state, pid or address change, so other
-        # worker processes can follow (see `http.workers`)
+        # worker processes can follow (see `aogstream.serving`)
         self.on_change: Callable[[], None] | None = None
         # the gRPC target workers dial ("unix:/path" or "host:port"), while running
         self.address = ""
