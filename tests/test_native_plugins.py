@@ -23,7 +23,8 @@ reaches it as YAML; `host.log` lands in the gateway log with the request id;
 `host.http.do` reaches a loopback server (and is cancelled when the client leaves) and
 `host.http.do_stream` pulls a response in reads; `host.model.execute` and
 `execute_stream` reach llama.cpp (the shipped plugin and its real engine) through the
-gateway's own routing, and a plugin's own models are
+gateway's own routing when `plugins.entries.<id>.llm` grants the model override (and
+are refused, naming that key, when it does not), and a plugin's own models are
 refused to it (recursion guard); a client that leaves mid-stream stops the
 plugin's stream (the plugin's next emit is refused, which it records); each bad library
 is listed with a clear reason and the gateway keeps serving; every answer buffer goes
@@ -560,7 +561,9 @@ def llm_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     shutil.copy(BUILT / "c-test.so", native / "c-test.so")
     (work / "data" / "config.yaml").write_text(  # plugins.dir, relative to the data dir
         "plugins:\n  enabled: true\n  dir: native\n  configs:\n"
-        "    c-test:\n      enabled: true\n")
+        "    c-test:\n      enabled: true\n"
+        # naming a model in host.model.* is an override the operator grants
+        "  entries:\n    c-test:\n      llm:\n        allow_model_override: true\n")
     with shipped_plugins_gateway(work, ["llamacpp-plugin"], {"AOGSTREAM_WORKERS": "1",
                                                           "AOGSTREAM_UNARY_TIMEOUT": "170"}) as gw:
         yield gw
@@ -584,6 +587,17 @@ def test_host_model_execute_stream_is_pulled_by_the_plugin(llm_gw: Gateway) -> N
     words = "".join(json.loads(d)["choices"][0]["delta"].get("content") or ""
                     for d in datas[:-1] if json.loads(d)["choices"])
     assert words.strip(), text
+
+
+def test_host_model_execute_names_a_model_only_when_the_operator_grants_it(
+        native_gw: Gateway) -> None:
+    """The trust gate of plugin LLM access (`host.llm_gate`): native_gw's config.yaml has
+    no `plugins.entries.c-test.llm`, so a named model is refused with the key to set."""
+    out = oai(native_gw).chat.completions.create(
+        model="c-echo", messages=[{"role": "user", "content": "ask smollm2-135m-instruct"}])
+    assert out.choices[0].message.content == (
+        "refused: host.model.execute: Plugin 'c-test' cannot override the model (set "
+        "plugins.entries.c-test.llm.allow_model_override to true to allow).")
 
 
 def test_host_model_execute_refuses_the_plugins_own_models(native_gw: Gateway) -> None:

@@ -125,6 +125,7 @@ async def _run(cfg: Config, plugin_id: str, argv: list[str]) -> int:
     from aogstream.host.native.callbacks import HostServices
     from aogstream.host.native.loader import CONFIG_FILE, discover, read_config
     from aogstream.host.native.plugin import HOST_SUMMARY, NativePlugin, metadata_object
+    from aogstream.plugin_config import PluginConfigFile
 
     native = read_config(cfg.data_dir)
     if native.error:
@@ -145,7 +146,8 @@ async def _run(cfg: Config, plugin_id: str, argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     host = HostServices(cfg.max_body_bytes, gateway_url=f"http://127.0.0.1:{cfg.port}",
-                        own_models=lambda _pid: set())
+                        own_models=lambda _pid: set(),
+                        trust=PluginConfigFile.in_data_dir(cfg.data_dir))  # same LLM gate
     plugin = NativePlugin(plugin_id, found.path, native.yaml_for(plugin_id),
                           native.priority(plugin_id), host, trio.Lock())
     try:

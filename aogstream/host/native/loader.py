@@ -38,6 +38,7 @@ from aogstream.host.native import management as native_management
 from aogstream.host.native.abi import CallError
 from aogstream.host.native.callbacks import HostServices
 from aogstream.host.native.plugin import NATIVE_DESC, NativePlugin, NativeProvider
+from aogstream.plugin_config import PluginConfigFile
 
 if TYPE_CHECKING:
     from aogstream.gateway import Gateway
@@ -321,9 +322,10 @@ class NativePlugins:
                     else "127.0.0.1"
                 if ":" in host:
                     host = f"[{host}]"
-                self.host = HostServices(gw.config.max_body_bytes,
-                                         gateway_url=f"http://{host}:{gw.config.port}",
-                                         own_models=self._own_models)
+                self.host = HostServices(
+                    gw.config.max_body_bytes, gateway_url=f"http://{host}:{gw.config.port}",
+                    own_models=self._own_models,
+                    trust=PluginConfigFile.in_data_dir(gw.config.data_dir))
             for pid in sorted(want, key=lambda pid: (-cfg.priority(pid), pid)):
                 await self._apply_one(pid)
             taken: set[tuple[str, str]] = set()
