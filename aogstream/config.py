@@ -13,6 +13,8 @@ from pathlib import Path
 
 import attrs
 
+from aogstream.manifest import DEFAULT_STREAM_TIMEOUT_S, DEFAULT_UNARY_TIMEOUT_S
+
 
 def default_data_dir() -> Path:
     """`AOG_DATA_DIR`, else a per-user folder (no root needed, unlike AOG's /var/lib/aog)."""
@@ -129,8 +131,8 @@ class Config:
     # Searched in order; a plugin name found twice is a conflict (the first one wins).
     plugin_dirs: list[Path] = attrs.Factory(list)
     # AOG's policy: 60 s unary, 300 s server stream, none for bidi (None = no deadline).
-    unary_timeout: float | None = 60.0
-    stream_timeout: float | None = 300.0
+    unary_timeout: float | None = float(DEFAULT_UNARY_TIMEOUT_S)
+    stream_timeout: float | None = float(DEFAULT_STREAM_TIMEOUT_S)
     max_body_bytes: int = 16 * 1024 * 1024
     ws_max_message_bytes: int = 10 * 1024 * 1024
     # Open WebSocket sessions per service in each serving process (0 = no cap); see
@@ -180,8 +182,8 @@ class Config:
         cfg = cls(
             host=os.environ.get("AOGSTREAM_HOST", "127.0.0.1"),
             port=_env_int("AOGSTREAM_PORT", 16688),
-            unary_timeout=_env_float("AOGSTREAM_UNARY_TIMEOUT", 60.0),
-            stream_timeout=_env_float("AOGSTREAM_STREAM_TIMEOUT", 300.0),
+            unary_timeout=_env_float("AOGSTREAM_UNARY_TIMEOUT", DEFAULT_UNARY_TIMEOUT_S),
+            stream_timeout=_env_float("AOGSTREAM_STREAM_TIMEOUT", DEFAULT_STREAM_TIMEOUT_S),
             max_body_bytes=_env_int("AOGSTREAM_MAX_BODY_BYTES", 16 * 1024 * 1024),
             body_timeout=_env_float("AOGSTREAM_BODY_TIMEOUT", 30.0),
             max_connections=_env_int("AOGSTREAM_MAX_CONNECTIONS", 0),

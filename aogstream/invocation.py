@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 import attrs
 import trio
 
-from aogstream import errors
+from aogstream import errors, manifest
 
 if TYPE_CHECKING:
     from aogstream import manifest as m
@@ -68,11 +68,12 @@ class TimeoutPolicy:
     """AOG's timeout rules, with the defaults configurable (tests shrink them).
 
     A service's manifest `timeout`: unset/0 → the default for the mode; N > 0 → N
-    seconds; N < 0 → no deadline. Bidirectional sessions never get a deadline.
+    seconds; N < 0 → no deadline. Bidirectional sessions never get a deadline. This is
+    the one place the rule lives; the defaults are AOG's (`manifest.DEFAULT_*_TIMEOUT_S`).
     """
 
-    unary: float | None = 60.0
-    stream: float | None = 300.0
+    unary: float | None = float(manifest.DEFAULT_UNARY_TIMEOUT_S)
+    stream: float | None = float(manifest.DEFAULT_STREAM_TIMEOUT_S)
 
     def for_call(self, mode: Mode, manifest_timeout: int | None) -> float | None:
         if mode is Mode.BIDI:

@@ -985,20 +985,6 @@ class ServiceDef(_Wire):
             return INVOKE_MODE_STREAMING
         return INVOKE_MODE_UNARY
 
-    def effective_timeout(self, mode: str) -> float | None:
-        """Deadline in seconds AOG applies to one call in ``mode``; None means no deadline.
-
-        Unset (0) gives 60 s unary / 300 s streaming; N > 0 gives N; N < 0 and any
-        bidirectional call have no deadline.
-        """
-        if mode == INVOKE_MODE_BIDIRECTIONAL or self.timeout < 0:
-            return None
-        if self.timeout > 0:
-            return float(self.timeout)
-        if mode == INVOKE_MODE_STREAMING:
-            return float(DEFAULT_STREAM_TIMEOUT_S)
-        return float(DEFAULT_UNARY_TIMEOUT_S)
-
 
 @attrs.define
 class PlatformConfig(_Wire):

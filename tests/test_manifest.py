@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from aogstream import manifest as m
+from aogstream.invocation import Mode, TimeoutPolicy
 
 # The local-plugin example of the AOG plugin guide, plus the config_ref AOG requires.
 GUIDE_EXAMPLE = """\
@@ -435,18 +436,19 @@ def test_capability_helpers(protocol, expose, streaming, bidi, want_stream, want
 @pytest.mark.parametrize(
     ("timeout", "mode", "want"),
     [
-        (0, "unary", 60.0),
-        (0, "streaming", 300.0),
-        (0, "bidirectional", None),
-        (30, "unary", 30.0),
-        (30, "streaming", 30.0),
-        (30, "bidirectional", None),
-        (-1, "unary", None),
-        (-1, "streaming", None),
+        (0, Mode.UNARY, 60.0),
+        (0, Mode.STREAM, 300.0),
+        (0, Mode.BIDI, None),
+        (30, Mode.UNARY, 30.0),
+        (30, Mode.STREAM, 30.0),
+        (30, Mode.BIDI, None),
+        (-1, Mode.UNARY, None),
+        (-1, Mode.STREAM, None),
     ],
 )
-def test_effective_timeout(timeout, mode, want):
-    assert m.ServiceDef(timeout=timeout).effective_timeout(mode) == want
+def test_a_services_timeout_gives_aogs_deadline_for_each_mode(timeout, mode, want):
+    """The one timeout rule (`invocation.TimeoutPolicy`) with AOG's defaults."""
+    assert TimeoutPolicy().for_call(mode, timeout) == want
 
 
 def test_get_platform_config_hit_and_miss(tmp_path):
