@@ -157,7 +157,6 @@ __all__ = [
     "ServiceCapabilities",
     "ServiceDef",
     "ServiceNotFoundError",
-    "StreamChunk",
     "UnloadModelRequest",
     "current_platform",
     "default_aog_data_dir",
@@ -880,16 +879,6 @@ class RecommendModelData(_Wire):
     tools: bool = attrs.field(default=False, metadata=_wire(_BOOL))
     context: float = attrs.field(default=0.0, metadata=_wire(_FLOAT))
     created_at: LocalTime = attrs.field(default="", metadata=_wire(_STR))
-
-
-@attrs.define
-class StreamChunk:
-    """One chunk of a streamed response (SSE / NDJSON). In-process only: no JSON form."""
-
-    data: bytes = b""
-    error: BaseException | None = None
-    is_final: bool = False
-    metadata: dict[str, str] = attrs.field(factory=dict)
 
 
 @attrs.define(str=False)
