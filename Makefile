@@ -10,7 +10,7 @@ PORT     ?= 16688
 # Engines and models of the shipped local plugins used by the tests (kept between runs).
 TEST_ENGINES ?= $(CURDIR)/.cache/engines
 
-.PHONY: run test setup sysdeps go-interop engines test-engines proto lint typecheck bench bench-full bench-setup clean
+.PHONY: run test setup sysdeps go-interop native-plugins engines test-engines proto lint typecheck bench bench-full bench-setup clean
 
 $(STAMP): pyproject.toml
 	@echo "==> creating the environment in $(VENV) with $(PYTHON)"
@@ -46,7 +46,11 @@ run: setup engines
 	@echo "==> starting aogstream on http://$(HOST):$(PORT) with the plugins in ./plugins"
 	@$(VPY) -m aogstream server start --host $(HOST) --port $(PORT)
 
-test: setup sysdeps go-interop test-engines
+# The native (CLIProxyAPI C ABI) test plugins, compiled with gcc into .cache/native-plugins.
+native-plugins: sysdeps
+	@tools/build-native-plugins.sh
+
+test: setup sysdeps go-interop native-plugins test-engines
 	@$(VPY) -m ruff check .
 	@$(MAKE) --no-print-directory typecheck
 	@AOGSTREAM_TEST_ENGINE_DIR=$(TEST_ENGINES) $(VPY) -m pytest -q

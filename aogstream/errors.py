@@ -21,8 +21,39 @@ class Bcode:
     code: int
 
 
+# The one table of business codes, by AOG's families (its internal/utils/bcode). A code
+# that shows with more than one HTTP status (40002, 100004) is kept as AOG answers it.
+
+# 10000 service
+SERVICE_OK = Bcode(200, 10000)
+BAD_REQUEST = Bcode(400, 10001)  # the service family's "bad request", used by every route
+SERVICE_INSTALL_ENGINE = Bcode(500, 10003)
+SERVICE_START_ENGINE = Bcode(500, 10004)
+SERVICE_PULL_MODEL = Bcode(500, 10006)
+SERVICE_PROVIDER_EXISTS = Bcode(409, 10009)
 SERVICE_NOT_FOUND = Bcode(404, 10011)
-BAD_REQUEST = Bcode(400, 10001)
+SERVICE_VERSION = Bcode(422, 10014)
+SERVICE_UNSUPPORTED = Bcode(400, 10015)
+SERVICE_POLICY = Bcode(400, 10016)
+SERVICE_AUTH_TYPE = Bcode(400, 10018)
+
+# 20000 service provider
+PROVIDER_OK = Bcode(200, 20000)
+PROVIDER_BAD = Bcode(400, 20001)
+PROVIDER_NOT_FOUND = Bcode(404, 20002)  # AOG: "provider invalid"
+PROVIDER_UNAVAILABLE = Bcode(400, 20003)
+PROVIDER_AUTH_LOST = Bcode(400, 20006)
+PROVIDER_BAD_URL = Bcode(400, 20007)
+PROVIDER_CANNOT_DELETE = Bcode(400, 20008)
+
+# 30000 model (the gateway's own records: rows, pulls)
+MODEL_OK = Bcode(200, 30000)
+MODEL_BAD = Bcode(400, 30001)
+MODEL_BUSY = Bcode(409, 30002)
+MODEL_NOT_FOUND = Bcode(404, 30003)
+MODEL_ENGINE_DELETE = Bcode(500, 30006)
+
+# 40000 task (one call through a service)
 NO_TARGET_PROVIDER = Bcode(404, 40001)
 READ_BODY = Bcode(400, 40002)
 BODY_TOO_LARGE = Bcode(413, 40002)
@@ -30,22 +61,38 @@ BODY_TIMEOUT = Bcode(408, 40002)
 BAD_JSON = Bcode(400, 40003)
 UNSUPPORTED_MEDIA = Bcode(415, 40004)
 METHOD_NOT_ALLOWED = Bcode(405, 40005)
-WS_MESSAGE_FORMAT = Bcode(400, 40042)
 INVOKE_FAILED = Bcode(502, 40017)
+HOST_REFUSED = Bcode(403, 40030)
+ORIGIN_REFUSED = Bcode(403, 40031)
+KEY_REQUIRED = Bcode(401, 40032)
+WS_MESSAGE_FORMAT = Bcode(400, 40042)
 TASK_FAILED = Bcode(500, 40071)
+
+# 100000 plugin (management of plugins, and what a plugin answered)
+PLUGIN_OK = Bcode(200, 100000)
 PLUGIN_NOT_FOUND = Bcode(404, 100001)
+PLUGIN_LOAD_FAILED = Bcode(500, 100002)
 PLUGIN_NOT_RUNNING = Bcode(503, 100003)
+PLUGIN_INVALID = Bcode(400, 100004)
+PLUGIN_CONFLICT = Bcode(409, 100004)
 PLUGIN_TIMEOUT = Bcode(504, 100005)
 PLUGIN_UNAVAILABLE = Bcode(503, 100006)
 PLUGIN_AUTH_FAILED = Bcode(401, 100102)
 ENGINE_NOT_INSTALLED = Bcode(412, 100201)
 ENGINE_NOT_RUNNING = Bcode(503, 100205)
-MODEL_NOT_FOUND = Bcode(404, 100301)
+PLUGIN_MODEL_NOT_FOUND = Bcode(404, 100301)  # the plugin does not have the model
 PLUGIN_SERVICE_ERROR = Bcode(502, 100401)
 PLUGIN_NOT_IMPLEMENTED = Bcode(501, 100402)
 PLUGIN_BAD_REQUEST = Bcode(400, 100403)
 PLUGIN_INTERNAL = Bcode(500, 100404)
 
+SUCCESS_MESSAGES: dict[int, str] = {
+    SERVICE_OK.code: "service interface call success",
+    PROVIDER_OK.code: "service provider interface call success",
+    MODEL_OK.code: "model interface call success",
+    PLUGIN_OK.code: "Plugin operation success",
+}
+"""The message of a management call's success envelope, by family."""
 
 # An absolute path not preceded by a word character (so `a/b` in an expression, or a
 # URL path after a host name, is left alone): its folders are dropped, its name kept.
@@ -89,7 +136,7 @@ def from_plugin_code(code: int, message: str, plugin: str) -> GatewayError:
         if 2000 <= code < 3000:
             bc = ENGINE_NOT_RUNNING
         elif 3000 <= code < 4000:
-            bc = MODEL_NOT_FOUND if code == 3000 else PLUGIN_SERVICE_ERROR
+            bc = PLUGIN_MODEL_NOT_FOUND if code == 3000 else PLUGIN_SERVICE_ERROR
         else:
             bc = PLUGIN_SERVICE_ERROR
     text = message or "the plugin reported an error without a message"
@@ -98,7 +145,7 @@ def from_plugin_code(code: int, message: str, plugin: str) -> GatewayError:
 
 _PLUGIN_CODES: dict[int, Bcode] = {
     2: PLUGIN_BAD_REQUEST, 400: PLUGIN_BAD_REQUEST, 4003: PLUGIN_BAD_REQUEST,
-    3: MODEL_NOT_FOUND, 404: MODEL_NOT_FOUND, 4000: SERVICE_NOT_FOUND,
+    3: PLUGIN_MODEL_NOT_FOUND, 404: PLUGIN_MODEL_NOT_FOUND, 4000: SERVICE_NOT_FOUND,
     5: PLUGIN_AUTH_FAILED, 14: PLUGIN_AUTH_FAILED, 401: PLUGIN_AUTH_FAILED,
     7: ENGINE_NOT_INSTALLED, 412: ENGINE_NOT_INSTALLED, 2001: ENGINE_NOT_INSTALLED,
     10: PLUGIN_NOT_IMPLEMENTED, 501: PLUGIN_NOT_IMPLEMENTED,

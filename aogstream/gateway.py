@@ -27,9 +27,17 @@ from aogstream import errors
 from aogstream import manifest as m
 from aogstream.config import Config
 from aogstream.host.process import PluginSupervisor, discover
-from aogstream.invocation import Invocation, Mode, Provider, TimeoutPolicy, open_invocation
+from aogstream.invocation import (
+    Invocation,
+    Mode,
+    PluginState,
+    Provider,
+    TimeoutPolicy,
+    open_invocation,
+)
 from aogstream.rpc.bridge import GrpcLoop
 from aogstream.store import HYBRID_POLICIES, ModelRow, ProviderRow, Service, SQLiteStore, Store
+from aogstream.store.base import ModelStatus
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +104,8 @@ class Gateway:
         self.store_gen = 0
         self.on_change: Callable[[], None] | None = None
         self.workers_sync: Callable[[], Awaitable[None]] | None = None
+        # native plugins (CLIProxyAPI's C ABI, in process): `host.native.NativePlugins`
+        self.native: Any = None
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Discover plugins, register their providers, and launch the enabled ones
@@ -105,6 +115,8 @@ class Gateway:
         manifests, self.problems = discover(self.plugin_search_dirs())
         for man in manifests:
             self.add_plugin(man)
+        await self.start_native()
+        await trio.to_thread.run_sync(self.native.prune_store)
         await self.register()
         async with trio.open_nursery() as starting:
             for plugin in self.plugins.values():
@@ -114,6 +126,14 @@ class Gateway:
                     self.set_routable(plugin.name, False)
         log.info("providers: %s", ", ".join(
             f"{p.name}={p.state}" for p in self.providers.values()) or "none found")
+
+    async def start_native(self) -> None:
+        """Load the native plugins `<data dir>/config.yaml` enables and route to them
+        (every serving process loads its own: they run in process)."""
+        from aogstream.host.native.loader import NativePlugins
+
+        self.native = NativePlugins(self)
+        await self.native.start()
 
     def add_plugin(self, man: m.PluginManifest) -> PluginSupervisor:
         """Supervise the process plugin of `man` (launched by `start` or `launch`) and
@@ -202,6 +222,8 @@ class Gateway:
         async with trio.open_nursery() as n:
             for plugin in self.plugins.values():
                 n.start_soon(plugin.stop)
+        if self.native is not None:
+            await self.native.stop()
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self.store.close)
 
@@ -282,12 +304,12 @@ class Gateway:
                 row = rows.get(name) or ModelRow(name, pname, svc.service_name, "local")
                 make_default = not self._service_has_default(svc.service_name) and \
                     name == (svc.default_model or name)
-                if row.status != "downloaded" or row.size != info.size or make_default:
-                    row.status, row.size = "downloaded", int(info.size)
+                if row.status != ModelStatus.DOWNLOADED or row.size != info.size or make_default:
+                    row.status, row.size = ModelStatus.DOWNLOADED, int(info.size)
                     row.is_default = row.is_default or make_default
                     self.store.put_model(row)
             for name, row in rows.items():
-                if name not in have and row.status == "downloaded":
+                if name not in have and row.status == ModelStatus.DOWNLOADED:
                     self.store.delete_model(pname, name)
         self._rebuild()
 
@@ -297,7 +319,7 @@ class Gateway:
             table.setdefault(p.service_name, []).append(p)
         models: dict[tuple[str, str], list[ModelRow]] = {}
         for r in self.store.models():
-            if r.status == "downloaded":
+            if r.status == ModelStatus.DOWNLOADED:
                 models.setdefault((r.service_name, r.model_name), []).append(r)
         self._table, self._models = table, models
         self._policies = {s.service_name: s.hybrid_policy for s in self.store.services()}
@@ -370,7 +392,7 @@ class Gateway:
                 offered = sorted({mr.model_name for (svc, _), rs in self._models.items()
                                   if svc == service for mr in rs})
                 raise errors.GatewayError(
-                    errors.MODEL_NOT_FOUND,
+                    errors.PLUGIN_MODEL_NOT_FOUND,
                     f"model {model!r} is not available for {service!r}; downloaded models: "
                     f"{', '.join(offered) or 'none'} (pull it first)")
         else:
@@ -402,7 +424,7 @@ class Gateway:
                             p.manifest.provider.type)
                       for side in sides for p, d in candidates if p.manifest.provider.type == side]
         # a running plugin before one that is restarting or stopped, keeping the order
-        routes.sort(key=lambda rt: rt.provider.state != "running")
+        routes.sort(key=lambda rt: rt.provider.state != PluginState.RUNNING)
         if not routes:  # always_local, and only remote providers qualify
             raise errors.GatewayError(
                 errors.SERVICE_NOT_FOUND,

@@ -35,6 +35,19 @@ RESPONSE_BUFFER = 16
 REQUEST_BUFFER = 16
 
 
+class PluginState(enum.StrEnum):
+    """Where a provider is in its life (`Provider.state`): only RUNNING serves. A process
+    plugin goes STARTING → RUNNING, RESTARTING after a crash, STOPPED when asked, FAILED
+    when it gave up. UNLOADED is a listing's word for a plugin folder not yet loaded."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    UNLOADED = "unloaded"
+
+
 class Mode(enum.StrEnum):
     UNARY = "unary"
     STREAM = "stream"
@@ -112,7 +125,7 @@ class Provider(Protocol):
     @property
     def state(self) -> str:
         """Whether it can serve now: "running"; else "starting", "restarting",
-        "stopped" or "failed" (routing tries running providers first)."""
+        "stopped" or "failed" (a `PluginState`; routing tries running providers first)."""
         ...
 
     async def serve(self, inv: Invocation) -> None:

@@ -22,8 +22,9 @@ from typing import Any
 
 from aogstream import SPEC_VERSION
 from aogstream.gateway import Gateway
+from aogstream.invocation import PluginState
 from aogstream.store import ModelRow, ProviderRow, Service
-from aogstream.store.base import SERVICE_AVAILABLE, SERVICE_NOT_INSTALLED
+from aogstream.store.base import SERVICE_AVAILABLE, SERVICE_NOT_INSTALLED, ModelStatus
 
 SERVING, NEEDS_KEY, DOWN, NOT_INSTALLED = "serving", "needs a key", "down", "not installed"
 PROVIDER_HEALTHY, PROVIDER_UNHEALTHY = 1, 0
@@ -37,7 +38,7 @@ def provider_state(gw: Gateway, row: ProviderRow) -> tuple[str, str]:
                       "install that plugin")
     if not gw.routable(plugin.name):
         return DOWN, f"plugin {plugin.name} is disabled; POST /aog/{SPEC_VERSION}/plugin/enable"
-    if plugin.state != "running":
+    if plugin.state != PluginState.RUNNING:
         why = f": {plugin.last_error}" if plugin.last_error else ""
         return DOWN, f"plugin {plugin.name} is {plugin.state}{why}"
     if row.auth_type not in ("", "none") and not row.auth_key:
@@ -86,7 +87,7 @@ def model_public(gw: Gateway, row: ModelRow, providers: dict[str, ProviderRow]) 
     (a cloud model is "downloaded" as AOG has it, but not usable without a key)."""
     item = row.public()
     provider = providers.get(row.provider_name)
-    if row.status != "downloaded":
+    if row.status != ModelStatus.DOWNLOADED:
         item["state"], item["reason"] = row.status, ""
     elif provider is None:
         item["state"], item["reason"] = DOWN, f"provider {row.provider_name} no longer exists"

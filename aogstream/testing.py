@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aogstream import errors
 from aogstream import manifest as m
-from aogstream.invocation import Invocation
+from aogstream.invocation import Invocation, PluginState
 
 Handler = Callable[[Invocation], Awaitable[None]]
 
@@ -43,7 +43,7 @@ class FunctionProvider:
         self.handler = handler
         self.manifest = service_manifest(name, services, type=type, models=models,
                                          timeout=timeout)
-        self.state = "running"
+        self.state: str = PluginState.RUNNING
         self.calls = 0  # how many invocations reached it
 
     async def serve(self, inv: Invocation) -> None:
@@ -52,7 +52,7 @@ class FunctionProvider:
         await self.handler(inv)
 
     async def health(self, timeout: float | None = 5.0) -> None:
-        if self.state != "running":
+        if self.state != PluginState.RUNNING:
             raise errors.GatewayError(errors.PLUGIN_NOT_RUNNING,
                                       f"provider {self.name} is {self.state}")
 

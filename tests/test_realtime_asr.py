@@ -195,3 +195,48 @@ def test_a_model_that_is_not_pulled_fails_the_task_saying_how_to_pull_it(gateway
         while not names or names[-1] not in ("task-finished", "task-failed"):
             names.append(json.loads(ws.recv(timeout=15))["header"]["event"])
         assert names[-1] == "task-finished", names
+
+
+def test_an_aog_model_name_that_is_not_installed_is_a_model_error_naming_the_installed(
+        gateway_url):
+    """AOG's clients name catalogue models with a "/" (an OpenVINO repository name):
+    the answer is MODEL_ERROR listing what is installed, not a plugin's SERVER_ERROR."""
+    with connect(gateway_url, open_timeout=10) as ws:
+        task = json.loads(run_task())
+        task["model"] = "NamoLi/whisper-large-v3-ov"
+        ws.send(json.dumps(task))
+        ev = json.loads(ws.recv(timeout=20))
+        assert ev["header"]["event"] == "task-failed", ev
+        assert ev["header"]["error_code"] == "MODEL_ERROR", ev
+        message = ev["header"]["error_message"]
+        assert "NamoLi/whisper-large-v3-ov" in message, message
+        assert "pocketsphinx-en-us" in message, message
+
+
+def test_finish_task_after_task_failed_gets_an_answer_and_the_socket_goes_on(gateway_url):
+    """A client that streams its audio and sends finish-task after its task failed (as
+    AOG's clients do, waiting for an answer to finish-task) gets a task-failed that
+    restates why, not silence and not one error per late audio frame; the next
+    run-task on the same socket works."""
+    with connect(gateway_url, open_timeout=10) as ws:
+        task = json.loads(run_task())
+        task["model"] = "no-such/model"
+        ws.send(json.dumps(task))
+        first = json.loads(ws.recv(timeout=20))
+        assert first["header"]["event"] == "task-failed", first
+        for f in frames(goforward_pcm()[:32000], 100):  # the rest of the failed task's audio
+            ws.send(f)
+        ws.send(FINISH)
+        again = json.loads(ws.recv(timeout=20))
+        assert again["header"]["event"] == "task-failed", again
+        assert again["header"]["error_code"] == "MODEL_ERROR", again
+        assert "already failed" in again["header"]["error_message"], again
+        ws.send(run_task())
+        assert json.loads(ws.recv(timeout=20))["header"]["event"] == "task-started"
+        for f in frames(goforward_pcm(), 100):
+            ws.send(f)
+        ws.send(FINISH)
+        names = []
+        while not names or names[-1] not in ("task-finished", "task-failed"):
+            names.append(json.loads(ws.recv(timeout=30))["header"]["event"])
+        assert names[-1] == "task-finished", names

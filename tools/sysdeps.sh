@@ -9,6 +9,8 @@ set -e
 need=""
 [ -f /usr/share/pocketsphinx/test/data/goforward.raw ] || need="$need pocketsphinx-testdata"
 command -v flite >/dev/null 2>&1 || need="$need flite"
+# the native plugin tests compile a C plugin (tools/build-native-plugins.sh)
+command -v gcc >/dev/null 2>&1 || need="$need gcc libc6-dev"
 for p in golang-go golang-github-hashicorp-go-plugin-dev golang-google-grpc-dev \
          golang-google-protobuf-dev golang-github-hashicorp-go-hclog-dev protobuf-compiler \
          protoc-gen-go protoc-gen-go-grpc golang-github-golang-protobuf-1-5-dev; do

@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from aogstream import safejson
+from aogstream import errors, safejson
 from aogstream.bidi.relay import send_frame
 from aogstream.bidi.socket import AsgiWebSocket, Disconnected
 from aogstream.gateway import Gateway, Route
@@ -102,8 +102,12 @@ class RealtimeSession:
         self.route = route
         self.conn_id = conn_id
         self.max_frame = max_frame
+        # how the last task failed, if it did: answers a finish-task sent after it
+        self.last_failure: tuple[str, str] | None = None
 
-    async def fail(self, code: str, message: str) -> None:
+    async def fail(self, code: str, message: str, *, ends_task: bool = False) -> None:
+        if ends_task:
+            self.last_failure = (code, message)
         await self.ws.send_text(event("task-failed", self.conn_id, error_code=code,
                                       error_message=message))
 
@@ -129,6 +133,13 @@ class RealtimeSession:
                     await self._run_task(run)
                     if self.ws.closed:
                         return
+                elif action == "finish-task" and self.last_failure is not None:
+                    # the task this finish-task was meant for had already failed: say
+                    # so again, so a client that waits for an answer to finish-task
+                    # (as AOG's clients do) is never left waiting
+                    code, why = self.last_failure
+                    await self.fail(code, f"the task had already failed: {why}",
+                                    ends_task=True)
                 elif action == "finish-task":
                     await self.fail(CLIENT_ERROR, "finish-task without a running task; "
                                     "send run-task first")
@@ -140,8 +151,10 @@ class RealtimeSession:
 
     async def _parse_control(self, msg: str | bytes) -> dict[str, Any] | None:
         if isinstance(msg, bytes):
-            await self.fail(CLIENT_ERROR, "audio arrived before run-task; send a run-task "
-                            "text frame first")
+            if self.last_failure is None:
+                await self.fail(CLIENT_ERROR, "audio arrived before run-task; send a "
+                                "run-task text frame first")
+            # else: the rest of a failed task's audio, already answered by its task-failed
             return None
         try:
             return safejson.loads_object(msg, "the text frame")
@@ -151,11 +164,23 @@ class RealtimeSession:
             return None
 
     async def _run_task(self, run: dict[str, Any]) -> None:
+        self.last_failure = None
         try:
             meta = task_parameters(run, self.route.definition.default_model)
         except BadTask as exc:
-            await self.fail(CLIENT_ERROR, f"run-task refused: {exc}")
+            await self.fail(CLIENT_ERROR, f"run-task refused: {exc}", ends_task=True)
             return
+        named = run.get("model") or (run.get("parameters") or {}).get("model")
+        if named:
+            # AOG's clients name models the way AOG's catalogue does (with a "/", e.g.
+            # an OpenVINO repository name): one that is not installed here is the
+            # client's model choice, answered as MODEL_ERROR listing what is installed,
+            # never a plugin's "invalid name" reported as SERVER_ERROR
+            try:
+                self.route = self.gateway.route(self.route.service, {"model": named})
+            except errors.GatewayError as exc:
+                await self.fail(MODEL_ERROR, exc.message, ends_task=True)
+                return
         meta["ws_conn_id"] = self.conn_id
         run["task_id"] = self.conn_id
         run.setdefault("task", SERVICE)
@@ -178,6 +203,7 @@ class RealtimeSession:
                         upstream.cancel()
                         await upstream_done.wait()
                         await send_frame(self.ws, frame)
+                        self.last_failure = _failure_of(frame.data)
                         finished = True
                         break
                     await send_frame(self.ws, frame)
@@ -185,10 +211,10 @@ class RealtimeSession:
             if self.ws.closed:
                 return
             if inv.error is not None:
-                await self.fail(SERVER_ERROR, inv.error.message)
+                await self.fail(SERVER_ERROR, inv.error.message, ends_task=True)
             elif not finished:
                 await self.fail(SERVER_ERROR, f"{self.route.provider.name} ended the session "
-                                "without task-finished")
+                                "without task-finished", ends_task=True)
 
     async def _upstream(self, inv: Invocation, scope: trio.CancelScope,
                         reading: trio.CancelScope, done: trio.Event) -> None:
@@ -226,6 +252,18 @@ class RealtimeSession:
                                 "send finish-task first")
             else:
                 await self.fail(CLIENT_ERROR, f"unknown action {short(action)}")
+
+
+def _failure_of(data: bytes) -> tuple[str, str] | None:
+    """(error_code, error_message) of a plugin's task-failed event, else None."""
+    try:
+        header = json.loads(data).get("header", {})
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(header, dict) or header.get("event") != "task-failed":
+        return None
+    return (str(header.get("error_code") or SERVER_ERROR),
+            str(header.get("error_message") or "the task failed"))
 
 
 def _event_name(data: bytes) -> str:

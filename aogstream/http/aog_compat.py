@@ -21,9 +21,11 @@ import trio
 from quart import jsonify, request
 from quart_trio import QuartTrio
 
-from aogstream import AOG_VERSION, SPEC_VERSION, __version__
+from aogstream import AOG_VERSION, SPEC_VERSION, __version__, errors
 from aogstream import manifest as m
 from aogstream.gateway import Gateway
+from aogstream.invocation import PluginState
+from aogstream.store.base import ModelStatus
 
 BASE = f"/aog/{SPEC_VERSION}"
 UP, DOWN, NOT_FOUND = "UP", "DOWN", "NOT_FOUND"
@@ -49,7 +51,7 @@ def _asked_engines(gateway: Gateway) -> tuple[dict[str, Any], list[str]]:
 def engine_health(gateway: Gateway) -> dict[str, str]:
     engines, asked = _asked_engines(gateway)
     return {name: (NOT_FOUND if name not in engines
-                   else UP if engines[name].state == "running" else DOWN)
+                   else UP if engines[name].state == PluginState.RUNNING else DOWN)
             for name in asked}
 
 
@@ -63,7 +65,7 @@ def model_list(gateway: Gateway) -> dict[str, Any]:
     downloaded models, in AOG's (Ollama-like) shape `{"models": [...]}`."""
     out = []
     for row in gateway.store.models():
-        if row.status != "downloaded":
+        if row.status != ModelStatus.DOWNLOADED:
             continue
         out.append({"name": row.model_name, "model": row.model_name,
                     "modified_at": _rfc3339(row.updated_at), "size": row.size, "digest": "",
@@ -110,7 +112,7 @@ def register_aog_compat(app: QuartTrio, gateway: Gateway) -> None:
         return jsonify(_envelope(90000, "control panel interface call success", {
             "services": services,
             "engines": engine_health(gateway),
-            "model_count": sum(1 for r in models if r.status == "downloaded"),
+            "model_count": sum(1 for r in models if r.status == ModelStatus.DOWNLOADED),
             "plugin_count": len(gateway.plugins)}))
 
     @app.get(f"{BASE}/control_panel/modellist")
@@ -136,10 +138,10 @@ def register_aog_compat(app: QuartTrio, gateway: Gateway) -> None:
         def write() -> str:
             rows = gateway.store.models(service_name=names["service_name"])
             mine = [r for r in rows if r.provider_name == names["provider_name"]
-                    and r.model_name == names["model_name"] and r.status == "downloaded"]
+                    and r.model_name == names["model_name"] and r.status == ModelStatus.DOWNLOADED]
             if not mine:
                 have = sorted(f"{r.provider_name}/{r.model_name}" for r in rows
-                              if r.status == "downloaded")
+                              if r.status == ModelStatus.DOWNLOADED)
                 return (f"no downloaded model {names['model_name']!r} of provider "
                         f"{names['provider_name']!r} for {names['service_name']!r}; "
                         f"downloaded: {', '.join(have) or 'none'}")
@@ -157,7 +159,7 @@ def register_aog_compat(app: QuartTrio, gateway: Gateway) -> None:
 
         problem = await trio.to_thread.run_sync(write)
         if problem:
-            return jsonify(_envelope(30003, problem)), 404
+            return jsonify(_envelope(errors.MODEL_NOT_FOUND.code, problem)), 404
         await gateway.reload()
         return jsonify(_envelope(90000, "control panel interface call success"))
 

@@ -27,7 +27,8 @@ def _openai_error(err: errors.GatewayError) -> bytes:
         kind = "invalid_request_error"
     else:
         kind = "server_error"
-    code = "model_not_found" if err.bcode == errors.MODEL_NOT_FOUND else str(err.bcode.code)
+    code = "model_not_found" if err.bcode == errors.PLUGIN_MODEL_NOT_FOUND \
+        else str(err.bcode.code)
     return json.dumps({"error": {"message": err.message, "type": kind, "code": code}},
                       ensure_ascii=False).encode()
 

@@ -201,7 +201,7 @@ class FrontDoors:
                 "owned_by": f"aogstream (the default {alias} model)"}).encode())
             return
         raise errors.GatewayError(
-            errors.MODEL_NOT_FOUND,
+            errors.PLUGIN_MODEL_NOT_FOUND,
             f"model {item!r} does not exist here; downloaded models: "
             f"{', '.join(sorted(seen)) or 'none'} (pull it first)")
 

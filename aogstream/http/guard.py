@@ -61,10 +61,6 @@ BASE = f"/aog/{SPEC_VERSION}"
 SERVICES_PREFIX = f"{BASE}/services/"
 PUBLIC_PATHS = frozenset({"/", "/health", "/version", f"{BASE}/health", f"{BASE}/version"})
 
-HOST_REFUSED = errors.Bcode(403, 40030)
-ORIGIN_REFUSED = errors.Bcode(403, 40031)
-KEY_REQUIRED = errors.Bcode(401, 40032)
-
 LOG_EVERY = 10.0
 CORS_METHODS = b"GET, POST, OPTIONS"
 CORS_MAX_AGE = b"600"
@@ -251,7 +247,7 @@ def decide(policy: Policy, req: Request) -> Decision:
     if req.host is not None and not host_header_ok(policy, req.host):
         hp = split_host(req.host)
         name = hp[0] if hp else req.host
-        return Decision(403, HOST_REFUSED, (
+        return Decision(403, errors.HOST_REFUSED, (
             f"Host {_short(req.host)!r} is not a name of this gateway (refused to stop "
             f"DNS rebinding); if clients really reach it by that name, allow it with "
             f"AOGSTREAM_ALLOWED_HOSTS={_short(name)} or `server start --allowed-host "
@@ -268,10 +264,10 @@ def decide(policy: Policy, req: Request) -> Decision:
             return Decision(preflight=True, cors_origin=cors)
         if origin is not None and kind == "management" \
                 and normalise_origin(origin) in policy.cors_origins:
-            return Decision(403, ORIGIN_REFUSED, (
+            return Decision(403, errors.ORIGIN_REFUSED, (
                 f"management routes are never open to other origins ({_short(origin)} is "
                 f"listed for the service routes only); use the CLI or a server-side client"))
-        return Decision(403, ORIGIN_REFUSED, (
+        return Decision(403, errors.ORIGIN_REFUSED, (
             f"cross-origin requests from {_short(origin or 'this page')} are not allowed; "
             f"the operator can allow an origin for the service routes with "
             f"AOGSTREAM_CORS_ORIGINS=<scheme://host:port>"))
@@ -279,16 +275,16 @@ def decide(policy: Policy, req: Request) -> Decision:
         site = (req.fetch_site or "").strip().lower()
         if origin is not None:
             if origin.strip().lower() == "null":
-                return Decision(403, ORIGIN_REFUSED, (
+                return Decision(403, errors.ORIGIN_REFUSED, (
                     "requests with Origin: null (sandboxed pages, file: URLs) are refused; "
                     "call the gateway from a server-side client or an allowed origin"))
             if not same_origin(origin, req.host):
-                return Decision(403, ORIGIN_REFUSED, _foreign(origin, kind))
+                return Decision(403, errors.ORIGIN_REFUSED, _foreign(origin, kind))
         if site in ("cross-site", "same-site"):
-            return Decision(403, ORIGIN_REFUSED, _foreign(f"a {site} page", kind))
+            return Decision(403, errors.ORIGIN_REFUSED, _foreign(f"a {site} page", kind))
     if kind == "management" and policy.require_management_key:
         if not key_matches(req.credentials, (policy.management_key,)):
-            return Decision(401, KEY_REQUIRED, (
+            return Decision(401, errors.KEY_REQUIRED, (
                 ("the management key is wrong; " if req.credentials else
                  "this management route needs the management key; ")
                 + "send it as `Authorization: Bearer <key>` or `X-Management-Key: <key>` "
@@ -296,7 +292,7 @@ def decide(policy: Policy, req: Request) -> Decision:
                 "data directory, which the aogstream CLI reads by itself)"))
     if kind == "service" and policy.api_keys:
         if not key_matches(req.credentials, (*policy.api_keys, policy.management_key)):
-            return Decision(401, KEY_REQUIRED, (
+            return Decision(401, errors.KEY_REQUIRED, (
                 ("the API key is wrong; " if req.credentials else
                  "this gateway needs an API key; ")
                 + "send one of the keys in AOGSTREAM_API_KEYS as `Authorization: Bearer "

@@ -1,7 +1,7 @@
 """The management routes under `/aog/v0.2`: service, service_provider, model, plugin.
 
-A thin HTTP layer over `aogstream.manage.Manager`: it reads the request fields, checks
-their types and answers in AOG's envelope `{business_code, message, data}`.
+A thin HTTP layer over the parts of `aogstream.management`: it reads the request fields,
+checks their types and answers in AOG's envelope `{business_code, message, data}`.
 
 Fields come from the query string and from a JSON body alike (the body wins), for
 every method, GET included: AOG's own CLI sends JSON bodies on GET while gin binds
@@ -19,10 +19,28 @@ from quart import Blueprint, Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestTimeout
 
-from aogstream import SPEC_VERSION, errors, manage, safejson
-from aogstream.errors import Bcode, GatewayError, without_paths
+from aogstream import SPEC_VERSION, errors, safejson
+from aogstream.errors import (
+    BAD_REQUEST,
+    MODEL_BAD,
+    MODEL_OK,
+    PLUGIN_INVALID,
+    PLUGIN_OK,
+    PROVIDER_BAD,
+    PROVIDER_OK,
+    SERVICE_OK,
+    Bcode,
+    GatewayError,
+    without_paths,
+)
 from aogstream.gateway import Gateway
-from aogstream.manage import Manager
+from aogstream.management.catalogue import ModelCatalogue
+from aogstream.management.model_pulls import ModelPulls, PullJob
+from aogstream.management.plugins import Plugins
+from aogstream.management.providers import Providers
+from aogstream.management.services import Services
+from aogstream.management.shared import json_object_text
+from aogstream.store.base import ModelStatus
 
 log = logging.getLogger(__name__)
 BASE = f"/aog/{SPEC_VERSION}"
@@ -94,7 +112,7 @@ async def read_fields(bad: Bcode) -> Fields:
 
 def ok(bcode: Bcode, data: Any = None, message: str = "") -> Response:
     body: dict[str, Any] = {"business_code": bcode.code,
-                            "message": message or manage.SUCCESS_MESSAGES[bcode.code]}
+                            "message": message or errors.SUCCESS_MESSAGES[bcode.code]}
     if data is not None:
         body["data"] = data
     return Response(json.dumps(body, ensure_ascii=False), status=200,
@@ -111,8 +129,12 @@ PROVIDER_KEYS = ("service_name", "service_source", "api_flavor", "provider_name"
 
 
 def management_blueprint(gateway: Gateway) -> Blueprint:
-    """The routes, bound to one gateway's Manager."""
-    mgr = Manager(gateway)
+    """The routes, bound to one gateway's management parts."""
+    pulls = ModelPulls(gateway)
+    providers = Providers(gateway, pulls)
+    services = Services(gateway, providers, pulls)
+    catalogue = ModelCatalogue(gateway)
+    plugins = Plugins(gateway, pulls)
     bp = Blueprint("management", __name__, url_prefix=BASE)
 
     @bp.errorhandler(GatewayError)
@@ -123,35 +145,35 @@ def management_blueprint(gateway: Gateway) -> Blueprint:
 
     @bp.get("/service")
     async def get_services() -> Response:
-        f = await read_fields(manage.SERVICE_BAD)
-        return ok(manage.SERVICE_OK, await mgr.list_services(f.text("service_name")))
+        f = await read_fields(BAD_REQUEST)
+        return ok(SERVICE_OK, await services.list_services(f.text("service_name")))
 
     @bp.put("/service")
     async def edit_service() -> Response:
-        f = await read_fields(manage.SERVICE_BAD)
-        data = await mgr.edit_service(f.text("service_name", required=True),
-                                      f.text("hybrid_policy", required=True))
-        return ok(manage.SERVICE_OK, data)
+        f = await read_fields(BAD_REQUEST)
+        data = await services.edit_service(f.text("service_name", required=True),
+                                           f.text("hybrid_policy", required=True))
+        return ok(SERVICE_OK, data)
 
     @bp.post("/service/install")
     async def install_service() -> Response:
-        f = await read_fields(manage.SERVICE_BAD)
+        f = await read_fields(BAD_REQUEST)
         auth_key = f.data.get("auth_key") or ""
         if auth_key:
-            auth_key = manage.json_object_text(auth_key, "auth_key", manage.SERVICE_BAD)
-        data = await mgr.install_service(
+            auth_key = json_object_text(auth_key, "auth_key", BAD_REQUEST)
+        data = await services.install_service(
             f.text("service_name", required=True), service_source=f.text("service_source"),
             provider_name=f.text("provider_name"), api_flavor=f.text("api_flavor"),
             auth_type=f.text("auth_type"), auth_key=auth_key, model_name=f.text("model_name"),
             skip_model=f.flag("skip_model"), url=f.text("url"), method=f.text("method"),
             desc=f.text("desc"))
-        return ok(manage.SERVICE_OK, data)
+        return ok(SERVICE_OK, data)
 
     @bp.post("/service/export")
     async def export_services() -> Response:
-        f = await read_fields(manage.SERVICE_BAD)
-        data = await mgr.export(f.text("service_name"), f.text("provider_name"),
-                                f.text("model_name"))
+        f = await read_fields(BAD_REQUEST)
+        data = await services.export(f.text("service_name"), f.text("provider_name"),
+                                     f.text("model_name"))
         # the `.aog` document bare, as AOG answers it (`aog export` writes the body to
         # the file as it comes; errors still come in the envelope)
         return Response(json.dumps(data, ensure_ascii=False), status=200,
@@ -159,8 +181,8 @@ def management_blueprint(gateway: Gateway) -> Blueprint:
 
     @bp.post("/service/import")
     async def import_services() -> Response:
-        f = await read_fields(manage.SERVICE_BAD)
-        return ok(manage.SERVICE_OK, await mgr.import_(f.data))
+        f = await read_fields(BAD_REQUEST)
+        return ok(SERVICE_OK, await services.import_(f.data))
 
     # ---- service_provider ----
 
@@ -170,55 +192,56 @@ def management_blueprint(gateway: Gateway) -> Blueprint:
 
     @bp.get("/service_provider")
     async def get_providers() -> Response:
-        f = await read_fields(manage.PROVIDER_BAD)
-        return ok(manage.PROVIDER_OK, await mgr.list_providers(**provider_filters(f)))
+        f = await read_fields(PROVIDER_BAD)
+        return ok(PROVIDER_OK, await providers.list_providers(**provider_filters(f)))
 
     @bp.get("/service_provider/detail")
     async def provider_detail() -> Response:
-        f = await read_fields(manage.PROVIDER_BAD)
-        return ok(manage.PROVIDER_OK, await mgr.provider_detail(**provider_filters(f)))
+        f = await read_fields(PROVIDER_BAD)
+        return ok(PROVIDER_OK, await providers.provider_detail(**provider_filters(f)))
 
     @bp.post("/service_provider")
     async def create_provider() -> Response:
-        f = await read_fields(manage.PROVIDER_BAD)
-        return ok(manage.PROVIDER_OK, await mgr.create_provider(f.raw(*PROVIDER_KEYS)))
+        f = await read_fields(PROVIDER_BAD)
+        return ok(PROVIDER_OK, await providers.create_provider(f.raw(*PROVIDER_KEYS)))
 
     @bp.put("/service_provider")
     async def update_provider() -> Response:
-        f = await read_fields(manage.PROVIDER_BAD)
+        f = await read_fields(PROVIDER_BAD)
         f.text("provider_name", required=True)
-        return ok(manage.PROVIDER_OK, await mgr.update_provider(f.raw(*PROVIDER_KEYS)))
+        return ok(PROVIDER_OK, await providers.update_provider(f.raw(*PROVIDER_KEYS)))
 
     @bp.delete("/service_provider")
     async def delete_provider() -> Response:
-        f = await read_fields(manage.PROVIDER_BAD)
-        await mgr.delete_provider(f.text("provider_name", required=True))
-        return ok(manage.PROVIDER_OK)
+        f = await read_fields(PROVIDER_BAD)
+        await providers.delete_provider(f.text("provider_name", required=True))
+        return ok(PROVIDER_OK)
 
     # ---- model ----
 
     @bp.get("/model")
     async def get_models() -> Response:
-        f = await read_fields(manage.MODEL_BAD)
-        return ok(manage.MODEL_OK, await mgr.list_models(
+        f = await read_fields(MODEL_BAD)
+        return ok(MODEL_OK, await pulls.list_models(
             f.text("provider_name"), f.text("model_name"), f.text("service_name")))
 
-    async def pull_job(f: Fields, background: bool) -> manage.PullJob:
-        return await mgr.start_pull(f.text("provider_name"),
-                                    f.text("model_name", required=True),
-                                    f.text("service_name"), f.text("service_source"),
-                                    background=background)
+    async def pull_job(f: Fields, background: bool) -> PullJob:
+        return await pulls.start_pull(f.text("provider_name"),
+                                      f.text("model_name", required=True),
+                                      f.text("service_name"), f.text("service_source"),
+                                      background=background)
 
     @bp.post("/model")
     async def pull_model() -> Response:
-        job = await pull_job(await read_fields(manage.MODEL_BAD), True)
-        return ok(manage.MODEL_OK, {"provider_name": job.provider.provider_name,
-                                    "model_name": job.model_name, "status": "downloading"},
+        job = await pull_job(await read_fields(MODEL_BAD), True)
+        return ok(MODEL_OK, {"provider_name": job.provider.provider_name,
+                             "model_name": job.model_name,
+                             "status": ModelStatus.DOWNLOADING},
                   f"pulling {job.model_name} in the background; GET /model shows its status")
 
     @bp.post("/model/stream")
     async def pull_model_stream() -> Response:
-        job = await pull_job(await read_fields(manage.MODEL_BAD), False)
+        job = await pull_job(await read_fields(MODEL_BAD), False)
         events = job.watch()
 
         async def body() -> AsyncIterator[bytes]:
@@ -235,27 +258,27 @@ def management_blueprint(gateway: Gateway) -> Blueprint:
 
     @bp.post("/model/stream/cancel")
     async def cancel_pull() -> Response:
-        f = await read_fields(manage.MODEL_BAD)
-        providers = mgr.cancel_pull(f.text("model_name", required=True))
-        return ok(manage.MODEL_OK, {"providers": providers})
+        f = await read_fields(MODEL_BAD)
+        canceled_on = pulls.cancel_pull(f.text("model_name", required=True))
+        return ok(MODEL_OK, {"providers": canceled_on})
 
     @bp.delete("/model")
     async def delete_model() -> Response:
-        f = await read_fields(manage.MODEL_BAD)
-        data = await mgr.delete_model(f.text("provider_name"),
-                                      f.text("model_name", required=True),
-                                      f.text("service_name"))
-        return ok(manage.MODEL_OK, data)
+        f = await read_fields(MODEL_BAD)
+        data = await pulls.delete_model(f.text("provider_name"),
+                                        f.text("model_name", required=True),
+                                        f.text("service_name"))
+        return ok(MODEL_OK, data)
 
     @bp.get("/model/recommend")
     async def recommend() -> Response:
-        await read_fields(manage.MODEL_BAD)
-        return ok(manage.MODEL_OK, await mgr.recommend())
+        await read_fields(MODEL_BAD)
+        return ok(MODEL_OK, await catalogue.recommend())
 
     @bp.get("/model/support")
     async def support() -> Response:
-        f = await read_fields(manage.MODEL_BAD)
-        return ok(manage.MODEL_OK, await mgr.support(
+        f = await read_fields(MODEL_BAD)
+        return ok(MODEL_OK, await catalogue.support(
             service_name=f.text("service_name"), flavor=f.text("flavor"),
             service_source=f.text("service_source"), search_name=f.text("search_name"),
             page=f.number("page", 1), page_size=f.number("page_size", 10)))
@@ -264,39 +287,39 @@ def management_blueprint(gateway: Gateway) -> Blueprint:
 
     @bp.get("/plugin/list")
     async def plugin_list() -> Response:
-        return ok(manage.PLUGIN_OK, await mgr.list_plugins())
+        return ok(PLUGIN_OK, await plugins.list_plugins())
 
     async def plugin_name() -> str:
-        return (await read_fields(manage.PLUGIN_INVALID)).text("name", required=True)
+        return (await read_fields(PLUGIN_INVALID)).text("name", required=True)
 
     @bp.get("/plugin/info")
     async def plugin_info() -> Response:
-        return ok(manage.PLUGIN_OK, await mgr.plugin_info(await plugin_name()))
+        return ok(PLUGIN_OK, await plugins.plugin_info(await plugin_name()))
 
     @bp.post("/plugin/load")
     async def plugin_load() -> Response:
-        return ok(manage.PLUGIN_OK, await mgr.plugin_load(await plugin_name()))
+        return ok(PLUGIN_OK, await plugins.plugin_load(await plugin_name()))
 
     @bp.post("/plugin/stop")
     async def plugin_stop() -> Response:
-        return ok(manage.PLUGIN_OK, await mgr.plugin_stop(await plugin_name()))
+        return ok(PLUGIN_OK, await plugins.plugin_stop(await plugin_name()))
 
     @bp.delete("/plugin/delete")
     async def plugin_delete() -> Response:
-        return ok(manage.PLUGIN_OK, await mgr.plugin_delete(await plugin_name()))
+        return ok(PLUGIN_OK, await plugins.plugin_delete(await plugin_name()))
 
     @bp.post("/plugin/install")
     async def plugin_install() -> Response:
-        f = await read_fields(manage.PLUGIN_INVALID)
-        return ok(manage.PLUGIN_OK, await mgr.plugin_install(f.text("path", required=True)))
+        f = await read_fields(PLUGIN_INVALID)
+        return ok(PLUGIN_OK, await plugins.plugin_install(f.text("path", required=True)))
 
     @bp.post("/plugin/enable")
     async def plugin_enable() -> Response:
-        return ok(manage.PLUGIN_OK, await mgr.plugin_enable(await plugin_name()))
+        return ok(PLUGIN_OK, await plugins.plugin_enable(await plugin_name()))
 
     @bp.post("/plugin/disable")
     async def plugin_disable() -> Response:
-        return ok(manage.PLUGIN_OK, await mgr.plugin_disable(await plugin_name()))
+        return ok(PLUGIN_OK, await plugins.plugin_disable(await plugin_name()))
 
     return bp
 
@@ -311,7 +334,7 @@ def register_management(app: QuartTrio, gateway: Gateway) -> None:
         allowed = sorted(m for m in (getattr(exc, "valid_methods", None) or ())
                          if m not in ("HEAD", "OPTIONS"))
         hint = f"; use {', '.join(allowed)}" if allowed else ""
-        return failure(GatewayError(Bcode(405, 40005),
+        return failure(GatewayError(errors.METHOD_NOT_ALLOWED,
                                     f"{request.method} is not allowed on {request.path}{hint}"))
 
     @app.errorhandler(Exception)
@@ -323,5 +346,5 @@ def register_management(app: QuartTrio, gateway: Gateway) -> None:
             return failure(GatewayError(Bcode(code, code), exc.description or exc.name))
         log.exception("management call %s %s failed", request.method, request.path)
         detail = without_paths(safejson.short(str(exc), 300))
-        return failure(GatewayError(Bcode(500, 100404), f"internal error: "
+        return failure(GatewayError(errors.PLUGIN_INTERNAL, f"internal error: "
                                     f"{type(exc).__name__}: {detail}; see the gateway log"))

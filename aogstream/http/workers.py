@@ -472,6 +472,7 @@ async def serve_worker(cfg: Config, index: int, link_fd: int) -> None:
         try:
             if not await follower.apply_next():
                 return
+            await gateway.start_native()
             nursery.start_soon(follower.run, stop)
             nursery.start_soon(_signals, stop)
             app = Guard(HotRoutes(gateway, PrimaryProxy(os.environ["AOGSTREAM_PRIMARY_SOCKET"],
@@ -489,6 +490,8 @@ async def serve_worker(cfg: Config, index: int, link_fd: int) -> None:
             with trio.CancelScope(shield=True):
                 for plugin in list(follower.plugins.values()):
                     await plugin.stop()
+                if gateway.native is not None:
+                    await gateway.native.stop()
                 await trio.to_thread.run_sync(store.close)
             nursery.cancel_scope.cancel()
 

@@ -9,6 +9,7 @@ is the default). Plugin switches (enabled/disabled) live beside them.
 
 from __future__ import annotations
 
+import enum
 import time
 from typing import Any, Protocol
 
@@ -25,8 +26,17 @@ SERVICES: dict[str, str] = {
 HYBRID_POLICIES = ("default", "always_local", "always_remote")
 SOURCES = ("local", "remote")
 AUTH_TYPES = ("none", "apikey", "token", "sign", "oauth")
-MODEL_STATUSES = ("downloading", "downloaded", "failed")
 SCOPES = ("system", "custom", "plugin")
+
+
+class ModelStatus(enum.StrEnum):
+    """A model row's `status`: a pull in flight, a model the provider has (a cloud model
+    from the moment its provider lists it), or a pull that ended in an error."""
+
+    DOWNLOADING = "downloading"
+    DOWNLOADED = "downloaded"
+    FAILED = "failed"
+
 
 # Service status, as AOG: -1 not installed, 0 ready, 1 available, 2 creating.
 SERVICE_NOT_INSTALLED, SERVICE_READY, SERVICE_AVAILABLE, SERVICE_CREATING = -1, 0, 1, 2
@@ -93,7 +103,7 @@ class ModelRow:
     provider_name: str
     service_name: str
     service_source: str = "local"
-    status: str = "downloaded"
+    status: str = ModelStatus.DOWNLOADED
     is_default: bool = False
     size: int = 0
     avatar: str = ""

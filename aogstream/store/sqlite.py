@@ -108,7 +108,7 @@ def _private_files(path: Path) -> None:
     """The database holds provider keys: create it 0600 before SQLite opens it (SQLite
     gives its -wal and -shm files the database's mode), and tighten the modes of files
     an older version left readable to others."""
-    if sys.platform == "win32":
+    if sys.platform == "win32" or str(path) == ":memory:":  # no file behind it
         return
     with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -127,7 +127,8 @@ class SQLiteStore:
         from AOGSTREAM_SECRET_KEY, "" means none. Sealed credentials that this secret
         cannot open make the store refuse to open (StoreError naming the variable)."""
         self.path = path
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if str(path) != ":memory:":
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         _private_files(path)
         self._lock = threading.Lock()
         self._box = SecretBox.from_env() if secret is None else (

@@ -1,0 +1,1 @@
+"""Native plugins: CLIProxyAPI's C ABI, loaded in process (see `loader`, `plugin`, `abi`)."""

@@ -1,0 +1,509 @@
+"""What native plugins call on the host (`host_api.call`), and the scopes that bind
+those calls to the request that caused them.
+
+Callbacks arrive on any thread (a worker thread of ours running the plugin's call, or
+a thread the plugin made), re-entrantly. `host.log` is answered on that thread; every
+other callback runs as a trio task on the gateway's loop (`trio.from_thread.run`), so
+it uses the gateway's HTTP client, its cancellation and its channels while the
+plugin's thread waits.
+
+Scopes (`host_callback_id`): the host opens one per request-bound call, sends its id,
+and closes it when the call (for a streamed answer: the stream) ends. A callback that
+names an open scope runs under that request's cancellation (the client leaving cancels
+an outbound `host.http.do`) and logs with its request id; an unknown or expired id
+falls back to no request (as CPA does).
+
+Executor streams (`host.stream.emit`/`close`): the host registers a stream (a channel
+of 16 chunks) before calling `executor.execute_stream`; `emit` blocks while 16 chunks
+wait (backpressure into the invocation), and fails with "stream N is not open" once
+the client has gone, which is how the plugin learns to stop.
+
+Pull streams the plugin consumes: `host.http.do_stream` (then `stream_read` in 32 KiB
+pieces, `stream_close`) and `host.model.execute_stream` (the gateway's own
+`/v1/chat/completions` over loopback, so a plugin's model call is routed, converted and
+falls back exactly like a client's). Both close with the scope that opened them.
+`host.model.*` speak `openai` only, and a plugin may not call the models it serves.
+`host.auth.*` answer that no auth files are kept for native plugins yet.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import httpx
+import trio
+
+from aogstream.host.native import gojson as gj
+
+log = logging.getLogger("aogstream.native")
+
+STREAM_BUFFER = 16  # CPA's bridge: emit blocks while this many chunks wait
+HTTP_TIMEOUT = 120.0
+HTTP_MAX_BODY = 32 * 1024 * 1024
+OPENAI_NAMES = ("openai", "chat-completions", "chat_completions",
+                "openai-chat-completions", "openai_chat_completions")
+HTTP_READ_SIZE = 32 * 1024  # host.http.stream_read: CPA reads 32 KiB at a time
+_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
+           "warn": logging.WARNING, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class CallbackFailure(Exception):
+    """A callback that fails: its message goes back as `host_call_failed`."""
+
+
+@attrs.define(eq=False)
+class Scope:
+    """One request's callback scope: its plugin, request id, and what to cancel when
+    it ends."""
+
+    id: str
+    plugin: str
+    request_id: str
+    closed: bool = False
+    cancel_scopes: set[trio.CancelScope] = attrs.Factory(set)
+    http_streams: set[str] = attrs.Factory(set)
+
+    def close(self) -> None:
+        self.closed = True
+        for cs in list(self.cancel_scopes):
+            cs.cancel()
+        self.cancel_scopes.clear()
+
+
+@attrs.frozen
+class StreamError:
+    """An error chunk of an executor stream (`emit` with `error`, or `close` with one)."""
+
+    message: str
+
+
+@attrs.define(eq=False)
+class HttpStream:
+    """An outbound response a plugin pulls (`host.http.do_stream`/`stream_read`)."""
+
+    id: str
+    plugin: str
+    response: httpx.Response
+    chunks: Any  # the response's raw byte iterator
+    scope: Scope | None
+    lock: trio.Lock = attrs.Factory(trio.Lock)
+
+
+@attrs.define(eq=False)
+class ExecutorStream:
+    """The host end of one streamed executor answer."""
+
+    id: str
+    plugin: str
+    send: trio.MemorySendChannel[bytes | StreamError]
+    receive: trio.MemoryReceiveChannel[bytes | StreamError]
+
+
+class HostServices:
+    """The callbacks of every native plugin of one gateway process, and their scopes
+    and streams. Create it inside the trio run (it keeps the loop's token)."""
+
+    def __init__(self, max_body: int = HTTP_MAX_BODY, gateway_url: str = "",
+                 own_models: Callable[[str], set[str]] | None = None) -> None:
+        """`gateway_url`: where `host.model.*` reach the gateway's own chat door;
+        `own_models(plugin)`: the models that plugin serves (it may not call them)."""
+        self.token = trio.lowlevel.current_trio_token()
+        self.max_body = max_body
+        self.gateway_url = gateway_url
+        self.own_models = own_models or (lambda _plugin: set())
+        self._model_streams: dict[str, HttpStream] = {}
+        self._ids = itertools.count(1)
+        self._scopes: dict[str, Scope] = {}
+        self._streams: dict[str, ExecutorStream] = {}
+        self._http_streams: dict[str, HttpStream] = {}
+        self._http: httpx.AsyncClient | None = None
+
+    # ---- scopes and streams (called on the trio thread) -------------------------------
+
+    def open_scope(self, plugin: str, request_id: str) -> Scope:
+        scope = Scope(str(next(self._ids)), plugin, request_id)
+        self._scopes[scope.id] = scope
+        return scope
+
+    def close_scope(self, scope: Scope) -> None:
+        """The request ended: cancel what it started, close the HTTP streams it opened."""
+        self._scopes.pop(scope.id, None)
+        scope.close()
+        for sid in list(scope.http_streams):
+            stream = self._http_streams.pop(sid, None) or self._model_streams.pop(sid, None)
+            if stream is not None:  # CPA's implicit close at the end of the scope
+                trio.lowlevel.spawn_system_task(stream.response.aclose)
+
+    def open_stream(self, plugin: str) -> ExecutorStream:
+        send, receive = trio.open_memory_channel[bytes | StreamError](STREAM_BUFFER)
+        stream = ExecutorStream(str(next(self._ids)), plugin, send, receive)
+        self._streams[stream.id] = stream
+        return stream
+
+    def abort_stream(self, stream: ExecutorStream) -> None:
+        """The consumer is done (finished, failed or gone): later emits fail."""
+        self._streams.pop(stream.id, None)
+        stream.receive.close()
+        stream.send.close()
+
+    async def aclose(self) -> None:
+        for stream in [*self._http_streams.values(), *self._model_streams.values()]:
+            await stream.response.aclose()
+        self._http_streams.clear()
+        self._model_streams.clear()
+        if self._http is not None:
+            await self._http.aclose()
+
+    # ---- the entry point (any thread) ---------------------------------------------------
+
+    def handle(self, plugin: str, method: str, data: bytes) -> bytes:
+        """Answer one callback of `plugin` with an envelope (never raises)."""
+        try:
+            if method == "host.log":
+                return gj.ok(self._log(plugin, gj.loads(data) if data else {}))
+            try:
+                trio.lowlevel.current_trio_token()
+            except RuntimeError:
+                pass
+            else:  # on the loop's own thread we cannot wait for the loop
+                raise CallbackFailure(f"{method} called from the event loop thread")
+            result = trio.from_thread.run(self._dispatch, plugin, method, data,
+                                          trio_token=self.token)
+            return gj.ok(result)
+        except (CallbackFailure, gj.ReplyError) as exc:
+            return gj.failure(str(exc))
+        except trio.RunFinishedError:
+            return gj.failure("the gateway is shutting down")
+        except Exception as exc:  # every failure goes back as an envelope
+            log.exception("native plugin %s: host callback %s failed", plugin, method)
+            return gj.failure(f"{method} failed: {exc}")
+
+    async def _dispatch(self, plugin: str, method: str, data: bytes) -> Any:
+        req = gj.loads(data) if data else {}
+        if not isinstance(req, dict):
+            raise CallbackFailure(f"{method}: the request must be a JSON object")
+        if method == "host.http.do":
+            return await self._http_do(plugin, req)
+        if method == "host.http.do_stream":
+            return await self._http_do_stream(plugin, req)
+        if method == "host.http.stream_read":
+            return await self._http_read(plugin, req)
+        if method == "host.http.stream_close":
+            return await self._http_close(plugin, req)
+        if method == "host.model.execute":
+            return await self._model_execute(plugin, req, stream=False)
+        if method == "host.model.execute_stream":
+            return await self._model_execute(plugin, req, stream=True)
+        if method == "host.model.stream_read":
+            return await self._model_read(plugin, req)
+        if method == "host.model.stream_close":
+            return await self._model_close(plugin, req)
+        if method == "host.auth.list":
+            return {"files": []}  # no auth records for native plugins yet
+        if method in ("host.auth.get", "host.auth.get_runtime", "host.auth.save"):
+            raise CallbackFailure(f"{method}: this gateway keeps no auth files for native "
+                                  f"plugins yet (auth providers are not supported)")
+        if method == "host.stream.emit":
+            return await self._emit(plugin, req)
+        if method == "host.stream.close":
+            return await self._close(plugin, req)
+        raise CallbackFailure(f"unsupported host callback {method}")
+
+    def _scope(self, plugin: str, req: Any) -> Scope | None:
+        scope = self._scopes.get(gj.text(req, "host_callback_id"))
+        return scope if scope is not None and scope.plugin == plugin and not scope.closed \
+            else None
+
+    # ---- host.log --------------------------------------------------------------------
+
+    def _log(self, plugin: str, req: Any) -> dict[str, Any]:
+        level = _LEVELS.get(gj.text(req, "level").lower(), logging.DEBUG)
+        if log.isEnabledFor(level):
+            message = gj.text(req, "message") or "plugin log"
+            fields = gj.field(req, "fields")
+            scope = self._scopes.get(gj.text(req, "host_callback_id"))
+            extra = f" request_id={scope.request_id}" if scope is not None else ""
+            if isinstance(fields, dict) and fields:
+                extra += " " + " ".join(f"{k}={v}" for k, v in sorted(fields.items()))
+            log.log(level, "plugin %s: %s%s", plugin, message, extra)
+        return {}
+
+    # ---- host.http.do ----------------------------------------------------------------
+
+    def _outbound(self, req: dict[str, Any], what: str) -> httpx.Request:
+        """The request a plugin asks for (a nested `request` takes precedence)."""
+        inner = gj.field(req, "request")
+        src = inner if isinstance(inner, dict) else req
+        method = (gj.text(src, "method") or "GET").upper()
+        url = gj.text(src, "url")
+        if not url.startswith(("http://", "https://")):
+            raise CallbackFailure(f"{what}: url must be http:// or https://, got {url!r}")
+        headers: list[tuple[str, str]] = []
+        raw_headers = gj.field(src, "headers")
+        if isinstance(raw_headers, dict):
+            for k, v in raw_headers.items():
+                for item in v if isinstance(v, list) else [v]:
+                    headers.append((str(k), str(item)))
+        body = gj.data(src, "body")
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0),
+                                           follow_redirects=False)
+        try:
+            return self._http.build_request(method, url, headers=headers, content=body or None)
+        except (httpx.HTTPError, ValueError) as exc:
+            raise CallbackFailure(f"{what}: {exc}") from None
+
+    async def _http_do(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
+        request = self._outbound(req, "host.http.do")
+        method = request.method
+        assert self._http is not None
+        scope = self._scope(plugin, req)
+        with trio.CancelScope() as cs:
+            if scope is not None:
+                scope.cancel_scopes.add(cs)
+            try:
+                with trio.fail_after(HTTP_TIMEOUT):
+                    resp = await self._http.send(request, stream=True)
+                    try:
+                        chunks, size = [], 0
+                        async for chunk in resp.aiter_raw():
+                            size += len(chunk)
+                            if size > self.max_body:
+                                raise CallbackFailure(
+                                    f"host.http.do: the response is larger than "
+                                    f"{self.max_body} bytes")
+                            chunks.append(chunk)
+                    finally:
+                        await resp.aclose()
+                    return {"StatusCode": resp.status_code,
+                            "Headers": _headers(resp), "Body": b"".join(chunks)}
+            except httpx.HTTPError as exc:
+                raise CallbackFailure(f"host.http.do {method} failed: {exc!r}") from None
+            except trio.TooSlowError:
+                raise CallbackFailure(f"host.http.do: no complete answer within "
+                                      f"{HTTP_TIMEOUT:g} s") from None
+            finally:
+                if scope is not None:
+                    scope.cancel_scopes.discard(cs)
+        raise CallbackFailure("host.http.do: the request that opened this scope has ended")
+
+    async def _http_do_stream(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
+        """Open a response the plugin then pulls in 32 KiB reads; it belongs to the
+        request's scope (closed with it) when the plugin names one."""
+        request = self._outbound(req, "host.http.do_stream")
+        assert self._http is not None
+        scope = self._scope(plugin, req)
+        with trio.CancelScope() as cs:
+            if scope is not None:
+                scope.cancel_scopes.add(cs)
+            try:
+                with trio.fail_after(HTTP_TIMEOUT):
+                    resp = await self._http.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                raise CallbackFailure(f"host.http.do_stream {request.method} failed: "
+                                      f"{exc!r}") from None
+            except trio.TooSlowError:
+                raise CallbackFailure(f"host.http.do_stream: no answer within "
+                                      f"{HTTP_TIMEOUT:g} s") from None
+            finally:
+                if scope is not None:
+                    scope.cancel_scopes.discard(cs)
+        if cs.cancelled_caught:
+            raise CallbackFailure("host.http.do_stream: the request that opened this scope "
+                                  "has ended")
+        stream = HttpStream(str(next(self._ids)), plugin, resp,
+                            resp.aiter_raw(HTTP_READ_SIZE), scope)
+        self._http_streams[stream.id] = stream
+        if scope is not None:
+            scope.http_streams.add(stream.id)
+        return {"status_code": resp.status_code, "headers": _headers(resp),
+                "stream_id": stream.id}
+
+    def _http_stream(self, plugin: str, req: Any) -> HttpStream:
+        sid = _stream_id(req)
+        stream = self._http_streams.get(sid)
+        if stream is None or stream.plugin != plugin:
+            raise CallbackFailure(f"http stream {sid} is not open")
+        return stream
+
+    async def _http_read(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
+        """The next chunk: `{"payload": ...}`; the end `{"done": true}` (with `error`
+        when it broke), as CPA answers (omitempty fields)."""
+        stream = self._http_stream(plugin, req)
+        async with stream.lock:  # one read at a time keeps the chunks in order
+            with trio.CancelScope() as cs:
+                if stream.scope is not None:
+                    stream.scope.cancel_scopes.add(cs)
+                try:
+                    chunk = await stream.chunks.__anext__()
+                except StopAsyncIteration:
+                    return {"done": True}
+                except httpx.HTTPError as exc:
+                    return {"error": f"reading the response failed: {exc!r}", "done": True}
+                finally:
+                    if stream.scope is not None:
+                        stream.scope.cancel_scopes.discard(cs)
+                return {"payload": chunk}
+        return {"error": "the request that opened this stream has ended", "done": True}
+
+    async def _http_close(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
+        stream = self._http_stream(plugin, req)
+        self._http_streams.pop(stream.id, None)
+        if stream.scope is not None:
+            stream.scope.http_streams.discard(stream.id)
+        await stream.response.aclose()
+        return {}
+
+    # ---- host.model.* ----------------------------------------------------------------
+
+    def _model_request(self, plugin: str, req: dict[str, Any], stream: bool) -> httpx.Request:
+        """The gateway's own chat door for a plugin's model call: the full routing,
+        conversions and fallbacks of a client request. Only `openai` (Chat Completions)
+        in and out, the one CPA format aogstream translates; a plugin may not call the
+        models it serves itself (recursion guard)."""
+        what = "host.model.execute_stream" if stream else "host.model.execute"
+        entry = gj.text(req, "entry_protocol").lower() or "openai"
+        exit_ = gj.text(req, "exit_protocol").lower() or entry
+        if entry not in OPENAI_NAMES or exit_ not in OPENAI_NAMES:
+            raise CallbackFailure(f"{what}: entry/exit protocol {entry}/{exit_} is not "
+                                  f"supported; aogstream serves openai (Chat Completions)")
+        if gj.field(req, "stream", False) is not stream:
+            raise CallbackFailure(f"{what}: stream must be {str(stream).lower()}")
+        if not self.gateway_url:
+            raise CallbackFailure(f"{what}: the gateway's address is unknown")
+        body = gj.data(req, "body")
+        try:
+            obj = gj.loads(body) if body else {}
+        except gj.ReplyError as exc:
+            raise CallbackFailure(f"{what}: body is {exc}") from None
+        if not isinstance(obj, dict):
+            raise CallbackFailure(f"{what}: body must be a JSON object")
+        model = gj.text(req, "model") or (obj.get("model") if isinstance(obj.get("model"), str)
+                                           else "")
+        if model:
+            obj["model"] = model
+        if model in self.own_models(plugin):
+            raise CallbackFailure(f"{what}: model {model!r} is served by plugin {plugin} "
+                                  f"itself (a call to it would recurse)")
+        obj["stream"] = stream
+        headers = [("Content-Type", "application/json")]
+        raw_headers = gj.field(req, "headers")
+        if isinstance(raw_headers, dict):
+            for k, v in raw_headers.items():
+                if str(k).lower() not in ("content-length", "host", "content-type"):
+                    for item in v if isinstance(v, list) else [v]:
+                        headers.append((str(k), str(item)))
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0),
+                                           follow_redirects=False)
+        return self._http.build_request(
+            "POST", f"{self.gateway_url}/v1/chat/completions", headers=headers,
+            content=json.dumps(obj).encode(), timeout=httpx.Timeout(300.0, connect=10.0))
+
+    async def _model_execute(self, plugin: str, req: dict[str, Any], *, stream: bool
+                             ) -> dict[str, Any]:
+        what = "host.model.execute_stream" if stream else "host.model.execute"
+        request = self._model_request(plugin, req, stream)
+        assert self._http is not None
+        try:
+            resp = await self._http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise CallbackFailure(f"{what} failed: {exc!r}") from None
+        if not stream:
+            try:
+                body = await resp.aread()
+            except httpx.HTTPError as exc:
+                raise CallbackFailure(f"{what} failed: {exc!r}") from None
+            finally:
+                await resp.aclose()
+            return {"status_code": resp.status_code, "headers": _headers(resp), "body": body}
+        # detached from the request's cancellation; closed with its scope, when named
+        scope = self._scope(plugin, req)
+        handle = HttpStream(str(next(self._ids)), plugin, resp, resp.aiter_raw(), scope)
+        self._model_streams[handle.id] = handle
+        if scope is not None:
+            scope.http_streams.add(handle.id)
+        return {"status_code": resp.status_code, "headers": _headers(resp),
+                "stream_id": handle.id}
+
+    async def _model_read(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
+        """The next piece of the stream as the gateway wrote it (SSE bytes); always
+        `payload`, `error` and `done`, and `done` without error for an unknown id."""
+        stream = self._model_streams.get(_stream_id(req))
+        if stream is None or stream.plugin != plugin:
+            return {"payload": None, "error": "", "done": True}
+        async with stream.lock:
+            try:
+                chunk = await stream.chunks.__anext__()
+            except StopAsyncIteration:
+                return {"payload": None, "error": "", "done": True}
+            except httpx.HTTPError as exc:
+                return {"payload": None, "error": f"the stream broke: {exc!r}", "done": True}
+        return {"payload": chunk, "error": "", "done": False}
+
+    async def _model_close(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
+        stream = self._model_streams.get(_stream_id(req))
+        if stream is not None and stream.plugin == plugin:
+            self._model_streams.pop(stream.id, None)
+            if stream.scope is not None:
+                stream.scope.http_streams.discard(stream.id)
+            await stream.response.aclose()
+        return {}
+
+    # ---- host.stream.* ---------------------------------------------------------------
+
+    def _stream(self, plugin: str, req: Any) -> ExecutorStream:
+        sid = _stream_id(req)
+        stream = self._streams.get(sid)
+        if stream is None or stream.plugin != plugin:
+            raise CallbackFailure(f"stream {sid} is not open")
+        return stream
+
+    async def _emit(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
+        stream = self._stream(plugin, req)
+        err = gj.text(req, "error")
+        item: bytes | StreamError = StreamError(err) if err else gj.data(req, "payload")
+        try:
+            await stream.send.send(item)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise CallbackFailure(f"stream {stream.id} is not open") from None
+        return {}
+
+    async def _close(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
+        stream = self._stream(plugin, req)
+        self._streams.pop(stream.id, None)
+        err = gj.text(req, "error")
+        try:
+            if err:
+                await stream.send.send(StreamError(err))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            stream.send.close()
+        return {}
+
+
+def _stream_id(req: Any) -> str:
+    """A `stream_id` as a string (plugins send it as text or as a number)."""
+    sid = gj.field(req, "stream_id", "")
+    return str(int(sid)) if isinstance(sid, int | float) and not isinstance(sid, bool) \
+        and math.isfinite(sid) else str(sid)
+
+
+def _headers(resp: httpx.Response) -> gj.GoMap | None:
+    """A response's headers as Go's `http.Header` (canonical keys, string arrays)."""
+    out: dict[str, list[str]] = {}
+    for k, v in resp.headers.multi_items():
+        out.setdefault(_canonical(k), []).append(v)
+    return gj.header_map(out)
+
+
+def _canonical(name: str) -> str:
+    """Go's canonical header key (`content-type` → `Content-Type`)."""
+    return "-".join(p[:1].upper() + p[1:].lower() for p in name.split("-"))

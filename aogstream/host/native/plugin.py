@@ -1,0 +1,397 @@
+"""A loaded native plugin, and the `Provider` that routes chat to its executor.
+
+`NativePlugin` owns one library for the life of the gateway: it registers it
+(`plugin.register` with the normalized YAML config, schema 3), asks for its models
+(`model.static` for a model provider, else `model.register`), and runs every later
+call on a worker thread (`trio.to_thread.run_sync` under a per-plugin limiter, so many
+calls run at once and the trio loop never blocks). A call whose request is cancelled
+is abandoned: the thread finishes the native call and frees its answer on its own, as
+CPA does.
+
+`NativeProvider` is a second implementation of `invocation.Provider`: the gateway and
+the doors see a provider of the `chat` service whose `config_ref` is `openai:chat`, so
+every door (AOG's `/aog/v0.2/services/chat`, `/v1/chat/completions`, `/api/chat`, the
+api_flavors routes) converts the client's request to OpenAI Chat Completions and the
+answer back with the existing flavor conversions. That is CPA's format negotiation
+(spec §3.1) with the client protocol fixed to `openai`: the executor must declare
+`openai` (or an alias of it) among its input and output formats, because it is the
+only CPA format aogstream translates today.
+
+Precedence (spec §3.2): the gateway's own providers first (a model a process plugin
+already serves is not taken by a native plugin), then priority, then plugin ID.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from aogstream import errors
+from aogstream import manifest as m
+from aogstream.host.native import gojson as gj
+from aogstream.host.native.abi import CallError, LoadError, NativeLibrary
+from aogstream.host.native.callbacks import HostServices, StreamError
+from aogstream.invocation import Invocation, Mode
+
+log = logging.getLogger("aogstream.native")
+
+SCHEMA_VERSION = 3
+CALL_LIMIT = 64  # native calls in flight per plugin (each holds a thread)
+LOAD_TIMEOUT = 30.0
+NATIVE_DESC = "native plugin "  # its store rows' description starts so (see loader)
+DONE = b"[DONE]"  # the end of an OpenAI stream
+# CPA's executor format aliases (adapters.go normalizeExecutorFormatName)
+FORMAT_ALIASES = {
+    "chat-completions": "openai", "chat_completions": "openai",
+    "openai-chat-completions": "openai", "openai_chat_completions": "openai",
+    "responses": "openai-response", "openai-responses": "openai-response",
+    "openai_responses": "openai-response", "anthropic": "claude",
+}
+# CPA format → the flavor template aogstream converts with (the client protocol of a
+# native executor, its `config_ref`)
+FORMAT_FLAVORS = {"openai": "openai"}
+CAPABILITIES = (
+    "model_registrar", "model_provider", "auth_provider", "frontend_auth_provider",
+    "frontend_auth_provider_exclusive", "scheduler", "model_router", "executor",
+    "request_translator", "request_normalizer", "request_interceptor",
+    "request_lifecycle_plugin", "response_translator", "response_before_translator",
+    "response_after_translator", "response_interceptor", "response_stream_interceptor",
+    "thinking_applier", "usage_plugin", "command_line_plugin", "management_api",
+)
+
+
+def normalize_format(name: str) -> str:
+    name = name.strip().lower()
+    return FORMAT_ALIASES.get(name, name)
+
+
+def metadata_object(meta: dict[str, Any]) -> dict[str, Any]:
+    """`pluginapi.Metadata` in Go field order (what `Plugin` fields carry)."""
+    fields = gj.field(meta, "ConfigFields")
+    return {
+        "Name": gj.text(meta, "Name"), "Version": gj.text(meta, "Version"),
+        "Author": gj.text(meta, "Author"),
+        "GitHubRepository": gj.text(meta, "GitHubRepository"), "Logo": gj.text(meta, "Logo"),
+        "ConfigFields": [{"Name": gj.text(f, "Name"), "Type": gj.text(f, "Type"),
+                          "EnumValues": gj.field(f, "EnumValues"),
+                          "Description": gj.text(f, "Description")}
+                         for f in fields if isinstance(f, dict)]
+        if isinstance(fields, list) else None,
+    }
+
+
+HOST_SUMMARY = {"AuthDir": "", "ProxyURL": "", "ForceModelPrefix": False,
+                "OAuthModelAlias": None, "ExcludedModels": None}
+
+
+def plugin_error(plugin: str, method: str, exc: Exception) -> errors.GatewayError:
+    """A failed call as the error a client sees; a plugin's `http_status` is kept."""
+    if isinstance(exc, gj.EnvelopeError):
+        status = exc.http_status
+        if 400 <= status < 600:
+            code = 100403 if status < 500 else 100401
+            return errors.GatewayError(errors.Bcode(status, code),
+                                       f"native plugin {plugin}: {exc.message}")
+        return errors.GatewayError(errors.PLUGIN_SERVICE_ERROR,
+                                   f"native plugin {plugin}: {exc.message}")
+    if isinstance(exc, gj.ReplyError):
+        return errors.GatewayError(errors.PLUGIN_SERVICE_ERROR,
+                                   f"native plugin {plugin}: {exc}")
+    return errors.GatewayError(errors.PLUGIN_UNAVAILABLE, f"native plugin {plugin}: {exc}")
+
+
+class NativePlugin:
+    """One plugin library: its registration, models, executor and calls."""
+
+    def __init__(self, plugin_id: str, path: Path, config_yaml: bytes, priority: int,
+                 host: HostServices, lifecycle: trio.Lock) -> None:
+        self.id = plugin_id
+        self.path = path
+        self.config_yaml = config_yaml
+        self.priority = priority
+        self.host = host
+        self.state = "stopped"
+        self.last_error = ""
+        self.schema_version = 0
+        self.metadata: dict[str, Any] = {}
+        self.capabilities: dict[str, Any] = {}
+        self.provider_key = ""
+        self.models: list[str] = []
+        self.executor_format = ""  # "" = no usable executor
+        self.limiter = trio.CapacityLimiter(CALL_LIMIT)
+        self._lifecycle = lifecycle
+        self.lib = NativeLibrary(path, self._on_host_call)
+
+    def _on_host_call(self, method: str, data: bytes) -> bytes | None:
+        return self.host.handle(self.id, method, data)
+
+    # ---- calls -------------------------------------------------------------------------
+
+    async def call_raw(self, method: str, request: dict[str, Any]) -> Any:
+        """One call on a worker thread; the reply's `result` (raises what `gojson`
+        and `abi` raise)."""
+        payload = gj.dumps(request)
+        raw = await trio.to_thread.run_sync(self.lib.call, method, payload,
+                                            limiter=self.limiter, abandon_on_cancel=True)
+        try:
+            return gj.envelope_result(raw)
+        except gj.ReplyError as exc:
+            raise gj.ReplyError(f"{method} answered {exc}") from None
+
+    async def call(self, method: str, request: dict[str, Any]) -> Any:
+        """`call_raw` with failures as `GatewayError`s a client may see."""
+        try:
+            return await self.call_raw(method, request)
+        except (gj.EnvelopeError, gj.ReplyError, CallError) as exc:
+            raise plugin_error(self.id, method, exc) from None
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Open, register and describe the plugin; `state` "running" or "failed" with
+        `last_error` saying why (also logged)."""
+        try:
+            with trio.fail_after(LOAD_TIMEOUT):
+                await trio.to_thread.run_sync(self.lib.open, abandon_on_cancel=True)
+                async with self._lifecycle:  # register/reconfigure never overlap
+                    reply = await self.call_raw("plugin.register", {
+                        "config_yaml": self.config_yaml, "schema_version": SCHEMA_VERSION})
+                self._accept_registration(reply)
+                await self._load_models()
+        except trio.TooSlowError:
+            self._fail(f"did not finish loading within {LOAD_TIMEOUT:g} s")
+        except (LoadError, CallError, gj.ReplyError, gj.EnvelopeError, ValueError) as exc:
+            self._fail(str(exc))
+        else:
+            self.state = "running"
+            log.info("native plugin %s loaded from %s: %s %s, models %s", self.id,
+                     self.path.name, gj.text(self.metadata, "Name"),
+                     gj.text(self.metadata, "Version"), ", ".join(self.models) or "none")
+
+    def _fail(self, why: str) -> None:
+        self.state, self.last_error = "failed", why
+        log.error("native plugin %s (%s) not loaded: %s", self.id, self.path.name, why)
+        if not self.lib._closed:
+            self.lib.shutdown(drain_timeout=1.0)
+
+    def _accept_registration(self, reply: Any) -> None:
+        if not isinstance(reply, dict):
+            raise gj.ReplyError("plugin.register returned no object")
+        version = gj.integer(reply, "schema_version") or 1
+        if version > SCHEMA_VERSION:
+            raise ValueError(f"plugin schema version {version} is not supported "
+                             f"(this host speaks {SCHEMA_VERSION})")
+        meta = gj.field(reply, "metadata", {})
+        caps = gj.field(reply, "capabilities", {})
+        if not isinstance(meta, dict) or not isinstance(caps, dict):
+            raise gj.ReplyError("plugin.register: metadata and capabilities must be objects")
+        missing = [k for k in ("Name", "Version", "Author", "GitHubRepository")
+                   if not gj.text(meta, k)]
+        if missing:
+            raise ValueError(f"plugin.register: metadata lacks {', '.join(missing)}")
+        if not any(gj.boolean(caps, c) for c in CAPABILITIES):
+            raise ValueError("plugin.register: the plugin declares no capability")
+        self.schema_version, self.metadata, self.capabilities = version, meta, caps
+        if gj.boolean(caps, "executor"):
+            ins = [normalize_format(str(f)) for f in gj.field(caps, "executor_input_formats", [])
+                   if isinstance(f, str)]
+            outs = [normalize_format(str(f))
+                    for f in gj.field(caps, "executor_output_formats", []) if isinstance(f, str)]
+            usable = [f for f in ins if f in FORMAT_FLAVORS and f in outs]
+            if usable:
+                self.executor_format = usable[0]
+            else:
+                self.last_error = (f"executor formats in {ins or 'none'} / out "
+                                   f"{outs or 'none'}: aogstream translates only "
+                                   f"{', '.join(FORMAT_FLAVORS)} today, so the executor is "
+                                   f"not used")
+                log.warning("native plugin %s: %s", self.id, self.last_error)
+
+    async def _load_models(self) -> None:
+        plugin = metadata_object(self.metadata)
+        if gj.boolean(self.capabilities, "model_provider"):
+            scope = gj.text(self.capabilities, "executor_model_scope").lower()
+            if scope == "oauth":
+                return
+            reply = await self.call_raw("model.static", {"Plugin": plugin, "Host": HOST_SUMMARY})
+        elif gj.boolean(self.capabilities, "model_registrar"):
+            reply = await self.call_raw("model.register", {"Plugin": plugin})
+        else:
+            return
+        self.provider_key = gj.text(reply, "Provider").lower()
+        names: list[str] = []
+        for info in gj.field(reply, "Models", []) or []:
+            name = gj.text(info, "ID") or gj.text(info, "Name")
+            if name and name not in names:
+                names.append(name)
+        self.models = names
+
+    async def shutdown(self) -> None:
+        """Drain calls in flight (bounded), then the plugin's own `shutdown()`."""
+        self.state = "stopped"
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self.lib.shutdown)
+
+    def entry(self, enabled: bool) -> dict[str, Any]:
+        """The plugin in `/aog/v0.2/plugin/list`."""
+        services = ["chat"] if self.executor_format and self.state == "running" else []
+        return {"name": self.id, "provider_name": gj.text(self.metadata, "Name") or self.id,
+                "services": services,
+                "status": {"running": 1, "failed": 0}.get(self.state, 0),
+                "version": gj.text(self.metadata, "Version"),
+                # the CLI's list shows this column: say why a plugin does not serve
+                "description": f"native plugin {self.path.name}"
+                + (f": {self.last_error}" if self.last_error else
+                   f" by {gj.text(self.metadata, 'Author')}"),
+                "state": self.state, "pid": None, "restarts": 0,
+                "last_error": self.last_error, "enabled": enabled, "type": "native",
+                "plugin_version": gj.text(self.metadata, "Version"), "dir": "",
+                "kind": "native", "file": self.path.name, "priority": self.priority,
+                "models": list(self.models)}
+
+
+class NativeProvider:
+    """The `Provider` of a native plugin's executor: the `chat` service of its models."""
+
+    kind = "native"
+
+    def __init__(self, plugin: NativePlugin, models: list[str]) -> None:
+        self.plugin = plugin
+        self.name = plugin.id
+        flavor = FORMAT_FLAVORS[plugin.executor_format]
+        self.manifest = m.PluginManifest(
+            version="1.0",
+            provider=m.ProviderInfo(
+                name=plugin.id, display_name=gj.text(plugin.metadata, "Name"),
+                version=gj.text(plugin.metadata, "Version"), type=m.PLUGIN_TYPE_REMOTE,
+                author=gj.text(plugin.metadata, "Author"),
+                description=f"{NATIVE_DESC}{plugin.path.name}"),
+            services=[m.ServiceDef(
+                service_name="chat", task_type="text-generation", protocol="HTTP",
+                expose_protocol="HTTP", config_ref=f"{flavor}:chat", auth_type="none",
+                default_model=models[0] if models else "", support_models=list(models),
+                capabilities=m.ServiceCapabilities(support_streaming=True))])
+
+    @property
+    def state(self) -> str:
+        return self.plugin.state
+
+    async def health(self, timeout: float | None = 5.0) -> None:
+        if self.plugin.state != "running":
+            raise errors.GatewayError(
+                errors.PLUGIN_NOT_RUNNING,
+                f"native plugin {self.name} is {self.plugin.state}"
+                + (f" ({self.plugin.last_error})" if self.plugin.last_error else ""))
+
+    async def models(self, timeout: float | None = 30.0) -> list[m.ModelInfo]:
+        return [m.ModelInfo(name=n, model=n) for n in self.manifest.services[0].support_models]
+
+    async def serve(self, inv: Invocation) -> None:
+        await self.health()
+        if inv.mode is Mode.BIDI:
+            raise errors.GatewayError(errors.PLUGIN_NOT_IMPLEMENTED,
+                                      f"native plugin {self.name} serves no sessions")
+        plugin = self.plugin
+        host = plugin.host
+        scope = host.open_scope(plugin.id, uuid.uuid4().hex[:16])
+        try:
+            if inv.mode is Mode.UNARY:
+                reply = await plugin.call("executor.execute",
+                                          self._request(inv, False, scope.id))
+                try:
+                    payload = gj.data(reply, "Payload")
+                except gj.ReplyError as exc:
+                    raise plugin_error(self.name, "executor.execute", exc) from None
+                await inv.emit(payload)
+            else:
+                await self._stream(inv, scope.id)
+        finally:
+            host.close_scope(scope)
+
+    def _request(self, inv: Invocation, stream: bool, scope_id: str,
+                 stream_id: str = "") -> dict[str, Any]:
+        """`rpcExecutorRequest`: ExecutorRequest's fields in Go order, then the scope."""
+        model = ""
+        try:
+            body = json.loads(inv.request)
+            if isinstance(body, dict) and isinstance(body.get("model"), str):
+                model = body["model"]
+        except ValueError:
+            pass
+        fmt = self.plugin.executor_format
+        req: dict[str, Any] = {
+            "AuthID": "", "AuthProvider": self.plugin.provider_key, "Model": model,
+            "Format": fmt, "Stream": stream, "Alt": "", "Headers": None, "Query": None,
+            "OriginalRequest": inv.request, "SourceFormat": fmt, "Payload": inv.request,
+            "Metadata": None, "StorageJSON": None, "AuthMetadata": None,
+            "AuthAttributes": None}
+        if scope_id:
+            req["host_callback_id"] = scope_id
+        if stream_id:
+            req["stream_id"] = stream_id
+        return req
+
+    async def _stream(self, inv: Invocation, scope_id: str) -> None:
+        """`executor.execute_stream`: the synchronous `chunks` answer or the
+        asynchronous emit/close, relayed chunk by chunk; leaving (the client gone, the
+        deadline) closes the stream, so the plugin's next emit fails and it stops."""
+        plugin = self.plugin
+        host = plugin.host
+        stream = host.open_stream(plugin.id)
+        failure: list[errors.GatewayError] = []
+
+        async def start() -> None:
+            try:
+                reply = await plugin.call("executor.execute_stream",
+                                          self._request(inv, True, scope_id, stream.id))
+                chunks = gj.field(reply, "chunks")
+                if isinstance(chunks, list) and chunks:
+                    for chunk in chunks:
+                        await stream.send.send(gj.data(chunk, "Payload"))
+                    stream.send.close()
+            except errors.GatewayError as err:
+                failure.append(err)
+                stream.send.close()
+            except gj.ReplyError as exc:
+                failure.append(plugin_error(self.name, "executor.execute_stream", exc))
+                stream.send.close()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(start)
+                done = False
+                async for item in stream.receive:
+                    if isinstance(item, StreamError):
+                        raise errors.GatewayError(errors.PLUGIN_SERVICE_ERROR,
+                                                  f"native plugin {self.name}: {item.message}")
+                    chunk = _bare(item)
+                    if chunk:
+                        done = chunk == DONE
+                        await inv.emit(chunk)
+                if failure:
+                    raise failure[0]
+                if not done:  # as CPA does after an `openai` stream, and OpenAI itself
+                    await inv.emit(DONE)
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        finally:
+            host.abort_stream(stream)
+
+
+def _bare(chunk: bytes) -> bytes:
+    """A chunk as the event payload (CPA writes each inside `data: …`): a plugin that
+    framed it itself loses its `data:` prefix."""
+    chunk = chunk.strip()
+    if chunk.startswith(b"data:"):
+        chunk = chunk[5:].strip()
+    return chunk

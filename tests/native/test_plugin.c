@@ -1,0 +1,525 @@
+/* A CLIProxyAPI-ABI plugin for aogstream's tests: plain C, no libraries beyond libc.
+ *
+ * Written as a third party writes one against CPA's ABI (spec/native-abi.md §1):
+ * request fields are found by plain text search, answers are JSON envelopes in malloc
+ * buffers released by free_buffer. It offers a model provider (models c-echo and
+ * c-async) and an executor speaking `openai` (Chat Completions):
+ *   - executor.execute answers a chat completion "hello from C", or, when the last
+ *     message says "fetch <url>", the body host.http.do got from <url>, or for
+ *     "fetchstream <url>" what host.http.do_stream/stream_read pulled from it, or for
+ *     "ask <model>" / "askstream <model>" the gateway's own answer through
+ *     host.model.execute / execute_stream + stream_read;
+ *   - executor.execute_stream for c-echo answers synchronously (`chunks`); for c-async
+ *     a thread of its own emits chunks with host.stream.emit and ends with
+ *     host.stream.close; when the message says "forever" it emits until the host
+ *     refuses a chunk (the client left) and records that.
+ * "fail429" in the message makes either answer an error envelope with http_status 429;
+ * "failmid" makes c-async close its stream with an error after one chunk.
+ * Every call logs through host.log. Events go, one line each, to the file named by
+ * NATIVE_TEST_EVENTS: "register <config_yaml base64>", "aborted <stream id> <ms>".
+ *
+ * Bad variants for the loader's error paths, by -D at build time: BAD_ABI (abi_version
+ * 2), BAD_RC (init returns 3), BAD_JSON (plugin.register answers invalid JSON),
+ * NO_INIT (the init symbol is missing).
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct { void* ptr; size_t len; } cliproxy_buffer;
+typedef struct {
+    uint32_t abi_version;
+    void* host_ctx;
+    int (*call)(void* host_ctx, const char* method, const uint8_t* request, size_t request_len,
+                cliproxy_buffer* response);
+    void (*free_buffer)(void* ptr, size_t len);
+} cliproxy_host_api;
+typedef struct {
+    uint32_t abi_version;
+    int (*call)(const char* method, const uint8_t* request, size_t request_len,
+                cliproxy_buffer* response);
+    void (*free_buffer)(void* ptr, size_t len);
+    void (*shutdown)(void);
+} cliproxy_plugin_api;
+
+static const cliproxy_host_api* host;
+
+/* ---- small helpers ----------------------------------------------------------------- */
+
+static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static char* b64_encode(const char* in, size_t n) {
+    char* out = malloc(4 * ((n + 2) / 3) + 1);
+    size_t o = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint8_t)in[i] << 16;
+        if (i + 1 < n) v |= (uint8_t)in[i + 1] << 8;
+        if (i + 2 < n) v |= (uint8_t)in[i + 2];
+        out[o++] = B64[(v >> 18) & 63];
+        out[o++] = B64[(v >> 12) & 63];
+        out[o++] = i + 1 < n ? B64[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < n ? B64[v & 63] : '=';
+    }
+    out[o] = 0;
+    return out;
+}
+
+static char* b64_decode(const char* in, size_t n, size_t* out_len) {
+    char* out = malloc(n * 3 / 4 + 4);
+    uint32_t v = 0;
+    int bits = 0;
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char* p = strchr(B64, in[i]);
+        if (in[i] == '=' || p == NULL || in[i] == 0) break;
+        v = (v << 6) | (uint32_t)(p - B64);
+        bits += 6;
+        if (bits >= 8) { bits -= 8; out[o++] = (char)((v >> bits) & 0xff); }
+    }
+    out[o] = 0;
+    *out_len = o;
+    return out;
+}
+
+/* The string value of "key":"..." in json (a copy, or NULL). No unescaping: as CPA's
+ * own C examples read fields. */
+static char* find_string(const char* json, size_t n, const char* key) {
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":\"", key);
+    const char* end = json + n;
+    const char* p = json;
+    size_t plen = strlen(pat);
+    for (; p + plen <= end; p++) {
+        if (memcmp(p, pat, plen) == 0) break;
+    }
+    if (p + plen > end) return NULL;
+    p += plen;
+    const char* q = p;
+    while (q < end && *q != '"') q++;
+    char* out = malloc((size_t)(q - p) + 1);
+    memcpy(out, p, (size_t)(q - p));
+    out[q - p] = 0;
+    return out;
+}
+
+static char* json_escape(const char* s) {
+    size_t n = strlen(s);
+    char* out = malloc(n * 6 + 1);
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') { out[o++] = '\\'; out[o++] = (char)c; }
+        else if (c < 0x20) o += (size_t)sprintf(out + o, "\\u%04x", c);
+        else out[o++] = (char)c;
+    }
+    out[o] = 0;
+    return out;
+}
+
+static void event(const char* fmt, const char* a, long b) {
+    const char* path = getenv("NATIVE_TEST_EVENTS");
+    if (path == NULL) return;
+    FILE* f = fopen(path, "a");
+    if (f == NULL) return;
+    fprintf(f, fmt, a, b);
+    fputc('\n', f);
+    fclose(f);
+}
+
+static long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+/* Answers carry their length in a header before the bytes the host sees, so
+ * plugin_free can check that the host hands back the very pointer and length it got
+ * (as Rust plugins rely on); a mismatch is recorded as a "badfree" event. */
+static int reply(cliproxy_buffer* response, const char* text) {
+    size_t n = strlen(text);
+    char* buf = malloc(n + 16);
+    memcpy(buf, &n, sizeof n);
+    memcpy(buf + 16, text, n);
+    response->ptr = buf + 16;
+    response->len = n;
+    return 0;
+}
+
+static int ok_reply(cliproxy_buffer* response, const char* result) {
+    size_t n = strlen(result) + 32;
+    char* text = malloc(n);
+    snprintf(text, n, "{\"ok\":true,\"result\":%s}", result);
+    reply(response, text);
+    free(text);
+    return 0;
+}
+
+/* A host call; returns the reply text (malloc'd copy) or NULL on rc != 0. */
+static char* host_call(const char* method, const char* request) {
+    cliproxy_buffer out = {0};
+    int rc = host->call(host->host_ctx, method, (const uint8_t*)request, strlen(request), &out);
+    if (rc != 0) return NULL;
+    char* text = malloc(out.len + 1);
+    if (out.ptr) memcpy(text, out.ptr, out.len);
+    text[out.len] = 0;
+    if (out.ptr) host->free_buffer(out.ptr, out.len);
+    return text;
+}
+
+static void host_log(const char* level, const char* message, const char* cb) {
+    char req[512];
+    snprintf(req, sizeof req,
+             "{\"level\":\"%s\",\"message\":\"%s\",\"fields\":{\"plugin\":\"c-test\"},"
+             "\"host_callback_id\":\"%s\"}", level, message, cb ? cb : "");
+    free(host_call("host.log", req));
+}
+
+static char* completion_chunk(const char* text, const char* finish) {
+    char* esc = json_escape(text);
+    size_t n = strlen(esc) + 256;
+    char* out = malloc(n);
+    if (finish)
+        snprintf(out, n, "{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,"
+                 "\"model\":\"c-echo\",\"choices\":[{\"index\":0,\"delta\":{},"
+                 "\"finish_reason\":\"%s\"}]}", finish);
+    else
+        snprintf(out, n, "{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,"
+                 "\"model\":\"c-echo\",\"choices\":[{\"index\":0,\"delta\":{\"role\":"
+                 "\"assistant\",\"content\":\"%s\"},\"finish_reason\":null}]}", esc);
+    free(esc);
+    return out;
+}
+
+/* ---- methods ----------------------------------------------------------------------- */
+
+static int do_register(const char* req, size_t n, cliproxy_buffer* response) {
+#ifdef BAD_JSON
+    (void)req; (void)n;
+    return reply(response, "{\"ok\":true,\"result\":{\"schema_version\":1,");
+#else
+    char* cfg = find_string(req, n, "config_yaml");
+    event("register %s", cfg ? cfg : "", 0);
+    free(cfg);
+    host_log("info", "c-test registering", NULL);
+    return ok_reply(response,
+        "{\"schema_version\":1,\"metadata\":{\"Name\":\"c-test\",\"Version\":\"1.0.0\","
+        "\"Author\":\"aogstream tests\",\"GitHubRepository\":\"https://example.invalid/c-test\","
+        "\"Logo\":\"\",\"ConfigFields\":[]},\"capabilities\":{\"model_provider\":true,"
+        "\"executor\":true,\"executor_input_formats\":[\"openai\"],"
+        "\"executor_output_formats\":[\"chat-completions\"]}}");
+#endif
+}
+
+static char* user_text(const char* req, size_t n) {
+    char* payload64 = find_string(req, n, "Payload");
+    if (payload64 == NULL) return strdup("");
+    size_t len;
+    char* payload = b64_decode(payload64, strlen(payload64), &len);
+    free(payload64);
+    return payload;
+}
+
+/* host.http.do_stream, then stream_read until done, then stream_close: the answer
+ * says how many bytes and reads it took and what the body's first and last bytes are. */
+static char* fetch_stream(const char* url_start, const char* cb) {
+    const char* end = url_start;
+    while (*end && *end != '"' && *end != ' ') end++;
+    char req[1024];
+    snprintf(req, sizeof req, "{\"method\":\"GET\",\"url\":\"%.*s\",\"host_callback_id\":\"%s\"}",
+             (int)(end - url_start), url_start, cb ? cb : "");
+    char* out = host_call("host.http.do_stream", req);
+    char* sid = out ? find_string(out, strlen(out), "stream_id") : NULL;
+    free(out);
+    if (sid == NULL) return strdup("do_stream failed");
+    size_t total = 0;
+    int reads = 0;
+    char first = 0, last = 0;
+    for (;;) {
+        snprintf(req, sizeof req, "{\"stream_id\":\"%s\"}", sid);
+        char* chunk = host_call("host.http.stream_read", req);
+        if (chunk == NULL || strstr(chunk, "\"ok\":true") == NULL) { free(chunk); break; }
+        char* p64 = find_string(chunk, strlen(chunk), "payload");
+        int done = strstr(chunk, "\"done\":true") != NULL;
+        free(chunk);
+        if (p64) {
+            size_t n;
+            char* data = b64_decode(p64, strlen(p64), &n);
+            if (n) { if (!total) first = data[0]; last = data[n - 1]; }
+            total += n;
+            reads++;
+            free(data);
+            free(p64);
+        }
+        if (done) break;
+    }
+    snprintf(req, sizeof req, "{\"stream_id\":\"%s\"}", sid);
+    free(host_call("host.http.stream_close", req));
+    free(sid);
+    char* answer = malloc(128);
+    snprintf(answer, 128, "streamed %zu bytes in %d reads, %c..%c", total, reads, first, last);
+    return answer;
+}
+
+/* host.model.execute (or, streamed, execute_stream + stream_read until done): the
+ * gateway's own chat answer for <model>, as text. */
+static char* ask_model(const char* model_start, int streamed, const char* cb) {
+    const char* end = model_start;
+    while (*end && *end != '"' && *end != ' ') end++;
+    const char* body = "{\"max_tokens\":12,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+    char* body64 = b64_encode(body, strlen(body));
+    char req[1024];
+    snprintf(req, sizeof req,
+             "{\"entry_protocol\":\"openai\",\"exit_protocol\":\"openai\",\"model\":\"%.*s\","
+             "\"stream\":%s,\"body\":\"%s\",\"host_callback_id\":\"%s\"}",
+             (int)(end - model_start), model_start, streamed ? "true" : "false", body64,
+             cb ? cb : "");
+    free(body64);
+    char* out = host_call(streamed ? "host.model.execute_stream" : "host.model.execute", req);
+    if (out == NULL || strstr(out, "\"ok\":true") == NULL) {
+        char* msg = out ? find_string(out, strlen(out), "message") : NULL;
+        free(out);
+        char* answer = malloc(512);
+        snprintf(answer, 512, "refused: %s", msg ? msg : "?");
+        free(msg);
+        return answer;
+    }
+    if (!streamed) {
+        char* b64 = find_string(out, strlen(out), "body");
+        free(out);
+        size_t n;
+        char* text = b64 ? b64_decode(b64, strlen(b64), &n) : strdup("");
+        free(b64);
+        return text;
+    }
+    char* sid = find_string(out, strlen(out), "stream_id");
+    free(out);
+    size_t cap = 65536, used = 0;
+    char* text = calloc(cap, 1);
+    for (int i = 0; i < 10000 && sid; i++) {
+        snprintf(req, sizeof req, "{\"stream_id\":\"%s\"}", sid);
+        char* chunk = host_call("host.model.stream_read", req);
+        if (chunk == NULL) break;
+        char* p64 = find_string(chunk, strlen(chunk), "payload");
+        int done = strstr(chunk, "\"done\":true") != NULL;
+        free(chunk);
+        if (p64) {
+            size_t n;
+            char* data = b64_decode(p64, strlen(p64), &n);
+            if (used + n < cap) { memcpy(text + used, data, n); used += n; }
+            free(data);
+            free(p64);
+        }
+        if (done) break;
+    }
+    if (sid) {
+        snprintf(req, sizeof req, "{\"stream_id\":\"%s\"}", sid);
+        free(host_call("host.model.stream_close", req));
+        free(sid);
+    }
+    return text;
+}
+
+static int failure_429(cliproxy_buffer* response) {
+    return reply(response, "{\"ok\":false,\"error\":{\"code\":\"rate_limited\","
+                           "\"message\":\"slow down\",\"retryable\":true,\"http_status\":429}}");
+}
+
+static int do_execute(const char* req, size_t n, cliproxy_buffer* response) {
+    char* cb = find_string(req, n, "host_callback_id");
+    char* check = user_text(req, n);
+    int fail = strstr(check, "fail429") != NULL;
+    free(check);
+    if (fail) { free(cb); return failure_429(response); }
+    host_log("info", "c-test executing", cb);
+    char* payload = user_text(req, n);
+    char* answer = strdup("hello from C");
+    const char* fetch = strstr(payload, "fetch ");
+    const char* pull = strstr(payload, "fetchstream ");
+    const char* ask = strstr(payload, "ask ");
+    const char* askstream = strstr(payload, "askstream ");
+    if (askstream) {
+        free(answer);
+        answer = ask_model(askstream + 10, 1, cb);
+    } else if (ask) {
+        free(answer);
+        answer = ask_model(ask + 4, 0, cb);
+    } else if (pull) {
+        free(answer);
+        answer = fetch_stream(pull + 12, cb);
+    } else if (fetch) {
+        fetch += 6;
+        const char* end = fetch;
+        while (*end && *end != '"' && *end != ' ') end++;
+        char url[512];
+        snprintf(url, sizeof url, "%.*s", (int)(end - fetch), fetch);
+        char http_req[1024];
+        snprintf(http_req, sizeof http_req,
+                 "{\"method\":\"GET\",\"url\":\"%s\",\"headers\":{\"X-Plugin\":[\"c-test\"]},"
+                 "\"host_callback_id\":\"%s\"}", url, cb ? cb : "");
+        char* out = host_call("host.http.do", http_req);
+        free(answer);
+        if (out && strstr(out, "\"ok\":true")) {
+            char* body64 = find_string(out, strlen(out), "Body");
+            size_t blen;
+            answer = body64 ? b64_decode(body64, strlen(body64), &blen) : strdup("");
+            free(body64);
+        } else {
+            answer = strdup("http failed");
+        }
+        free(out);
+    }
+    char* esc = json_escape(answer);
+    size_t cap = strlen(esc) + 512;
+    char* body = malloc(cap);
+    snprintf(body, cap,
+             "{\"id\":\"c1\",\"object\":\"chat.completion\",\"created\":1,\"model\":\"c-echo\","
+             "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"%s\"},"
+             "\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":1,"
+             "\"completion_tokens\":3,\"total_tokens\":4}}", esc);
+    char* body64 = b64_encode(body, strlen(body));
+    size_t rcap = strlen(body64) + 64;
+    char* result = malloc(rcap);
+    snprintf(result, rcap, "{\"Payload\":\"%s\",\"Headers\":null,\"Metadata\":null}", body64);
+    ok_reply(response, result);
+    free(result); free(body64); free(body); free(esc); free(answer); free(payload); free(cb);
+    return 0;
+}
+
+struct async_job { char* stream_id; int forever; int failmid; };
+
+static void* emit_loop(void* arg) {
+    struct async_job* job = arg;
+    const char* words[] = {"hello", " from", " a C", " thread"};
+    int total = job->forever ? 1000000 : 4;
+    for (int i = 0; i < total; i++) {
+        char* chunk = completion_chunk(words[i % 4], NULL);
+        char* c64 = b64_encode(chunk, strlen(chunk));
+        size_t cap = strlen(c64) + 128;
+        char* req = malloc(cap);
+        snprintf(req, cap, "{\"stream_id\":\"%s\",\"payload\":\"%s\"}", job->stream_id, c64);
+        char* out = host_call("host.stream.emit", req);
+        int refused = out == NULL || strstr(out, "\"ok\":true") == NULL;
+        free(out); free(req); free(c64); free(chunk);
+        if (refused) {
+            event("aborted %s %ld", job->stream_id, now_ms());
+            free(job->stream_id); free(job);
+            return NULL;
+        }
+        if (job->forever) usleep(5000);
+        if (job->failmid) {
+            char close_req[256];
+            snprintf(close_req, sizeof close_req,
+                     "{\"stream_id\":\"%s\",\"error\":\"upstream broke\"}", job->stream_id);
+            free(host_call("host.stream.close", close_req));
+            free(job->stream_id); free(job);
+            return NULL;
+        }
+    }
+    char* last = completion_chunk("", "stop");
+    char* c64 = b64_encode(last, strlen(last));
+    char req[1024];
+    snprintf(req, sizeof req, "{\"stream_id\":\"%s\",\"payload\":\"%s\"}", job->stream_id, c64);
+    free(host_call("host.stream.emit", req));
+    snprintf(req, sizeof req, "{\"stream_id\":\"%s\"}", job->stream_id);
+    free(host_call("host.stream.close", req));
+    free(c64); free(last); free(job->stream_id); free(job);
+    return NULL;
+}
+
+static int do_execute_stream(const char* req, size_t n, cliproxy_buffer* response) {
+    char* cb = find_string(req, n, "host_callback_id");
+    host_log("debug", "c-test streaming", cb);
+    free(cb);
+    char* model = find_string(req, n, "Model");
+    int async_mode = model && strcmp(model, "c-async") == 0;
+    free(model);
+    char* check = user_text(req, n);
+    int fail = strstr(check, "fail429") != NULL;
+    free(check);
+    if (fail) return failure_429(response);
+    if (async_mode) {
+        struct async_job* job = malloc(sizeof *job);
+        job->stream_id = find_string(req, n, "stream_id");
+        char* payload = user_text(req, n);
+        job->forever = strstr(payload, "forever") != NULL;
+        job->failmid = strstr(payload, "failmid") != NULL;
+        free(payload);
+        pthread_t t;
+        pthread_create(&t, NULL, emit_loop, job);
+        pthread_detach(t);
+        return ok_reply(response, "{\"headers\":null}");
+    }
+    const char* words[] = {"hello", " from", " C"};
+    char result[8192];
+    size_t o = (size_t)snprintf(result, sizeof result, "{\"headers\":null,\"chunks\":[");
+    for (int i = 0; i < 4; i++) {
+        char* chunk = i < 3 ? completion_chunk(words[i], NULL) : completion_chunk("", "stop");
+        char* c64 = b64_encode(chunk, strlen(chunk));
+        o += (size_t)snprintf(result + o, sizeof result - o, "%s{\"Payload\":\"%s\"}",
+                              i ? "," : "", c64);
+        free(c64); free(chunk);
+    }
+    snprintf(result + o, sizeof result - o, "]}");
+    return ok_reply(response, result);
+}
+
+static int plugin_call(const char* method, const uint8_t* request, size_t request_len,
+                       cliproxy_buffer* response) {
+    response->ptr = NULL;
+    response->len = 0;
+    if (method == NULL) {
+        reply(response, "{\"ok\":false,\"error\":{\"code\":\"invalid_method\","
+                        "\"message\":\"method is required\"}}");
+        return 1;
+    }
+    const char* req = request ? (const char*)request : "";
+    if (strcmp(method, "plugin.register") == 0 || strcmp(method, "plugin.reconfigure") == 0)
+        return do_register(req, request_len, response);
+    if (strcmp(method, "model.static") == 0)
+        return ok_reply(response, "{\"Provider\":\"C-Test\",\"Models\":[{\"ID\":\"c-echo\"},"
+                                  "{\"ID\":\"c-async\"}],\"AuthUpdate\":null}");
+    if (strcmp(method, "executor.execute") == 0) return do_execute(req, request_len, response);
+    if (strcmp(method, "executor.execute_stream") == 0)
+        return do_execute_stream(req, request_len, response);
+    return reply(response, "{\"ok\":false,\"error\":{\"code\":\"unknown_method\","
+                           "\"message\":\"unknown method\",\"http_status\":501}}");
+}
+
+static void plugin_free(void* ptr, size_t len) {
+    if (ptr == NULL) return;
+    char* base = (char*)ptr - 16;
+    size_t given;
+    memcpy(&given, base, sizeof given);
+    if (given != len) event("badfree%s %ld", "", (long)len);
+    free(base);
+}
+
+static void plugin_shutdown(void) { event("shutdown%s", "", 0); }
+
+#ifdef NO_INIT
+#define INIT_NAME cliproxy_plugin_init_missing
+#else
+#define INIT_NAME cliproxy_plugin_init
+#endif
+
+__attribute__((visibility("default")))
+int INIT_NAME(const cliproxy_host_api* h, cliproxy_plugin_api* plugin) {
+    host = h;
+#ifdef BAD_RC
+    (void)plugin;
+    return 3;
+#endif
+#ifdef BAD_ABI
+    plugin->abi_version = 2;
+#else
+    plugin->abi_version = 1;
+#endif
+    plugin->call = plugin_call;
+    plugin->free_buffer = plugin_free;
+    plugin->shutdown = plugin_shutdown;
+    return 0;
+}

@@ -1,0 +1,20 @@
+#!/bin/sh
+# Builds the native (CLIProxyAPI C ABI) test plugins of tests/test_native_plugins.py from
+# tests/native/test_plugin.c into .cache/native-plugins: the good plugin and one library
+# per load failure the tests check. Quick when nothing changed.
+set -e
+cd "$(dirname "$0")/.."
+src=tests/native/test_plugin.c
+out=.cache/native-plugins
+mkdir -p "$out"
+build() {  # build <file name> [define]
+  if [ ! -f "$out/$1" ] || [ "$src" -nt "$out/$1" ]; then
+    gcc -O2 -Wall -Wextra -shared -fPIC -pthread ${2:+-D$2} -o "$out/$1.tmp" "$src"
+    mv "$out/$1.tmp" "$out/$1"
+  fi
+}
+build c-test.so
+build bad-abi.so BAD_ABI
+build bad-rc.so BAD_RC
+build bad-json.so BAD_JSON
+build no-init.so NO_INIT
