@@ -156,7 +156,7 @@ class Config:
     # Call StartEngine on local plugins once they are up (AOG does at start-up).
     start_engines: bool = True
     # Serving processes on the one port (0 = one per core); they share one set of
-    # plugin processes (see `http.workers`).
+    # plugin processes (see `aogstream.serving`).
     workers: int = 0
     # Host names (besides loopback and the bound address) that may appear in `Host`,
     # origins that get CORS on the service routes, and whether the management key is

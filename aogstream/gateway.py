@@ -78,7 +78,7 @@ class Gateway:
     Routing reads an in-memory table (`_table`), rebuilt from the store after every
     write (`reload()`), so no request touches the database. `providers` are what
     routes hold (every kind, by name); `plugins` are the process plugins this process
-    supervises (the primary's; a worker's plugins are attached by `http.workers`).
+    supervises (the primary's; a worker's plugins are attached by `aogstream.serving`).
     The gateway can run without any process: `add_provider` a provider and route.
     """
 
@@ -98,12 +98,15 @@ class Gateway:
         self._models: dict[tuple[str, str], list[ModelRow]] = {}
         self._policies: dict[str, str] = {}
         self._nursery: trio.Nursery | None = None
-        # Multi-worker serving (`http.workers`): `store_gen` counts routing-table
+        # Multi-worker serving (`aogstream.serving`): `store_gen` counts routing-table
         # rebuilds, `on_change` is told (from any thread) that plugins or tables changed,
         # and `workers_sync` returns once every worker process has caught up.
         self.store_gen = 0
         self.on_change: Callable[[], None] | None = None
         self.workers_sync: Callable[[], Awaitable[None]] | None = None
+        # Host services for plugins (`host.llm_service`): the extra environment each
+        # plugin process is launched with (set by the serving process before `start`).
+        self.plugin_launch_env: Callable[[str], dict[str, str]] | None = None
         # native plugins (CLIProxyAPI's C ABI, in process): `host.native.NativePlugins`
         self.native: Any = None
 
@@ -116,6 +119,8 @@ class Gateway:
         for man in manifests:
             self.add_plugin(man)
         await self.start_native()
+        self.native.primary = True  # it writes the store rows; workers follow them
+        self.spawn(self.native.watch)  # config.yaml edits apply without a restart
         await trio.to_thread.run_sync(self.native.prune_store)
         await self.register()
         async with trio.open_nursery() as starting:
@@ -141,9 +146,13 @@ class Gateway:
         plugin = PluginSupervisor(man, self.config, self.grpc_loop)  # type: ignore[arg-type]
         plugin.on_running = self._plugin_running
         plugin.on_change = self.notify
+        plugin.launch_env = self._launch_env
         self.plugins[plugin.name] = plugin
         self.add_provider(plugin.provider)
         return plugin
+
+    def _launch_env(self, name: str) -> dict[str, str]:
+        return self.plugin_launch_env(name) if self.plugin_launch_env is not None else {}
 
     def add_provider(self, provider: Provider) -> None:
         """Route the services of `provider.manifest` to `provider` (its owner keeps it
@@ -275,6 +284,18 @@ class Gateway:
         return {svc.service_name for p in self.providers.values()
                 if p.manifest.provider.type == m.PLUGIN_TYPE_LOCAL for svc in p.manifest.services}
 
+    def _primary_elsewhere(self, man: m.PluginManifest, service: str) -> bool:
+        """True when `service` is not the first one `man` declares but is another local
+        plugin's first: a plugin that serves it on the side (whisper-plugin's realtime
+        socket) never takes the default from the plugin made for it (pocketsphinx),
+        whichever of them reports its models first."""
+        if man.services and man.services[0].service_name == service:
+            return False
+        return any(p.manifest.provider.type == m.PLUGIN_TYPE_LOCAL and p.manifest.services
+                   and p.manifest.services[0].service_name == service
+                   and p.manifest.provider.name != man.provider.name
+                   for p in self.providers.values())
+
     def _service_has_default(self, service: str) -> bool:
         return any(r.is_default for r in self.store.models(service_name=service))
 
@@ -303,7 +324,8 @@ class Gateway:
                     continue  # a multi-service plugin: only the models a service declares
                 row = rows.get(name) or ModelRow(name, pname, svc.service_name, "local")
                 make_default = not self._service_has_default(svc.service_name) and \
-                    name == (svc.default_model or name)
+                    name == (svc.default_model or name) and \
+                    not self._primary_elsewhere(man, svc.service_name)
                 if row.status != ModelStatus.DOWNLOADED or row.size != info.size or make_default:
                     row.status, row.size = ModelStatus.DOWNLOADED, int(info.size)
                     row.is_default = row.is_default or make_default
@@ -329,6 +351,8 @@ class Gateway:
     async def reload(self) -> None:
         """Rebuild the routing table after a write to the store (and, with several
         workers, return once they have rebuilt theirs)."""
+        if self.native is not None:  # a worker follows the primary's config.yaml apply
+            await self.native.check()
         await trio.to_thread.run_sync(self._rebuild)
         await self.sync_workers()
 

@@ -6,7 +6,8 @@ the neutral core knows nothing of HTTP, gRPC, processes or storage; the north si
 (gateway, routes, framing, sessions) reaches plugins only through the `Provider`
 interface, never `host/` or `rpc/`; a Python plugin's SDK depends on the wire layer and
 the manifest only, and shipped plugins on the SDK and the engine toolkit only; the
-store depends on nothing above it; only the entry point imports the CLI; and no module
+store depends on nothing above it; only the CLI's server command starts the serving
+processes (the routes never import them); only the entry point imports the CLI; and no module
 reaches for another module's private names.
 
 A rule that is not yet true everywhere lists its exceptions by name in `KNOWN`, and a
@@ -31,12 +32,6 @@ KNOWN: dict[tuple[str, str], str] = {
         "native plugins are loaded from Gateway.start, as process plugins are discovered",
     ("aogstream.gateway", "aogstream.rpc.bridge"):
         "the gateway owns the gRPC loop its supervisors launch plugins on",
-    ("aogstream.http.workers", "aogstream.host.attached"):
-        "process set-up still lives in http/ (due to move to serving/)",
-    ("aogstream.http.workers", "aogstream.rpc.bridge"):
-        "process set-up still lives in http/ (due to move to serving/)",
-    ("aogstream.http.server", "aogstream.rpc.bridge"):
-        "process set-up still lives in http/ (due to move to serving/)",
 }
 # (importer, module) pairs still importing private helpers, and why.
 KNOWN_PRIVATE: dict[tuple[str, str], str] = {}
@@ -120,6 +115,13 @@ def test_the_sdk_depends_on_the_wire_layer_and_the_manifest_only():
 def test_the_store_depends_on_nothing_above_it():
     assert _broken(("aogstream.store",),
                    allowed=("aogstream.store", "aogstream.errors", "aogstream.config")) == []
+
+
+def test_routes_never_import_the_serving_processes():
+    """http/ is routes only; serving/ builds processes around it (no cycle between them)."""
+    users = {imp for imp, target in _edges() if _in(target, "aogstream.serving")
+             and not _in(imp, "aogstream.serving")}
+    assert users <= {"aogstream.cli.server"}, users
 
 
 def test_only_the_entry_point_imports_the_cli():

@@ -565,7 +565,9 @@ def test_downloaded_models_are_listed_with_their_sizes(embed_gw):
                     body={"service_name": "embed", "page_size": 1, "page": 2}), 30000)
     assert {page1["data"][0]["name"], page2["data"][0]["name"]} == {E5, ENPT}
     found = ok(call(gw, "GET", "/model/support", params={"search_name": "ENPT"}), 30000)
-    assert [m["name"] for m in found["data"]] == [ENPT]
+    # embed-plugin offers its models to both of its services, embed and rerank
+    assert [(m["name"], m["service_name"]) for m in found["data"]] == \
+        [(ENPT, "embed"), (ENPT, "rerank")]
 
 
 def test_install_with_a_model_name_pulls_it_and_delete_removes_it(embed_gw):

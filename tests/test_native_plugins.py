@@ -2,12 +2,18 @@
 
 Real parts: a gateway subprocess (tests/conftest.py) with its default worker processes,
 a C plugin compiled by gcc from tests/native/test_plugin.c (tools/build-native-plugins.sh,
-as `make test` does) dropped into its plugin folder under `linux/<arch>/`, enabled by
+as `make test` does) and a Rust plugin built by cargo offline from tests/native/rust
+(no external crates) dropped into its plugin folder under `linux/<arch>/`, enabled by
 `<data dir>/config.yaml`; libraries that fail to load in each way the loader must
 report; the official `openai` client and plain HTTP over loopback; a loopback HTTP
 server the plugin reaches through `host.http.do`.
 
-Proven: the plugin's models are listed on `/v1/models`, `/api/tags` and AOG's model
+Proven for the Rust plugin: its model is listed beside the C plugin's, chat is served
+unary and streamed (synchronous chunks) through the official `openai` client, its
+`host.log` lands in the gateway log, and every answer buffer comes back to its
+`free_buffer` with the length it gave (it rebuilds the `Vec` from it and counts).
+
+Proven for the C plugin: its models are listed on `/v1/models`, `/api/tags` and AOG's model
 list; chat is served unary and streamed (the synchronous `chunks` answer and the
 asynchronous `host.stream.emit`/`close` from a thread of the plugin) on
 `/v1/chat/completions`, `/aog/v0.2/services/chat`, `/api/chat` and the api_flavors
@@ -17,7 +23,8 @@ reaches it as YAML; `host.log` lands in the gateway log with the request id;
 `host.http.do` reaches a loopback server (and is cancelled when the client leaves) and
 `host.http.do_stream` pulls a response in reads; `host.model.execute` and
 `execute_stream` reach llama.cpp (the shipped plugin and its real engine) through the
-gateway's own routing, and a plugin's own models are
+gateway's own routing when `plugins.entries.<id>.llm` grants the model override (and
+are refused, naming that key, when it does not), and a plugin's own models are
 refused to it (recursion guard); a client that leaves mid-stream stops the
 plugin's stream (the plugin's next emit is refused, which it records); each bad library
 is listed with a clear reason and the gateway keeps serving; every answer buffer goes
@@ -75,6 +82,7 @@ def native_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     plugins = work / "native-plugins"
     (plugins / "linux" / _arch()).mkdir(parents=True)
     shutil.copy(BUILT / "c-test.so", plugins / "linux" / _arch() / "c-test.so")
+    shutil.copy(BUILT / "rust-test.so", plugins / "linux" / _arch() / "rust-test.so")
     for name in BAD:
         if name == "garbage":
             (plugins / "garbage.so").write_bytes(b"not an ELF file")
@@ -90,6 +98,8 @@ def native_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         "    c-test:\n"
         "      enabled: true\n"
         "      greeting: a&b<c>\n"
+        "    rust-test:\n"
+        "      enabled: true\n"
         + "".join(f"    {name}:\n      enabled: true\n" for name in BAD))
     gw = Gateway(work / "gw", {"NATIVE_TEST_EVENTS": str(work / "native-events.txt")},
                  plugin_dir=[PLUGIN_DIR, plugins])
@@ -192,6 +202,56 @@ def test_api_flavors_doors_reach_the_plugin(native_gw: Gateway) -> None:
     assert r.status_code == 200, r.text
     lines = [json.loads(x) for x in r.text.splitlines() if x.strip()]
     assert "".join(x["message"].get("content", "") for x in lines) == "hello from a C thread"
+
+
+# ---- the Rust plugin ---------------------------------------------------------------------
+
+def test_rust_plugin_model_is_listed_beside_the_c_plugin(native_gw: Gateway) -> None:
+    ids = {m.id for m in oai(native_gw).models.list()}
+    assert {"rust-echo", "c-echo", "c-async"} <= ids
+    tags = httpx.get(f"{native_gw.url}/api/tags", timeout=10).json()
+    assert "rust-echo" in {m["name"] for m in tags["models"]}
+
+
+def test_rust_plugin_serves_chat_unary_and_streamed_through_openai(native_gw: Gateway) -> None:
+    client = oai(native_gw)
+    out = client.chat.completions.create(
+        model="rust-echo", messages=[{"role": "user", "content": "hi"}])
+    assert out.choices[0].message.content == "hello from Rust"
+    assert out.usage is not None and out.usage.total_tokens == 4
+    stream = client.chat.completions.create(
+        model="rust-echo", messages=[{"role": "user", "content": "hi"}], stream=True)
+    chunks = [c for c in stream if c.choices]
+    assert [c.choices[0].delta.content or "" for c in chunks] == \
+        ["hello", " from", " Rust", ""]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_rust_plugin_logs_through_host_log(native_gw: Gateway) -> None:
+    oai(native_gw).chat.completions.create(
+        model="rust-echo", messages=[{"role": "user", "content": "log me"}])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [x for x in native_gw.log_tail(400).splitlines()
+                 if "plugin rust-test: rust-test executing" in x]
+        if any("request_id=" in x for x in lines):
+            return
+        time.sleep(0.05)
+    pytest.fail(f"no host.log line of the Rust plugin; log:\n{native_gw.log_tail()}")
+
+
+def test_rust_plugin_gets_every_buffer_back_with_its_length(native_gw: Gateway) -> None:
+    client = oai(native_gw)
+    for _ in range(5):
+        client.chat.completions.create(
+            model="rust-echo", messages=[{"role": "user", "content": "hi"}])
+    text = client.chat.completions.create(
+        model="rust-echo", messages=[{"role": "user", "content": "stats"}]
+    ).choices[0].message.content or ""
+    stats = dict(part.split("=") for part in text.split())
+    # freed through Vec::from_raw_parts(ptr, len, len): a wrong length would count as bad
+    assert int(stats["freed"]) >= 3 and stats["bad"] == "0", text
+    assert stats["outstanding"] == "0", text  # nothing kept back (calls are sequential)
 
 
 # ---- config and host callbacks ---------------------------------------------------------
@@ -501,7 +561,9 @@ def llm_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     shutil.copy(BUILT / "c-test.so", native / "c-test.so")
     (work / "data" / "config.yaml").write_text(  # plugins.dir, relative to the data dir
         "plugins:\n  enabled: true\n  dir: native\n  configs:\n"
-        "    c-test:\n      enabled: true\n")
+        "    c-test:\n      enabled: true\n"
+        # naming a model in host.model.* is an override the operator grants
+        "  entries:\n    c-test:\n      llm:\n        allow_model_override: true\n")
     with shipped_plugins_gateway(work, ["llamacpp-plugin"], {"AOGSTREAM_WORKERS": "1",
                                                           "AOGSTREAM_UNARY_TIMEOUT": "170"}) as gw:
         yield gw
@@ -525,6 +587,17 @@ def test_host_model_execute_stream_is_pulled_by_the_plugin(llm_gw: Gateway) -> N
     words = "".join(json.loads(d)["choices"][0]["delta"].get("content") or ""
                     for d in datas[:-1] if json.loads(d)["choices"])
     assert words.strip(), text
+
+
+def test_host_model_execute_names_a_model_only_when_the_operator_grants_it(
+        native_gw: Gateway) -> None:
+    """The trust gate of plugin LLM access (`host.llm_gate`): native_gw's config.yaml has
+    no `plugins.entries.c-test.llm`, so a named model is refused with the key to set."""
+    out = oai(native_gw).chat.completions.create(
+        model="c-echo", messages=[{"role": "user", "content": "ask smollm2-135m-instruct"}])
+    assert out.choices[0].message.content == (
+        "refused: host.model.execute: Plugin 'c-test' cannot override the model (set "
+        "plugins.entries.c-test.llm.allow_model_override to true to allow).")
 
 
 def test_host_model_execute_refuses_the_plugins_own_models(native_gw: Gateway) -> None:

@@ -269,8 +269,11 @@ def test_cloud_errors_keep_the_clouds_message(gw: Gateway, cloud: Cloud) -> None
                 "base_url (it usually ends in /v1)")
     finally:
         set_key(gw, CHAT, auth_key(KEY, cloud.base_url))
-    # llama_cpp.server answers a bad field with HTTP 500 and its validation message
-    refused(chat(gw, model="gpt-4o-mini", temperature="hot"), 503, "HTTP 500", "temperature")
+    # a field the gateway passes on unchecked but the cloud refuses: llama_cpp.server
+    # answers HTTP 500 with its validation message, which reaches the client (a field
+    # the gateway checks itself, such as temperature, is a 400 before any cloud call)
+    refused(chat(gw, model="gpt-4o-mini", stop={"at": "Paris"}), 503, "HTTP 500", "stop")
+    refused(chat(gw, model="gpt-4o-mini", temperature="hot"), 400, "'temperature'")
 
 
 def test_service_install_checks_the_key_live(gw: Gateway, cloud: Cloud) -> None:

@@ -48,7 +48,7 @@ def cmdline(pid: int) -> str:
 
 def worker_pids(gw: Gateway) -> list[int]:
     assert gw.proc is not None
-    return [p for p in children(gw.proc.pid) if "aogstream.http.workers" in cmdline(p)]
+    return [p for p in children(gw.proc.pid) if "aogstream.serving.worker" in cmdline(p)]
 
 
 def wait_workers(gw: Gateway, n: int = 1, not_pid: int | None = None,

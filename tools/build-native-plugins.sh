@@ -1,7 +1,8 @@
 #!/bin/sh
 # Builds the native (CLIProxyAPI C ABI) test plugins of tests/test_native_plugins.py from
 # tests/native/test_plugin.c into .cache/native-plugins: the good plugin and one library
-# per load failure the tests check. Quick when nothing changed.
+# per load failure the tests check; and the Rust test plugin (tests/native/rust, no
+# external crates, built offline by cargo) as rust-test.so. Quick when nothing changed.
 set -e
 cd "$(dirname "$0")/.."
 src=tests/native/test_plugin.c
@@ -18,3 +19,7 @@ build bad-abi.so BAD_ABI
 build bad-rc.so BAD_RC
 build bad-json.so BAD_JSON
 build no-init.so NO_INIT
+cargo build --quiet --offline --release --manifest-path tests/native/rust/Cargo.toml \
+  --target-dir "$out/rust-target"
+cmp -s "$out/rust-target/release/librust_test_plugin.so" "$out/rust-test.so" ||
+  cp "$out/rust-target/release/librust_test_plugin.so" "$out/rust-test.so"

@@ -11,6 +11,8 @@ need=""
 command -v flite >/dev/null 2>&1 || need="$need flite"
 # the native plugin tests compile a C plugin (tools/build-native-plugins.sh)
 command -v gcc >/dev/null 2>&1 || need="$need gcc libc6-dev"
+# ... and a Rust one (no external crates, cargo --offline)
+command -v cargo >/dev/null 2>&1 || need="$need cargo"
 for p in golang-go golang-github-hashicorp-go-plugin-dev golang-google-grpc-dev \
          golang-google-protobuf-dev golang-github-hashicorp-go-hclog-dev protobuf-compiler \
          protoc-gen-go protoc-gen-go-grpc golang-github-golang-protobuf-1-5-dev; do

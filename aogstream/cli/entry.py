@@ -215,6 +215,10 @@ def add_client_parsers(sub: Any) -> None:
                          ("stop", "stop a running plugin")):
         p = psub.add_parser(action, help=text)
         p.add_argument("name")
+    p = psub.add_parser("run", help="run a native plugin's command line (its "
+                        "command_line.execute), in this process")
+    p.add_argument("name", help="the native plugin's ID")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the plugin's flags and arguments")
     p = psub.add_parser("delete", help="stop and delete plugins and their providers")
     p.add_argument("names", nargs="+", metavar="name")
     p.add_argument("-f", "--force", action="store_true", help="do not ask")

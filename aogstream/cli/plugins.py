@@ -20,6 +20,10 @@ def cmd_plugin(api: Api, args: argparse.Namespace) -> int:
     """Plugin control; `install` sends an absolute path, since the server resolves it
     from its own working directory."""
     action = args.action
+    if action == "run":  # a native plugin's command, run here (no gateway call)
+        from aogstream.cli.native_run import cmd_plugin_run
+
+        return cmd_plugin_run(args)
     if action == "list":
         data = api.call("GET", "/plugin/list") or []
         if args.json:

@@ -100,7 +100,7 @@ def serve_foreground(cfg: Config) -> int:
     import trio
 
     from aogstream.http.guard import GuardConfigError
-    from aogstream.http.server import serve
+    from aogstream.serving.primary import serve
     from aogstream.store.sqlite import StoreError
 
     problem = port_problem(cfg.host, cfg.port)

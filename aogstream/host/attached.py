@@ -1,6 +1,6 @@
 """A plugin another process launched, dialled by this one (a serving worker).
 
-With several worker processes (`http.workers`) only the primary process launches and
+With several worker processes (`aogstream.serving`) only the primary process launches and
 supervises plugins; each worker dials the sockets the primary reports and follows
 its view of every plugin (state, pid, address). A plugin restart is therefore one new
 process that every worker re-dials, never one process per worker.

@@ -38,6 +38,7 @@ from aogstream.rpc.handshake import (
     HandshakeError,
     parse_handshake,
 )
+from aogstream.rpc.hostcall import HOST_SOCKET_ENV
 
 log = logging.getLogger("aogstream.host")
 
@@ -110,6 +111,8 @@ def plugin_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     # provider keys at rest least of all: a plugin gets the keys it needs through SetAuth
     for name in SECRET_ENV:
         env.pop(name, None)
+    # a plugin's host socket is its own (given in `extra`), never one this process got
+    env.pop(HOST_SOCKET_ENV, None)
     if extra:
         env.update(extra)
     return env
@@ -134,10 +137,13 @@ class PluginSupervisor:
         # called (in the plugin's nursery) each time the plugin comes up
         self.on_running: Callable[[PluginSupervisor], Awaitable[None]] | None = None
         # called (synchronously) whenever state, pid or address change, so other
-        # worker processes can follow (see `http.workers`)
+        # worker processes can follow (see `aogstream.serving`)
         self.on_change: Callable[[], None] | None = None
         # the gRPC target workers dial ("unix:/path" or "host:port"), while running
         self.address = ""
+        # extra environment for each launch, by plugin name (the gateway's host
+        # services: the socket of this plugin's LLM access, `host.llm_service`)
+        self.launch_env: Callable[[str], dict[str, str]] | None = None
         self.exit_status: int | None = None
         self._process: trio.Process | None = None
         self._channel: Channel | None = None
@@ -204,10 +210,14 @@ class PluginSupervisor:
             log.warning("could not make %s executable: %s", exe, exc)
         self.state = "starting"
         self._changed()
+        extra = {"AOGSTREAM_PLUGIN_DATA_DIR": str(self.data_dir)}
+        if self.launch_env is not None:
+            extra.update(self.launch_env(self.name))
+        env = plugin_env(extra)
         proc = await trio.lowlevel.open_process(
             [str(exe)],
             cwd=str(self.manifest.plugin_dir),
-            env=plugin_env({"AOGSTREAM_PLUGIN_DATA_DIR": str(self.data_dir)}),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

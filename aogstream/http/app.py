@@ -18,6 +18,7 @@ from aogstream.gateway import Gateway
 from aogstream.http.aog_compat import register_aog_compat
 from aogstream.http.hot import HotRoutes
 from aogstream.http.manage import register_management
+from aogstream.http.native_management import register_native_management
 
 BASE = f"/aog/{SPEC_VERSION}"
 
@@ -73,6 +74,8 @@ def build_app(gateway: Gateway) -> HotRoutes:
     register_management(app, gateway)
     # AOG's engine, model-list and control panel routes its SDKs and CLI read
     register_aog_compat(app, gateway)
+    # CLIProxyAPI's management API for native plugins (/v0/management, /v0/resource)
+    register_native_management(app, gateway)
 
     @app.after_request
     async def workers_caught_up(response: Response) -> Response:

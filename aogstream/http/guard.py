@@ -24,10 +24,14 @@ process:
   Management routes never: they stay refused for any foreign origin.
 - **Keys**: the management key (`Authorization: Bearer` or `X-Management-Key`) on every
   management route when required (always beyond loopback; on loopback with
-  `AOGSTREAM_REQUIRE_MANAGEMENT_KEY=1`); client API keys (`Authorization: Bearer` or
-  `x-api-key`) on the service routes whenever `AOGSTREAM_API_KEYS` is set (it must be
-  beyond loopback). The management key is accepted on service routes too. Comparisons
-  are constant-time.
+  `AOGSTREAM_REQUIRE_MANAGEMENT_KEY=1`), and on CLIProxyAPI's management API
+  (`/v0/management/...`) always, on loopback too, as CPA does (its refusals in CPA's
+  words: 401 `missing management key` / `invalid management key`, 403 `remote
+  management key not set`); native plugins' resources (`/v0/resource/plugins/...`)
+  need no key, as in CPA, but the cross-site rules hold for them; client API keys
+  (`Authorization: Bearer` or `x-api-key`) on the service routes whenever
+  `AOGSTREAM_API_KEYS` is set (it must be beyond loopback). The management key is
+  accepted on service routes too. Comparisons are constant-time.
 
 `decide` is the whole policy as a pure function of the request's facts (unit-tested as
 a table); `Guard` is the thin ASGI wrapper that gathers the facts and acts on the
@@ -59,6 +63,8 @@ log = logging.getLogger(__name__)
 
 BASE = f"/aog/{SPEC_VERSION}"
 SERVICES_PREFIX = f"{BASE}/services/"
+CPA_MANAGEMENT = "/v0/management"  # CLIProxyAPI's management API (http.native_management)
+CPA_RESOURCES = "/v0/resource/plugins/"  # native plugins' pages (no key, as in CPA)
 PUBLIC_PATHS = frozenset({"/", "/health", "/version", f"{BASE}/health", f"{BASE}/version"})
 
 LOG_EVERY = 10.0
@@ -113,6 +119,7 @@ class Decision:
     message: str = ""
     cors_origin: str = ""
     preflight: bool = False
+    cpa_error: str = ""  # the `error` of a refusal on CPA's routes (/v0/...)
 
     @property
     def allowed(self) -> bool:
@@ -120,12 +127,15 @@ class Decision:
 
 
 def route_kind(path: str) -> str:
-    """"service" (invocations and front doors), "public" (health, version) or
-    "management" (everything else, unknown paths included: fail closed)."""
+    """"service" (invocations and front doors), "public" (health, version),
+    "resource" (native plugins' pages) or "management" (everything else, unknown paths
+    included: fail closed)."""
     if path.startswith(SERVICES_PREFIX) or is_front_door(path):
         return "service"
     if path in PUBLIC_PATHS:
         return "public"
+    if path.startswith(CPA_RESOURCES) and "/../" not in path + "/":
+        return "resource"
     return "management"
 
 
@@ -282,7 +292,23 @@ def decide(policy: Policy, req: Request) -> Decision:
                 return Decision(403, errors.ORIGIN_REFUSED, _foreign(origin, kind))
         if site in ("cross-site", "same-site"):
             return Decision(403, errors.ORIGIN_REFUSED, _foreign(f"a {site} page", kind))
-    if kind == "management" and policy.require_management_key:
+    if kind == "management" and (req.path == CPA_MANAGEMENT
+                                 or req.path.startswith(CPA_MANAGEMENT + "/")):
+        if not policy.management_key:
+            return Decision(403, errors.KEY_REQUIRED, (
+                "this gateway has no management key; set AOGSTREAM_MANAGEMENT_KEY or put "
+                "one in the file management.key in the gateway's data directory"),
+                cpa_error="remote management key not set")
+        if not key_matches(req.credentials, (policy.management_key,)):
+            return Decision(401, errors.KEY_REQUIRED, (
+                ("the management key is wrong; " if req.credentials else
+                 "the management API needs the management key; ")
+                + "send it as `Authorization: Bearer <key>` or `X-Management-Key: <key>` "
+                "(AOGSTREAM_MANAGEMENT_KEY, or the file management.key in the gateway's "
+                "data directory)"),
+                cpa_error="invalid management key" if req.credentials
+                else "missing management key")
+    elif kind == "management" and policy.require_management_key:
         if not key_matches(req.credentials, (policy.management_key,)):
             return Decision(401, errors.KEY_REQUIRED, (
                 ("the management key is wrong; " if req.credentials else
@@ -460,7 +486,12 @@ class Guard:
                       decision: Decision) -> None:
         assert decision.bcode is not None
         err = errors.GatewayError(decision.bcode, decision.message)
-        body = error_body(_flavor_of(scope.get("path", "")), err)
+        path = scope.get("path", "")
+        if path.startswith(("/v0/management", "/v0/resource/")):  # CPA's error shape
+            body = json.dumps({"error": decision.cpa_error or "forbidden",
+                               "message": decision.message}).encode()
+        else:
+            body = error_body(_flavor_of(path), err)
         extra = [(b"www-authenticate", b"Bearer")] if decision.status == 401 else []
         if scope["type"] == "http":
             await send_json(send, decision.status, body, CLOSE_AFTER + extra)

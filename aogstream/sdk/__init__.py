@@ -7,12 +7,26 @@
     if __name__ == "__main__":
         serve(MyPlugin())
 
+Plugin code reaches the gateway's own models through `self.ctx.llm` (`sdk.llm`).
+
 The SDK depends only on the wire layer and the manifest types, never on the gateway,
 so a plugin built with it runs under aogstream and under AOG alike.
 """
 
 from aogstream.manifest import PluginError
 from aogstream.rpc.handshake import COOKIE_KEY, COOKIE_VALUE
+from aogstream.sdk.llm import (
+    PluginContext,
+    PluginLlm,
+    PluginLlmCompleteResult,
+    PluginLlmEmbedResult,
+    PluginLlmError,
+    PluginLlmImageInput,
+    PluginLlmStructuredResult,
+    PluginLlmTextInput,
+    PluginLlmTrustError,
+    PluginLlmUsage,
+)
 from aogstream.sdk.provider import (
     BidiMessage,
     BidirectionalPlugin,
@@ -31,7 +45,17 @@ __all__ = [
     "BidiMessage",
     "BidirectionalPlugin",
     "LocalPluginProvider",
+    "PluginContext",
     "PluginError",
+    "PluginLlm",
+    "PluginLlmCompleteResult",
+    "PluginLlmEmbedResult",
+    "PluginLlmError",
+    "PluginLlmImageInput",
+    "PluginLlmStructuredResult",
+    "PluginLlmTextInput",
+    "PluginLlmTrustError",
+    "PluginLlmUsage",
     "PluginProvider",
     "RemotePluginProvider",
     "StreamChunk",

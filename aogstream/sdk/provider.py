@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 
 from aogstream import manifest as m
+from aogstream.sdk.llm import PluginContext
 
 
 @attrs.define
@@ -69,6 +70,15 @@ class PluginProvider:
 
     manifest: m.PluginManifest | None = None
     operate_status: int = 1
+    _ctx: PluginContext | None = None
+
+    @property
+    def ctx(self) -> PluginContext:
+        """What the gateway offers this plugin while it runs: `self.ctx.llm` calls
+        the gateway's own models (see `aogstream.sdk.llm`)."""
+        if self._ctx is None:
+            self._ctx = PluginContext()
+        return self._ctx
 
     async def health_check(self) -> None:
         """Raise (ideally a PluginError) when the plugin cannot serve."""

@@ -625,6 +625,10 @@ def _tune_gc() -> None:
     the process, so it is frozen out of every later collection, and the young
     generation is collected after 50,000 allocations instead of 700: collection
     pauses, not CPU, set the tail latency of a plugin serving many streams.
+
+    The gateway's serving processes use the same policy (`aogstream.serving.process_setup`);
+    this is a copy, not an import, because `sdk/` may depend only on `rpc/` and the
+    manifest (a plugin never imports the gateway).
     """
     gc.collect()
     gc.freeze()

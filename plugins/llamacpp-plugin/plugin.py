@@ -308,7 +308,33 @@ def chat_payload(body: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(content, str):
             raise _bad(f"'messages[{i}].content' must be a string")
         clean.append({"role": role, "content": content})
-    return {"messages": clean, **sampling_options(body)}
+    out = {"messages": clean, **sampling_options(body)}
+    fmt = engine_response_format(body.get("response_format"))
+    if fmt is not None:
+        out["response_format"] = fmt
+    return out
+
+
+def engine_response_format(fmt: Any) -> dict[str, Any] | None:
+    """OpenAI's `response_format` in llama-cpp-python's dialect, which constrains the
+    reply with a grammar: `json_schema` → `{"type": "json_object", "schema": ...}`,
+    `json_object` as is, `text` (or none) → nothing."""
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        schema = fmt.get("schema")
+        return {"type": "json_object", **({"schema": schema} if isinstance(schema, dict)
+                                          else {})}
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise _bad("'response_format.json_schema.schema' must be a JSON Schema object")
+        return {"type": "json_object", "schema": schema}
+    raise _bad("'response_format.type' must be text, json_object or json_schema")
 
 
 def generate_payload(body: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,11 @@ plugin's data directory and each loaded model runs as an engine process
 `format` is "pcm". The answer is `{id, model, text, language, duration, segments}`.
 Audio is only ever taken from the request: a server file path is never read, so a
 caller cannot make the gateway disclose local files.
+
+It also serves AOG's realtime `speech-to-text-ws` with streaming Whisper (voice activity
+detection, partials with a stable prefix, finals per utterance) when a run-task names
+one of its models; see `whisper_realtime.py` for the policy and for why the decoding
+runs in the engine process. pocketsphinx-plugin stays the service's default.
 """
 
 from __future__ import annotations
@@ -18,17 +23,21 @@ import json
 import os
 import re
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+
+import whisper_realtime
 
 from aogstream import manifest as m
 from aogstream.engines.base import EnginePlugin, request_json
 from aogstream.engines.install import EngineSpec
 from aogstream.engines.models import PackageModel, StoredModel
-from aogstream.sdk import serve
+from aogstream.sdk import BidiMessage, BidirectionalPlugin, serve
 
 HERE = Path(__file__).resolve().parent
 SERVICE = "speech-to-text"
+REALTIME_SERVICE = "speech-to-text-ws"
 WHISPER_DETAILS = {"format": "ctranslate2", "family": "whisper", "parameter_size": "39M",
                    "quantization_level": "float16"}
 # `format` values that mean "raw little-endian PCM16 mono" rather than an audio file
@@ -37,7 +46,7 @@ DATA_URI = re.compile(r"^data:[^,;]*(?:;[^,;]*)*;base64,", re.IGNORECASE)
 MIN_RATE, MAX_RATE = 4000, 192000
 
 
-class WhisperPlugin(EnginePlugin):
+class WhisperPlugin(EnginePlugin, BidirectionalPlugin):
     # The whole stack is pinned: the worker's decoder depends on PyAV's API.
     ENGINE = EngineSpec(name="faster-whisper",
                         packages=["faster-whisper==1.2.1", "av==19.0.2", "ctranslate2==4.8.5",
@@ -49,6 +58,11 @@ class WhisperPlugin(EnginePlugin):
                      "OpenAI Whisper tiny.en (English only) converted to CTranslate2"),
     ]
     DEFAULT_MODEL = "whisper-tiny.en"
+
+    def __init__(self, plugin_dir: Path, name: str) -> None:
+        super().__init__(plugin_dir, name)
+        self.realtime_active = 0  # realtime sessions holding a slot (event loop only)
+        self.realtime_max = whisper_realtime.max_sessions_from_env()
 
     def engine_argv(self, model: StoredModel, port: int) -> list[str]:
         # the worker wants the CTranslate2 folder; model.bin may sit below a copied folder
@@ -69,6 +83,16 @@ class WhisperPlugin(EnginePlugin):
         name, engine = await self.engine_for(body.get("model") or None)
         out: dict[str, Any] = await self.post_json(name, engine, "/transcribe", payload)
         return _dumps(aog_answer(name, out))
+
+    async def invoke_service_bidirectional(
+        self, service_name: str, ws_conn_id: str, auth_info: str,
+        incoming: AsyncIterator[BidiMessage], send: Any,
+    ) -> None:
+        if service_name != REALTIME_SERVICE:
+            raise m.PluginError(m.ERR_CODE_SERVICE_NOT_FOUND,
+                                f"whisper-plugin serves {REALTIME_SERVICE!r} over WebSocket, "
+                                f"not {service_name!r}", "")
+        await whisper_realtime.serve_session(self, ws_conn_id, incoming, send)
 
 
 def engine_payload(body: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,13 @@ rate to Whisper's 16 kHz) or `{pcm_b64, sample_rate}` (raw PCM16 mono), plus
 `language` and `beam_size`, and answers `{language, duration, segments: [{start, end,
 text}]}` with times in seconds. Audio that cannot be decoded is the caller's fault
 (HTTP 400), never a crash of the engine.
+
+`/stream_step` is one step of a realtime session (the plugin keeps the session; see
+`whisper_realtime.py`): it takes the session's current window of raw PCM16 (bounded by
+the plugin), runs faster-whisper's bundled silero VAD over it, and decodes the open
+utterance (from its first speech to the window's end, or to where VAD heard it end)
+with word timestamps. It is stateless, so a session that ends costs the engine nothing
+and one step is the most the engine ever spends on a client that left.
 """
 
 from __future__ import annotations
@@ -25,10 +32,52 @@ import numpy as np
 from engine_worker import ClientError, base_args, serve
 from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import _LANGUAGE_CODES
+from faster_whisper.vad import get_vad_model
 
 RATE = 16000  # what Whisper's feature extractor expects
 MAX_AUDIO_S = 15 * 60  # ~80 s of transcribing on 2 cores: within the 120 s timeout
 ENGLISH = {"", "en", "en-us", "en_us", "en-gb", "en_gb", "english"}
+VAD_CHUNK = 512  # samples per silero VAD decision (32 ms at 16 kHz)
+VAD_ON, VAD_OFF = 0.5, 0.35  # speech starts above VAD_ON, ends below VAD_OFF (hysteresis)
+MAX_STEP_S = 40  # a realtime window is bounded by the plugin well below this
+PAD_S = 0.2  # audio kept before the first speech and after the last when decoding
+
+
+def speech_runs(probs: np.ndarray) -> list[tuple[int, int]]:
+    """Speech as [start, end) VAD chunk indices, with hysteresis between VAD_ON and VAD_OFF."""
+    runs: list[tuple[int, int]] = []
+    start = -1
+    for i, p in enumerate(probs):
+        if start < 0 and p >= VAD_ON:
+            start = i
+        elif start >= 0 and p < VAD_OFF:
+            runs.append((start, i))
+            start = -1
+    if start >= 0:
+        runs.append((start, len(probs)))
+    return runs
+
+
+def utterance(runs: list[tuple[int, int]], n_chunks: int, min_gap: int, final: bool,
+              split: bool) -> tuple[int, int, bool] | None:
+    """The first utterance in the window as (start chunk, end chunk, ended), or None
+    when there is no speech. It ends at the first pause of at least `min_gap` chunks
+    (including a pause that reaches the window's end), at the last speech when `final`
+    (the client finished), or, when `split` (the plugin's window is full of speech
+    with no such pause), at the last shorter pause, else at the window's end."""
+    if not runs:
+        return None
+    start, end = runs[0]
+    for s, e in runs[1:]:
+        if s - end >= min_gap:
+            return start, end, True
+        end = e
+    if n_chunks - end >= min_gap or final:
+        return start, end, True
+    if split:
+        pauses = [e for (_, e), (s, _) in itertools.pairwise(runs) if s > e]
+        return start, (pauses[-1] if pauses else n_chunks), True
+    return start, n_chunks, False
 
 
 def pcm16_to_float(raw: bytes, rate: int) -> np.ndarray:
@@ -143,7 +192,55 @@ def main() -> None:
                for s in segments]
         return {"language": info.language, "duration": float(info.duration), "segments": out}
 
-    serve({"/transcribe": transcribe}, port=args.port,
+    vad = get_vad_model()  # silero VAD, shipped as ONNX inside faster-whisper
+    vad(np.zeros(VAD_CHUNK, dtype=np.float32))
+
+    def stream_step(body: dict[str, Any]) -> dict[str, Any]:
+        """One realtime step: VAD over the window, then decode its open utterance.
+
+        Answers `{speech: false}` when the window holds no speech, else `{speech: true,
+        start, end, ended, words: [{start, end, word}]}` with times in seconds from the
+        window's start; `ended` says VAD heard the utterance end at `end` (or the
+        client finished)."""
+        language = language_of(body)
+        rate = body.get("sample_rate") or RATE
+        if not isinstance(rate, int) or rate <= 0:
+            raise ClientError("sample_rate must be a positive integer")
+        audio = pcm16_to_float(b64(body, "pcm_b64"), rate)
+        if audio.size > MAX_STEP_S * RATE:
+            raise ClientError(f"a realtime window is at most {MAX_STEP_S} s")
+        final = bool(body.get("final"))
+        min_gap = max(1, round(float(body.get("min_silence_s") or 0.6) * RATE / VAD_CHUNK))
+        n = audio.size // VAD_CHUNK
+        if n == 0:
+            return {"speech": False}
+        probs = np.asarray(vad(audio[: n * VAD_CHUNK])).reshape(-1)
+        utt = utterance(speech_runs(probs), n, min_gap, final, bool(body.get("split")))
+        if utt is None:
+            return {"speech": False}
+        c0, c1, ended = utt
+        start_s, end_s = c0 * VAD_CHUNK / RATE, c1 * VAD_CHUNK / RATE
+        if c1 >= n:
+            end_s = audio.size / RATE
+        lo = max(0.0, start_s - PAD_S)
+        hi = min(audio.size / RATE, end_s + PAD_S) if ended else audio.size / RATE
+        texts: list[str] = []
+        if hi - lo >= 0.3:
+            # no word timestamps: on tiny.en they cost ~6x the decode itself and make
+            # whisper run on past the speech ("Thanks for watching!")
+            prompt = str(body.get("prompt") or "").strip() or None
+            segments, _ = model.transcribe(
+                audio[round(lo * RATE): round(hi * RATE)], language=language, beam_size=1,
+                vad_filter=False, condition_on_previous_text=False, without_timestamps=True,
+                initial_prompt=prompt)
+            for seg in segments:
+                if seg.no_speech_prob > 0.6 and seg.avg_logprob < -1.0:
+                    continue  # whisper's own verdict: this was not speech
+                texts.append(seg.text.strip())
+        return {"speech": True, "start": round(start_s, 3), "end": round(end_s, 3),
+                "ended": ended, "text": " ".join(t for t in texts if t)}
+
+    serve({"/transcribe": transcribe, "/stream_step": stream_step}, port=args.port,
           info={"model": args.name, "multilingual": multilingual, "sample_rate": RATE})
 
 

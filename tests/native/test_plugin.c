@@ -13,10 +13,18 @@
  *     a thread of its own emits chunks with host.stream.emit and ends with
  *     host.stream.close; when the message says "forever" it emits until the host
  *     refuses a chunk (the client left) and records that.
+ * It also offers management (spec §5.3): management.register answers one route
+ * (GET and POST /c-test/status under /v0/management) and one resource (/page under
+ * /v0/resource/plugins/<id>), and management.handle answers a JSON echo of the method,
+ * path and body it got (or an HTML page for the resource).
+ * And a command line: command_line.register answers the flags -greet (string, default
+ * "world") and -loud (bool); command_line.execute prints "hello <greet>" (upper-cased
+ * with -loud set), then the Args it got, and exits 3 when an argument is "fail".
  * "fail429" in the message makes either answer an error envelope with http_status 429;
  * "failmid" makes c-async close its stream with an error after one chunk.
  * Every call logs through host.log. Events go, one line each, to the file named by
- * NATIVE_TEST_EVENTS: "register <config_yaml base64>", "aborted <stream id> <ms>".
+ * NATIVE_TEST_EVENTS: "register <config_yaml base64>" (plugin.register),
+ * "reconfigure <config_yaml base64>" (plugin.reconfigure), "aborted <stream id> <ms>".
  *
  * Bad variants for the loader's error paths, by -D at build time: BAD_ABI (abi_version
  * 2), BAD_RC (init returns 3), BAD_JSON (plugin.register answers invalid JSON),
@@ -196,13 +204,13 @@ static char* completion_chunk(const char* text, const char* finish) {
 
 /* ---- methods ----------------------------------------------------------------------- */
 
-static int do_register(const char* req, size_t n, cliproxy_buffer* response) {
+static int do_register(const char* req, size_t n, cliproxy_buffer* response, int again) {
 #ifdef BAD_JSON
-    (void)req; (void)n;
+    (void)req; (void)n; (void)again;
     return reply(response, "{\"ok\":true,\"result\":{\"schema_version\":1,");
 #else
     char* cfg = find_string(req, n, "config_yaml");
-    event("register %s", cfg ? cfg : "", 0);
+    event(again ? "reconfigure %s" : "register %s", cfg ? cfg : "", 0);
     free(cfg);
     host_log("info", "c-test registering", NULL);
     return ok_reply(response,
@@ -210,7 +218,7 @@ static int do_register(const char* req, size_t n, cliproxy_buffer* response) {
         "\"Author\":\"aogstream tests\",\"GitHubRepository\":\"https://example.invalid/c-test\","
         "\"Logo\":\"\",\"ConfigFields\":[]},\"capabilities\":{\"model_provider\":true,"
         "\"executor\":true,\"executor_input_formats\":[\"openai\"],"
-        "\"executor_output_formats\":[\"chat-completions\"]}}");
+        "\"executor_output_formats\":[\"chat-completions\"],\"management_api\":true,\"command_line_plugin\":true}}");
 #endif
 }
 
@@ -467,6 +475,68 @@ static int do_execute_stream(const char* req, size_t n, cliproxy_buffer* respons
     return ok_reply(response, result);
 }
 
+/* command_line.execute: greet, list the arguments, exit 3 on "fail". */
+static int do_command(const char* req, size_t n, cliproxy_buffer* response) {
+    const char* flags = strstr(req, "\"TriggeredFlags\"");
+    const char* greet_at = flags ? strstr(flags, "\"greet\":{") : NULL;
+    char* greet = greet_at ? find_string(greet_at, n - (size_t)(greet_at - req), "Value") : NULL;
+    const char* loud_at = flags ? strstr(flags, "\"loud\":{") : NULL;
+    int loud = loud_at && strstr(loud_at, "\"Value\":true") != NULL;
+    const char* args = strstr(req, "\"Args\":");
+    char argbuf[512] = "null";
+    if (args && args[7] == '[') {
+        const char* end = strchr(args + 7, ']');
+        size_t len = end ? (size_t)(end - (args + 7)) + 1 : 0;
+        if (len < sizeof argbuf) { memcpy(argbuf, args + 7, len); argbuf[len] = 0; }
+    }
+    char out[1024];
+    snprintf(out, sizeof out, "hello %s\nargs %s\n", greet ? greet : "world", argbuf);
+    if (loud) for (char* p = out; *p; p++) if (*p >= 'a' && *p <= 'z') *p = (char)(*p - 32);
+    int code = strstr(argbuf, "\"fail\"") != NULL ? 3 : 0;
+    char* out64 = b64_encode(out, strlen(out));
+    char* err64 = b64_encode("c-test ran\n", 11);
+    char result[2048];
+    snprintf(result, sizeof result, "{\"Stdout\":\"%s\",\"Stderr\":\"%s\",\"Auths\":null,"
+             "\"ExitCode\":%d}", out64, err64, code);
+    free(out64); free(err64); free(greet);
+    return ok_reply(response, result);
+}
+
+/* management.handle: a JSON echo for routes, an HTML page for the resource. */
+static int do_manage(const char* req, size_t n, cliproxy_buffer* response) {
+    char* method = find_string(req, n, "Method");
+    char* path = find_string(req, n, "Path");
+    char* body64 = find_string(req, n, "Body");
+    size_t blen = 0;
+    char* body = body64 ? b64_decode(body64, strlen(body64), &blen) : strdup("");
+    char* text;
+    const char* type;
+    int status = 200;
+    if (path && strstr(path, "/v0/resource/plugins/") == path) {
+        text = strdup("<html><body><h1>c-test page</h1></body></html>");
+        type = "text/html";
+    } else {
+        char* eb = json_escape(body ? body : "");
+        char* em = json_escape(method ? method : "");
+        char* ep = json_escape(path ? path : "");
+        size_t len = strlen(eb) + strlen(em) + strlen(ep) + 96;
+        text = malloc(len);
+        snprintf(text, len, "{\"plugin\":\"c-test\",\"method\":\"%s\",\"path\":\"%s\","
+                 "\"body\":\"%s\"}", em, ep, eb);
+        free(eb); free(em); free(ep);
+        type = "application/json";
+        if (method && strcmp(method, "POST") == 0) status = 201;
+    }
+    char* text64 = b64_encode(text, strlen(text));
+    size_t len = strlen(text64) + 160;
+    char* result = malloc(len);
+    snprintf(result, len, "{\"StatusCode\":%d,\"Headers\":{\"Content-Type\":[\"%s\"],"
+             "\"X-C-Test\":[\"yes\"]},\"Body\":\"%s\"}", status, type, text64);
+    int rc = ok_reply(response, result);
+    free(result); free(text64); free(text); free(body); free(body64); free(method); free(path);
+    return rc;
+}
+
 static int plugin_call(const char* method, const uint8_t* request, size_t request_len,
                        cliproxy_buffer* response) {
     response->ptr = NULL;
@@ -477,8 +547,26 @@ static int plugin_call(const char* method, const uint8_t* request, size_t reques
         return 1;
     }
     const char* req = request ? (const char*)request : "";
-    if (strcmp(method, "plugin.register") == 0 || strcmp(method, "plugin.reconfigure") == 0)
-        return do_register(req, request_len, response);
+    if (strcmp(method, "plugin.register") == 0)
+        return do_register(req, request_len, response, 0);
+    if (strcmp(method, "plugin.reconfigure") == 0)
+        return do_register(req, request_len, response, 1);
+    if (strcmp(method, "management.register") == 0)
+        return ok_reply(response, "{\"routes\":[{\"Method\":\"get\",\"Path\":\"/c-test/status/\","
+                                  "\"Menu\":\"\",\"Description\":\"c-test status\"},"
+                                  "{\"Method\":\"POST\",\"Path\":\"/v0/management/c-test/status\","
+                                  "\"Menu\":\"\",\"Description\":\"c-test echo\"},"
+                                  "{\"Method\":\"GET\",\"Path\":\"/plugins\",\"Menu\":\"\","
+                                  "\"Description\":\"taken by the host\"}],"
+                                  "\"Resources\":[{\"Path\":\"page\",\"Menu\":\"C test\","
+                                  "\"Description\":\"a page\"}]}");
+    if (strcmp(method, "management.handle") == 0) return do_manage(req, request_len, response);
+    if (strcmp(method, "command_line.register") == 0)
+        return ok_reply(response, "{\"Flags\":[{\"Name\":\"greet\",\"Usage\":\"who to greet\","
+                                  "\"Type\":\"string\",\"DefaultValue\":\"world\"},"
+                                  "{\"Name\":\"loud\",\"Usage\":\"shout\",\"Type\":\"\","
+                                  "\"DefaultValue\":\"false\"}]}");
+    if (strcmp(method, "command_line.execute") == 0) return do_command(req, request_len, response);
     if (strcmp(method, "model.static") == 0)
         return ok_reply(response, "{\"Provider\":\"C-Test\",\"Models\":[{\"ID\":\"c-echo\"},"
                                   "{\"ID\":\"c-async\"}],\"AuthUpdate\":null}");

@@ -238,6 +238,11 @@ class NativeLibrary:
             self._api.shutdown()
         self._forget()
 
+    def idle(self) -> bool:
+        """No call is running in the library."""
+        with self._idle:
+            return self._inflight == 0
+
     def _forget(self) -> None:
         with _registry_lock:
             _registry.pop(self._key, None)

@@ -39,7 +39,9 @@ import attrs
 import httpx
 import trio
 
+from aogstream.host import llm_gate
 from aogstream.host.native import gojson as gj
+from aogstream.plugin_config import PluginConfigFile
 
 log = logging.getLogger("aogstream.native")
 
@@ -110,13 +112,17 @@ class HostServices:
     and streams. Create it inside the trio run (it keeps the loop's token)."""
 
     def __init__(self, max_body: int = HTTP_MAX_BODY, gateway_url: str = "",
-                 own_models: Callable[[str], set[str]] | None = None) -> None:
+                 own_models: Callable[[str], set[str]] | None = None,
+                 trust: PluginConfigFile | None = None) -> None:
         """`gateway_url`: where `host.model.*` reach the gateway's own chat door;
-        `own_models(plugin)`: the models that plugin serves (it may not call them)."""
+        `own_models(plugin)`: the models that plugin serves (it may not call them);
+        `trust`: the config.yaml whose `plugins.entries.<id>.llm` grants a plugin the
+        right to name a model (`host.llm_gate`, as for process plugins' ctx.llm)."""
         self.token = trio.lowlevel.current_trio_token()
         self.max_body = max_body
         self.gateway_url = gateway_url
         self.own_models = own_models or (lambda _plugin: set())
+        self.trust = trust
         self._model_streams: dict[str, HttpStream] = {}
         self._ids = itertools.count(1)
         self._scopes: dict[str, Scope] = {}
@@ -391,6 +397,17 @@ class HostServices:
         if model in self.own_models(plugin):
             raise CallbackFailure(f"{what}: model {model!r} is served by plugin {plugin} "
                                   f"itself (a call to it would recurse)")
+        if model and self.trust is not None:
+            # naming a model is an override, granted per plugin like ctx.llm's
+            snap = self.trust.read()
+            policy = llm_gate.policy_from_config(snap.data, plugin, problem=snap.error)
+            try:
+                llm_gate.check_overrides(policy, plugin, model=model)
+            except llm_gate.TrustDenied as exc:
+                log.warning("plugin_llm %s", json.dumps({
+                    "plugin": plugin, "op": what, "outcome": "denied", "code": "trust_denied",
+                    "model": model}, separators=(",", ":")))
+                raise CallbackFailure(f"{what}: {exc.message}") from None
         obj["stream"] = stream
         headers = [("Content-Type", "application/json")]
         raw_headers = gj.field(req, "headers")

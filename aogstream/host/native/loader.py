@@ -21,6 +21,7 @@ invalid JSON, a refused registration) is logged with the reason and listed with 
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import re
 import sys
@@ -32,8 +33,12 @@ import trio
 import yaml
 
 from aogstream import manifest as m
+from aogstream.host.native import gojson as gj
+from aogstream.host.native import management as native_management
+from aogstream.host.native.abi import CallError
 from aogstream.host.native.callbacks import HostServices
 from aogstream.host.native.plugin import NATIVE_DESC, NativePlugin, NativeProvider
+from aogstream.plugin_config import PluginConfigFile
 
 if TYPE_CHECKING:
     from aogstream.gateway import Gateway
@@ -41,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("aogstream.native")
 
 CONFIG_FILE = "config.yaml"
+WATCH_EVERY = 1.0  # seconds between looks at config.yaml's modification time
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 VERSION_RE = re.compile(r"^(?P<id>.+)-v(?P<version>[0-9][0-9A-Za-z.+-]*)$")
 EXTENSION = ".so"
@@ -185,6 +191,15 @@ class NativeConfig:
         return out
 
 
+def config_stamp(data_dir: Path) -> tuple[int, int, int] | None:
+    """What tells a changed config.yaml: (mtime ns, size, inode); None when absent."""
+    try:
+        st = os.stat(data_dir / CONFIG_FILE)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 def read_config(data_dir: Path) -> NativeConfig:
     """`<data dir>/config.yaml`'s `plugins`; a file that cannot be read leaves native
     plugins off and says why."""
@@ -226,46 +241,163 @@ class NativePlugins:
         self.found: dict[str, Found] = {}
         self.plugins: dict[str, NativePlugin] = {}
         self.host: HostServices | None = None
+        self.primary = False  # the process that writes the store (Gateway.start sets it)
+        self._stamp: tuple[Any, ...] | None = None
+        self._apply_lock = trio.Lock()
+        self._stopped = False  # after stop(), config changes are no longer applied
+        self._lifecycle = trio.Lock()  # register/reconfigure never overlap
 
     async def start(self) -> None:
         """Read the config, discover, load the enabled plugins in priority order and
         route to their executors (store rows are written by the gateway's `register`)."""
+        await self.apply(initial=True)
+
+    async def watch(self) -> None:
+        """Apply config.yaml again whenever it, or the libraries in the plugin folders,
+        change (the primary runs this for the life of the gateway; workers follow
+        through `check` when the store changes)."""
+        while True:
+            await trio.sleep(WATCH_EVERY)
+            try:
+                await self.check()
+            except Exception:  # never let a bad edit stop the watcher
+                log.exception("native plugins: applying %s failed", CONFIG_FILE)
+
+    def _disk_state(self) -> tuple[Any, ...]:
+        """What a change of shows up as: config.yaml's stamp and the library chosen for
+        each plugin ID (a new version file dropped in counts, without a config edit)."""
+        cfg = self.config
+        roots = ([cfg.dir] if cfg.dir else []) + self.gateway.plugin_search_dirs()
+        chosen = discover(roots, cfg.desired_versions())
+        return (config_stamp(self.gateway.config.data_dir),
+                tuple(sorted((pid, str(f.path)) for pid, f in chosen.items())))
+
+    async def check(self) -> bool:
+        """Apply the config when the file, or the libraries chosen, changed since the
+        last apply."""
+        if self._stopped:
+            return False
+        stamp = await trio.to_thread.run_sync(self._disk_state)
+        if stamp == self._stamp or self._stopped:
+            return False
+        await self.apply()
+        return True
+
+    async def apply(self, *, initial: bool = False) -> None:
+        """Make the loaded plugins what config.yaml says (spec §6, hot reload): a plugin
+        no longer enabled is taken out of routing, drained and shut down; one whose
+        config or priority changed gets `plugin.reconfigure` in place; a new version
+        file is loaded and registered before the old one retires (if it fails, the old
+        keeps serving); a newly enabled one is loaded. The primary then rewrites the
+        store rows, which makes the workers apply the same file."""
+        async with self._apply_lock:
+            gw = self.gateway
+            data_dir = gw.config.data_dir
+            stamp = await trio.to_thread.run_sync(self._disk_state)
+            cfg = await trio.to_thread.run_sync(read_config, data_dir)
+            self._stamp = stamp
+            if cfg.error:
+                log.error("native plugins: %s", cfg.error)
+                if not initial:  # keep serving what runs until the file is fixed
+                    return
+            self.config = cfg
+            roots = ([cfg.dir] if cfg.dir else []) + gw.plugin_search_dirs()
+            self.found = await trio.to_thread.run_sync(discover, roots,
+                                                       cfg.desired_versions())
+            want: set[str] = set()
+            if not cfg.enabled:
+                if any(cfg.plugin_enabled(pid) for pid in self.found):
+                    log.info("native plugins found but plugins.enabled is off in %s",
+                             CONFIG_FILE)
+            elif sys.platform != "linux":
+                log.error("native plugins: plugins.enabled is on in %s, but this gateway "
+                          "loads native plugins on Linux only so far; none loaded",
+                          CONFIG_FILE)
+            else:
+                want = {pid for pid in self.found if cfg.plugin_enabled(pid)}
+            for pid in [p for p in self.plugins if p not in want]:
+                await self.unload(pid)
+            if want and self.host is None:
+                host = gw.config.host if gw.config.host not in ("0.0.0.0", "::", "") \
+                    else "127.0.0.1"
+                if ":" in host:
+                    host = f"[{host}]"
+                self.host = HostServices(
+                    gw.config.max_body_bytes, gateway_url=f"http://{host}:{gw.config.port}",
+                    own_models=self._own_models,
+                    trust=PluginConfigFile.in_data_dir(gw.config.data_dir))
+            for pid in sorted(want, key=lambda pid: (-cfg.priority(pid), pid)):
+                await self._apply_one(pid)
+            taken: set[tuple[str, str]] = set()
+            for pid in sorted(self.plugins, key=lambda p: (-self.plugins[p].priority, p)):
+                plugin = self.plugins[pid]
+                if plugin.state == "running":
+                    await native_management.refresh(plugin, taken)
+            if not initial and self.primary:
+                await trio.to_thread.run_sync(self.prune_store)
+                await gw.register()
+
+    async def _apply_one(self, pid: str) -> None:
         gw = self.gateway
-        self.config = cfg = await trio.to_thread.run_sync(read_config, gw.config.data_dir)
-        if cfg.error:
-            log.error("native plugins: %s", cfg.error)
-        roots = ([cfg.dir] if cfg.dir else []) + gw.plugin_search_dirs()
-        self.found = await trio.to_thread.run_sync(discover, roots, cfg.desired_versions())
-        if not cfg.enabled:
-            if any(cfg.plugin_enabled(pid) for pid in self.found):
-                log.info("native plugins found but plugins.enabled is off in %s", CONFIG_FILE)
+        cfg = self.config
+        assert self.host is not None
+        found = self.found[pid]
+        yaml_text, priority = cfg.yaml_for(pid), cfg.priority(pid)
+        old = self.plugins.get(pid)
+        if old is not None and old.path == found.path:
+            if old.config_yaml == yaml_text and old.priority == priority:
+                return
+        if old is not None and old.path == found.path and old.state == "running":
+            try:
+                await old.reconfigure(yaml_text, priority)
+            except (CallError, gj.ReplyError, gj.EnvelopeError, ValueError) as exc:
+                old.last_error = f"plugin.reconfigure failed: {exc}"
+                log.error("native plugin %s: %s", pid, old.last_error)
+                return
+            log.info("native plugin %s reconfigured", pid)
+            if gw.providers.get(pid) is not None and gw.providers[pid].kind == "native":
+                gw.remove_provider(pid)
+            if old.executor_format:
+                self._route(old)
             return
-        if sys.platform != "linux":
-            log.error("native plugins: plugins.enabled is on in %s, but this gateway loads "
-                      "native plugins on Linux only so far; none loaded", CONFIG_FILE)
-            return
-        host = gw.config.host if gw.config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
-        self.host = HostServices(gw.config.max_body_bytes,
-                                 gateway_url=f"http://{host}:{gw.config.port}",
-                                 own_models=self._own_models)
-        lock = trio.Lock()
-        order = sorted((pid for pid in self.found if cfg.plugin_enabled(pid)),
-                       key=lambda pid: (-cfg.priority(pid), pid))
-        for pid in order:
-            found = self.found[pid]
-            plugin = NativePlugin(pid, found.path, cfg.yaml_for(pid), cfg.priority(pid),
-                                  self.host, lock)
+        plugin = NativePlugin(pid, found.path, yaml_text, priority, self.host,
+                              self._lifecycle)
+        existing = gw.providers.get(pid)
+        if existing is not None and (old is None or existing.kind != "native"):
+            plugin.state = "failed"
+            plugin.last_error = f"a plugin named {pid} is already loaded"
+            log.error("native plugin %s not loaded: %s", pid, plugin.last_error)
             self.plugins[pid] = plugin
-            if pid in gw.providers:
-                plugin.state = "failed"
-                plugin.last_error = f"a plugin named {pid} is already loaded"
-                log.error("native plugin %s not loaded: %s", pid, plugin.last_error)
-                continue
-            await plugin.load()
-            if plugin.state == "running" and plugin.executor_format:
-                self._route(plugin)
+            return
+        await plugin.load()
+        if old is not None and old.state == "running" and plugin.state != "running":
+            log.error("native plugin %s: the new file %s failed to load; %s keeps "
+                      "serving", pid, found.path.name, old.path.name)
+            return
+        self.plugins[pid] = plugin
+        if old is not None:  # the new version serves from now on; the old one retires
+            if existing is not None:
+                gw.remove_provider(pid)
+            log.info("native plugin %s: %s replaces %s", pid, found.path.name,
+                     old.path.name)
+            if old.state == "running":
+                await old.shutdown()
+        if plugin.state == "running" and plugin.executor_format:
+            self._route(plugin)
+
+    async def unload(self, pid: str) -> bool:
+        """Take a plugin out of routing, drain its calls, call its `shutdown()` and
+        forget it; False when calls were still running after the drain (bounded)."""
+        plugin = self.plugins.pop(pid, None)
+        if plugin is None:
+            return True
+        provider = self.gateway.providers.get(pid)
+        if provider is not None and provider.kind == "native":
+            self.gateway.remove_provider(pid)
+        if plugin.state == "running":
+            await plugin.shutdown()
+            log.info("native plugin %s unloaded", pid)
+        return plugin.lib.idle()
 
     def _own_models(self, plugin_id: str) -> set[str]:
         plugin = self.plugins.get(plugin_id)
@@ -332,9 +464,11 @@ class NativePlugins:
         return out
 
     async def stop(self) -> None:
+        self._stopped = True
         with trio.CancelScope(shield=True):
-            for plugin in self.plugins.values():
-                if plugin.state == "running":
-                    await plugin.shutdown()
-            if self.host is not None:
-                await self.host.aclose()
+            async with self._apply_lock:  # an apply under way finishes first
+                for plugin in self.plugins.values():
+                    if plugin.state == "running":
+                        await plugin.shutdown()
+                if self.host is not None:
+                    await self.host.aclose()

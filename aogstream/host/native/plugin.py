@@ -123,6 +123,9 @@ class NativePlugin:
         self.provider_key = ""
         self.models: list[str] = []
         self.executor_format = ""  # "" = no usable executor
+        # management.register's answer (`host.native.management`): routes and resources
+        self.routes: dict[tuple[str, str], dict[str, str]] = {}
+        self.resources: dict[str, dict[str, str]] = {}
         self.limiter = trio.CapacityLimiter(CALL_LIMIT)
         self._lifecycle = lifecycle
         self.lib = NativeLibrary(path, self._on_host_call)
@@ -172,6 +175,17 @@ class NativePlugin:
             log.info("native plugin %s loaded from %s: %s %s, models %s", self.id,
                      self.path.name, gj.text(self.metadata, "Name"),
                      gj.text(self.metadata, "Version"), ", ".join(self.models) or "none")
+
+    async def reconfigure(self, config_yaml: bytes, priority: int) -> None:
+        """`plugin.reconfigure` with fresh YAML (spec §6: a loaded plugin whose config
+        changed), then its models again; raises what `load` catches."""
+        async with self._lifecycle:
+            reply = await self.call_raw("plugin.reconfigure", {
+                "config_yaml": config_yaml, "schema_version": SCHEMA_VERSION})
+        self.executor_format = ""
+        self._accept_registration(reply)
+        self.config_yaml, self.priority = config_yaml, priority
+        await self._load_models()
 
     def _fail(self, why: str) -> None:
         self.state, self.last_error = "failed", why

@@ -1,4 +1,9 @@
-"""What one serving process may hold open: file descriptors and client connections.
+"""Hypercorn's set-up for one serving process, and what that process may hold open:
+file descriptors and client connections.
+
+`hypercorn_config` is the one hypercorn configuration (the primary's and a worker's);
+`listen_socket` is a public listening socket, shared by every process through
+SO_REUSEPORT when there are several.
 
 A connection is a file descriptor, and so is every plugin socket, pipe, store file and
 log the gateway needs to keep working. Under the usual soft limit of 1,024 open files,
@@ -46,6 +51,8 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
+from aogstream.config import Config
+
 log = logging.getLogger("aogstream")
 
 # The most client connections one serving process takes by default (~32 KiB each per
@@ -54,8 +61,39 @@ DEFAULT_MAX_CONNECTIONS = 8192
 # Descriptors kept back from clients: plugin sockets and pipes, the store and its WAL,
 # logs, engine downloads. At least this many, and at least an eighth of the limit.
 FD_RESERVE = 128
+# At most this many open client connections still count as a quiet moment (`is_quiet`).
+QUIET_CONNECTIONS = 4
 # accept() failing for want of resources: wait and retry, as trio.serve_listeners does.
 ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+def hypercorn_config(cfg: Config) -> hypercorn.config.Config:
+    """The hypercorn settings every serving process uses (its binds are set by the caller)."""
+    hc = hypercorn.config.Config()
+    hc.bind = [f"{cfg.host}:{cfg.port}"]
+    hc.backlog = 2048  # hypercorn's 100 makes connection bursts wait on SYN retries
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("aogstream.http")  # not "hypercorn.error": it is no error log
+    hc.websocket_max_message_size = cfg.ws_max_message_bytes
+    hc.read_timeout = None  # a read timeout would also kill quiet SSE streams
+    hc.graceful_timeout = 3.0
+    return hc
+
+
+def listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """The public listening socket of one serving process; with several workers each
+    binds its own with SO_REUSEPORT and the kernel balances connections across them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    sock.set_inheritable(True)
+    return sock
+
 
 
 def raise_open_file_limit() -> int:
@@ -86,6 +124,18 @@ def connection_cap(configured: int, open_files: int) -> int:
     ceiling = max(1, open_files - reserve)
     wanted = configured if configured > 0 else DEFAULT_MAX_CONNECTIONS
     return max(1, min(wanted, ceiling))
+
+
+def connection_slots(cap: int) -> trio.Semaphore:
+    """The slots `serve` takes one of per client connection (`cap` from `connection_cap`)."""
+    return trio.Semaphore(cap, max_value=cap)
+
+
+def is_quiet(slots: trio.Semaphore) -> bool:
+    """True when at most `QUIET_CONNECTIONS` client connections hold a slot (an idle
+    client's keep-alive pool, a health probe): a moment for work that pauses the
+    process, such as a full garbage collection. Read now and then, never per request."""
+    return (slots.max_value or 0) - slots.value <= QUIET_CONNECTIONS
 
 
 async def _accept_loop(listener: trio.SocketListener, slots: trio.Semaphore | None,
@@ -125,22 +175,22 @@ async def _run_connection(stream: trio.SocketStream,
                 slots.release()
 
 
-async def serve(app: Any, config: hypercorn.config.Config, max_connections: int, *,
+async def serve(app: Any, config: hypercorn.config.Config, slots: trio.Semaphore, *,
                 shutdown_trigger: Callable[[], Awaitable[None]],
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-    """`hypercorn.trio.serve(app, config)` with at most `max_connections` TCP
-    connections open at once (unix-socket binds are not counted). No TLS: the gateway
-    serves plain HTTP (loopback by default)."""
+    """`hypercorn.trio.serve(app, config)` with at most as many TCP connections open at
+    once as `slots` (from `connection_slots`) holds; unix-socket binds are not counted.
+    No TLS: the gateway serves plain HTTP (loopback by default)."""
     config.set_statsd_logger_class(StatsdLogger)
     asgi = wrap_app(app, config.wsgi_max_body_size, None)
     lifespan_state: dict[str, Any] = {}
     lifespan = Lifespan(asgi, config, lifespan_state)
     context = WorkerContext(None)
-    slots = trio.Semaphore(max_connections)
 
     async def handle(stream: trio.SocketStream) -> None:
-        await TCPServer(asgi, config, context,  # type: ignore[arg-type]
-                        ConnectionState(lifespan_state.copy()), stream)
+        # hypercorn annotates the stream as TLS only; its own trio serve passes plain ones
+        await TCPServer(asgi, config, context, ConnectionState(lifespan_state.copy()),
+                        stream)  # type: ignore[arg-type]
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)

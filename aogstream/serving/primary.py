@@ -1,48 +1,37 @@
-"""Run the gateway: gRPC loop, plugins, then hypercorn on trio, until a signal."""
+"""Run the gateway: gRPC loop, plugins, then hypercorn on trio, until a signal.
+
+This is the process `aogstream server start` runs. With one serving process it is the
+whole gateway; with more it is also the primary of the workers (`worker_pool`)."""
 
 from __future__ import annotations
 
-import gc
+import functools
 import logging
-import signal
 
-import hypercorn.config
 import trio
 
 from aogstream.config import Config, ensure_private_dir
 from aogstream.gateway import Gateway
-from aogstream.http import limits
+from aogstream.host.llm_service import PluginLlmHost
 from aogstream.http.app import build_app
 from aogstream.http.guard import Guard, describe, load_keys, policy_for
-from aogstream.http.workers import (
+from aogstream.rpc.bridge import GrpcLoop
+from aogstream.serving import hypercorn_serve, process_setup
+from aogstream.serving.worker_pool import (
     WorkerPool,
-    listen_socket,
     primary_socket_path,
     remove_folder,
     worker_count,
 )
-from aogstream.rpc.bridge import GrpcLoop
 
 log = logging.getLogger("aogstream")
-
-
-def hypercorn_config(cfg: Config) -> hypercorn.config.Config:
-    hc = hypercorn.config.Config()
-    hc.bind = [f"{cfg.host}:{cfg.port}"]
-    hc.backlog = 2048  # hypercorn's 100 makes connection bursts wait on SYN retries
-    hc.accesslog = None
-    hc.errorlog = logging.getLogger("aogstream.http")  # not "hypercorn.error": it is no error log
-    hc.websocket_max_message_size = cfg.ws_max_message_bytes
-    hc.read_timeout = None  # a read timeout would also kill quiet SSE streams
-    hc.graceful_timeout = 3.0
-    return hc
 
 
 async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED
                 ) -> None:
     """Serve until SIGINT/SIGTERM, then stop the workers and every plugin (Shutdown,
     grace, kill). With more than one worker this process is the primary: it also
-    serves, and the others follow it (`http.workers`).
+    serves, and the others follow it (`serving.worker`).
 
     Raises `guard.GuardConfigError` before anything starts when the security settings
     do not allow serving on `cfg.host` (e.g. beyond loopback without keys)."""
@@ -50,13 +39,17 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
     keys = load_keys(cfg, generate=True)
     policy = policy_for(cfg, keys)
     stop = trio.Event()
-    open_files = limits.raise_open_file_limit()  # before plugins start: they inherit it
-    cap = limits.connection_cap(cfg.max_connections, open_files)
+    open_files = hypercorn_serve.raise_open_file_limit()  # before plugins: they inherit it
+    cap = hypercorn_serve.connection_cap(cfg.max_connections, open_files)
     count = worker_count(cfg)
     pool: WorkerPool | None = None
     private_dir = ""
     async with GrpcLoop.open() as gl, trio.open_nursery() as nursery:
         gateway = Gateway(cfg, gl)
+        # plugins' LLM access: one socket per plugin, served for as long as we run
+        llm_host = PluginLlmHost(gateway)
+        await nursery.start(llm_host.run)
+        gateway.plugin_launch_env = llm_host.env_for
         try:
             await gateway.start(nursery)
             for problem in gateway.problems:
@@ -64,26 +57,25 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
             app = Guard(build_app(gateway), policy)
             log.info("request guard: %s; management key: %s", describe(policy),
                      keys.source or "none")
-            hc = hypercorn_config(cfg)
+            hc = hypercorn_serve.hypercorn_config(cfg)
             if count > 1:
-                public = listen_socket(cfg.host, cfg.port, reuse_port=True)
+                public = hypercorn_serve.listen_socket(cfg.host, cfg.port, reuse_port=True)
                 private_dir, private = primary_socket_path()
                 hc.bind = [f"fd://{public.fileno()}", f"unix:{private}"]
                 pool = WorkerPool(gateway, count, private)
                 nursery.start_soon(pool.run)
-            # GC pauses, not CPU, set the stream tail: freeze start-up objects and
-            # collect the young generation less often.
-            gc.collect()
-            gc.freeze()
-            gc.set_threshold(50_000, 50, 1000)
-            nursery.start_soon(_signals, stop)
+            slots = hypercorn_serve.connection_slots(cap)
+            process_setup.tune_gc()
+            nursery.start_soon(process_setup.collect_garbage,
+                               functools.partial(hypercorn_serve.is_quiet, slots))
+            nursery.start_soon(process_setup.stop_on_signal, stop)
             served = trio.Event()
 
             async def http(task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED
                            ) -> None:
                 try:
-                    await limits.serve(app, hc, cap, shutdown_trigger=stop.wait,
-                                       task_status=task_status)
+                    await hypercorn_serve.serve(app, hc, slots, shutdown_trigger=stop.wait,
+                                                task_status=task_status)
                 finally:
                     served.set()
 
@@ -120,10 +112,3 @@ def ready_line(cfg: Config, gateway: Gateway) -> str:
         tries.append("aogstream transcribe examples/goforward.wav")
     return f"ready, try: {'   or   '.join(tries)}   (README: A one-minute tour)"
 
-
-async def _signals(stop: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.info("received %s, shutting down", signal.Signals(signum).name)
-            stop.set()
-            return
