@@ -15,7 +15,7 @@ are the gateway's too, for their lifecycle only: routing sees their providers.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -360,6 +360,15 @@ class Gateway:
 
     def services(self) -> list[str]:
         return sorted(self._services)
+
+    def serves(self, service: str) -> bool:
+        """Whether some routable provider declares `service` (no listing built)."""
+        return bool(self._services.get(service))
+
+    def downloaded_models(self) -> Mapping[tuple[str, str], Sequence[ModelRow]]:
+        """(service, model name) → the store rows of that model downloaded, as routing
+        sees them (rebuilt by `reload`; read-only: write through the store)."""
+        return self._models
 
     def check_service(self, service: str) -> list[tuple[Provider, m.ServiceDef]]:
         """The providers declaring `service`, or 404 listing the known ones. Only this, and

@@ -150,7 +150,7 @@ def test_a_failed_conversion_names_the_problem_without_a_server_path() -> None:
     """A request the templates cannot convert: a 400 naming the template file and the
     step, never the folder the templates live in (nor any other server path)."""
     from aogstream.convert import Converter, ConvertError
-    from aogstream.http.flavors import conversion_error
+    from aogstream.http.flavor_errors import conversion_error
 
     conv = Converter().between("chat", "openai", "aog")
     with pytest.raises(ConvertError) as caught:

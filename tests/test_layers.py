@@ -34,10 +34,7 @@ KNOWN: dict[tuple[str, str], str] = {
         "the gateway owns the gRPC loop its supervisors launch plugins on",
 }
 # (importer, module) pairs still importing private helpers, and why.
-KNOWN_PRIVATE: dict[tuple[str, str], str] = {
-    ("aogstream.convert.fast", "aogstream.convert.flavor"):
-        "the fast path reuses the template engine's time helpers",
-}
+KNOWN_PRIVATE: dict[tuple[str, str], str] = {}
 
 
 def _module_name(path: Path) -> str:

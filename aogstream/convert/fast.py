@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable
 from typing import Any, Final
 
-from aogstream.convert.flavor import _from_millis, _millis, _to_millis
+from aogstream.convert.time_functions import from_millis, millis, to_millis
 
 Twin = Callable[[Any, dict[str, Any]], Any]
 
@@ -202,7 +202,7 @@ def _from_ms(value: Any) -> Any:
     """`$fromMillis(value)` with the registered fast implementation."""
     if value is U:
         return U
-    out = _from_millis(value)
+    out = from_millis(value)
     return U if out is None else out
 
 
@@ -212,7 +212,7 @@ def _to_ms(value: Any) -> Any:
         return U
     if type(value) is not str:
         raise Fallback
-    out = _to_millis(value)
+    out = to_millis(value)
     return U if out is None else out
 
 
@@ -221,7 +221,7 @@ def _created(doc: dict[str, Any]) -> Any:
     stamp = doc.get("created_at", U)
     if _truthy(stamp):
         return _floor_div(_to_ms(stamp), 1000.0)
-    return _floor_div(_millis(), 1000.0)
+    return _floor_div(millis(), 1000.0)
 
 
 def _obj(fields: dict[str, Any]) -> dict[str, Any]:

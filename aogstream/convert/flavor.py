@@ -10,17 +10,16 @@ else to go on.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import jsonata
 import yaml
-from jsonata.functions import Functions as _JFunctions
+
+from aogstream.convert.fast import lookup
+from aogstream.convert.time_functions import from_millis, millis, to_millis
 
 BLOCKS = (
     "request_to_aog",
@@ -40,53 +39,6 @@ class TemplateError(Exception):
 
 class UnknownFlavorError(TemplateError):
     """A flavor name no template answers to; the message lists the known flavors."""
-
-
-_FRACTION = re.compile(r"(\.\d{6})\d+")
-
-
-@lru_cache(maxsize=256)
-def _iso_millis(ms: int | float) -> str:
-    """RFC 3339 UTC text of a unix-millisecond time; cached: a stream repeats it per chunk."""
-    stamp = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
-
-
-def _from_millis(ms: Any, picture: Any = None, tz: Any = None) -> Any:
-    """$fromMillis without picture: the library's generic formatter costs ~200 µs a chunk."""
-    if ms is None:
-        return None
-    if picture is not None or tz is not None or not isinstance(ms, int | float):
-        return _JFunctions.datetime_from_millis(ms, picture, tz)
-    return _iso_millis(ms)
-
-
-@lru_cache(maxsize=256)
-def _iso_to_millis(text: str) -> int | None:
-    """Unix milliseconds of plain ISO 8601 text (None if it is not); cached like _iso_millis."""
-    try:
-        stamp = datetime.fromisoformat(_FRACTION.sub(r"\1", text))
-    except ValueError:
-        return None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    return round(stamp.timestamp() * 1000)
-
-
-def _to_millis(text: Any, picture: Any = None) -> Any:
-    """$toMillis for plain ISO 8601 (incl. Go's nanoseconds); anything else to the library."""
-    if text is None:
-        return None
-    if picture is None and isinstance(text, str):
-        ms = _iso_to_millis(text)
-        if ms is not None:
-            return ms
-    return _JFunctions.datetime_to_millis(text, picture)
-
-
-def _millis() -> int:
-    """$millis(): the time now (as the jsonata library's clock: rounded milliseconds)."""
-    return round(time.time() * 1000)
 
 
 def canonical_header(name: str) -> str:
@@ -176,19 +128,14 @@ def _compile_step(raw: Any, where: str, fast: bool = True) -> Step:
             expr = jsonata.Jsonata(config)
         except Exception as exc:
             raise TemplateError(f"{where}: bad jsonata expression: {exc}") from exc
-        expr.register_lambda("fromMillis", _from_millis)
-        expr.register_lambda("toMillis", _to_millis)
+        expr.register_lambda("fromMillis", from_millis)
+        expr.register_lambda("toMillis", to_millis)
         # jsonata-python's own $millis() reads the clock of the expression compiled last in
         # the thread, which is only refreshed when *that* one runs: stale by minutes.
-        expr.register_lambda("millis", _millis)
+        expr.register_lambda("millis", millis)
         # json.loads output is always valid jsonata input: skip the per-call validation walk
         expr.set_validate_input(False)
-        twin = None
-        if fast:
-            from aogstream.convert.fast import lookup  # fast imports this module
-
-            twin = lookup(config)
-        return Step("jsonata", where, expr=expr, fast=twin)
+        return Step("jsonata", where, expr=expr, fast=lookup(config) if fast else None)
     if kind == "header":
         config = config or {}
         if not isinstance(config, dict) or set(config) - {"clear_all", "del", "set", "add"}:

@@ -4,14 +4,16 @@ front of it."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import trio
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent
 from quart import Response, jsonify
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 
 from aogstream import AOG_VERSION, SPEC_VERSION, __version__
+from aogstream.asgi_types import ASGIApp
 from aogstream.gateway import Gateway
 from aogstream.http.aog_compat import register_aog_compat
 from aogstream.http.hot import HotRoutes
@@ -25,8 +27,9 @@ class ShieldedFinalSend(TrioASGIHTTPConnection):
     """Shield the final body send: without it quart-trio's disconnect watcher aborts
     hypercorn's end-of-response bookkeeping and the connection never closes."""
 
-    async def __call__(self, receive: Any, send: Any) -> None:
-        async def shielded(message: Any) -> None:
+    async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        # typed as quart-trio's own signature (hypercorn's event TypedDicts): an override
+        async def shielded(message: ASGISendEvent) -> None:
             if message.get("type") == "http.response.body" and not message.get("more_body"):
                 with trio.CancelScope(shield=True):
                     await send(message)
@@ -46,7 +49,7 @@ def envelope(code: int, message: str, data: Any = None) -> dict[str, Any]:
 def build_app(gateway: Gateway) -> HotRoutes:
     """The ASGI application: hot routes first, Quart for the rest."""
     app = QuartTrio("aogstream")
-    app.asgi_http_class = ShieldedFinalSend  # type: ignore[assignment]
+    app.asgi_http_class = ShieldedFinalSend
     app.config["MAX_CONTENT_LENGTH"] = gateway.config.max_body_bytes
     # the same body deadline as the hot routes' (Quart's default is 60 s; None: none)
     app.config["BODY_TIMEOUT"] = gateway.config.body_timeout
@@ -86,4 +89,6 @@ def build_app(gateway: Gateway) -> HotRoutes:
         return jsonify(envelope(404, "no such route; service calls live under "
                                 f"{BASE}/services/<service>")), 404
 
-    return HotRoutes(gateway, app)
+    # Quart types its ASGI events as hypercorn's TypedDicts, the routes as plain mappings:
+    # the same dicts at run time, two spellings to the type checker
+    return HotRoutes(gateway, cast(ASGIApp, app))

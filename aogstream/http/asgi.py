@@ -14,16 +14,18 @@ from urllib.parse import parse_qs
 import trio
 
 from aogstream import errors, safejson
+from aogstream.asgi_types import Headers, Receive, Scope, Send
 from aogstream.gateway import Route
 
-JSON_HEADERS = [(b"content-type", b"application/json")]
+JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 
 
 class ClientGone(Exception):
     """The client disconnected while we were reading its request."""
 
 
-def header(scope: dict[str, Any], name: bytes) -> bytes:
+def header(scope: Scope, name: bytes) -> bytes:
+    """The first value of request header `name` (lower-case), or b"" when absent."""
     for k, v in scope.get("headers", ()):
         if k == name:
             return v
@@ -33,11 +35,11 @@ def header(scope: dict[str, Any], name: bytes) -> bytes:
 # An answer sent before the request body was read (unknown service, wrong method, body
 # over the limit) must end the connection: the unread body is still on the socket, and
 # a client that reuses the connection would see it closed under its next request.
-CLOSE_AFTER = [(b"connection", b"close")]
+CLOSE_AFTER: Headers = [(b"connection", b"close")]
 
 
-async def send_json(send: Any, status: int, body: bytes,
-                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
+async def send_json(send: Send, status: int, body: bytes,
+                    extra: Headers | None = None) -> None:
     """A complete JSON response; the last send is shielded so the connection closes."""
     headers = JSON_HEADERS + (extra or [])
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -45,13 +47,13 @@ async def send_json(send: Any, status: int, body: bytes,
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def served_by_headers(route: Route) -> list[tuple[bytes, bytes]]:
+def served_by_headers(route: Route) -> Headers:
     """Which provider row and plugin served the request, on every answer."""
     return [(b"x-aogstream-provider", route.provider_name.encode()),
             (b"x-aogstream-plugin", route.provider.name.encode())]
 
 
-async def read_body(scope: dict[str, Any], receive: Any, max_body: int,
+async def read_body(scope: Scope, receive: Receive, max_body: int,
                     timeout: float | None = None, min_rate: int = 64 * 1024) -> bytes:
     """The whole request body, refused (413) past `max_body`: by its declared length
     before reading, else as soon as the bytes read pass the limit.
@@ -156,7 +158,7 @@ def check_fields(obj: dict[str, Any], service: str) -> None:
                     f"\"user\", not {safejson.type_name(msg['role'])}")
 
 
-def query_object(scope: dict[str, Any]) -> dict[str, list[str]]:
+def query_object(scope: Scope) -> dict[str, list[str]]:
     """A GET's query string as `{key: [values]}` (AOG's way), or a 400 when it is not
     UTF-8 (percent-escapes that are not UTF-8 become U+FFFD, as everywhere)."""
     try:
@@ -167,7 +169,7 @@ def query_object(scope: dict[str, Any]) -> dict[str, list[str]]:
     return dict(parse_qs(query, keep_blank_values=True))
 
 
-async def watch_disconnect(receive: Any, scope: trio.CancelScope) -> None:
+async def watch_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
     """A client that hangs up cancels the provider call (raw ASGI has no one else to)."""
     while True:
         msg = await receive()

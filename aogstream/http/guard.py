@@ -47,21 +47,20 @@ import json
 import logging
 import os
 import re
-from collections.abc import Awaitable, Callable
-from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
 import trio
 
 from aogstream import SPEC_VERSION, config, errors
+from aogstream.asgi_types import ASGIApp, Message, Receive, Scope, Send
 from aogstream.config import Config
-from aogstream.http.asgi import CLOSE_AFTER, JSON_HEADERS
-from aogstream.http.flavors import API_FLAVORS_PREFIX, error_body, is_front_door
+from aogstream.http.asgi import CLOSE_AFTER, JSON_HEADERS, send_json
+from aogstream.http.flavor_errors import error_body
+from aogstream.http.front_doors import API_FLAVORS_PREFIX, is_front_door
 
 log = logging.getLogger(__name__)
 
-ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 BASE = f"/aog/{SPEC_VERSION}"
 SERVICES_PREFIX = f"{BASE}/services/"
 CPA_MANAGEMENT = "/v0/management"  # CLIProxyAPI's management API (http.native_management)
@@ -406,7 +405,7 @@ def policy_for(cfg: Config, keys: Keys) -> Policy:
 # ---- the ASGI wrapper -----------------------------------------------------------------
 
 
-def request_facts(scope: dict[str, Any]) -> Request:
+def request_facts(scope: Scope) -> Request:
     """What `decide` needs, read from an ASGI scope."""
     host = origin = site = None
     acrm = False
@@ -466,7 +465,7 @@ class Guard:
         log.log(level, "refused %s %s: %s", "WebSocket" if req.websocket else req.method,
                 _short(req.path), decision.message)
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
@@ -483,7 +482,7 @@ class Guard:
             send = _with_cors(send, decision.cors_origin.encode("latin-1"))
         await self.app(scope, receive, send)
 
-    async def _refuse(self, scope: dict[str, Any], receive: Any, send: Any,
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send,
                       decision: Decision) -> None:
         assert decision.bcode is not None
         err = errors.GatewayError(decision.bcode, decision.message)
@@ -495,7 +494,7 @@ class Guard:
             body = error_body(_flavor_of(path), err)
         extra = [(b"www-authenticate", b"Bearer")] if decision.status == 401 else []
         if scope["type"] == "http":
-            await _send_json(send, decision.status, body, CLOSE_AFTER + extra)
+            await send_json(send, decision.status, body, CLOSE_AFTER + extra)
             return
         msg = await receive()
         if msg["type"] != "websocket.connect":
@@ -507,7 +506,7 @@ class Guard:
         else:
             await send({"type": "websocket.close", "code": 1008})
 
-    async def _preflight(self, scope: dict[str, Any], send: Any, origin: str) -> None:
+    async def _preflight(self, scope: Scope, send: Send, origin: str) -> None:
         requested = b""
         for k, v in scope.get("headers", ()):
             if k == b"access-control-request-headers":
@@ -526,18 +525,10 @@ class Guard:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _send_json(send: Any, status: int, body: bytes,
-                     extra: list[tuple[bytes, bytes]]) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": JSON_HEADERS + extra})
-    with trio.CancelScope(shield=True):
-        await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-def _with_cors(send: Any, origin: bytes) -> Any:
+def _with_cors(send: Send, origin: bytes) -> Send:
     """`send` that adds the CORS answer headers to the response start."""
 
-    async def cors_send(message: dict[str, Any]) -> None:
+    async def cors_send(message: Message) -> None:
         if message["type"] == "http.response.start":
             headers = [(k, v) for k, v in message.get("headers", ())
                        if k.lower() != b"access-control-allow-origin"]

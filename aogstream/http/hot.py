@@ -14,18 +14,18 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
 from aogstream import SPEC_VERSION, errors
+from aogstream.asgi_types import ASGIApp, Headers, Receive, Scope, Send
 from aogstream.bidi.limits import CLOSE_TRY_AGAIN_LATER, SessionLimit
 from aogstream.bidi.realtime_asr import SERVER_ERROR, event, serve_realtime
 from aogstream.bidi.realtime_asr import SERVICE as REALTIME_SERVICE
 from aogstream.bidi.relay import serve_relay
 from aogstream.bidi.socket import AsgiWebSocket
-from aogstream.gateway import Gateway, may_fall_back
+from aogstream.gateway import Gateway, Route
 from aogstream.http import local_audio
 from aogstream.http.asgi import (
     CLOSE_AFTER,
@@ -38,22 +38,23 @@ from aogstream.http.asgi import (
     read_body,
     send_json,
     served_by_headers,
-    watch_disconnect,
 )
-from aogstream.http.flavors import FrontDoors, is_front_door
+from aogstream.http.converted_services import serve_converted_service
+from aogstream.http.flavor_calls import FlavorCalls
+from aogstream.http.front_doors import FrontDoors, is_front_door
+from aogstream.http.provider_fallback import serve_with_fallback
 from aogstream.invocation import Mode
 from aogstream.sse.writer import write_stream
 
 log = logging.getLogger(__name__)
 
-ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 PREFIX = f"/aog/{SPEC_VERSION}/services/"
 # AOG's plugin guide tests a plugin with `POST /v0.2/services/chat` (no `/aog`) and a
 # body `{"provider": <plugin>, "service": <service>, "data": <the request>}`
 GUIDE_PREFIX = f"/{SPEC_VERSION}/services/"
 
 
-async def send_error(send: Any, err: errors.GatewayError) -> None:
+async def send_error(send: Send, err: errors.GatewayError) -> None:
     await send_json(send, err.status, err.body())
 
 
@@ -65,10 +66,11 @@ class HotRoutes:
         self.fallback = fallback
         self.max_body = gateway.config.max_body_bytes
         self.max_ws_frame = gateway.config.ws_max_message_bytes
-        self.front_doors = FrontDoors(gateway, self.max_body)
+        self.calls = FlavorCalls(gateway)
+        self.front_doors = FrontDoors(gateway, self.max_body, self.calls)
         self.ws_sessions = SessionLimit(gateway.config.max_realtime_sessions)
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
         kind = scope["type"]
         if path.startswith(GUIDE_PREFIX):  # the plugin guide's test command's path
@@ -92,12 +94,12 @@ class HotRoutes:
 
     # ---- HTTP -----------------------------------------------------------------------
 
-    async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes:
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         cfg = self.gateway.config
         return await read_body(scope, receive, self.max_body, cfg.body_timeout,
                                cfg.body_min_rate)
 
-    def _parse(self, scope: dict[str, Any], body: bytes) -> tuple[bytes, dict[str, Any]]:
+    def _parse(self, scope: Scope, body: bytes) -> tuple[bytes, dict[str, Any]]:
         """The request as JSON bytes and the parsed object (AOG reads `stream` from it).
 
         A GET's query string becomes `{key: [values]}` as AOG does."""
@@ -107,7 +109,7 @@ class HotRoutes:
         obj = parse_object(body, 'e.g. {"model": ..., "messages": [...]}')
         return body, obj
 
-    async def _http(self, scope: dict[str, Any], receive: Any, send: Any, service: str) -> None:
+    async def _http(self, scope: Scope, receive: Receive, send: Send, service: str) -> None:
         body_read = False
         try:
             if scope["method"] not in ("POST", "GET"):
@@ -143,49 +145,36 @@ class HotRoutes:
             return
         want_stream = obj.get("stream") is True
         ndjson = b"application/x-ndjson" in header(scope, b"accept")
-        if self.front_doors.converts(routes):  # a provider whose config_ref is not aog:*
-            await self.front_doors.serve_pivot(service, raw, obj, routes, receive, send,
-                                               ndjson=ndjson)
+        if self.calls.converts(routes):  # a provider whose config_ref is not aog:*
+            await serve_converted_service(self.calls, service, raw, obj, routes, receive,
+                                          send, ndjson=ndjson)
             return
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope)
-            for i, route in enumerate(routes):
-                last = i == len(routes) - 1
-                mode = route.mode_for(want_stream)
-                served_by = served_by_headers(route)
-                async with self.gateway.invoke(route, mode, raw) as inv:
-                    if mode is Mode.STREAM:
-                        early = await write_stream(inv, send, ndjson=ndjson,
-                                                   extra_headers=served_by)
-                        if early is None:
-                            break
-                        if not last and may_fall_back(early):
-                            log.warning("%s failed before its first byte (%s); trying %s",
-                                        route.provider_name, early.message,
-                                        routes[i + 1].provider_name)
-                            continue
-                        await send_error(send, early)
-                        break
-                    try:
-                        data = await inv.result()
-                    except errors.GatewayError as err:
-                        if not last and may_fall_back(err):
-                            log.warning("%s failed (%s); trying %s", route.provider_name,
-                                        err.message, routes[i + 1].provider_name)
-                            continue
-                        await send_error(send, err)
-                    else:
-                        if save_wav:  # AOG's answer: the saved WAV's path in `url`
-                            data = await local_audio.add_saved_wav(
-                                data, self.gateway.config.data_dir / "audio")
-                        await _send_unary(send, data, served_by)
-                    break
-            nursery.cancel_scope.cancel()
+        async def attempt(route: Route) -> errors.GatewayError | None:
+            mode = route.mode_for(want_stream)
+            served_by = served_by_headers(route)
+            async with self.gateway.invoke(route, mode, raw) as inv:
+                if mode is Mode.STREAM:
+                    return await write_stream(inv, send, ndjson=ndjson,
+                                              extra_headers=served_by)
+                try:
+                    data = await inv.result()
+                except errors.GatewayError as err:
+                    return err
+                if save_wav:  # AOG's answer: the saved WAV's path in `url`
+                    data = await local_audio.add_saved_wav(
+                        data, self.gateway.config.data_dir / "audio")
+                await _send_unary(send, data, served_by)
+                return None
+
+        async def answer_error(err: errors.GatewayError) -> None:
+            await send_error(send, err)
+
+        await serve_with_fallback(routes, attempt, answer_error, receive)
 
     # ---- WebSocket ------------------------------------------------------------------
 
-    async def _websocket(self, scope: dict[str, Any], receive: Any, send: Any,
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send,
                          service: str) -> None:
         ws = AsgiWebSocket(receive, send)
         msg = await receive()
@@ -247,7 +236,7 @@ def unwrap_guide_envelope(raw: bytes, obj: dict[str, Any], service: str
     return json.dumps(inner).encode(), inner, provider
 
 
-def pick_provider(routes: list[Any], provider: str, service: str) -> list[Any]:
+def pick_provider(routes: list[Route], provider: str, service: str) -> list[Route]:
     """The routes served by `provider` (a plugin name such as `aliyun-plugin`, or a
     provider name such as `remote_aliyun-plugin_chat`), or a 404 naming the ones there are."""
     mine = [r for r in routes if provider in (r.provider.name, r.provider_name)]
@@ -259,7 +248,7 @@ def pick_provider(routes: list[Any], provider: str, service: str) -> list[Any]:
     return mine
 
 
-async def _send_unary(send: Any, data: bytes, extra: list[tuple[bytes, bytes]]) -> None:
+async def _send_unary(send: Send, data: bytes, extra: Headers) -> None:
     head = data[:1]
     if head in (b"{", b"["):
         ctype = b"application/json"
@@ -273,7 +262,7 @@ async def _send_unary(send: Any, data: bytes, extra: list[tuple[bytes, bytes]]) 
         await send({"type": "http.response.body", "body": data, "more_body": False})
 
 
-async def _reject_ws(scope: dict[str, Any], send: Any, ws: AsgiWebSocket,
+async def _reject_ws(scope: Scope, send: Send, ws: AsgiWebSocket,
                      err: errors.GatewayError) -> None:
     """Refuse with a real HTTP status when the server supports it, else close with a
     JSON error frame so the client learns why."""

@@ -40,6 +40,7 @@ from typing import Any
 import trio
 
 from aogstream import errors
+from aogstream.asgi_types import Scope
 
 AUDIO_SERVICE, SPEECH_SERVICE = "speech-to-text", "text-to-speech"
 RAW_SUFFIXES = (".pcm", ".raw")
@@ -47,7 +48,7 @@ KEEP_SAVED = 100
 MAX_PATH_CHARS = 4096
 
 
-def is_loopback(scope: dict[str, Any]) -> bool:
+def is_loopback(scope: Scope) -> bool:
     client = scope.get("client")
     if not client:
         return False
@@ -116,7 +117,7 @@ def read_audio_file(path: str, max_bytes: int) -> bytes:
     return data
 
 
-async def inline_audio_path(scope: dict[str, Any], obj: dict[str, Any], enabled: bool,
+async def inline_audio_path(scope: Scope, obj: dict[str, Any], enabled: bool,
                             max_bytes: int) -> bool:
     """Replace a file path in `obj["audio"]` by the file's bytes in base64 (True when
     it did). A path from a non-loopback client, or with the setting off, is a 400."""
@@ -137,7 +138,7 @@ async def inline_audio_path(scope: dict[str, Any], obj: dict[str, Any], enabled:
     return True
 
 
-def wants_saved_wav(scope: dict[str, Any], obj: dict[str, Any], enabled: bool) -> bool:
+def wants_saved_wav(scope: Scope, obj: dict[str, Any], enabled: bool) -> bool:
     """AOG's SDK asks `{text, voice?, model?}` and gets `{"url": <saved wav>}`: a loopback
     request in that form (no `response_format`, no `stream`) gets the path added."""
     return enabled and is_loopback(scope) and "response_format" not in obj \

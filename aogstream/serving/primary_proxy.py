@@ -4,12 +4,11 @@ source of truth). A worker reaches it over the primary's private unix socket."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 import trio
 
 from aogstream import errors
+from aogstream.asgi_types import Receive, Scope, Send
 from aogstream.config import Config
 from aogstream.http.asgi import CLOSE_AFTER, ClientGone, read_body, send_json, watch_disconnect
 
@@ -30,7 +29,7 @@ class PrimaryProxy:
             transport=httpx.AsyncHTTPTransport(uds=socket_path),
             base_url="http://aogstream-primary", timeout=None)
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
@@ -50,7 +49,7 @@ class PrimaryProxy:
             await self._forward(scope, body, send)
             nursery.cancel_scope.cancel()
 
-    async def _forward(self, scope: dict[str, Any], body: bytes, send: Any) -> None:
+    async def _forward(self, scope: Scope, body: bytes, send: Send) -> None:
         target = scope.get("raw_path") or scope["path"].encode()
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
@@ -78,7 +77,7 @@ class PrimaryProxy:
                 await resp.aclose()
 
 
-async def _lifespan(receive: Any, send: Any) -> None:
+async def _lifespan(receive: Receive, send: Send) -> None:
     while True:
         msg = await receive()
         if msg["type"] == "lifespan.startup":

@@ -9,16 +9,15 @@ its first chunk still gets a proper HTTP error status instead of a broken stream
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
 
+from aogstream.asgi_types import Headers, Send
 from aogstream.errors import GatewayError
 from aogstream.invocation import Invocation
 from aogstream.sse.framing import SseEvents, encode_ndjson, encode_sse
-
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -81,7 +80,7 @@ async def write_stream(
     send: Send,
     *,
     ndjson: bool,
-    extra_headers: list[tuple[bytes, bytes]] | None = None,
+    extra_headers: Headers | None = None,
     convert: Convert | None = None,
     prologue: Sequence[bytes] = (),
     epilogue: Sequence[bytes] = (),
