@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aogstream.convert.flavor import FlavorRegistry, Pipeline, ServiceDef, Step, TemplateError
+from aogstream.convert.flavor import FlavorRegistry, FlavorService, Pipeline, Step, TemplateError
 
 PIVOT = "aog"
 # Bodies with these content types are media, never JSON: AOG never converts them either.
@@ -161,7 +161,7 @@ class StreamConverter:
     from the requesting (app) flavor, as in AOG.
     """
 
-    def __init__(self, app: ServiceDef, provider: ServiceDef, headers: dict[str, str],
+    def __init__(self, app: FlavorService, provider: FlavorService, headers: dict[str, str],
                  bindings: dict[str, Any]) -> None:
         """Pick the pipelines for this direction; same flavor means passthrough."""
         self.passthrough = app.flavor == provider.flavor
@@ -197,14 +197,14 @@ class StreamConverter:
 class Conversion:
     """The pipelines between one app-side and one provider-side service, chosen once."""
 
-    def __init__(self, app: ServiceDef, provider: ServiceDef) -> None:
+    def __init__(self, app: FlavorService, provider: FlavorService) -> None:
         """Precompute the request and response pipeline tuples for this pair."""
         self.app = app
         self.provider = provider
         self.passthrough = app.flavor == provider.flavor
 
-        def pair(first: str, second: str, first_side: ServiceDef,
-                 second_side: ServiceDef) -> tuple[Pipeline, ...]:
+        def pair(first: str, second: str, first_side: FlavorService,
+                 second_side: FlavorService) -> tuple[Pipeline, ...]:
             if self.passthrough:
                 return ()
             out = []
@@ -262,7 +262,7 @@ class Converter:
         self.registry = registry or FlavorRegistry()
         self._cache: dict[tuple[str, str, str, str], Conversion] = {}
 
-    def service(self, flavor: str, service: str, plugin_dir: Path | None = None) -> ServiceDef:
+    def service(self, flavor: str, service: str, plugin_dir: Path | None = None) -> FlavorService:
         """A flavor's service definition (built-in, or from the plugin's templates folder)."""
         return self.registry.get(flavor, plugin_dir).service(service)
 

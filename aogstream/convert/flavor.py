@@ -81,7 +81,7 @@ EMPTY = Pipeline()
 
 
 @dataclass(frozen=True)
-class ServiceDef:
+class FlavorService:
     """A service of a flavor: its routing facts (raw YAML keys) and its six pipelines."""
 
     name: str
@@ -102,9 +102,9 @@ class Flavor:
     path: str
     version: str
     info: dict[str, Any]
-    services: dict[str, ServiceDef] = field(default_factory=dict)
+    services: dict[str, FlavorService] = field(default_factory=dict)
 
-    def service(self, name: str) -> ServiceDef:
+    def service(self, name: str) -> FlavorService:
         """Look a service up, failing with the list of services this flavor has."""
         try:
             return self.services[name]
@@ -213,7 +213,7 @@ def parse_flavor(text: str, path: str, *, fast: bool = True) -> Flavor:
     services_raw = doc.get("services") or {}
     if not isinstance(services_raw, dict):
         raise TemplateError(f"{path}: 'services' must be a mapping of service name to definition")
-    services: dict[str, ServiceDef] = {}
+    services: dict[str, FlavorService] = {}
     for svc, body in services_raw.items():
         body = body or {}
         if not isinstance(body, dict):
@@ -224,7 +224,7 @@ def parse_flavor(text: str, path: str, *, fast: bool = True) -> Flavor:
             if body.get(block) is not None
         }
         info = {k: v for k, v in body.items() if k not in BLOCKS}
-        services[str(svc)] = ServiceDef(str(svc), name, info, pipelines)
+        services[str(svc)] = FlavorService(str(svc), name, info, pipelines)
     info = {k: v for k, v in doc.items() if k != "services"}
     return Flavor(name, path, str(doc.get("version", "")), info, services)
 
@@ -288,7 +288,7 @@ class FlavorRegistry:
             f"unknown flavor {name!r}{where}; known flavors: {', '.join(self.known())}"
         )
 
-    def resolve_config_ref(self, config_ref: str, plugin_dir: Path | None = None) -> ServiceDef:
+    def resolve_config_ref(self, config_ref: str, plugin_dir: Path | None = None) -> FlavorService:
         """Resolve a plugin's `config_ref` ("flavor:service") to a service definition."""
         flavor_name, sep, service = config_ref.partition(":")
         if not sep or not flavor_name or not service:
@@ -301,13 +301,13 @@ class FlavorRegistry:
 
 
 def load_plugin_templates(plugin_dir: Path, config_refs: list[str],
-                          registry: FlavorRegistry) -> dict[str, ServiceDef]:
+                          registry: FlavorRegistry) -> dict[str, FlavorService]:
     """Resolve every `config_ref` of one plugin, failing for that plugin alone.
 
-    Returns config_ref → ServiceDef; raises TemplateError naming the plugin folder, so plugin
+    Returns config_ref → FlavorService; raises TemplateError naming the plugin folder, so plugin
     discovery can mark just this plugin as failed and keep loading the others.
     """
-    out: dict[str, ServiceDef] = {}
+    out: dict[str, FlavorService] = {}
     for ref in config_refs:
         try:
             out[ref] = registry.resolve_config_ref(ref, plugin_dir)
