@@ -17,6 +17,10 @@ executes anything a manifest points at (safe plugin name, executable inside the 
 ``<file>: <field>: <reason>`` so the author can fix them without reading our code.
 
 This module is part of the neutral core: it knows nothing about HTTP, gRPC or processes.
+
+Why one module of this size: it mirrors AOG's plugin-sdk `types` package, one wire type
+per AOG type with the same names and order, so a reader can check it against the spec
+in one pass; the codec those types share (`_Wire`) lives here with them.
 """
 
 import base64

@@ -12,6 +12,10 @@ jsonata expression instead (same answer, or the same error).  Twins never mutate
 so falling back half-way is always safe.  tests/test_convert_fast.py runs every twin against
 jsonata on a corpus of ordinary and odd bodies and checks that every hot built-in expression
 has a twin.
+
+Why one module of this size: each twin mirrors one template expression's exact text and
+is found by that text, so they are kept side by side with the lookup table; splitting
+them by flavor would scatter the table that proves every hot expression has a twin.
 """
 
 from __future__ import annotations

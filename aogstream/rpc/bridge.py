@@ -21,6 +21,9 @@ through this module:
   the `async with` always schedules an explicit cancel (a no-op on a finished call).
 * **Callbacks into trio never raise**: a raising `run_sync_soon` callback would crash
   the trio run.
+
+Why one module: the rules above hold only together (one grpc thread, one wake-up per
+burst, cancellation in both directions), and each call shape is a small class over them.
 """
 
 from __future__ import annotations

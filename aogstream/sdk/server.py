@@ -6,6 +6,10 @@ TCP within PLUGIN_MIN_PORT..PLUGIN_MAX_PORT), prints the one handshake line on
 stdout, and serves `protocol.ProviderService` plus go-plugin's health (`plugin`),
 GRPCController (Shutdown), GRPCStdio and GRPCBroker. Business errors go back in
 `code`/`message` with AOG's codes, never as gRPC status errors.
+
+Why one module of this size, for now: the servicer's three call shapes share the event
+batching, framing and cancellation written here; splitting them apart (handshake already
+lives in `rpc/handshake.py`) is the next step, not yet done.
 """
 
 from __future__ import annotations
