@@ -83,7 +83,12 @@ def run_writer(db: Path, start: int, kill_after: float) -> list[int]:
         assert first == b"ready\n", (first, proc.stderr.read() if proc.poll() else b"")
         time.sleep(kill_after)
         proc.send_signal(signal.SIGKILL)
-        out, err = proc.communicate(timeout=10)
+        proc.wait(timeout=10)
+        # read through the same buffered readers as `readline` above: it may have read
+        # ahead past "ready" (steps printed before this process got to it), and
+        # `communicate` reads the raw pipes, so those steps would look lost
+        out = proc.stdout.read()
+        err = proc.stderr.read() if proc.stderr else b""
     finally:
         if proc.poll() is None:
             proc.kill()
