@@ -19,6 +19,7 @@ import httpx
 
 from aogstream.cli.client import BASE, EXIT_INTERRUPTED, Api, CliError, error_message, not_running
 from aogstream.cli.output import dump_json
+from aogstream.engines import pcm
 
 FRAME_MS = 20
 RATE = 16000
@@ -85,21 +86,18 @@ class _Captions:
 def mic_pcm(path: str) -> bytes:
     """The file for `--mic-file` as PCM16 16 kHz mono: a WAV's header is read and its
     audio resampled (first channel); anything else must already be raw PCM16 16 kHz."""
-    from aogstream.errors import GatewayError
-    from aogstream.http.audio import resample_pcm16, wav_pcm
-
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror or exc}", 2) from exc
-    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+    if pcm.is_wav(data):
         try:
-            pcm, rate = wav_pcm(data)
-        except GatewayError:
+            samples, rate = pcm.wav_to_mono_pcm16(data)
+        except pcm.WavError:
             raise CliError(f"{path} is not a readable 16-bit PCM WAV; --mic-file takes "
                            "16-bit PCM (convert it, e.g. `sox in.wav -b 16 out.wav`)",
                            2) from None
-        return resample_pcm16(pcm, rate, RATE)
+        return pcm.resample(samples, rate, RATE)
     if data[:4] in (b"fLaC", b"OggS") or data[:3] == b"ID3":
         raise CliError(f"{path} is compressed audio; --mic-file takes a WAV or raw PCM16 "
                        f"{RATE} Hz mono (or transcribe it without --mic-file)", 2)

@@ -1,4 +1,4 @@
-"""Helpers for OpenAI's audio front doors: multipart forms, transcript formats, PCM.
+"""Helpers for OpenAI's audio front doors: multipart forms, transcript formats, WAV errors.
 
 OpenAI's `/v1/audio/transcriptions` takes `multipart/form-data`, which no other
 front door does; the parser here is a plain boundary split over the bytes already
@@ -9,16 +9,13 @@ with the form, so the OpenAI client raises `BadRequestError` with that text.
 
 from __future__ import annotations
 
-import array
-import io
-import sys
-import wave
 from dataclasses import dataclass
 from email.message import Message
 from email.utils import collapse_rfc2231_value
 from typing import Any
 
 from aogstream import errors
+from aogstream.engines import pcm
 
 MAX_FORM_PARTS = 64  # OpenAI's form has ~8 fields; more is abuse, not a client
 MAX_BOUNDARY = 200  # RFC 2046 allows 70; be lenient, but bounded
@@ -169,53 +166,18 @@ def vtt(verbose: dict[str, Any]) -> str:
                                   for a, b, text in _cues(verbose))
 
 
-# ---- speech -----------------------------------------------------------------------------
+# ---- speech ----------------------------------------------------------------------------
 
 def wav_pcm(data: bytes) -> tuple[bytes, int]:
     """(PCM16 mono little-endian, sample rate) of a WAV file, or a 502: the provider's
     answer is not audio this door can convert."""
     try:
-        with wave.open(io.BytesIO(data), "rb") as w:
-            channels, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
-            frames = w.readframes(w.getnframes())
-    except (wave.Error, EOFError) as exc:
+        return pcm.wav_to_mono_pcm16(data)
+    except pcm.SampleWidthError as exc:
+        raise errors.GatewayError(errors.INVOKE_FAILED,
+                                  f"the text-to-speech provider answered {exc.bits}-bit "
+                                  "audio; only 16-bit WAV can be converted to pcm") from None
+    except pcm.WavError as exc:
         raise errors.GatewayError(errors.INVOKE_FAILED,
                                   f"the text-to-speech provider answered audio that is not "
                                   f"a readable WAV file ({exc})") from None
-    if width != 2:
-        raise errors.GatewayError(errors.INVOKE_FAILED,
-                                  f"the text-to-speech provider answered {8 * width}-bit "
-                                  "audio; only 16-bit WAV can be converted to pcm")
-    samples = array.array("h", frames)
-    if sys.byteorder == "big":
-        samples.byteswap()
-    if channels > 1:
-        samples = array.array("h", samples[::channels])
-    if sys.byteorder == "big":
-        samples.byteswap()
-    return samples.tobytes(), rate
-
-
-def resample_pcm16(pcm: bytes, src_rate: int, dst_rate: int) -> bytes:
-    """Linear-interpolation resampling of PCM16 mono (OpenAI's `pcm` is 24 kHz; local
-    voices speak at their own rate, e.g. 22.05 kHz)."""
-    if src_rate == dst_rate or not pcm:
-        return pcm
-    samples = array.array("h", pcm[: len(pcm) // 2 * 2])
-    if sys.byteorder == "big":
-        samples.byteswap()
-    n_out = len(samples) * dst_rate // src_rate
-    last = len(samples) - 1
-    step = src_rate / dst_rate
-    out = array.array("h", bytes(2 * n_out))
-    for i in range(n_out):
-        pos = i * step
-        j = int(pos)
-        if j >= last:
-            out[i] = samples[last]
-        else:
-            a = samples[j]
-            out[i] = round(a + (samples[j + 1] - a) * (pos - j))
-    if sys.byteorder == "big":
-        out.byteswap()
-    return out.tobytes()

@@ -41,6 +41,7 @@ import trio
 
 from aogstream import errors
 from aogstream.asgi_types import Scope
+from aogstream.engines.pcm import is_wav
 
 AUDIO_SERVICE, SPEECH_SERVICE = "speech-to-text", "text-to-speech"
 RAW_SUFFIXES = (".pcm", ".raw")
@@ -73,7 +74,7 @@ def _is_base64(value: str) -> bool:
 
 def is_audio(head: bytes, name: str) -> bool:
     """Whether a file's first bytes (or, for headerless PCM, its name) say audio."""
-    return (head[:4] == b"RIFF" and head[8:12] == b"WAVE") or head[:3] == b"ID3" \
+    return is_wav(head) or head[:3] == b"ID3" \
         or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0) \
         or head[:4] in (b"fLaC", b"OggS", b"\x1a\x45\xdf\xa3") or head[4:8] == b"ftyp" \
         or name.lower().endswith(RAW_SUFFIXES)

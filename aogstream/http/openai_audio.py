@@ -19,6 +19,7 @@ import trio
 from aogstream import errors
 from aogstream.asgi_types import Headers, Receive, Scope, Send
 from aogstream.convert import PIVOT, ConvertError, TemplateError
+from aogstream.engines.pcm import resample
 from aogstream.gateway import Route
 from aogstream.http import audio
 from aogstream.http.asgi import header, parse_object
@@ -180,7 +181,7 @@ class OpenAIAudio:
                                           "the text-to-speech provider answered no WAV audio")
             if fmt == "pcm":
                 pcm, rate = audio.wav_pcm(wav)
-                pcm = await trio.to_thread.run_sync(audio.resample_pcm16, pcm, rate,
+                pcm = await trio.to_thread.run_sync(resample, pcm, rate,
                                                     OPENAI_PCM_RATE)
                 await send_bytes(send, 200, pcm, SPEECH_FORMATS["pcm"], served_by)
             else:
@@ -220,7 +221,7 @@ class OpenAIAudio:
                 except (ValueError, TypeError) as exc:
                     raise errors.GatewayError(errors.TASK_FAILED,
                                               f"a speech chunk has no PCM audio: {exc}") from None
-                out += await trio.to_thread.run_sync(audio.resample_pcm16, pcm, rate,
+                out += await trio.to_thread.run_sync(resample, pcm, rate,
                                                      OPENAI_PCM_RATE)
             return bytes(out)
 
