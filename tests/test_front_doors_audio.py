@@ -283,3 +283,9 @@ def test_subtitles_from_a_verbose_transcript() -> None:
     assert vtt(verbose) == ("WEBVTT\n\n00:00:00.000 --> 00:00:01.250\na\n\n"
                             "01:01:01.500 --> 01:01:02.000\nb\n\n")
     assert srt({"text": "", "segments": []}) == ""
+    # a provider's odd fields cost a cue its time or its place, never the answer
+    odd = {"text": "whole", "duration": "2.5",
+           "segments": ["junk", {"start": "1.5", "end": None, "text": "seg"}]}
+    assert srt(odd) == "1\n00:00:01,500 --> 00:00:00,000\nseg\n\n"
+    assert vtt({"text": " whole ", "duration": True, "segments": "junk"}) == \
+        "WEBVTT\n\n00:00:00.000 --> 00:00:00.000\nwhole\n\n"

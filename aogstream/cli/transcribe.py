@@ -13,13 +13,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import httpx
 
 from aogstream.cli.client import BASE, EXIT_INTERRUPTED, Api, CliError, error_message, not_running
 from aogstream.cli.output import dump_json
 from aogstream.engines import pcm
+
+if TYPE_CHECKING:  # imported for real only by the realtime command (see the docstring)
+    from websockets.sync.client import ClientConnection
 
 FRAME_MS = 20
 RATE = 16000
@@ -36,7 +39,7 @@ def cmd_transcribe(api: Api, args: argparse.Namespace) -> int:
         audio = Path(args.file).read_bytes()
     except OSError as exc:
         raise CliError(f"cannot read audio file {args.file}: {exc.strerror or exc}", 2) from exc
-    body: dict[str, Any] = {"audio": base64.b64encode(audio).decode()}
+    body: dict[str, str | int] = {"audio": base64.b64encode(audio).decode()}
     if Path(args.file).suffix.lower() in (".raw", ".pcm"):
         body.update({"format": "pcm", "sample_rate": args.rate})
     if args.language:
@@ -121,7 +124,7 @@ def _transcribe_realtime(api: Api, args: argparse.Namespace) -> int:
     failure: list[str] = []
     finished = threading.Event()
 
-    def reader(ws: Any) -> None:
+    def reader(ws: ClientConnection) -> None:
         try:
             while True:
                 raw = ws.recv(timeout=120)

@@ -9,10 +9,10 @@ with the form, so the OpenAI client raises `BadRequestError` with that text.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.message import Message
 from email.utils import collapse_rfc2231_value
-from typing import Any
 
 from aogstream import errors
 from aogstream.engines import pcm
@@ -44,7 +44,7 @@ def bad(message: str) -> errors.GatewayError:
 
 
 def _param(msg: Message, name: str, header: str) -> str | None:
-    value: Any = msg.get_param(name, header=header)
+    value = msg.get_param(name, header=header)
     if value is None:
         return None
     return str(collapse_rfc2231_value(value))
@@ -142,25 +142,42 @@ def _clock(seconds: float, comma: bool) -> str:
     return f"{h:02d}:{mi:02d}:{s:02d}{',' if comma else '.'}{ms:03d}"
 
 
-def _cues(verbose: dict[str, Any]) -> list[tuple[float, float, str]]:
+def _seconds(value: object) -> float:
+    """A time in seconds from a transcript field; 0 when it is missing or no number (a
+    provider's odd field costs a cue its time, never the answer)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return 0.0
+    return 0.0
+
+
+def _cues(verbose: Mapping[str, object]) -> list[tuple[float, float, str]]:
     """(start, end, text) per segment; the whole text as one cue when there are none."""
     cues = []
-    for seg in verbose.get("segments") or []:
+    segments = verbose.get("segments")
+    for seg in segments if isinstance(segments, list) else []:
+        if not isinstance(seg, dict):
+            continue
         text = str(seg.get("text") or "").strip()
         if text:
-            cues.append((float(seg.get("start") or 0), float(seg.get("end") or 0), text))
-    if not cues and str(verbose.get("text") or "").strip():
-        cues.append((0.0, float(verbose.get("duration") or 0), str(verbose["text"]).strip()))
+            cues.append((_seconds(seg.get("start")), _seconds(seg.get("end")), text))
+    whole = str(verbose.get("text") or "").strip()
+    if not cues and whole:
+        cues.append((0.0, _seconds(verbose.get("duration")), whole))
     return cues
 
 
-def srt(verbose: dict[str, Any]) -> str:
+def srt(verbose: Mapping[str, object]) -> str:
     """SubRip subtitles from OpenAI's verbose_json transcript."""
     return "".join(f"{i}\n{_clock(a, True)} --> {_clock(b, True)}\n{text}\n\n"
                    for i, (a, b, text) in enumerate(_cues(verbose), 1))
 
 
-def vtt(verbose: dict[str, Any]) -> str:
+def vtt(verbose: Mapping[str, object]) -> str:
     """WebVTT subtitles from OpenAI's verbose_json transcript."""
     return "WEBVTT\n\n" + "".join(f"{_clock(a, False)} --> {_clock(b, False)}\n{text}\n\n"
                                   for a, b, text in _cues(verbose))

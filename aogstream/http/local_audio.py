@@ -35,7 +35,6 @@ import os
 import stat
 import uuid
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -118,7 +117,7 @@ def read_audio_file(path: str, max_bytes: int) -> bytes:
     return data
 
 
-async def inline_audio_path(scope: Scope, obj: dict[str, Any], enabled: bool,
+async def inline_audio_path(scope: Scope, obj: dict[str, object], enabled: bool,
                             max_bytes: int) -> bool:
     """Replace a file path in `obj["audio"]` by the file's bytes in base64 (True when
     it did). A path from a non-loopback client, or with the setting off, is a 400."""
@@ -139,7 +138,7 @@ async def inline_audio_path(scope: Scope, obj: dict[str, Any], enabled: bool,
     return True
 
 
-def wants_saved_wav(scope: Scope, obj: dict[str, Any], enabled: bool) -> bool:
+def wants_saved_wav(scope: Scope, obj: dict[str, object], enabled: bool) -> bool:
     """AOG's SDK asks `{text, voice?, model?}` and gets `{"url": <saved wav>}`: a loopback
     request in that form (no `response_format`, no `stream`) gets the path added."""
     return enabled and is_loopback(scope) and "response_format" not in obj \

@@ -25,7 +25,7 @@ from aogstream.http import audio
 from aogstream.http.asgi import header, parse_object
 from aogstream.http.flavor_calls import Door, FlavorCalls, send_bytes, strip_sse
 from aogstream.http.flavor_errors import template_error
-from aogstream.invocation import Invocation
+from aogstream.invocation import Frame, Invocation, Response
 
 log = logging.getLogger(__name__)
 
@@ -204,9 +204,11 @@ class OpenAIAudio:
         except TemplateError as exc:
             return template_error(exc, route.provider_name)
 
-        async def pcm_of(item: Any) -> bytes:
+        async def pcm_of(item: Response) -> bytes:
             out = bytearray()
             for event in item if isinstance(item, list) else (item,):
+                if isinstance(event, Frame):
+                    continue  # frames belong to bidi sessions, never to a stream
                 try:
                     chunk = to_aog.convert(strip_sse(bytes(event)))
                     obj = json.loads(chunk) if chunk else None
