@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a web origin (scheme://host:port) allowed to call the service "
                        "routes with CORS, never management (repeatable; also "
                        "AOGSTREAM_CORS_ORIGINS)")
+    start.add_argument("--database-url", default=None, metavar="URL",
+                       help="keep the store in PostgreSQL (postgresql://user:pass@host/db), "
+                       "shared by several gateway hosts; needs AOGSTREAM_SECRET_KEY "
+                       "(default: SQLite in the data directory; AOGSTREAM_DATABASE_URL)")
     start.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     stop = ssub.add_parser("stop", help="stop the gateway started with `server start -d`")
     stop.add_argument("--data-dir", type=Path, default=None, help="data directory")
@@ -271,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers is not None and args.workers < 0:
         parser.error("--workers must be 0 (one per core) or more")
     cfg = Config.from_env(host=args.host, port=args.port, data_dir=args.data_dir,
-                          plugin_dirs=args.plugin_dir, workers=args.workers)
+                          plugin_dirs=args.plugin_dir, workers=args.workers,
+                          database_url=args.database_url)
     if args.data_dir is not None and not args.plugin_dir:
         cfg.plugin_dirs = default_plugin_dirs(cfg.data_dir)
     cfg.allowed_hosts = [*cfg.allowed_hosts, *(args.allowed_host or [])]
