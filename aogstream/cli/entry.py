@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--engine-dir", type=Path, default=None,
                        help="where engines and models go (default <data dir>/engines)")
     add_client_parsers(sub)
+    from aogstream.cli.database import add_parser as add_db_parser
+
+    add_db_parser(sub)
     return parser
 
 
@@ -116,6 +119,8 @@ environment:
   AOG_DATA_DIR             data directory (database, logs, engines, plugins)
   AOG_PLUGIN_DIR           more plugin folders (separated by ':')
   AOGSTREAM_HOST, AOGSTREAM_PORT     where `server start` listens
+  AOGSTREAM_DATABASE_URL   a PostgreSQL store shared by several gateway hosts
+                           (with AOGSTREAM_SECRET_KEY); `aogstream db migrate|copy-sqlite`
   AOGSTREAM_ENGINE_DIR     where local engines and models are installed
   AOGSTREAM_WORKERS        serving processes (0 = one per core)
   AOGSTREAM_UNARY_TIMEOUT, AOGSTREAM_STREAM_TIMEOUT   seconds (negative: none)
@@ -259,13 +264,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:  # bare `aogstream`: the help, not a usage error
         parser.print_help()
         return 0
-    if args.command not in ("server", "engine"):
+    if args.command not in ("server", "engine", "db"):
         return run(args)
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "db":
+        from aogstream.cli.database import cmd_db
+
+        return cmd_db(args)
     if args.command == "engine":
         from aogstream.cli.engines import cmd_engine
 

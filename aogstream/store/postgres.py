@@ -282,6 +282,9 @@ class PostgresStore:
     def wait_change(self, timeout: float) -> bool:
         """Block up to `timeout` s for a write by another host (True) or none (False).
         The first call starts the listener thread."""
+        if self._stop.is_set():  # closed: nothing more will change
+            time.sleep(timeout)
+            return False
         if self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, name="aogstream-pg-listen",
                                              daemon=True)
@@ -413,7 +416,7 @@ class PostgresStore:
         host = self._model_host(model)
         values: list[SqlValue] = [host, *(getattr(model, c) for c in MODEL_COLUMNS)]
         values[1 + MODEL_COLUMNS.index("is_default")] = bool(model.is_default)
-        values[1 + MODEL_COLUMNS.index("size")] = int(model.size)
+        values[1 + MODEL_COLUMNS.index("status")] = str(model.status)  # an enum's value
         cols = ", ".join(("host_id", *MODEL_COLUMNS))
         marks = ", ".join(["%s"] * len(values))
         updates = ", ".join(f"{c}=excluded.{c}" for c in MODEL_COLUMNS
@@ -480,6 +483,7 @@ class PostgresStore:
             mvalues: list[SqlValue] = [self._model_host(mr),
                                        *(getattr(mr, c) for c in MODEL_COLUMNS)]
             mvalues[1 + MODEL_COLUMNS.index("is_default")] = bool(mr.is_default)
+            mvalues[1 + MODEL_COLUMNS.index("status")] = str(mr.status)
             ops.append((f"INSERT INTO aog_model ({', '.join(('host_id', *MODEL_COLUMNS))}) "
                         f"VALUES ({', '.join(['%s'] * len(mvalues))}) ON CONFLICT "
                         f"(host_id, provider_name, model_name) DO UPDATE SET {mupdates}",
