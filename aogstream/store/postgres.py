@@ -206,7 +206,8 @@ class PostgresStore:
     def _query(self, sql: str, params: tuple[SqlValue, ...] = ()) -> list[dict[str, Any]]:
         try:
             with self._pool.connection() as conn:
-                return conn.execute(sql, params).fetchall()
+                rows: list[dict[str, Any]] = conn.execute(sql, params).fetchall()
+                return rows
         except psycopg.OperationalError as exc:
             raise StoreError(f"{self.where}: {exc}") from None
 
