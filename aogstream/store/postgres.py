@@ -55,6 +55,7 @@ type SqlValue = str | int | float | bool | bytes | None
 CHANNEL = "aogstream_changes"
 MIGRATION_LOCK = 0x616F6773  # pg_advisory_xact_lock key: "aogs"
 POLL_INTERVAL_S = 2.0  # the safety net's generation check
+WAKE_S = 0.25  # how often the listener looks up from LISTEN to see whether it should stop
 
 MIGRATIONS: list[str] = [
     # 1: the first release (SQLite's version 1, plus what sharing needs)
@@ -273,10 +274,14 @@ class PostgresStore:
             raise StoreError(f"{self.where}: {exc} (provider {provider_name})") from None
 
     def _seed(self) -> None:
-        self._tx([("INSERT INTO aog_service (name, hybrid_policy, status, avatar, created_at, "
-                   "updated_at) VALUES (%s, %s, -1, '', %s, %s) ON CONFLICT (name) DO NOTHING",
-                   (name, policy, now(), now())) for name, policy in SERVICES.items()
-                  if name not in {s.service_name for s in self.services()}] or [])
+        existing = {s.service_name for s in self.services()}
+        ops: list[tuple[str, tuple[SqlValue, ...]]] = [
+            ("INSERT INTO aog_service (name, hybrid_policy, status, avatar, created_at, "
+             "updated_at) VALUES (%s, %s, -1, '', %s, %s) ON CONFLICT (name) DO NOTHING",
+             (name, policy, now(), now()))
+            for name, policy in SERVICES.items() if name not in existing]
+        if ops:  # another host may seed at the same moment: DO NOTHING keeps theirs
+            self._tx(ops)
 
     # ---- change propagation ----
 
@@ -304,10 +309,14 @@ class PostgresStore:
                                                 connect_timeout=10) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self._check_generation(conn)
+                    checked = time.monotonic()
                     while not self._stop.is_set():
-                        for note in conn.notifies(timeout=POLL_INTERVAL_S, stop_after=1):
+                        # short waits, so that close() is never kept waiting long
+                        for note in conn.notifies(timeout=WAKE_S, stop_after=1):
                             self._on_notify(note.payload)
-                        self._check_generation(conn)
+                        if time.monotonic() - checked >= POLL_INTERVAL_S:
+                            self._check_generation(conn)
+                            checked = time.monotonic()
             except psycopg.Error as exc:
                 if self._stop.is_set():
                     return
