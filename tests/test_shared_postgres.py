@@ -10,7 +10,8 @@ over loopback. remote-echo-plugin stands in for a cloud: it answers with a finge
 Proven: a provider created on A routes on B within a second (B's routing follows A's
 write without a restart, on whichever of B's processes serves); a key set on A reaches
 B's plugin with B's calls, and shows up in no response, no gateway log and no database
-row; a hybrid policy set on B holds on A; a gateway without the secret refuses to
+row; a hybrid policy set on B holds on A; a plugin disabled on A stays enabled and
+serving on B (plugin switches are per host); a gateway without the secret refuses to
 start against the database and says which variable to set; kill -9 of A (its whole
 process tree) while it acknowledges writes loses none of them, B keeps serving
 meanwhile, and A comes back with all of them; `aogstream db migrate` and `db
@@ -205,6 +206,29 @@ def test_a_hybrid_policy_changed_on_b_holds_on_a(hosts: tuple[Gateway, Gateway])
         assert r.status_code == 200, r.text
     wait_until("A follows B back", lambda: served_by(chat(a)[0]) == "local_echo-plugin_chat",
                PROPAGATION_S)
+
+
+def test_plugin_switches_stay_per_host(hosts: tuple[Gateway, Gateway]) -> None:
+    """Disabling a plugin on A is A's business: B's copy keeps running and serving, also
+    after B has followed A's later writes."""
+    a, b = hosts
+    r = record(httpx.post(f"{a.url}{API}/plugin/disable", timeout=30.0,
+                          json={"name": "echo-plugin"}))
+    assert r.status_code == 200, r.text
+    try:
+        assert a.plugin("echo-plugin")["enabled"] is False
+        r = record(httpx.put(f"{a.url}{API}/service", timeout=10.0,
+                             json={"service_name": "embed", "hybrid_policy": "default"}))
+        assert r.status_code == 200, r.text
+        gen_b = b.plugin("echo-plugin")
+        assert gen_b["enabled"] is True and gen_b["state"] == "running", gen_b
+        r, _ = chat(b)
+        assert served_by(r) == "local_echo-plugin_chat", r.text
+    finally:
+        r = record(httpx.post(f"{a.url}{API}/plugin/enable", timeout=30.0,
+                              json={"name": "echo-plugin"}))
+        assert r.status_code == 200, r.text
+    a.wait_plugin_running(name="echo-plugin")
 
 
 def test_without_the_secret_a_gateway_refuses_to_start(
