@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -113,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     cluster = Cluster(bindir)
     procs: list[subprocess.Popen[bytes]] = []
     db: TestDatabase | None = None
+    work = Path(tempfile.mkdtemp(prefix="aogstream-bench-store-"))
     try:
         db = TestDatabase(cluster.start())
-        work = Path(tempfile.mkdtemp(prefix="aogstream-bench-store-"))
         (work / "sqlite").mkdir()
         (work / "pg").mkdir()
         sq, sq_url = start_gateway(work / "sqlite", {})
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             except psycopg.Error:
                 pass
         cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
