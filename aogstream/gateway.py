@@ -36,10 +36,19 @@ from aogstream.invocation import (
     open_invocation,
 )
 from aogstream.rpc.bridge import GrpcLoop
-from aogstream.store import HYBRID_POLICIES, ModelRow, ProviderRow, Service, Store, open_store
+from aogstream.store import (
+    HYBRID_POLICIES,
+    ModelRow,
+    ProviderRow,
+    Service,
+    Store,
+    StoreError,
+    open_store,
+)
 from aogstream.store.base import ModelStatus
 
 log = logging.getLogger(__name__)
+STORE_RETRY_S = 1.0  # how often the primary retries a routing rebuild the store refused
 
 
 @attrs.frozen
@@ -98,6 +107,7 @@ class Gateway:
         self._models: dict[tuple[str, str], list[ModelRow]] = {}
         self._policies: dict[str, str] = {}
         self._nursery: trio.Nursery | None = None
+        self._rebuild_retrying = False
         # Multi-worker serving (`aogstream.serving`): `store_gen` counts routing-table
         # rebuilds, `on_change` is told (from any thread) that plugins or tables changed,
         # and `workers_sync` returns once every worker process has caught up.
@@ -363,10 +373,36 @@ class Gateway:
 
     async def reload(self) -> None:
         """Rebuild the routing table after a write to the store (and, with several
-        workers, return once they have rebuilt theirs)."""
+        workers, return once they have rebuilt theirs).
+
+        A store that cannot be read (a shared database that is down) leaves the routing
+        as it was: the gateway goes on serving from memory rather than failing, a worker
+        stays up, and the primary retries each second until the store answers; its
+        successful rebuild is a new store generation, which brings the workers along."""
         if self.native is not None:  # a worker follows the primary's config.yaml apply
             await self.native.check()
-        await trio.to_thread.run_sync(self._rebuild)
+        try:
+            await trio.to_thread.run_sync(self._rebuild)
+        except StoreError as exc:
+            log.warning("routing kept as it was: the store cannot be read now (%s)", exc)
+            if self._nursery is not None and not self._rebuild_retrying:
+                self._rebuild_retrying = True
+                self.spawn(self._retry_rebuild)
+            return
+        await self.sync_workers()
+
+    async def _retry_rebuild(self) -> None:
+        try:
+            while True:
+                await trio.sleep(STORE_RETRY_S)
+                try:
+                    await trio.to_thread.run_sync(self._rebuild)
+                except StoreError:
+                    continue
+                log.info("routing rebuilt: the store answers again")
+                break
+        finally:
+            self._rebuild_retrying = False
         await self.sync_workers()
 
     # ---- routing ----
