@@ -24,16 +24,26 @@ model and hybrid policy: what the gateway's users get). `provider=`, `model=`,
 The call goes over a unix socket the gateway made for this plugin alone (its path in
 the environment), so the gateway knows who calls from the channel itself. Each call
 opens its own connection: cancelling an `await` (or the host cancelling the request
-this plugin serves) closes it and the gateway stops the call. The sync methods speak
-plain blocking sockets on the calling thread and never touch an event loop, so they
-cannot deadlock the SDK's loop; called from `async` plugin code they hold that loop
-for the duration of the call, so prefer the `a*` twins there.
+this plugin serves) closes it and the gateway stops the call.
+
+The sync twins are for blocking plugin code, which the SDK runs on worker threads: a
+provider method written as plain `def` (see `sdk.blocking`). There a sync call hands
+its exchange to the SDK's event loop and waits on its own thread only, so the
+plugin's other requests go on being served meanwhile, and when the host cancels the
+request, the call ends at once with `PluginLlmError` code "cancelled" (and the gateway
+stops the model). Outside a running plugin (a script, a test) a sync call speaks a
+plain blocking socket. Called straight from `async def` code, on the loop's own
+thread, a sync call cannot wait without holding that loop: it still works (it never
+touches the loop, so it cannot deadlock it) but every other request of the plugin
+waits for it, and the SDK logs a warning once; `await` the `a*` twin there instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
+import logging
 import os
 import socket
 from collections.abc import Sequence
@@ -41,6 +51,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aogstream.rpc import hostcall as hc
+from aogstream.sdk import blocking
+
+log = logging.getLogger("aogstream.sdk")
 
 # A little beyond the gateway's own clamp (600 s), so the gateway's timeout answer,
 # not ours, reports a slow call.
@@ -347,7 +360,32 @@ class PluginLlm:
         raise PluginLlmError(code, message)
 
     def _call(self, op: str, args: dict[str, Any], timeout: float | None) -> dict[str, Any]:
-        """Blocking: connect, send, wait for the answer (no event loop involved)."""
+        """A sync twin's exchange: on the SDK's loop when called from a worker thread of
+        a running plugin (cancellable with its request), else a plain blocking socket."""
+        if blocking.on_loop_thread():
+            _warn_held_loop(op)
+        else:
+            loop = blocking.sdk_loop()
+            if loop is not None:
+                return self._call_on_loop(op, args, timeout, loop)
+        return self._call_blocking(op, args, timeout)
+
+    def _call_on_loop(self, op: str, args: dict[str, Any], timeout: float | None,
+                      loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = blocking.run_on_loop(
+                self._acall(op, args, timeout), loop, _wait_for(timeout) + 5.0)
+        except concurrent.futures.CancelledError:
+            raise PluginLlmError(hc.ERROR_CANCELLED, "the request this call was made for "
+                                 "was cancelled, or the plugin is stopping") from None
+        except TimeoutError:
+            raise PluginLlmError(hc.ERROR_TIMEOUT, "the gateway did not answer in "
+                                 "time") from None
+        return result
+
+    def _call_blocking(self, op: str, args: dict[str, Any],
+                       timeout: float | None) -> dict[str, Any]:
+        """Connect, send, wait for the answer on this thread (no event loop involved)."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(_wait_for(timeout))
         try:
@@ -397,6 +435,21 @@ class PluginLlm:
         finally:
             writer.close()  # a cancelled call ends here: the gateway sees the close
         return self._answer(frame)
+
+
+_warned_held_loop = False
+
+
+def _warn_held_loop(op: str) -> None:
+    """Say once per process that a sync call is holding the event loop, and what to do."""
+    global _warned_held_loop
+    if _warned_held_loop:
+        return
+    _warned_held_loop = True
+    log.warning("ctx.llm.%s was called from async code on the event loop's thread: every "
+                "other request of this plugin waits until it returns. Await "
+                "ctx.llm.a%s there, or write the handler as a plain def (the SDK runs it "
+                "on a worker thread)", op, op)
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:

@@ -24,6 +24,7 @@ from aogstream.rpc.gen import provider_pb2 as pb
 from aogstream.rpc.gen import provider_pb2_grpc
 from aogstream.rpc.wire import batch_limit
 from aogstream.sdk.bidi_session import run_bidi_session
+from aogstream.sdk.blocking import call_plugin, iterate_plugin, request_scope
 from aogstream.sdk.error_codes import error_code
 from aogstream.sdk.provider import (
     BidirectionalPlugin,
@@ -88,9 +89,9 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         self, request: pb.InvokeServiceRequest, context: Any
     ) -> pb.InvokeServiceResponse:
         try:
-            data = await self.p.invoke_service(
-                request.service_name, request.auth_info, request.request_data
-            )
+            with request_scope():
+                data = await call_plugin(self.p.invoke_service, request.service_name,
+                                         request.auth_info, request.request_data)
         except Exception as exc:  # noqa: BLE001
             code, msg = error_code(exc)
             return pb.InvokeServiceResponse(code=code, message=msg)
@@ -108,12 +109,13 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
                 )
             )
             return
-        it = self.p.invoke_service_stream(
-            request.service_name, request.auth_info, request.request_data
-        )
-        await relay_stream(
-            it, context, request.service_name, batch_limit(context.invocation_metadata())
-        )
+        with request_scope():
+            it = iterate_plugin(self.p.invoke_service_stream(
+                request.service_name, request.auth_info, request.request_data
+            ))
+            await relay_stream(
+                it, context, request.service_name, batch_limit(context.invocation_metadata())
+            )
 
     async def InvokeServiceBidi(  # noqa: N802
         self, request_iterator: Any, context: grpc.aio.ServicerContext
@@ -138,10 +140,12 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
             )
             return
 
-        await run_bidi_session(self.p, first, context)
+        with request_scope():
+            await run_bidi_session(self.p, first, context)
 
     async def HealthCheck(self, request: Any, context: Any) -> pb.HealthCheckResponse:  # noqa: N802
-        return await self._status(pb.HealthCheckResponse, self.p.health_check)
+        return await self._status(pb.HealthCheckResponse,
+                                  lambda: call_plugin(self.p.health_check))
 
     async def GetOperateStatus(self, request: Any, context: Any) -> pb.GetOperateStatusResponse:  # noqa: N802
         return pb.GetOperateStatusResponse(status=self.p.operate_status)
@@ -156,17 +160,19 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
 
     async def SetAuth(self, request: pb.SetAuthRequest, context: Any) -> pb.SetAuthResponse:  # noqa: N802
         async def run() -> None:
-            await self._remote().set_auth(request.auth_type, dict(request.credentials))
+            await call_plugin(self._remote().set_auth, request.auth_type,
+                              dict(request.credentials))
 
         return await self._status(pb.SetAuthResponse, run)
 
     async def ValidateAuth(self, request: Any, context: Any) -> pb.ValidateAuthResponse:  # noqa: N802
         return await self._status(
-            pb.ValidateAuthResponse, lambda: self._remote().validate_auth()
+            pb.ValidateAuthResponse, lambda: call_plugin(self._remote().validate_auth)
         )
 
     async def RefreshAuth(self, request: Any, context: Any) -> pb.RefreshAuthResponse:  # noqa: N802
-        return await self._status(pb.RefreshAuthResponse, lambda: self._remote().refresh_auth())
+        return await self._status(pb.RefreshAuthResponse,
+                                  lambda: call_plugin(self._remote().refresh_auth))
 
     # ---- local: engine -------------------------------------------------------------
 
@@ -174,20 +180,22 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         self, request: pb.StartEngineRequest, context: Any
     ) -> pb.StartEngineResponse:
         return await self._status(
-            pb.StartEngineResponse, lambda: self._local().start_engine(request.mode)
+            pb.StartEngineResponse,
+            lambda: call_plugin(self._local().start_engine, request.mode)
         )
 
     async def StopEngine(self, request: Any, context: Any) -> pb.StopEngineResponse:  # noqa: N802
-        return await self._status(pb.StopEngineResponse, lambda: self._local().stop_engine())
+        return await self._status(pb.StopEngineResponse,
+                                  lambda: call_plugin(self._local().stop_engine))
 
     async def GetConfig(self, request: Any, context: Any) -> pb.GetConfigResponse:  # noqa: N802
         return await self._json(
-            pb.GetConfigResponse, "config_json", lambda: self._local().get_config()
+            pb.GetConfigResponse, "config_json", lambda: call_plugin(self._local().get_config)
         )
 
     async def CheckEngine(self, request: Any, context: Any) -> pb.CheckEngineResponse:  # noqa: N802
         try:
-            installed = await self._local().check_engine()
+            installed = await call_plugin(self._local().check_engine)
         except Exception as exc:  # noqa: BLE001
             code, msg = error_code(exc)
             return pb.CheckEngineResponse(code=code, message=msg)
@@ -197,15 +205,17 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         self, request: pb.InstallEngineRequest, context: Any
     ) -> pb.InstallEngineResponse:
         return await self._status(
-            pb.InstallEngineResponse, lambda: self._local().install_engine(request.cover)
+            pb.InstallEngineResponse,
+            lambda: call_plugin(self._local().install_engine, request.cover)
         )
 
     async def InitEnv(self, request: Any, context: Any) -> pb.InitEnvResponse:  # noqa: N802
-        return await self._status(pb.InitEnvResponse, lambda: self._local().init_env())
+        return await self._status(pb.InitEnvResponse,
+                                  lambda: call_plugin(self._local().init_env))
 
     async def UpgradeEngine(self, request: Any, context: Any) -> pb.UpgradeEngineResponse:  # noqa: N802
         return await self._status(
-            pb.UpgradeEngineResponse, lambda: self._local().upgrade_engine()
+            pb.UpgradeEngineResponse, lambda: call_plugin(self._local().upgrade_engine)
         )
 
     # ---- local: models -------------------------------------------------------------
@@ -213,7 +223,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
     async def PullModel(self, request: pb.PullModelRequest, context: Any) -> pb.PullModelResponse:  # noqa: N802
         async def run() -> m.ProgressResponse:
             req = m.PullModelRequest.from_dict(json.loads(request.request_json or b"{}"))
-            return await self._local().pull_model(req)
+            return await call_plugin(self._local().pull_model, req)
 
         return await self._json(pb.PullModelResponse, "response_json", run)
 
@@ -222,7 +232,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
     ) -> None:
         try:
             req = m.PullModelRequest.from_dict(json.loads(request.request_json or b"{}"))
-            async for event in self._local().pull_model_stream(req):
+            async for event in iterate_plugin(self._local().pull_model_stream(req)):
                 data = json.dumps(event.to_dict() if hasattr(event, "to_dict") else event)
                 await context.write(pb.PullModelStreamResponse(code=0, data=data.encode()))
         except asyncio.CancelledError:
@@ -240,19 +250,20 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
     ) -> pb.DeleteModelResponse:
         async def run() -> None:
             req = m.DeleteModelRequest.from_dict(json.loads(request.request_json or b"{}"))
-            await self._local().delete_model(req)
+            await call_plugin(self._local().delete_model, req)
 
         return await self._status(pb.DeleteModelResponse, run)
 
     async def ListModels(self, request: Any, context: Any) -> pb.ListModelsResponse:  # noqa: N802
         return await self._json(
-            pb.ListModelsResponse, "response_json", lambda: self._local().list_models()
+            pb.ListModelsResponse, "response_json",
+            lambda: call_plugin(self._local().list_models)
         )
 
     async def LoadModel(self, request: pb.LoadModelRequest, context: Any) -> pb.LoadModelResponse:  # noqa: N802
         async def run() -> None:
             req = m.LoadModelRequest.from_dict(json.loads(request.request_json or b"{}"))
-            await self._local().load_model(req)
+            await call_plugin(self._local().load_model, req)
 
         return await self._status(pb.LoadModelResponse, run)
 
@@ -261,19 +272,20 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
     ) -> pb.UnloadModelResponse:
         async def run() -> None:
             req = m.UnloadModelRequest.from_dict(json.loads(request.request_json or b"{}"))
-            await self._local().unload_model(req)
+            await call_plugin(self._local().unload_model, req)
 
         return await self._status(pb.UnloadModelResponse, run)
 
     async def GetRunningModels(self, request: Any, context: Any) -> pb.GetRunningModelsResponse:  # noqa: N802
         return await self._json(
             pb.GetRunningModelsResponse, "response_json",
-            lambda: self._local().get_running_models(),
+            lambda: call_plugin(self._local().get_running_models),
         )
 
     async def GetVersion(  # noqa: N802
         self, request: pb.GetVersionRequest, context: Any
     ) -> pb.GetVersionResponse:
         return await self._json(
-            pb.GetVersionResponse, "response_json", lambda: self._local().get_version()
+            pb.GetVersionResponse, "response_json",
+            lambda: call_plugin(self._local().get_version)
         )
