@@ -2,16 +2,16 @@
 
 A unit test of the module on a plain asyncio loop (no gRPC, no gateway): a `def`
 method runs on a worker thread and an `async def` on the loop; a plain generator is
-stepped on worker threads and closed when its consumer is cancelled; a sync wait on
-the loop (`run_on_loop`) ends at once when its request is cancelled, and one that
-starts after the cancellation never runs. The same through a real plugin process is
-in tests/test_plugin_llm_sync.py.
+stepped on worker threads and closed when its consumer is cancelled; cancelling a
+request cuts what its threads registered with its scope, and refuses what they would
+start after; a request that ends normally cancels nothing. The same through a real
+plugin process is in tests/test_plugin_llm_sync.py, and the sync `ctx.llm` call cut
+this way in tests/test_sdk_llm.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
 from collections.abc import Iterator
 
@@ -82,51 +82,46 @@ def test_an_async_iterator_is_used_as_it_is():
     assert blocking.iterate_plugin(it) is it
 
 
-def test_cancelling_the_request_ends_the_sync_wait_at_once():
-    started = asyncio.Event()  # set on the loop, by the coroutine the worker waits on
+def test_cancelling_the_request_cuts_the_blocking_calls_its_threads_wait_on():
+    """What a worker registers with its request's scope is called when the request is
+    cancelled; a call that would start after that is refused."""
+    registered, cut, done = threading.Event(), threading.Event(), threading.Event()
     outcome: list[str] = []
 
-    async def forever() -> None:
-        started.set()
-        await asyncio.sleep(3600)
-
     def blocking_code() -> None:
-        loop = blocking.sdk_loop()
-        assert loop is not None and not blocking.on_loop_thread()
-        try:
-            blocking.run_on_loop(forever(), loop, 60)
-        except concurrent.futures.CancelledError:
-            outcome.append("cancelled")
-        # a call after the cancellation does not even start
-        never = forever()
-        try:
-            blocking.run_on_loop(never, loop, 60)
-        except concurrent.futures.CancelledError:
-            outcome.append("cancelled again")
+        scope = blocking.current_scope()
+        assert scope is not None and not blocking.on_loop_thread()
+        assert scope.add(cut.set)
+        registered.set()
+        outcome.append("cut" if cut.wait(10) else "never cut")
+        scope.discard(cut.set)
+        outcome.append("refused" if not scope.add(cut.set) else "accepted")
+        done.set()
 
     async def main() -> None:
-        blocking.bind_loop(asyncio.get_running_loop())
-        try:
-            async def request() -> None:
-                with blocking.request_scope():
-                    await blocking.call_plugin(blocking_code)
+        async def request() -> None:
+            with blocking.request_scope():
+                await blocking.call_plugin(blocking_code)
 
-            task = asyncio.ensure_future(request())
-            await asyncio.wait_for(started.wait(), 10)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            for _ in range(10_000):  # the worker finishes on its own, promptly
-                if len(outcome) == 2:
-                    break
-                await asyncio.sleep(0.001)
-        finally:
-            blocking.bind_loop(None)
+        task = asyncio.ensure_future(request())
+        assert await asyncio.to_thread(registered.wait, 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
 
     asyncio.run(main())
-    assert outcome == ["cancelled", "cancelled again"]
+    assert done.wait(10)  # the worker goes on briefly after its request
+    assert outcome == ["cut", "refused"]
 
 
-def test_without_a_bound_loop_there_is_no_sdk_loop():
-    blocking.bind_loop(None)
-    assert blocking.sdk_loop() is None and not blocking.on_loop_thread()
+def test_a_request_that_ends_normally_leaves_its_threads_alone():
+    scopes: list[blocking.RequestScope | None] = []
+
+    async def main() -> None:
+        with blocking.request_scope() as scope:
+            await blocking.call_plugin(lambda: scopes.append(blocking.current_scope()))
+        assert not scope.cancelled
+
+    asyncio.run(main())
+    assert scopes and scopes[0] is not None and not scopes[0].cancelled
+    assert blocking.current_scope() is None

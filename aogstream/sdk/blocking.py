@@ -1,4 +1,4 @@
-"""Blocking plugin code beside the SDK's event loop: worker threads, and the way back.
+"""Blocking plugin code beside the SDK's event loop: worker threads, tied to requests.
 
 A plugin process serves every request on one asyncio loop (the grpc.aio server's).
 Plugin code that blocks on that loop's thread (a sync `ctx.llm.complete`, a
@@ -12,11 +12,12 @@ off the loop:
   extra cost.
 * `iterate_plugin`: a stream written as a plain generator (`def` with `yield`) is
   stepped in a worker thread, one item at a time.
-* `run_on_loop`: the way back. A sync `ctx.llm` call made on a worker thread runs its
-  exchange on the SDK's loop (the thread waits, the loop does not), which lets the SDK
-  cancel it: when the host cancels the request, `request_scope` cancels the calls that
-  request's threads are waiting on, so they end at once instead of running to their
-  timeout while the gateway keeps the model busy for nobody.
+* `request_scope`: what ties blocking code to its request. A sync `ctx.llm` call
+  waits on its own thread with a socket of its own, never on the loop (so no pattern
+  of threads and loop can deadlock it), and registers a way to cut that socket with
+  the scope of the request it runs for. When the host cancels the request, the scope
+  cuts it: the call ends at once instead of running to its timeout, and the gateway,
+  seeing the connection close, stops the model that was working for nobody.
 
 What no library can do is wait on the loop's own thread without holding the loop: a
 sync twin called straight from `async def` code still blocks the loop for its call
@@ -33,30 +34,15 @@ import contextvars
 import functools
 import inspect
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 # Enough for the host's limit of calls in flight per plugin (16) and some plain work;
 # a thread costs little while it waits.
 WORKER_THREADS = 32
 
-_loop: asyncio.AbstractEventLoop | None = None
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
-
-
-def bind_loop(loop: asyncio.AbstractEventLoop | None) -> None:
-    """Tell the SDK which loop serves this plugin (`server` does, at start and at stop)."""
-    global _loop
-    _loop = loop
-
-
-def sdk_loop() -> asyncio.AbstractEventLoop | None:
-    """The loop serving this plugin, while it runs."""
-    loop = _loop
-    if loop is None or loop.is_closed() or not loop.is_running():
-        return None
-    return loop
 
 
 def on_loop_thread() -> bool:
@@ -133,41 +119,50 @@ async def _threaded(it: Iterator[Any]) -> AsyncIterator[Any]:
 
 
 class RequestScope:
-    """The sync calls that one request's threads are waiting on, to cancel them all
-    when the request is cancelled (and any that start after that, at once)."""
+    """How to cut short the blocking calls one request's threads are waiting on, to do
+    so when the request is cancelled (and at once for any that start after that)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waiting: set[concurrent.futures.Future[Any]] = set()
+        self._cuts: list[Callable[[], None]] = []
         self.cancelled = False
 
-    def add(self, fut: concurrent.futures.Future[Any]) -> None:
+    def add(self, cut: Callable[[], None]) -> bool:
+        """Register `cut`; False (and nothing registered) if the request is already
+        cancelled, so the caller should not start."""
         with self._lock:
             if not self.cancelled:
-                self._waiting.add(fut)
-                return
-        fut.cancel()
+                self._cuts.append(cut)
+                return True
+        return False
 
-    def discard(self, fut: concurrent.futures.Future[Any]) -> None:
+    def discard(self, cut: Callable[[], None]) -> None:
         with self._lock:
-            self._waiting.discard(fut)
+            with contextlib.suppress(ValueError):
+                self._cuts.remove(cut)
 
     def cancel(self) -> None:
         with self._lock:
             self.cancelled = True
-            waiting, self._waiting = self._waiting, set()
-        for fut in waiting:
-            fut.cancel()
+            cuts, self._cuts = self._cuts, []
+        for cut in cuts:
+            with contextlib.suppress(Exception):
+                cut()
 
 
 _scope: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar(
     "aogstream_sdk_request_scope", default=None)
 
 
+def current_scope() -> RequestScope | None:
+    """The scope of the request this code runs for (worker threads inherit it)."""
+    return _scope.get()
+
+
 @contextlib.contextmanager
 def request_scope() -> Iterator[RequestScope]:
-    """Around one request's plugin code: if the request is cancelled, so are the
-    sync calls its threads wait on. A request that ends normally leaves them alone
+    """Around one request's plugin code: if the request is cancelled, the blocking
+    calls its threads wait on are cut. A request that ends normally leaves them alone
     (plugin code may have handed work to a thread of its own on purpose)."""
     scope = RequestScope()
     token = _scope.set(scope)
@@ -178,27 +173,3 @@ def request_scope() -> Iterator[RequestScope]:
         raise
     finally:
         _scope.reset(token)
-
-
-def run_on_loop(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop,
-                wait_s: float) -> Any:
-    """Run `coro` on `loop` and wait for it on this (non-loop) thread.
-
-    Raises `concurrent.futures.CancelledError` when the request this thread works for
-    was cancelled or the plugin is stopping, and `TimeoutError` if the loop never
-    answered within `wait_s` (it stopped underneath us)."""
-    scope = _scope.get()
-    try:
-        fut = asyncio.run_coroutine_threadsafe(coro, loop)
-    except RuntimeError:  # the loop closed since `sdk_loop()`: the plugin is stopping
-        coro.close()
-        raise concurrent.futures.CancelledError from None
-    if scope is not None:
-        scope.add(fut)
-    try:
-        return fut.result(wait_s)
-    finally:
-        if scope is not None:
-            scope.discard(fut)
-        if not fut.done():
-            fut.cancel()

@@ -27,14 +27,13 @@ opens its own connection: cancelling an `await` (or the host cancelling the requ
 this plugin serves) closes it and the gateway stops the call.
 
 The sync twins are for blocking plugin code, which the SDK runs on worker threads: a
-provider method written as plain `def` (see `sdk.blocking`). There a sync call hands
-its exchange to the SDK's event loop and waits on its own thread only, so the
-plugin's other requests go on being served meanwhile, and when the host cancels the
-request, the call ends at once with `PluginLlmError` code "cancelled" (and the gateway
-stops the model). Outside a running plugin (a script, a test) a sync call speaks a
-plain blocking socket. Called straight from `async def` code, on the loop's own
-thread, a sync call cannot wait without holding that loop: it still works (it never
-touches the loop, so it cannot deadlock it) but every other request of the plugin
+provider method written as plain `def` (see `sdk.blocking`). A sync call waits on a
+blocking socket of its own, on its own thread, and never touches an event loop, so
+it cannot deadlock one and the plugin's other requests go on being served meanwhile;
+when the host cancels the request it runs for, the SDK cuts that socket, the call
+ends at once with `PluginLlmError` code "cancelled", and the gateway stops the model.
+Called straight from `async def` code, on the loop's own thread, a sync call still
+works but cannot wait without holding that loop: every other request of the plugin
 waits for it, and the SDK logs a warning once; `await` the `a*` twin there instead.
 """
 
@@ -42,7 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import concurrent.futures
+import contextlib
 import logging
 import os
 import socket
@@ -360,52 +359,52 @@ class PluginLlm:
         raise PluginLlmError(code, message)
 
     def _call(self, op: str, args: dict[str, Any], timeout: float | None) -> dict[str, Any]:
-        """A sync twin's exchange: on the SDK's loop when called from a worker thread of
-        a running plugin (cancellable with its request), else a plain blocking socket."""
+        """A sync twin's exchange: a plain blocking socket on the calling thread (no
+        event loop involved, so nothing can deadlock on it), cut when the request it
+        runs for is cancelled (`sdk.blocking.request_scope`)."""
         if blocking.on_loop_thread():
             _warn_held_loop(op)
-        else:
-            loop = blocking.sdk_loop()
-            if loop is not None:
-                return self._call_on_loop(op, args, timeout, loop)
-        return self._call_blocking(op, args, timeout)
+        scope = blocking.current_scope()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(_wait_for(timeout))
 
-    def _call_on_loop(self, op: str, args: dict[str, Any], timeout: float | None,
-                      loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
+        def cut() -> None:  # from the loop's thread: wakes this thread's recv
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
         try:
-            result: dict[str, Any] = blocking.run_on_loop(
-                self._acall(op, args, timeout), loop, _wait_for(timeout) + 5.0)
-        except concurrent.futures.CancelledError:
-            raise PluginLlmError(hc.ERROR_CANCELLED, "the request this call was made for "
-                                 "was cancelled, or the plugin is stopping") from None
+            if scope is not None and not scope.add(cut):
+                raise _cancelled()
+            try:
+                return self._exchange(sock, op, args, scope)
+            except PluginLlmError:
+                if scope is not None and scope.cancelled:
+                    raise _cancelled() from None
+                raise
+        finally:
+            if scope is not None:
+                scope.discard(cut)
+            sock.close()
+
+    def _exchange(self, sock: socket.socket, op: str, args: dict[str, Any],
+                  scope: blocking.RequestScope | None) -> dict[str, Any]:
+        try:
+            sock.connect(self._path())
+        except OSError as exc:
+            raise PluginLlmError(hc.ERROR_NO_ROUTE, f"cannot reach the gateway's LLM "
+                                 f"service: {exc.strerror or exc}") from None
+        if scope is not None and scope.cancelled:  # cut while connecting: no effect
+            raise _cancelled()
+        try:
+            sock.sendall(hc.encode({"op": op, "args": args}))
+            n = hc.frame_length(_recv_exactly(sock, hc.HEADER.size), hc.MAX_ANSWER_BYTES)
+            frame = hc.decode(_recv_exactly(sock, n))
         except TimeoutError:
             raise PluginLlmError(hc.ERROR_TIMEOUT, "the gateway did not answer in "
                                  "time") from None
-        return result
-
-    def _call_blocking(self, op: str, args: dict[str, Any],
-                       timeout: float | None) -> dict[str, Any]:
-        """Connect, send, wait for the answer on this thread (no event loop involved)."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(_wait_for(timeout))
-        try:
-            try:
-                sock.connect(self._path())
-            except OSError as exc:
-                raise PluginLlmError(hc.ERROR_NO_ROUTE, f"cannot reach the gateway's LLM "
-                                     f"service: {exc.strerror or exc}") from None
-            sock.sendall(hc.encode({"op": op, "args": args}))
-            try:
-                n = hc.frame_length(_recv_exactly(sock, hc.HEADER.size), hc.MAX_ANSWER_BYTES)
-                frame = hc.decode(_recv_exactly(sock, n))
-            except TimeoutError:
-                raise PluginLlmError(hc.ERROR_TIMEOUT, "the gateway did not answer in "
-                                     "time") from None
-            except (EOFError, hc.FrameError, OSError) as exc:
-                raise PluginLlmError(hc.ERROR_INTERNAL, f"the gateway's answer was cut "
-                                     f"short: {exc}") from None
-        finally:
-            sock.close()
+        except (EOFError, hc.FrameError, OSError) as exc:
+            raise PluginLlmError(hc.ERROR_INTERNAL, f"the gateway's answer was cut "
+                                 f"short: {exc}") from None
         return self._answer(frame)
 
     async def _acall(self, op: str, args: dict[str, Any],
@@ -435,6 +434,11 @@ class PluginLlm:
         finally:
             writer.close()  # a cancelled call ends here: the gateway sees the close
         return self._answer(frame)
+
+
+def _cancelled() -> PluginLlmError:
+    return PluginLlmError(hc.ERROR_CANCELLED, "the request this call was made for was "
+                          "cancelled")
 
 
 _warned_held_loop = False

@@ -42,7 +42,7 @@ from aogstream.rpc.handshake import (
     check_cookie,
     format_handshake,
 )
-from aogstream.sdk.blocking import bind_loop, call_plugin
+from aogstream.sdk.blocking import call_plugin
 from aogstream.sdk.provider import LocalPluginProvider, PluginProvider
 from aogstream.sdk.servicer import ProviderServicer
 
@@ -150,7 +150,6 @@ def _tune_gc() -> None:
 async def _serve(provider: PluginProvider, handshake_fd: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    bind_loop(loop)  # sync plugin code on worker threads reaches the host through it
     with contextlib.suppress(NotImplementedError):
         # Ctrl-C reaches the whole process group; the host decides when we die.
         loop.add_signal_handler(signal.SIGINT, lambda: None)
@@ -186,7 +185,6 @@ async def _serve(provider: PluginProvider, handshake_fd: int) -> None:
                 if isinstance(provider, LocalPluginProvider):
                     await call_plugin(provider.stop_engine)
     finally:
-        bind_loop(None)
         if network == "unix":
             _remove_socket(address)
 
