@@ -347,10 +347,8 @@ class ResponsesStream(ChatStreamTranslator):
         self.msg_id = ""
 
     def _event(self, kind: str, out: list[Event], **fields: Any) -> None:
-        fields["type"] = kind
-        fields["sequence_number"] = self.seq
+        out.append({"type": kind, "sequence_number": self.seq, **fields})
         self.seq += 1
-        out.append(fields)
 
     def _snapshot(self) -> dict[str, Any]:
         return dict(self.response, output=list(self.output))
