@@ -367,7 +367,8 @@ def chat_message(i: int, msg: Any) -> dict[str, Any]:
         raise _bad(f"'messages[{i}].role' must be one of {', '.join(CHAT_ROLES)}, "
                    f"got {json.dumps(role)[:40]}")
     content = message_text(i, msg.get("content"))
-    out: dict[str, Any] = {"role": role, "content": content}
+    # the engine's server wants a string even where OpenAI allows null
+    out: dict[str, Any] = {"role": role, "content": content or ""}
     calls = msg.get("tool_calls")
     if role == "assistant" and calls:
         if not isinstance(calls, list):
