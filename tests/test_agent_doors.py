@@ -10,7 +10,9 @@ and no `[DONE]`; `stream` is read from the body even with `Accept: application/j
 `x-api-key` and both `anthropic-version`s are accepted, and `?beta=true` ignored;
 count_tokens answers `input_tokens`; bad requests get each API's error shape (the SDKs
 raise their own exception types), `previous_response_id` is refused with the way out;
-and a client that hangs up mid-stream cancels the engine call.
+a named tool choice makes llama.cpp call the tool through both doors (a `tool_use`
+block with its parsed input; streamed `function_call` arguments); and a client that
+hangs up mid-stream cancels the engine call.
 """
 
 from __future__ import annotations
@@ -223,6 +225,38 @@ def test_messages_errors_in_anthropic_shape(gw: Gateway, an: anthropic.Anthropic
     assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
     r = httpx.get(f"{gw.url}/v1/messages", timeout=10)
     assert r.status_code == 405 and r.json()["type"] == "error"
+
+
+# ---- tools on llama.cpp (its chat format calls tools on ChatML models) ---------------
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+ASK = "What is the weather in Paris?"
+
+
+def test_messages_named_tool_on_llamacpp(an: anthropic.Anthropic) -> None:
+    m = an.messages.create(
+        model=CHAT_MODEL, max_tokens=64, extra_body={"temperature": 0},
+        tools=[{"name": "get_weather", "description": "The current weather in a city",
+                "input_schema": WEATHER}],
+        tool_choice={"type": "tool", "name": "get_weather"},
+        messages=[{"role": "user", "content": ASK}])
+    assert m.stop_reason == "tool_use", m
+    [block] = [b for b in m.content if b.type == "tool_use"]
+    assert block.name == "get_weather" and "city" in block.input and block.id
+
+
+def test_responses_streamed_tool_call_on_llamacpp(oa: openai.OpenAI) -> None:
+    events = list(oa.responses.create(
+        model=CHAT_MODEL, input=ASK, temperature=0, max_output_tokens=64, stream=True,
+        tools=[{"type": "function", "name": "get_weather", "parameters": WEATHER,
+                "description": "The current weather in a city"}],
+        tool_choice={"type": "function", "name": "get_weather"}))
+    assert any(e.type == "response.function_call_arguments.delta" for e in events)
+    final = events[-1]
+    assert final.type == "response.completed"
+    [call] = [o for o in final.response.output if o.type == "function_call"]
+    assert call.name == "get_weather" and "city" in json.loads(call.arguments)
+    assert final.response.usage.input_tokens > 0
 
 
 # ---- streaming properties -------------------------------------------------------------

@@ -9,7 +9,9 @@ server is scripted (its answer depends on the request), because a 135M local mod
 cannot be relied on to call a tool; it records every request it receives.
 
 Proven: tools declared in each API's shape reach the provider in chat's shape
-(Responses' flat tools, Anthropic's `input_schema`); the model's calls come back as
+(Responses' flat tools, Anthropic's `input_schema`), with the tool choice mapped
+(a named function; Anthropic's `any` as `required`, `disable_parallel_tool_use` as
+`parallel_tool_calls: false`); the model's calls come back as
 `function_call` items (Responses) and `tool_use` blocks with a parsed `input`
 (Anthropic), unary and streamed (argument fragments as
 `response.function_call_arguments.delta` / `input_json_delta`, text before a call
@@ -188,8 +190,12 @@ ANTHROPIC_TOOLS: list[Any] = [
 # ---- Responses ------------------------------------------------------------------------
 
 def test_responses_tools_reach_the_provider_in_chat_shape(oa: openai.OpenAI) -> None:
-    r = oa.responses.create(model=MODEL, input="Weather in Paris?", tools=RESPONSES_TOOLS)
+    r = oa.responses.create(model=MODEL, input="Weather in Paris?", tools=RESPONSES_TOOLS,
+                            tool_choice={"type": "function", "name": "get_weather"},
+                            parallel_tool_calls=False)
     sent = last_request()
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert sent["parallel_tool_calls"] is False
     assert sent["tools"] == [
         {"type": "function", "function": {"name": "get_weather",
                                           "description": "Weather of a city",
@@ -251,8 +257,10 @@ def test_responses_tool_loop_replays_the_history(oa: openai.OpenAI) -> None:
 
 def test_messages_tools_give_tool_use_blocks(an: anthropic.Anthropic) -> None:
     m = an.messages.create(model=MODEL, max_tokens=100, tools=ANTHROPIC_TOOLS,
+                           tool_choice={"type": "any", "disable_parallel_tool_use": True},
                            messages=[{"role": "user", "content": "Weather in Paris?"}])
     sent = last_request()
+    assert sent["tool_choice"] == "required" and sent["parallel_tool_calls"] is False
     assert sent["tools"][0] == {"type": "function", "function": {
         "name": "get_weather", "description": "Weather of a city", "parameters": WEATHER}}
     assert m.stop_reason == "tool_use"

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from aogstream.convert import anthropic, formats, responses
-from aogstream.convert.chat_form import InvalidRequest, prompt_tokens
+from aogstream.convert.chat_form import InvalidRequest
+from aogstream.convert.chat_tools import estimate_prompt_tokens as prompt_tokens
 
 
 def chunk(delta: dict[str, Any] | None = None, finish: str | None = None,

@@ -5,7 +5,8 @@ a chat request (`messages`, `tools`, `tool_choice`, `max_tokens`, ...) and map c
 answers and chat stream chunks (`choices[0].delta.content`, `delta.tool_calls`,
 `finish_reason`, `usage`) back. What both directions share lives here: the refusal a
 translator raises for a body it cannot honour, the compact JSON encoder, id minting,
-and the token estimate used when an engine reports no usage.
+and reading chat answers. (The prompt estimate used when an engine reports no usage
+is `chat_tools.estimate_prompt_tokens`, shared with the chat door's streamed usage.)
 """
 
 from __future__ import annotations
@@ -18,9 +19,6 @@ from typing import Any
 from aogstream.convert.engine import ConvertError
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-# Characters per token for the estimate: ~4 for English BPE vocabularies, as the
-# providers' own rules of thumb say; an estimate only stands in for a missing count.
-CHARS_PER_TOKEN = 4
 
 
 class InvalidRequest(ConvertError):
@@ -46,40 +44,6 @@ def new_id(prefix: str) -> str:
 def now() -> int:
     """Unix seconds, as `created`/`created_at` fields carry them."""
     return int(time.time())
-
-
-def estimate_tokens(text_chars: int) -> int:
-    """Tokens for `text_chars` characters of text, estimated (at least 1 for any text)."""
-    return 0 if text_chars <= 0 else max(1, -(-text_chars // CHARS_PER_TOKEN))
-
-
-def content_chars(content: Any) -> int:
-    """Characters of text in a chat message's content (string or parts)."""
-    if isinstance(content, str):
-        return len(content)
-    if isinstance(content, list):
-        return sum(len(p["text"]) for p in content
-                   if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return 0
-
-
-def prompt_tokens(chat: dict[str, Any]) -> int:
-    """Estimated prompt tokens of a chat request: message text, tool call arguments and
-    tool schemas, plus a few tokens per message for the template's role markers."""
-    chars = 0
-    messages = chat.get("messages") or []
-    for msg in messages:
-        if not isinstance(msg, dict):
-            continue
-        chars += content_chars(msg.get("content")) + 16
-        for call in msg.get("tool_calls") or []:
-            fn = call.get("function") if isinstance(call, dict) else None
-            if isinstance(fn, dict):
-                chars += len(str(fn.get("name") or "")) + len(str(fn.get("arguments") or ""))
-    tools = chat.get("tools")
-    if tools:
-        chars += len(dumps(tools))
-    return estimate_tokens(chars)
 
 
 def text_of(parts: Any, *, what: str) -> str:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from aogstream.convert import anthropic, responses
-from aogstream.convert.chat_form import prompt_tokens
 from aogstream.convert.chat_stream import ChatStreamTranslator
+from aogstream.convert.chat_tools import estimate_prompt_tokens as prompt_tokens
 from aogstream.convert.engine import ConvertError
 
 OPENAI = "openai"

@@ -31,9 +31,10 @@ import trio
 
 from aogstream import errors
 from aogstream.asgi_types import Headers, Receive, Scope, Send
-from aogstream.convert import ConvertError, anthropic, formats
-from aogstream.convert.chat_form import InvalidRequest, dumps, prompt_tokens
+from aogstream.convert import ConvertError, anthropic, chat_tools, formats
+from aogstream.convert.chat_form import InvalidRequest, dumps
 from aogstream.convert.chat_stream import ChatStreamTranslator, Event
+from aogstream.convert.chat_tools import estimate_prompt_tokens as prompt_tokens
 from aogstream.gateway import Gateway, Route
 from aogstream.http.asgi import CLOSE_AFTER, ClientGone, parse_object, read_body, send_json
 from aogstream.http.flavor_calls import Door, FlavorCalls, send_bytes, strip_sse
@@ -152,10 +153,14 @@ class AgentDoors:
         format's events, framed and written as they come."""
         sc = self.calls.between("chat", CHAT_DOOR.flavor, route).stream(
             {"Content-Type": "text/event-stream"}, model=model)
+        # an Ollama provider's whole, id-less calls numbered first, as on the chat door
+        number_calls = chat_tools.OllamaProviderCalls().convert \
+            if self.calls.provider_flavor(route, "chat")[0] == "ollama" else None
 
         def translate(chunk: bytes) -> bytes:
             try:
-                converted = sc.convert(strip_sse(bytes(chunk)))
+                raw = strip_sse(bytes(chunk))
+                converted = sc.convert(number_calls(raw) if number_calls else raw)
                 if converted is None or converted.strip() == b"[DONE]":
                     return b""
                 obj = json.loads(converted)
