@@ -10,7 +10,7 @@ PORT     ?= 16688
 # Engines and models of the shipped local plugins used by the tests (kept between runs).
 TEST_ENGINES ?= $(CURDIR)/.cache/engines
 
-.PHONY: run test setup sysdeps go-interop native-plugins engines test-engines proto lint typecheck bench bench-full bench-setup clean
+.PHONY: run test setup sysdeps go-interop native-plugins node-sdks engines test-engines proto lint typecheck bench bench-full bench-setup clean
 
 $(STAMP): pyproject.toml
 	@echo "==> creating the environment in $(VENV) with $(PYTHON)"
@@ -50,7 +50,11 @@ run: setup engines
 native-plugins: sysdeps
 	@tools/build-native-plugins.sh
 
-test: setup sysdeps go-interop native-plugins test-engines
+# The Vercel AI SDK (tests/node, pinned) for the Node client tests, into .cache/node-sdks.
+node-sdks:
+	@tools/install-node-sdks.sh
+
+test: setup sysdeps go-interop native-plugins node-sdks test-engines
 	@$(VPY) -m ruff check .
 	@$(MAKE) --no-print-directory typecheck
 	@AOGSTREAM_TEST_ENGINE_DIR=$(TEST_ENGINES) $(VPY) -m pytest -q
