@@ -5,7 +5,8 @@ Real parts: Node with the SDK packages `make test` installs from tests/node's lo
 (`make node-sdks`, into .cache/node-sdks), a real gateway whose chat provider is the
 shipped openai-plugin relaying to the scripted loopback server of
 test_agent_doors_tools (it answers text, or calls the first tool, and answers a tool
-result with its text). Skipped only when Node is not installed.
+result with its text), with a client key the SDK sends (Bearer for OpenAI, `x-api-key`
+for Anthropic). Skipped only when Node is not installed.
 
 Proven: the SDK, whose stream and answer schemas are strict, reads both doors' answers:
 text unary and streamed (read only from `response.output_text.delta` /
@@ -28,7 +29,7 @@ from typing import Any
 
 import pytest
 from conftest import REPO, Gateway
-from test_agent_doors_tools import COMPLETION_TOKENS, MODEL, PROMPT_TOKENS, cloud, gw
+from test_agent_doors_tools import CLIENT_KEY, COMPLETION_TOKENS, MODEL, PROMPT_TOKENS, cloud, gw
 
 __all__ = ["cloud", "gw"]  # the fixtures, shared with the SDK tests of Python
 
@@ -48,7 +49,8 @@ def results(gw: Gateway) -> Iterator[dict[str, Any]]:
     script = SDK_DIR / SCRIPT.name
     shutil.copyfile(SCRIPT, script)
     proc = subprocess.run([NODE, str(script)], capture_output=True, text=True, timeout=180,
-                          env={**os.environ, "GATEWAY_URL": gw.url, "MODEL": MODEL})
+                          env={**os.environ, "GATEWAY_URL": gw.url, "MODEL": MODEL,
+                               "API_KEY": CLIENT_KEY})
     assert proc.returncode == 0, f"{proc.stderr[-4000:]}\n{proc.stdout[-2000:]}"
     yield json.loads(proc.stdout.strip().splitlines()[-1])
 

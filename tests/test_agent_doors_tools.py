@@ -18,7 +18,9 @@ Proven: tools declared in each API's shape reach the provider in chat's shape
 closed first, parallel calls each in their own item or block); stop reasons and the
 engine's own usage counts are reported; and a replayed tool loop (the call, then its
 result) reaches the provider as an assistant `tool_calls` turn and a `tool` message
-with the same call id.
+with the same call id. With client keys set (`AOGSTREAM_API_KEYS`), both doors take
+the key as `Authorization: Bearer` (the SDKs) or `x-api-key` (Claude Code), and refuse
+a request without one in their own error shape.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from conftest import REPO, Gateway
 PLUGIN = "openai-plugin"
 CHAT = "remote_openai-plugin_chat"
 MODEL = "gpt-4o-mini"
-KEY = f"sk-test-{uuid.uuid4().hex}"
+KEY = f"sk-test-{uuid.uuid4().hex}"  # the loopback server's, held by the provider row
+CLIENT_KEY = f"sk-client-{uuid.uuid4().hex}"  # the gateway's own (AOGSTREAM_API_KEYS)
 PROMPT_TOKENS, COMPLETION_TOKENS = 42, 7
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}},
            "required": ["city"]}
@@ -148,7 +151,8 @@ def cloud() -> Iterator[str]:
 def gw(tmp_path_factory: pytest.TempPathFactory, cloud: str) -> Iterator[Gateway]:
     plugins = tmp_path_factory.mktemp("plugins-tools")
     (plugins / PLUGIN).symlink_to(REPO / "plugins" / PLUGIN)
-    g = Gateway(tmp_path_factory.mktemp("gw-tools"), plugin_dir=plugins).start()
+    g = Gateway(tmp_path_factory.mktemp("gw-tools"), {"AOGSTREAM_API_KEYS": CLIENT_KEY},
+                plugin_dir=plugins).start()
     try:
         g.wait_plugin_running(name=PLUGIN)
         r = httpx.put(f"{g.url}/aog/v0.2/service_provider", timeout=30.0, json={
@@ -161,12 +165,13 @@ def gw(tmp_path_factory: pytest.TempPathFactory, cloud: str) -> Iterator[Gateway
 
 @pytest.fixture(scope="module")
 def oa(gw: Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gw.url}/v1", api_key="x", max_retries=0, timeout=60)
+    return openai.OpenAI(base_url=f"{gw.url}/v1", api_key=CLIENT_KEY, max_retries=0,
+                         timeout=60)
 
 
 @pytest.fixture(scope="module")
 def an(gw: Gateway) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=gw.url, api_key="x", max_retries=0, timeout=60)
+    return anthropic.Anthropic(base_url=gw.url, api_key=CLIENT_KEY, max_retries=0, timeout=60)
 
 
 def last_request() -> dict[str, Any]:
@@ -309,3 +314,23 @@ def test_messages_tool_loop_sends_results_before_text(an: anthropic.Anthropic) -
     assert sent[2] == {"role": "tool", "tool_call_id": "toolu_01", "content": "sunny"}
     assert m.content[0].type == "text" and m.content[0].text == "The tool said: sunny"
     assert m.stop_reason == "end_turn"
+
+
+# ---- client keys ----------------------------------------------------------------------
+
+def test_client_keys_in_either_header_and_refusals_in_each_shape(gw: Gateway) -> None:
+    body = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]}
+    r = httpx.post(f"{gw.url}/v1/messages?beta=true", json=body, timeout=30,
+                   headers={"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"})
+    assert r.status_code == 200 and r.json()["content"][0]["text"] == "Hello there.", r.text
+    r = httpx.post(f"{gw.url}/v1/messages", json=body, timeout=30,
+                   headers={"x-api-key": "sk-wrong"})
+    assert r.status_code == 401
+    assert r.json()["type"] == "error"
+    assert r.json()["error"]["type"] == "authentication_error"
+    assert "x-api-key" in r.json()["error"]["message"]
+    r = httpx.post(f"{gw.url}/v1/responses", json={"model": MODEL, "input": "Hi"}, timeout=30)
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    with pytest.raises(anthropic.AuthenticationError):
+        anthropic.Anthropic(base_url=gw.url, api_key="sk-wrong", max_retries=0).messages.create(
+            **body)

@@ -3,16 +3,17 @@
 // (POST /v1/messages). Text, streamed text, tool calls (unary and streamed) and a tool
 // loop that runs the tool and sends its result back. Prints one JSON object of what
 // the SDK understood; any error the SDK raises fails the run (exit code 1).
-// Run by tests/test_agent_doors_node.py: GATEWAY_URL and MODEL in the environment.
+// Run by tests/test_agent_doors_node.py: GATEWAY_URL, MODEL and API_KEY in the environment.
 import { generateText, jsonSchema, stepCountIs, streamText, tool } from "ai";
 import { createAnthropic } from "@ai-sdk/anthropic";
 import { createOpenAI } from "@ai-sdk/openai";
 
 const base = process.env.GATEWAY_URL;
 const model = process.env.MODEL;
+const apiKey = process.env.API_KEY; // Bearer (openai), x-api-key (anthropic)
 const providers = {
-  openai: createOpenAI({ baseURL: `${base}/v1`, apiKey: "unused" }),
-  anthropic: createAnthropic({ baseURL: `${base}/v1`, apiKey: "unused" }),
+  openai: createOpenAI({ baseURL: `${base}/v1`, apiKey }),
+  anthropic: createAnthropic({ baseURL: `${base}/v1`, apiKey }),
 };
 const schema = jsonSchema({
   type: "object", properties: { city: { type: "string" } }, required: ["city"],
