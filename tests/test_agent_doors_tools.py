@@ -20,13 +20,16 @@ engine's own usage counts are reported; and a replayed tool loop (the call, then
 result) reaches the provider as an assistant `tool_calls` turn and a `tool` message
 with the same call id. With client keys set (`AOGSTREAM_API_KEYS`), both doors take
 the key as `Authorization: Bearer` (the SDKs) or `x-api-key` (Claude Code), and refuse
-a request without one in their own error shape.
+a request without one in their own error shape. Streams are flushed as they come (the
+first text event arrives while the provider is still generating) and a client that
+hangs up closes the provider's stream within seconds, on both doors.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -72,6 +75,7 @@ class ToolCloud(BaseHTTPRequestHandler):
     """An OpenAI-compatible chat endpoint answering with `scripted_answer`."""
 
     received: list[dict[str, Any]] = []
+    hangups: list[float] = []  # when a streamed answer's reader went away
 
     def log_message(self, format: str, *args: Any) -> None:
         return
@@ -119,6 +123,9 @@ class ToolCloud(BaseHTTPRequestHandler):
             self.wfile.flush()
 
         chunk({"role": "assistant", "content": ""})
+        if "slowly" in json.dumps(body["messages"][-1].get("content")):
+            self._slow_stream(chunk)
+            return
         for word in text.split(" ") if text else []:
             chunk({"content": word + " "})
         for i, call in enumerate(calls):
@@ -132,6 +139,17 @@ class ToolCloud(BaseHTTPRequestHandler):
                 "model": MODEL, "choices": [], "usage": usage}
         self.wfile.write(b"data: " + json.dumps(last).encode() + b"\n\ndata: [DONE]\n\n")
         self.wfile.flush()
+
+
+    def _slow_stream(self, chunk: Any) -> None:
+        """A token every 50 ms for up to a minute, until the reader hangs up (noted in
+        `hangups`): what a long generation looks like to the gateway."""
+        try:
+            for _ in range(1200):
+                chunk({"content": "word "})
+                time.sleep(0.05)
+        except (BrokenPipeError, ConnectionResetError):
+            ToolCloud.hangups.append(time.monotonic())
 
 
 @pytest.fixture(scope="module")
@@ -334,3 +352,31 @@ def test_client_keys_in_either_header_and_refusals_in_each_shape(gw: Gateway) ->
     with pytest.raises(anthropic.AuthenticationError):
         anthropic.Anthropic(base_url=gw.url, api_key="sk-wrong", max_retries=0).messages.create(
             **body)
+
+
+# ---- streaming properties -------------------------------------------------------------
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/responses", {"model": MODEL, "input": "count slowly", "stream": True}),
+    ("/v1/messages", {"model": MODEL, "max_tokens": 5000, "stream": True,
+                      "messages": [{"role": "user", "content": "count slowly"}]})])
+def test_first_event_at_once_and_hanging_up_stops_the_provider(
+        gw: Gateway, path: str, body: dict[str, Any]) -> None:
+    """The provider streams for a minute; the client reads the first text event, which
+    must come while the provider is still generating (flushed, not buffered), then hangs
+    up: the provider's connection is closed within seconds (the gateway cancelled the
+    plugin's call, which closed its upstream stream)."""
+    before = len(ToolCloud.hangups)
+    t0 = time.monotonic()
+    with httpx.stream("POST", f"{gw.url}{path}", json=body, timeout=30,
+                      headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as r:
+        assert r.status_code == 200
+        for raw in r.iter_raw():
+            if b"output_text.delta" in raw or b"text_delta" in raw:
+                break
+    left = time.monotonic()
+    assert left - t0 < 30  # the whole answer would take 60 s
+    deadline = left + 15
+    while len(ToolCloud.hangups) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(ToolCloud.hangups) > before, "the provider kept streaming after the hang-up"
