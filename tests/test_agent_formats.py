@@ -60,6 +60,11 @@ def test_cpa_format_names() -> None:
         formats.request_to_chat("gemini", {})
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     assert formats.request_to_chat("openai", body) is body
+    for bad, param in (({"model": 3, "input": "x"}, "model"),
+                       ({"stream": "yes", "input": "x"}, "stream")):
+        with pytest.raises(InvalidRequest) as exc:
+            formats.request_to_chat("openai-response", bad)
+        assert exc.value.param == param
 
 
 # ---- Responses requests -------------------------------------------------------------------

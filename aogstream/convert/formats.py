@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from aogstream.convert import anthropic, responses
+from aogstream.convert.chat_form import InvalidRequest
 from aogstream.convert.chat_stream import ChatStreamTranslator
-from aogstream.convert.chat_tools import estimate_prompt_tokens as prompt_tokens
 from aogstream.convert.engine import ConvertError
 
 OPENAI = "openai"
@@ -37,6 +37,10 @@ def _check(fmt: str) -> None:
 def request_to_chat(fmt: str, body: dict[str, Any]) -> dict[str, Any]:
     """A request of format `fmt` in the chat form (InvalidRequest names what is wrong)."""
     _check(fmt)
+    if body.get("model") is not None and not isinstance(body["model"], str):
+        raise InvalidRequest("'model' must be a string (the model's name)", "model")
+    if body.get("stream") is not None and not isinstance(body["stream"], bool):
+        raise InvalidRequest("'stream' must be true or false", "stream")
     if fmt == OPENAI_RESPONSE:
         return responses.request_to_chat(body)
     if fmt == CLAUDE:
@@ -45,10 +49,11 @@ def request_to_chat(fmt: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def response_from_chat(fmt: str, chat: dict[str, Any], body: dict[str, Any],
-                       model: str) -> dict[str, Any]:
-    """A unary chat answer in format `fmt`, for the request `body` of that format."""
+                       model: str, prompt_estimate: int = 0) -> dict[str, Any]:
+    """A unary chat answer in format `fmt`, for the request `body` of that format
+    (`prompt_estimate` stands in for the input tokens when the answer has no usage)."""
     _check(fmt)
-    estimate = prompt_tokens(request_to_chat(fmt, body)) if fmt != OPENAI else 0
+    estimate = prompt_estimate
     if fmt == OPENAI_RESPONSE:
         return responses.response_from_chat(chat, body, estimate)
     if fmt == CLAUDE:

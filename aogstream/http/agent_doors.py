@@ -131,7 +131,7 @@ class AgentDoors:
                 if not isinstance(answer, dict):
                     raise ConvertError("the chat answer is not an object")
                 name = answer.get("model") if isinstance(answer.get("model"), str) else model
-                out = formats.response_from_chat(fmt, answer, body, name or "")
+                out = formats.response_from_chat(fmt, answer, body, name or "", estimate)
             except (ValueError, ConvertError) as exc:
                 raise errors.GatewayError(errors.INVOKE_FAILED, "cannot convert the "
                                           f"provider's answer: {exc}") from None
