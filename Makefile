@@ -106,6 +106,7 @@ bench-full: bench-setup test-engines
 	done; \
 	echo "==> benchmarks/relay_stream.py"; $(VPY) benchmarks/relay_stream.py || failed="$$failed relay_stream"; \
 	echo "==> benchmarks/convert_chunk.py"; $(VPY) benchmarks/convert_chunk.py || failed="$$failed convert_chunk"; \
+	echo "==> benchmarks/agent_convert.py"; $(VPY) benchmarks/agent_convert.py || failed="$$failed agent_convert"; \
 	echo "==> benchmarks/engines.py (the real local engines)"; \
 	$(VPY) benchmarks/engines.py --engine-dir $(TEST_ENGINES) || failed="$$failed engines"; \
 	echo "==> benchmarks/summary.py"; $(VPY) benchmarks/summary.py || failed="$$failed summary"; \
