@@ -198,6 +198,17 @@ def test_responses_stream_text_then_call_sequence() -> None:
                               "total_tokens": 16}
 
 
+def test_responses_text_after_a_call_is_an_item_of_its_own() -> None:
+    s = responses.ResponsesStream({"input": "x"}, "m")
+    events = run(s, [chunk({"content": "A"}), call_start(0, "c", "f"), call_args(0, "{}"),
+                     chunk({"content": "B"}), chunk({}, "stop")])
+    output = events[-1]["response"]["output"]
+    assert [(o["type"], o.get("content", [{}])[0].get("text")) for o in output] == [
+        ("message", "A"), ("function_call", None), ("message", "B")]
+    assert [e["output_index"] for e in events if e["type"] == "response.output_item.added"] \
+        == [0, 1, 2]
+
+
 def test_responses_stream_length_is_incomplete_and_usage_estimated() -> None:
     s = responses.ResponsesStream({"input": "x"}, "m", prompt_estimate=7)
     events = run(s, [chunk({"content": "a"}), chunk({"content": "b"}), chunk({}, "length")])

@@ -51,6 +51,7 @@ class ChatStreamTranslator:
         self.text_parts: list[str] = []
         self.text_open = False
         self.text_slot = 0
+        self.text_start = 0  # where the open text block's parts begin in text_parts
         self.calls: dict[int, ToolCall] = {}
         self.order: list[ToolCall] = []
         self.open_call: ToolCall | None = None
@@ -81,6 +82,7 @@ class ChatStreamTranslator:
                     self._close_call(out)
                 if not self.text_open:
                     self.text_open = True
+                    self.text_start = len(self.text_parts)
                     self.text_slot = self.slots
                     self.slots += 1
                     self.open_text(out)
@@ -150,7 +152,13 @@ class ChatStreamTranslator:
         return self.prompt_estimate, self.fragments  # a fragment is about one token
 
     def text(self) -> str:
+        """All the text streamed so far (every text block)."""
         return "".join(self.text_parts)
+
+    def block_text(self) -> str:
+        """The text of the open (or just closed) text block: a model may write text
+        again after a call, which becomes a block (or item) of its own."""
+        return "".join(self.text_parts[self.text_start:])
 
     # ---- what a format emits (subclasses) -----------------------------------------
 

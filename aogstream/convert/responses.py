@@ -373,7 +373,7 @@ class ResponsesStream(ChatStreamTranslator):
                     output_index=self.text_slot, content_index=0, delta=text, logprobs=[])
 
     def close_text(self, out: list[Event]) -> None:
-        text = self.text()
+        text = self.block_text()
         idx = self.text_slot
         self._event("response.output_text.done", out, item_id=self.msg_id, output_index=idx,
                     content_index=0, text=text, logprobs=[])
