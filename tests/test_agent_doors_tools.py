@@ -22,7 +22,8 @@ with the same call id. With client keys set (`AOGSTREAM_API_KEYS`), both doors t
 the key as `Authorization: Bearer` (the SDKs) or `x-api-key` (Claude Code), and refuse
 a request without one in their own error shape. Streams are flushed as they come (the
 first text event arrives while the provider is still generating) and a client that
-hangs up closes the provider's stream within seconds, on both doors.
+hangs up closes the provider's stream within seconds, on both doors; a provider that
+fails after the 200 ends the stream with the API's own error event.
 """
 
 from __future__ import annotations
@@ -123,8 +124,12 @@ class ToolCloud(BaseHTTPRequestHandler):
             self.wfile.flush()
 
         chunk({"role": "assistant", "content": ""})
-        if "slowly" in json.dumps(body["messages"][-1].get("content")):
+        said = json.dumps(body["messages"][-1].get("content"))
+        if "slowly" in said:
             self._slow_stream(chunk)
+            return
+        if "break off" in said:  # a cloud that drops the stream half-way
+            chunk({"content": "Half "})
             return
         for word in text.split(" ") if text else []:
             chunk({"content": word + " "})
@@ -380,3 +385,29 @@ def test_first_event_at_once_and_hanging_up_stops_the_provider(
     while len(ToolCloud.hangups) == before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(ToolCloud.hangups) > before, "the provider kept streaming after the hang-up"
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/responses", {"model": MODEL, "input": "break off", "stream": True}),
+    ("/v1/messages", {"model": MODEL, "max_tokens": 50, "stream": True,
+                      "messages": [{"role": "user", "content": "break off"}]})])
+def test_a_stream_that_fails_half_way_ends_with_the_apis_error_event(
+        gw: Gateway, path: str, body: dict[str, Any]) -> None:
+    """After the 200 has gone out, a provider failure ends the stream with the API's own
+    terminal error event (`response.failed`; Anthropic's `error`), saying what failed."""
+    r = httpx.post(f"{gw.url}{path}", json=body, timeout=30,
+                   headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+    assert r.status_code == 200
+    blocks = [b.split("\n") for b in r.text.split("\n\n") if b.strip()]
+    events = [json.loads(lines[1][len("data: "):]) for lines in blocks]
+    assert any("Half" in json.dumps(e) for e in events)  # the text before the failure
+    last = events[-1]
+    if path == "/v1/responses":
+        assert last["type"] == "response.failed"
+        assert last["response"]["status"] == "failed"
+        assert "finish reason" in last["response"]["error"]["message"]
+        assert not any(e["type"] == "response.completed" for e in events)
+    else:
+        assert last["type"] == "error" and last["error"]["type"] == "api_error"
+        assert "finish reason" in last["error"]["message"]
+        assert not any(e["type"] == "message_stop" for e in events)
