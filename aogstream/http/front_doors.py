@@ -21,6 +21,7 @@ from aogstream import SPEC_VERSION, errors
 from aogstream.asgi_types import Receive, Scope, Send
 from aogstream.convert import PIVOT
 from aogstream.gateway import Gateway
+from aogstream.http.agent_doors import AgentDoors, agent_path
 from aogstream.http.asgi import (
     CLOSE_AFTER,
     ClientGone,
@@ -62,6 +63,7 @@ class FrontDoors:
         self.converter = self.calls.converter
         self.audio = OpenAIAudio(self.calls)
         self.rerank = RerankDoor(gateway, max_body, self.calls)
+        self.agents = AgentDoors(gateway, self.calls, max_body)  # Responses, Anthropic
         # (flavor, path) → method → door; bare path → method → door (install_raw_routes)
         self._doors: dict[tuple[str, str], dict[str, Door]] | None = None
         self._raw: dict[str, dict[str, Door]] = {}
@@ -139,6 +141,10 @@ class FrontDoors:
         path = scope.get("path", "")
         if is_rerank_door(path):  # no template names it: its own door
             await self.rerank(scope, receive, send)
+            return
+        agent = agent_path(path)
+        if agent is not None:
+            await self.agents(scope, receive, send, agent)
             return
         flavor, methods, item = self._find(path)
         err_flavor = flavor if flavor in self.flavors() else "openai"
