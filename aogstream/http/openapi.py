@@ -106,7 +106,7 @@ def operations(app: HotRoutes) -> list[dict[str, Any]]:
 def _tag(rule: str) -> str:
     if rule.startswith("/v0/"):
         return "native plugins (CLIProxyAPI)"
-    if rule.startswith(f"/aog/{SPEC_VERSION}/control_panel") or rule.startswith("/engine"):
+    if "/control_panel" in rule or "/engine/" in rule:
         return "AOG compatibility"
     if rule in ("/metrics", "/openapi.json") or rule.startswith(("/aogstream/", "/docs")):
         return "observability"
