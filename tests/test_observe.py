@@ -11,6 +11,7 @@ Proven:
   plugin that served it, its status, time to first byte, duration, bytes and chunks,
   and no body; a stream the client abandons is logged as cancelled; the line and the
   answer share the request id (`x-aogstream-request`);
+- a WebSocket session is logged once, with its status, service, plugin and frames;
 - `GET /aogstream/v1/requests` shows those same records from whichever process
   served them, newest first, and refuses a bad `limit` with a 400 saying what to send;
 - `/metrics` parses, and its counters move by exactly the traffic sent, although that
@@ -223,3 +224,26 @@ def test_a_bad_setting_refuses_to_start_and_says_which(
         gateway_factory: Callable[..., Gateway]):
     with pytest.raises(Exception, match="AOGSTREAM_REQUEST_LOG"):
         gateway_factory("bad-setting", AOGSTREAM_REQUEST_LOG="loud")
+
+
+def test_a_websocket_session_is_logged_with_its_frames(two_process_gateway: Gateway):
+    gw = two_process_gateway
+    began = time.time()
+    with connect(gw.service_ws_url("echo-ws"), open_timeout=5, close_timeout=2) as ws:
+        for text in ("one", "two", "three"):
+            ws.send(text)
+            assert ws.recv(timeout=5) == text
+    deadline = time.monotonic() + WAIT
+    while True:
+        found = [x for x in recent(gw) if x["kind"] == "websocket" and x["ts"] >= began - 1
+                 and x["path"] == "/aog/v0.2/services/echo-ws"]
+        if found:
+            break
+        assert time.monotonic() < deadline, recent(gw, 5)
+        time.sleep(0.05)
+    rec = found[0]
+    assert rec["status"] == 101 and rec["route"] == "/aog/v0.2/services/{service}"
+    assert (rec["service"], rec["plugin"]) == ("echo-ws", "echo-plugin")
+    assert rec["frames_in"] == 3 and rec["frames_out"] == 3
+    assert rec["bytes_in"] == len("onetwothree") and rec["close_code"] is not None
+    assert rec["id"] in {r["id"] for r in log_records(gw)}
