@@ -22,8 +22,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from aogstream.observe.record import RequestRecord
 from aogstream.observe.ring import HEADER, SLOT_HEAD, SLOT_SIZE, RingWriter, read_all, read_ring
-from aogstream.observe.run import Observer, RouteTable
+from aogstream.observe.run import Observer, RouteTable, Settings
 
 
 def test_the_ring_keeps_the_newest_records_and_skips_a_slot_being_written(tmp_path: Path):
@@ -95,11 +96,14 @@ print(json.dumps(out))
     assert one['_count[["s", "x"]]'] == 7
 
 
-def test_the_text_line_quotes_what_clients_chose():
-    line = Observer.text_line({"method": "POST", "path": "/v1/chat/completions",
-                               "id": "a-1", "ts": 1.0, "model": 'x status=500\nrequest GET /',
-                               "status": 200, "ttfb_ms": None, "cancelled": False})
+def test_the_text_line_quotes_what_clients_chose(tmp_path: Path):
+    observer = Observer(tmp_path, Settings(metrics=False, request_log="off", history=0),
+                        "w1")
+    rec = RequestRecord("a-1", "http", "POST", "/v1/chat/completions", 0.0, 1.0)
+    rec.model, rec.status = "x status=500\nrequest GET /", 200
+    line = Observer.text_line(observer.fields(rec, "/v1/chat/completions", 200))
     assert "\n" not in line
     assert 'model="x status=500\\nrequest GET /"' in line
-    assert line.startswith("request POST /v1/chat/completions id=a-1 ")
+    assert line.startswith("request POST /v1/chat/completions id=a-1 process=w1 ")
     assert "status=200" in line and "ttfb_ms=-" in line and "cancelled=false" in line
+    observer.close()

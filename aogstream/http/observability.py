@@ -52,7 +52,7 @@ def register_observability(app: QuartTrio, hot: HotRoutes) -> None:
             return _json(404, {"error": why})
         from aogstream.observe.metrics import CONTENT_TYPE
 
-        body = await trio.to_thread.run_sync(observer.exposition)
+        body = await trio.to_thread.run_sync(observer.exposition, observer.live_facts())
         return Response(body, status=200, content_type=CONTENT_TYPE)
 
     @app.get(observe_run.REQUESTS_PATH)

@@ -19,7 +19,7 @@ trust denials) is read when `/metrics` is scraped (`LiveCollector`), not counted
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -179,11 +179,12 @@ class LiveCollector(Collector):
     """The primary's live facts, read at each scrape: plugins' state and restarts,
     and their LLM calls and trust denials (`host.llm_service` counts them)."""
 
-    def __init__(self, plugins: Callable[[], Iterable[tuple[str, str, int | None]]],
-                 llm_counters: Callable[[], dict[str, Any]] | None = None) -> None:
-        """`plugins()`: (name, state, restarts or None) of every plugin;
-        `llm_counters()`: plugin id → its `host.llm_service.Counters`."""
-        self.plugins = plugins
+    def __init__(self, plugins: Iterable[tuple[str, str, int | None]],
+                 llm_counters: dict[str, dict[str, Any]] | None = None) -> None:
+        """`plugins`: (name, state, restarts or None) of every plugin; `llm_counters`:
+        plugin id → its `host.llm_service.Counters` as a dict. Both copied at the
+        scrape, on the thread that changes them."""
+        self.plugins = list(plugins)
         self.llm_counters = llm_counters
 
     def collect(self) -> Iterator[Metric]:
@@ -193,7 +194,7 @@ class LiveCollector(Collector):
                                        "restarted a plugin process", labels=["plugin"])
         up = GaugeMetricFamily("aogstream_plugin_up", "1 when the plugin serves",
                                labels=["plugin"])
-        for name, now, restarted in self.plugins():
+        for name, now, restarted in self.plugins:
             for s in sorted({*PLUGIN_STATES, now} - {""}):
                 state.add_metric([name, s], 1.0 if s == now else 0.0)
             up.add_metric([name], 1.0 if now == PluginState.RUNNING else 0.0)
@@ -211,8 +212,7 @@ class LiveCollector(Collector):
                                       "calls the trust gate refused", labels=["plugin"])
         tokens = CounterMetricFamily("aogstream_plugin_llm_tokens", "Tokens of plugins' "
                                      "LLM calls", labels=["plugin", "direction"])
-        for plugin, c in sorted(self.llm_counters().items()):
-            values = c.as_dict() if hasattr(c, "as_dict") else dict(c)
+        for plugin, values in sorted(self.llm_counters.items()):
             for outcome in ("succeeded", "failed", "denied"):
                 calls.add_metric([plugin, outcome], float(values.get(outcome, 0)))
             denials.add_metric([plugin], float(values.get("denied", 0)))

@@ -176,7 +176,9 @@ class Observer:
         self.ring = RingWriter(ring_path(folder, self.pid), settings.history) \
             if settings.history else None
         self.routes = RouteTable(self._saved_routes())
-        self.live: Any = None  # the primary's `metrics.LiveCollector`
+        # the primary's live facts: () → plugins' (name, state, restarts), and
+        # () → plugins' LLM counters (see `metrics.LiveCollector`)
+        self._live: tuple[Any, Any] | None = None
         if settings.request_log == "json":
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("%(message)s"))
@@ -220,11 +222,12 @@ class Observer:
         fields = self.fields(rec, route, status)
         if self.ring is not None:
             self.ring.append(fields)
-        if mode == "json":
-            request_log.info("%s", json.dumps(fields, separators=(",", ":"),
-                                              ensure_ascii=False))
-        elif mode == "text":
-            request_log.info("%s", self.text_line(fields))
+        if mode != "off" and request_log.isEnabledFor(logging.INFO):
+            line = json.dumps(fields, separators=(",", ":"), ensure_ascii=False) \
+                if mode == "json" else self.text_line(fields)
+            # a record made directly: `info()` would look up the caller's frame too
+            request_log.handle(request_log.makeRecord(
+                request_log.name, logging.INFO, __file__, 0, line, (), None))
 
     def fields(self, rec: RequestRecord, route: str, status: int) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -245,23 +248,36 @@ class Observer:
 
     @staticmethod
     def text_line(f: dict[str, Any]) -> str:
-        parts = [f"{f['method']} {_field(f['path'])}"]
-        for key, value in f.items():
-            if key in ("method", "path", "ts"):
-                continue
-            if isinstance(value, bool):
-                value = "true" if value else "false"
-            elif value is None:
-                value = "-"
-            parts.append(f"{key}={_field(str(value)) if isinstance(value, str) else value}")
-        return "request " + " ".join(parts)
+        """The `key=value` line of `fields()` (names a client chose are quoted)."""
+        ttfb = "-" if f["ttfb_ms"] is None else f["ttfb_ms"]
+        line = (f"request {f['method']} {_field(f['path'])} id={f['id']} "
+                f"process={f['process']} kind={f['kind']} route={_field(f['route'])} "
+                f"service={_field(f['service'])} model={_field(f['model'])} "
+                f"provider={_field(f['provider'])} plugin={_field(f['plugin'])} "
+                f"status={f['status']} ttfb_ms={ttfb} duration_ms={f['duration_ms']} "
+                f"bytes_in={f['bytes_in']} bytes_out={f['bytes_out']} chunks={f['chunks']} "
+                f"stream={'true' if f['stream'] else 'false'} "
+                f"cancelled={'true' if f['cancelled'] else 'false'}")
+        if f["kind"] == "websocket":
+            line += (f" frames_in={f['frames_in']} frames_out={f['frames_out']} "
+                     f"close_code={f['close_code'] if f['close_code'] is not None else '-'}")
+        return line
 
     def watch(self, plugins: Any, llm_counters: Any) -> None:
         """The primary: read these at each scrape (see `metrics.LiveCollector`)."""
-        if self.metrics is not None:
-            from aogstream.observe.metrics import LiveCollector
+        self._live = (plugins, llm_counters)
 
-            self.live = LiveCollector(plugins, llm_counters)
+    def live_facts(self) -> Any:
+        """The live facts now, copied on the event loop's thread (where they change),
+        for `exposition` to format in a worker thread."""
+        if self._live is None or self.metrics is None:
+            return None
+        from aogstream.observe.metrics import LiveCollector
+
+        plugins, llm = self._live
+        counters = {name: c.as_dict() if hasattr(c, "as_dict") else dict(c)
+                    for name, c in list(llm().items())}
+        return LiveCollector(list(plugins()), counters)
 
     # ---- what the management routes read -------------------------------------------
 
@@ -269,10 +285,11 @@ class Observer:
         """The newest `limit` requests of every serving process, newest first."""
         return read_all(self.folder, limit)
 
-    def exposition(self) -> bytes:
+    def exposition(self, live: Any = None) -> bytes:
+        """Every process's metrics and `live` (from `live_facts`), in Prometheus text."""
         from aogstream.observe.metrics import exposition
 
-        return exposition(str(self.folder), self.live)
+        return exposition(str(self.folder), live)
 
     def process_gone(self, pid: int) -> None:
         """A worker ended: drop its live gauges and its ring."""
