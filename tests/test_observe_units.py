@@ -12,6 +12,7 @@ Proven:
 - a stream's gaps added in one go give the same histogram as observing each gap;
 - the text log line quotes client-chosen values, so a model name cannot forge fields
   or lines.
+- a run folder whose primary died is removed at the next start; a live one is kept.
 """
 
 from __future__ import annotations
@@ -107,3 +108,18 @@ def test_the_text_line_quotes_what_clients_chose(tmp_path: Path):
     assert line.startswith("request POST /v1/chat/completions id=a-1 process=w1 ")
     assert "status=200" in line and "ttfb_ms=-" in line and "cancelled=false" in line
     observer.close()
+
+
+def test_a_dead_primarys_run_folder_is_removed_at_the_next_start(tmp_path: Path):
+    from aogstream.observe.run import OWNER_FILE, RUN_PREFIX, remove_abandoned_runs
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    abandoned, alive, unknown = (tmp_path / f"{RUN_PREFIX}{n}" for n in ("a", "b", "c"))
+    for folder in (abandoned, alive, unknown):
+        folder.mkdir()
+        (folder / "counter_1.db").write_bytes(b"x")
+    (abandoned / OWNER_FILE).write_text(dead.stdout)
+    (alive / OWNER_FILE).write_text(f"{os.getpid()}\n")
+    assert remove_abandoned_runs(tmp_path) == [abandoned]
+    assert not abandoned.exists() and alive.exists() and unknown.exists()

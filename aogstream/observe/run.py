@@ -5,7 +5,8 @@ it in the environment its workers inherit; in it every serving process keeps its
 metrics files (prometheus_client's multi-process mode) and its ring of recent
 requests, and the primary writes the route table the workers label requests with.
 An operator who sets `PROMETHEUS_MULTIPROC_DIR` gets that directory instead, emptied
-of an earlier run's files at the start and left in place at the end.
+of an earlier run's files at the start and left in place at the end. A primary killed
+before it could remove its folder leaves it behind; the next start removes it.
 
 Settings (environment variables of `aogstream server start`):
 
@@ -45,6 +46,8 @@ HISTORY_ENV = "AOGSTREAM_REQUEST_HISTORY"
 RUN_DIR_ENV = "AOGSTREAM_RUN_DIR"  # set by the primary for its workers
 PROMETHEUS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 ROUTES_FILE = "routes.json"
+RUN_PREFIX = "aogstream-run-"
+OWNER_FILE = "primary.pid"  # which process made the folder (see `remove_abandoned_runs`)
 DEFAULT_HISTORY = 200
 MAX_HISTORY = 10_000
 REQUESTS_PATH = "/aogstream/v1/requests"
@@ -99,10 +102,28 @@ def start_run() -> RunDir:
                 old.unlink(missing_ok=True)
         run = RunDir(folder, owned=False)
     else:
-        run = RunDir(Path(tempfile.mkdtemp(prefix="aogstream-run-")), owned=True)
+        remove_abandoned_runs(Path(tempfile.gettempdir()))
+        run = RunDir(Path(tempfile.mkdtemp(prefix=RUN_PREFIX)), owned=True)
+        (run.path / OWNER_FILE).write_text(f"{os.getpid()}\n")
     os.environ[RUN_DIR_ENV] = str(run.path)
     os.environ[PROMETHEUS_ENV] = str(run.path)
     return run
+
+
+def remove_abandoned_runs(folder: Path) -> list[Path]:
+    """Remove the run folders in `folder` whose primary is dead (killed before it could
+    remove its own); a folder without an owner file, or whose owner lives, is kept."""
+    removed = []
+    for run in folder.glob(RUN_PREFIX + "*"):
+        try:
+            pid = int((run / OWNER_FILE).read_text().strip())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(run, ignore_errors=True)
+            removed.append(run)
+        except (OSError, ValueError):
+            continue  # no owner file, or not ours to judge
+    return removed
 
 
 def end_run(run: RunDir) -> None:

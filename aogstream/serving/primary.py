@@ -46,8 +46,7 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
         observing = observe_run.Settings.from_env()
     except observe_run.SettingsError as exc:  # refused before anything starts, as keys are
         raise GuardConfigError(str(exc)) from None
-    run = observe_run.start_run()  # metrics files and request rings of every process
-    observer = observe_run.open_process("primary", observing)
+    run: observe_run.RunDir | None = None
     stop = trio.Event()
     open_files = hypercorn_serve.raise_open_file_limit()  # before plugins: they inherit it
     cap = hypercorn_serve.connection_cap(cfg.max_connections, open_files)
@@ -61,6 +60,8 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
         await nursery.start(llm_host.run)
         gateway.plugin_launch_env = llm_host.env_for
         try:
+            run = observe_run.start_run()  # metrics files, request rings of every process
+            observer = observe_run.open_process("primary", observing)
             await gateway.start(nursery)
             for problem in gateway.problems:
                 log.error("plugin problem: %s", problem)
@@ -108,7 +109,8 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
                 await gateway.stop()
                 if private_dir:
                     remove_folder(private_dir)
-                observe_run.end_run(run)
+                if run is not None:
+                    observe_run.end_run(run)
             nursery.cancel_scope.cancel()
 
 
