@@ -16,7 +16,8 @@ Proven:
   served them, newest first, and refuses a bad `limit` with a 400 saying what to send;
 - `/metrics` parses, and its counters move by exactly the traffic sent, although that
   traffic was served by both processes (each counts in its own files, the primary adds
-  them up); stream gaps, provider calls, WebSocket frames and plugin state are there;
+  them up); stream gaps, provider calls, WebSocket frames and reply times, and plugin
+  state are there;
 - with `AOGSTREAM_METRICS=off` nothing is counted and `/metrics` says so, while the
   gateway serves and logs as before.
 """
@@ -196,6 +197,7 @@ def test_metrics_parse_and_count_the_traffic_of_every_process(two_process_gatewa
     assert m[gaps] - before.get(gaps, 0) >= 2
     assert m["aogstream_active_streams{}"] == 0
     assert m["aogstream_websocket_frames_total{direction=out,service=echo-ws}"] >= 2
+    assert m["aogstream_websocket_reply_seconds_count{service=echo-ws}"] >= 2
     assert m["aogstream_plugin_state{plugin=echo-plugin,state=running}"] == 1
     assert m["aogstream_plugin_up{plugin=echo-plugin}"] == 1
     assert "aogstream_plugin_restarts_total{plugin=echo-plugin}" in m
