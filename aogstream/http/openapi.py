@@ -24,6 +24,7 @@ from typing import Any
 
 from aogstream import SPEC_VERSION, __version__
 from aogstream.convert import PIVOT
+from aogstream.http import agent_doors, rerank_door
 from aogstream.http.front_doors import API_FLAVORS_PREFIX, HTTP_METHODS, RAW_PREFIXES
 from aogstream.http.hot import GUIDE_PREFIX, PREFIX, HotRoutes
 
@@ -81,6 +82,13 @@ def operations(app: HotRoutes) -> list[dict[str, Any]]:
     for method, template, flavor, service in _front_doors(app):
         add(method, template, f"{flavor}: {service}", f"front doors: {flavor}",
             service=service)
+    # doors no flavor template names: their own modules, reached before the templates
+    for template, summary, service in (
+            (agent_doors.RESPONSES, "OpenAI Responses API", "chat"),
+            (agent_doors.MESSAGES, "Anthropic Messages API", "chat"),
+            (agent_doors.COUNT_TOKENS, "Anthropic Messages: count tokens", "chat"),
+            (rerank_door.RERANK_PATH, "Rerank documents (Jina/Cohere style)", "rerank")):
+        add("POST", template, summary, "front doors: agents and rerank", service=service)
     quart: Any = app.fallback
     url_map = getattr(quart, "url_map", None)
     if url_map is not None:
