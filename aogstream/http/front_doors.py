@@ -98,6 +98,15 @@ class FrontDoors:
             self._doors = doors
         return self._doors
 
+    def template_doors(self) -> list[tuple[Door, bool]]:
+        """Every door the flavor templates open, in template order, each with whether it
+        also answers on its bare path (`install_raw_routes`; the first flavor to claim a
+        bare path has it). The API description reads the doors from here."""
+        self._index()
+        assert self._doors is not None
+        return [(door, self._raw.get(door.path, {}).get(door.method) is door)
+                for by_method in self._doors.values() for door in by_method.values()]
+
     # ---- dispatch ---------------------------------------------------------------------
 
     def _find(self, path: str) -> tuple[str, dict[str, Door], str | None]:
