@@ -27,8 +27,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import trio
-
 from aogstream import errors
 from aogstream.asgi_types import Headers, Receive, Scope, Send
 from aogstream.convert import ConvertError, anthropic, chat_tools, formats
@@ -40,7 +38,7 @@ from aogstream.http.asgi import CLOSE_AFTER, ClientGone, parse_object, read_body
 from aogstream.http.flavor_calls import Door, FlavorCalls, send_bytes, strip_sse
 from aogstream.http.flavor_errors import error_body
 from aogstream.invocation import Invocation
-from aogstream.sse.writer import SSE_HEADERS
+from aogstream.sse.writer import SSE_HEADERS, relay_batches
 
 log = logging.getLogger(__name__)
 
@@ -183,60 +181,17 @@ async def write_events(inv: Invocation, send: Send, extra_headers: Headers,
                        finish: Callable[[], bytes],
                        fail: Callable[[errors.GatewayError], bytes]) -> errors.GatewayError | None:
     """Relay `inv`'s chunks as typed SSE events: `start` with the first chunk, each
-    chunk through `translate`, then `finish()` (or `fail(err)` after a failure).
+    chunk through `translate`, then `finish()` (or `fail(err)` after a failure), on the
+    chat door's own batching loop (`sse.writer.relay_batches`).
 
     Returns the error to answer with instead when the call failed before its first
-    chunk (so the caller can fall back or answer with a proper status). As in the chat
-    door's writer, whatever is already waiting is coalesced into one write, never
-    waited for, and the last send is shielded (or hypercorn never closes)."""
-    responses = inv.responses
-    try:
-        first: Any = await responses.receive()
-    except trio.EndOfChannel:
-        if inv.error is not None:
-            return inv.error
-        first = None
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [*SSE_HEADERS, *extra_headers]})
-    pending: list[Any] = [] if first is None else [first]
-    head = start
-    failed: errors.GatewayError | None = None
-    ended = False
-    while True:
-        while True:
-            try:
-                pending.append(responses.receive_nowait())
-            except trio.WouldBlock:
-                break
-            except trio.EndOfChannel:
-                ended = True
-                break
-        if pending:
-            out = bytearray(head)
-            head = b""
-            try:
-                for item in pending:
-                    for chunk in item if isinstance(item, list) else (item,):
-                        out += translate(chunk)
-            except errors.GatewayError as err:
-                failed = err
-                head = bytes(out)
-                break
-            pending = []
-            if ended:
-                head = bytes(out)
-                break
-            if out:
-                await send({"type": "http.response.body", "body": bytes(out),
-                            "more_body": True})
-        if ended:
-            break
-        try:
-            pending.append(await responses.receive())
-        except trio.EndOfChannel:
-            break
-    failed = failed or inv.error
-    tail = head + (fail(failed) if failed is not None else finish())
-    with trio.CancelScope(shield=True):
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
-    return None
+    chunk (so the caller can fall back or answer with a proper status)."""
+
+    def frame(items: list[Any]) -> bytes:
+        return b"".join(translate(chunk) for item in items
+                        for chunk in (item if isinstance(item, list) else (item,)))
+
+    def tail(failed: errors.GatewayError | None) -> bytes:
+        return fail(failed) if failed is not None else finish()
+
+    return await relay_batches(inv, send, [*SSE_HEADERS, *extra_headers], frame, start, tail)
