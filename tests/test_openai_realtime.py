@@ -26,6 +26,9 @@ from __future__ import annotations
 import array
 import base64
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,7 +36,7 @@ from typing import Any
 
 import pytest
 from audio import GOFORWARD_TEXT, goforward_pcm, resample_linear, silence, word_error_rate
-from conftest import require_engines
+from conftest import REPO, require_engines
 from openai import OpenAI
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -271,6 +274,42 @@ def test_bad_input_gets_error_events_and_the_session_goes_on(gateway, speech):
     assert word_error_rate(GOFORWARD_TEXT, events[-1]["transcript"]) <= 0.25, events[-1]
 
 
+def test_an_engine_that_refuses_the_turn_is_an_error_event_and_the_next_turn_works(
+        gateway, speech):
+    url = f"{gateway.ws_url}/v1/realtime?intent=transcription"
+
+    def update(ws: Any, language: str) -> None:
+        ws.send(json.dumps({"type": "session.update", "session": {
+            "type": "transcription", "audio": {"input": {
+                "transcription": {"model": "pocketsphinx-en-us", "language": language},
+                "turn_detection": None}}}}))
+        assert json.loads(ws.recv(timeout=20))["type"] == "session.updated"
+
+    def append(ws: Any) -> None:
+        for i in range(0, len(speech), 4800):
+            ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                "audio": b64(speech[i:i + 4800])}))
+
+    with connect(url, open_timeout=10, max_size=None) as ws:
+        assert json.loads(ws.recv(timeout=20))["type"] == "session.created"
+        update(ws, "fr")  # pocketsphinx-en-us decodes English only
+        append(ws)
+        ev = json.loads(ws.recv(timeout=30))
+        assert ev["type"] == "error" and ev["error"]["type"] == "server_error", ev
+        assert ev["error"]["code"] == "model_error", ev
+        # one error for the turn, not one per append; its commit says it failed
+        ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        failed = raw_events(ws, "conversation.item.input_audio_transcription.failed")
+        assert failed[0]["type"] == "input_audio_buffer.committed", failed
+        assert "error" not in [e["type"] for e in failed], failed
+        assert failed[-1]["item_id"] == failed[0]["item_id"]
+        update(ws, "en")
+        append(ws)
+        ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        events = raw_events(ws, COMPLETED)
+    assert word_error_rate(GOFORWARD_TEXT, events[-1]["transcript"]) <= 0.25, events[-1]
+
+
 def test_an_unknown_model_in_the_url_is_refused_with_an_error_and_close_4000(gateway):
     url = f"{gateway.ws_url}/v1/realtime?model=no-such-model"
     with connect(url, open_timeout=10) as ws:
@@ -290,3 +329,18 @@ def test_the_key_a_browser_sends_as_a_subprotocol_counts_as_a_credential():
         (b"sec-websocket-protocol",
          b"realtime, openai-insecure-api-key.sk-abc, openai-beta.realtime-v1")]}
     assert request_facts(scope).credentials == ("sk-abc",)
+
+
+def test_the_readme_realtime_snippet_prints_the_transcript(gateway):
+    """The README's OpenAI Realtime snippet, run as written (port aside)."""
+    readme = (REPO / "README.md").read_text()
+    part = readme[readme.index("**The same engines in OpenAI's Realtime protocol.**"):]
+    code = part[part.index("<<'EOF'\n") + 8:part.index("\nEOF\n")]
+    code = code.replace("127.0.0.1:16688", f"127.0.0.1:{gateway.port}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AOGSTREAM_")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, text=True,
+                          capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    final = [ln for ln in proc.stdout.splitlines() if ln.startswith("final:")]
+    assert final, proc.stdout
+    assert word_error_rate(GOFORWARD_TEXT, final[0].removeprefix("final:")) <= 0.25, final

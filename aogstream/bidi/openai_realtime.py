@@ -162,6 +162,9 @@ class Turn:
         self.scope = trio.CancelScope()
         self.item: Item | None = None
         self.closing = False  # committed by the client: finish-task sent
+        # (code, message) once the engine refused or failed the task: the rest of the
+        # turn's audio is dropped, and its commit answers `transcription.failed`
+        self.failed: tuple[str, str] | None = None
         self.audio_ms = 0.0
 
     def engine_pcm(self, raw: bytes) -> bytes:
@@ -428,12 +431,17 @@ class OpenAIRealtimeSession:
         turn = self.turn
         if turn is None:
             turn = await self._open_turn()
-        pcm = turn.engine_pcm(raw)
         turn.audio_ms += ms
         self.audio_ms += ms
         self.buffered_ms += ms
+        if turn.failed is not None:
+            return  # already answered with an error event; the commit says failed
+        pcm = turn.engine_pcm(raw)
         if pcm and turn.inv is not None:
-            await turn.inv.send(Frame(pcm, "binary"))
+            try:
+                await turn.inv.send(Frame(pcm, "binary"))
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass  # the task ended under it; its end was reported as an event
 
     async def _open_turn(self) -> Turn:
         assert self.nursery is not None
@@ -465,6 +473,9 @@ class OpenAIRealtimeSession:
         if turn.item is None:
             turn.item = self._new_item(int(self.audio_ms - turn.audio_ms))
         await self._announce(turn.item)
+        if turn.failed is not None:
+            await self._failed(turn, *turn.failed)
+            return
         if turn.inv is not None:
             finish = {"task": SERVICE, "action": "finish-task", "task_id": self._task_id(turn)}
             await turn.inv.send(Frame(json.dumps(finish).encode(), "text"))
@@ -503,18 +514,19 @@ class OpenAIRealtimeSession:
         run = {"task": SERVICE, "action": "run-task", "task_id": task_id, "model": model,
                "parameters": {"format": "pcm", "sample_rate": ENGINE_RATE,
                               "language": self.language}}
-        with turn.scope:
-            try:
+        try:
+            with turn.scope:
                 async with self.gateway.invoke(turn.route, Mode.BIDI, b"",
                                                metadata=meta) as inv:
                     await inv.send(Frame(json.dumps(run).encode(), "text", meta))
                     turn.inv = inv
                     task_status.started()
                     await self._results(turn, inv)
-            except Disconnected:
-                return
-        if turn.scope.cancelled_caught and self.turn is not turn and not turn.closing:
-            return  # cleared: nothing to say
+        finally:
+            if self.turn is turn and turn.failed is None:
+                # the task ended by itself (the engine stopped): the next append
+                # starts a new one rather than feeding a closed invocation
+                self.turn = None
 
     async def _results(self, turn: Turn, inv: Invocation) -> None:
         failure: tuple[str, str] | None = None
@@ -544,6 +556,13 @@ class OpenAIRealtimeSession:
             failure = ("server_error", f"{turn.route.provider.name} ended the task without "
                        "a transcript")
         if failure is not None:
+            if not turn.closing and self.turn is turn:
+                # one error now; the turn's further audio is dropped until the client
+                # commits (answered with transcription.failed) or clears it
+                turn.failed = failure
+                await self.error(failure[0].lower(), f"transcription failed: {failure[1]}",
+                                 kind="server_error")
+                return
             await self._failed(turn, *failure)
             return
         if turn.closing and turn.item is not None:
@@ -598,8 +617,6 @@ class OpenAIRealtimeSession:
         else:
             await self.error(code.lower(), f"transcription failed: {message}",
                              kind="server_error")
-        if self.turn is turn:
-            self.turn = None  # the next append starts a fresh task
 
 
 def requested(scope: Scope) -> tuple[str | None, str | None]:
