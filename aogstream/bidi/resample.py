@@ -22,6 +22,8 @@ import sys
 from operator import add
 
 _Q = 14
+_HALF = (1 << (_Q - 1)).__add__  # + 0.5 in Q14, for rounding
+_SHIFT = _Q.__rrshift__  # v >> 14
 TAPS_PER_PHASE = 8
 
 
@@ -91,12 +93,15 @@ class StreamResampler:
                 term = map(c.__mul__, col)
                 acc = list(term) if acc is None else list(map(add, acc, term))
             outputs.append(acc or [])
-        half = 1 << (_Q - 1)
         out = array.array("h", bytes(2 * up * groups))
         for r, acc in enumerate(outputs):
-            out[r::up] = array.array("h", [
-                -32768 if v < -32768 else 32767 if v > 32767 else v
-                for v in ((a + half) >> _Q for a in acc)])
+            # round and scale back from Q14 with C-level maps; clip (a Python loop)
+            # only in the rare chunk that overshoots
+            values = list(map(_SHIFT, map(_HALF, acc)))
+            if values and (min(values) < -32768 or max(values) > 32767):
+                values = [-32768 if v < -32768 else 32767 if v > 32767 else v
+                          for v in values]
+            out[r::up] = array.array("h", values)
         del buf[:down * groups]  # keep the history (and any partial group) for next time
         if sys.byteorder == "big":
             out.byteswap()
