@@ -36,7 +36,7 @@ from aogstream.invocation import (
     open_invocation,
 )
 from aogstream.rpc.bridge import GrpcLoop
-from aogstream.store import HYBRID_POLICIES, ModelRow, ProviderRow, Service, SQLiteStore, Store
+from aogstream.store import HYBRID_POLICIES, ModelRow, ProviderRow, Service, Store, open_store
 from aogstream.store.base import ModelStatus
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class Gateway:
         self.providers: dict[str, Provider] = {}
         self.problems: list[str] = []
         self._services: dict[str, list[tuple[Provider, m.ServiceDef]]] = {}
-        self.store: Store = store if store is not None else SQLiteStore(config.db_path)
+        self.store: Store = store if store is not None else open_store(config)
         self._table: dict[str, list[ProviderRow]] = {}
         self._models: dict[tuple[str, str], list[ModelRow]] = {}
         self._policies: dict[str, str] = {}
@@ -123,6 +123,8 @@ class Gateway:
         self.spawn(self.native.watch)  # config.yaml edits apply without a restart
         await trio.to_thread.run_sync(self.native.prune_store)
         await self.register()
+        if hasattr(self.store, "wait_change"):  # a store shared with other hosts
+            self.spawn(self._follow_store)
         async with trio.open_nursery() as starting:
             for plugin in self.plugins.values():
                 if self.store.plugin_enabled(plugin.name):
@@ -347,6 +349,17 @@ class Gateway:
         self._policies = {s.service_name: s.hybrid_policy for s in self.store.services()}
         self.store_gen += 1
         self.notify()
+
+    async def _follow_store(self) -> None:
+        """Writes by other gateway hosts on a shared store: rebuild routing (and let
+        the workers follow) as each is announced, so routing stays in memory."""
+        wait_change = self.store.wait_change  # type: ignore[attr-defined]
+        while True:
+            if await trio.to_thread.run_sync(wait_change, 1.0, abandon_on_cancel=True):
+                try:
+                    await self.reload()
+                except Exception as exc:  # noqa: BLE001 - the database is away: keep serving
+                    log.warning("routing not refreshed from the shared store: %s", exc)
 
     async def reload(self) -> None:
         """Rebuild the routing table after a write to the store (and, with several

@@ -33,6 +33,7 @@ from aogstream.convert import (
     ConvertError,
     TemplateError,
 )
+from aogstream.engines.pcm import is_wav
 from aogstream.gateway import Gateway, Route
 from aogstream.http.asgi import send_json, served_by_headers
 from aogstream.http.flavor_errors import conversion_error, error_body, template_error
@@ -73,7 +74,7 @@ def media_type(data: bytes) -> bytes | None:
     head = data.lstrip()[:1]
     if head in (b"{", b"["):
         return None
-    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+    if is_wav(data):
         return b"audio/wav"
     return b"application/octet-stream"
 

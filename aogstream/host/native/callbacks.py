@@ -32,7 +32,8 @@ import itertools
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import attrs
@@ -76,6 +77,21 @@ class Scope:
         for cs in list(self.cancel_scopes):
             cs.cancel()
         self.cancel_scopes.clear()
+
+
+@contextmanager
+def request_bound(scope: Scope | None) -> Iterator[trio.CancelScope]:
+    """A cancel scope that ends with the request that opened `scope` (a plain one when
+    the plugin named no request): a callback working for a request never outlives it.
+    Like any cancel scope it absorbs that cancellation; check `cancelled_caught` after."""
+    with trio.CancelScope() as cs:
+        if scope is not None:
+            scope.cancel_scopes.add(cs)
+        try:
+            yield cs
+        finally:
+            if scope is not None:
+                scope.cancel_scopes.discard(cs)
 
 
 @attrs.frozen
@@ -269,10 +285,7 @@ class HostServices:
         request = self._outbound(req, "host.http.do")
         method = request.method
         assert self._http is not None
-        scope = self._scope(plugin, req)
-        with trio.CancelScope() as cs:
-            if scope is not None:
-                scope.cancel_scopes.add(cs)
+        with request_bound(self._scope(plugin, req)):
             try:
                 with trio.fail_after(HTTP_TIMEOUT):
                     resp = await self._http.send(request, stream=True)
@@ -294,9 +307,6 @@ class HostServices:
             except trio.TooSlowError:
                 raise CallbackFailure(f"host.http.do: no complete answer within "
                                       f"{HTTP_TIMEOUT:g} s") from None
-            finally:
-                if scope is not None:
-                    scope.cancel_scopes.discard(cs)
         raise CallbackFailure("host.http.do: the request that opened this scope has ended")
 
     async def _http_do_stream(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
@@ -305,9 +315,7 @@ class HostServices:
         request = self._outbound(req, "host.http.do_stream")
         assert self._http is not None
         scope = self._scope(plugin, req)
-        with trio.CancelScope() as cs:
-            if scope is not None:
-                scope.cancel_scopes.add(cs)
+        with request_bound(scope) as cs:
             try:
                 with trio.fail_after(HTTP_TIMEOUT):
                     resp = await self._http.send(request, stream=True)
@@ -317,9 +325,6 @@ class HostServices:
             except trio.TooSlowError:
                 raise CallbackFailure(f"host.http.do_stream: no answer within "
                                       f"{HTTP_TIMEOUT:g} s") from None
-            finally:
-                if scope is not None:
-                    scope.cancel_scopes.discard(cs)
         if cs.cancelled_caught:
             raise CallbackFailure("host.http.do_stream: the request that opened this scope "
                                   "has ended")
@@ -343,18 +348,13 @@ class HostServices:
         when it broke), as CPA answers (omitempty fields)."""
         stream = self._http_stream(plugin, req)
         async with stream.lock:  # one read at a time keeps the chunks in order
-            with trio.CancelScope() as cs:
-                if stream.scope is not None:
-                    stream.scope.cancel_scopes.add(cs)
+            with request_bound(stream.scope):
                 try:
                     chunk = await stream.chunks.__anext__()
                 except StopAsyncIteration:
                     return {"done": True}
                 except httpx.HTTPError as exc:
                     return {"error": f"reading the response failed: {exc!r}", "done": True}
-                finally:
-                    if stream.scope is not None:
-                        stream.scope.cancel_scopes.discard(cs)
                 return {"payload": chunk}
         return {"error": "the request that opened this stream has ended", "done": True}
 
