@@ -528,10 +528,9 @@ class OpenAIRealtimeSession:
                 # starts a new one rather than feeding a closed invocation
                 self.turn = None
 
-    async def _results(self, turn: Turn, inv: Invocation) -> None:
-        failure: tuple[str, str] | None = None
-        finished = False
-        async for frame in inv.responses:
+    async def _events(self, turn: Turn, inv: Invocation) -> tuple[bool, tuple[str, str] | None]:
+        """Relay the plugin's events of one task: (finished, failure) at its end."""
+        async for frame in inv.frames():
             if frame.kind != "text":
                 continue
             try:
@@ -544,12 +543,17 @@ class OpenAIRealtimeSession:
                 sentence = (payload.get("output") or {}).get("sentence") or {}
                 await self._sentence(turn, sentence)
             elif name == "task-finished":
-                finished = True
-                break
+                return True, None
             elif name == "task-failed":
-                failure = (str(header.get("error_code") or "server_error"),
-                           str(header.get("error_message") or "the engine failed"))
-                break
+                return False, (str(header.get("error_code") or "server_error"),
+                               str(header.get("error_message") or "the engine failed"))
+        return False, None
+
+    async def _results(self, turn: Turn, inv: Invocation) -> None:
+        try:
+            finished, failure = await self._events(turn, inv)
+        except errors.GatewayError as exc:  # a provider that broke the bidi contract
+            finished, failure = False, ("server_error", exc.message)
         if failure is None and inv.error is not None:
             failure = ("server_error", inv.error.message)
         if failure is None and not finished and turn.closing:
@@ -637,6 +641,7 @@ async def serve_openai_realtime(ws: AsgiWebSocket, scope: Scope, gateway: Gatewa
     beta = wants_beta(list(scope.get("headers") or []), offered_subprotocols(scope))
     model, intent = requested(scope)
     refusal: BadEvent | None = None
+    session: OpenAIRealtimeSession | None = None
     if intent not in (None, "", "transcription"):
         refusal = BadEvent("invalid_value", f"intent {short(intent)} is not served here: this "
                            "gateway offers transcription sessions only; connect with "
@@ -646,7 +651,8 @@ async def serve_openai_realtime(ws: AsgiWebSocket, scope: Scope, gateway: Gatewa
             session = OpenAIRealtimeSession(ws, gateway, conn_id, beta=beta, model=model)
         except BadEvent as exc:
             refusal = exc
-    if refusal is not None:
+    if refusal is not None or session is None:
+        refusal = refusal or BadEvent("server_error", "the session could not start")
         await ws.send_text(json.dumps({"type": "error", "event_id": new_id("event"), "error": {
             "type": "invalid_request_error", "code": refusal.code, "message": refusal.message,
             "param": refusal.param, "event_id": None}}))
