@@ -426,6 +426,13 @@ def request_facts(scope: Scope) -> Request:
         elif k in (b"x-management-key", b"x-api-key"):
             if v.strip():
                 creds.append(v.decode("latin-1").strip())
+        elif k == b"sec-websocket-protocol":
+            # browsers cannot set headers: OpenAI's realtime clients send the key as a
+            # subprotocol `openai-insecure-api-key.<key>`
+            for proto in v.decode("latin-1").split(","):
+                key = proto.strip().removeprefix("openai-insecure-api-key.")
+                if key != proto.strip() and key:
+                    creds.append(key)
     method = scope.get("method", "GET")
     return Request(path=scope.get("path", ""), method=method,
                    websocket=scope["type"] == "websocket", host=host, origin=origin,
