@@ -46,6 +46,7 @@ from .systems import (
     gateway_help,
     litellm_missing,
     start_aogstream,
+    start_floor,
     start_litellm,
     start_stub,
     stop,
@@ -131,6 +132,8 @@ class Bench:
         if s == "direct":
             return System("direct", self.stub.proc, self.stub.port, self.stub.log,
                           paths=dict(self.stub.paths), roles=dict(self.stub.roles))
+        if s == "floor":
+            return start_floor(self.tmp)
         if s == "aogstream":
             return start_aogstream(self.tmp, self.stub, workers=self.workers)
         if s == "aogstream-x1":
