@@ -338,7 +338,7 @@ def report(data: dict[str, dict[str, Any]]) -> str:
         f"script (below); load average now {h.loadavg()}; {h.NCPU} CPUs",
         f"- the scripts' own time, summed: {total:.0f} s" if total else
         "- the scripts' own time: not recorded (older json)",
-        "- `aogstream` is the gateway with its default workers (one per core); "
+        "- `aogstream` is the gateway with its default workers (one per two cores); "
         "`aogstream ×1` the same with `--workers 1`; each row says which script "
         "(and mode) it comes from; `met?` judges the default aogstream; `—`: the "
         "script does not run that system (or it has no such door), `n/a`: it ran but "

@@ -229,8 +229,8 @@ class Bench:
         ]
         if "aogstream-x1" in self.systems:
             lines.append("- `aogstream-x1` (**aogstream ×1**) is the gateway started with "
-                         "`--workers 1`; `aogstream` has the default, one serving worker "
-                         f"per core ({NCPU} here)")
+                         "`--workers 1`; `aogstream` has the default, one serving process "
+                         f"per two cores ({max(1, NCPU // 2)} here)")
         if self.skipped:
             lines.append("- not run: " + "; ".join(f"{k}: {v}" for k, v in self.skipped.items()))
         if self.workers is not None:

@@ -12,8 +12,8 @@ The systems (names used everywhere: tables, JSON, `Bench(systems=...)`):
   process over gRPC) to the stub. `/v1/chat/completions` is a byte passthrough; NDJSON
   goes through the Ollama door `/api/chat` (converted ollama → openai → ollama).
 - `aogstream-x1` ("aogstream ×1" in tables): the same gateway started with `--workers 1`,
-  next to `aogstream` (the default, one worker per core), so the tables show what the
-  extra workers buy (or cost).
+  next to `aogstream` (the default, one serving process per two cores), so the tables
+  show what extra workers buy (or cost) where the default has several.
 - `aogstream-ollama`: the same gateway with the Ollama twin `relay-ollama-plugin`
   (config_ref `ollama:chat`): `/api/chat` NDJSON is then a passthrough too.
 - `floor`: benchmarks/floor_app.py, a bare ASGI app on hypercorn's trio worker that
