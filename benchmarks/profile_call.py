@@ -9,8 +9,9 @@ runs a closed loop of short calls through it (`--proto json`: non-stream request
 keep-alive connections; `sse`/`ndjson`: 5-chunk streams, a fresh connection each, so
 the opening of a call dominates), and meanwhile:
 
-- reads every thread's utime + stime of the gateway, its workers and the plugin from
-  /proc before and after, and prints CPU-ms per call per thread: the trio thread (the
+- reads every thread's utime + stime and context switches of the gateway, its workers
+  and the plugin from /proc before and after, and prints CPU-ms and switches (a thread
+  sleeping or being woken: the thread and process hops) per call per thread: the trio thread (the
   process's main thread), the grpc-aio loop thread of the trio⇄grpc bridge, grpc's own
   `event_engine` threads, the plugin's asyncio thread;
 - unless `--no-spy`, runs `py-spy record --gil` (in the bench extra) on each process
@@ -46,9 +47,11 @@ import harness as h
 CALL_CHUNKS = 5
 
 
-def thread_cpu(sut: h.System) -> dict[tuple[str, int, str], float]:
-    """CPU seconds so far of every thread of the system: (role, tid, thread name) → s."""
-    out: dict[tuple[str, int, str], float] = {}
+def thread_cpu(sut: h.System) -> dict[tuple[str, int, str], tuple[float, int]]:
+    """CPU seconds and context switches so far of every thread of the system:
+    (role, tid, thread name) → (s, voluntary + involuntary switches). A switch is a
+    thread going to sleep or being woken: the hops between threads and processes."""
+    out: dict[tuple[str, int, str], tuple[float, int]] = {}
     for pid, role in sut.roles.items():
         try:
             tids = os.listdir(f"/proc/{pid}/task")
@@ -57,13 +60,17 @@ def thread_cpu(sut: h.System) -> dict[tuple[str, int, str], float]:
         for tid in tids:
             try:
                 stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+                status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
             except OSError:
                 continue
+            switches = sum(int(line.split()[1]) for line in status.splitlines()
+                           if "ctxt_switches:" in line)
             name = stat[stat.index("(") + 1:stat.rindex(")")]
             fields = stat[stat.rindex(")") + 2:].split()
             label = ("main (trio)" if role in ("gateway", "worker") else "main") \
                 if int(tid) == pid else name
-            out[(role, int(tid), label)] = (int(fields[11]) + int(fields[12])) / h.CLK_TCK
+            out[(role, int(tid), label)] = ((int(fields[11]) + int(fields[12])) / h.CLK_TCK,
+                                            switches)
     return out
 
 
@@ -163,13 +170,18 @@ def main(argv: list[str] | None = None) -> int:
             print("CPU-ms per call: " + ", ".join(f"{k} {v:.3f}" for k, v in
                                                   per_role.items())
                   + f"; total {sum(per_role.values()):.3f}")
-            rows: list[tuple[float, Any]] = []
-            for key, v in after.items():
-                d = (v - before.get(key, 0.0)) * 1000 / calls
-                if d > 0:
-                    rows.append((d, key))
-            for d, (role, tid, name) in sorted(rows, reverse=True):
-                print(f"  {role:8} {name:16} tid {tid:<8} {d:.3f} ms/call")
+            rows: list[tuple[float, float, Any]] = []
+            for key, (sec, sw) in after.items():
+                sec0, sw0 = before.get(key, (0.0, 0))
+                d, hops = (sec - sec0) * 1000 / calls, (sw - sw0) / calls
+                if d > 0 or hops >= 0.05:
+                    rows.append((d, hops, key))
+            for role in sut.roles.values():
+                hops = sum(r[1] for r in rows if r[2][0] == role)
+                print(f"  {role}: {hops:.1f} context switches per call, all threads")
+            for d, hops, (role, tid, name) in sorted(rows, key=lambda r: r[:2], reverse=True):
+                print(f"  {role:8} {name:16} tid {tid:<8} {d:.3f} ms/call, "
+                      f"{hops:.2f} switches/call")
             for proc, path, role in spies:
                 _, err = proc.communicate(timeout=args.seconds + 30)
                 if proc.returncode != 0 or not path.exists():
