@@ -35,11 +35,21 @@ from aogstream.invocation import (
     TimeoutPolicy,
     open_invocation,
 )
+from aogstream.observe import record as observed
 from aogstream.rpc.bridge import GrpcLoop
-from aogstream.store import HYBRID_POLICIES, ModelRow, ProviderRow, Service, Store, open_store
+from aogstream.store import (
+    HYBRID_POLICIES,
+    ModelRow,
+    ProviderRow,
+    Service,
+    Store,
+    StoreError,
+    open_store,
+)
 from aogstream.store.base import ModelStatus
 
 log = logging.getLogger(__name__)
+STORE_RETRY_S = 1.0  # how often the primary retries a routing rebuild the store refused
 
 
 @attrs.frozen
@@ -98,6 +108,7 @@ class Gateway:
         self._models: dict[tuple[str, str], list[ModelRow]] = {}
         self._policies: dict[str, str] = {}
         self._nursery: trio.Nursery | None = None
+        self._rebuild_retrying = False
         # Multi-worker serving (`aogstream.serving`): `store_gen` counts routing-table
         # rebuilds, `on_change` is told (from any thread) that plugins or tables changed,
         # and `workers_sync` returns once every worker process has caught up.
@@ -363,10 +374,36 @@ class Gateway:
 
     async def reload(self) -> None:
         """Rebuild the routing table after a write to the store (and, with several
-        workers, return once they have rebuilt theirs)."""
+        workers, return once they have rebuilt theirs).
+
+        A store that cannot be read (a shared database that is down) leaves the routing
+        as it was: the gateway goes on serving from memory rather than failing, a worker
+        stays up, and the primary retries each second until the store answers; its
+        successful rebuild is a new store generation, which brings the workers along."""
         if self.native is not None:  # a worker follows the primary's config.yaml apply
             await self.native.check()
-        await trio.to_thread.run_sync(self._rebuild)
+        try:
+            await trio.to_thread.run_sync(self._rebuild)
+        except StoreError as exc:
+            log.warning("routing kept as it was: the store cannot be read now (%s)", exc)
+            if self._nursery is not None and not self._rebuild_retrying:
+                self._rebuild_retrying = True
+                self.spawn(self._retry_rebuild)
+            return
+        await self.sync_workers()
+
+    async def _retry_rebuild(self) -> None:
+        try:
+            while True:
+                await trio.sleep(STORE_RETRY_S)
+                try:
+                    await trio.to_thread.run_sync(self._rebuild)
+                except StoreError:
+                    continue
+                log.info("routing rebuilt: the store answers again")
+                break
+        finally:
+            self._rebuild_retrying = False
         await self.sync_workers()
 
     # ---- routing ----
@@ -412,6 +449,7 @@ class Gateway:
         """
         candidates = self.check_service(service)
         body = body or {}
+        observed.noted(service, body)  # the request log's service and model
         by_plugin = {p.name: (p, d) for p, d in candidates}
         rows = [r for r in self._table.get(service, [])
                 if r.flavor in by_plugin]  # plugin rows and custom rows naming a plugin
@@ -481,10 +519,16 @@ class Gateway:
     ) -> AsyncIterator[Invocation]:
         """Open an invocation of `route` in `mode` with AOG's deadline for it."""
         timeout = self.policy.for_call(mode, route.definition.timeout)
-        async with open_invocation(
-            route.provider, route.service, mode, request, timeout=timeout,
-            auth_info=auth_info or route.auth_info, metadata=metadata,
-        ) as inv:
-            yield inv
+        observed.served(route)  # the request log's provider and plugin; the call metrics
+        called: Invocation | None = None
+        try:
+            async with open_invocation(
+                route.provider, route.service, mode, request, timeout=timeout,
+                auth_info=auth_info or route.auth_info, metadata=metadata,
+            ) as inv:
+                called = inv
+                yield inv
+        finally:  # the provider's task has ended: its error (or None) is final
+            observed.call_ended(route, called.error if called is not None else None)
 
 

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -373,3 +374,47 @@ def test_db_migrate_and_copy_from_sqlite(postgres_db: TestDatabase, tmp_path: Pa
         assert "sk-old" not in dump
     finally:
         target.drop()
+
+
+def test_a_database_outage_answers_503_and_routing_goes_on(tmp_path: Path,
+                                                          postgres_db: TestDatabase) -> None:
+    """While the shared database refuses connections, a management write answers a 503
+    that says the database cannot be used now (no password, no 500), chat keeps being
+    served from the in-memory routing, and writes work again once the database is back."""
+    own = TestDatabase(postgres_db.admin_url)
+    g = Gateway(tmp_path / "gw", host_env(own), plugin_dir=[PLUGIN_DIR, HYBRID_DIR])
+    admin = psycopg.connect(postgres_db.admin_url, autocommit=True)
+    try:
+        g.start()
+        g.wait_plugin_running(name=REMOTE)
+        put = {"provider_name": REMOTE_CHAT, "auth_key": json.dumps({"api_key": "k-1"})}
+        assert httpx.put(f"{g.url}{API}/service_provider", json=put,
+                         timeout=30.0).status_code == 200
+        admin.execute(f'ALTER DATABASE "{own.name}" ALLOW_CONNECTIONS false')
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE datname = %s", (own.name,))
+        r = httpx.put(f"{g.url}{API}/service_provider", timeout=60.0,
+                      json={**put, "auth_key": json.dumps({"api_key": "k-2"})})
+        assert r.status_code == 503, r.text
+        assert "database cannot be used now" in r.json()["message"], r.text
+        password = urllib.parse.urlsplit(own.url).password
+        assert not password or password not in r.text, r.text
+        ok, _ = chat(g)
+        assert ok.status_code == 200, ok.text
+        admin.execute(f'ALTER DATABASE "{own.name}" ALLOW_CONNECTIONS true')
+        # every serving process stayed up (a worker whose routing rebuild failed once
+        # died, dropping the connections it held): each write is answered
+        for i in range(10):
+            r = httpx.put(f"{g.url}{API}/service_provider", timeout=30.0,
+                          json={**put, "auth_key": json.dumps({"api_key": f"k-back-{i}"})})
+            assert r.status_code in (200, 503), r.text
+        wait_until("a write after the database is back", lambda: httpx.put(
+            f"{g.url}{API}/service_provider", json=put, timeout=30.0).status_code == 200, 30.0)
+        ok, _ = chat(g)
+        assert ok.status_code == 200, ok.text
+        assert "Traceback" not in g.log_file.read_text(errors="replace"), g.log_tail(80)
+    finally:
+        admin.execute(f'ALTER DATABASE "{own.name}" ALLOW_CONNECTIONS true')
+        admin.close()
+        g.stop()
+        own.drop()
