@@ -11,15 +11,16 @@ the opening of a call dominates), and meanwhile:
 
 - reads every thread's utime + stime and context switches of the gateway, its workers
   and the plugin from /proc before and after, and prints CPU-ms and switches (a thread
-  sleeping or being woken: the thread and process hops) per call per thread: the trio thread (the
-  process's main thread), the grpc-aio loop thread of the trio⇄grpc bridge, grpc's own
-  `event_engine` threads, the plugin's asyncio thread;
+  sleeping or being woken: the thread and process hops) per call per thread: the trio
+  thread (the process's main thread), the grpc-aio loop thread of the trio⇄grpc
+  bridge, grpc's own `event_engine` threads, the plugin's asyncio thread;
 - unless `--no-spy`, runs `py-spy record --gil` (in the bench extra) on each process
-  and writes one collapsed-stack file per process (`<out>/<proto>-<role>-<pid>.txt`,
-  flamegraph-ready), then prints the functions with the largest inclusive share of the
-  samples taken in the trio thread (`--top`). `--gil` samples only the thread holding
-  the GIL, which approximates CPU on a busy machine far better than wall-clock samples
-  (a thread waiting for the GIL after a syscall would otherwise look busy).
+  and writes one collapsed-stack file per process, flamegraph-ready
+  (`results/profiles/call/<proto>-<role>-<pid>.txt`, not committed), then prints the
+  functions with the largest inclusive share of the samples taken in the trio thread
+  (`--top`). `--gil` samples only the thread holding the GIL, which approximates CPU on
+  a busy machine far better than wall-clock samples (a thread waiting for the GIL
+  after a syscall would otherwise look busy).
 
 py-spy needs ptrace rights over the gateway (same user; on some systems
 `kernel.yama.ptrace_scope` must be 0, or run as root). The figures are the same
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=int, default=200, help="py-spy samples per second (200)")
     ap.add_argument("--top", type=int, default=40, help="frames printed per profile (40)")
     ap.add_argument("--no-spy", action="store_true", help="CPU split only, no py-spy")
-    ap.add_argument("--out", type=Path, default=h.RESULTS / "profiles",
+    ap.add_argument("--out", type=Path, default=h.RESULTS / "profiles" / "call",
                     help="where the collapsed stacks go")
     ap.add_argument("--request-timeout", type=float, default=30.0)
     args = ap.parse_args(argv)
