@@ -157,7 +157,8 @@ class Config:
         lambda self: self.data_dir / "engines", takes_self=True))
     # Call StartEngine on local plugins once they are up (AOG does at start-up).
     start_engines: bool = True
-    # Serving processes on the one port (0 = one per core); they share one set of
+    # Serving processes on the one port (0 = one per two cores, at least one:
+    # `serving.worker_pool.worker_count` says why); they share one set of
     # plugin processes (see `aogstream.serving`).
     workers: int = 0
     # Host names (besides loopback and the bound address) that may appear in `Host`,

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--data-dir", type=Path, default=None, help="data directory")
     start.add_argument("--workers", type=int, default=None,
                        help="serving processes sharing the port and one set of plugins "
-                       "(default: one per core; AOGSTREAM_WORKERS)")
+                       "(default 0: one per two cores, at least one; AOGSTREAM_WORKERS)")
     start.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
                        help="a name clients reach the gateway by, accepted in the Host header "
                        "besides loopback and the bound address (repeatable; also "
@@ -122,7 +122,7 @@ environment:
   AOGSTREAM_DATABASE_URL   a PostgreSQL store shared by several gateway hosts
                            (with AOGSTREAM_SECRET_KEY); `aogstream db migrate|copy-sqlite`
   AOGSTREAM_ENGINE_DIR     where local engines and models are installed
-  AOGSTREAM_WORKERS        serving processes (0 = one per core)
+  AOGSTREAM_WORKERS        serving processes (0 = one per two cores)
   AOGSTREAM_UNARY_TIMEOUT, AOGSTREAM_STREAM_TIMEOUT   seconds (negative: none)
   AOGSTREAM_MAX_BODY_BYTES request body limit
   AOGSTREAM_LOCAL_AUDIO_PATHS=0      refuse local file paths in speech-to-text `audio`
@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "stop":
         return server_stop(Config.from_env(data_dir=args.data_dir).data_dir)
     if args.workers is not None and args.workers < 0:
-        parser.error("--workers must be 0 (one per core) or more")
+        parser.error("--workers must be 0 (one per two cores) or more")
     cfg = Config.from_env(host=args.host, port=args.port, data_dir=args.data_dir,
                           plugin_dirs=args.plugin_dir, workers=args.workers,
                           database_url=args.database_url)
