@@ -37,6 +37,7 @@ from aogstream.host.native import gojson as gj
 from aogstream.host.native import management as native_management
 from aogstream.host.native.abi import CallError
 from aogstream.host.native.callbacks import HostServices
+from aogstream.host.native.hooks import Hooks
 from aogstream.host.native.plugin import NATIVE_DESC, NativePlugin, NativeProvider
 from aogstream.plugin_config import PluginConfigFile
 
@@ -246,6 +247,8 @@ class NativePlugins:
         self._apply_lock = trio.Lock()
         self._stopped = False  # after stop(), config changes are no longer applied
         self._lifecycle = trio.Lock()  # register/reconfigure never overlap
+        # the plugins' request pipeline hooks, run by every native executor
+        self.hooks = Hooks(lambda: list(self.plugins.values()))
 
     async def start(self) -> None:
         """Read the config, discover, load the enabled plugins in priority order and
@@ -418,7 +421,8 @@ class NativePlugins:
                 log.warning("native plugin %s: its executor registers no models, so no "
                             "request can name it; it is not routed", plugin.id)
             return
-        self.gateway.add_provider(NativeProvider(plugin, models))
+        self.gateway.add_provider(NativeProvider(plugin, models, self.hooks,
+                                                 lambda: list(self.plugins.values())))
 
     def prune_store(self) -> None:
         """Forget the store rows of native plugins that no longer serve (disabled,
