@@ -21,6 +21,7 @@ build bad-rc.so BAD_RC
 build bad-json.so BAD_JSON
 build no-init.so NO_INIT
 build c-hooks.so "" tests/native/hooks_plugin.c
+build c-gate.so FRONTEND tests/native/hooks_plugin.c
 cargo build --quiet --offline --release --manifest-path tests/native/rust/Cargo.toml \
   --target-dir "$out/rust-target"
 cmp -s "$out/rust-target/release/librust_test_plugin.so" "$out/rust-test.so" ||

@@ -54,7 +54,8 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
             await gateway.start(nursery)
             for problem in gateway.problems:
                 log.error("plugin problem: %s", problem)
-            app = Guard(build_app(gateway), policy)
+            app = Guard(build_app(gateway), policy,
+                        frontend=gateway.native.frontend if gateway.native else None)
             log.info("request guard: %s; management key: %s", describe(policy),
                      keys.source or "none")
             hc = hypercorn_serve.hypercorn_config(cfg)

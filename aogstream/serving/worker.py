@@ -113,7 +113,8 @@ async def serve_worker(cfg: Config, index: int, link_fd: int) -> None:
             nursery.start_soon(follower.run, stop)
             nursery.start_soon(process_setup.stop_on_signal, stop)
             app = Guard(HotRoutes(gateway, PrimaryProxy(os.environ["AOGSTREAM_PRIMARY_SOCKET"],
-                                                        cfg)), policy)
+                                                        cfg)), policy,
+                        frontend=gateway.native.frontend if gateway.native else None)
             sock = hypercorn_serve.listen_socket(cfg.host, cfg.port, reuse_port=True)
             hc = hypercorn_serve.hypercorn_config(cfg)
             hc.bind = [f"fd://{sock.fileno()}"]

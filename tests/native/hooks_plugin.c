@@ -21,6 +21,9 @@
  *   "chunkinit original=<0|1> index=<ChunkIndex>", "chunk <index> history=<n> original=<0|1>",
  *   "usage model=<Model> requested=<Alias> in=<n> out=<n> total=<n> failed=<bool> seq=<n>",
  *   "complete <RequestedModel> <Outcome> <StatusCode>".
+ * Built with -DFRONTEND it is the plugin c-gate instead: only frontend_auth_provider,
+ * accepting requests with "Authorization: Bearer open-sesame" and recording
+ * "auth <Method> <Path> <yes|no> body=<1 when the body it got has messages>".
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -290,6 +293,25 @@ static int complete(const char* req, size_t n, cliproxy_buffer* response) {
     return ok_reply(response, "{}");
 }
 
+#ifdef FRONTEND
+/* frontend_auth.authenticate: yes for "Authorization: Bearer open-sesame". */
+static int authenticate(const char* req, size_t n, cliproxy_buffer* response) {
+    char* method = find_string(req, n, "Method");
+    char* path = find_string(req, n, "Path");
+    char* body = find_bytes(req, n, "Body");
+    const char* auth = find_value(req, n, "Authorization");
+    int yes = auth && strncmp(auth, "[\"Bearer open-sesame\"]", 22) == 0;
+    char line[512];
+    snprintf(line, sizeof line, "auth %s %s %s body=%d", method ? method : "",
+             path ? path : "", yes ? "yes" : "no", strstr(body, "\"messages\"") != NULL);
+    event(line);
+    free(method); free(path); free(body);
+    return ok_reply(response, yes ? "{\"Authenticated\":true,\"Principal\":\"tester\","
+                                    "\"Metadata\":{\"team\":\"qa\"}}"
+                                  : "{\"Authenticated\":false}");
+}
+#endif
+
 static const char* ANSWER =
     "{\"id\":\"h1\",\"object\":\"chat.completion\",\"created\":1,\"model\":\"c-hooks-self\","
     "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":"
@@ -307,6 +329,17 @@ static int plugin_call(const char* method, const uint8_t* request, size_t reques
     }
     const char* req = request ? (const char*)request : "";
     size_t n = request_len;
+#ifdef FRONTEND
+    if (strcmp(method, "plugin.register") == 0 || strcmp(method, "plugin.reconfigure") == 0)
+        return ok_reply(response,
+            "{\"schema_version\":3,\"metadata\":{\"Name\":\"c-gate\",\"Version\":\"1.0.0\","
+            "\"Author\":\"aogstream tests\",\"GitHubRepository\":\"https://example.invalid/c-gate\","
+            "\"Logo\":\"\",\"ConfigFields\":[]},\"capabilities\":{"
+            "\"frontend_auth_provider\":true}}");
+    if (strcmp(method, "frontend_auth.identifier") == 0)
+        return ok_reply(response, "{\"identifier\":\"c-gate\"}");
+    if (strcmp(method, "frontend_auth.authenticate") == 0) return authenticate(req, n, response);
+#endif
     if (strcmp(method, "plugin.register") == 0 || strcmp(method, "plugin.reconfigure") == 0)
         return ok_reply(response,
             "{\"schema_version\":3,\"metadata\":{\"Name\":\"c-hooks\",\"Version\":\"1.0.0\","

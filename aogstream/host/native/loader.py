@@ -37,6 +37,7 @@ from aogstream.host.native import gojson as gj
 from aogstream.host.native import management as native_management
 from aogstream.host.native.abi import CallError
 from aogstream.host.native.callbacks import HostServices
+from aogstream.host.native.frontend import FrontendAuth
 from aogstream.host.native.hooks import Hooks
 from aogstream.host.native.plugin import NATIVE_DESC, NativePlugin, NativeProvider
 from aogstream.plugin_config import PluginConfigFile
@@ -249,6 +250,8 @@ class NativePlugins:
         self._lifecycle = trio.Lock()  # register/reconfigure never overlap
         # the plugins' request pipeline hooks, run by every native executor
         self.hooks = Hooks(lambda: list(self.plugins.values()))
+        # who may call the service routes, when a plugin offers frontend auth
+        self.frontend = FrontendAuth(lambda: list(self.plugins.values()))
 
     async def start(self) -> None:
         """Read the config, discover, load the enabled plugins in priority order and

@@ -179,6 +179,13 @@ class NativePlugin:
             self._fail(str(exc))
         else:
             self.state = "running"
+            if gj.boolean(self.capabilities, "frontend_auth_provider"):
+                log.warning("native plugin %s authenticates clients: service requests now "
+                            "pass only when a frontend-auth plugin accepts them%s", self.id,
+                            " (exclusive: client API keys alone no longer pass)"
+                            if gj.boolean(self.capabilities,
+                                          "frontend_auth_provider_exclusive") else
+                            " or carry a client API key")
             log.info("native plugin %s loaded from %s: %s %s, models %s", self.id,
                      self.path.name, gj.text(self.metadata, "Name"),
                      gj.text(self.metadata, "Version"), ", ".join(self.models) or "none")
