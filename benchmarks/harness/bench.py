@@ -46,6 +46,7 @@ from .systems import (
     gateway_help,
     litellm_missing,
     start_aogstream,
+    start_aogstream_native,
     start_litellm,
     start_stub,
     stop,
@@ -141,6 +142,8 @@ class Bench:
             sut.paths = {"ndjson": "/api/chat"}
             sut.notes = {"json": "see aogstream", "sse": "see aogstream"}
             return sut
+        if s == "aogstream-native":
+            return start_aogstream_native(self.tmp, self.stub, workers=self.workers)
         why = litellm_missing()
         if why:
             self.skipped[s] = why

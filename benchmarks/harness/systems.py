@@ -16,6 +16,11 @@ The systems (names used everywhere: tables, JSON, `Bench(systems=...)`):
   extra workers buy (or cost).
 - `aogstream-ollama`: the same gateway with the Ollama twin `relay-ollama-plugin`
   (config_ref `ollama:chat`): `/api/chat` NDJSON is then a passthrough too.
+- `aogstream-native`: the same gateway with no process plugin, relaying through the
+  native (CLIProxyAPI C ABI) executor benchmarks/native_relay, loaded in process by
+  every serving process and enabled in its data dir's config.yaml; its outbound HTTP is
+  the gateway's own client (`host.http.do` / `do_stream`), so there is no gRPC hop and
+  no plugin process.
 - `litellm`: LiteLLM proxy 1.106.2 from its own venv (`benchmarks/setup_litellm.sh`),
   `--num_workers 1`, model `*` → `openai/*` at the stub's `/v1`, `num_retries: 0`, no
   database, a master key (it refuses to start without one). No NDJSON door.
@@ -58,7 +63,8 @@ STUB_ENV = "AOGSTREAM_BENCH_STUB"  # where relay-plugin finds the stub (host:por
 START_TIMEOUT = 90.0  # LiteLLM takes ~35 s to import on this machine kind
 STOP_TIMEOUT = 10.0
 
-ALL_SYSTEMS = ("direct", "aogstream", "aogstream-x1", "aogstream-ollama", "litellm")
+ALL_SYSTEMS = ("direct", "aogstream", "aogstream-x1", "aogstream-ollama", "aogstream-native",
+               "litellm")
 # How a system is named in tables: `aogstream-x1` is the gateway pinned to one worker.
 LABELS = {"aogstream-x1": "aogstream ×1"}
 
@@ -278,6 +284,56 @@ def start_aogstream(tmp: Path, stub: System | None, name: str = "aogstream",
                            "plugin" if pid == plugin_pid else
                            "worker" if "aogstream" in cmdline(pid) else "other")
                      for pid in procs}
+    except BaseException:
+        stop(sut)
+        raise
+    return sut
+
+
+def start_aogstream_native(tmp: Path, stub: System, name: str = "aogstream-native",
+                           workers: int | None = None) -> System:
+    """The gateway relaying through the native executor benchmarks/native_relay (built
+    by tools/build-native-plugins.sh), enabled in `<data dir>/config.yaml`."""
+    import platform
+
+    import httpx
+
+    subprocess.run([str(ROOT / "tools" / "build-native-plugins.sh")], check=True,
+                   cwd=ROOT)
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine().lower(),
+                                                      platform.machine().lower())
+    plugins = tmp / f"{name}-plugins"
+    (plugins / "linux" / arch).mkdir(parents=True, exist_ok=True)
+    lib = plugins / "linux" / arch / "native-relay.so"
+    lib.write_bytes((ROOT / ".cache" / "native-plugins" / "native-relay.so").read_bytes())
+    data = tmp / f"{name}-data"
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "config.yaml").write_text(
+        "plugins:\n  enabled: true\n  configs:\n    native-relay:\n      enabled: true\n")
+    port = free_port()
+    log = tmp / f"{name}.log"
+    env = dict(os.environ, **{STUB_ENV: f"{HOST}:{stub.port}"})
+    sut = System(name, popen(aogstream_argv(port, plugins, data, workers), log, env=env),
+                 port, log, paths={"json": "/v1/chat/completions",
+                                   "sse": "/v1/chat/completions", "ndjson": "/api/chat"})
+    try:
+        _wait_ready(sut, "/aog/v0.2/health", "the aogstream gateway")
+        deadline = time.monotonic() + START_TIMEOUT
+        with httpx.Client(timeout=5.0, trust_env=False) as http:
+            while time.monotonic() < deadline and sut.proc.poll() is None:
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    listed = http.get(f"http://{HOST}:{port}/aog/v0.2/plugin/list"
+                                      ).json().get("data") or []
+                    plugin = next((p for p in listed if p.get("name") == "native-relay"), {})
+                    if plugin.get("state") == "running":
+                        break
+                time.sleep(0.1)
+            else:
+                raise RuntimeError(f"native-relay not running; log {log}:\n{tail(log)}")
+        time.sleep(0.5)  # let workers (if any) load it too
+        sut.roles = {pid: ("gateway" if pid == sut.proc.pid else
+                           "worker" if "aogstream" in cmdline(pid) else "other")
+                     for pid in descendants(sut.proc.pid)}
     except BaseException:
         stop(sut)
         raise

@@ -74,6 +74,7 @@ class RequestInfo:
     first_byte: float | None = None  # monotonic time of the first answer byte
     provider: str = ""  # the serving plugin's provider key
     executor: str = ""  # the serving plugin's ID
+    auth: Any = None  # the auth record the executor call carries (`auths.AuthRecord`)
 
 
 class Terminated(Exception):
@@ -274,7 +275,9 @@ class Hooks:
         event = {
             "Provider": info.provider, "ExecutorType": info.executor, "Model": info.model,
             "Alias": info.requested_model if info.requested_model != info.model else "",
-            "APIKey": "", "AuthID": "", "AuthIndex": "", "AuthType": "", "Source": "",
+            "APIKey": "", "AuthID": info.auth.id if info.auth else "",
+            "AuthIndex": info.auth.id if info.auth else "",
+            "AuthType": "oauth" if info.auth else "", "Source": "",
             "ReasoningEffort": "", "ServiceTier": "", "Generate": False,
             "RequestedAt": rfc3339(info.started),
             "Latency": int((now - info.started_mono) * 1e9),

@@ -128,6 +128,7 @@ class NativePlugin:
         self.metadata: dict[str, Any] = {}
         self.capabilities: dict[str, Any] = {}
         self.provider_key = ""
+        self.auth_identifier = ""  # auth.identifier of an auth provider
         self.models: list[str] = []
         self.executor_format = ""  # "" = no usable executor
         # management.register's answer (`host.native.management`): routes and resources
@@ -173,6 +174,7 @@ class NativePlugin:
                         "config_yaml": self.config_yaml, "schema_version": SCHEMA_VERSION})
                 self._accept_registration(reply)
                 await self._load_models()
+                await self._identify()
         except trio.TooSlowError:
             self._fail(f"did not finish loading within {LOAD_TIMEOUT:g} s")
         except (LoadError, CallError, gj.ReplyError, gj.EnvelopeError, ValueError) as exc:
@@ -200,6 +202,18 @@ class NativePlugin:
         self._accept_registration(reply)
         self.config_yaml, self.priority = config_yaml, priority
         await self._load_models()
+        await self._identify()
+
+    async def _identify(self) -> None:
+        """An auth provider's key (`auth.identifier`, lower-cased)."""
+        if gj.boolean(self.capabilities, "auth_provider"):
+            reply = await self.call_raw("auth.identifier", {})
+            self.auth_identifier = gj.text(reply, "identifier").strip().lower()
+
+    @property
+    def auth_key(self) -> str:
+        """The provider key its auth records carry (`type`)."""
+        return self.provider_key or self.auth_identifier
 
     def _fail(self, why: str) -> None:
         self.state, self.last_error = "failed", why
@@ -356,10 +370,7 @@ class NativeProvider:
                     request = _with_model(request, info.model)
                 request = await hooks.intercept_request(info, request)
             executed = True
-            if stream:
-                await self._stream(inv, plugin, info, request, detail)
-            else:
-                await self._unary(inv, plugin, info, request, detail)
+            await self._execute(inv, plugin, info, request, detail)
             outcome, status = "succeeded", 200
         except Terminated as stop:
             outcome, status, why = "rejected", stop.status, str(stop)
@@ -379,6 +390,33 @@ class NativeProvider:
                 if executed and outcome != "canceled":
                     hooks.usage(info, detail[0], failure)
                 hooks.complete(info, outcome, status, why)
+
+    async def _execute(self, inv: Invocation, plugin: NativePlugin, info: RequestInfo,
+                       request: bytes, detail: list[dict[str, int] | None]) -> None:
+        """The executor call, with one of the plugin's auth records when it has any: a
+        record the plugin refuses (429, 401, 403) before the first answer byte cools
+        down and the call is tried on the next one (module `auths`)."""
+        auths = plugin.host.auths
+        key = plugin.auth_key
+        tried: set[str] = set()
+        while True:
+            rec = auths.pick(key, tried) if auths is not None else None
+            if rec is None and auths is not None and auths.has(key):
+                raise errors.GatewayError(errors.Bcode(429, errors.PLUGIN_BAD_REQUEST.code), (
+                    f"every credential of provider {key} was refused or is cooling down; "
+                    f"try again later or log in again"))
+            info.auth = rec
+            try:
+                if info.stream:
+                    await self._stream(inv, plugin, info, request, detail)
+                else:
+                    await self._unary(inv, plugin, info, request, detail)
+                return
+            except errors.GatewayError as err:
+                if rec is None or info.first_byte is not None or auths is None or \
+                        not auths.cool_down(rec, err.status):
+                    raise
+                tried.add(rec.name)
 
     def _target(self, kind: str, target: str, router: NativePlugin) -> NativePlugin | None:
         """The running native executor a router's `TargetKind`/`Target` names: `self`
@@ -419,13 +457,16 @@ class NativeProvider:
                  payload: bytes, scope_id: str, stream_id: str = "") -> dict[str, Any]:
         """`rpcExecutorRequest`: ExecutorRequest's fields in Go order, then the scope."""
         fmt = plugin.executor_format
+        auth = plugin.host.auths.executor_fields(info.auth) \
+            if plugin.host.auths is not None else {}
         req: dict[str, Any] = {
-            "AuthID": "", "AuthProvider": plugin.provider_key, "Model": info.model,
-            "Format": fmt, "Stream": info.stream, "Alt": "",
+            "AuthID": auth.get("AuthID", ""), "AuthProvider": plugin.auth_key,
+            "Model": info.model, "Format": fmt, "Stream": info.stream, "Alt": "",
             "Headers": gj.header_map(info.headers), "Query": None,
             "OriginalRequest": inv.request, "SourceFormat": fmt, "Payload": payload,
-            "Metadata": None, "StorageJSON": None, "AuthMetadata": None,
-            "AuthAttributes": None}
+            "Metadata": None, "StorageJSON": auth.get("StorageJSON"),
+            "AuthMetadata": auth.get("AuthMetadata"),
+            "AuthAttributes": auth.get("AuthAttributes")}
         if scope_id:
             req["host_callback_id"] = scope_id
         if stream_id:
@@ -451,17 +492,13 @@ class NativeProvider:
                     plugin, inv, info, request, scope.id, stream.id))
                 chunks = gj.field(reply, "chunks")
                 if isinstance(chunks, list) and chunks:
-                    for chunk in chunks:
-                        await stream.send.send(gj.data(chunk, "Payload"))
-                    stream.send.close()
+                    stream.queue.put_all([gj.data(chunk, "Payload") for chunk in chunks])
             except errors.GatewayError as err:
                 failure.append(err)
-                stream.send.close()
+                stream.queue.end(on_loop=True)
             except gj.ReplyError as exc:
                 failure.append(plugin_error(plugin.id, "executor.execute_stream", exc))
-                stream.send.close()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+                stream.queue.end(on_loop=True)
 
         try:
             async with trio.open_nursery() as nursery:
@@ -469,7 +506,7 @@ class NativeProvider:
                 if chain is not None:
                     await chain.start()
                 done = False
-                async for item in stream.receive:
+                async for item in stream.queue:
                     if isinstance(item, StreamError):
                         raise errors.GatewayError(errors.PLUGIN_SERVICE_ERROR,
                                                   f"native plugin {plugin.id}: {item.message}")
