@@ -180,6 +180,13 @@ class HostServices:
         if self._http is not None:
             await self._http.aclose()
 
+    async def warm(self) -> None:
+        """Make the HTTP client before the first callback needs it: building one loads
+        the TLS trust store (a quarter second on a busy machine), which on the loop
+        would stall every request in flight."""
+        if self._http is None:
+            self._http = await trio.to_thread.run_sync(_client)
+
     # ---- the entry point (any thread) ---------------------------------------------------
 
     def handle(self, plugin: str, method: str, data: bytes) -> bytes:
@@ -275,8 +282,7 @@ class HostServices:
                     headers.append((str(k), str(item)))
         body = gj.data(src, "body")
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0),
-                                           follow_redirects=False)
+            self._http = _client()
         try:
             return self._http.build_request(method, url, headers=headers, content=body or None)
         except (httpx.HTTPError, ValueError) as exc:
@@ -463,8 +469,7 @@ class HostServices:
                     for item in v if isinstance(v, list) else [v]:
                         headers.append((str(k), str(item)))
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0),
-                                           follow_redirects=False)
+            self._http = _client()
         return self._http.build_request(
             "POST", f"{self.gateway_url}/v1/chat/completions", headers=headers,
             content=json.dumps(obj).encode(), timeout=httpx.Timeout(300.0, connect=10.0))
@@ -551,6 +556,10 @@ _ON_CALLER_THREAD: dict[str, Callable[[HostServices, str, dict[str, Any]], dict[
     "host.stream.close": HostServices._close,
     "host.http.stream_read": HostServices._http_read,
 }
+
+
+def _client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
 
 
 def _stream_id(req: Any) -> str:

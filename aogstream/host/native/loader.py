@@ -343,6 +343,7 @@ class NativePlugins:
                     own_models=self._own_models,
                     trust=PluginConfigFile.in_data_dir(gw.config.data_dir),
                     auths=self.auths)
+                await self.host.warm()
             for pid in sorted(want, key=lambda pid: (-cfg.priority(pid), pid)):
                 await self._apply_one(pid)
             taken: set[tuple[str, str]] = set()
