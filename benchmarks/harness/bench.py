@@ -144,6 +144,9 @@ class Bench:
             return sut
         if s == "aogstream-native":
             return start_aogstream_native(self.tmp, self.stub, workers=self.workers)
+        if s == "aogstream-native-host":
+            return start_aogstream_native(self.tmp, self.stub, name=s, workers=self.workers,
+                                          transport="host")
         why = litellm_missing()
         if why:
             self.skipped[s] = why

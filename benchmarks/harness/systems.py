@@ -18,9 +18,12 @@ The systems (names used everywhere: tables, JSON, `Bench(systems=...)`):
   (config_ref `ollama:chat`): `/api/chat` NDJSON is then a passthrough too.
 - `aogstream-native`: the same gateway with no process plugin, relaying through the
   native (CLIProxyAPI C ABI) executor benchmarks/native_relay, loaded in process by
-  every serving process and enabled in its data dir's config.yaml; its outbound HTTP is
-  the gateway's own client (`host.http.do` / `do_stream`), so there is no gRPC hop and
-  no plugin process.
+  every serving process and enabled in its data dir's config.yaml (`transport: direct`:
+  the library talks HTTP/1.1 to the stub itself), so there is no gRPC hop and no plugin
+  process; a chunk crosses the ABI once (`host.stream.emit`).
+- `aogstream-native-host`: the same, but the library's outbound HTTP goes through the
+  gateway's own client (`host.http.do` / `do_stream` + `stream_read`), as CLIProxyAPI
+  recommends to plugins.
 - `litellm`: LiteLLM proxy 1.106.2 from its own venv (`benchmarks/setup_litellm.sh`),
   `--num_workers 1`, model `*` → `openai/*` at the stub's `/v1`, `num_retries: 0`, no
   database, a master key (it refuses to start without one). No NDJSON door.
@@ -64,7 +67,7 @@ START_TIMEOUT = 90.0  # LiteLLM takes ~35 s to import on this machine kind
 STOP_TIMEOUT = 10.0
 
 ALL_SYSTEMS = ("direct", "aogstream", "aogstream-x1", "aogstream-ollama", "aogstream-native",
-               "litellm")
+               "aogstream-native-host", "litellm")
 # How a system is named in tables: `aogstream-x1` is the gateway pinned to one worker.
 LABELS = {"aogstream-x1": "aogstream ×1"}
 
@@ -291,9 +294,10 @@ def start_aogstream(tmp: Path, stub: System | None, name: str = "aogstream",
 
 
 def start_aogstream_native(tmp: Path, stub: System, name: str = "aogstream-native",
-                           workers: int | None = None) -> System:
+                           workers: int | None = None, transport: str = "direct") -> System:
     """The gateway relaying through the native executor benchmarks/native_relay (built
-    by tools/build-native-plugins.sh), enabled in `<data dir>/config.yaml`."""
+    by tools/build-native-plugins.sh), enabled in `<data dir>/config.yaml`;
+    `transport`: `direct` (its own HTTP) or `host` (`host.http.*`)."""
     import platform
 
     import httpx
@@ -309,7 +313,8 @@ def start_aogstream_native(tmp: Path, stub: System, name: str = "aogstream-nativ
     data = tmp / f"{name}-data"
     data.mkdir(parents=True, exist_ok=True)
     (data / "config.yaml").write_text(
-        "plugins:\n  enabled: true\n  configs:\n    native-relay:\n      enabled: true\n")
+        "plugins:\n  enabled: true\n  configs:\n    native-relay:\n      enabled: true\n"
+        f"      transport: {transport}\n")
     port = free_port()
     log = tmp / f"{name}.log"
     env = dict(os.environ, **{STUB_ENV: f"{HOST}:{stub.port}"})

@@ -6,14 +6,22 @@
  * host, as CPA asks of plugins: executor.execute POSTs the payload with host.http.do
  * and answers the body; executor.execute_stream opens host.http.do_stream, pulls the
  * SSE answer with host.http.stream_read, and pushes each `data:` payload with
- * host.stream.emit (before its call returns), then host.stream.close. The stub's
- * address (host:port) comes from AOGSTREAM_BENCH_STUB. Built by
+ * host.stream.emit (before its call returns), then host.stream.close.
+ * With `transport: direct` in its config it talks HTTP/1.1 to the stub itself instead
+ * (one keep-alive connection per calling thread, plain sockets), as plugins that do
+ * their own I/O do: then a chunk costs one host.stream.emit and nothing else.
+ * The stub's address (host:port) comes from AOGSTREAM_BENCH_STUB. Built by
  * tools/build-native-plugins.sh into .cache/native-plugins/native-relay.so.
  */
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 typedef struct { void* ptr; size_t len; } cliproxy_buffer;
 typedef struct {
@@ -32,6 +40,7 @@ typedef struct {
 } cliproxy_plugin_api;
 
 static const cliproxy_host_api* host;
+static int direct;  /* transport: direct in the plugin's config */
 static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 static signed char B64_INDEX[256];
 
@@ -233,24 +242,216 @@ static int execute_stream(const char* req, size_t n, cliproxy_buffer* response) 
     return ok_reply(response, "{\"headers\":null}");
 }
 
+
+/* ---- transport: direct (a minimal HTTP/1.1 client for the stub) -------------------- */
+
+static __thread int conn_fd = -1;
+static __thread char rbuf[65536];
+static __thread size_t rlen, rpos;
+
+static void conn_close(void) {
+    if (conn_fd >= 0) close(conn_fd);
+    conn_fd = -1;
+    rlen = rpos = 0;
+}
+
+static int conn_open(void) {
+    const char* stub = getenv("AOGSTREAM_BENCH_STUB");
+    if (stub == NULL) return -1;
+    const char* colon = strrchr(stub, ':');
+    if (colon == NULL) return -1;
+    char addr[64];
+    snprintf(addr, sizeof addr, "%.*s", (int)(colon - stub), stub);
+    struct sockaddr_in sa = {0};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)atoi(colon + 1));
+    if (inet_pton(AF_INET, addr, &sa.sin_addr) != 1) return -1;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return -1;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(fd, (struct sockaddr*)&sa, sizeof sa) != 0) { close(fd); return -1; }
+    conn_fd = fd;
+    rlen = rpos = 0;
+    return 0;
+}
+
+static int fill(void) {
+    if (rpos > 0) { memmove(rbuf, rbuf + rpos, rlen - rpos); rlen -= rpos; rpos = 0; }
+    if (rlen == sizeof rbuf) return -1;
+    ssize_t k = recv(conn_fd, rbuf + rlen, sizeof rbuf - rlen, 0);
+    if (k <= 0) return -1;
+    rlen += (size_t)k;
+    return 0;
+}
+
+/* The next line (without CRLF) into out; -1 when the connection ends. */
+static int read_line(char* out, size_t cap) {
+    for (;;) {
+        for (size_t i = rpos; i + 1 < rlen; i++) {
+            if (rbuf[i] == '\r' && rbuf[i + 1] == '\n') {
+                size_t n = i - rpos < cap - 1 ? i - rpos : cap - 1;
+                memcpy(out, rbuf + rpos, n);
+                out[n] = 0;
+                rpos = i + 2;
+                return 0;
+            }
+        }
+        if (fill() != 0) return -1;
+    }
+}
+
+static int read_n(char* out, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+        if (rpos == rlen && fill() != 0) return -1;
+        size_t k = rlen - rpos < n - got ? rlen - rpos : n - got;
+        memcpy(out + got, rbuf + rpos, k);
+        rpos += k;
+        got += k;
+    }
+    return 0;
+}
+
+/* POST the payload; on return the headers are read: chunked or content length. */
+static int post(const char* body, size_t n, int* chunked, long* clen, int* keep) {
+    char head[256];
+    int hn = snprintf(head, sizeof head, "POST /v1/chat/completions HTTP/1.1\r\nHost: stub\r\n"
+                      "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n", n);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (conn_fd < 0 && conn_open() != 0) return -1;
+        char line[1024];
+        if (send(conn_fd, head, (size_t)hn, MSG_NOSIGNAL) != hn ||
+            send(conn_fd, body, n, MSG_NOSIGNAL) != (ssize_t)n ||
+            read_line(line, sizeof line) != 0) {
+            conn_close();  /* a kept connection the stub closed: once more on a new one */
+            continue;
+        }
+        *chunked = 0; *clen = -1; *keep = 1;
+        while (read_line(line, sizeof line) == 0 && line[0]) {
+            for (char* c = line; *c && *c != ':'; c++) if (*c >= 'A' && *c <= 'Z') *c += 32;
+            if (strncmp(line, "content-length:", 15) == 0) *clen = atol(line + 15);
+            if (strncmp(line, "transfer-encoding:", 18) == 0 && strstr(line, "chunked"))
+                *chunked = 1;
+            if (strncmp(line, "connection:", 11) == 0 && strstr(line, "close")) *keep = 0;
+        }
+        return 0;
+    }
+    return -1;
+}
+
+static int execute_direct(const char* req, size_t n, cliproxy_buffer* response) {
+    size_t plen;
+    const char* p64 = find_span(req, n, "Payload", &plen);
+    if (p64 == NULL) return fail_reply(response, "no Payload");
+    char* body = malloc(plen);
+    size_t blen = b64_decode_into(p64, plen, body);
+    int chunked, keep;
+    long clen;
+    if (post(body, blen, &chunked, &clen, &keep) != 0 || chunked || clen < 0) {
+        free(body); conn_close();
+        return fail_reply(response, "the stub did not answer");
+    }
+    free(body);
+    char* answer = malloc((size_t)clen + 1);
+    if (read_n(answer, (size_t)clen) != 0) {
+        free(answer); conn_close();
+        return fail_reply(response, "the stub's answer broke");
+    }
+    if (!keep) conn_close();
+    char* b = b64_encode(answer, (size_t)clen);
+    free(answer);
+    size_t cap = strlen(b) + 96;
+    char* text = malloc(cap);
+    int k = snprintf(text, cap, "{\"ok\":true,\"result\":{\"Payload\":\"%s\","
+                     "\"Headers\":null,\"Metadata\":null}}", b);
+    free(b);
+    return reply_text(response, text, (size_t)k);
+}
+
+static int emit(const char* sid, const char* data, size_t n);
+
+static int execute_stream_direct(const char* req, size_t n, cliproxy_buffer* response) {
+    char* sid = find_string(req, n, "stream_id");
+    size_t plen;
+    const char* p64 = find_span(req, n, "Payload", &plen);
+    if (sid == NULL || p64 == NULL) { free(sid); return fail_reply(response, "bad request"); }
+    char* body = malloc(plen);
+    size_t blen = b64_decode_into(p64, plen, body);
+    int chunked, keep;
+    long clen;
+    int rc = post(body, blen, &chunked, &clen, &keep);
+    free(body);
+    if (rc != 0 || !chunked) {
+        free(sid); conn_close();
+        return fail_reply(response, "the stub did not stream");
+    }
+    size_t cap = 1 << 16, used = 0;
+    char* buf = malloc(cap);
+    int ok = 1, open = 1;
+    char line[64];
+    while (open && ok) {
+        if (read_line(line, sizeof line) != 0) { ok = 0; break; }
+        size_t size = (size_t)strtoul(line, NULL, 16);
+        if (size == 0) { read_line(line, sizeof line); break; }
+        if (used + size > cap) { while (used + size > cap) cap *= 2; buf = realloc(buf, cap); }
+        if (read_n(buf + used, size) != 0 || read_line(line, sizeof line) != 0) { ok = 0; break; }
+        used += size;
+        size_t start = 0;
+        for (size_t i = 0; i + 1 < used; i++) {
+            if (buf[i] != '\n' || buf[i + 1] != '\n') continue;
+            const char* ev = buf + start;
+            size_t evlen = i - start;
+            start = i + 2;
+            if (evlen > 6 && memcmp(ev, "data: ", 6) == 0) {
+                ev += 6; evlen -= 6;
+                if (evlen == 6 && memcmp(ev, "[DONE]", 6) == 0) continue;
+                if (!emit(sid, ev, evlen)) { open = 0; break; }  /* the client left */
+            }
+        }
+        memmove(buf, buf + start, used - start);
+        used -= start;
+    }
+    free(buf);
+    if (!ok || !open || !keep) conn_close();  /* unread bytes: the connection is spent */
+    char creq[128];
+    int clen2 = snprintf(creq, sizeof creq, "{\"stream_id\":\"%s\"%s}", sid,
+                         ok ? "" : ",\"error\":\"the stub's stream broke\"");
+    free(host_call("host.stream.close", creq, (size_t)clen2, NULL));
+    free(sid);
+    return ok_reply(response, "{\"headers\":null}");
+}
+
 static int plugin_call(const char* method, const uint8_t* request, size_t request_len,
                        cliproxy_buffer* response) {
     response->ptr = NULL;
     response->len = 0;
     if (method == NULL) return 1;
     const char* req = request ? (const char*)request : "";
-    if (strcmp(method, "plugin.register") == 0 || strcmp(method, "plugin.reconfigure") == 0)
+    if (strcmp(method, "plugin.register") == 0 || strcmp(method, "plugin.reconfigure") == 0) {
+        size_t clen;
+        const char* c64 = find_span(req, request_len, "config_yaml", &clen);
+        if (c64) {
+            char* cfg = calloc(clen + 4, 1);
+            b64_decode_into(c64, clen, cfg);
+            direct = strstr(cfg, "transport: direct") != NULL;
+            free(cfg);
+        }
         return ok_reply(response,
             "{\"schema_version\":1,\"metadata\":{\"Name\":\"native-relay\",\"Version\":\"1.0.0\","
             "\"Author\":\"aogstream benchmarks\",\"GitHubRepository\":"
             "\"https://example.invalid/native-relay\",\"Logo\":\"\",\"ConfigFields\":[]},"
             "\"capabilities\":{\"executor\":true,\"executor_input_formats\":[\"openai\"],"
             "\"executor_output_formats\":[\"openai\"]}}");
+    }
     if (strcmp(method, "executor.identifier") == 0)
         return ok_reply(response, "{\"identifier\":\"native-relay\"}");
-    if (strcmp(method, "executor.execute") == 0) return execute(req, request_len, response);
+    if (strcmp(method, "executor.execute") == 0)
+        return direct ? execute_direct(req, request_len, response)
+                      : execute(req, request_len, response);
     if (strcmp(method, "executor.execute_stream") == 0)
-        return execute_stream(req, request_len, response);
+        return direct ? execute_stream_direct(req, request_len, response)
+                      : execute_stream(req, request_len, response);
     const char* unknown = "{\"ok\":false,\"error\":{\"code\":\"unknown_method\","
                           "\"message\":\"unknown method\"}}";
     return reply_text(response, strdup(unknown), strlen(unknown));
