@@ -37,24 +37,26 @@ async def test_push_queue_delivers_in_order_and_ends() -> None:
 async def test_push_queue_blocks_the_producer_at_its_limit() -> None:
     q = PushQueue(trio.lowlevel.current_trio_token(), limit=3)
     sent: list[int] = []
+    changed = threading.Condition()
 
     def produce() -> None:
         for i in range(10):
             if not q.put(i):
                 return
-            sent.append(i)
+            with changed:
+                sent.append(i)
+                changed.notify_all()
+
+    def reached(n: int, timeout: float) -> bool:
+        with changed:
+            return changed.wait_for(lambda: len(sent) >= n, timeout)
 
     thread = threading.Thread(target=produce, daemon=True)
     thread.start()
-    with trio.fail_after(5):
-        while len(sent) < 3:
-            await trio.sleep(0.005)
-    await trio.sleep(0.05)
-    assert len(sent) == 3  # the fourth put waits for room
+    assert await trio.to_thread.run_sync(reached, 3, 5.0)
+    assert not await trio.to_thread.run_sync(reached, 4, 0.05)  # the 4th waits for room
     assert await q.get() == 0
-    with trio.fail_after(5):
-        while len(sent) < 4:
-            await trio.sleep(0.005)
+    assert await trio.to_thread.run_sync(reached, 4, 5.0)
     q.abort()  # the consumer leaves: the waiting producer fails at once
     await trio.to_thread.run_sync(thread.join, 5)
     assert not thread.is_alive() and len(sent) == 4

@@ -446,6 +446,8 @@ def _flavor_of(path: str) -> str:
         return path[len(API_FLAVORS_PREFIX):].split("/", 1)[0] or "aog"
     if path.startswith("/api/"):
         return "ollama"
+    if path.startswith("/v1/messages"):  # Anthropic's Messages API
+        return "anthropic"
     if is_front_door(path):
         return "openai"
     return "aog"

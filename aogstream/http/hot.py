@@ -25,6 +25,7 @@ from aogstream.bidi.realtime_asr import SERVER_ERROR, event, serve_realtime
 from aogstream.bidi.realtime_asr import SERVICE as REALTIME_SERVICE
 from aogstream.bidi.relay import serve_relay
 from aogstream.bidi.socket import AsgiWebSocket
+from aogstream.engines.pcm import is_wav
 from aogstream.gateway import Gateway, Route
 from aogstream.http import local_audio
 from aogstream.http.asgi import (
@@ -252,7 +253,7 @@ async def _send_unary(send: Send, data: bytes, extra: Headers) -> None:
     head = data[:1]
     if head in (b"{", b"["):
         ctype = b"application/json"
-    elif data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+    elif is_wav(data):
         ctype = b"audio/wav"  # text-to-speech asked for raw audio
     else:
         ctype = b"application/octet-stream"

@@ -30,6 +30,7 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -146,7 +147,7 @@ class AuthStore:
 
     # ---- choosing a credential ---------------------------------------------------------
 
-    def pick(self, provider: str, tried: set[str] = frozenset()) -> AuthRecord | None:  # type: ignore[assignment]
+    def pick(self, provider: str, tried: Collection[str] = ()) -> AuthRecord | None:
         """The next record of `provider` that is enabled, not cooling down and not in
         `tried` (round robin); None when there is none."""
         if not provider:

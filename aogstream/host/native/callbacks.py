@@ -34,7 +34,8 @@ import itertools
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import attrs
@@ -81,6 +82,21 @@ class Scope:
         for cs in list(self.cancel_scopes):
             cs.cancel()
         self.cancel_scopes.clear()
+
+
+@contextmanager
+def request_bound(scope: Scope | None) -> Iterator[trio.CancelScope]:
+    """A cancel scope that ends with the request that opened `scope` (a plain one when
+    the plugin named no request): a callback working for a request never outlives it.
+    Like any cancel scope it absorbs that cancellation; check `cancelled_caught` after."""
+    with trio.CancelScope() as cs:
+        if scope is not None:
+            scope.cancel_scopes.add(cs)
+        try:
+            yield cs
+        finally:
+            if scope is not None:
+                scope.cancel_scopes.discard(cs)
 
 
 @attrs.frozen
@@ -292,10 +308,7 @@ class HostServices:
         request = self._outbound(req, "host.http.do")
         method = request.method
         assert self._http is not None
-        scope = self._scope(plugin, req)
-        with trio.CancelScope() as cs:
-            if scope is not None:
-                scope.cancel_scopes.add(cs)
+        with request_bound(self._scope(plugin, req)):
             try:
                 with trio.fail_after(HTTP_TIMEOUT):
                     resp = await self._http.send(request, stream=True)
@@ -317,9 +330,6 @@ class HostServices:
             except trio.TooSlowError:
                 raise CallbackFailure(f"host.http.do: no complete answer within "
                                       f"{HTTP_TIMEOUT:g} s") from None
-            finally:
-                if scope is not None:
-                    scope.cancel_scopes.discard(cs)
         raise CallbackFailure("host.http.do: the request that opened this scope has ended")
 
     async def _http_do_stream(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
@@ -328,9 +338,7 @@ class HostServices:
         request = self._outbound(req, "host.http.do_stream")
         assert self._http is not None
         scope = self._scope(plugin, req)
-        with trio.CancelScope() as cs:
-            if scope is not None:
-                scope.cancel_scopes.add(cs)
+        with request_bound(scope) as cs:
             try:
                 with trio.fail_after(HTTP_TIMEOUT):
                     resp = await self._http.send(request, stream=True)
@@ -340,9 +348,6 @@ class HostServices:
             except trio.TooSlowError:
                 raise CallbackFailure(f"host.http.do_stream: no answer within "
                                       f"{HTTP_TIMEOUT:g} s") from None
-            finally:
-                if scope is not None:
-                    scope.cancel_scopes.discard(cs)
         if cs.cancelled_caught:
             raise CallbackFailure("host.http.do_stream: the request that opened this scope "
                                   "has ended")
