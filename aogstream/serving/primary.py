@@ -68,7 +68,8 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
             hot = build_app(gateway)
             observer.set_routes(route_templates(hot))  # before the workers start
             observer.watch(functools.partial(plugin_facts, gateway), lambda: llm_host.counters)
-            app = Observed(Guard(hot, policy), observer)
+            app = Observed(Guard(hot, policy, frontend=gateway.native.frontend
+                                 if gateway.native else None), observer)
             log.info("request guard: %s; management key: %s", describe(policy),
                      keys.source or "none")
             hc = hypercorn_serve.hypercorn_config(cfg)

@@ -116,7 +116,8 @@ async def serve_worker(cfg: Config, index: int, link_fd: int) -> None:
             nursery.start_soon(follower.run, stop)
             nursery.start_soon(process_setup.stop_on_signal, stop)
             app = Observed(Guard(HotRoutes(gateway, PrimaryProxy(
-                os.environ["AOGSTREAM_PRIMARY_SOCKET"], cfg)), policy), observer)
+                os.environ["AOGSTREAM_PRIMARY_SOCKET"], cfg)), policy,
+                frontend=gateway.native.frontend if gateway.native else None), observer)
             sock = hypercorn_serve.listen_socket(cfg.host, cfg.port, reuse_port=True)
             hc = hypercorn_serve.hypercorn_config(cfg)
             hc.bind = [f"fd://{sock.fileno()}"]

@@ -47,6 +47,7 @@ from .systems import (
     gateway_help,
     litellm_missing,
     start_aogstream,
+    start_aogstream_native,
     start_floor,
     start_litellm,
     start_stub,
@@ -148,6 +149,11 @@ class Bench:
             sut.paths = {"ndjson": "/api/chat"}
             sut.notes = {"json": "see aogstream", "sse": "see aogstream"}
             return sut
+        if s == "aogstream-native":
+            return start_aogstream_native(self.tmp, self.stub, workers=self.workers)
+        if s == "aogstream-native-host":
+            return start_aogstream_native(self.tmp, self.stub, name=s, workers=self.workers,
+                                          transport="host")
         why = litellm_missing()
         if why:
             self.skipped[s] = why
