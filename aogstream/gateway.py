@@ -35,6 +35,7 @@ from aogstream.invocation import (
     TimeoutPolicy,
     open_invocation,
 )
+from aogstream.observe import record as observed
 from aogstream.rpc.bridge import GrpcLoop
 from aogstream.store import HYBRID_POLICIES, ModelRow, ProviderRow, Service, SQLiteStore, Store
 from aogstream.store.base import ModelStatus
@@ -399,6 +400,7 @@ class Gateway:
         """
         candidates = self.check_service(service)
         body = body or {}
+        observed.noted(service, body)  # the request log's service and model
         by_plugin = {p.name: (p, d) for p, d in candidates}
         rows = [r for r in self._table.get(service, [])
                 if r.flavor in by_plugin]  # plugin rows and custom rows naming a plugin
@@ -468,10 +470,16 @@ class Gateway:
     ) -> AsyncIterator[Invocation]:
         """Open an invocation of `route` in `mode` with AOG's deadline for it."""
         timeout = self.policy.for_call(mode, route.definition.timeout)
-        async with open_invocation(
-            route.provider, route.service, mode, request, timeout=timeout,
-            auth_info=auth_info or route.auth_info, metadata=metadata,
-        ) as inv:
-            yield inv
+        observed.served(route)  # the request log's provider and plugin; the call metrics
+        called: Invocation | None = None
+        try:
+            async with open_invocation(
+                route.provider, route.service, mode, request, timeout=timeout,
+                auth_info=auth_info or route.auth_info, metadata=metadata,
+            ) as inv:
+                called = inv
+                yield inv
+        finally:  # the provider's task has ended: its error (or None) is final
+            observed.call_ended(route, called.error if called is not None else None)
 
 

@@ -19,6 +19,11 @@ relaying adds on top of it.
    ≤ 1.5 ms per request.
 
 Rounds alternate direct, aogstream, LiteLLM, …; figures are medians over rounds.
+
+The cost of observing (issue 20: request log and Prometheus metrics, on by default):
+`--systems aogstream-x1,aogstream-x1-nometrics,aogstream-x1-quiet` runs the one-process
+gateway as it ships, with `AOGSTREAM_METRICS=off`, and with the request log off too;
+`--observe` is that comparison.
 Writes results/cpu.md, .json and .png.
 """
 
@@ -36,6 +41,8 @@ import harness as h
 
 TARGET_STREAM_MS_PER_1K = 100.0
 TARGET_JSON_MS_PER_REQ = 1.5
+# `--observe`: the gateway as it ships, metrics off, metrics and request log off
+OBSERVE_COMPARISON = "direct,aogstream-x1,aogstream-x1-nometrics,aogstream-x1-quiet"
 
 
 def params(args: argparse.Namespace) -> dict[str, Any]:
@@ -297,9 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json-concurrency", type=int, default=10,
                     help="keep-alive connections for the non-stream requests (10)")
     ap.add_argument("--rounds", type=int, default=0, help="rounds per system (2 / 7)")
+    ap.add_argument("--observe", action="store_true",
+                    help="compare metrics and request log on/off (one serving process)")
     args = ap.parse_args(argv)
     p = params(args)
-    systems = h.systems_arg(args.systems or h.WORKER_COMPARISON[0 if args.quick else 1])
+    default = OBSERVE_COMPARISON if args.observe else \
+        h.WORKER_COMPARISON[0 if args.quick else 1]
+    systems = h.systems_arg(args.systems or default)
 
     return h.run_measured("cpu", args, systems, measure, p, report, plot, "rounds")
 

@@ -19,6 +19,7 @@ from aogstream.http.aog_compat import register_aog_compat
 from aogstream.http.hot import HotRoutes
 from aogstream.http.manage import register_management
 from aogstream.http.native_management import register_native_management
+from aogstream.http.observability import register_observability
 
 BASE = f"/aog/{SPEC_VERSION}"
 
@@ -91,4 +92,6 @@ def build_app(gateway: Gateway) -> HotRoutes:
 
     # Quart types its ASGI events as hypercorn's TypedDicts, the routes as plain mappings:
     # the same dicts at run time, two spellings to the type checker
-    return HotRoutes(gateway, cast(ASGIApp, app))
+    hot = HotRoutes(gateway, cast(ASGIApp, app))
+    register_observability(app, hot)  # /metrics, recent requests, /openapi.json, /docs
+    return hot

@@ -23,6 +23,8 @@ from aogstream.gateway import Gateway
 from aogstream.host.attached import AttachedPlugin
 from aogstream.http.guard import Guard, load_keys, policy_for
 from aogstream.http.hot import HotRoutes
+from aogstream.observe import run as observe_run
+from aogstream.observe.middleware import Observed
 from aogstream.rpc.bridge import GrpcLoop
 from aogstream.serving import hypercorn_serve, process_setup
 from aogstream.serving.primary_proxy import PrimaryProxy
@@ -100,6 +102,7 @@ async def serve_worker(cfg: Config, index: int, link_fd: int) -> None:
     """One worker: follow the primary, then serve the hot routes on the shared port."""
     # the same guard as the primary's, with the keys read here (never passed along)
     policy = policy_for(cfg, load_keys(cfg, generate=False))
+    observer = observe_run.open_process(f"w{index}")
     stop = trio.Event()
     link = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=link_fd)))
     async with GrpcLoop.open() as gl, trio.open_nursery() as nursery:
@@ -112,8 +115,8 @@ async def serve_worker(cfg: Config, index: int, link_fd: int) -> None:
             await gateway.start_native()
             nursery.start_soon(follower.run, stop)
             nursery.start_soon(process_setup.stop_on_signal, stop)
-            app = Guard(HotRoutes(gateway, PrimaryProxy(os.environ["AOGSTREAM_PRIMARY_SOCKET"],
-                                                        cfg)), policy)
+            app = Observed(Guard(HotRoutes(gateway, PrimaryProxy(
+                os.environ["AOGSTREAM_PRIMARY_SOCKET"], cfg)), policy), observer)
             sock = hypercorn_serve.listen_socket(cfg.host, cfg.port, reuse_port=True)
             hc = hypercorn_serve.hypercorn_config(cfg)
             hc.bind = [f"fd://{sock.fileno()}"]
@@ -132,6 +135,7 @@ async def serve_worker(cfg: Config, index: int, link_fd: int) -> None:
                 if gateway.native is not None:
                     await gateway.native.stop()
                 await trio.to_thread.run_sync(store.close)
+            observer.close()
             nursery.cancel_scope.cancel()
 
 

@@ -22,6 +22,7 @@ import trio
 
 from aogstream.config import Config
 from aogstream.gateway import Gateway
+from aogstream.observe import run as observe_run
 
 log = logging.getLogger("aogstream.workers")
 
@@ -210,6 +211,9 @@ class WorkerPool:
             with trio.CancelScope(shield=True):
                 await _stop_process(proc)
                 await stream.aclose()
+            observer = observe_run.current()
+            if observer is not None:  # its live gauges and recent requests go with it
+                observer.process_gone(proc.pid)
             if task_status is not None and not started:
                 task_status.started()
 

@@ -41,6 +41,7 @@ from .logs import progress
 from .procfs import NCPU, loadavg
 from .systems import (
     ALL_SYSTEMS,
+    OBSERVE_OFF,
     RELAY_OLLAMA_DIR,
     System,
     gateway_help,
@@ -135,6 +136,9 @@ class Bench:
             return start_aogstream(self.tmp, self.stub, workers=self.workers)
         if s == "aogstream-x1":
             return start_aogstream(self.tmp, self.stub, name=s, workers=1)
+        if s in OBSERVE_OFF:
+            return start_aogstream(self.tmp, self.stub, name=s, workers=1,
+                                   extra_env=OBSERVE_OFF[s])
         if s == "aogstream-ollama":
             sut = start_aogstream(self.tmp, self.stub, name=s, plugin_dir=RELAY_OLLAMA_DIR,
                                   plugin_name="relay-ollama-plugin", workers=self.workers)

@@ -58,9 +58,16 @@ STUB_ENV = "AOGSTREAM_BENCH_STUB"  # where relay-plugin finds the stub (host:por
 START_TIMEOUT = 90.0  # LiteLLM takes ~35 s to import on this machine kind
 STOP_TIMEOUT = 10.0
 
-ALL_SYSTEMS = ("direct", "aogstream", "aogstream-x1", "aogstream-ollama", "litellm")
-# How a system is named in tables: `aogstream-x1` is the gateway pinned to one worker.
-LABELS = {"aogstream-x1": "aogstream ×1"}
+ALL_SYSTEMS = ("direct", "aogstream", "aogstream-x1", "aogstream-x1-nometrics",
+               "aogstream-x1-quiet", "aogstream-ollama", "litellm")
+# How a system is named in tables: `aogstream-x1` is the gateway pinned to one worker;
+# the two after it are the same with metrics off, and with metrics and request log off.
+LABELS = {"aogstream-x1": "aogstream ×1", "aogstream-x1-nometrics": "×1 metrics off",
+          "aogstream-x1-quiet": "×1 metrics+log off"}
+# The environment of those two (`aogstream.observe.run`).
+OBSERVE_OFF = {"aogstream-x1-nometrics": {"AOGSTREAM_METRICS": "off"},
+               "aogstream-x1-quiet": {"AOGSTREAM_METRICS": "off",
+                                      "AOGSTREAM_REQUEST_LOG": "off"}}
 
 
 def label(name: str) -> str:
@@ -229,7 +236,8 @@ def gateway_help() -> str:
 
 def start_aogstream(tmp: Path, stub: System | None, name: str = "aogstream",
                     plugin_dir: Path = RELAY_PLUGIN_DIR, plugin_name: str = "relay-plugin",
-                    workers: int | None = None, extra: Sequence[str] = ()) -> System:
+                    workers: int | None = None, extra: Sequence[str] = (),
+                    extra_env: dict[str, str] | None = None) -> System:
     """The gateway with one relay plugin, talking to `stub` (None: a plugin that answers
     by itself, such as benchmarks/stub_plugin).
 
@@ -242,6 +250,7 @@ def start_aogstream(tmp: Path, stub: System | None, name: str = "aogstream",
     log = tmp / f"{name}.log"
     argv = aogstream_argv(port, plugin_dir, tmp / f"{name}-data", workers, extra)
     env = dict(os.environ)
+    env.update(extra_env or {})
     if stub is not None:
         env[STUB_ENV] = f"{HOST}:{stub.port}"
     paths = {"json": "/v1/chat/completions", "sse": "/v1/chat/completions",
