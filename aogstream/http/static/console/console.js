@@ -203,8 +203,9 @@ async function refreshStatus() {
     providers = provs.data || [];
     const local = [...new Set(providers.filter((p) => p.service_source === "local")
       .map((p) => p.service_name))].sort();
+    const chosen = $("pull-service").value; // empty until the first fill
     setOptions($("pull-service"), local);
-    if (!$("pull-service").value && local.length) {
+    if (!chosen && local.length) {
       $("pull-service").value = local.includes("embed") ? "embed" : local[0];
     }
     pullProviders();
