@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 import pytest
-from audio import GOFORWARD_TEXT, goforward_pcm
+from audio import GOFORWARD_TEXT, goforward_pcm, word_error_rate
 from conftest import LOCAL_PLUGINS, REPO, SHIPPED_PLUGIN_DIR, Gateway, require_engines
 from playwright.sync_api import Browser, Page, sync_playwright
 
@@ -333,8 +333,9 @@ def test_microphone_transcribes_live_with_partials(console):
     page = console.page
     page.select_option("#asr-model", "pocketsphinx-en-us")
     page.click("#mic")
+    # counted by the page as they arrive: a partial may be on screen for a moment only
     console.wait_for("a partial result",
-                     "document.getElementById('asr-partial').textContent.trim()")
+                     "Number(document.getElementById('asr-partial').dataset.partials || 0)")
     console.shot("transcribing")
     # the whole recording and its trailing silence have gone to the gateway
     console.wait_for("the recording sent", "Number(document.getElementById('mic')"
@@ -343,8 +344,9 @@ def test_microphone_transcribes_live_with_partials(console):
     console.wait_for("task-finished",
                      "document.getElementById('mic').dataset.state === 'finished'")
     final = text_of(console, "asr-final").strip().lower()
-    assert final == GOFORWARD_TEXT, final
+    assert "go forward" in final and word_error_rate(GOFORWARD_TEXT, final) <= 0.25, final
     assert int(console.value("document.getElementById('asr-partial').dataset.partials")) >= 2
+    assert text_of(console, "asr-partial") == ""  # the settled text replaced the partial
     assert text_of(console, "mic") == "Start microphone"
     console.shot("transcribed")
     assert console.errors == []
@@ -392,6 +394,7 @@ def test_page_asks_for_the_management_key_and_works_with_it(browser, keyed_gatew
         page.goto(keyed_gateway.url + "/")
         c.wait_for("the key field", "!document.getElementById('key-form').hidden")
         assert "management key" in text_of(c, "notice")
+        assert "Could not read" not in text_of(c, "notice")
         page.fill("#key", "console-test-key-7731")
         page.click("#key-form button")
         c.wait_for("the status loaded", "document.body.dataset.loaded === 'true'")

@@ -16,7 +16,12 @@ const $ = (id) => document.getElementById(id);
 
 // ---- the API --------------------------------------------------------------------------
 
-class ApiError extends Error {}
+class ApiError extends Error {
+  constructor(message, status = 0) {
+    super(message);
+    this.status = status;
+  }
+}
 
 function headers(extra = {}) {
   const h = { ...extra };
@@ -25,6 +30,13 @@ function headers(extra = {}) {
     h.Authorization = `Bearer ${key}`;
   }
   return h;
+}
+
+/** The key a request was sent with ("" for none), so that a refusal of a request
+ * sent before the person gave the key does not ask for it again. */
+function keyOf(init) {
+  const auth = (init.headers || {}).Authorization || "";
+  return auth.startsWith("Bearer ") ? auth.slice(7) : "";
 }
 
 function explain(status, body) {
@@ -44,10 +56,10 @@ async function call(method, path, body) {
     init.body = JSON.stringify(body);
   }
   const resp = await fetch(path, init);
-  return answer(resp);
+  return answer(resp, keyOf(init));
 }
 
-async function answer(resp) {
+async function answer(resp, sentKey = "") {
   const text = await resp.text();
   let data = null;
   try {
@@ -56,10 +68,10 @@ async function answer(resp) {
     data = text;
   }
   if (!resp.ok) {
-    if (resp.status === 401) {
+    if (resp.status === 401 && sentKey === (sessionStorage.getItem(KEY_STORE) || "")) {
       askForKey();
     }
-    throw new ApiError(explain(resp.status, data));
+    throw new ApiError(explain(resp.status, data), resp.status);
   }
   return data;
 }
@@ -67,13 +79,14 @@ async function answer(resp) {
 /** POST `body` and call `onEvent` with each `data: {json}` event of the SSE answer;
  * returns the response (its headers) once the stream ends. */
 async function stream(path, body, onEvent, { signal, onStart } = {}) {
-  const resp = await fetch(path, {
+  const init = {
     method: "POST", signal,
     headers: headers({ "Content-Type": "application/json", Accept: "text/event-stream" }),
     body: JSON.stringify(body),
-  });
+  };
+  const resp = await fetch(path, init);
   if (!resp.ok) {
-    await answer(resp);
+    await answer(resp, keyOf(init));
   }
   if (onStart) {
     onStart(resp);
@@ -215,7 +228,9 @@ async function refreshStatus() {
     setOptions($("asr-model"), of("speech-to-text-ws"));
     document.body.dataset.loaded = "true";
   } catch (err) {
-    notice(`Could not read the gateway's state: ${err.message}`);
+    if (err.status !== 401) { // a 401 has asked for the key already
+      notice(`Could not read the gateway's state: ${err.message}`);
+    }
   }
 }
 
@@ -443,12 +458,13 @@ $("tts-form").addEventListener("submit", async (e) => {
   $("tts-speak").disabled = true;
   try {
     const t0 = performance.now();
-    const resp = await fetch(`${BASE}/services/text-to-speech`, {
+    const init = {
       method: "POST", headers: headers({ "Content-Type": "application/json" }),
       body: JSON.stringify({ text, response_format: "wav" }),
-    });
+    };
+    const resp = await fetch(`${BASE}/services/text-to-speech`, init);
     if (!resp.ok) {
-      await answer(resp);
+      await answer(resp, keyOf(init));
     }
     const blob = await resp.blob();
     const ms = Math.round(performance.now() - t0);
@@ -587,7 +603,13 @@ async function startMic() {
     }
   });
   ws.addEventListener("close", (e) => {
-    if (button.dataset.state === "recording" || button.dataset.state === "stopping") {
+    const state = button.dataset.state;
+    if (state === "starting") {
+      // refused before it opened: a browser cannot send a key on a WebSocket
+      asrStatus(`the gateway refused the socket (${e.code}); if it requires API keys ` +
+        "(AOGSTREAM_API_KEYS), a browser cannot send one on a WebSocket");
+      button.dataset.state = "failed";
+    } else if (state === "recording" || state === "stopping") {
       asrStatus(`the gateway closed the socket (${e.code})`);
       button.dataset.state = "failed";
     }
