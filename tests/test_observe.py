@@ -16,7 +16,10 @@ Proven:
   served them, newest first, and refuses a bad `limit` with a 400 saying what to send;
 - `/metrics` parses, and its counters move by exactly the traffic sent, although that
   traffic was served by both processes (each counts in its own files, the primary adds
-  them up); stream gaps, provider calls, WebSocket frames and plugin state are there;
+  them up); stream gaps, provider calls, WebSocket frames and reply times, and plugin
+  state are there;
+- plugins' `ctx.llm` calls and the trust gate's denials are counted (the llm-probe test
+  plugin, a real process calling back into the gateway);
 - with `AOGSTREAM_METRICS=off` nothing is counted and `/metrics` says so, while the
   gateway serves and logs as before.
 """
@@ -30,7 +33,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Gateway, parse_sse
+from conftest import REPO, Gateway, parse_sse
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
@@ -196,6 +199,7 @@ def test_metrics_parse_and_count_the_traffic_of_every_process(two_process_gatewa
     assert m[gaps] - before.get(gaps, 0) >= 2
     assert m["aogstream_active_streams{}"] == 0
     assert m["aogstream_websocket_frames_total{direction=out,service=echo-ws}"] >= 2
+    assert m["aogstream_websocket_reply_seconds_count{service=echo-ws}"] >= 2
     assert m["aogstream_plugin_state{plugin=echo-plugin,state=running}"] == 1
     assert m["aogstream_plugin_up{plugin=echo-plugin}"] == 1
     assert "aogstream_plugin_restarts_total{plugin=echo-plugin}" in m
@@ -247,3 +251,30 @@ def test_a_websocket_session_is_logged_with_its_frames(two_process_gateway: Gate
     assert rec["frames_in"] == 3 and rec["frames_out"] == 3
     assert rec["bytes_in"] == len("onetwothree") and rec["close_code"] is not None
     assert rec["id"] in {r["id"] for r in log_records(gw)}
+
+
+def test_plugin_llm_calls_and_trust_denials_are_in_the_metrics(tmp_path):
+    """The llm-probe test plugin calls `ctx.llm` twice with no grant in the operator's
+    config: a plain call is served (by the echo plugin's chat), one that picks its own
+    model is denied by the trust gate; `/metrics` counts both, and the denial."""
+    gw = Gateway(tmp_path, {"AOGSTREAM_WORKERS": "1"},
+                 plugin_dir=[REPO / "tests" / "plugins", REPO / "tests" / "plugins-llm"])
+    gw.start()
+    try:
+        answers = []
+        for kwargs in ({}, {"model": "echo"}):
+            r = httpx.post(gw.service_url("llm-probe"), json={
+                "call": "complete", "args": [[{"role": "user", "content": "hi"}]],
+                "kwargs": kwargs}, timeout=60)
+            assert r.status_code == 200, r.text
+            answers.append(r.json())
+        assert answers[0]["ok"] is True, answers
+        assert answers[1].get("error_type") == "PluginLlmTrustError", answers
+        m = metrics(gw)
+        plugin = "llm-probe-plugin"
+        assert m[f"aogstream_plugin_llm_trust_denials_total{{plugin={plugin}}}"] == 1
+        assert m[f"aogstream_plugin_llm_calls_total{{outcome=denied,plugin={plugin}}}"] == 1
+        assert m[f"aogstream_plugin_llm_calls_total{{outcome=succeeded,plugin={plugin}}}"] == 1
+        assert m[f"aogstream_plugin_calls_total{{plugin={plugin},service=llm-probe}}"] == 2
+    finally:
+        gw.stop()

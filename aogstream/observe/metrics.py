@@ -91,6 +91,11 @@ class Metrics:
         self.frames = Counter(
             "aogstream_websocket_frames", "WebSocket frames of service sessions (realtime "
             "speech, relays)", ["service", "direction"], registry=reg)
+        self.replies = Histogram(
+            "aogstream_websocket_reply_seconds", "Time from the oldest client frame not yet "
+            "answered to the session's next frame back (realtime speech: how old the "
+            "audio is when its partial result goes out)",
+            ["service"], buckets=LATENCY_BUCKETS, registry=reg)
         self.plugin_calls = Counter(
             "aogstream_plugin_calls", "Provider calls, by plugin and service",
             ["plugin", "service"], registry=reg)
@@ -141,6 +146,9 @@ class Metrics:
 
     def frame(self, service: str, direction: str) -> None:
         self._child(self.frames, service, direction).inc()
+
+    def reply(self, service: str, seconds: float) -> None:
+        self._child(self.replies, service).observe(seconds)
 
     # ---- the hooks of `observe.record` ---------------------------------------------
 

@@ -119,10 +119,14 @@ class Observed:
         token = CURRENT.set(rec)
         metrics = self.metrics
         accepted = False
+        waiting = 0.0  # when the first client frame not yet answered arrived
 
         async def observed_receive() -> Message:
+            nonlocal waiting
             msg = await receive()
             if msg["type"] == "websocket.receive":
+                if not waiting:
+                    waiting = perf()
                 rec.frames_in += 1
                 data = msg.get("bytes") or msg.get("text") or ""
                 rec.bytes_in += len(data)
@@ -134,16 +138,20 @@ class Observed:
             return msg
 
         async def observed_send(msg: Message) -> None:
-            nonlocal accepted
+            nonlocal accepted, waiting
             t = msg["type"]
             if t == "websocket.send":
                 rec.frames_out += 1
                 data = msg.get("bytes") or msg.get("text") or ""
                 rec.bytes_out += len(data)
+                now = perf()
                 if rec.ttfb is None:
-                    rec.ttfb = perf() - rec.started
+                    rec.ttfb = now - rec.started
                 if metrics is not None:
                     metrics.frame(rec.service, "out")
+                    if waiting:
+                        metrics.reply(rec.service, now - waiting)
+                waiting = 0.0
             elif t == "websocket.accept":
                 rec.status = 101
                 accepted = True

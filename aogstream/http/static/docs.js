@@ -61,7 +61,11 @@ function render(spec) {
   }
   const main = document.getElementById("api");
   main.replaceChildren();
-  for (const tag of [...byTag.keys()].sort()) {
+  // what a newcomer looks for first, then the rest by name
+  const first = ["services", "gateway", "observability", "management"];
+  const rank = (tag) => (first.includes(tag) ? first.indexOf(tag) : first.length);
+  const tags = [...byTag.keys()].sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
+  for (const tag of tags) {
     const section = el("section", {}, el("h2", {}, tag), ...byTag.get(tag));
     main.append(section);
   }
