@@ -8,7 +8,8 @@ for the pull, and a recorded human voice (pocketsphinx's "go forward ten meters"
 as the browser's microphone through Chromium's fake capture device.
 
 Proven, through the page only (clicks and what the page shows): it loads with no
-console errors and lists the shipped plugins, engines and services; a chat streams
+console errors, everything from the gateway itself (no CDN), and lists the shipped
+plugins, engines and services; a chat streams
 tokens into the page and shows the provider that served it and the time to first token;
 embeddings are compared; a pull shows moving progress and can be canceled; text to
 speech gives the audio element playable audio; the microphone button transcribes live
@@ -119,6 +120,8 @@ class Console:
     def __init__(self, page: Page) -> None:
         self.page = page
         self.errors: list[str] = []
+        self.requests: list[str] = []  # every URL the page asked for
+        page.on("request", lambda r: self.requests.append(r.url))
         page.on("console", lambda m: self.errors.append(m.text) if m.type == "error"
                 else None)
         page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
@@ -189,6 +192,10 @@ def test_page_loads_without_errors_and_lists_the_shipped_plugins(console, consol
         assert services[service] == "serving", services
     assert "multilingual-e5-small" in table_column(console, "models", 0)
     assert text_of(console, "version").startswith("aogstream ")
+    # offline: everything the page loaded came from the gateway itself (no CDN)
+    own = console_gateway.url + "/"
+    assert console.requests and all(u.startswith((own, "data:")) for u in console.requests), \
+        console.requests
     console.shot("status")
     assert console.errors == []
 
