@@ -244,11 +244,24 @@ def _or(value: Any, default: Any) -> Any:
 # ------------------------------------------------------------------ openai (and openai-like)
 
 
+def _tool_fields(d: dict[str, Any], stream_options: Any) -> dict[str, Any]:
+    """`tool_choice`, `parallel_tool_calls`, `response_format` and `stream_options` of a
+    chat request, in the templates' key order (undefined ones are left out by `_obj`)."""
+    return {"tool_choice": d.get("tool_choice", U),
+            "parallel_tool_calls": d.get("parallel_tool_calls", U),
+            "response_format": d.get("response_format", U),
+            "stream_options": stream_options}
+
+
 @_twin("""{
   "model": $model,
   "stream": $stream,
   "messages": messages,
   "tools": tools,
+  "tool_choice": tool_choice,
+  "parallel_tool_calls": parallel_tool_calls,
+  "response_format": response_format,
+  "stream_options": stream_options,
   "seed": seed,
   "temperature": temperature,
   "top_p": top_p,
@@ -263,6 +276,7 @@ def openai_chat_request_to_aog(doc: Any, b: dict[str, Any]) -> Any:
     return _obj({
         "model": _var(b, "model"), "stream": _var(b, "stream"),
         "messages": d.get("messages", U), "tools": d.get("tools", U),
+        **_tool_fields(d, d.get("stream_options", U)),
         "seed": d.get("seed", U), "temperature": d.get("temperature", U),
         "top_p": d.get("top_p", U), "top_k": d.get("top_k", U), "stop": d.get("stop", U),
         "max_tokens": d["max_completion_tokens"] if "max_completion_tokens" in d
@@ -276,6 +290,10 @@ def openai_chat_request_to_aog(doc: Any, b: dict[str, Any]) -> Any:
   "stream": $stream,
   "messages": messages,
   "tools": tools,
+  "tool_choice": tool_choice,
+  "parallel_tool_calls": parallel_tool_calls,
+  "response_format": response_format,
+  "stream_options": $stream ? stream_options,
   "seed": seed,
   "temperature": temperature,
   "top_p": top_p,
@@ -288,6 +306,7 @@ def openai_chat_request_from_aog(doc: Any, b: dict[str, Any]) -> Any:
     return _obj({
         "model": _var(b, "model"), "stream": _var(b, "stream"),
         "messages": d.get("messages", U), "tools": d.get("tools", U),
+        **_tool_fields(d, d.get("stream_options", U) if _truthy(_var(b, "stream")) else U),
         "seed": d.get("seed", U), "temperature": d.get("temperature", U),
         "top_p": d.get("top_p", U), "stop": d.get("stop", U),
         "max_tokens": d.get("max_tokens", U),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from aogstream.convert import (
     Converter,
     ConvertError,
     TemplateError,
+    chat_tools,
 )
 from aogstream.engines.pcm import is_wav
 from aogstream.gateway import Gateway, Route
@@ -150,25 +151,32 @@ class FlavorCalls:
             raise errors.GatewayError(errors.TASK_FAILED,
                                       f"the {door.flavor} template turned the request into "
                                       f"{type(aog_obj).__name__}, not an object")
+        changed = door.flavor == "ollama" and door.service == "chat" and \
+            chat_tools.ollama_request_to_aog(aog_obj)
         if not model and "model" in aog_obj:
             aog_obj.pop("model", None)
+            changed = True
+        if changed:
             aog = json.dumps(aog_obj).encode()
         return aog, aog_obj
 
     async def dispatch(self, door: Door, routes: list[Route], aog: bytes, model: str | None,
                        want_stream: bool, receive: Receive, send: Send, *,
                        ndjson: bool = False, reply: Reply | None = None,
-                       streamer: Streamer | None = None) -> None:
+                       streamer: Streamer | None = None,
+                       error_flavor: str | None = None) -> None:
         """Try the providers in order (falling back on provider trouble before the first
         byte), answering in the door's flavor; `reply` finishes a unary answer and
-        `streamer` writes a stream that is not events."""
+        `streamer` writes a stream that is not the flavor's own events; `error_flavor`
+        shapes errors when the door's clients expect another flavor's (a translated
+        API, e.g. Anthropic's over the OpenAI chat door, or `rerank_door`)."""
 
         async def attempt(route: Route) -> errors.GatewayError | None:
             return await self._attempt(route, door, aog, model, want_stream, send, ndjson,
                                        reply, streamer)
 
         async def answer_error(err: errors.GatewayError) -> None:
-            await send_json(send, err.status, error_body(door.flavor, err))
+            await send_json(send, err.status, error_body(error_flavor or door.flavor, err))
 
         await serve_with_fallback(routes, attempt, answer_error, receive)
 
@@ -187,6 +195,10 @@ class FlavorCalls:
                 door.service, PIVOT, route).request(
                     aog, model=model or route.definition.default_model or None,
                     stream=mode is Mode.STREAM).body
+            if pflavor == "ollama" and door.service == "chat":
+                request = chat_tools.aog_request_to_ollama(request)
+        except chat_tools.ToolChoiceError as exc:
+            return errors.GatewayError(errors.BAD_REQUEST, str(exc))
         except ConvertError as exc:
             return conversion_error(exc, request=True, who=route.provider_name)
         except TemplateError as exc:
@@ -196,15 +208,20 @@ class FlavorCalls:
             if mode is Mode.STREAM:
                 if streamer is not None:
                     return await streamer(inv, route, served_by)
-                return await self._stream(inv, send, door, back, model, served_by, ndjson)
+                return await self._stream(inv, send, door, back, model, served_by, ndjson,
+                                          aog, pflavor)
             try:
                 data = await inv.result()
             except errors.GatewayError as err:
                 return err
         media = media_type(data)
         if media is None:  # JSON: into the app's flavor
+            if pflavor == "ollama" and door.service == "chat":
+                data = chat_tools.OllamaProviderCalls().convert(data)
             data = run_conversion(lambda: back.response(
                 data, {"Content-Type": "application/json"}, model=model), request=False)
+            if door.flavor == "ollama" and door.service == "chat":
+                data = chat_tools.ollama_answer_from_aog(data)
         if reply is not None:
             await reply(data, media or b"application/json", served_by)
         else:
@@ -213,7 +230,8 @@ class FlavorCalls:
 
     async def _stream(self, inv: Invocation, send: Send, door: Door, back: Conversion,
                       model: str | None, served_by: Headers,
-                      ndjson_asked: bool) -> errors.GatewayError | None:
+                      ndjson_asked: bool, aog: bytes = b"",
+                      pflavor: str = PIVOT) -> errors.GatewayError | None:
         """Relay a stream chunk by chunk in the app's framing (SSE or NDJSON).
 
         Returns the error to answer with when the call failed before its first chunk (so
@@ -233,6 +251,11 @@ class FlavorCalls:
                 raise errors.GatewayError(errors.TASK_FAILED, "cannot convert a stream chunk: "
                                           f"{errors.without_paths(str(exc))}") from None
 
+        steps: Callable[[bytes], bytes | None] = convert
+        epilogue: Sequence[bytes] = [strip_sse(e) for e in sc.epilogue]
+        if not sc.passthrough and door.service == "chat":
+            steps, epilogue = chat_stream_steps(convert, epilogue, door.flavor, pflavor, aog)
+
         # the prologue/epilogue strings are the payload of an event ("[DONE]"), framed
         # like every other event: `data: [DONE]\n\n`, not a bare line (openvino's
         # template writes its epilogue with the `data: ` already in it)
@@ -240,9 +263,39 @@ class FlavorCalls:
             # same flavor both sides: no per-chunk work, the plugin's SSE bytes go out as
             # they came (the writer's raw path)
             inv, send, ndjson=ndjson, extra_headers=served_by,
-            convert=None if sc.passthrough else convert,
+            convert=None if sc.passthrough else steps,
             prologue=[strip_sse(p) for p in sc.prologue],
-            epilogue=[strip_sse(e) for e in sc.epilogue],
+            epilogue=epilogue,
             # AOG's last event of a failed stream is marked finished, as on /services
             error_tail=error_event if door.flavor == PIVOT else
             (lambda err: error_body(door.flavor, err)))
+
+
+def chat_stream_steps(convert: Callable[[bytes], bytes | None], epilogue: Sequence[bytes],
+                      app_flavor: str, provider_flavor: str, aog: bytes
+                      ) -> tuple[Callable[[bytes], bytes | None], Sequence[bytes]]:
+    """The stateful chat steps around a converted stream's templates (`chat_tools`):
+    an Ollama provider's calls numbered before them; after them, an Ollama app's calls
+    joined whole, or an OpenAI-shaped app's closing usage chunk when it asked for one."""
+    before: Callable[[bytes], bytes] | None = None
+    if provider_flavor == "ollama":
+        before = chat_tools.OllamaProviderCalls().convert
+    after: Callable[[bytes | None], bytes | None] | None = None
+    if app_flavor == "ollama":
+        after = chat_tools.OllamaToolCallStream().convert
+    elif app_flavor != PIVOT and b"include_usage" in aog:
+        request = json.loads(aog)
+        if isinstance(request, dict) and chat_tools.wants_usage(request):
+            usage = chat_tools.OpenAIUsageStream(
+                chat_tools.estimate_prompt_tokens(request), epilogue)
+            after, epilogue = usage.convert, usage.epilogue
+    if before is None and after is None:
+        return convert, epilogue
+
+    def steps(chunk: bytes) -> bytes | None:
+        if before is not None:
+            chunk = before(strip_sse(bytes(chunk)))
+        out = convert(chunk)
+        return after(out) if after is not None else out
+
+    return steps, epilogue

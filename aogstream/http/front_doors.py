@@ -21,6 +21,7 @@ from aogstream import SPEC_VERSION, errors
 from aogstream.asgi_types import Receive, Scope, Send
 from aogstream.convert import PIVOT
 from aogstream.gateway import Gateway
+from aogstream.http.agent_doors import AgentDoors, agent_path
 from aogstream.http.asgi import (
     CLOSE_AFTER,
     ClientGone,
@@ -34,6 +35,7 @@ from aogstream.http.asgi import (
 from aogstream.http.flavor_calls import Door, FlavorCalls, run_conversion
 from aogstream.http.flavor_errors import error_body
 from aogstream.http.openai_audio import OPENAI_MODEL_ALIASES, OpenAIAudio
+from aogstream.http.rerank_door import RerankDoor, is_rerank_door
 
 API_FLAVORS_PREFIX = f"/aog/{SPEC_VERSION}/api_flavors/"
 # Bare paths of the templates with `install_raw_routes` (openai, ollama, openvino).
@@ -60,6 +62,8 @@ class FrontDoors:
         self.calls = calls or FlavorCalls(gateway)
         self.converter = self.calls.converter
         self.audio = OpenAIAudio(self.calls)
+        self.rerank = RerankDoor(gateway, max_body, self.calls)
+        self.agents = AgentDoors(gateway, self.calls, max_body)  # Responses, Anthropic
         # (flavor, path) → method → door; bare path → method → door (install_raw_routes)
         self._doors: dict[tuple[str, str], dict[str, Door]] | None = None
         self._raw: dict[str, dict[str, Door]] = {}
@@ -93,6 +97,15 @@ class FrontDoors:
                             self._listings.setdefault(flavor, []).append(door)
             self._doors = doors
         return self._doors
+
+    def template_doors(self) -> list[tuple[Door, bool]]:
+        """Every door the flavor templates open, in template order, each with whether it
+        also answers on its bare path (`install_raw_routes`; the first flavor to claim a
+        bare path has it). The API description reads the doors from here."""
+        self._index()
+        assert self._doors is not None
+        return [(door, self._raw.get(door.path, {}).get(door.method) is door)
+                for by_method in self._doors.values() for door in by_method.values()]
 
     # ---- dispatch ---------------------------------------------------------------------
 
@@ -135,6 +148,13 @@ class FrontDoors:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one HTTP request on a front-door path."""
         path = scope.get("path", "")
+        if is_rerank_door(path):  # no template names it: its own door
+            await self.rerank(scope, receive, send)
+            return
+        agent = agent_path(path)
+        if agent is not None:
+            await self.agents(scope, receive, send, agent)
+            return
         flavor, methods, item = self._find(path)
         err_flavor = flavor if flavor in self.flavors() else "openai"
         body_read = False

@@ -429,6 +429,13 @@ def request_facts(scope: Scope) -> Request:
         elif k in (b"x-management-key", b"x-api-key"):
             if v.strip():
                 creds.append(v.decode("latin-1").strip())
+        elif k == b"sec-websocket-protocol":
+            # browsers cannot set headers: OpenAI's realtime clients send the key as a
+            # subprotocol `openai-insecure-api-key.<key>`
+            for proto in v.decode("latin-1").split(","):
+                key = proto.strip().removeprefix("openai-insecure-api-key.")
+                if key != proto.strip() and key:
+                    creds.append(key)
     method = scope.get("method", "GET")
     return Request(path=scope.get("path", ""), method=method,
                    websocket=scope["type"] == "websocket", host=host, origin=origin,
@@ -442,6 +449,8 @@ def _flavor_of(path: str) -> str:
         return path[len(API_FLAVORS_PREFIX):].split("/", 1)[0] or "aog"
     if path.startswith("/api/"):
         return "ollama"
+    if path.startswith("/v1/messages"):  # Anthropic's Messages API
+        return "anthropic"
     if is_front_door(path):
         return "openai"
     return "aog"

@@ -24,7 +24,8 @@ from typing import Any
 
 from aogstream import SPEC_VERSION, __version__
 from aogstream.convert import PIVOT
-from aogstream.http.front_doors import API_FLAVORS_PREFIX, HTTP_METHODS, RAW_PREFIXES
+from aogstream.http import agent_doors, rerank_door
+from aogstream.http.front_doors import API_FLAVORS_PREFIX
 from aogstream.http.hot import GUIDE_PREFIX, PREFIX, HotRoutes
 
 OPENAPI_VERSION = "3.1.0"
@@ -84,6 +85,13 @@ def operations(app: HotRoutes) -> list[dict[str, Any]]:
     for method, template, flavor, service in _front_doors(app):
         add(method, template, f"{flavor}: {service}", f"front doors: {flavor}",
             service=service)
+    # doors no flavor template names: their own modules, reached before the templates
+    for template, summary, service in (
+            (agent_doors.RESPONSES, "OpenAI Responses API", "chat"),
+            (agent_doors.MESSAGES, "Anthropic Messages API", "chat"),
+            (agent_doors.COUNT_TOKENS, "Anthropic Messages: count tokens", "chat"),
+            (rerank_door.RERANK_PATH, "Rerank documents (Jina/Cohere style)", "rerank")):
+        add("POST", template, summary, "front doors: agents and rerank", service=service)
     quart: Any = app.fallback
     url_map = getattr(quart, "url_map", None)
     if url_map is not None:
@@ -120,30 +128,17 @@ def _tag(rule: str) -> str:
 
 
 def _front_doors(app: HotRoutes) -> list[tuple[str, str, str, str]]:
-    """(method, template, flavor, service) of every front door, read from the flavor
-    templates as `FrontDoors` reads them (bare paths where a template installs raw
-    routes; `GET <listing>/{model}` beside an OpenAI-like model listing)."""
-    doors = app.front_doors
-    registry = doors.converter.registry
+    """(method, template, flavor, service) of every front door `FrontDoors` opens from
+    the flavor templates (bare paths where a template installs raw routes;
+    `GET <listing>/{model}` beside an OpenAI-like model listing)."""
     out: list[tuple[str, str, str, str]] = []
-    raw_seen: set[tuple[str, str]] = set()
-    for flavor in doors.flavors():
-        fl = registry.get(flavor)
-        for svc, sdef in fl.services.items():
-            for endpoint in sdef.info.get("endpoints") or []:
-                method, _, path = str(endpoint).strip().partition(" ")
-                method, path = method.upper(), path.strip().rstrip("/")
-                if method not in HTTP_METHODS or not path.startswith("/"):
-                    continue
-                paths = [f"{API_FLAVORS_PREFIX}{flavor}{path}"]
-                if sdef.info.get("install_raw_routes") and path.startswith(RAW_PREFIXES) \
-                        and (method, path) not in raw_seen:
-                    raw_seen.add((method, path))
-                    paths.append(path)
-                for p in paths:
-                    out.append((method, p, flavor, svc))
-                    if svc == "models" and method == "GET" and flavor not in ("ollama", PIVOT):
-                        out.append((method, p + "/{model}", flavor, svc))
+    for door, raw in app.front_doors.template_doors():
+        paths = [f"{API_FLAVORS_PREFIX}{door.flavor}{door.path}"] + ([door.path] if raw else [])
+        for p in paths:
+            out.append((door.method, p, door.flavor, door.service))
+            if door.service == "models" and door.method == "GET" and \
+                    door.flavor not in ("ollama", PIVOT):
+                out.append((door.method, p + "/{model}", door.flavor, door.service))
     return out
 
 

@@ -29,7 +29,7 @@ from aogstream.rpc.bridge import GrpcLoop
 from aogstream.serving import hypercorn_serve, process_setup
 from aogstream.serving.primary_proxy import PrimaryProxy
 from aogstream.serving.worker_pool import config_from_json
-from aogstream.store import SQLiteStore
+from aogstream.store import open_store
 
 log = logging.getLogger("aogstream.workers")
 
@@ -106,7 +106,7 @@ async def serve_worker(cfg: Config, index: int, link_fd: int) -> None:
     stop = trio.Event()
     link = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=link_fd)))
     async with GrpcLoop.open() as gl, trio.open_nursery() as nursery:
-        store = await trio.to_thread.run_sync(SQLiteStore, cfg.db_path)
+        store = await trio.to_thread.run_sync(open_store, cfg)
         gateway = Gateway(cfg, gl, store)
         follower = Follower(gateway, link)
         try:

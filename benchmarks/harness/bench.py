@@ -47,6 +47,7 @@ from .systems import (
     gateway_help,
     litellm_missing,
     start_aogstream,
+    start_floor,
     start_litellm,
     start_stub,
     stop,
@@ -132,6 +133,8 @@ class Bench:
         if s == "direct":
             return System("direct", self.stub.proc, self.stub.port, self.stub.log,
                           paths=dict(self.stub.paths), roles=dict(self.stub.roles))
+        if s == "floor":
+            return start_floor(self.tmp)
         if s == "aogstream":
             return start_aogstream(self.tmp, self.stub, workers=self.workers)
         if s == "aogstream-x1":
@@ -230,8 +233,8 @@ class Bench:
         ]
         if "aogstream-x1" in self.systems:
             lines.append("- `aogstream-x1` (**aogstream ×1**) is the gateway started with "
-                         "`--workers 1`; `aogstream` has the default, one serving worker "
-                         f"per core ({NCPU} here)")
+                         "`--workers 1`; `aogstream` has the default, one serving process "
+                         f"per two cores ({max(1, NCPU // 2)} here)")
         if self.skipped:
             lines.append("- not run: " + "; ".join(f"{k}: {v}" for k, v in self.skipped.items()))
         if self.workers is not None:

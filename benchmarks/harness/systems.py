@@ -12,10 +12,14 @@ The systems (names used everywhere: tables, JSON, `Bench(systems=...)`):
   process over gRPC) to the stub. `/v1/chat/completions` is a byte passthrough; NDJSON
   goes through the Ollama door `/api/chat` (converted ollama → openai → ollama).
 - `aogstream-x1` ("aogstream ×1" in tables): the same gateway started with `--workers 1`,
-  next to `aogstream` (the default, one worker per core), so the tables show what the
-  extra workers buy (or cost).
+  next to `aogstream` (the default, one serving process per two cores), so the tables
+  show what extra workers buy (or cost) where the default has several.
 - `aogstream-ollama`: the same gateway with the Ollama twin `relay-ollama-plugin`
   (config_ref `ollama:chat`): `/api/chat` NDJSON is then a passthrough too.
+- `floor`: benchmarks/floor_app.py, a bare ASGI app on hypercorn's trio worker that
+  answers like the stub (same JSON body, SSE chunks, NDJSON lines, timing) without
+  relaying: what the required HTTP stack costs per request before any gateway logic.
+  aogstream's per-request figures are judged against it.
 - `litellm`: LiteLLM proxy 1.106.2 from its own venv (`benchmarks/setup_litellm.sh`),
   `--num_workers 1`, model `*` → `openai/*` at the stub's `/v1`, `num_retries: 0`, no
   database, a master key (it refuses to start without one). No NDJSON door.
@@ -58,7 +62,7 @@ STUB_ENV = "AOGSTREAM_BENCH_STUB"  # where relay-plugin finds the stub (host:por
 START_TIMEOUT = 90.0  # LiteLLM takes ~35 s to import on this machine kind
 STOP_TIMEOUT = 10.0
 
-ALL_SYSTEMS = ("direct", "aogstream", "aogstream-x1", "aogstream-x1-nometrics",
+ALL_SYSTEMS = ("direct", "floor", "aogstream", "aogstream-x1", "aogstream-x1-nometrics",
                "aogstream-x1-quiet", "aogstream-ollama", "litellm")
 # How a system is named in tables: `aogstream-x1` is the gateway pinned to one worker;
 # the two after it are the same with metrics off, and with metrics and request log off.
@@ -223,6 +227,23 @@ def start_stub(tmp: Path, name: str = "stub", close_log: Path | None = None,
         stop(sut)
         raise
     sut.roles = {sut.proc.pid: "engine"}
+    return sut
+
+
+def start_floor(tmp: Path, name: str = "floor") -> System:
+    """benchmarks/floor_app.py (hypercorn, trio worker) on a free port."""
+    port = free_port()
+    log = tmp / f"{name}.log"
+    argv = [sys.executable, str(HERE / "floor_app.py"), "--port", str(port)]
+    sut = System(name, popen(argv, log), port, log,
+                 paths={"json": "/v1/chat/completions", "sse": "/v1/chat/completions",
+                        "ndjson": "/api/chat"})
+    try:
+        _wait_ready(sut, "/health", "the floor app", timeout=30)
+    except BaseException:
+        stop(sut)
+        raise
+    sut.roles = {pid: "floor" for pid in descendants(sut.proc.pid)}
     return sut
 
 

@@ -8,12 +8,20 @@ sampling logic, and it already streams one SSE event per token.
 This process only checks and translates requests:
 
 - chat  → `/v1/chat/completions`, answered as AOG's
-  `{id, model, created_at, message: {role, content}, finished, finish_reason, usage}`;
+  `{id, model, created_at, message: {role, content, tool_calls?}, finished,
+  finish_reason, usage}`;
 - generate → `/v1/completions`, answered as `{id, model, created_at, response, finished,
   finish_reason, usage}`.
 
 With `"stream": true` every token becomes one AOG event (`finished: false`) and the
-last event has `finished: true` and the finish reason. When the host cancels a stream
+last event has `finished: true`, the finish reason and the engine's token counts.
+
+Tools (`tools`, `tool_choice` none/auto/required/a named function) are served with
+llama-cpp-python's `chatml-function-calling` format for models whose own chat template
+is ChatML (SmolLM2's is), chosen per request by the engine's launcher
+(`llama_launch.py`); other models answer a request with tools with a 400. A streamed
+tool call arrives as OpenAI-style `message.tool_calls` deltas (`index`, the `id`, `type`
+and `name` once, then `arguments` fragments). When the host cancels a stream
 (the client went away) the engine connection is closed, and llama_cpp.server notices
 the hang-up after the next token and stops generating.
 
@@ -64,6 +72,10 @@ N_CTX = 2048
 DEFAULT_MAX_ENGINE_REQUESTS = 2
 CHAT_PATH = "/v1/chat/completions"
 COMPLETION_PATH = "/v1/completions"
+# The chat format every model is started with (registered by llama_launch.py): the
+# model's own template, or chatml-function-calling when a request has tools.
+TOOLS_FORMAT = "aogstream-tools"
+TOOL_CHOICES = ("none", "auto", "required")
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 SMOLLM2_DETAILS = {"format": "gguf", "family": "llama", "parameter_size": "135M",
                    "quantization_level": "Q4_1"}
@@ -108,7 +120,7 @@ class LlamaCppPlugin(EnginePlugin):
                 "--host", "127.0.0.1", "--port", str(port),
                 "--n_threads", str(self.threads), "--n_ctx", str(N_CTX),
                 "--interrupt_requests", "false", "--logits_all", "false",
-                "--cache", "false"]
+                "--cache", "false", "--chat_format", TOOLS_FORMAT]
 
     def engine_environ(self) -> dict[str, str]:
         """On AMX CPUs llama.cpp's AMX kernels can crash the engine (see
@@ -147,6 +159,13 @@ class LlamaCppPlugin(EnginePlugin):
             raise m.PluginError(m.ERR_CODE_INTERNAL, "the engine's answer has no choices",
                                 json.dumps(out)[:500]) from exc
         answer = aog_event(chat, out, name, text or "", choice.get("finish_reason") or "stop")
+        calls = choice["message"].get("tool_calls") if chat else None
+        if calls:
+            answer["message"]["tool_calls"] = [
+                {"id": c.get("id"), "type": "function",
+                 "function": {"name": c["function"]["name"],
+                              "arguments": c["function"].get("arguments") or "{}"}}
+                for c in calls]
         usage = out.get("usage")
         if isinstance(usage, dict):
             answer["usage"] = {k: int(usage.get(k) or 0)
@@ -161,21 +180,34 @@ class LlamaCppPlugin(EnginePlugin):
         payload = chat_payload(body) if chat else generate_payload(body)
         name, engine = await self._engine(body)
         payload.update(model=name, stream=True)
-        finished = False
+        final: dict[str, Any] | None = None
+        calls = ToolCallDeltas()
         async for chunk in self._sse(name, engine, CHAT_PATH if chat else COMPLETION_PATH,
                                      payload):
+            usage = chunk.get("usage")
+            if isinstance(usage, dict) and final is not None:
+                final["usage"] = {k: int(usage.get(k) or 0)
+                                  for k in ("prompt_tokens", "completion_tokens",
+                                            "total_tokens")}
             choices = chunk.get("choices") or [{}]
             choice = choices[0] if isinstance(choices[0], dict) else {}
-            text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+            delta = choice.get("delta") or {}
+            text = delta.get("content") if chat else choice.get("text")
             reason = choice.get("finish_reason")
-            if not text and not reason:
-                continue  # the role-only opening delta
-            finished = finished or bool(reason)
-            yield aog_event(chat, chunk, name, text or "", reason)
-        if not finished:
+            tool_calls = calls.feed(delta.get("tool_calls")) if chat else None
+            if text or tool_calls:
+                event = aog_event(chat, chunk, name, text or "", None)
+                if tool_calls:
+                    event["message"]["tool_calls"] = tool_calls
+                yield event
+            if reason and final is None:
+                # held back until the engine's usage chunk, which follows it
+                final = aog_event(chat, chunk, name, "", reason)
+        if final is None:
             raise m.PluginError(
                 m.ERR_CODE_INTERNAL,
                 f"the engine for {name!r} ended the stream without a finish reason; retry", "")
+        yield final
 
     # ---- helpers ----
 
@@ -297,22 +329,139 @@ def chat_payload(body: dict[str, Any]) -> dict[str, Any]:
                else f", got {type(messages).__name__}")
         raise _bad("chat needs 'messages': a non-empty list of {\"role\": \"user\", "
                    f"\"content\": \"...\"}} objects{got}")
-    clean = []
-    for i, msg in enumerate(messages):
-        if not isinstance(msg, dict):
-            raise _bad(f"'messages[{i}]' must be an object with 'role' and 'content'")
-        role, content = msg.get("role"), msg.get("content")
-        if role not in CHAT_ROLES:
-            raise _bad(f"'messages[{i}].role' must be one of {', '.join(CHAT_ROLES)}, "
-                       f"got {json.dumps(role)[:40]}")
-        if not isinstance(content, str):
-            raise _bad(f"'messages[{i}].content' must be a string")
-        clean.append({"role": role, "content": content})
-    out = {"messages": clean, **sampling_options(body)}
+    clean = [chat_message(i, msg) for i, msg in enumerate(messages)]
+    out = {"messages": clean, **sampling_options(body), **tool_options(body)}
     fmt = engine_response_format(body.get("response_format"))
     if fmt is not None:
         out["response_format"] = fmt
     return out
+
+
+def message_text(i: int, content: Any) -> str | None:
+    """A message's content as the text the engine renders: a string, null (an assistant
+    turn that only calls tools), or OpenAI's text parts joined; images are refused (the
+    engine reads text only)."""
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "text" \
+                    and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            else:
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise _bad(f"'messages[{i}].content' has a {kind!r} part; this engine reads "
+                           "text only: send a string or {\"type\": \"text\"} parts")
+        return "".join(texts)
+    raise _bad(f"'messages[{i}].content' must be a string or a list of text parts")
+
+
+def chat_message(i: int, msg: Any) -> dict[str, Any]:
+    """One checked message: role, content, and an assistant's `tool_calls` or a tool
+    result's `tool_call_id` (OpenAI's shapes)."""
+    if not isinstance(msg, dict):
+        raise _bad(f"'messages[{i}]' must be an object with 'role' and 'content'")
+    role = msg.get("role")
+    if role not in CHAT_ROLES:
+        raise _bad(f"'messages[{i}].role' must be one of {', '.join(CHAT_ROLES)}, "
+                   f"got {json.dumps(role)[:40]}")
+    content = message_text(i, msg.get("content"))
+    # the engine's server wants a string even where OpenAI allows null
+    out: dict[str, Any] = {"role": role, "content": content or ""}
+    calls = msg.get("tool_calls")
+    if role == "assistant" and calls:
+        if not isinstance(calls, list):
+            raise _bad(f"'messages[{i}].tool_calls' must be a list")
+        out["tool_calls"] = []
+        for j, call in enumerate(calls):
+            fn = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise _bad(f"'messages[{i}].tool_calls[{j}]' must be {{\"id\", \"type\": "
+                           "\"function\", \"function\": {\"name\", \"arguments\"}}")
+            args = fn.get("arguments")
+            out["tool_calls"].append({
+                "id": str(call.get("id") or f"call_{i}_{j}"), "type": "function",
+                "function": {"name": fn["name"], "arguments": args if isinstance(args, str)
+                             else json.dumps(args if args is not None else {})}})
+    elif content is None:
+        raise _bad(f"'messages[{i}].content' must be a string")
+    if role == "tool":
+        out["content"] = content or ""
+        if msg.get("tool_call_id") is not None:
+            out["tool_call_id"] = str(msg["tool_call_id"])
+    return out
+
+
+def tool_options(body: dict[str, Any]) -> dict[str, Any]:
+    """`tools` and `tool_choice`, checked (OpenAI's chat shapes)."""
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if not tools:
+        if isinstance(choice, dict) or choice == "required":
+            raise _bad("'tool_choice' asks for a tool call but the request has no 'tools'")
+        return {}
+    if not isinstance(tools, list):
+        raise _bad("'tools' must be a list of {\"type\": \"function\", \"function\": "
+                   "{\"name\", \"description\", \"parameters\"}} objects")
+    clean = []
+    for i, tool in enumerate(tools):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function" \
+                or not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise _bad(f"'tools[{i}]' must be {{\"type\": \"function\", \"function\": "
+                       "{\"name\", \"description\", \"parameters\"}}; this engine calls "
+                       "functions only")
+        params = fn.get("parameters")
+        clean.append({"type": "function", "function": {
+            "name": fn["name"], "description": str(fn.get("description") or ""),
+            "parameters": params if isinstance(params, dict)
+            else {"type": "object", "properties": {}}}})
+    out: dict[str, Any] = {"tools": clean}
+    if choice is None:
+        return out
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name") \
+            if isinstance(choice.get("function"), dict) else None
+        if choice.get("type") != "function" or not isinstance(name, str):
+            raise _bad("'tool_choice' must be none, auto, required or {\"type\": "
+                       "\"function\", \"function\": {\"name\": ...}}")
+        if name not in [t["function"]["name"] for t in clean]:
+            raise _bad(f"'tool_choice' names {name!r}, which is not one of the 'tools'")
+        out["tool_choice"] = {"type": "function", "function": {"name": name}}
+    elif choice in TOOL_CHOICES:
+        out["tool_choice"] = choice
+    else:
+        raise _bad(f"'tool_choice' must be none, auto, required or a named function, "
+                   f"got {json.dumps(choice)[:60]}")
+    return out
+
+
+class ToolCallDeltas:
+    """The engine's streamed tool-call deltas in OpenAI's shape: it repeats each call's
+    id and name on every fragment, and clients join fragments by `index`, so the id,
+    type and name go out with a call's first fragment only."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+
+    def feed(self, deltas: Any) -> list[dict[str, Any]] | None:
+        if not isinstance(deltas, list) or not deltas:
+            return None
+        out = []
+        for d in deltas:
+            if not isinstance(d, dict):
+                continue
+            index = d.get("index") if isinstance(d.get("index"), int) else 0
+            fn = d.get("function") if isinstance(d.get("function"), dict) else {}
+            args = fn.get("arguments") if isinstance(fn.get("arguments"), str) else ""
+            if index not in self.seen:
+                self.seen.add(index)
+                out.append({"index": index, "id": d.get("id") or f"call_{index}",
+                            "type": "function",
+                            "function": {"name": fn.get("name") or "", "arguments": args}})
+            elif args:
+                out.append({"index": index, "function": {"arguments": args}})
+        return out or None
 
 
 def engine_response_format(fmt: Any) -> dict[str, Any] | None:
