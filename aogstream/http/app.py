@@ -16,6 +16,7 @@ from aogstream import AOG_VERSION, SPEC_VERSION, __version__
 from aogstream.asgi_types import ASGIApp
 from aogstream.gateway import Gateway
 from aogstream.http.aog_compat import register_aog_compat
+from aogstream.http.console import register_console
 from aogstream.http.hot import HotRoutes
 from aogstream.http.manage import register_management
 from aogstream.http.native_management import register_native_management
@@ -55,9 +56,7 @@ def build_app(gateway: Gateway) -> HotRoutes:
     # the same body deadline as the hot routes' (Quart's default is 60 s; None: none)
     app.config["BODY_TIMEOUT"] = gateway.config.body_timeout
 
-    @app.get("/")
-    async def root() -> Response:
-        return Response("AIPC Open Gateway (aogstream)", mimetype="text/plain")
+    register_console(app)  # the web console at / (static files under /console/)
 
     @app.get("/health")
     @app.get(f"{BASE}/health")

@@ -69,6 +69,7 @@ BASE = f"/aog/{SPEC_VERSION}"
 SERVICES_PREFIX = f"{BASE}/services/"
 CPA_MANAGEMENT = "/v0/management"  # CLIProxyAPI's management API (http.native_management)
 CPA_RESOURCES = "/v0/resource/plugins/"  # native plugins' pages (no key, as in CPA)
+CONSOLE_FILES = "/console/"  # the web console's static files (http.console): no data
 PUBLIC_PATHS = frozenset({"/", "/health", "/version", f"{BASE}/health", f"{BASE}/version"})
 
 LOG_EVERY = 10.0
@@ -134,12 +135,14 @@ class Decision:
 
 
 def route_kind(path: str) -> str:
-    """"service" (invocations and front doors), "public" (health, version),
+    """"service" (invocations and front doors), "public" (health, version, the console),
     "resource" (native plugins' pages) or "management" (everything else, unknown paths
     included: fail closed)."""
     if path.startswith(SERVICES_PREFIX) or is_front_door(path):
         return "service"
     if path in PUBLIC_PATHS:
+        return "public"
+    if path.startswith(CONSOLE_FILES) and "/" not in path[len(CONSOLE_FILES):]:
         return "public"
     if path.startswith(CPA_RESOURCES) and "/../" not in path + "/":
         return "resource"

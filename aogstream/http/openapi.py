@@ -44,6 +44,9 @@ SUMMARIES = {
     "(`?limit=N`), newest first",
     "GET /openapi.json": "This description",
     "GET /docs": "A page that renders this description",
+    "GET /": "The web console (an HTML page; its files are under /console/)",
+    "GET /console/{name}": "A file of the web console (index.html, console.js, console.css, "
+    "mic-worklet.js)",
     "GET /health": "Whether the gateway is up",
     "GET /version": "The gateway's version and the AOG spec it speaks",
 }
@@ -118,7 +121,8 @@ def _tag(rule: str) -> str:
         return "AOG compatibility"
     if rule in ("/metrics", "/openapi.json") or rule.startswith(("/aogstream/", "/docs")):
         return "observability"
-    if rule in ("/", "/health", "/version") or rule.endswith(("/health", "/version")):
+    if rule in ("/", "/health", "/version") or rule.endswith(("/health", "/version")) \
+            or rule.startswith("/console/"):
         return "gateway"
     return "management"
 
@@ -194,8 +198,12 @@ def _responses(op: dict[str, Any]) -> dict[str, Any]:
         ok["content"]["application/x-ndjson"] = {"schema": {"type": "string"}}
     if op["template"] == "/metrics":
         ok["content"] = {"text/plain": {"schema": {"type": "string"}}}
-    elif op["template"].startswith("/docs"):
+    elif op["template"].startswith("/docs") or op["template"] == "/":
         ok["content"] = {"text/html": {"schema": {"type": "string"}}}
+    elif op["template"].startswith("/console/"):
+        ok["content"] = {"text/html": {"schema": {"type": "string"}},
+                         "text/javascript": {"schema": {"type": "string"}},
+                         "text/css": {"schema": {"type": "string"}}}
     return {"200": ok, "4XX": {"description": "The request was wrong; the body says what "
                                               "and how to fix it"}}
 
