@@ -31,7 +31,6 @@ run under an advisory lock, so gateways starting together migrate once.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -43,14 +42,12 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from aogstream.store.base import SERVICES, ModelRow, ProviderRow, Service, now
+from aogstream.store.base import ModelRow, ProviderRow, Service, now
 from aogstream.store.secrets import ENV as SECRET_ENV
-from aogstream.store.secrets import SecretBox, SecretError, is_sealed, open_value
-from aogstream.store.sqlite import MODEL_COLUMNS, PROVIDER_COLUMNS, StoreError
+from aogstream.store.secrets import SecretBox
+from aogstream.store.sql import V1_SHARED_TABLES, Op, SQLStore, SqlValue, StoreError
 
 log = logging.getLogger("aogstream.store")
-
-type SqlValue = str | int | float | bool | bytes | None
 
 CHANNEL = "aogstream_changes"
 MIGRATION_LOCK = 0x616F6773  # pg_advisory_xact_lock key: "aogs"
@@ -59,37 +56,7 @@ WAKE_S = 0.25  # how often the listener looks up from LISTEN to see whether it s
 
 MIGRATIONS: list[str] = [
     # 1: the first release (SQLite's version 1, plus what sharing needs)
-    """
-    CREATE TABLE aog_service (
-        name TEXT PRIMARY KEY,
-        hybrid_policy TEXT NOT NULL DEFAULT 'default',
-        status INTEGER NOT NULL DEFAULT -1,
-        avatar TEXT NOT NULL DEFAULT '',
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL
-    );
-    CREATE TABLE aog_service_provider (
-        id BIGSERIAL PRIMARY KEY,
-        provider_name TEXT NOT NULL UNIQUE,
-        service_name TEXT NOT NULL,
-        service_source TEXT NOT NULL DEFAULT 'local',
-        "desc" TEXT NOT NULL DEFAULT '',
-        method TEXT NOT NULL DEFAULT 'POST',
-        url TEXT NOT NULL DEFAULT '',
-        auth_type TEXT NOT NULL DEFAULT 'none',
-        auth_key TEXT NOT NULL DEFAULT '',
-        flavor TEXT NOT NULL DEFAULT '',
-        protocol TEXT NOT NULL DEFAULT 'HTTP',
-        extra_headers TEXT NOT NULL DEFAULT '{}',
-        extra_json_body TEXT NOT NULL DEFAULT '{}',
-        properties TEXT NOT NULL DEFAULT '{}',
-        models TEXT NOT NULL DEFAULT '[]',
-        status INTEGER NOT NULL DEFAULT 1,
-        scope TEXT NOT NULL DEFAULT 'custom',
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL
-    );
-    CREATE INDEX aog_service_provider_service ON aog_service_provider(service_name);
+    V1_SHARED_TABLES.replace("ROW_ID", "BIGSERIAL PRIMARY KEY") + """
     CREATE TABLE aog_model (
         id BIGSERIAL PRIMARY KEY,
         host_id TEXT NOT NULL DEFAULT '',
@@ -120,8 +87,6 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-_PROVIDER_COLS_SQL = ", ".join(f'"{c}"' if c == "desc" else c for c in PROVIDER_COLUMNS)
-
 
 def redact_url(url: str) -> str:
     """The URL for messages and logs: never its password."""
@@ -132,8 +97,10 @@ def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgres://", "postgresql://"))
 
 
-class PostgresStore:
-    """The `Store` on PostgreSQL (psycopg 3, a small connection pool).
+class PostgresStore(SQLStore):
+    """The `Store` on PostgreSQL (psycopg 3, a small connection pool): the statements are
+    `store.sql`'s; this class keeps the pool, the migrations in PostgreSQL's dialect, the
+    durable commits, the change announcements and the host-scoped rows.
 
     `host_id` names this host's per-host rows (see the module doc); `secret` as
     SQLiteStore's (None: from AOGSTREAM_SECRET_KEY), but required."""
@@ -169,8 +136,7 @@ class PostgresStore:
                              f"{connect_timeout:g} s ({exc})") from None
         try:
             self._migrate()
-            self._check_credentials()
-            self._seed()
+            self._open_body()
             self._gen_seen = self.generation()
         except BaseException:
             self._pool.close()
@@ -185,14 +151,14 @@ class PostgresStore:
 
     # ---- plumbing ----
 
-    def _tx(self, ops: Sequence[tuple[str, tuple[SqlValue, ...]]]) -> list[Any]:
+    def _tx(self, ops: Sequence[Op]) -> list[dict[str, Any]]:
         """Run `ops` as one transaction that also bumps the generation and notifies the
         other hosts (on commit). Returns the last statement's rows (if any)."""
-        last: list[Any] = []
+        last: list[dict[str, Any]] = []
         try:
             with self._pool.connection() as conn, conn.transaction():
                 for sql, params in ops:
-                    cur = conn.execute(sql, params)
+                    cur = conn.execute(_pg(sql), params)
                     last = cur.fetchall() if cur.description else []
                 row = conn.execute("UPDATE aogstream_generation SET gen = gen + 1 "
                                    "WHERE id = 1 RETURNING gen").fetchone()
@@ -207,7 +173,7 @@ class PostgresStore:
     def _query(self, sql: str, params: tuple[SqlValue, ...] = ()) -> list[dict[str, Any]]:
         try:
             with self._pool.connection() as conn:
-                rows: list[dict[str, Any]] = conn.execute(sql, params).fetchall()
+                rows: list[dict[str, Any]] = conn.execute(_pg(sql), params).fetchall()
                 return rows
         except psycopg.OperationalError as exc:
             raise StoreError(f"{self.where}: {exc}") from None
@@ -216,10 +182,6 @@ class PostgresStore:
         """How many writes the database has seen (any host's)."""
         rows = self._query("SELECT gen FROM aogstream_generation WHERE id = 1")
         return int(rows[0]["gen"]) if rows else 0
-
-    def schema_version(self) -> int:
-        rows = self._query("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
-        return int(rows[0]["v"])
 
     def _migrate(self) -> None:
         with self._pool.connection() as conn, conn.transaction():
@@ -239,49 +201,35 @@ class PostgresStore:
                              (version, now()))
                 log.info("%s: applied migration %d", self.where, version)
 
-    def _check_credentials(self) -> None:
-        """Refuse to open without the secret, or with a secret that does not open the
-        credentials already stored; seal any plain one (a row copied in by hand)."""
-        rows = self._query("SELECT id, provider_name, auth_key FROM aog_service_provider "
-                           "WHERE auth_key != '' ORDER BY id")
-        sealed = [r for r in rows if is_sealed(r["auth_key"])]
-        if self._box is None:
-            if sealed:
-                raise StoreError(
-                    f"{self.where} holds encrypted provider credentials; set {SECRET_ENV} to "
-                    f"the secret they were encrypted with (the same on every host)")
-            raise StoreError(
-                f"{SECRET_ENV} is required with PostgreSQL: provider credentials in a shared "
-                f"database are always encrypted; set it to the same secret on every host")
-        for r in sealed:
-            try:
-                open_value(self._box, r["auth_key"], r["provider_name"])
-            except SecretError as exc:
-                raise StoreError(f"{self.where}: {exc} (provider {r['provider_name']}); "
-                                 f"refusing to start without them") from None
+    def _require_secret(self, sealed: bool) -> None:
+        """Refuse to open without the secret: a shared database is dumped, replicated and
+        read by more people than one host's data directory, so its credentials are always
+        encrypted (a plain one, a row copied in by hand, is sealed at open)."""
+        if self._box is not None:
+            return
         if sealed:
-            self._box.adopt_salt(sealed[0]["auth_key"])
-        plain = [r for r in rows if not is_sealed(r["auth_key"])]
-        if plain:
-            self._tx([("UPDATE aog_service_provider SET auth_key=%s WHERE id=%s",
-                       (self._box.seal(r["auth_key"], r["provider_name"]), r["id"]))
-                      for r in plain])
+            raise StoreError(
+                f"{self.where} holds encrypted provider credentials; set {SECRET_ENV} to "
+                f"the secret they were encrypted with (the same on every host)")
+        raise StoreError(
+            f"{SECRET_ENV} is required with PostgreSQL: provider credentials in a shared "
+            f"database are always encrypted; set it to the same secret on every host")
 
-    def _open_credential(self, value: str, provider_name: str) -> str:
-        try:
-            return open_value(self._box, value, provider_name)
-        except SecretError as exc:  # written by a host with another secret
-            raise StoreError(f"{self.where}: {exc} (provider {provider_name})") from None
+    # ---- host-scoped rows ----
 
-    def _seed(self) -> None:
-        existing = {s.service_name for s in self.services()}
-        ops: list[tuple[str, tuple[SqlValue, ...]]] = [
-            ("INSERT INTO aog_service (name, hybrid_policy, status, avatar, created_at, "
-             "updated_at) VALUES (%s, %s, -1, '', %s, %s) ON CONFLICT (name) DO NOTHING",
-             (name, policy, now(), now()))
-            for name, policy in SERVICES.items() if name not in existing]
-        if ops:  # another host may seed at the same moment: DO NOTHING keeps theirs
-            self._tx(ops)
+    def _host_columns(self) -> tuple[str, ...]:
+        return ("host_id",)
+
+    def _host_of(self, model: ModelRow | None) -> tuple[SqlValue, ...]:
+        """Local models are what this host's plugins have, and plugin switches are this
+        host's: per host. Remote models are shared ('')."""
+        if model is None or model.service_source == "local":
+            return (self.host_id,)
+        return ("",)
+
+    def _model_scope(self) -> tuple[list[str], tuple[SqlValue, ...]]:
+        """The shared model rows and this host's own."""
+        return ["host_id IN ('', ?)"], (self.host_id,)
 
     # ---- change propagation ----
 
@@ -344,165 +292,17 @@ class PostgresStore:
         if newer:
             self._changed.set()
 
-    # ---- services ----
-
-    def services(self) -> list[Service]:
-        return [Service(r["name"], r["hybrid_policy"], r["status"], r["avatar"],
-                        r["created_at"], r["updated_at"])
-                for r in self._query("SELECT * FROM aog_service ORDER BY name")]
-
-    def get_service(self, name: str) -> Service | None:
-        rows = self._query("SELECT * FROM aog_service WHERE name=%s", (name,))
-        return Service(rows[0]["name"], rows[0]["hybrid_policy"], rows[0]["status"],
-                       rows[0]["avatar"], rows[0]["created_at"],
-                       rows[0]["updated_at"]) if rows else None
-
-    def put_service(self, service: Service) -> None:
-        service.updated_at = now()
-        self._tx([(
-            "INSERT INTO aog_service (name, hybrid_policy, status, avatar, created_at, "
-            "updated_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
-            "hybrid_policy=excluded.hybrid_policy, status=excluded.status, "
-            "avatar=excluded.avatar, updated_at=excluded.updated_at",
-            (service.service_name, service.hybrid_policy, service.status, service.avatar,
-             service.created_at, service.updated_at))])
-
-    # ---- providers ----
-
-    def providers(self, *, service_name: str = "", service_source: str = "",
-                  provider_name: str = "", flavor: str = "") -> list[ProviderRow]:
-        where, params = _filters(service_name=service_name, service_source=service_source,
-                                 provider_name=provider_name, flavor=flavor)
-        rows = self._query(f"SELECT * FROM aog_service_provider{where} ORDER BY id", params)
-        out = [_provider(r) for r in rows]
-        for p in out:
-            p.auth_key = self._open_credential(p.auth_key, p.provider_name)
-        return out
-
-    def get_provider(self, provider_name: str) -> ProviderRow | None:
-        found = self.providers(provider_name=provider_name)
-        return found[0] if found else None
-
-    def put_provider(self, provider: ProviderRow) -> None:
-        provider.updated_at = now()
-        values: list[SqlValue] = [getattr(provider, c) for c in PROVIDER_COLUMNS]
-        values[PROVIDER_COLUMNS.index("models")] = json.dumps(provider.models)
-        assert self._box is not None  # required: __init__ refuses to open without it
-        values[PROVIDER_COLUMNS.index("auth_key")] = self._box.seal(
-            provider.auth_key, provider.provider_name)
-        marks = ", ".join(["%s"] * len(PROVIDER_COLUMNS))
-        updates = ", ".join(f"{_q(c)}=excluded.{_q(c)}" for c in PROVIDER_COLUMNS
-                            if c not in ("provider_name", "created_at"))
-        self._tx([(f"INSERT INTO aog_service_provider ({_PROVIDER_COLS_SQL}) VALUES ({marks}) "
-                   f"ON CONFLICT (provider_name) DO UPDATE SET {updates}", tuple(values))])
-
-    def delete_provider(self, provider_name: str) -> bool:
-        rows = self._tx([
-            ("DELETE FROM aog_model WHERE provider_name=%s", (provider_name,)),
-            ("DELETE FROM aog_service_provider WHERE provider_name=%s RETURNING id",
-             (provider_name,))])
-        return bool(rows)
-
-    # ---- models ----
-
-    def models(self, *, provider_name: str = "", model_name: str = "",
-               service_name: str = "") -> list[ModelRow]:
-        where, params = _filters(provider_name=provider_name, model_name=model_name,
-                                 service_name=service_name)
-        mine = "host_id IN ('', %s)"
-        where = f"{where} AND {mine}" if where else f" WHERE {mine}"
-        rows = self._query(f"SELECT * FROM aog_model{where} ORDER BY id",
-                           (*params, self.host_id))
-        return [ModelRow(r["model_name"], r["provider_name"], r["service_name"],
-                         r["service_source"], r["status"], bool(r["is_default"]), int(r["size"]),
-                         r["avatar"], r["created_at"], r["updated_at"]) for r in rows]
-
-    def _model_host(self, model: ModelRow) -> str:
-        """Local models are what this host's plugins have: per host. Remote ones shared."""
-        return self.host_id if model.service_source == "local" else ""
-
-    def put_model(self, model: ModelRow) -> None:
-        model.updated_at = now()
-        host = self._model_host(model)
-        values: list[SqlValue] = [host, *(getattr(model, c) for c in MODEL_COLUMNS)]
-        values[1 + MODEL_COLUMNS.index("is_default")] = bool(model.is_default)
-        values[1 + MODEL_COLUMNS.index("status")] = str(model.status)  # an enum's value
-        cols = ", ".join(("host_id", *MODEL_COLUMNS))
-        marks = ", ".join(["%s"] * len(values))
-        updates = ", ".join(f"{c}=excluded.{c}" for c in MODEL_COLUMNS
-                            if c not in ("model_name", "provider_name", "created_at"))
-        ops: list[tuple[str, tuple[SqlValue, ...]]] = []
-        if model.is_default:  # one default per service, among the rows this host sees
-            ops.append(("UPDATE aog_model SET is_default=FALSE WHERE service_name=%s AND "
-                        "host_id IN ('', %s) AND NOT (host_id=%s AND provider_name=%s AND "
-                        "model_name=%s)", (model.service_name, self.host_id, host,
-                                           model.provider_name, model.model_name)))
-        ops.append((f"INSERT INTO aog_model ({cols}) VALUES ({marks}) ON CONFLICT "
-                    f"(host_id, provider_name, model_name) DO UPDATE SET {updates}",
-                    tuple(values)))
-        self._tx(ops)
-
-    def delete_model(self, provider_name: str, model_name: str) -> bool:
-        rows = self._tx([("DELETE FROM aog_model WHERE provider_name=%s AND model_name=%s "
-                          "AND host_id IN ('', %s) RETURNING id",
-                          (provider_name, model_name, self.host_id))])
-        return bool(rows)
-
-    # ---- plugin switches (per host) ----
-
-    def plugin_enabled(self, name: str) -> bool:
-        rows = self._query("SELECT enabled FROM aogstream_plugin WHERE host_id=%s AND name=%s",
-                           (self.host_id, name))
-        return bool(rows[0]["enabled"]) if rows else True
-
-    def set_plugin_enabled(self, name: str, enabled: bool) -> None:
-        self._tx([("INSERT INTO aogstream_plugin (host_id, name, enabled, updated_at) "
-                   "VALUES (%s, %s, %s, %s) ON CONFLICT (host_id, name) DO UPDATE SET "
-                   "enabled=excluded.enabled, updated_at=excluded.updated_at",
-                   (self.host_id, name, bool(enabled), now()))])
-
     # ---- copying from SQLite ----
 
     def import_rows(self, services: list[Service], providers: list[ProviderRow],
                     models: list[ModelRow], plugins: dict[str, bool]) -> None:
         """Write another store's rows in one transaction (the one-time copy from SQLite):
         every row or none. Rows already here with the same key are replaced."""
-        ops: list[tuple[str, tuple[SqlValue, ...]]] = []
-        for s in services:
-            ops.append(("INSERT INTO aog_service (name, hybrid_policy, status, avatar, "
-                        "created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT "
-                        "(name) DO UPDATE SET hybrid_policy=excluded.hybrid_policy, "
-                        "status=excluded.status, avatar=excluded.avatar, "
-                        "updated_at=excluded.updated_at",
-                        (s.service_name, s.hybrid_policy, s.status, s.avatar, s.created_at,
-                         s.updated_at)))
-        assert self._box is not None
-        updates = ", ".join(f"{_q(c)}=excluded.{_q(c)}" for c in PROVIDER_COLUMNS
-                            if c not in ("provider_name", "created_at"))
-        for p in providers:
-            values: list[SqlValue] = [getattr(p, c) for c in PROVIDER_COLUMNS]
-            values[PROVIDER_COLUMNS.index("models")] = json.dumps(p.models)
-            values[PROVIDER_COLUMNS.index("auth_key")] = self._box.seal(p.auth_key,
-                                                                        p.provider_name)
-            ops.append((f"INSERT INTO aog_service_provider ({_PROVIDER_COLS_SQL}) VALUES "
-                        f"({', '.join(['%s'] * len(values))}) ON CONFLICT (provider_name) "
-                        f"DO UPDATE SET {updates}", tuple(values)))
-        mupdates = ", ".join(f"{c}=excluded.{c}" for c in MODEL_COLUMNS
-                             if c not in ("model_name", "provider_name", "created_at"))
-        for mr in models:
-            mvalues: list[SqlValue] = [self._model_host(mr),
-                                       *(getattr(mr, c) for c in MODEL_COLUMNS)]
-            mvalues[1 + MODEL_COLUMNS.index("is_default")] = bool(mr.is_default)
-            mvalues[1 + MODEL_COLUMNS.index("status")] = str(mr.status)
-            ops.append((f"INSERT INTO aog_model ({', '.join(('host_id', *MODEL_COLUMNS))}) "
-                        f"VALUES ({', '.join(['%s'] * len(mvalues))}) ON CONFLICT "
-                        f"(host_id, provider_name, model_name) DO UPDATE SET {mupdates}",
-                        tuple(mvalues)))
-        for name, enabled in plugins.items():
-            ops.append(("INSERT INTO aogstream_plugin (host_id, name, enabled, updated_at) "
-                        "VALUES (%s, %s, %s, %s) ON CONFLICT (host_id, name) DO UPDATE SET "
-                        "enabled=excluded.enabled, updated_at=excluded.updated_at",
-                        (self.host_id, name, enabled, now())))
+        ops: list[Op] = [
+            *(self._service_op(s) for s in services),
+            *(self._provider_op(p) for p in providers),
+            *(self._model_op(m) for m in models),
+            *(self._plugin_op(name, enabled) for name, enabled in plugins.items())]
         self._tx(ops)
 
 
@@ -517,21 +317,10 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.execute("SET synchronous_commit = on")
 
 
-def _q(column: str) -> str:
-    return f'"{column}"' if column == "desc" else column
-
-
-def _filters(**kw: str) -> tuple[str, tuple[str, ...]]:
-    parts = [(k, v) for k, v in kw.items() if v]
-    if not parts:
-        return "", ()
-    return " WHERE " + " AND ".join(f"{k}=%s" for k, _ in parts), tuple(v for _, v in parts)
-
-
-def _provider(r: dict[str, Any]) -> ProviderRow:
-    d = {c: r[c] for c in PROVIDER_COLUMNS}
-    d["models"] = json.loads(d["models"] or "[]")
-    return ProviderRow(**d)
+def _pg(sql: str) -> str:
+    """`store.sql`'s statements use `?` placeholders; psycopg's are `%s` (no statement
+    holds a literal `?` or `%`)."""
+    return sql.replace("?", "%s")
 
 
 def wait_for(url: str, timeout: float) -> None:
