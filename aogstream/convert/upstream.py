@@ -34,6 +34,10 @@ Chunk = dict[str, Any]
 # ---- chat request → upstream request ---------------------------------------------------
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _messages(chat: dict[str, Any]) -> list[dict[str, Any]]:
     messages = chat.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -289,7 +293,7 @@ def claude_to_chat(body: dict[str, Any]) -> dict[str, Any]:
     if calls:
         message["tool_calls"] = calls
     reason = CLAUDE_FINISH.get(str(body.get("stop_reason") or "end_turn"), "stop")
-    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    usage = _obj(body.get("usage"))
     return _chat_answer(body.get("id"), body.get("model"), message, reason,
                         _usage(_claude_prompt(usage), usage.get("output_tokens")))
 
@@ -331,7 +335,7 @@ def responses_to_chat(body: dict[str, Any]) -> dict[str, Any]:
     details = body.get("incomplete_details")
     if body.get("status") == "incomplete" and isinstance(details, dict):
         reason = RESPONSES_FINISH.get(str(details.get("reason")), "length")
-    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    usage = _obj(body.get("usage"))
     return _chat_answer(body.get("id"), body.get("model"), message, reason,
                         _usage(usage.get("input_tokens"), usage.get("output_tokens")))
 
@@ -417,15 +421,14 @@ class ClaudeToChat(UpstreamToChat):
     def feed(self, event: dict[str, Any]) -> list[Chunk]:
         kind = event.get("type")
         if kind == "message_start":
-            msg = event.get("message") if isinstance(event.get("message"), dict) else {}
+            msg = _obj(event.get("message"))
             if isinstance(msg.get("model"), str) and msg["model"]:
                 self.model = msg["model"]
-            usage = msg.get("usage") if isinstance(msg.get("usage"), dict) else {}
+            usage = _obj(msg.get("usage"))
             self.prompt = _claude_prompt(usage)
             return self._delta({"content": ""})
         if kind == "content_block_start":
-            block = event.get("content_block") if isinstance(event.get("content_block"),
-                                                             dict) else {}
+            block = _obj(event.get("content_block"))
             if block.get("type") == "tool_use":
                 return self._call_start(event.get("index"), str(block.get("id") or ""),
                                         str(block.get("name", "")))
@@ -433,7 +436,7 @@ class ClaudeToChat(UpstreamToChat):
                 return self._delta({"content": str(block["text"])})
             return []
         if kind == "content_block_delta":
-            delta = event.get("delta") if isinstance(event.get("delta"), dict) else {}
+            delta = _obj(event.get("delta"))
             if delta.get("type") == "text_delta":
                 return self._delta({"content": str(delta.get("text", ""))})
             if delta.get("type") == "thinking_delta":
@@ -442,12 +445,12 @@ class ClaudeToChat(UpstreamToChat):
                 return self._call_args(event.get("index"), str(delta.get("partial_json", "")))
             return []
         if kind == "message_delta":
-            usage = event.get("usage") if isinstance(event.get("usage"), dict) else {}
+            usage = _obj(event.get("usage"))
             if isinstance(usage.get("output_tokens"), int):
                 self.completion = usage["output_tokens"]
             if isinstance(usage.get("input_tokens"), int):
                 self.prompt = _claude_prompt(usage)
-            delta = event.get("delta") if isinstance(event.get("delta"), dict) else {}
+            delta = _obj(event.get("delta"))
             reason = CLAUDE_FINISH.get(str(delta.get("stop_reason") or "end_turn"), "stop")
             return [self.chunk({}, reason, usage=True)]
         if kind == "error":
@@ -464,7 +467,7 @@ class ResponsesToChat(UpstreamToChat):
     def feed(self, event: dict[str, Any]) -> list[Chunk]:
         kind = event.get("type")
         if kind == "response.created":
-            resp = event.get("response") if isinstance(event.get("response"), dict) else {}
+            resp = _obj(event.get("response"))
             if isinstance(resp.get("model"), str) and resp["model"]:
                 self.model = resp["model"]
             return self._delta({"content": ""})
@@ -473,7 +476,7 @@ class ResponsesToChat(UpstreamToChat):
         if kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
             return self._delta({"reasoning_content": str(event.get("delta", ""))})
         if kind == "response.output_item.added":
-            item = event.get("item") if isinstance(event.get("item"), dict) else {}
+            item = _obj(event.get("item"))
             if item.get("type") == "function_call":
                 return self._call_start(item.get("id") or event.get("output_index"),
                                         str(item.get("call_id") or item.get("id") or ""),
@@ -484,8 +487,8 @@ class ResponsesToChat(UpstreamToChat):
                 else event.get("output_index")
             return self._call_args(key, str(event.get("delta", "")))
         if kind in ("response.completed", "response.incomplete"):
-            resp = event.get("response") if isinstance(event.get("response"), dict) else {}
-            usage = resp.get("usage") if isinstance(resp.get("usage"), dict) else {}
+            resp = _obj(event.get("response"))
+            usage = _obj(resp.get("usage"))
             self.prompt = usage.get("input_tokens") or 0
             self.completion = usage.get("output_tokens") or 0
             reason = "tool_calls" if self.calls else "stop"
@@ -494,7 +497,7 @@ class ResponsesToChat(UpstreamToChat):
                 reason = RESPONSES_FINISH.get(str(details.get("reason")), "length")
             return [self.chunk({}, reason, usage=True)]
         if kind in ("response.failed", "error"):
-            resp = event.get("response") if isinstance(event.get("response"), dict) else event
+            resp = _obj(event.get("response")) or event
             err = resp.get("error")
             why = err.get("message") if isinstance(err, dict) else event.get("message")
             raise ConvertError(f"the upstream stream failed: {why or kind}")
