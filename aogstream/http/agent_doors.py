@@ -37,7 +37,7 @@ from aogstream.gateway import Gateway, Route
 from aogstream.http.asgi import CLOSE_AFTER, ClientGone, parse_object, read_body, send_json
 from aogstream.http.flavor_calls import Door, FlavorCalls, send_bytes, strip_sse
 from aogstream.http.flavor_errors import error_body
-from aogstream.invocation import Invocation
+from aogstream.invocation import Invocation, TokenCounter
 from aogstream.sse.writer import SSE_HEADERS, relay_batches
 
 log = logging.getLogger(__name__)
@@ -109,10 +109,20 @@ class AgentDoors:
             return
 
     async def _count_tokens(self, send: Send, body: dict[str, Any]) -> None:
-        """`{"input_tokens": N}`, estimated from the rendered text (engines expose no
-        tokenizer call here); the same estimate `message_start` carries."""
+        """`{"input_tokens": N}`: counted by the provider of the model when it counts
+        for itself (a native executor's `executor.count_tokens`, `TokenCounter`), else
+        estimated from the rendered text (engines expose no tokenizer call here), the
+        same estimate `message_start` carries."""
         chat = anthropic.request_to_chat(body, count_only=True)
-        await send_json(send, 200, json.dumps({"input_tokens": prompt_tokens(chat)}).encode())
+        count = prompt_tokens(chat)
+        model = chat.get("model") if isinstance(chat.get("model"), str) else ""
+        try:
+            routes = self.gateway.routes("chat", {"model": model}) if model else []
+        except errors.GatewayError:
+            routes = []  # an unknown model is still estimated for, as before
+        if routes and isinstance(routes[0].provider, TokenCounter):
+            count = await routes[0].provider.count_tokens(formats.CLAUDE, body, chat)
+        await send_json(send, 200, json.dumps({"input_tokens": count}).encode())
 
     async def _serve(self, fmt: str, body: dict[str, Any], chat: dict[str, Any],
                      receive: Receive, send: Send, err_flavor: str) -> None:
