@@ -18,7 +18,8 @@ through the Anthropic SDK; `/v1/messages/count_tokens` for its model answers the
 plugin's own count, not the gateway's estimate, from the request exactly as the client
 sent it (the executor speaks the client's format, so nothing is translated), while a
 model no native executor serves is still estimated for; the plugin is listed as
-serving chat.
+serving chat. A unit check of `negotiate` (no gateway) pins the order in which request
+and answer formats are chosen.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import httpx
 import openai
 import pytest
 from conftest import PLUGIN_DIR, REPO, Gateway
+
+from aogstream.host.native.plugin import negotiate
 
 BUILT = REPO / ".cache" / "native-plugins"
 SAID = "claude saw: hello there | system: be brief"
@@ -131,3 +134,21 @@ def test_count_tokens_estimates_for_other_models(claude_gw: Gateway) -> None:
     r = httpx.post(f"{claude_gw.url}/v1/messages/count_tokens", json=body, timeout=30)
     assert r.status_code == 200, r.text
     assert 0 < r.json()["input_tokens"] < 1000
+
+
+@pytest.mark.parametrize(("ins", "outs", "chosen"), [
+    (["openai", "claude"], ["claude", "openai"], ("openai", "openai")),
+    (["claude"], ["claude"], ("claude", "claude")),
+    (["gemini", "openai-response"], ["claude", "openai-response"],
+     ("openai-response", "openai-response")),
+    (["claude"], ["gemini", "openai-response"], ("claude", "openai-response")),
+    (["claude"], ["openai"], ("claude", "openai")),
+    (["gemini"], ["gemini"], None),
+    ([], ["openai"], None),
+])
+def test_negotiation_follows_cpa_order(ins: list[str], outs: list[str],
+                                       chosen: tuple[str, str] | None) -> None:
+    """Unit check of `negotiate` (no gateway): the client's `openai` when declared,
+    else the first translatable format; the answer in the client's format, else the
+    request's, else the first translatable one."""
+    assert negotiate(ins, outs) == chosen
