@@ -193,6 +193,18 @@ class Provider(Protocol):
 
 
 @runtime_checkable
+class FormatSpeaker(Protocol):
+    """A provider that serves a request of another API format as is (a native executor
+    declaring that format): `serve` then gets the client's body with
+    `inv.metadata["format"]` naming the format, and answers in it (a unary body, or
+    the format's stream events). Optional: other providers get the chat form."""
+
+    def speaks(self, fmt: str) -> bool:
+        """Whether a request of format `fmt` reaches it untranslated."""
+        ...
+
+
+@runtime_checkable
 class TokenCounter(Protocol):
     """A provider that counts a request's input tokens itself (a native executor's
     `executor.count_tokens`); `/v1/messages/count_tokens` asks it instead of

@@ -13,13 +13,14 @@ Proven: a chat request through `/v1/chat/completions` reaches the executor as an
 Anthropic request (system prompt in `system`, the user's text as a text block,
 `max_tokens` set) and its Anthropic answer comes back as an OpenAI chat completion
 with its usage, unary and streamed (Anthropic events, two of them in one chunk, become
-chat chunks ending in `finish_reason: stop`); the same executor serves `/v1/messages`
-through the Anthropic SDK; `/v1/messages/count_tokens` for its model answers the
-plugin's own count, not the gateway's estimate, from the request exactly as the client
-sent it (the executor speaks the client's format, so nothing is translated), while a
-model no native executor serves is still estimated for; the plugin is listed as
-serving chat. A unit check of `negotiate` (no gateway) pins the order in which request
-and answer formats are chosen.
+chat chunks ending in `finish_reason: stop`); `/v1/messages` (the Anthropic SDK, unary
+and streamed) reaches the same executor without translation, since it speaks the
+client's format: the body as sent, the plugin's own message and events back;
+`/v1/messages/count_tokens` for its model answers the plugin's own count, not the
+gateway's estimate, from the request exactly as the client sent it (untranslated, as
+on `/v1/messages`), while a model no native executor serves is still estimated for;
+the plugin is listed as serving chat. A unit check of `negotiate` (no gateway) pins
+the order in which request and answer formats are chosen.
 """
 
 from __future__ import annotations
@@ -103,15 +104,25 @@ def test_chat_door_reaches_a_claude_executor_streamed(claude_gw: Gateway) -> Non
     assert finish == "stop"
 
 
-def test_messages_door_reaches_a_claude_executor(claude_gw: Gateway) -> None:
+def test_messages_door_serves_a_claude_executor_untranslated(claude_gw: Gateway) -> None:
     ant = anthropic.Anthropic(base_url=claude_gw.url, api_key="unused", max_retries=0,
                               timeout=30)
+    blocks = [{"role": "user", "content": [{"type": "text", "text": "hello there"}]}]
     msg = ant.messages.create(model="c-claude", max_tokens=50, system="be brief",
-                              messages=[{"role": "user", "content": "hello there"}])
+                              messages=blocks)
     assert msg.content[0].type == "text" and msg.content[0].text == SAID
+    assert msg.id == "msg_c1"  # the plugin's own message, not one rebuilt from chat
+    assert (msg.usage.input_tokens, msg.usage.output_tokens) == (7, 5)
+    # the request reaches it as sent: a string content stays a string (no text block)
+    plain = ant.messages.create(model="c-claude", max_tokens=50, system="be brief",
+                                messages=[{"role": "user", "content": "hello there"}])
+    assert plain.content[0].text == "claude saw:  | system: be brief"
     with ant.messages.stream(model="c-claude", max_tokens=50, system="be brief",
-                             messages=[{"role": "user", "content": "hello there"}]) as s:
+                             messages=blocks) as s:
         assert "".join(s.text_stream) == SAID
+        final = s.get_final_message()
+    assert final.id == "msg_s1" and final.stop_reason == "end_turn"
+    assert final.usage.output_tokens == 5
 
 
 def test_count_tokens_asks_the_native_executor(claude_gw: Gateway) -> None:

@@ -349,6 +349,14 @@ class NativeProvider:
     def state(self) -> str:
         return self.plugin.state
 
+    def speaks(self, fmt: str) -> bool:
+        """`FormatSpeaker`: the executor takes and answers `fmt` itself, so a client of
+        that format (`/v1/messages` for `claude`) is served without translation, as CPA
+        does when the formats match (spec §9.3)."""
+        plugin = self.plugin
+        return plugin.state == "running" and fmt != CLIENT_FORMAT and \
+            plugin.executor_format == fmt and plugin.executor_output == fmt
+
     async def health(self, timeout: float | None = 5.0) -> None:
         if self.plugin.state != "running":
             raise errors.GatewayError(
@@ -370,8 +378,12 @@ class NativeProvider:
         plugin = self.plugin
         stream = inv.mode is not Mode.UNARY
         requested = _model_of(inv.request)
+        client = inv.metadata.get("format") or CLIENT_FORMAT
+        if client != CLIENT_FORMAT and not self.speaks(client):
+            raise errors.GatewayError(errors.PLUGIN_NOT_IMPLEMENTED, (
+                f"native plugin {self.name} does not take {client} requests as they are"))
         info = RequestInfo(request_id=uuid.uuid4().hex[:16], model=requested,
-                           requested_model=requested, stream=stream,
+                           requested_model=requested, stream=stream, source_format=client,
                            to_format=plugin.executor_format, provider=plugin.provider_key,
                            executor=plugin.id,
                            headers={"Content-Type": ["application/json"]})
@@ -385,6 +397,12 @@ class NativeProvider:
             if hooks is not None:
                 routed = await hooks.route(info, request, self._target)
                 if routed is not None:
+                    if client != CLIENT_FORMAT and routed[0] is not plugin and \
+                            not (routed[0].executor_format == routed[0].executor_output
+                                 == client):
+                        raise errors.GatewayError(errors.PLUGIN_NOT_IMPLEMENTED, (
+                            f"a model router sent this {client} request to native plugin "
+                            f"{routed[0].id}, which does not speak {client}"))
                     plugin, info.model = routed
                     info.executor, info.provider = plugin.id, plugin.provider_key
                     info.to_format = plugin.executor_format
@@ -467,7 +485,8 @@ class NativeProvider:
             payload = gj.data(reply, "Payload")
         except gj.ReplyError as exc:
             raise plugin_error(plugin.id, "executor.execute", exc) from None
-        payload = answer_to_chat(plugin, payload)
+        if plugin.executor_output != info.source_format:
+            payload = answer_to_chat(plugin, payload)
         info.first_byte = time.monotonic()
         if self.hooks is not None:
             payload = await self.hooks.intercept_response(info, inv.request, request,
@@ -479,8 +498,10 @@ class NativeProvider:
                  payload: bytes, scope_id: str, stream_id: str = "") -> dict[str, Any]:
         """The ExecutorRequest of a chat call: `Payload` is the chat request in the
         executor's format."""
-        return executor_request(plugin, info, inv.request, CLIENT_FORMAT,
-                                request_for(plugin, payload), scope_id, stream_id)
+        if plugin.executor_format != info.source_format:
+            payload = request_for(plugin, payload)
+        return executor_request(plugin, info, inv.request, info.source_format, payload,
+                                scope_id, stream_id)
 
     async def count_tokens(self, fmt: str, body: dict[str, Any],
                            chat: dict[str, Any]) -> int:
@@ -536,7 +557,7 @@ class NativeProvider:
         chain = self.hooks.chunk_chain(info, inv.request, request) \
             if self.hooks is not None else None
         reader = formats.stream_to_chat(plugin.executor_output, info.model) \
-            if plugin.executor_output != CLIENT_FORMAT else None
+            if plugin.executor_output != info.source_format else None
 
         async def start() -> None:
             try:
@@ -575,7 +596,8 @@ class NativeProvider:
                             await inv.emit(chunk)
                 if failure:
                     raise failure[0]
-                if not done:  # as CPA does after an `openai` stream, and OpenAI itself
+                # as CPA does after an `openai` stream, and OpenAI itself
+                if not done and info.source_format == CLIENT_FORMAT:
                     await inv.emit(DONE)
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
