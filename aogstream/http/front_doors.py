@@ -21,7 +21,7 @@ import trio
 
 from aogstream import SPEC_VERSION, errors
 from aogstream.asgi_types import Receive, Scope, Send
-from aogstream.convert import PIVOT
+from aogstream.convert import PIVOT, token_ids
 from aogstream.gateway import Gateway
 from aogstream.http.asgi import (
     CLOSE_AFTER,
@@ -263,6 +263,12 @@ class FrontDoors:
             body = json.dumps(obj).encode()
         else:
             obj = self._parse(door, body)
+            if door.service == "embed" and token_ids.token_id_input(obj.get("input")):
+                try:
+                    obj["input"] = await trio.to_thread.run_sync(token_ids.decode, obj["input"])
+                except token_ids.TokenIdsError as exc:
+                    raise errors.GatewayError(errors.BAD_REQUEST, str(exc)) from None
+                body = json.dumps(obj).encode()
         model = obj.get("model") if isinstance(obj.get("model"), str) else None
         if door.service in ("embed", "models"):
             want_stream = False
