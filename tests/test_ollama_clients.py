@@ -3,7 +3,8 @@
 Real parts: a gateway subprocess serving the shipped llamacpp-plugin and embed-plugin
 with their installed engines (their engine folders linked into a fresh engine
 directory, so pulls and deletes here touch only this test's model store), the `ollama`
-Python package over loopback, and a loopback HTTP server the llama.cpp plugin pulls a
+Python package over loopback, the shipped openai-plugin with no key set, and a
+loopback HTTP server the llama.cpp plugin pulls a
 GGUF from.
 
 Proven: `/api/version` reports a version Codex's `--oss` mode accepts (≥ 0.13.4);
@@ -12,7 +13,8 @@ embedder) and is a 404 for an unknown one; `ps` lists the local models; the lega
 `embeddings` call returns the embedder's vector; `pull` streams Ollama's progress lines
 up to `success` for a real download through the gateway's model pulls, after which
 `/api/tags` lists the model and it chats; `delete` removes it (and is a 404 the second
-time); `chat` with tools answers with object arguments.
+time); `chat` with tools answers with object arguments; `/api/tags` and `/v1/models`
+list the local models, and no model of a remote provider that has no key.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import pytest
 from conftest import REPO, Gateway, require_engines
 
 PLUGINS = ["llamacpp-plugin", "embed-plugin"]
+REMOTE_MODELS = {"gpt-4o-mini", "deepseek-chat", "qwen-plus", "text-embedding-3-small"}
 CHAT_MODEL = "smollm2-135m-instruct"
 
 
@@ -66,6 +69,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         for model in (root / name / "models").iterdir():
             os.symlink(model, engines / name / "models" / model.name)
         (plugins / name).symlink_to(REPO / "plugins" / name)
+    # a remote plugin whose provider has no key: its models cannot answer yet
+    (plugins / "openai-plugin").symlink_to(REPO / "plugins" / "openai-plugin")
     g = Gateway(work, {"AOGSTREAM_ENGINE_DIR": str(engines)}, plugin_dir=plugins).start()
     try:
         yield g
@@ -144,3 +149,13 @@ def test_chat_with_tools_has_object_arguments(client: ollama.Client) -> None:
     for call in answer.message.tool_calls or []:
         assert call.function.name == "get_weather"
         assert isinstance(call.function.arguments, dict)
+
+
+def test_listings_show_what_can_answer_now(gw: Gateway, client: ollama.Client) -> None:
+    tags = [m.model for m in client.list().models]
+    assert CHAT_MODEL in tags and not REMOTE_MODELS & set(tags)
+    ids = [m["id"] for m in httpx.get(f"{gw.url}/v1/models", timeout=10).json()["data"]]
+    assert CHAT_MODEL in ids and not REMOTE_MODELS & set(ids)
+    # the remote models are there, just not answerable: the store knows them
+    stored = httpx.get(f"{gw.url}/aog/v0.2/model", timeout=10).json()["data"]
+    assert REMOTE_MODELS & {m["model_name"] for m in stored}
