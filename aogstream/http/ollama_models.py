@@ -16,11 +16,12 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import trio
 from quart import Blueprint, Response, request
 
 from aogstream import errors
 from aogstream.gateway import Gateway
-from aogstream.management.model_pulls import ModelPulls
+from aogstream.management.model_pulls import ModelPulls, PullOutcome
 from aogstream.store.base import ModelStatus
 
 PULL_SERVICES = ("chat", "embed", "generate")
@@ -58,9 +59,9 @@ def ollama_models_blueprint(gateway: Gateway, pulls: ModelPulls) -> Blueprint:
     async def failed(err: errors.GatewayError) -> Response:
         return _error(err.status, err.message)
 
-    def service_for(model: str) -> str:
+    async def service_for(model: str) -> str:
         """The service whose provider declares the model (chat when none does)."""
-        providers = gateway.store.providers()
+        providers = await trio.to_thread.run_sync(gateway.store.providers)
         for svc in PULL_SERVICES:
             if any(p.service_name == svc and model in p.models for p in providers):
                 return svc
@@ -73,20 +74,21 @@ def ollama_models_blueprint(gateway: Gateway, pulls: ModelPulls) -> Blueprint:
         stream = obj.get("stream") is not False
         downloaded = any(name == model for (_, name) in gateway.downloaded_models())
         job = None if downloaded else await pulls.start_pull(
-            "", model, service_for(model), "local", background=not stream)
+            "", model, await service_for(model), "local", background=not stream)
         if not stream:
             if job is not None:
                 await job.done.wait()
-                if job.error or job.cancel_reason:
-                    return _error(500, job.error or job.cancel_reason)
+                if job.outcome != PullOutcome.SUCCESS:
+                    return _error(500, job.error or job.cancel_reason or "the pull failed")
             return Response(json.dumps({"status": "success"}), mimetype="application/json")
+        # watched before the first await: a pull that ends quickly cannot end unseen
+        events = job.watch() if job is not None else None
 
         async def lines() -> AsyncIterator[bytes]:
             yield b'{"status":"pulling manifest"}\n'
-            if job is None:
+            if job is None or events is None:
                 yield b'{"status":"success"}\n'
                 return
-            events = job.watch()
             try:
                 async for event in events:
                     status = event.get("status")
