@@ -10,7 +10,7 @@ PORT     ?= 16688
 # Engines and models of the shipped local plugins used by the tests (kept between runs).
 TEST_ENGINES ?= $(CURDIR)/.cache/engines
 
-.PHONY: run test setup sysdeps go-interop native-plugins engines test-engines proto lint typecheck bench bench-full bench-setup clean
+.PHONY: run test setup sysdeps go-interop native-plugins node-sdks engines test-engines proto lint typecheck bench bench-full bench-setup clean
 
 $(STAMP): pyproject.toml
 	@echo "==> creating the environment in $(VENV) with $(PYTHON)"
@@ -50,7 +50,11 @@ run: setup engines
 native-plugins: sysdeps
 	@tools/build-native-plugins.sh
 
-test: setup sysdeps go-interop native-plugins test-engines
+# The Vercel AI SDK (tests/node, pinned) for the Node client tests, into .cache/node-sdks.
+node-sdks:
+	@tools/install-node-sdks.sh
+
+test: setup sysdeps go-interop native-plugins node-sdks test-engines
 	@$(VPY) -m ruff check .
 	@$(MAKE) --no-print-directory typecheck
 	@AOGSTREAM_TEST_ENGINE_DIR=$(TEST_ENGINES) $(VPY) -m pytest -q
@@ -102,6 +106,7 @@ bench-full: bench-setup test-engines
 	done; \
 	echo "==> benchmarks/relay_stream.py"; $(VPY) benchmarks/relay_stream.py || failed="$$failed relay_stream"; \
 	echo "==> benchmarks/convert_chunk.py"; $(VPY) benchmarks/convert_chunk.py || failed="$$failed convert_chunk"; \
+	echo "==> benchmarks/agent_convert.py"; $(VPY) benchmarks/agent_convert.py || failed="$$failed agent_convert"; \
 	echo "==> benchmarks/engines.py (the real local engines)"; \
 	$(VPY) benchmarks/engines.py --engine-dir $(TEST_ENGINES) || failed="$$failed engines"; \
 	echo "==> benchmarks/summary.py"; $(VPY) benchmarks/summary.py || failed="$$failed summary"; \

@@ -33,7 +33,7 @@ def default_data_dir() -> Path:
 # Secrets read from the environment by every serving process; never handed to plugins.
 MANAGEMENT_KEY_ENV = "AOGSTREAM_MANAGEMENT_KEY"
 API_KEYS_ENV = "AOGSTREAM_API_KEYS"
-SECRET_ENV = (MANAGEMENT_KEY_ENV, API_KEYS_ENV, "AOGSTREAM_SECRET_KEY")
+SECRET_ENV = (MANAGEMENT_KEY_ENV, API_KEYS_ENV, "AOGSTREAM_SECRET_KEY", "AOGSTREAM_DATABASE_URL")
 MANAGEMENT_KEY_FILE = "management.key"
 LOOPBACK_NAMES = ("localhost", "localhost.")
 
@@ -157,7 +157,8 @@ class Config:
         lambda self: self.data_dir / "engines", takes_self=True))
     # Call StartEngine on local plugins once they are up (AOG does at start-up).
     start_engines: bool = True
-    # Serving processes on the one port (0 = one per core); they share one set of
+    # Serving processes on the one port (0 = one per two cores, at least one:
+    # `serving.worker_pool.worker_count` says why); they share one set of
     # plugin processes (see `aogstream.serving`).
     workers: int = 0
     # Host names (besides loopback and the bound address) that may appear in `Host`,
@@ -170,6 +171,9 @@ class Config:
     # answered with the saved WAV's path. Loopback clients only (see `http.local_audio`).
     local_audio_paths: bool = True
     local_audio_max_bytes: int = 16 * 1024 * 1024
+    # A PostgreSQL URL puts the store there (several gateway hosts share it, see
+    # `store.postgres`); empty: the embedded SQLite file in the data directory.
+    database_url: str = ""
 
     @property
     def db_path(self) -> Path:
@@ -197,6 +201,7 @@ class Config:
             not in ("0", "false", "no", "off"),
             local_audio_max_bytes=_env_int("AOGSTREAM_LOCAL_AUDIO_MAX_BYTES", 16 * 1024 * 1024),
             max_realtime_sessions=_env_int("AOGSTREAM_MAX_REALTIME_SESSIONS", 16),
+            database_url=os.environ.get("AOGSTREAM_DATABASE_URL", "").strip(),
         )
         for key, value in overrides.items():
             if value is not None:

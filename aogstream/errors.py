@@ -67,6 +67,7 @@ ORIGIN_REFUSED = Bcode(403, 40031)
 KEY_REQUIRED = Bcode(401, 40032)
 WS_MESSAGE_FORMAT = Bcode(400, 40042)
 TASK_FAILED = Bcode(500, 40071)
+STORE_UNAVAILABLE = Bcode(503, 40080)  # the database cannot be reached or used now
 
 # 100000 plugin (management of plugins, and what a plugin answered)
 PLUGIN_OK = Bcode(200, 100000)

@@ -35,11 +35,21 @@ from aogstream.invocation import (
     TimeoutPolicy,
     open_invocation,
 )
+from aogstream.observe import record as observed
 from aogstream.rpc.bridge import GrpcLoop
-from aogstream.store import HYBRID_POLICIES, ModelRow, ProviderRow, Service, SQLiteStore, Store
+from aogstream.store import (
+    HYBRID_POLICIES,
+    ModelRow,
+    ProviderRow,
+    Service,
+    Store,
+    StoreError,
+    open_store,
+)
 from aogstream.store.base import ModelStatus
 
 log = logging.getLogger(__name__)
+STORE_RETRY_S = 1.0  # how often the primary retries a routing rebuild the store refused
 
 
 @attrs.frozen
@@ -93,11 +103,12 @@ class Gateway:
         self.providers: dict[str, Provider] = {}
         self.problems: list[str] = []
         self._services: dict[str, list[tuple[Provider, m.ServiceDef]]] = {}
-        self.store: Store = store if store is not None else SQLiteStore(config.db_path)
+        self.store: Store = store if store is not None else open_store(config)
         self._table: dict[str, list[ProviderRow]] = {}
         self._models: dict[tuple[str, str], list[ModelRow]] = {}
         self._policies: dict[str, str] = {}
         self._nursery: trio.Nursery | None = None
+        self._rebuild_retrying = False
         # Multi-worker serving (`aogstream.serving`): `store_gen` counts routing-table
         # rebuilds, `on_change` is told (from any thread) that plugins or tables changed,
         # and `workers_sync` returns once every worker process has caught up.
@@ -123,6 +134,8 @@ class Gateway:
         self.spawn(self.native.watch)  # config.yaml edits apply without a restart
         await trio.to_thread.run_sync(self.native.prune_store)
         await self.register()
+        if hasattr(self.store, "wait_change"):  # a store shared with other hosts
+            self.spawn(self._follow_store)
         async with trio.open_nursery() as starting:
             for plugin in self.plugins.values():
                 if self.store.plugin_enabled(plugin.name):
@@ -348,12 +361,49 @@ class Gateway:
         self.store_gen += 1
         self.notify()
 
+    async def _follow_store(self) -> None:
+        """Writes by other gateway hosts on a shared store: rebuild routing (and let
+        the workers follow) as each is announced, so routing stays in memory."""
+        wait_change = self.store.wait_change  # type: ignore[attr-defined]
+        while True:
+            if await trio.to_thread.run_sync(wait_change, 1.0, abandon_on_cancel=True):
+                try:
+                    await self.reload()
+                except Exception as exc:  # noqa: BLE001 - the database is away: keep serving
+                    log.warning("routing not refreshed from the shared store: %s", exc)
+
     async def reload(self) -> None:
         """Rebuild the routing table after a write to the store (and, with several
-        workers, return once they have rebuilt theirs)."""
+        workers, return once they have rebuilt theirs).
+
+        A store that cannot be read (a shared database that is down) leaves the routing
+        as it was: the gateway goes on serving from memory rather than failing, a worker
+        stays up, and the primary retries each second until the store answers; its
+        successful rebuild is a new store generation, which brings the workers along."""
         if self.native is not None:  # a worker follows the primary's config.yaml apply
             await self.native.check()
-        await trio.to_thread.run_sync(self._rebuild)
+        try:
+            await trio.to_thread.run_sync(self._rebuild)
+        except StoreError as exc:
+            log.warning("routing kept as it was: the store cannot be read now (%s)", exc)
+            if self._nursery is not None and not self._rebuild_retrying:
+                self._rebuild_retrying = True
+                self.spawn(self._retry_rebuild)
+            return
+        await self.sync_workers()
+
+    async def _retry_rebuild(self) -> None:
+        try:
+            while True:
+                await trio.sleep(STORE_RETRY_S)
+                try:
+                    await trio.to_thread.run_sync(self._rebuild)
+                except StoreError:
+                    continue
+                log.info("routing rebuilt: the store answers again")
+                break
+        finally:
+            self._rebuild_retrying = False
         await self.sync_workers()
 
     # ---- routing ----
@@ -399,6 +449,7 @@ class Gateway:
         """
         candidates = self.check_service(service)
         body = body or {}
+        observed.noted(service, body)  # the request log's service and model
         by_plugin = {p.name: (p, d) for p, d in candidates}
         rows = [r for r in self._table.get(service, [])
                 if r.flavor in by_plugin]  # plugin rows and custom rows naming a plugin
@@ -468,10 +519,16 @@ class Gateway:
     ) -> AsyncIterator[Invocation]:
         """Open an invocation of `route` in `mode` with AOG's deadline for it."""
         timeout = self.policy.for_call(mode, route.definition.timeout)
-        async with open_invocation(
-            route.provider, route.service, mode, request, timeout=timeout,
-            auth_info=auth_info or route.auth_info, metadata=metadata,
-        ) as inv:
-            yield inv
+        observed.served(route)  # the request log's provider and plugin; the call metrics
+        called: Invocation | None = None
+        try:
+            async with open_invocation(
+                route.provider, route.service, mode, request, timeout=timeout,
+                auth_info=auth_info or route.auth_info, metadata=metadata,
+            ) as inv:
+                called = inv
+                yield inv
+        finally:  # the provider's task has ended: its error (or None) is final
+            observed.call_ended(route, called.error if called is not None else None)
 
 

@@ -63,6 +63,43 @@ class Frame:
     metadata: dict[str, str] = attrs.field(factory=dict, eq=False)
 
 
+type Response = bytes | list[bytes] | Frame
+"""What a provider emits, by mode: UNARY one `bytes` document; STREAM event payloads,
+each `bytes` or a batch (`list[bytes]`) of what arrived together; BIDI `Frame`s."""
+
+
+class Frames:
+    """The provider's frames of a bidi session, in order: `async for frame in
+    inv.frames()` ends when the provider does.
+
+    The response channel carries every mode's items; this reader is the bidi side's
+    typed view of it, so a session's code handles `Frame`s only. A provider that emits
+    anything else in a bidi session is broken, and the session ends with its error
+    instead of a client seeing half a frame.
+    """
+
+    __slots__ = ("_inv",)
+
+    def __init__(self, inv: Invocation) -> None:
+        self._inv = inv
+
+    def __aiter__(self) -> Frames:
+        return self
+
+    async def __anext__(self) -> Frame:
+        try:
+            item = await self._inv.responses.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        if not isinstance(item, Frame):
+            raise errors.GatewayError(
+                errors.PLUGIN_INTERNAL,
+                f"{self._inv.service}: the provider sent {type(item).__name__} in a "
+                "bidirectional session, where only frames belong",
+            )
+        return item
+
+
 @attrs.define
 class TimeoutPolicy:
     """AOG's timeout rules, with the defaults configurable (tests shrink them).
@@ -177,16 +214,14 @@ class Invocation:
         self.error: errors.GatewayError | None = None
         self.deadline = math.inf if timeout is None else trio.current_time() + timeout
         self.cancel_scope = trio.CancelScope(deadline=self.deadline)
-        self._out_send, self.responses = trio.open_memory_channel[bytes | list[bytes] | Frame](
-            RESPONSE_BUFFER
-        )
+        self._out_send, self.responses = trio.open_memory_channel[Response](RESPONSE_BUFFER)
         self._in_send, self._in_recv = trio.open_memory_channel[Frame](
             REQUEST_BUFFER if mode is Mode.BIDI else 0
         )
 
     # ---- used by the south side (providers) ----------------------------------------
 
-    async def emit(self, item: bytes | list[bytes] | Frame) -> None:
+    async def emit(self, item: Response) -> None:
         """Hand one response (a JSON document, a batch of stream events, or a Frame in
         bidi) to the client.
 
@@ -228,6 +263,10 @@ class Invocation:
     def close_input(self) -> None:
         """The client finished sending (half-close)."""
         self._in_send.close()
+
+    def frames(self) -> Frames:
+        """The provider's frames of a bidi session (see `Frames`)."""
+        return Frames(self)
 
     async def result(self) -> bytes:
         """The single response of a unary call, or the error that ended it."""

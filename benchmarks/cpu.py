@@ -18,7 +18,14 @@ relaying adds on top of it.
    keep-alive connections at concurrency C. Figure: CPU ms per request. Target:
    ≤ 1.5 ms per request.
 
-Rounds alternate direct, aogstream, LiteLLM, …; figures are medians over rounds.
+Rounds alternate direct, floor, aogstream, LiteLLM, …; figures are medians over rounds.
+`floor` (benchmarks/floor_app.py) is a bare ASGI app on hypercorn's trio worker answering
+like the engine: per request, aogstream is judged against it (target ≤ 2×, issue 18).
+
+The cost of observing (issue 20: request log and Prometheus metrics, on by default):
+`--systems aogstream-x1,aogstream-x1-nometrics,aogstream-x1-quiet` runs the one-process
+gateway as it ships, with `AOGSTREAM_METRICS=off`, and with the request log off too;
+`--observe` is that comparison.
 Writes results/cpu.md, .json and .png.
 """
 
@@ -36,6 +43,9 @@ import harness as h
 
 TARGET_STREAM_MS_PER_1K = 100.0
 TARGET_JSON_MS_PER_REQ = 1.5
+TARGET_JSON_VS_FLOOR = 2.0  # issue 18: through a process plugin, ≤ 2× the floor
+# `--observe`: the gateway as it ships, metrics off, metrics and request log off
+OBSERVE_COMPARISON = "direct,aogstream-x1,aogstream-x1-nometrics,aogstream-x1-quiet"
 
 
 def params(args: argparse.Namespace) -> dict[str, Any]:
@@ -224,13 +234,17 @@ def report(bench: h.Bench, p: dict[str, Any], rounds: list[dict[str, Any]]) -> s
               for n in names}
         val = {n: h.med(r["ms_per_req"] for r in rs) for n, rs in by.items()}
         lit = val.get("litellm", float("nan"))
+        floor = val.get("floor", float("nan"))
         rows = []
         for n, rs in by.items():
             if not rs:
                 continue
             figure = (h.target(val[n], TARGET_JSON_MS_PER_REQ)
                       if n.startswith("aogstream") else f"**{h.fmt(val[n])}**")
-            rows.append([h.label(n), _roles(rs, "req"), figure,
+            vs_floor = ("—" if n in ("floor", "direct") or floor != floor else
+                        h.target(val[n] / floor, TARGET_JSON_VS_FLOOR, unit="×")
+                        if n.startswith("aogstream") else h.ratio(val[n], floor))
+            rows.append([h.label(n), _roles(rs, "req"), figure, vs_floor,
                          "—" if n == "direct" else h.ratio(val[n], val["direct"]),
                          "—" if n in ("litellm", "direct") else h.ratio(val[n], lit),
                          h.fmt(h.med(r["engine_ms_per_req"] for r in rs)),
@@ -238,15 +252,18 @@ def report(bench: h.Bench, p: dict[str, Any], rounds: list[dict[str, Any]]) -> s
                          h.fmt(h.med(r["latency_p50"] for r in rs)),
                          f"{sum(r['ok'] for r in rs)}/{sum(r['requests'] for r in rs)}"])
         lines += h.md_table(["system", "processes (ms / req)", "CPU ms / request",
-                             "vs direct", "vs LiteLLM", "engine ms / req", "req/s (wall)",
-                             "latency p50 ms", "ok/total"], rows)
+                             "vs floor", "vs direct", "vs LiteLLM", "engine ms / req",
+                             "req/s (wall)", "latency p50 ms", "ok/total"], rows)
         lines.append("")
     lines += [
         "The system's figure counts all its processes (gateway, workers, plugin; LiteLLM); "
         "the engine's CPU is shown apart (`engine`) and not included, except for `direct`, "
         "whose only process is the engine. `vs direct`: how many times the engine's own "
-        "cost the relay spends. Targets (issue 6): aogstream ≤ 100 CPU-ms per 1,000 "
-        "chunks, ≤ 1.5 CPU-ms per non-stream request. Throughput columns are hints at this "
+        "cost the relay spends. `floor`: a bare ASGI app on hypercorn's trio worker that "
+        "answers like the engine (benchmarks/floor_app.py), the required stack's own cost; "
+        "`vs floor`: per request, how many times that cost a system spends. Targets: "
+        "aogstream ≤ 100 CPU-ms per 1,000 chunks, ≤ 1.5 CPU-ms per non-stream request "
+        "(issue 6) and ≤ 2× the floor's (issue 18). Throughput columns are hints at this "
         "load, not ceilings (see throughput.py).",
     ]
     errs = sorted({e for r in rounds for e in r["errors"]})
@@ -297,9 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json-concurrency", type=int, default=10,
                     help="keep-alive connections for the non-stream requests (10)")
     ap.add_argument("--rounds", type=int, default=0, help="rounds per system (2 / 7)")
+    ap.add_argument("--observe", action="store_true",
+                    help="compare metrics and request log on/off (one serving process)")
     args = ap.parse_args(argv)
     p = params(args)
-    systems = h.systems_arg(args.systems or h.WORKER_COMPARISON[0 if args.quick else 1])
+    default = OBSERVE_COMPARISON if args.observe else \
+        h.WORKER_COMPARISON[0 if args.quick else 1]
+    systems = h.systems_arg(args.systems or default)
 
     return h.run_measured("cpu", args, systems, measure, p, report, plot, "rounds")
 

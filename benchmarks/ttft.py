@@ -7,8 +7,10 @@ For each protocol (SSE and JSON on `/v1/chat/completions`, NDJSON on `/api/chat`
 each offered concurrency c (quick 1, 10, 50; full 1, 10, 50, 200), every system
 answers the same requests from the stub engine (T₀ of silence, N chunks every Δ).
 Requests arrive open loop, one every (T₀ + N·Δ)/c whatever the system does, so a slow
-system sees more streams in flight, not fewer requests. Rounds alternate direct,
-aogstream, aogstream ×1, LiteLLM, direct, …
+system sees more streams in flight, not fewer requests. Rounds alternate direct, floor,
+aogstream, aogstream ×1, LiteLLM, direct, … `floor` (benchmarks/floor_app.py) is a bare
+ASGI app on hypercorn's trio worker answering like the engine: its added TTFT is what
+the required HTTP stack alone adds, the part of aogstream's no gateway logic can remove.
 
 Per round: TTFT percentiles (request written → first complete content event; for JSON,
 the complete body), and the gaps between content events minus Δ (gap inflation). Added
@@ -195,7 +197,9 @@ def report(bench: h.Bench, p: dict[str, Any], rounds: list[dict[str, Any]]) -> s
         "> 1.5·Δ (buffering; direct shows the client's own share). `in flight`: measured "
         "mean concurrency (above c = the system, or the machine, is saturated). "
         "`CPU ms/req`: the system's processes (engine excluded; for direct, the engine "
-        "itself). Targets (issue 6, SSE, c = 50): added p50 ≤ 1.5 ms, p99 ≤ 5 ms.",
+        "itself). `floor`: a bare ASGI app on hypercorn's trio worker answering like the "
+        "engine (benchmarks/floor_app.py), what the required stack alone adds. "
+        "Targets (issue 6, SSE, c = 50): added p50 ≤ 1.5 ms, p99 ≤ 5 ms.",
     ]
     errs = sorted({e for r in rounds for e in r["errors"]})
     if errs:

@@ -14,6 +14,8 @@ Fixtures:
 * `engines_gateway` - one gateway for the session with the shipped plugins
   (`./plugins`) and their real engines, from the engine directory `make test`
   installs into (`AOGSTREAM_TEST_ENGINE_DIR`, default `.cache/engines`).
+* `postgres_db` - a database on a real PostgreSQL server for the session, dropped after
+  (tests/pgcluster.py starts a throwaway cluster).
 
 Tests are plain sync functions; every wait is bounded.
 """
@@ -35,6 +37,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pgcluster import postgres_db  # noqa: F401 - a session fixture, registered here once
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN_DIR = REPO / "tests" / "plugins"

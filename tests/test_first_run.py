@@ -32,8 +32,8 @@ from audio import goforward_pcm
 from conftest import PLUGIN_DIR, REPO, Gateway, engine_test_dir, shipped_plugins_gateway
 
 from aogstream.engines.install import _pip_status, progress_text
+from aogstream.engines.pcm import resample
 from aogstream.host.process import plugin_log_line
-from aogstream.http.audio import resample_pcm16
 
 
 def cli(*args: str, url: str | None = None, cwd: Path = REPO, env: dict[str, str] | None = None,
@@ -132,7 +132,7 @@ def test_mic_file_wav_is_read_and_resampled(asr: Gateway, tmp_path: Path):
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(22050)
-        w.writeframes(resample_pcm16(goforward_pcm(), 16000, 22050))
+        w.writeframes(resample(goforward_pcm(), 16000, 22050))
     proc = cli("transcribe", "--mic-file", str(wav), "--pace", "0", url=asr.url, timeout=240)
     assert proc.returncode == 0, proc.stderr
     assert "forward" in proc.stdout.lower(), proc.stdout

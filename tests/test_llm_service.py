@@ -6,7 +6,9 @@ and a provider that "calls ctx.llm while serving" calls `host.handle` with its o
 name, as the socket bound to that plugin would. Proven: calls follow the gateway's
 fallback and report the route that served them; a long chain of plugins calling each
 other stops at the depth limit even when fresh providers remain; a call's clamped
-timeout ends it with the `timeout` code; counters add up per plugin.
+timeout ends it with the `timeout` code; counters add up per plugin, and
+`counters_snapshot()` reads calls, tokens, denials and the calls in flight on a
+plugin's real socket (`env_for`), and forgets a host service that stopped.
 (The same behaviours across real processes are in tests/test_plugin_llm.py.)
 """
 
@@ -19,13 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import trio.testing
 
 from aogstream import errors
 from aogstream import manifest as m
 from aogstream.config import Config
 from aogstream.gateway import Gateway
-from aogstream.host.llm_service import MAX_DEPTH, PluginLlmHost
+from aogstream.host.llm_service import MAX_DEPTH, PluginLlmHost, counters_snapshot
 from aogstream.invocation import Invocation
+from aogstream.rpc import hostcall as hc
 from aogstream.store import SQLiteStore
 from aogstream.testing import FunctionProvider, Handler
 
@@ -119,3 +123,45 @@ async def test_a_request_of_unknown_shape_is_answered_not_raised(tmp_path):
         bad = await host.handle("c", {"op": "complete", "args": {"messages": "hi"}})
         assert bad["error"]["code"] == "invalid_input" and "messages" in \
             bad["error"]["message"]
+
+
+def stats_of(plugin_id: str):
+    return {s.plugin_id: s for s in counters_snapshot()}.get(plugin_id)
+
+
+async def test_counters_snapshot_reads_calls_tokens_denials_and_calls_in_flight(tmp_path):
+    release = trio.Event()
+    entered = trio.Event()
+
+    async def held(inv: Invocation) -> None:
+        entered.set()
+        await release.wait()
+        await inv.emit(chat_answer("late"))
+
+    async with host_on(tmp_path, FunctionProvider("p", held)) as host, \
+            trio.open_nursery() as nursery:
+        await nursery.start(host.run)
+        assert stats_of("snap") is None  # nothing before the first call
+        path = host.env_for("snap")[hc.HOST_SOCKET_ENV]
+        stream = await trio.open_unix_socket(path)
+        await stream.send_all(hc.encode(HI))
+        await entered.wait()
+        during = stats_of("snap")
+        assert during is not None and during.in_flight == 1 and during.calls == 0
+        release.set()
+        answer = b""
+        while chunk := await stream.receive_some(1 << 16):  # to the host's close
+            answer += chunk
+        await stream.aclose()
+        assert hc.decode(answer[hc.HEADER.size:])["ok"] is True
+        await trio.testing.wait_all_tasks_blocked()  # the host's task has wound up
+        denied = await host.handle("snap", {"op": "complete",
+                                            "args": {**HI["args"], "model": "other"}})
+        assert denied["error"]["code"] == "trust_denied"
+        after = stats_of("snap")
+        assert after is not None
+        assert (after.calls, after.succeeded, after.failed, after.denied) == (2, 1, 0, 1)
+        assert (after.input_tokens, after.output_tokens) == (3, 2)
+        assert after.latency_ms_total > 0 and after.in_flight == 0
+        nursery.cancel_scope.cancel()
+    assert stats_of("snap") is None  # a stopped host service is no longer read

@@ -1,6 +1,7 @@
 """CLIProxyAPI's management API for native plugins, and config hot-reload, on a real gateway.
 
-Real parts: a gateway subprocess (tests/conftest.py) with its default worker processes;
+Real parts: a gateway subprocess (tests/conftest.py) with two serving processes
+(`AOGSTREAM_WORKERS=2`, whatever the machine's default);
 the C test plugin (tests/native/test_plugin.c, built by tools/build-native-plugins.sh)
 in its plugin folder under `linux/<arch>/`, enabled by `<data dir>/config.yaml`, plus
 a second copy that is discovered but not configured; httpx and the official `openai`
@@ -73,7 +74,8 @@ def mgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         "      enabled: false\n"
         "other-section:\n"
         "  kept: yes please\n")
-    gw = Gateway(work / "gw", {"NATIVE_TEST_EVENTS": str(work / "native-events.txt")},
+    gw = Gateway(work / "gw", {"NATIVE_TEST_EVENTS": str(work / "native-events.txt"),
+                               "AOGSTREAM_WORKERS": "2"},  # "on every worker" below
                  plugin_dir=[PLUGIN_DIR, plugins])
     gw.start()
     gw.native_events = work / "native-events.txt"  # type: ignore[attr-defined]

@@ -6,8 +6,9 @@ SmolLM2 and the e5 embedder, the operator's `<data dir>/config.yaml` edited on d
 between calls. Each probe request makes the plugin call `ctx.llm` (over the socket
 the gateway gave it) and answer with the result or the exception it got.
 
-Proven: complete/acomplete (and the sync call made on the SDK's own event loop) answer
-with text, usage and audit from the default chat route; structured calls come back
+Proven: complete/acomplete (and the sync call made on the SDK's own event loop, which
+logs a warning that it holds the loop) answer with text, usage and audit from the
+default chat route; structured calls come back
 parsed and valid against the schema, and as `content_type: "text"` with the raw reply
 when the reply does not match; embed goes to the embed service; every row of the
 trust gate holds across the process boundary (denied by default, allowed by flag,
@@ -133,6 +134,9 @@ def test_complete_answers_from_the_default_chat_route(gw, call):
     assert line["input_tokens"] == result["usage"]["input_tokens"]
     assert line["purpose"] == f"test.{call}" and line["latency_ms"] > 0
     assert "France" not in json.dumps(line)  # never the prompt
+    if call == "sync_in_loop":  # it works, and the plugin is told what it costs
+        assert "was called from async code on the event loop's thread" in \
+            gw.log_file.read_text(errors="replace"), gw.log_tail()
 
 
 @pytest.mark.parametrize("call", ["complete_structured", "acomplete_structured"])

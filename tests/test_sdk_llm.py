@@ -9,14 +9,20 @@ socket is told why. Calls through a real gateway are in tests/test_plugin_llm.py
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import threading
+
 import pytest
 
+from aogstream.rpc import hostcall as hc
 from aogstream.sdk import (
     PluginLlm,
     PluginLlmError,
     PluginLlmImageInput,
     PluginLlmTrustError,
     PluginProvider,
+    blocking,
 )
 from aogstream.sdk.llm import _input_block
 
@@ -77,3 +83,57 @@ def test_answer_frames_become_results_and_exceptions():
     with pytest.raises(PluginLlmError) as other:
         PluginLlm._answer({"ok": False, "error": {"code": "recursion", "message": "loop"}})
     assert other.value.code == "recursion"
+
+
+def test_a_cancelled_request_cuts_its_sync_call_and_the_gateway_sees_the_close(tmp_path):
+    path = str(tmp_path / "host.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    listener.settimeout(10)
+    got_request, saw_close = threading.Event(), threading.Event()
+
+    def gateway_that_never_answers() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(30)
+            n = hc.frame_length(conn.recv(hc.HEADER.size, socket.MSG_WAITALL),
+                                hc.MAX_REQUEST_BYTES)
+            conn.recv(n, socket.MSG_WAITALL)
+            got_request.set()
+            if conn.recv(1) == b"":  # the plugin's side closed: the gateway would cancel
+                saw_close.set()
+
+    server = threading.Thread(target=gateway_that_never_answers, daemon=True)
+    server.start()
+    llm = PluginLlm(path)
+    errors: list[PluginLlmError] = []
+
+    def handler() -> None:  # a plain-def handler, on a worker thread
+        try:
+            llm.complete([{"role": "user", "content": "hi"}], timeout=300)
+        except PluginLlmError as exc:
+            errors.append(exc)
+
+    async def main() -> None:
+        async def request() -> None:
+            with blocking.request_scope():
+                await blocking.call_plugin(handler)
+
+        task = asyncio.ensure_future(request())
+        assert await asyncio.to_thread(got_request.wait, 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(main())
+        assert saw_close.wait(10)
+        server.join(10)
+        for _ in range(1000):  # the worker records its error right after the cut
+            if errors:
+                break
+            threading.Event().wait(0.01)
+        assert [e.code for e in errors] == ["cancelled"], errors
+    finally:
+        listener.close()

@@ -1,21 +1,29 @@
-"""SQLiteStore on a real file, and plugin re-discovery against it.
+"""The store on both backends, and plugin re-discovery against it.
 
-Each test opens its own database in a tmp folder; "reopening" closes the store and
-opens a new one on the same file, as a gateway restart does.
+The tests taking `backend` run twice: on SQLiteStore with a real file in a tmp folder,
+and on PostgresStore against a real PostgreSQL server (tests/pgcluster.py: a throwaway
+cluster, one database for the run, emptied before each test). "Reopening" closes the
+store and opens a new one on the same database, as a gateway restart does. The tests
+without it prove what only one backend has (SQLite's PRAGMAs, PostgreSQL's settings).
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from conftest import PLUGIN_DIR, REPO
+from pgcluster import TestDatabase
 
 from aogstream.config import Config
 from aogstream.gateway import Gateway
 from aogstream.manifest import load_manifest
-from aogstream.store import SERVICES, ModelRow, ProviderRow, Service, SQLiteStore
+from aogstream.store import SERVICES, ModelRow, ProviderRow, Service, SQLiteStore, Store
+from aogstream.store import postgres as pg
 from aogstream.store.sqlite import MIGRATIONS, StoreError
 
 HYBRID_DIR = REPO / "tests" / "plugins-hybrid"
@@ -23,18 +31,45 @@ REMOTE_CHAT = "remote_remote-echo-plugin_chat"
 AUTH_KEY = '{"api_key": "sk-store-test"}'
 
 
+PG_SECRET = "store-test-secret"
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "data" / "aogstream.db"
 
 
-def reopen(store: SQLiteStore) -> SQLiteStore:
+class Backend:
+    """Opens the store under test: the same database on every `open()`."""
+
+    def __init__(self, kind: str, db: Path, pgdb: TestDatabase | None) -> None:
+        self.kind, self.db, self.pgdb = kind, db, pgdb
+
+    def open(self, host_id: str = "host-a") -> Any:
+        if self.pgdb is not None:
+            return pg.PostgresStore(self.pgdb.url, host_id, PG_SECRET)
+        return SQLiteStore(self.db)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, db: Path) -> Iterator[Backend]:
+    if request.param == "postgres":
+        pgdb: TestDatabase = request.getfixturevalue("postgres_db")
+        pgdb.reset()
+        yield Backend("postgres", db, pgdb)
+    else:
+        yield Backend("sqlite", db, None)
+
+
+def reopen(store: Any) -> Any:
     store.close()
+    if isinstance(store, pg.PostgresStore):
+        return pg.PostgresStore(store.url, store.host_id, PG_SECRET)
     return SQLiteStore(store.path)
 
 
-def test_first_open_seeds_aogs_services(db: Path) -> None:
-    store = SQLiteStore(db)
+def test_first_open_seeds_aogs_services(backend: Backend) -> None:
+    store = backend.open()
     try:
         got = {s.service_name: s for s in store.services()}
         assert {n: s.hybrid_policy for n, s in got.items()} == SERVICES
@@ -61,8 +96,8 @@ def test_durability_settings(db: Path) -> None:
         store.close()
 
 
-def test_provider_upsert_keeps_created_at_and_public_hides_the_key(db: Path) -> None:
-    store = SQLiteStore(db)
+def test_provider_upsert_keeps_created_at_and_public_hides_the_key(backend: Backend) -> None:
+    store = backend.open()
     try:
         first = ProviderRow("remote_openai_chat", "chat", "remote", "openai", auth_type="apikey",
                          auth_key='{"api_key": "sk-secret"}', models=["gpt-x"],
@@ -97,8 +132,8 @@ def test_provider_upsert_keeps_created_at_and_public_hides_the_key(db: Path) -> 
         store.close()
 
 
-def test_delete_provider_removes_its_models(db: Path) -> None:
-    store = SQLiteStore(db)
+def test_delete_provider_removes_its_models(backend: Backend) -> None:
+    store = backend.open()
     try:
         store.put_provider(ProviderRow("local_ollama_chat", "chat"))
         store.put_provider(ProviderRow("local_other_chat", "chat"))
@@ -117,8 +152,8 @@ def test_delete_provider_removes_its_models(db: Path) -> None:
         store.close()
 
 
-def test_one_default_model_per_service(db: Path) -> None:
-    store = SQLiteStore(db)
+def test_one_default_model_per_service(backend: Backend) -> None:
+    store = backend.open()
     try:
         store.put_model(ModelRow("a", "p1", "chat", is_default=True))
         store.put_model(ModelRow("e", "p1", "embed", is_default=True))
@@ -174,8 +209,8 @@ def test_a_file_that_is_not_a_database_is_refused(db: Path) -> None:
     assert str(db) in str(info.value)
 
 
-def test_reopening_keeps_everything(db: Path) -> None:
-    store = SQLiteStore(db)
+def test_reopening_keeps_everything(backend: Backend) -> None:
+    store = backend.open()
     try:
         store.put_service(Service("chat", "always_local", 1, "avatar.png"))
         store.put_provider(ProviderRow("remote_openai_chat", "chat", "remote", "openai",
@@ -196,15 +231,15 @@ def test_reopening_keeps_everything(db: Path) -> None:
         store.close()
 
 
-def test_a_failed_write_changes_nothing(db: Path) -> None:
+def test_a_failed_write_changes_nothing(backend: Backend) -> None:
     """Every public write is one transaction: a statement failing inside it rolls the
     earlier statements back (here the default flag reset of put_model)."""
-    store = SQLiteStore(db)
+    store = backend.open()
     try:
         store.put_model(ModelRow("a", "p1", "chat", is_default=True))
         bad = ModelRow("b", "p1", "chat", is_default=True)
         bad.size = None  # type: ignore[assignment]  # NOT NULL column: the insert fails
-        with pytest.raises(sqlite3.IntegrityError):
+        with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):
             store.put_model(bad)
         assert [(m.model_name, m.is_default) for m in store.models()] == [("a", True)]
         store.put_model(ModelRow("c", "p1", "chat"))  # the store is still usable
@@ -215,7 +250,7 @@ def test_a_failed_write_changes_nothing(db: Path) -> None:
 # ---- re-discovery -----------------------------------------------------------------------
 
 
-def make_gateway(tmp_path: Path, store: SQLiteStore) -> Gateway:
+def make_gateway(tmp_path: Path, store: Store) -> Gateway:
     cfg = Config(data_dir=tmp_path, plugin_dirs=[PLUGIN_DIR, HYBRID_DIR])
     gw = Gateway(cfg, None, store)  # type: ignore[arg-type]  # no plugin is started
     gw.add_plugin(load_manifest(PLUGIN_DIR / "echo-plugin"))
@@ -223,8 +258,8 @@ def make_gateway(tmp_path: Path, store: SQLiteStore) -> Gateway:
     return gw
 
 
-def test_rediscovery_never_wipes_what_the_user_set(tmp_path: Path, db: Path) -> None:
-    store = SQLiteStore(db)
+def test_rediscovery_never_wipes_what_the_user_set(tmp_path: Path, backend: Backend) -> None:
+    store = backend.open()
     try:
         gw = make_gateway(tmp_path, store)
         gw._register_all()
@@ -270,3 +305,145 @@ def test_rediscovery_never_wipes_what_the_user_set(tmp_path: Path, db: Path) -> 
             "local_echo-plugin_chat": "", REMOTE_CHAT: AUTH_KEY}
     finally:
         store.close()
+
+
+# ---- what only the PostgreSQL store has -------------------------------------------------
+
+
+@pytest.fixture
+def pgdb(postgres_db: TestDatabase) -> TestDatabase:
+    postgres_db.reset()
+    return postgres_db
+
+
+def raw_rows(pgdb: TestDatabase, sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(pgdb.url) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_postgres_commits_durably_and_migrates_once(pgdb: TestDatabase) -> None:
+    """Every pooled connection commits with synchronous_commit on; two hosts opening
+    the same empty database together apply each migration once."""
+    import threading
+
+    stores: list[pg.PostgresStore] = []
+    threads = [threading.Thread(target=lambda h=h: stores.append(pg.PostgresStore(
+        pgdb.url, h, PG_SECRET))) for h in ("host-a", "host-b", "host-c")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    try:
+        assert len(stores) == 3
+        assert stores[0]._query("SHOW synchronous_commit")[0]["synchronous_commit"] == "on"
+        assert stores[0].schema_version() == len(pg.MIGRATIONS) == len(MIGRATIONS)
+        versions = raw_rows(pgdb, "SELECT version FROM schema_migrations ORDER BY version")
+        assert [v[0] for v in versions] == list(range(1, len(MIGRATIONS) + 1))
+        assert len(stores[1].services()) == len(SERVICES)  # seeded once, not thrice
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_postgres_from_a_newer_aogstream_is_refused(pgdb: TestDatabase) -> None:
+    pg.PostgresStore(pgdb.url, "host-a", PG_SECRET).close()
+    with psycopg.connect(pgdb.url) as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (%s, '2099-01-01T00:00:00Z')",
+                     (len(pg.MIGRATIONS) + 1,))
+    with pytest.raises(StoreError) as info:
+        pg.PostgresStore(pgdb.url, "host-a", PG_SECRET)
+    assert "newer" in str(info.value) and f"schema {len(pg.MIGRATIONS) + 1}" in str(info.value)
+
+
+def test_postgres_keys_are_encrypted_and_the_secret_is_required(pgdb: TestDatabase) -> None:
+    """A dump of the database holds no key; without the secret, or with another one, a
+    store refuses to open and says which variable to set."""
+    with pytest.raises(StoreError) as info:
+        pg.PostgresStore(pgdb.url, "host-a", "")
+    assert "AOGSTREAM_SECRET_KEY is required with PostgreSQL" in str(info.value)
+    store = pg.PostgresStore(pgdb.url, "host-a", PG_SECRET)
+    try:
+        store.put_provider(ProviderRow("remote_openai_chat", "chat", "remote", "openai",
+                                       auth_type="apikey", auth_key=AUTH_KEY))
+        assert store.get_provider("remote_openai_chat").auth_key == AUTH_KEY  # type: ignore[union-attr]
+    finally:
+        store.close()
+    dump = repr(raw_rows(pgdb, "SELECT * FROM aog_service_provider"))
+    assert "sk-store-test" not in dump and "aogenc1:" in dump
+    with pytest.raises(StoreError) as info:
+        pg.PostgresStore(pgdb.url, "host-b", "")
+    assert "holds encrypted provider credentials; set AOGSTREAM_SECRET_KEY" in str(info.value)
+    with pytest.raises(StoreError) as info:
+        pg.PostgresStore(pgdb.url, "host-b", "not-the-secret")
+    assert "AOGSTREAM_SECRET_KEY is not the secret" in str(info.value)
+
+
+def test_postgres_shares_services_and_providers_but_not_local_models(
+        pgdb: TestDatabase) -> None:
+    a = pg.PostgresStore(pgdb.url, "host-a", PG_SECRET)
+    b = pg.PostgresStore(pgdb.url, "host-b", PG_SECRET)
+    try:
+        chat = a.get_service("chat")
+        assert chat is not None
+        chat.hybrid_policy = "always_remote"
+        a.put_service(chat)
+        a.put_provider(ProviderRow("remote_openai_chat", "chat", "remote", "openai",
+                                   auth_key=AUTH_KEY, models=["gpt-x"]))
+        a.put_provider(ProviderRow("local_llama_chat", "chat", "local", "llama"))
+        a.put_model(ModelRow("gpt-x", "remote_openai_chat", "chat", "remote"))
+        a.put_model(ModelRow("qwen", "local_llama_chat", "chat", "local", is_default=True))
+        b.put_model(ModelRow("smol", "local_llama_chat", "chat", "local", is_default=True))
+        a.set_plugin_enabled("echo-plugin", False)
+        # shared: services, providers (with keys), remote models
+        assert b.get_service("chat").hybrid_policy == "always_remote"  # type: ignore[union-attr]
+        assert b.get_provider("remote_openai_chat").auth_key == AUTH_KEY  # type: ignore[union-attr]
+        # per host: what each host's local plugin has, and its plugin switches
+        assert {m.model_name for m in a.models()} == {"gpt-x", "qwen"}
+        assert {m.model_name for m in b.models()} == {"gpt-x", "smol"}
+        assert [m.model_name for m in a.models() if m.is_default] == ["qwen"]
+        assert [m.model_name for m in b.models() if m.is_default] == ["smol"]
+        assert a.plugin_enabled("echo-plugin") is False
+        assert b.plugin_enabled("echo-plugin") is True
+        # deleting on one host leaves the other host's local model alone
+        assert a.delete_model("local_llama_chat", "qwen") is True
+        assert [m.model_name for m in b.models(provider_name="local_llama_chat")] == ["smol"]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_postgres_announces_another_hosts_writes(pgdb: TestDatabase) -> None:
+    """A write on one host wakes the other's `wait_change` at once (NOTIFY); a host is
+    not woken by its own writes; and a change whose notification was lost is found by
+    the generation check."""
+    import time
+
+    a = pg.PostgresStore(pgdb.url, "host-a", PG_SECRET)
+    b = pg.PostgresStore(pgdb.url, "host-b", PG_SECRET)
+    try:
+        a.wait_change(0.01)  # start the listeners
+        b.wait_change(0.01)
+        while b.wait_change(0.2) or a.wait_change(0.01):
+            pass  # settle: nothing pending on either side
+        t0 = time.monotonic()
+        a.put_provider(ProviderRow("remote_x_chat", "chat", "remote", "openai"))
+        assert b.wait_change(1.0) is True
+        assert time.monotonic() - t0 < 1.0
+        assert a.wait_change(0.3) is False  # its own write
+        # the safety net: a generation bump that sends no notification
+        with psycopg.connect(pgdb.url) as conn:
+            conn.execute("UPDATE aogstream_generation SET gen = gen + 1")
+        assert b.wait_change(pg.POLL_INTERVAL_S + 2.0) is True
+    finally:
+        a.close()
+        b.close()
+
+
+def test_postgres_unreachable_is_a_clear_error_without_the_password() -> None:
+    from pgcluster import free_port
+
+    url = f"postgresql://aog:hunter2secret@127.0.0.1:{free_port()}/aog"
+    with pytest.raises(StoreError) as info:
+        pg.PostgresStore(url, "host-a", PG_SECRET, connect_timeout=2)
+    assert "cannot connect to PostgreSQL" in str(info.value)
+    assert "hunter2secret" not in str(info.value)

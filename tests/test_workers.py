@@ -182,3 +182,18 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(1, 1), (2, 1), (3, 1), (4, 2), (16, 8)])
+def test_the_default_is_one_serving_process_per_two_cores(monkeypatch, cores, expected):
+    """`--workers 0` (the default) serves from one process per two cores, at least one:
+    a second serving process costs CPU on every request, and on a 2-core machine it only
+    competes with the plugin and its engine for the same cores (worker_pool.worker_count).
+    An explicit count is taken as given. Unit test of one function: the core count is
+    the only thing faked."""
+    from aogstream.config import Config
+    from aogstream.serving import worker_pool
+
+    monkeypatch.setattr(worker_pool.os, "sched_getaffinity", lambda _pid: set(range(cores)))
+    assert worker_pool.worker_count(Config(workers=0)) == expected
+    assert worker_pool.worker_count(Config(workers=3)) == 3

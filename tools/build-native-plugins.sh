@@ -1,16 +1,19 @@
 #!/bin/sh
-# Builds the native (CLIProxyAPI C ABI) test plugins of tests/test_native_plugins.py from
+# Builds the native (CLIProxyAPI C ABI) test plugins of tests/test_native_*.py from
 # tests/native/test_plugin.c into .cache/native-plugins: the good plugin and one library
-# per load failure the tests check; and the Rust test plugin (tests/native/rust, no
+# per load failure the tests check; the hooks plugin (tests/native/hooks_plugin.c, and
+# built with FRONTEND the frontend-auth one); the auth provider (tests/native/auth_plugin.c); the
+# benchmarks' native relay executor (benchmarks/native_relay); and the Rust test plugin (tests/native/rust, no
 # external crates, built offline by cargo) as rust-test.so. Quick when nothing changed.
 set -e
 cd "$(dirname "$0")/.."
 src=tests/native/test_plugin.c
 out=.cache/native-plugins
 mkdir -p "$out"
-build() {  # build <file name> [define]
-  if [ ! -f "$out/$1" ] || [ "$src" -nt "$out/$1" ]; then
-    gcc -O2 -Wall -Wextra -shared -fPIC -pthread ${2:+-D$2} -o "$out/$1.tmp" "$src"
+build() {  # build <file name> [define] [source]
+  from=${3:-$src}
+  if [ ! -f "$out/$1" ] || [ "$from" -nt "$out/$1" ]; then
+    gcc -O2 -Wall -Wextra -shared -fPIC -pthread ${2:+-D$2} -o "$out/$1.tmp" "$from"
     mv "$out/$1.tmp" "$out/$1"
   fi
 }
@@ -19,6 +22,10 @@ build bad-abi.so BAD_ABI
 build bad-rc.so BAD_RC
 build bad-json.so BAD_JSON
 build no-init.so NO_INIT
+build c-hooks.so "" tests/native/hooks_plugin.c
+build c-gate.so FRONTEND tests/native/hooks_plugin.c
+build c-auth.so "" tests/native/auth_plugin.c
+build native-relay.so "" benchmarks/native_relay/native_relay.c
 cargo build --quiet --offline --release --manifest-path tests/native/rust/Cargo.toml \
   --target-dir "$out/rust-target"
 cmp -s "$out/rust-target/release/librust_test_plugin.so" "$out/rust-test.so" ||

@@ -193,7 +193,7 @@ class RealtimeSession:
                 upstream_done = trio.Event()
                 nursery.start_soon(self._upstream, inv, nursery.cancel_scope, upstream,
                                    upstream_done)
-                async for frame in inv.responses:
+                async for frame in inv.frames():
                     if frame.kind == "text" and _event_name(frame.data) in (
                         "task-finished", "task-failed"
                     ):

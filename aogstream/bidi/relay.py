@@ -50,7 +50,7 @@ async def serve_relay(ws: AsgiWebSocket, gateway: Gateway, route: Route, conn_id
         await inv.send(to_frame(first, meta))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump_client, ws, inv, nursery.cancel_scope)
-            async for frame in inv.responses:
+            async for frame in inv.frames():
                 await send_frame(ws, frame)
             nursery.cancel_scope.cancel()
         if ws.closed:

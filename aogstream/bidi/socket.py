@@ -19,8 +19,13 @@ class AsgiWebSocket:
         self._send = send
         self.closed = False
 
-    async def accept(self) -> None:
-        await self._send({"type": "websocket.accept"})
+    async def accept(self, subprotocol: str | None = None) -> None:
+        """Accept the upgrade, selecting `subprotocol` when given (a browser that offered
+        subprotocols fails the handshake unless one is selected)."""
+        if subprotocol:
+            await self._send({"type": "websocket.accept", "subprotocol": subprotocol})
+        else:
+            await self._send({"type": "websocket.accept"})
 
     async def receive(self) -> str | bytes:
         """The next text (str) or binary (bytes) message; Disconnected at the end."""

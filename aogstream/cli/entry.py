@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--data-dir", type=Path, default=None, help="data directory")
     start.add_argument("--workers", type=int, default=None,
                        help="serving processes sharing the port and one set of plugins "
-                       "(default: one per core; AOGSTREAM_WORKERS)")
+                       "(default 0: one per two cores, at least one; AOGSTREAM_WORKERS)")
     start.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
                        help="a name clients reach the gateway by, accepted in the Host header "
                        "besides loopback and the bound address (repeatable; also "
@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a web origin (scheme://host:port) allowed to call the service "
                        "routes with CORS, never management (repeatable; also "
                        "AOGSTREAM_CORS_ORIGINS)")
+    start.add_argument("--database-url", default=None, metavar="URL",
+                       help="keep the store in PostgreSQL (postgresql://user:pass@host/db), "
+                       "shared by several gateway hosts; needs AOGSTREAM_SECRET_KEY "
+                       "(default: SQLite in the data directory; AOGSTREAM_DATABASE_URL)")
     start.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     stop = ssub.add_parser("stop", help="stop the gateway started with `server start -d`")
     stop.add_argument("--data-dir", type=Path, default=None, help="data directory")
@@ -93,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--engine-dir", type=Path, default=None,
                        help="where engines and models go (default <data dir>/engines)")
     add_client_parsers(sub)
+    from aogstream.cli.database import add_parser as add_db_parser
+
+    add_db_parser(sub)
     return parser
 
 
@@ -112,8 +119,10 @@ environment:
   AOG_DATA_DIR             data directory (database, logs, engines, plugins)
   AOG_PLUGIN_DIR           more plugin folders (separated by ':')
   AOGSTREAM_HOST, AOGSTREAM_PORT     where `server start` listens
+  AOGSTREAM_DATABASE_URL   a PostgreSQL store shared by several gateway hosts
+                           (with AOGSTREAM_SECRET_KEY); `aogstream db migrate|copy-sqlite`
   AOGSTREAM_ENGINE_DIR     where local engines and models are installed
-  AOGSTREAM_WORKERS        serving processes (0 = one per core)
+  AOGSTREAM_WORKERS        serving processes (0 = one per two cores)
   AOGSTREAM_UNARY_TIMEOUT, AOGSTREAM_STREAM_TIMEOUT   seconds (negative: none)
   AOGSTREAM_MAX_BODY_BYTES request body limit
   AOGSTREAM_LOCAL_AUDIO_PATHS=0      refuse local file paths in speech-to-text `audio`
@@ -255,13 +264,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:  # bare `aogstream`: the help, not a usage error
         parser.print_help()
         return 0
-    if args.command not in ("server", "engine"):
+    if args.command not in ("server", "engine", "db"):
         return run(args)
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "db":
+        from aogstream.cli.database import cmd_db
+
+        return cmd_db(args)
     if args.command == "engine":
         from aogstream.cli.engines import cmd_engine
 
@@ -269,9 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "stop":
         return server_stop(Config.from_env(data_dir=args.data_dir).data_dir)
     if args.workers is not None and args.workers < 0:
-        parser.error("--workers must be 0 (one per core) or more")
+        parser.error("--workers must be 0 (one per two cores) or more")
     cfg = Config.from_env(host=args.host, port=args.port, data_dir=args.data_dir,
-                          plugin_dirs=args.plugin_dir, workers=args.workers)
+                          plugin_dirs=args.plugin_dir, workers=args.workers,
+                          database_url=args.database_url)
     if args.data_dir is not None and not args.plugin_dir:
         cfg.plugin_dirs = default_plugin_dirs(cfg.data_dir)
     cfg.allowed_hosts = [*cfg.allowed_hosts, *(args.allowed_host or [])]

@@ -101,7 +101,7 @@ def serve_foreground(cfg: Config) -> int:
 
     from aogstream.http.guard import GuardConfigError
     from aogstream.serving.primary import serve
-    from aogstream.store.sqlite import StoreError
+    from aogstream.store import StoreError
 
     problem = port_problem(cfg.host, cfg.port)
     if problem:
@@ -212,6 +212,8 @@ def server_start_daemon(cfg: Config, args: argparse.Namespace) -> int:
     for origin in args.cors_origin or []:
         cmd += ["--cors-origin", origin]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if cfg.database_url:  # in the environment, never on a command line others can read
+        env["AOGSTREAM_DATABASE_URL"] = cfg.database_url
     popen_kw: dict[str, object] = {}
     if sys.platform == "win32":
         popen_kw["creationflags"] = (subprocess.DETACHED_PROCESS  # type: ignore[attr-defined]

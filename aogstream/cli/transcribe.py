@@ -13,12 +13,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import httpx
 
 from aogstream.cli.client import BASE, EXIT_INTERRUPTED, Api, CliError, error_message, not_running
 from aogstream.cli.output import dump_json
+from aogstream.engines import pcm
+
+if TYPE_CHECKING:  # imported for real only by the realtime command (see the docstring)
+    from websockets.sync.client import ClientConnection
 
 FRAME_MS = 20
 RATE = 16000
@@ -35,7 +39,7 @@ def cmd_transcribe(api: Api, args: argparse.Namespace) -> int:
         audio = Path(args.file).read_bytes()
     except OSError as exc:
         raise CliError(f"cannot read audio file {args.file}: {exc.strerror or exc}", 2) from exc
-    body: dict[str, Any] = {"audio": base64.b64encode(audio).decode()}
+    body: dict[str, str | int] = {"audio": base64.b64encode(audio).decode()}
     if Path(args.file).suffix.lower() in (".raw", ".pcm"):
         body.update({"format": "pcm", "sample_rate": args.rate})
     if args.language:
@@ -85,21 +89,18 @@ class _Captions:
 def mic_pcm(path: str) -> bytes:
     """The file for `--mic-file` as PCM16 16 kHz mono: a WAV's header is read and its
     audio resampled (first channel); anything else must already be raw PCM16 16 kHz."""
-    from aogstream.errors import GatewayError
-    from aogstream.http.audio import resample_pcm16, wav_pcm
-
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror or exc}", 2) from exc
-    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+    if pcm.is_wav(data):
         try:
-            pcm, rate = wav_pcm(data)
-        except GatewayError:
+            samples, rate = pcm.wav_to_mono_pcm16(data)
+        except pcm.WavError:
             raise CliError(f"{path} is not a readable 16-bit PCM WAV; --mic-file takes "
                            "16-bit PCM (convert it, e.g. `sox in.wav -b 16 out.wav`)",
                            2) from None
-        return resample_pcm16(pcm, rate, RATE)
+        return pcm.resample(samples, rate, RATE)
     if data[:4] in (b"fLaC", b"OggS") or data[:3] == b"ID3":
         raise CliError(f"{path} is compressed audio; --mic-file takes a WAV or raw PCM16 "
                        f"{RATE} Hz mono (or transcribe it without --mic-file)", 2)
@@ -123,7 +124,7 @@ def _transcribe_realtime(api: Api, args: argparse.Namespace) -> int:
     failure: list[str] = []
     finished = threading.Event()
 
-    def reader(ws: Any) -> None:
+    def reader(ws: ClientConnection) -> None:
         try:
             while True:
                 raw = ws.recv(timeout=120)

@@ -46,11 +46,15 @@ class BidiSession:
     async def send(
         self, data: bytes, message_type: str, metadata: dict[str, str] | None = None
     ) -> None:
-        await self._s.send(
-            pb.InvokeServiceBidiRequest(
-                data=data, message_type=message_type, metadata=metadata or {}, is_first=False
-            )
-        )
+        # a realtime frame every 20 ms per session: building the map field (even
+        # empty) costs more than the rest of the message, so it is set only when there
+        # is metadata (and is_first is false by default)
+        if metadata:
+            req = pb.InvokeServiceBidiRequest(data=data, message_type=message_type,
+                                              metadata=metadata)
+        else:
+            req = pb.InvokeServiceBidiRequest(data=data, message_type=message_type)
+        await self._s.send(req)
 
     async def done_writing(self) -> None:
         await self._s.done_writing()

@@ -165,6 +165,16 @@ class ProcessProvider:
         try:
             await self._relay_bidi(client, inv, first, meta, incoming)
         except BaseExceptionGroup as group:  # the nursery wraps the plugin's error
+            if inv.cancel_scope.cancel_called:
+                # the invocation was ended from our side (the client left, or read
+                # the plugin's last event and moved on): what the gRPC call reports
+                # while it is torn down (e.g. INTERNAL "Internal error from Core") is
+                # the end we asked for, not a failure to raise out of the cancel
+                # scope beside the Cancelled
+                cancelled = group.subgroup(trio.Cancelled)
+                if cancelled is not None:
+                    raise cancelled from None
+                return
             if len(group.exceptions) == 1:
                 raise group.exceptions[0] from None
             raise
@@ -184,8 +194,10 @@ class ProcessProvider:
 
             nursery.start_soon(upstream)
             async for msg in session:
-                await inv.emit(Frame(bytes(msg.data), msg.message_type or "binary",
-                                     dict(msg.metadata)))
+                # `data` is already bytes; copying the (nearly always empty) metadata
+                # map only when it has entries saves most of the per-frame cost here
+                await inv.emit(Frame(msg.data, msg.message_type or "binary",
+                                     dict(msg.metadata) if msg.metadata else {}))
             nursery.cancel_scope.cancel()
 
 

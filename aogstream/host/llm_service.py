@@ -24,7 +24,9 @@ Serving a call needs nothing from the calling plugin, so a plugin that calls
 
 Every call, whether it succeeded, failed or was denied, writes one structured log
 line (`aogstream.plugin_llm`: plugin, op, purpose, provider, model, tokens, latency,
-outcome; never prompt text or keys) and adds to the plugin's counters (`counters`).
+outcome; never prompt text or keys) and adds to the plugin's counters. A metrics
+exporter reads them with `counters_snapshot()` (no gateway object needed): they live
+in the process that launches the plugins, the primary when there are workers.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import socket
 import tempfile
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,6 +93,42 @@ class Counters:
         return attrs.asdict(self)
 
 
+@attrs.frozen
+class PluginLlmStats:
+    """One plugin's LLM use at one moment: its counters since the gateway started
+    (`calls` = `succeeded` + `failed` + `denied`) and the calls in flight now."""
+
+    plugin_id: str
+    calls: int
+    succeeded: int
+    failed: int
+    denied: int
+    input_tokens: int
+    output_tokens: int
+    latency_ms_total: float
+    in_flight: int
+
+
+_STAT_FIELDS = ("calls", "succeeded", "failed", "denied", "input_tokens", "output_tokens",
+                "latency_ms_total", "in_flight")
+_running: weakref.WeakSet[PluginLlmHost] = weakref.WeakSet()
+
+
+def counters_snapshot() -> list[PluginLlmStats]:
+    """Every plugin's LLM counters in this process, sorted by plugin id: a copy, safe
+    to read from a metrics handler. Empty in a process that launches no plugins (a
+    worker) and before the first call. Plugins served by more than one host service
+    (only tests run several gateways in one process) are added up."""
+    merged: dict[str, PluginLlmStats] = {}
+    for host in list(_running):
+        for stats in host.snapshot():
+            seen = merged.get(stats.plugin_id)
+            merged[stats.plugin_id] = stats if seen is None else PluginLlmStats(
+                stats.plugin_id, *(getattr(seen, f) + getattr(stats, f)
+                                   for f in _STAT_FIELDS))
+    return [merged[k] for k in sorted(merged)]
+
+
 @attrs.define
 class _Audit:
     """What the log line of one call says (filled in as the call goes)."""
@@ -126,14 +165,23 @@ class PluginLlmHost:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the plugins' sockets until cancelled; the folder goes with it."""
         self._dir = Path(tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX))  # mode 0700
+        _running.add(self)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 task_status.started()
                 await trio.sleep_forever()
         finally:
+            _running.discard(self)
             self._nursery = None
             shutil.rmtree(self._dir, ignore_errors=True)
+
+    def snapshot(self) -> list[PluginLlmStats]:
+        """This service's per-plugin counters (see `counters_snapshot`)."""
+        ids = set(self.counters) | {p for p, n in self._connections.items() if n}
+        empty = Counters()
+        return [PluginLlmStats(p, **self.counters.get(p, empty).as_dict(),
+                               in_flight=self._connections.get(p, 0)) for p in sorted(ids)]
 
     def env_for(self, plugin_id: str) -> dict[str, str]:
         """The environment that lets `plugin_id`'s process call the host: the path of
@@ -236,7 +284,7 @@ class PluginLlmHost:
             return {"ok": False, "error": {"code": hc.ERROR_INTERNAL,
                                            "message": f"the gateway failed: {type(exc).__name__}"}}
         except BaseException:  # trio.Cancelled, possibly inside a group: the plugin left
-            audit.code = "cancelled"
+            audit.code = hc.ERROR_CANCELLED
             raise
         finally:
             self._record(audit, time.monotonic() - started)

@@ -16,9 +16,11 @@ from aogstream import AOG_VERSION, SPEC_VERSION, __version__
 from aogstream.asgi_types import ASGIApp
 from aogstream.gateway import Gateway
 from aogstream.http.aog_compat import register_aog_compat
+from aogstream.http.console import register_console
 from aogstream.http.hot import HotRoutes
 from aogstream.http.manage import register_management
 from aogstream.http.native_management import register_native_management
+from aogstream.http.observability import register_observability
 
 BASE = f"/aog/{SPEC_VERSION}"
 
@@ -54,9 +56,7 @@ def build_app(gateway: Gateway) -> HotRoutes:
     # the same body deadline as the hot routes' (Quart's default is 60 s; None: none)
     app.config["BODY_TIMEOUT"] = gateway.config.body_timeout
 
-    @app.get("/")
-    async def root() -> Response:
-        return Response("AIPC Open Gateway (aogstream)", mimetype="text/plain")
+    register_console(app)  # the web console at / (static files under /console/)
 
     @app.get("/health")
     @app.get(f"{BASE}/health")
@@ -91,4 +91,6 @@ def build_app(gateway: Gateway) -> HotRoutes:
 
     # Quart types its ASGI events as hypercorn's TypedDicts, the routes as plain mappings:
     # the same dicts at run time, two spellings to the type checker
-    return HotRoutes(gateway, cast(ASGIApp, app))
+    hot = HotRoutes(gateway, cast(ASGIApp, app))
+    register_observability(app, hot)  # /metrics, recent requests, /openapi.json, /docs
+    return hot

@@ -1,4 +1,4 @@
-"""Helpers for OpenAI's audio front doors: multipart forms, transcript formats, PCM.
+"""Helpers for OpenAI's audio front doors: multipart forms, transcript formats, WAV errors.
 
 OpenAI's `/v1/audio/transcriptions` takes `multipart/form-data`, which no other
 front door does; the parser here is a plain boundary split over the bytes already
@@ -9,16 +9,13 @@ with the form, so the OpenAI client raises `BadRequestError` with that text.
 
 from __future__ import annotations
 
-import array
-import io
-import sys
-import wave
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.message import Message
 from email.utils import collapse_rfc2231_value
-from typing import Any
 
 from aogstream import errors
+from aogstream.engines import pcm
 
 MAX_FORM_PARTS = 64  # OpenAI's form has ~8 fields; more is abuse, not a client
 MAX_BOUNDARY = 200  # RFC 2046 allows 70; be lenient, but bounded
@@ -47,7 +44,7 @@ def bad(message: str) -> errors.GatewayError:
 
 
 def _param(msg: Message, name: str, header: str) -> str | None:
-    value: Any = msg.get_param(name, header=header)
+    value = msg.get_param(name, header=header)
     if value is None:
         return None
     return str(collapse_rfc2231_value(value))
@@ -145,77 +142,59 @@ def _clock(seconds: float, comma: bool) -> str:
     return f"{h:02d}:{mi:02d}:{s:02d}{',' if comma else '.'}{ms:03d}"
 
 
-def _cues(verbose: dict[str, Any]) -> list[tuple[float, float, str]]:
+def _seconds(value: object) -> float:
+    """A time in seconds from a transcript field; 0 when it is missing or no number (a
+    provider's odd field costs a cue its time, never the answer)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return 0.0
+    return 0.0
+
+
+def _cues(verbose: Mapping[str, object]) -> list[tuple[float, float, str]]:
     """(start, end, text) per segment; the whole text as one cue when there are none."""
     cues = []
-    for seg in verbose.get("segments") or []:
+    segments = verbose.get("segments")
+    for seg in segments if isinstance(segments, list) else []:
+        if not isinstance(seg, dict):
+            continue
         text = str(seg.get("text") or "").strip()
         if text:
-            cues.append((float(seg.get("start") or 0), float(seg.get("end") or 0), text))
-    if not cues and str(verbose.get("text") or "").strip():
-        cues.append((0.0, float(verbose.get("duration") or 0), str(verbose["text"]).strip()))
+            cues.append((_seconds(seg.get("start")), _seconds(seg.get("end")), text))
+    whole = str(verbose.get("text") or "").strip()
+    if not cues and whole:
+        cues.append((0.0, _seconds(verbose.get("duration")), whole))
     return cues
 
 
-def srt(verbose: dict[str, Any]) -> str:
+def srt(verbose: Mapping[str, object]) -> str:
     """SubRip subtitles from OpenAI's verbose_json transcript."""
     return "".join(f"{i}\n{_clock(a, True)} --> {_clock(b, True)}\n{text}\n\n"
                    for i, (a, b, text) in enumerate(_cues(verbose), 1))
 
 
-def vtt(verbose: dict[str, Any]) -> str:
+def vtt(verbose: Mapping[str, object]) -> str:
     """WebVTT subtitles from OpenAI's verbose_json transcript."""
     return "WEBVTT\n\n" + "".join(f"{_clock(a, False)} --> {_clock(b, False)}\n{text}\n\n"
                                   for a, b, text in _cues(verbose))
 
 
-# ---- speech -----------------------------------------------------------------------------
+# ---- speech ----------------------------------------------------------------------------
 
 def wav_pcm(data: bytes) -> tuple[bytes, int]:
     """(PCM16 mono little-endian, sample rate) of a WAV file, or a 502: the provider's
     answer is not audio this door can convert."""
     try:
-        with wave.open(io.BytesIO(data), "rb") as w:
-            channels, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
-            frames = w.readframes(w.getnframes())
-    except (wave.Error, EOFError) as exc:
+        return pcm.wav_to_mono_pcm16(data)
+    except pcm.SampleWidthError as exc:
+        raise errors.GatewayError(errors.INVOKE_FAILED,
+                                  f"the text-to-speech provider answered {exc.bits}-bit "
+                                  "audio; only 16-bit WAV can be converted to pcm") from None
+    except pcm.WavError as exc:
         raise errors.GatewayError(errors.INVOKE_FAILED,
                                   f"the text-to-speech provider answered audio that is not "
                                   f"a readable WAV file ({exc})") from None
-    if width != 2:
-        raise errors.GatewayError(errors.INVOKE_FAILED,
-                                  f"the text-to-speech provider answered {8 * width}-bit "
-                                  "audio; only 16-bit WAV can be converted to pcm")
-    samples = array.array("h", frames)
-    if sys.byteorder == "big":
-        samples.byteswap()
-    if channels > 1:
-        samples = array.array("h", samples[::channels])
-    if sys.byteorder == "big":
-        samples.byteswap()
-    return samples.tobytes(), rate
-
-
-def resample_pcm16(pcm: bytes, src_rate: int, dst_rate: int) -> bytes:
-    """Linear-interpolation resampling of PCM16 mono (OpenAI's `pcm` is 24 kHz; local
-    voices speak at their own rate, e.g. 22.05 kHz)."""
-    if src_rate == dst_rate or not pcm:
-        return pcm
-    samples = array.array("h", pcm[: len(pcm) // 2 * 2])
-    if sys.byteorder == "big":
-        samples.byteswap()
-    n_out = len(samples) * dst_rate // src_rate
-    last = len(samples) - 1
-    step = src_rate / dst_rate
-    out = array.array("h", bytes(2 * n_out))
-    for i in range(n_out):
-        pos = i * step
-        j = int(pos)
-        if j >= last:
-            out[i] = samples[last]
-        else:
-            a = samples[j]
-            out[i] = round(a + (samples[j + 1] - a) * (pos - j))
-    if sys.byteorder == "big":
-        out.byteswap()
-    return out.tobytes()

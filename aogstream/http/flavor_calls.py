@@ -34,6 +34,7 @@ from aogstream.convert import (
     TemplateError,
     chat_tools,
 )
+from aogstream.engines.pcm import is_wav
 from aogstream.gateway import Gateway, Route
 from aogstream.http.asgi import send_json, served_by_headers
 from aogstream.http.flavor_errors import conversion_error, error_body, template_error
@@ -74,7 +75,7 @@ def media_type(data: bytes) -> bytes | None:
     head = data.lstrip()[:1]
     if head in (b"{", b"["):
         return None
-    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+    if is_wav(data):
         return b"audio/wav"
     return b"application/octet-stream"
 
@@ -162,17 +163,20 @@ class FlavorCalls:
     async def dispatch(self, door: Door, routes: list[Route], aog: bytes, model: str | None,
                        want_stream: bool, receive: Receive, send: Send, *,
                        ndjson: bool = False, reply: Reply | None = None,
-                       streamer: Streamer | None = None) -> None:
+                       streamer: Streamer | None = None,
+                       error_flavor: str | None = None) -> None:
         """Try the providers in order (falling back on provider trouble before the first
         byte), answering in the door's flavor; `reply` finishes a unary answer and
-        `streamer` writes a stream that is not events."""
+        `streamer` writes a stream that is not the flavor's own events; `error_flavor`
+        shapes errors when the door's clients expect another flavor's (a translated
+        API, e.g. Anthropic's over the OpenAI chat door, or `rerank_door`)."""
 
         async def attempt(route: Route) -> errors.GatewayError | None:
             return await self._attempt(route, door, aog, model, want_stream, send, ndjson,
                                        reply, streamer)
 
         async def answer_error(err: errors.GatewayError) -> None:
-            await send_json(send, err.status, error_body(door.flavor, err))
+            await send_json(send, err.status, error_body(error_flavor or door.flavor, err))
 
         await serve_with_fallback(routes, attempt, answer_error, receive)
 

@@ -13,6 +13,7 @@ import logging
 
 from aogstream import errors
 from aogstream.convert import PIVOT, ConvertError, TemplateError
+from aogstream.convert.anthropic import error_object
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,11 @@ def _ollama_error(err: errors.GatewayError) -> bytes:
 
 
 def error_body(flavor: str, err: errors.GatewayError) -> bytes:
-    """An error in the shape the flavor's clients expect: Ollama's, AOG's envelope, or
-    OpenAI's (every other built-in flavor speaks an OpenAI-compatible API)."""
+    """An error in the shape the flavor's clients expect: Ollama's, AOG's envelope,
+    Anthropic's (`/v1/messages`), or OpenAI's (every other built-in flavor speaks an
+    OpenAI-compatible API)."""
+    if flavor == "anthropic":
+        return json.dumps(error_object(err.status, err.message), ensure_ascii=False).encode()
     if flavor == "ollama":
         return _ollama_error(err)
     if flavor == PIVOT:

@@ -23,6 +23,7 @@ from aogstream import SPEC_VERSION, errors
 from aogstream.asgi_types import Receive, Scope, Send
 from aogstream.convert import PIVOT, token_ids
 from aogstream.gateway import Gateway
+from aogstream.http.agent_doors import AgentDoors, agent_path
 from aogstream.http.asgi import (
     CLOSE_AFTER,
     ClientGone,
@@ -37,6 +38,7 @@ from aogstream.http.flavor_calls import Door, FlavorCalls, run_conversion
 from aogstream.http.flavor_errors import error_body
 from aogstream.http.ollama_extras import OllamaExtras
 from aogstream.http.openai_audio import OPENAI_MODEL_ALIASES, OpenAIAudio
+from aogstream.http.rerank_door import RerankDoor, is_rerank_door
 from aogstream.store import ModelRow
 
 API_FLAVORS_PREFIX = f"/aog/{SPEC_VERSION}/api_flavors/"
@@ -74,6 +76,8 @@ class FrontDoors:
         self.calls = calls or FlavorCalls(gateway)
         self.converter = self.calls.converter
         self.audio = OpenAIAudio(self.calls)
+        self.rerank = RerankDoor(gateway, max_body, self.calls)
+        self.agents = AgentDoors(gateway, self.calls, max_body)  # Responses, Anthropic
         self.ollama = OllamaExtras(self)
         # (flavor, path) → method → door; bare path → method → door (install_raw_routes)
         self._doors: dict[tuple[str, str], dict[str, Door]] | None = None
@@ -108,6 +112,15 @@ class FrontDoors:
                             self._listings.setdefault(flavor, []).append(door)
             self._doors = doors
         return self._doors
+
+    def template_doors(self) -> list[tuple[Door, bool]]:
+        """Every door the flavor templates open, in template order, each with whether it
+        also answers on its bare path (`install_raw_routes`; the first flavor to claim a
+        bare path has it). The API description reads the doors from here."""
+        self._index()
+        assert self._doors is not None
+        return [(door, self._raw.get(door.path, {}).get(door.method) is door)
+                for by_method in self._doors.values() for door in by_method.values()]
 
     # ---- dispatch ---------------------------------------------------------------------
 
@@ -150,6 +163,13 @@ class FrontDoors:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one HTTP request on a front-door path."""
         path = scope.get("path", "")
+        if is_rerank_door(path):  # no template names it: its own door
+            await self.rerank(scope, receive, send)
+            return
+        agent = agent_path(path)
+        if agent is not None:
+            await self.agents(scope, receive, send, agent)
+            return
         if path.rstrip("/") in OLLAMA_EXTRAS:
             await self.ollama.serve(scope, receive, send, path.rstrip("/"))
             return

@@ -31,7 +31,10 @@ process:
   need no key, as in CPA, but the cross-site rules hold for them; client API keys
   (`Authorization: Bearer` or `x-api-key`) on the service routes whenever
   `AOGSTREAM_API_KEYS` is set (it must be beyond loopback). The management key is
-  accepted on service routes too. Comparisons are constant-time.
+  accepted on service routes too. Comparisons are constant-time. A client address
+  that sent a wrong key to CPA's management API 5 times is refused there for 30
+  minutes (CPA's rule). Native plugins that offer frontend auth decide who may call the
+  service routes (`host.native.frontend`).
 
 `decide` is the whole policy as a pure function of the request's facts (unit-tested as
 a table); `Guard` is the thin ASGI wrapper that gathers the facts and acts on the
@@ -47,6 +50,7 @@ import json
 import logging
 import os
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -65,9 +69,13 @@ BASE = f"/aog/{SPEC_VERSION}"
 SERVICES_PREFIX = f"{BASE}/services/"
 CPA_MANAGEMENT = "/v0/management"  # CLIProxyAPI's management API (http.native_management)
 CPA_RESOURCES = "/v0/resource/plugins/"  # native plugins' pages (no key, as in CPA)
+CONSOLE_FILES = "/console/"  # the web console's static files (http.console): no data
 PUBLIC_PATHS = frozenset({"/", "/health", "/version", f"{BASE}/health", f"{BASE}/version"})
 
 LOG_EVERY = 10.0
+BAN_AFTER = 5  # wrong management keys from one address on CPA's API …
+BAN_FOR = 30 * 60.0  # … refuse it this long (CPA's rule)
+FRONTEND_AUTH_BODY = 32 * 1024 * 1024  # bodies longer than this reach frontend auth as null
 CORS_METHODS = b"GET, POST, OPTIONS"
 CORS_MAX_AGE = b"600"
 CORS_EXPOSE = b"x-aogstream-provider, x-aogstream-plugin"
@@ -127,12 +135,14 @@ class Decision:
 
 
 def route_kind(path: str) -> str:
-    """"service" (invocations and front doors), "public" (health, version),
+    """"service" (invocations and front doors), "public" (health, version, the console),
     "resource" (native plugins' pages) or "management" (everything else, unknown paths
     included: fail closed)."""
     if path.startswith(SERVICES_PREFIX) or is_front_door(path):
         return "service"
     if path in PUBLIC_PATHS:
+        return "public"
+    if path.startswith(CONSOLE_FILES) and "/" not in path[len(CONSOLE_FILES):]:
         return "public"
     if path.startswith(CPA_RESOURCES) and "/../" not in path + "/":
         return "resource"
@@ -426,6 +436,13 @@ def request_facts(scope: Scope) -> Request:
         elif k in (b"x-management-key", b"x-api-key"):
             if v.strip():
                 creds.append(v.decode("latin-1").strip())
+        elif k == b"sec-websocket-protocol":
+            # browsers cannot set headers: OpenAI's realtime clients send the key as a
+            # subprotocol `openai-insecure-api-key.<key>`
+            for proto in v.decode("latin-1").split(","):
+                key = proto.strip().removeprefix("openai-insecure-api-key.")
+                if key != proto.strip() and key:
+                    creds.append(key)
     method = scope.get("method", "GET")
     return Request(path=scope.get("path", ""), method=method,
                    websocket=scope["type"] == "websocket", host=host, origin=origin,
@@ -439,18 +456,47 @@ def _flavor_of(path: str) -> str:
         return path[len(API_FLAVORS_PREFIX):].split("/", 1)[0] or "aog"
     if path.startswith("/api/"):
         return "ollama"
+    if path.startswith("/v1/messages"):  # Anthropic's Messages API
+        return "anthropic"
     if is_front_door(path):
         return "openai"
     return "aog"
 
 
+async def _buffer_body(receive: Receive, limit: int) -> tuple[bytes | None, Receive]:
+    """The request body (None when longer than `limit`), and a `receive` that gives
+    the app the same messages again."""
+    seen: list[Message] = []
+    size = 0
+    while True:
+        msg = await receive()
+        seen.append(msg)
+        if msg["type"] != "http.request":
+            break
+        size += len(msg.get("body", b""))
+        if not msg.get("more_body") or size > limit:
+            break
+    complete = seen[-1]["type"] == "http.request" and not seen[-1].get("more_body")
+    body = b"".join(m.get("body", b"") for m in seen if m["type"] == "http.request") \
+        if complete and size <= limit else None
+
+    async def replay() -> Message:
+        return seen.pop(0) if seen else await receive()
+
+    return body, replay
+
+
 class Guard:
     """ASGI middleware applying `decide` to every HTTP request and WebSocket upgrade."""
 
-    def __init__(self, app: ASGIApp, policy: Policy) -> None:
+    def __init__(self, app: ASGIApp, policy: Policy, frontend: Any = None) -> None:
+        """`frontend`: native plugins' frontend auth (`host.native.frontend.
+        FrontendAuth`), consulted on service routes when a plugin offers it."""
         self.app = app
         self.policy = policy
+        self.frontend = frontend
         self._logged: dict[str, float] = {}
+        self._failures: dict[str, tuple[int, float]] = {}  # CPA key failures per client
 
     def _log_refusal(self, req: Request, decision: Decision) -> None:
         """A refusal is worth a warning, but a page firing requests in a loop must not
@@ -471,6 +517,13 @@ class Guard:
             return
         req = request_facts(scope)
         decision = decide(self.policy, req)
+        client = (scope.get("client") or ("",))[0] or ""
+        if req.path.startswith(CPA_MANAGEMENT) and not decision.preflight:
+            decision = self._ban(client, decision)
+        if self.frontend is not None and not decision.preflight and \
+                (decision.allowed or decision.bcode is errors.KEY_REQUIRED) and \
+                route_kind(req.path) == "service":
+            decision, receive = await self._frontend_auth(scope, receive, req, decision)
         if decision.preflight:
             await self._preflight(scope, send, decision.cors_origin)
             return
@@ -481,6 +534,51 @@ class Guard:
         if decision.cors_origin and scope["type"] == "http":
             send = _with_cors(send, decision.cors_origin.encode("latin-1"))
         await self.app(scope, receive, send)
+
+    def _ban(self, client: str, decision: Decision) -> Decision:
+        """CPA's failed-key rule on its management API: a client (by IP) that sent a
+        wrong key BAN_AFTER times is refused for BAN_FOR seconds, right key or not; a
+        right key clears its count. Counted in each serving process."""
+        now = trio.current_time()
+        count, until = self._failures.get(client, (0, 0.0))
+        if until > now:
+            left = int(until - now) + 1
+            return Decision(403, errors.KEY_REQUIRED, (
+                f"too many wrong management keys from this address; try again in "
+                f"{left // 60} min {left % 60} s"),
+                cpa_error=f"IP banned due to too many failed attempts. Try again in "
+                          f"{left}s")
+        if decision.cpa_error == "invalid management key":
+            count += 1
+            if len(self._failures) > 10000:
+                self._failures.clear()
+            self._failures[client] = (0, now + BAN_FOR) if count >= BAN_AFTER \
+                else (count, 0.0)
+        elif decision.allowed and client in self._failures:
+            del self._failures[client]
+        return decision
+
+    async def _frontend_auth(self, scope: Scope, receive: Receive, req: Request,
+                             decision: Decision) -> tuple[Decision, Receive]:
+        """Native plugins' frontend auth (`host.native.frontend`): with a plugin that
+        offers it, a service request passes when a plugin accepts it, or (unless one
+        is exclusive) when it carries a client API key the gateway accepts."""
+        plugins, exclusive = self.frontend.providers()
+        if not plugins or (decision.allowed and self.policy.api_keys and not exclusive):
+            return decision, receive
+        body: bytes | None = None
+        if scope["type"] == "http":
+            body, receive = await _buffer_body(receive, FRONTEND_AUTH_BODY)
+        who = await self.frontend.authenticate(
+            plugins, req.method, req.path, list(scope.get("headers", ())),
+            scope.get("query_string", b""), body)
+        if who is not None:
+            return Decision(cors_origin=decision.cors_origin), receive
+        names = ", ".join(p.id for p in plugins)
+        return Decision(401, errors.KEY_REQUIRED, (
+            f"this gateway lets clients in through the frontend auth of native plugin "
+            f"{names}, which did not accept this request; send the credentials it "
+            f"expects")), receive
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send,
                       decision: Decision) -> None:

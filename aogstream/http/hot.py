@@ -20,11 +20,13 @@ import trio
 
 from aogstream import SPEC_VERSION, errors
 from aogstream.asgi_types import ASGIApp, Headers, Receive, Scope, Send
+from aogstream.bidi import openai_realtime
 from aogstream.bidi.limits import CLOSE_TRY_AGAIN_LATER, SessionLimit
 from aogstream.bidi.realtime_asr import SERVER_ERROR, event, serve_realtime
 from aogstream.bidi.realtime_asr import SERVICE as REALTIME_SERVICE
 from aogstream.bidi.relay import serve_relay
 from aogstream.bidi.socket import AsgiWebSocket
+from aogstream.engines.pcm import is_wav
 from aogstream.gateway import Gateway, Route
 from aogstream.http import local_audio
 from aogstream.http.asgi import (
@@ -87,6 +89,9 @@ class HotRoutes:
             if kind == "websocket":
                 await self._websocket(scope, receive, send, service)
                 return
+        elif kind == "websocket" and path.rstrip("/") == openai_realtime.PATH:
+            await self._openai_realtime(scope, receive, send)
+            return
         elif kind == "http" and is_front_door(path):  # OpenAI / Ollama / api_flavors
             await self.front_doors(scope, receive, send)
             return
@@ -204,6 +209,32 @@ class HotRoutes:
                 with trio.CancelScope(shield=True):
                     await ws.close(CLOSE_TRY_AGAIN_LATER if not admitted else 1000)
 
+    async def _openai_realtime(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """OpenAI's realtime transcription socket, on the realtime speech plugins."""
+        ws = AsgiWebSocket(receive, send)
+        msg = await receive()
+        if msg["type"] != "websocket.connect":
+            return
+        offered = openai_realtime.offered_subprotocols(scope)
+        # a browser sends its key as a subprotocol: select "realtime", never echo the key
+        await ws.accept("realtime" if "realtime" in offered else None)
+        with self.ws_sessions.session(REALTIME_SERVICE) as admitted:
+            try:
+                if not admitted:
+                    message = self.ws_sessions.message(REALTIME_SERVICE)
+                    log.warning("refused a WebSocket session: %s", message)
+                    await ws.send_text(json.dumps({"type": "error", "event_id": "event_busy",
+                                                   "error": {"type": "server_error",
+                                                             "code": "too_many_sessions",
+                                                             "message": message, "param": None,
+                                                             "event_id": None}}))
+                else:
+                    await openai_realtime.serve_openai_realtime(ws, scope, self.gateway,
+                                                                str(uuid.uuid4()))
+            finally:
+                with trio.CancelScope(shield=True):
+                    await ws.close(CLOSE_TRY_AGAIN_LATER if not admitted else 1000)
+
     async def _refuse_busy(self, ws: AsgiWebSocket, service: str, conn_id: str) -> None:
         """Over the session cap: say so in the service's own protocol (the close follows)."""
         message = self.ws_sessions.message(service)
@@ -252,7 +283,7 @@ async def _send_unary(send: Send, data: bytes, extra: Headers) -> None:
     head = data[:1]
     if head in (b"{", b"["):
         ctype = b"application/json"
-    elif data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+    elif is_wav(data):
         ctype = b"audio/wav"  # text-to-speech asked for raw audio
     else:
         ctype = b"application/octet-stream"

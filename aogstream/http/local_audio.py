@@ -35,12 +35,12 @@ import os
 import stat
 import uuid
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from aogstream import errors
 from aogstream.asgi_types import Scope
+from aogstream.engines.pcm import is_wav
 
 AUDIO_SERVICE, SPEECH_SERVICE = "speech-to-text", "text-to-speech"
 RAW_SUFFIXES = (".pcm", ".raw")
@@ -73,7 +73,7 @@ def _is_base64(value: str) -> bool:
 
 def is_audio(head: bytes, name: str) -> bool:
     """Whether a file's first bytes (or, for headerless PCM, its name) say audio."""
-    return (head[:4] == b"RIFF" and head[8:12] == b"WAVE") or head[:3] == b"ID3" \
+    return is_wav(head) or head[:3] == b"ID3" \
         or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0) \
         or head[:4] in (b"fLaC", b"OggS", b"\x1a\x45\xdf\xa3") or head[4:8] == b"ftyp" \
         or name.lower().endswith(RAW_SUFFIXES)
@@ -117,7 +117,7 @@ def read_audio_file(path: str, max_bytes: int) -> bytes:
     return data
 
 
-async def inline_audio_path(scope: Scope, obj: dict[str, Any], enabled: bool,
+async def inline_audio_path(scope: Scope, obj: dict[str, object], enabled: bool,
                             max_bytes: int) -> bool:
     """Replace a file path in `obj["audio"]` by the file's bytes in base64 (True when
     it did). A path from a non-loopback client, or with the setting off, is a 400."""
@@ -138,7 +138,7 @@ async def inline_audio_path(scope: Scope, obj: dict[str, Any], enabled: bool,
     return True
 
 
-def wants_saved_wav(scope: Scope, obj: dict[str, Any], enabled: bool) -> bool:
+def wants_saved_wav(scope: Scope, obj: dict[str, object], enabled: bool) -> bool:
     """AOG's SDK asks `{text, voice?, model?}` and gets `{"url": <saved wav>}`: a loopback
     request in that form (no `response_format`, no `stream`) gets the path added."""
     return enabled and is_loopback(scope) and "response_format" not in obj \

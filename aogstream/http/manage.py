@@ -41,6 +41,7 @@ from aogstream.management.plugins import Plugins
 from aogstream.management.providers import Providers
 from aogstream.management.services import Services
 from aogstream.management.shared import json_object_text
+from aogstream.store import StoreError
 from aogstream.store.base import ModelStatus
 
 log = logging.getLogger(__name__)
@@ -347,7 +348,13 @@ def register_management(app: QuartTrio, gateway: Gateway) -> None:
         if isinstance(exc, HTTPException):
             code = exc.code or 500
             return failure(GatewayError(Bcode(code, code), exc.description or exc.name))
-        log.exception("management call %s %s failed", request.method, request.path)
         detail = without_paths(safejson.short(str(exc), 300))
+        if isinstance(exc, StoreError):  # e.g. the shared PostgreSQL server is down
+            log.warning("management call %s %s: the store failed: %s", request.method,
+                        request.path, detail)
+            return failure(GatewayError(errors.STORE_UNAVAILABLE, f"the gateway's database "
+                                        f"cannot be used now ({detail}); retry when it "
+                                        "is back"))
+        log.exception("management call %s %s failed", request.method, request.path)
         return failure(GatewayError(errors.PLUGIN_INTERNAL, f"internal error: "
                                     f"{type(exc).__name__}: {detail}; see the gateway log"))

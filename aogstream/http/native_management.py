@@ -8,7 +8,12 @@
   (PUT replaces it, PATCH merges shallowly and a `null` deletes a key);
 - the routes plugins register (`management.register`) under `/v0/management/...` and
   their GET resources under `/v0/resource/plugins/<id>/...`, answered by the plugin's
-  `management.handle`.
+  `management.handle`;
+- plugin logins (`host.native.auths`, through `management.native_plugins`):
+  `/v0/management/<provider>-auth-url` starts one with the auth provider of that key
+  (`{"status":"ok","url","state"}`), and
+  `GET /v0/management/get-auth-status?state=` polls it (`wait`, `ok` once the
+  credential is saved, or `error`).
 
 What each does is `management.native_plugins`; this module only speaks HTTP. Every
 answer carries `X-CPA-SUPPORT-PLUGIN: 1`, and the app's after-request hook waits for
@@ -23,6 +28,7 @@ cross-site requests to them are refused as well.
 from __future__ import annotations
 
 import json
+import re
 
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -33,6 +39,7 @@ from aogstream.management.native_plugins import RESOURCE_BASE, Answer, NativePlu
 BASE = "/v0/management"
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 CPA_HEADERS = {"X-CPA-SUPPORT-PLUGIN": "1"}
+AUTH_URL = re.compile(r"([a-z0-9-]+)-auth-url")  # CPA: /v0/management/<provider>-auth-url
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade",
               "te", "trailer", "proxy-connection"}
 
@@ -83,8 +90,18 @@ def register_native_management(app: QuartTrio, gateway: Gateway) -> None:
         return _respond(await api.put_config(pid, await request.get_data(),
                                              merge=request.method == "PATCH"))
 
+    @app.get(f"{BASE}/get-auth-status")
+    async def auth_status() -> Response:
+        return _respond(await api.auth_status(request.args.get("state", "")))
+
     @app.route(f"{BASE}/<path:rest>", methods=METHODS)
     async def plugin_route(rest: str) -> Response:
+        login = AUTH_URL.fullmatch(rest)
+        if login is not None:
+            base = f"{request.scheme}://{request.host}{BASE}/oauth-callback"
+            started = await api.auth_url(login[1], base)
+            if started is not None:
+                return _respond(started)
         return _respond(await api.route(request.method, request.path,
                                         list(request.headers.items()), _query(),
                                         await request.get_data()))

@@ -19,12 +19,13 @@ import trio
 from aogstream import errors
 from aogstream.asgi_types import Headers, Receive, Scope, Send
 from aogstream.convert import PIVOT, ConvertError, TemplateError
+from aogstream.engines.pcm import resample
 from aogstream.gateway import Route
 from aogstream.http import audio
 from aogstream.http.asgi import header, parse_object
 from aogstream.http.flavor_calls import Door, FlavorCalls, send_bytes, strip_sse
 from aogstream.http.flavor_errors import template_error
-from aogstream.invocation import Invocation
+from aogstream.invocation import Frame, Invocation, Response
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class OpenAIAudio:
                                           "the text-to-speech provider answered no WAV audio")
             if fmt == "pcm":
                 pcm, rate = audio.wav_pcm(wav)
-                pcm = await trio.to_thread.run_sync(audio.resample_pcm16, pcm, rate,
+                pcm = await trio.to_thread.run_sync(resample, pcm, rate,
                                                     OPENAI_PCM_RATE)
                 await send_bytes(send, 200, pcm, SPEECH_FORMATS["pcm"], served_by)
             else:
@@ -203,9 +204,11 @@ class OpenAIAudio:
         except TemplateError as exc:
             return template_error(exc, route.provider_name)
 
-        async def pcm_of(item: Any) -> bytes:
+        async def pcm_of(item: Response) -> bytes:
             out = bytearray()
             for event in item if isinstance(item, list) else (item,):
+                if isinstance(event, Frame):
+                    continue  # frames belong to bidi sessions, never to a stream
                 try:
                     chunk = to_aog.convert(strip_sse(bytes(event)))
                     obj = json.loads(chunk) if chunk else None
@@ -220,7 +223,7 @@ class OpenAIAudio:
                 except (ValueError, TypeError) as exc:
                     raise errors.GatewayError(errors.TASK_FAILED,
                                               f"a speech chunk has no PCM audio: {exc}") from None
-                out += await trio.to_thread.run_sync(audio.resample_pcm16, pcm, rate,
+                out += await trio.to_thread.run_sync(resample, pcm, rate,
                                                      OPENAI_PCM_RATE)
             return bytes(out)
 

@@ -34,6 +34,7 @@ from aogstream.errors import (
 from aogstream.gateway import Gateway
 from aogstream.host.process import PluginSupervisor
 from aogstream.management.shared import GatewayAccess, names, need
+from aogstream.observe import record as observed
 from aogstream.rpc.bridge import RpcFailure
 from aogstream.store import ModelRow, ProviderRow
 from aogstream.store.base import ModelStatus
@@ -227,6 +228,7 @@ class ModelPulls(GatewayAccess):
         return job
 
     async def _run_pull(self, job: PullJob, plugin: PluginSupervisor | None) -> None:
+        observed.model_pull_started()
         try:
             with job.scope:
                 if plugin is not None:
@@ -245,6 +247,7 @@ class ModelPulls(GatewayAccess):
                     job.outcome = PullOutcome.CANCELED
                     job.cancel_reason = job.cancel_reason or "the gateway is stopping"
                 await self._finish_pull(job, plugin)
+                observed.model_pull_ended(job.provider.flavor, str(job.outcome))
 
     async def _pull_from(self, job: PullJob, plugin: PluginSupervisor) -> None:
         client = plugin.client

@@ -20,9 +20,11 @@ from typing import Any
 import attrs
 import trio
 
+from aogstream import errors
 from aogstream.gateway import Gateway
 from aogstream.host.native import gojson as gj
 from aogstream.host.native import management as nm
+from aogstream.host.native.auths import AuthError
 from aogstream.host.native.configfile import (
     ConfigFileError,
     load_doc,
@@ -30,6 +32,7 @@ from aogstream.host.native.configfile import (
     save_doc,
 )
 from aogstream.host.native.loader import ID_RE, NativePlugins
+from aogstream.host.native.plugin import HOST_SUMMARY
 
 log = logging.getLogger("aogstream.native")
 
@@ -299,6 +302,46 @@ class NativePluginsApi:
             if plugin.state == "running" and (method, path) in plugin.routes:
                 return await self._dispatch(plugin, method, path, headers, query, body)
         return _error(404, "not_found", f"no management route {method} {path}")
+
+    async def auth_url(self, provider: str, base_url: str) -> Answer | None:
+        """`/v0/management/<provider>-auth-url`: a login with the auth provider whose
+        `auth.identifier` is `provider` (highest priority, then ID); None when no
+        plugin offers it (the request is then an ordinary plugin route)."""
+        native = self.native
+        found = [p for p in native.plugins.values()
+                 if p.state == "running" and p.auth_identifier == provider]
+        if not found:
+            return None
+        plugin = min(found, key=lambda p: (-p.priority, p.id))
+        try:
+            return Answer(200, await native.logins.start(plugin, provider, base_url,
+                                                         HOST_SUMMARY))
+        except errors.GatewayError as err:
+            return Answer(502, {"status": "error", "error": err.message})
+        except AuthError as exc:
+            return Answer(502, {"status": "error", "error": str(exc)})
+
+    async def auth_status(self, state: str) -> Answer:
+        """`GET /v0/management/get-auth-status?state=`: `wait`, `ok` (the credential is
+        saved) or `error`."""
+        native = self.native
+        login = native.logins.login(state) if state else None
+        if login is None:
+            return Answer(404, {"status": "error", "error": "unknown or expired login "
+                                "state; start the login again with "
+                                "/v0/management/<provider>-auth-url"})
+        plugin = native.plugins.get(login.plugin)
+        if plugin is None or plugin.state != "running":
+            return Answer(503, {"status": "error",
+                                "error": f"native plugin {login.plugin} is not running"})
+        try:
+            return Answer(200, await native.logins.poll(plugin, state, HOST_SUMMARY,
+                                                        native.auths))
+        except errors.GatewayError as err:
+            return Answer(502, {"status": "error", "error": err.message})
+        except (AuthError, OSError) as exc:
+            return Answer(500, {"status": "error",
+                                "error": f"saving the credential failed: {exc}"})
 
     async def resource(self, pid: str, path: str, headers: list[tuple[str, str]],
                        query: dict[str, list[str]]) -> Raw | Answer:

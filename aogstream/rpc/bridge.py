@@ -14,8 +14,10 @@ through this module:
   gRPC go to a deque and only the first after a drain asks for a wake-up.
 * **Credits both ways.** The reader task holds an asyncio semaphore of `window`
   credits, so a slow trio reader stops it pulling messages from gRPC, and HTTP/2 flow
-  control then pushes back on the plugin. Sends acquire a trio semaphore whose credits
-  the writer returns once the message is on the wire.
+  control then pushes back on the plugin. Sends take one of `window` credits, which the
+  writer returns once the message is on the wire; it returns them lazily (a queue the
+  trio side reads when it runs short) and wakes trio only when a sender is parked, so a
+  paced stream (a realtime frame every 20 ms) costs no wake-up into trio per message.
 * **`call.cancel()` on every scope exit.** Garbage collection does not cancel a grpc
   call in time and cancelling an awaiting coroutine is not enough either, so leaving
   the `async with` always schedules an explicit cancel (a no-op on a finished call).
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import enum
 import logging
 import math
@@ -378,8 +381,12 @@ class Stream(Generic[Req, Resp]):
         self._finished = False
         # EOF or the last message read: nothing left for the trio side to cancel
         self._clean_end = False
-        # trio → asyncio
-        self._send_credits = trio.Semaphore(window)
+        # trio → asyncio: `_in_flight` sent messages not yet acknowledged by the writer,
+        # whose `_acks` (counts written) the trio side harvests when it runs short
+        self._in_flight = 0
+        self._acks: collections.deque[int] = collections.deque()
+        self._send_waiters: collections.deque[trio.lowlevel.Task] = collections.deque()
+        self._sender_parked = False  # set by trio, read by the loop thread
         self._outbox: collections.deque[Req | _End] = collections.deque()
         self._writer_wake_pending = False
         # owned by the loop thread
@@ -474,7 +481,11 @@ class Stream(Generic[Req, Resp]):
 
     def _return_send_credits(self, n: int) -> None:
         if n:
-            self._to_trio(self._release_send_credits, n)
+            self._acks.append(n)  # deque appends are atomic across threads
+            # after the append: a sender that parked before it sees the credits in
+            # its own harvest or is woken here (it sets the flag, then harvests)
+            if self._sender_parked:
+                self._to_trio(self._wake_senders)
 
     def _wake_writer(self) -> None:
         if self._writer_event is not None:
@@ -514,12 +525,19 @@ class Stream(Generic[Req, Resp]):
         self._waiter = None
         return trio.lowlevel.Abort.SUCCEEDED
 
-    def _release_send_credits(self, n: int) -> None:
-        for _ in range(n):
-            try:
-                self._send_credits.release()
-            except ValueError:  # more releases than acquisitions: never block on it
-                break
+    def _harvest_acks(self) -> None:
+        acks = self._acks
+        while acks:
+            self._in_flight -= acks.popleft()
+        if self._in_flight < 0:  # never more credits than the window
+            self._in_flight = 0
+
+    def _wake_senders(self) -> None:
+        self._sender_parked = False
+        self._harvest_acks()
+        while self._send_waiters:
+            trio.lowlevel.reschedule(self._send_waiters.popleft())
+
 
     async def receive(self) -> Resp:
         """Next message; raises trio.EndOfChannel at the end, RpcFailure on errors."""
@@ -576,7 +594,26 @@ class Stream(Generic[Req, Resp]):
 
     async def send(self, msg: Req) -> None:
         """Queue one request message; waits while `window` messages are in flight."""
-        await self._send_credits.acquire()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._in_flight >= self._window:
+            self._harvest_acks()
+        while self._in_flight >= self._window:
+            self._sender_parked = True
+            self._harvest_acks()  # after the flag: see `_return_send_credits`
+            if self._in_flight < self._window:
+                if not self._send_waiters:
+                    self._sender_parked = False
+                break
+            task = trio.lowlevel.current_task()
+            self._send_waiters.append(task)
+
+            def abort(_: Any, task: trio.lowlevel.Task = task) -> trio.lowlevel.Abort:
+                with contextlib.suppress(ValueError):
+                    self._send_waiters.remove(task)
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        self._in_flight += 1
         self._outbox.append(msg)
         self._kick_writer()
 

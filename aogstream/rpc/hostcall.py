@@ -40,6 +40,7 @@ ERROR_NO_ROUTE = "no_route"             # nothing can serve it (configure a prov
 ERROR_RECURSION = "recursion"           # it would re-enter a plugin of its own chain
 ERROR_TIMEOUT = "timeout"
 ERROR_UPSTREAM = "upstream"             # the provider failed (after fallback)
+ERROR_CANCELLED = "cancelled"           # the call's request was cancelled (audit, SDK side)
 ERROR_INTERNAL = "internal"
 
 

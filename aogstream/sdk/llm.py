@@ -24,16 +24,25 @@ model and hybrid policy: what the gateway's users get). `provider=`, `model=`,
 The call goes over a unix socket the gateway made for this plugin alone (its path in
 the environment), so the gateway knows who calls from the channel itself. Each call
 opens its own connection: cancelling an `await` (or the host cancelling the request
-this plugin serves) closes it and the gateway stops the call. The sync methods speak
-plain blocking sockets on the calling thread and never touch an event loop, so they
-cannot deadlock the SDK's loop; called from `async` plugin code they hold that loop
-for the duration of the call, so prefer the `a*` twins there.
+this plugin serves) closes it and the gateway stops the call.
+
+The sync twins are for blocking plugin code, which the SDK runs on worker threads: a
+provider method written as plain `def` (see `sdk.blocking`). A sync call waits on a
+blocking socket of its own, on its own thread, and never touches an event loop, so
+it cannot deadlock one and the plugin's other requests go on being served meanwhile;
+when the host cancels the request it runs for, the SDK cuts that socket, the call
+ends at once with `PluginLlmError` code "cancelled", and the gateway stops the model.
+Called straight from `async def` code, on the loop's own thread, a sync call still
+works but cannot wait without holding that loop: every other request of the plugin
+waits for it, and the SDK logs a warning once; `await` the `a*` twin there instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import logging
 import os
 import socket
 from collections.abc import Sequence
@@ -41,6 +50,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aogstream.rpc import hostcall as hc
+from aogstream.sdk import blocking
+
+log = logging.getLogger("aogstream.sdk")
 
 # A little beyond the gateway's own clamp (600 s), so the gateway's timeout answer,
 # not ours, reports a slow call.
@@ -347,27 +359,52 @@ class PluginLlm:
         raise PluginLlmError(code, message)
 
     def _call(self, op: str, args: dict[str, Any], timeout: float | None) -> dict[str, Any]:
-        """Blocking: connect, send, wait for the answer (no event loop involved)."""
+        """A sync twin's exchange: a plain blocking socket on the calling thread (no
+        event loop involved, so nothing can deadlock on it), cut when the request it
+        runs for is cancelled (`sdk.blocking.request_scope`)."""
+        if blocking.on_loop_thread():
+            _warn_held_loop(op)
+        scope = blocking.current_scope()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(_wait_for(timeout))
+
+        def cut() -> None:  # from the loop's thread: wakes this thread's recv
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
         try:
+            if scope is not None and not scope.add(cut):
+                raise _cancelled()
             try:
-                sock.connect(self._path())
-            except OSError as exc:
-                raise PluginLlmError(hc.ERROR_NO_ROUTE, f"cannot reach the gateway's LLM "
-                                     f"service: {exc.strerror or exc}") from None
-            sock.sendall(hc.encode({"op": op, "args": args}))
-            try:
-                n = hc.frame_length(_recv_exactly(sock, hc.HEADER.size), hc.MAX_ANSWER_BYTES)
-                frame = hc.decode(_recv_exactly(sock, n))
-            except TimeoutError:
-                raise PluginLlmError(hc.ERROR_TIMEOUT, "the gateway did not answer in "
-                                     "time") from None
-            except (EOFError, hc.FrameError, OSError) as exc:
-                raise PluginLlmError(hc.ERROR_INTERNAL, f"the gateway's answer was cut "
-                                     f"short: {exc}") from None
+                return self._exchange(sock, op, args, scope)
+            except PluginLlmError:
+                if scope is not None and scope.cancelled:
+                    raise _cancelled() from None
+                raise
         finally:
+            if scope is not None:
+                scope.discard(cut)
             sock.close()
+
+    def _exchange(self, sock: socket.socket, op: str, args: dict[str, Any],
+                  scope: blocking.RequestScope | None) -> dict[str, Any]:
+        try:
+            sock.connect(self._path())
+        except OSError as exc:
+            raise PluginLlmError(hc.ERROR_NO_ROUTE, f"cannot reach the gateway's LLM "
+                                 f"service: {exc.strerror or exc}") from None
+        if scope is not None and scope.cancelled:  # cut while connecting: no effect
+            raise _cancelled()
+        try:
+            sock.sendall(hc.encode({"op": op, "args": args}))
+            n = hc.frame_length(_recv_exactly(sock, hc.HEADER.size), hc.MAX_ANSWER_BYTES)
+            frame = hc.decode(_recv_exactly(sock, n))
+        except TimeoutError:
+            raise PluginLlmError(hc.ERROR_TIMEOUT, "the gateway did not answer in "
+                                 "time") from None
+        except (EOFError, hc.FrameError, OSError) as exc:
+            raise PluginLlmError(hc.ERROR_INTERNAL, f"the gateway's answer was cut "
+                                 f"short: {exc}") from None
         return self._answer(frame)
 
     async def _acall(self, op: str, args: dict[str, Any],
@@ -397,6 +434,26 @@ class PluginLlm:
         finally:
             writer.close()  # a cancelled call ends here: the gateway sees the close
         return self._answer(frame)
+
+
+def _cancelled() -> PluginLlmError:
+    return PluginLlmError(hc.ERROR_CANCELLED, "the request this call was made for was "
+                          "cancelled")
+
+
+_warned_held_loop = False
+
+
+def _warn_held_loop(op: str) -> None:
+    """Say once per process that a sync call is holding the event loop, and what to do."""
+    global _warned_held_loop
+    if _warned_held_loop:
+        return
+    _warned_held_loop = True
+    log.warning("ctx.llm.%s was called from async code on the event loop's thread: every "
+                "other request of this plugin waits until it returns. Await "
+                "ctx.llm.a%s there, or write the handler as a plain def (the SDK runs it "
+                "on a worker thread)", op, op)
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:

@@ -10,6 +10,13 @@ override says "not supported".
 Plugin code runs on asyncio (the grpc.aio server's loop). A host that goes away
 cancels the call, and plugin code sees `asyncio.CancelledError` at its next await,
 never a silent end of input: put engine clean-up in `try/finally`.
+
+Any of these methods may instead be written as plain `def` (and a stream as a plain
+generator) when its code blocks: the SDK then runs it on a worker thread
+(`sdk.blocking`), so it holds up no other request, and it may use `ctx.llm`'s sync
+twins. Such code cannot be interrupted: when its request is cancelled, the sync
+`ctx.llm` call it waits on ends with `PluginLlmError` code "cancelled", and its result
+is dropped. `invoke_service_bidirectional` is always `async def`.
 """
 
 from __future__ import annotations

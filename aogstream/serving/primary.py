@@ -14,7 +14,11 @@ from aogstream.config import Config, ensure_private_dir
 from aogstream.gateway import Gateway
 from aogstream.host.llm_service import PluginLlmHost
 from aogstream.http.app import build_app
-from aogstream.http.guard import Guard, describe, load_keys, policy_for
+from aogstream.http.guard import Guard, GuardConfigError, describe, load_keys, policy_for
+from aogstream.http.observability import plugin_facts
+from aogstream.http.openapi import route_templates
+from aogstream.observe import run as observe_run
+from aogstream.observe.middleware import Observed
 from aogstream.rpc.bridge import GrpcLoop
 from aogstream.serving import hypercorn_serve, process_setup
 from aogstream.serving.worker_pool import (
@@ -38,6 +42,11 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
     ensure_private_dir(cfg.data_dir)
     keys = load_keys(cfg, generate=True)
     policy = policy_for(cfg, keys)
+    try:
+        observing = observe_run.Settings.from_env()
+    except observe_run.SettingsError as exc:  # refused before anything starts, as keys are
+        raise GuardConfigError(str(exc)) from None
+    run: observe_run.RunDir | None = None
     stop = trio.Event()
     open_files = hypercorn_serve.raise_open_file_limit()  # before plugins: they inherit it
     cap = hypercorn_serve.connection_cap(cfg.max_connections, open_files)
@@ -51,10 +60,16 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
         await nursery.start(llm_host.run)
         gateway.plugin_launch_env = llm_host.env_for
         try:
+            run = observe_run.start_run()  # metrics files, request rings of every process
+            observer = observe_run.open_process("primary", observing)
             await gateway.start(nursery)
             for problem in gateway.problems:
                 log.error("plugin problem: %s", problem)
-            app = Guard(build_app(gateway), policy)
+            hot = build_app(gateway)
+            observer.set_routes(route_templates(hot))  # before the workers start
+            observer.watch(functools.partial(plugin_facts, gateway), lambda: llm_host.counters)
+            app = Observed(Guard(hot, policy, frontend=gateway.native.frontend
+                                 if gateway.native else None), observer)
             log.info("request guard: %s; management key: %s", describe(policy),
                      keys.source or "none")
             hc = hypercorn_serve.hypercorn_config(cfg)
@@ -95,6 +110,8 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TAS
                 await gateway.stop()
                 if private_dir:
                     remove_folder(private_dir)
+                if run is not None:
+                    observe_run.end_run(run)
             nursery.cancel_scope.cancel()
 
 

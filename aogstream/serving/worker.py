@@ -23,11 +23,13 @@ from aogstream.gateway import Gateway
 from aogstream.host.attached import AttachedPlugin
 from aogstream.http.guard import Guard, load_keys, policy_for
 from aogstream.http.hot import HotRoutes
+from aogstream.observe import run as observe_run
+from aogstream.observe.middleware import Observed
 from aogstream.rpc.bridge import GrpcLoop
 from aogstream.serving import hypercorn_serve, process_setup
 from aogstream.serving.primary_proxy import PrimaryProxy
 from aogstream.serving.worker_pool import config_from_json
-from aogstream.store import SQLiteStore
+from aogstream.store import open_store
 
 log = logging.getLogger("aogstream.workers")
 
@@ -100,10 +102,11 @@ async def serve_worker(cfg: Config, index: int, link_fd: int) -> None:
     """One worker: follow the primary, then serve the hot routes on the shared port."""
     # the same guard as the primary's, with the keys read here (never passed along)
     policy = policy_for(cfg, load_keys(cfg, generate=False))
+    observer = observe_run.open_process(f"w{index}")
     stop = trio.Event()
     link = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=link_fd)))
     async with GrpcLoop.open() as gl, trio.open_nursery() as nursery:
-        store = await trio.to_thread.run_sync(SQLiteStore, cfg.db_path)
+        store = await trio.to_thread.run_sync(open_store, cfg)
         gateway = Gateway(cfg, gl, store)
         follower = Follower(gateway, link)
         try:
@@ -112,8 +115,9 @@ async def serve_worker(cfg: Config, index: int, link_fd: int) -> None:
             await gateway.start_native()
             nursery.start_soon(follower.run, stop)
             nursery.start_soon(process_setup.stop_on_signal, stop)
-            app = Guard(HotRoutes(gateway, PrimaryProxy(os.environ["AOGSTREAM_PRIMARY_SOCKET"],
-                                                        cfg)), policy)
+            app = Observed(Guard(HotRoutes(gateway, PrimaryProxy(
+                os.environ["AOGSTREAM_PRIMARY_SOCKET"], cfg)), policy,
+                frontend=gateway.native.frontend if gateway.native else None), observer)
             sock = hypercorn_serve.listen_socket(cfg.host, cfg.port, reuse_port=True)
             hc = hypercorn_serve.hypercorn_config(cfg)
             hc.bind = [f"fd://{sock.fileno()}"]
@@ -132,6 +136,7 @@ async def serve_worker(cfg: Config, index: int, link_fd: int) -> None:
                 if gateway.native is not None:
                     await gateway.native.stop()
                 await trio.to_thread.run_sync(store.close)
+            observer.close()
             nursery.cancel_scope.cancel()
 
 

@@ -94,6 +94,31 @@ async def write_stream(
     `epilogue` events (the epilogue only after a stream that did not fail) and the
     flavor's `error_tail`. Without them the events are relayed as they are."""
     encode = encode_ndjson if ndjson else encode_sse
+    headers = list(NDJSON_HEADERS if ndjson else SSE_HEADERS)
+    if extra_headers:
+        headers.extend(extra_headers)
+
+    def frame(items: list[Any]) -> bytes:
+        return _frame_all(items, encode) if convert is None else \
+            _frame_converted(items, encode, convert)
+
+    def tail(failed: GatewayError | None) -> bytes:
+        return encode(error_tail(failed)) if failed is not None else \
+            b"".join(encode(e) for e in epilogue)
+
+    return await relay_batches(inv, send, headers, frame,
+                               b"".join(encode(p) for p in prologue), tail)
+
+
+async def relay_batches(inv: Invocation, send: Send, headers: Headers,
+                        frame: Callable[[list[Any]], bytes], head: bytes,
+                        tail: Callable[[GatewayError | None], bytes]) -> GatewayError | None:
+    """The loop under every streamed answer: wait for the first response (so a call
+    that fails before it gets a real error status: returned, nothing sent), send the
+    headers, then write each batch `frame`d as one body, `head` in front of the first;
+    whatever is already waiting is coalesced into one write, never waited for. The end
+    goes out with the last batch: `tail(None)`, or `tail(err)` after a failure (from
+    `frame` raising GatewayError or the invocation's own error)."""
     responses = inv.responses
     try:
         first = await responses.receive()
@@ -101,12 +126,8 @@ async def write_stream(
         if inv.error is not None:
             return inv.error
         first = b""
-    headers = list(NDJSON_HEADERS if ndjson else SSE_HEADERS)
-    if extra_headers:
-        headers.extend(extra_headers)
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     pending: list[Any] = [first] if first else []
-    head = b"".join(encode(p) for p in prologue)
     failed: GatewayError | None = None
     ended = False
     while True:
@@ -120,8 +141,7 @@ async def write_stream(
                 break
         if pending:
             try:
-                body = _frame_all(pending, encode) if convert is None else \
-                    _frame_converted(pending, encode, convert)
+                body = frame(pending)
             except GatewayError as err:
                 failed = err
                 break
@@ -131,7 +151,8 @@ async def write_stream(
             if ended:  # the end is already here: one write for the rest and the end
                 head = body
                 break
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+            if body:
+                await send({"type": "http.response.body", "body": body, "more_body": True})
         if ended:
             break
         try:
@@ -139,8 +160,7 @@ async def write_stream(
         except trio.EndOfChannel:
             break
     failed = failed or inv.error
-    tail = head + (encode(error_tail(failed)) if failed is not None
-                   else b"".join(encode(e) for e in epilogue))
     with trio.CancelScope(shield=True):  # or hypercorn never closes the connection
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        await send({"type": "http.response.body", "body": head + tail(failed),
+                    "more_body": False})
     return None

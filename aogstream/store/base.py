@@ -115,7 +115,11 @@ class ModelRow:
 
 
 class Store(Protocol):
-    """What the gateway needs from persistence. Every write is durable when it returns."""
+    """What the gateway needs from persistence. Every write is durable when it returns.
+
+    A store shared by several gateway hosts (`store.postgres`) also has
+    `wait_change(timeout) -> bool`, which returns True when another host wrote; the
+    gateway's primary then rebuilds its routing table (`Gateway._follow_store`)."""
 
     def close(self) -> None: ...
 

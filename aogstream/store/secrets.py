@@ -5,7 +5,7 @@ When `AOGSTREAM_SECRET_KEY` is set, every provider `auth_key` is written to the 
 from the secret with scrypt (n=2**14, r=8, p=1) and a random 16-byte salt stored with the
 value, the provider name bound in as associated data (a sealed key copied onto another
 provider does not open). Values without the prefix are plain rows from before the secret
-was set: they still read, and the store seals them when it opens (see `SQLiteStore`).
+was set: they still read, and the store seals them when it opens (see `store.sql`).
 
 Why the secret comes from the environment and not a file in the data dir: a copy of the
 data dir (a backup, another local user who can read it) must not be enough to read the

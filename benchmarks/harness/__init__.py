@@ -16,7 +16,7 @@ module's docstring says why it is built the way it is.
   machine_busy, loadavg, CLK_TCK, NCPU).
 - `processes`: starting a child, the client's limits (free_port, popen, raise_fd_limit).
 - `logs`: what the operator sees (progress, tail).
-- `systems`: the systems under test (System, start_stub, start_aogstream,
+- `systems`: the systems under test (System, start_stub, start_floor, start_aogstream,
   start_litellm, stop, wait_listening, their command lines stub_argv, aogstream_argv,
   litellm_argv, label, protocol_of, ALL_SYSTEMS).
 - `realtime`: AOG's realtime protocol and its systems (run_task, FINISH_TASK, frame_seq,
@@ -104,6 +104,8 @@ from .systems import (
     litellm_missing,
     protocol_of,
     start_aogstream,
+    start_aogstream_native,
+    start_floor,
     start_litellm,
     start_stub,
     stop,
@@ -184,7 +186,9 @@ __all__ = [
     "run_task",
     "script_main",
     "start_aogstream",
+    "start_aogstream_native",
     "start_direct_ws",
+    "start_floor",
     "start_litellm",
     "start_realtime_gateway",
     "start_stub",

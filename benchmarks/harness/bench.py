@@ -41,11 +41,14 @@ from .logs import progress
 from .procfs import NCPU, loadavg
 from .systems import (
     ALL_SYSTEMS,
+    OBSERVE_OFF,
     RELAY_OLLAMA_DIR,
     System,
     gateway_help,
     litellm_missing,
     start_aogstream,
+    start_aogstream_native,
+    start_floor,
     start_litellm,
     start_stub,
     stop,
@@ -131,16 +134,26 @@ class Bench:
         if s == "direct":
             return System("direct", self.stub.proc, self.stub.port, self.stub.log,
                           paths=dict(self.stub.paths), roles=dict(self.stub.roles))
+        if s == "floor":
+            return start_floor(self.tmp)
         if s == "aogstream":
             return start_aogstream(self.tmp, self.stub, workers=self.workers)
         if s == "aogstream-x1":
             return start_aogstream(self.tmp, self.stub, name=s, workers=1)
+        if s in OBSERVE_OFF:
+            return start_aogstream(self.tmp, self.stub, name=s, workers=1,
+                                   extra_env=OBSERVE_OFF[s])
         if s == "aogstream-ollama":
             sut = start_aogstream(self.tmp, self.stub, name=s, plugin_dir=RELAY_OLLAMA_DIR,
                                   plugin_name="relay-ollama-plugin", workers=self.workers)
             sut.paths = {"ndjson": "/api/chat"}
             sut.notes = {"json": "see aogstream", "sse": "see aogstream"}
             return sut
+        if s == "aogstream-native":
+            return start_aogstream_native(self.tmp, self.stub, workers=self.workers)
+        if s == "aogstream-native-host":
+            return start_aogstream_native(self.tmp, self.stub, name=s, workers=self.workers,
+                                          transport="host")
         why = litellm_missing()
         if why:
             self.skipped[s] = why
@@ -226,8 +239,8 @@ class Bench:
         ]
         if "aogstream-x1" in self.systems:
             lines.append("- `aogstream-x1` (**aogstream ×1**) is the gateway started with "
-                         "`--workers 1`; `aogstream` has the default, one serving worker "
-                         f"per core ({NCPU} here)")
+                         "`--workers 1`; `aogstream` has the default, one serving process "
+                         f"per two cores ({max(1, NCPU // 2)} here)")
         if self.skipped:
             lines.append("- not run: " + "; ".join(f"{k}: {v}" for k, v in self.skipped.items()))
         if self.workers is not None:

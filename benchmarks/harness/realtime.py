@@ -83,11 +83,15 @@ def start_realtime_gateway(tmp: Path, stub: System, events: Path | None = None,
     events."""
     if events is not None:
         os.environ["REALTIME_PLUGIN_EVENTS"] = str(events)
+    # the benchmark opens up to hundreds of sessions of a stub that holds nothing: the
+    # per-process session cap (sized for real decoders) must not refuse them
+    os.environ["AOGSTREAM_MAX_REALTIME_SESSIONS"] = "0"
     try:
         sut = start_aogstream(tmp, stub, name=name, plugin_dir=REALTIME_PLUGIN_DIR,
                               plugin_name=REALTIME_PLUGIN, workers=workers)
     finally:
         os.environ.pop("REALTIME_PLUGIN_EVENTS", None)
+        os.environ.pop("AOGSTREAM_MAX_REALTIME_SESSIONS", None)
     sut.paths = {"ws": REALTIME_PATH}
     return sut
 

@@ -68,9 +68,10 @@ def script_main(body: Callable[[], int]) -> int:
         return 1
 
 
-# The systems ttft, cpu and throughput compare (the default gateway and `--workers 1`).
-WORKER_COMPARISON = ("direct,aogstream,aogstream-x1,litellm",
-                     "direct,aogstream,aogstream-x1,aogstream-ollama,litellm")
+# The systems ttft, cpu and throughput compare: the baselines (direct, the floor), the
+# default gateway and `--workers 1`, LiteLLM.
+WORKER_COMPARISON = ("direct,floor,aogstream,aogstream-x1,litellm",
+                     "direct,floor,aogstream,aogstream-x1,aogstream-ollama,litellm")
 
 
 def run_measured(name: str, args: Any, systems: Sequence[str], measure: Callable[..., Any],

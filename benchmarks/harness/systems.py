@@ -12,10 +12,22 @@ The systems (names used everywhere: tables, JSON, `Bench(systems=...)`):
   process over gRPC) to the stub. `/v1/chat/completions` is a byte passthrough; NDJSON
   goes through the Ollama door `/api/chat` (converted ollama → openai → ollama).
 - `aogstream-x1` ("aogstream ×1" in tables): the same gateway started with `--workers 1`,
-  next to `aogstream` (the default, one worker per core), so the tables show what the
-  extra workers buy (or cost).
+  next to `aogstream` (the default, one serving process per two cores), so the tables
+  show what extra workers buy (or cost) where the default has several.
 - `aogstream-ollama`: the same gateway with the Ollama twin `relay-ollama-plugin`
   (config_ref `ollama:chat`): `/api/chat` NDJSON is then a passthrough too.
+- `floor`: benchmarks/floor_app.py, a bare ASGI app on hypercorn's trio worker that
+  answers like the stub (same JSON body, SSE chunks, NDJSON lines, timing) without
+  relaying: what the required HTTP stack costs per request before any gateway logic.
+  aogstream's per-request figures are judged against it.
+- `aogstream-native`: the same gateway with no process plugin, relaying through the
+  native (CLIProxyAPI C ABI) executor benchmarks/native_relay, loaded in process by
+  every serving process and enabled in its data dir's config.yaml (`transport: direct`:
+  the library talks HTTP/1.1 to the stub itself), so there is no gRPC hop and no plugin
+  process; a chunk crosses the ABI once (`host.stream.emit`).
+- `aogstream-native-host`: the same, but the library's outbound HTTP goes through the
+  gateway's own client (`host.http.do` / `do_stream` + `stream_read`), as CLIProxyAPI
+  recommends to plugins.
 - `litellm`: LiteLLM proxy 1.106.2 from its own venv (`benchmarks/setup_litellm.sh`),
   `--num_workers 1`, model `*` → `openai/*` at the stub's `/v1`, `num_retries: 0`, no
   database, a master key (it refuses to start without one). No NDJSON door.
@@ -58,9 +70,17 @@ STUB_ENV = "AOGSTREAM_BENCH_STUB"  # where relay-plugin finds the stub (host:por
 START_TIMEOUT = 90.0  # LiteLLM takes ~35 s to import on this machine kind
 STOP_TIMEOUT = 10.0
 
-ALL_SYSTEMS = ("direct", "aogstream", "aogstream-x1", "aogstream-ollama", "litellm")
-# How a system is named in tables: `aogstream-x1` is the gateway pinned to one worker.
-LABELS = {"aogstream-x1": "aogstream ×1"}
+ALL_SYSTEMS = ("direct", "floor", "aogstream", "aogstream-x1", "aogstream-x1-nometrics",
+               "aogstream-x1-quiet", "aogstream-ollama", "aogstream-native",
+               "aogstream-native-host", "litellm")
+# How a system is named in tables: `aogstream-x1` is the gateway pinned to one worker;
+# the two after it are the same with metrics off, and with metrics and request log off.
+LABELS = {"aogstream-x1": "aogstream ×1", "aogstream-x1-nometrics": "×1 metrics off",
+          "aogstream-x1-quiet": "×1 metrics+log off"}
+# The environment of those two (`aogstream.observe.run`).
+OBSERVE_OFF = {"aogstream-x1-nometrics": {"AOGSTREAM_METRICS": "off"},
+               "aogstream-x1-quiet": {"AOGSTREAM_METRICS": "off",
+                                      "AOGSTREAM_REQUEST_LOG": "off"}}
 
 
 def label(name: str) -> str:
@@ -219,6 +239,23 @@ def start_stub(tmp: Path, name: str = "stub", close_log: Path | None = None,
     return sut
 
 
+def start_floor(tmp: Path, name: str = "floor") -> System:
+    """benchmarks/floor_app.py (hypercorn, trio worker) on a free port."""
+    port = free_port()
+    log = tmp / f"{name}.log"
+    argv = [sys.executable, str(HERE / "floor_app.py"), "--port", str(port)]
+    sut = System(name, popen(argv, log), port, log,
+                 paths={"json": "/v1/chat/completions", "sse": "/v1/chat/completions",
+                        "ndjson": "/api/chat"})
+    try:
+        _wait_ready(sut, "/health", "the floor app", timeout=30)
+    except BaseException:
+        stop(sut)
+        raise
+    sut.roles = {pid: "floor" for pid in descendants(sut.proc.pid)}
+    return sut
+
+
 @functools.cache
 def gateway_help() -> str:
     """`server start --help`, to see which options this gateway build has."""
@@ -229,7 +266,8 @@ def gateway_help() -> str:
 
 def start_aogstream(tmp: Path, stub: System | None, name: str = "aogstream",
                     plugin_dir: Path = RELAY_PLUGIN_DIR, plugin_name: str = "relay-plugin",
-                    workers: int | None = None, extra: Sequence[str] = ()) -> System:
+                    workers: int | None = None, extra: Sequence[str] = (),
+                    extra_env: dict[str, str] | None = None) -> System:
     """The gateway with one relay plugin, talking to `stub` (None: a plugin that answers
     by itself, such as benchmarks/stub_plugin).
 
@@ -242,6 +280,7 @@ def start_aogstream(tmp: Path, stub: System | None, name: str = "aogstream",
     log = tmp / f"{name}.log"
     argv = aogstream_argv(port, plugin_dir, tmp / f"{name}-data", workers, extra)
     env = dict(os.environ)
+    env.update(extra_env or {})
     if stub is not None:
         env[STUB_ENV] = f"{HOST}:{stub.port}"
     paths = {"json": "/v1/chat/completions", "sse": "/v1/chat/completions",
@@ -278,6 +317,58 @@ def start_aogstream(tmp: Path, stub: System | None, name: str = "aogstream",
                            "plugin" if pid == plugin_pid else
                            "worker" if "aogstream" in cmdline(pid) else "other")
                      for pid in procs}
+    except BaseException:
+        stop(sut)
+        raise
+    return sut
+
+
+def start_aogstream_native(tmp: Path, stub: System, name: str = "aogstream-native",
+                           workers: int | None = None, transport: str = "direct") -> System:
+    """The gateway relaying through the native executor benchmarks/native_relay (built
+    by tools/build-native-plugins.sh), enabled in `<data dir>/config.yaml`;
+    `transport`: `direct` (its own HTTP) or `host` (`host.http.*`)."""
+    import platform
+
+    import httpx
+
+    subprocess.run([str(ROOT / "tools" / "build-native-plugins.sh")], check=True,
+                   cwd=ROOT)
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine().lower(),
+                                                      platform.machine().lower())
+    plugins = tmp / f"{name}-plugins"
+    (plugins / "linux" / arch).mkdir(parents=True, exist_ok=True)
+    lib = plugins / "linux" / arch / "native-relay.so"
+    lib.write_bytes((ROOT / ".cache" / "native-plugins" / "native-relay.so").read_bytes())
+    data = tmp / f"{name}-data"
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "config.yaml").write_text(
+        "plugins:\n  enabled: true\n  configs:\n    native-relay:\n      enabled: true\n"
+        f"      transport: {transport}\n")
+    port = free_port()
+    log = tmp / f"{name}.log"
+    env = dict(os.environ, **{STUB_ENV: f"{HOST}:{stub.port}"})
+    sut = System(name, popen(aogstream_argv(port, plugins, data, workers), log, env=env),
+                 port, log, paths={"json": "/v1/chat/completions",
+                                   "sse": "/v1/chat/completions", "ndjson": "/api/chat"})
+    try:
+        _wait_ready(sut, "/aog/v0.2/health", "the aogstream gateway")
+        deadline = time.monotonic() + START_TIMEOUT
+        with httpx.Client(timeout=5.0, trust_env=False) as http:
+            while time.monotonic() < deadline and sut.proc.poll() is None:
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    listed = http.get(f"http://{HOST}:{port}/aog/v0.2/plugin/list"
+                                      ).json().get("data") or []
+                    plugin = next((p for p in listed if p.get("name") == "native-relay"), {})
+                    if plugin.get("state") == "running":
+                        break
+                time.sleep(0.1)
+            else:
+                raise RuntimeError(f"native-relay not running; log {log}:\n{tail(log)}")
+        time.sleep(0.5)  # let workers (if any) load it too
+        sut.roles = {pid: ("gateway" if pid == sut.proc.pid else
+                           "worker" if "aogstream" in cmdline(pid) else "other")
+                     for pid in descendants(sut.proc.pid)}
     except BaseException:
         stop(sut)
         raise

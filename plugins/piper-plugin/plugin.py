@@ -17,11 +17,9 @@ translates AOG requests:
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import uuid
-import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from aogstream import manifest as m
 from aogstream.engines.base import EnginePlugin, request_json
 from aogstream.engines.install import EngineSpec
 from aogstream.engines.models import PackageModel, StoredModel
+from aogstream.engines.pcm import pack_wav
 from aogstream.engines.process import EngineProcess
 from aogstream.sdk import serve
 
@@ -84,7 +83,7 @@ class PiperPlugin(EnginePlugin):
             raise _nothing_to_say()
         if job.response_format == "pcm":
             return bytes(pcm)
-        wav = _wav(bytes(pcm), rate)
+        wav = pack_wav(bytes(pcm), rate)
         if job.response_format == "wav":
             return wav
         return _dumps({"id": job.id, "model": job.model, "voice": job.voice, "format": "wav",
@@ -166,16 +165,6 @@ class _Job:
     voice: str
     response_format: str
     payload: dict[str, Any]
-
-
-def _wav(pcm: bytes, rate: int) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm)
-    return buf.getvalue()
 
 
 def _invalid(message: str) -> m.PluginError:

@@ -34,13 +34,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from pocketsphinx_plugin.pool import RecognizerPool, max_sessions_from_env
+from pocketsphinx_plugin.pool import RecognizerPool
 from pocketsphinx_plugin.recognizer import Event, ModelPaths, StreamingRecognizer
 
 from aogstream import manifest as m
+from aogstream.engines import realtime
 from aogstream.engines.base import EnginePlugin
 from aogstream.engines.install import EngineSpec
 from aogstream.engines.models import PackageModel, StoredModel, check_name
+from aogstream.engines.realtime import SessionCap, SessionError, envelope, task_failed
 from aogstream.sdk import BidiMessage, BidirectionalPlugin, serve
 
 HERE = Path(__file__).resolve().parent
@@ -51,29 +53,13 @@ SPHINX_DETAILS = {"format": "pocketsphinx", "family": "cmu-sphinx",
                   "parameter_size": "", "quantization_level": ""}
 
 
-class SessionError(Exception):
-    """Why a run-task cannot start, as the AOG error code the client gets."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def envelope(event: str, task_id: str, payload: dict[str, Any] | None = None,
-             **error: str) -> BidiMessage:
-    """One server event in AOG's realtime envelope."""
-    header: dict[str, Any] = {"action": "", "streaming": "", "task_id": task_id, "event": event}
-    header.update({k: v for k, v in error.items() if v})
-    return BidiMessage.text({"header": header, "payload": payload or {}})
+DEFAULT_MAX_SESSIONS = 32
+"""Sessions decoded at once by one plugin process (all serving processes together)."""
 
 
 def sentence(task_id: str, ev: Event) -> BidiMessage:
     """A recogniser event as AOG's `result-generated` sentence."""
-    return envelope("result-generated", task_id, {"output": {"sentence": {
-        "begin_time": ev.begin_ms, "end_time": ev.end_ms, "text": ev.text,
-        "sentence_end": ev.final,
-    }}})
+    return realtime.sentence(task_id, ev.text, ev.begin_ms, ev.end_ms, ev.final)
 
 
 class PocketsphinxPlugin(EnginePlugin, BidirectionalPlugin):
@@ -94,7 +80,9 @@ class PocketsphinxPlugin(EnginePlugin, BidirectionalPlugin):
         # loaded models: name → (the stored model, where its parts are)
         self.models: dict[str, tuple[StoredModel, ModelPaths]] = {}
         self._announced = False
-        self.pool = RecognizerPool(self._recognizer, max_sessions=max_sessions_from_env())
+        self.pool = RecognizerPool(self._recognizer)
+        self.sessions = SessionCap(name, "POCKETSPHINX_MAX_SESSIONS", DEFAULT_MAX_SESSIONS,
+                                   "each session holds a decoder of ~50-90 MB")
 
     # ---- the engine runs in this process ----
 
@@ -182,8 +170,8 @@ class PocketsphinxPlugin(EnginePlugin, BidirectionalPlugin):
             async for msg in incoming:
                 if msg.message_type == "binary":
                     if rec is None:
-                        await send(envelope("task-failed", task_id, error_code="CLIENT_ERROR",
-                                            error_message="audio before run-task"))
+                        await send(task_failed(task_id, realtime.CLIENT_ERROR,
+                                               "audio before run-task"))
                         return
                     for ev in await asyncio.to_thread(rec.feed, msg.data):
                         await send(sentence(task_id, ev))
@@ -197,13 +185,11 @@ class PocketsphinxPlugin(EnginePlugin, BidirectionalPlugin):
                             raise SessionError("CLIENT_ERROR", "a task is already running "
                                                "in this session; send finish-task first")
                         rate, paths = self._session_setup(ctl, msg.metadata)
-                        slot = self.pool.try_enter()
-                        if not slot:
-                            raise SessionError("SERVER_ERROR", self._busy_message())
+                        self.sessions.enter()
+                        slot = True
                         rec = await self._borrow(rate, paths)
                     except SessionError as exc:
-                        await send(envelope("task-failed", task_id, error_code=exc.code,
-                                            error_message=exc.message))
+                        await send(task_failed(task_id, exc.code, exc.message))
                         return
                 elif action == "finish-task":
                     if rec is not None and paths is not None:
@@ -217,7 +203,7 @@ class PocketsphinxPlugin(EnginePlugin, BidirectionalPlugin):
                     return
         finally:
             if slot:
-                self.pool.leave()
+                self.sessions.leave()
             if rec is not None and paths is not None:
                 # giving back waits for a decode still running in a worker thread: let a
                 # worker wait for it rather than the event loop (and never await here:
@@ -241,35 +227,20 @@ class PocketsphinxPlugin(EnginePlugin, BidirectionalPlugin):
             fut.add_done_callback(back)
             raise
 
-    def _busy_message(self) -> str:
-        limit = self.pool.max_sessions
-        return (f"{self.name} is already decoding {limit} realtime sessions, its limit; "
-                f"retry when one ends, or raise POCKETSPHINX_MAX_SESSIONS (each session "
-                f"holds a decoder of ~50-90 MB)")
-
     def _session_setup(self, run: dict[str, Any], meta: dict[str, str]
                        ) -> tuple[int, ModelPaths]:
         """Check a run-task (engine, model, language, format) on the event loop."""
-        params = run.get("parameters") or {}
+        task = realtime.run_task(run, meta)
         try:
             self._engine_on_path()
-            paths = self._load(str(params.get("model") or run.get("model")
-                                   or meta.get("model") or "") or None)
+            paths = self._load(task.model)
         except m.PluginError as exc:
-            code = "MODEL_ERROR" if exc.code in (m.ERR_CODE_MODEL_NOT_FOUND,
-                                                 m.ERR_CODE_MODEL_INVALID_FORMAT) \
-                else "SERVER_ERROR"
-            raise SessionError(code, exc.message) from exc
-        language = str(params.get("language") or meta.get("language") or "").lower()
-        if language not in ENGLISH:
+            raise realtime.session_error(exc) from exc
+        if task.language not in ENGLISH:
             raise SessionError("MODEL_ERROR", (
                 f"pocketsphinx-plugin ships an English (en-us) model only; "
-                f"language {language!r} is not available"))
-        fmt = str(params.get("format") or meta.get("format") or "pcm").lower()
-        if fmt != "pcm":
-            raise SessionError("MODEL_ERROR",
-                               f"audio format {fmt!r} is not supported; send raw PCM16 mono (pcm)")
-        return int(params.get("sample_rate") or meta.get("sample_rate") or 16000), paths
+                f"language {task.language!r} is not available"))
+        return task.sample_rate, paths
 
     def _recognizer(self, rate: int, paths: ModelPaths) -> StreamingRecognizer:
         """Build a session's recogniser (in a worker thread: this loads the model)."""

@@ -61,8 +61,7 @@ class WhisperPlugin(EnginePlugin, BidirectionalPlugin):
 
     def __init__(self, plugin_dir: Path, name: str) -> None:
         super().__init__(plugin_dir, name)
-        self.realtime_active = 0  # realtime sessions holding a slot (event loop only)
-        self.realtime_max = whisper_realtime.max_sessions_from_env()
+        self.sessions = whisper_realtime.session_cap()  # realtime sessions decoding now
 
     def engine_argv(self, model: StoredModel, port: int) -> list[str]:
         # the worker wants the CTranslate2 folder; model.bin may sit below a copied folder

@@ -41,12 +41,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aogstream import manifest as m
+from aogstream.engines.realtime import (
+    SessionCap,
+    SessionError,
+    envelope,
+    run_task,
+    sentence,
+    session_error,
+    task_failed,
+)
 from aogstream.sdk import BidiMessage
 
 STEP_S = 0.3
@@ -62,42 +70,14 @@ MAX_BACKLOG_S = 60.0
 DEFAULT_MAX_SESSIONS = 4
 """Realtime sessions decoded at once (every step shares the one engine process)."""
 ENGLISH = {"", "en", "en-us", "en_us", "en-gb", "en_gb", "english"}
-MIN_RATE, MAX_RATE = 8000, 48000
 
 SendFn = Callable[[BidiMessage], Awaitable[None]]
 StepFn = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-def max_sessions_from_env() -> int:
-    """``WHISPER_MAX_SESSIONS`` (a positive integer), else the default."""
-    raw = os.environ.get("WHISPER_MAX_SESSIONS", "").strip()
-    try:
-        return max(1, int(raw)) if raw else DEFAULT_MAX_SESSIONS
-    except ValueError:
-        return DEFAULT_MAX_SESSIONS
-
-
-class SessionError(Exception):
-    """Why a task cannot go on, as the AOG error code the client gets."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def envelope(event: str, task_id: str, payload: dict[str, Any] | None = None,
-             **error: str) -> BidiMessage:
-    """One server event in AOG's realtime envelope."""
-    header: dict[str, Any] = {"action": "", "streaming": "", "task_id": task_id, "event": event}
-    header.update({k: v for k, v in error.items() if v})
-    return BidiMessage.text({"header": header, "payload": payload or {}})
-
-
-def sentence(task_id: str, text: str, begin_ms: int, end_ms: int, final: bool) -> BidiMessage:
-    return envelope("result-generated", task_id, {"output": {"sentence": {
-        "begin_time": begin_ms, "end_time": max(end_ms, begin_ms), "text": text,
-        "sentence_end": final}}})
+def session_cap() -> SessionCap:
+    """The plugin's cap on realtime sessions (`WHISPER_MAX_SESSIONS`)."""
+    return SessionCap("whisper-plugin", "WHISPER_MAX_SESSIONS", DEFAULT_MAX_SESSIONS)
 
 
 def _norm(word: str) -> str:
@@ -250,29 +230,12 @@ class Session:
 
 def task_setup(run: dict[str, Any], meta: dict[str, str]) -> tuple[str | None, int, str]:
     """(model, sample rate, language) of a run-task, or SessionError naming what is wrong."""
-    params = run.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise SessionError("CLIENT_ERROR", "run-task 'parameters' must be an object")
-    model = str(params.get("model") or run.get("model") or meta.get("model") or "") or None
-    language = str(params.get("language") or meta.get("language") or "").strip().lower()
-    if language not in ENGLISH:
+    task = run_task(run, meta)
+    if task.language not in ENGLISH:
         raise SessionError("MODEL_ERROR", (
-            f"whisper-plugin's realtime models are English-only; language {language!r} is "
-            f"not available (send \"en\" or leave it out)"))
-    fmt = str(params.get("format") or meta.get("format") or "pcm").lower()
-    if fmt != "pcm":
-        raise SessionError("MODEL_ERROR",
-                           f"audio format {fmt!r} is not supported; send raw PCM16 mono (pcm)")
-    raw_rate = params.get("sample_rate") or meta.get("sample_rate") or 16000
-    try:
-        rate = int(raw_rate)
-    except (TypeError, ValueError):
-        rate = 0
-    if not MIN_RATE <= rate <= MAX_RATE:
-        raise SessionError("CLIENT_ERROR", (
-            f"sample_rate must be an integer from {MIN_RATE} to {MAX_RATE} (Hz), "
-            f"not {raw_rate!r}"))
-    return model, rate, "en"
+            f"whisper-plugin's realtime models are English-only; language {task.language!r} "
+            f"is not available (send \"en\" or leave it out)"))
+    return task.model, task.sample_rate, "en"
 
 
 async def serve_session(plugin: Any, task_id: str, incoming: AsyncIterator[BidiMessage],
@@ -283,7 +246,7 @@ async def serve_session(plugin: Any, task_id: str, incoming: AsyncIterator[BidiM
     slot = False
 
     async def fail(code: str, message: str) -> None:
-        await send(envelope("task-failed", task_id, error_code=code, error_message=message))
+        await send(task_failed(task_id, code, message))
 
     try:
         async for msg in incoming:
@@ -312,12 +275,7 @@ async def serve_session(plugin: Any, task_id: str, incoming: AsyncIterator[BidiM
                         raise SessionError("CLIENT_ERROR", "a task is already running in "
                                            "this session; send finish-task first")
                     model, rate, language = task_setup(ctl, msg.metadata)
-                    if plugin.realtime_active >= plugin.realtime_max:
-                        raise SessionError("SERVER_ERROR", (
-                            f"whisper-plugin is already decoding {plugin.realtime_max} "
-                            f"realtime sessions, its limit; retry when one ends, or raise "
-                            f"WHISPER_MAX_SESSIONS"))
-                    plugin.realtime_active += 1
+                    plugin.sessions.enter()
                     slot = True
                     name, engine = await engine_or_error(plugin, model)
                 except SessionError as exc:
@@ -355,7 +313,7 @@ async def serve_session(plugin: Any, task_id: str, incoming: AsyncIterator[BidiM
             # here, so a cancelled session is not kept from ending
             decoder.cancel()
         if slot:
-            plugin.realtime_active -= 1
+            plugin.sessions.leave()
 
 
 async def engine_or_error(plugin: Any, model: str | None) -> tuple[str, Any]:
@@ -364,8 +322,5 @@ async def engine_or_error(plugin: Any, model: str | None) -> tuple[str, Any]:
         name: str
         name, engine = await plugin.engine_for(model)
     except m.PluginError as exc:
-        code = "MODEL_ERROR" if exc.code in (m.ERR_CODE_MODEL_NOT_FOUND,
-                                             m.ERR_CODE_MODEL_INVALID_FORMAT,
-                                             m.ERR_CODE_INVALID_ARGUMENT) else "SERVER_ERROR"
-        raise SessionError(code, exc.message) from exc
+        raise session_error(exc) from exc
     return name, engine

@@ -20,6 +20,8 @@
  * And a command line: command_line.register answers the flags -greet (string, default
  * "world") and -loud (bool); command_line.execute prints "hello <greet>" (upper-cased
  * with -loud set), then the Args it got, and exits 3 when an argument is "fail".
+ * "echo-payload" in the message makes executor.execute answer the payload it got, the
+ * Model it was asked for, and whether the headers X-Hooked / X-Hooked-After reached it.
  * "fail429" in the message makes either answer an error envelope with http_status 429;
  * "failmid" makes c-async close its stream with an error after one chunk.
  * Every call logs through host.log. Events go, one line each, to the file named by
@@ -112,6 +114,13 @@ static char* find_string(const char* json, size_t n, const char* key) {
     memcpy(out, p, (size_t)(q - p));
     out[q - p] = 0;
     return out;
+}
+
+static int contains(const char* hay, size_t n, const char* needle) {
+    size_t k = strlen(needle);
+    for (size_t i = 0; i + k <= n; i++)
+        if (memcmp(hay + i, needle, k) == 0) return 1;
+    return 0;
 }
 
 static char* json_escape(const char* s) {
@@ -379,6 +388,16 @@ static int do_execute(const char* req, size_t n, cliproxy_buffer* response) {
             answer = strdup("http failed");
         }
         free(out);
+    }
+    if (strstr(payload, "echo-payload")) {  /* what reached the executor, for hook tests */
+        char* model = find_string(req, n, "Model");
+        size_t cap = strlen(payload) + 256;
+        free(answer);
+        answer = malloc(cap);
+        snprintf(answer, cap, "%s model=%s%s%s", payload, model ? model : "",
+                 contains(req, n, "\"X-Hooked\":[\"before\"]") ? " [X-Hooked]" : "",
+                 contains(req, n, "\"X-Hooked-After\":[\"yes\"]") ? " [X-Hooked-After]" : "");
+        free(model);
     }
     char* esc = json_escape(answer);
     size_t cap = strlen(esc) + 512;

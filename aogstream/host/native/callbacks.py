@@ -2,10 +2,11 @@
 those calls to the request that caused them.
 
 Callbacks arrive on any thread (a worker thread of ours running the plugin's call, or
-a thread the plugin made), re-entrantly. `host.log` is answered on that thread; every
-other callback runs as a trio task on the gateway's loop (`trio.from_thread.run`), so
-it uses the gateway's HTTP client, its cancellation and its channels while the
-plugin's thread waits.
+a thread the plugin made), re-entrantly. `host.log` and the per-chunk callbacks
+(`host.stream.emit`/`close`, `host.http.stream_read`, through the queues of `bridge`)
+are answered on that thread; every other callback runs as a trio task on the gateway's
+loop (`trio.from_thread.run`), so it uses the gateway's HTTP client and its
+cancellation while the plugin's thread waits.
 
 Scopes (`host_callback_id`): the host opens one per request-bound call, sends its id,
 and closes it when the call (for a streamed answer: the stream) ends. A callback that
@@ -13,17 +14,18 @@ names an open scope runs under that request's cancellation (the client leaving c
 an outbound `host.http.do`) and logs with its request id; an unknown or expired id
 falls back to no request (as CPA does).
 
-Executor streams (`host.stream.emit`/`close`): the host registers a stream (a channel
+Executor streams (`host.stream.emit`/`close`): the host registers a stream (a queue
 of 16 chunks) before calling `executor.execute_stream`; `emit` blocks while 16 chunks
 wait (backpressure into the invocation), and fails with "stream N is not open" once
 the client has gone, which is how the plugin learns to stop.
 
-Pull streams the plugin consumes: `host.http.do_stream` (then `stream_read` in 32 KiB
-pieces, `stream_close`) and `host.model.execute_stream` (the gateway's own
+Pull streams the plugin consumes: `host.http.do_stream` (read ahead by a task of the
+host, up to 1 MiB; then `stream_read` answers what has arrived, up to 32 KiB,
+`stream_close`) and `host.model.execute_stream` (the gateway's own
 `/v1/chat/completions` over loopback, so a plugin's model call is routed, converted and
 falls back exactly like a client's). Both close with the scope that opened them.
 `host.model.*` speak `openai` only, and a plugin may not call the models it serves.
-`host.auth.*` answer that no auth files are kept for native plugins yet.
+`host.auth.*` read and write the plugins' auth records (`auths`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import itertools
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import attrs
@@ -41,6 +44,8 @@ import trio
 
 from aogstream.host import llm_gate
 from aogstream.host.native import gojson as gj
+from aogstream.host.native.auths import AuthError, AuthStore
+from aogstream.host.native.bridge import PullQueue, PushQueue
 from aogstream.plugin_config import PluginConfigFile
 
 log = logging.getLogger("aogstream.native")
@@ -51,6 +56,7 @@ HTTP_MAX_BODY = 32 * 1024 * 1024
 OPENAI_NAMES = ("openai", "chat-completions", "chat_completions",
                 "openai-chat-completions", "openai_chat_completions")
 HTTP_READ_SIZE = 32 * 1024  # host.http.stream_read: CPA reads 32 KiB at a time
+HTTP_READ_AHEAD = 1024 * 1024  # bytes of a pulled response read ahead for the plugin
 _LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
            "warn": logging.WARNING, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -78,6 +84,21 @@ class Scope:
         self.cancel_scopes.clear()
 
 
+@contextmanager
+def request_bound(scope: Scope | None) -> Iterator[trio.CancelScope]:
+    """A cancel scope that ends with the request that opened `scope` (a plain one when
+    the plugin named no request): a callback working for a request never outlives it.
+    Like any cancel scope it absorbs that cancellation; check `cancelled_caught` after."""
+    with trio.CancelScope() as cs:
+        if scope is not None:
+            scope.cancel_scopes.add(cs)
+        try:
+            yield cs
+        finally:
+            if scope is not None:
+                scope.cancel_scopes.discard(cs)
+
+
 @attrs.frozen
 class StreamError:
     """An error chunk of an executor stream (`emit` with `error`, or `close` with one)."""
@@ -87,7 +108,9 @@ class StreamError:
 
 @attrs.define(eq=False)
 class HttpStream:
-    """An outbound response a plugin pulls (`host.http.do_stream`/`stream_read`)."""
+    """An outbound response a plugin pulls (`host.http.do_stream`/`stream_read`, read
+    ahead into `buffer` by a task of the host; `host.model.execute_stream`, read on
+    demand from `chunks`)."""
 
     id: str
     plugin: str
@@ -95,16 +118,18 @@ class HttpStream:
     chunks: Any  # the response's raw byte iterator
     scope: Scope | None
     lock: trio.Lock = attrs.Factory(trio.Lock)
+    buffer: PullQueue | None = None
+    pump: trio.CancelScope | None = None
 
 
 @attrs.define(eq=False)
 class ExecutorStream:
-    """The host end of one streamed executor answer."""
+    """The host end of one streamed executor answer: chunks (bytes, or a
+    `StreamError`) from the plugin's threads to the invocation."""
 
     id: str
     plugin: str
-    send: trio.MemorySendChannel[bytes | StreamError]
-    receive: trio.MemoryReceiveChannel[bytes | StreamError]
+    queue: PushQueue
 
 
 class HostServices:
@@ -113,7 +138,8 @@ class HostServices:
 
     def __init__(self, max_body: int = HTTP_MAX_BODY, gateway_url: str = "",
                  own_models: Callable[[str], set[str]] | None = None,
-                 trust: PluginConfigFile | None = None) -> None:
+                 trust: PluginConfigFile | None = None,
+                 auths: AuthStore | None = None) -> None:
         """`gateway_url`: where `host.model.*` reach the gateway's own chat door;
         `own_models(plugin)`: the models that plugin serves (it may not call them);
         `trust`: the config.yaml whose `plugins.entries.<id>.llm` grants a plugin the
@@ -123,6 +149,7 @@ class HostServices:
         self.gateway_url = gateway_url
         self.own_models = own_models or (lambda _plugin: set())
         self.trust = trust
+        self.auths = auths  # the plugins' auth records (`auths`)
         self._model_streams: dict[str, HttpStream] = {}
         self._ids = itertools.count(1)
         self._scopes: dict[str, Scope] = {}
@@ -143,20 +170,23 @@ class HostServices:
         scope.close()
         for sid in list(scope.http_streams):
             stream = self._http_streams.pop(sid, None) or self._model_streams.pop(sid, None)
-            if stream is not None:  # CPA's implicit close at the end of the scope
+            if stream is None:
+                continue
+            if stream.pump is not None:  # the pump closes the response
+                stream.pump.cancel()
+            else:  # CPA's implicit close at the end of the scope
                 trio.lowlevel.spawn_system_task(stream.response.aclose)
 
     def open_stream(self, plugin: str) -> ExecutorStream:
-        send, receive = trio.open_memory_channel[bytes | StreamError](STREAM_BUFFER)
-        stream = ExecutorStream(str(next(self._ids)), plugin, send, receive)
+        stream = ExecutorStream(str(next(self._ids)), plugin,
+                                PushQueue(self.token, STREAM_BUFFER))
         self._streams[stream.id] = stream
         return stream
 
     def abort_stream(self, stream: ExecutorStream) -> None:
         """The consumer is done (finished, failed or gone): later emits fail."""
         self._streams.pop(stream.id, None)
-        stream.receive.close()
-        stream.send.close()
+        stream.queue.abort()
 
     async def aclose(self) -> None:
         for stream in [*self._http_streams.values(), *self._model_streams.values()]:
@@ -166,6 +196,13 @@ class HostServices:
         if self._http is not None:
             await self._http.aclose()
 
+    async def warm(self) -> None:
+        """Make the HTTP client before the first callback needs it: building one loads
+        the TLS trust store (a quarter second on a busy machine), which on the loop
+        would stall every request in flight."""
+        if self._http is None:
+            self._http = await trio.to_thread.run_sync(_client)
+
     # ---- the entry point (any thread) ---------------------------------------------------
 
     def handle(self, plugin: str, method: str, data: bytes) -> bytes:
@@ -173,6 +210,20 @@ class HostServices:
         try:
             if method == "host.log":
                 return gj.ok(self._log(plugin, gj.loads(data) if data else {}))
+            if method.startswith("host.auth."):  # files: on the plugin's thread
+                if self.auths is None:
+                    raise CallbackFailure(f"{method}: this gateway keeps no auth files")
+                req = gj.loads(data) if data else {}
+                try:
+                    return gj.ok(self.auths.callback(method, req if isinstance(req, dict)
+                                                     else {}))
+                except (AuthError, OSError) as exc:
+                    raise CallbackFailure(f"{method}: {exc}") from None
+            if method in _ON_CALLER_THREAD:  # per chunk: no loop round trip
+                req = gj.loads(data) if data else {}
+                if not isinstance(req, dict):
+                    raise CallbackFailure(f"{method}: the request must be a JSON object")
+                return gj.ok(_ON_CALLER_THREAD[method](self, plugin, req))
             try:
                 trio.lowlevel.current_trio_token()
             except RuntimeError:
@@ -198,8 +249,6 @@ class HostServices:
             return await self._http_do(plugin, req)
         if method == "host.http.do_stream":
             return await self._http_do_stream(plugin, req)
-        if method == "host.http.stream_read":
-            return await self._http_read(plugin, req)
         if method == "host.http.stream_close":
             return await self._http_close(plugin, req)
         if method == "host.model.execute":
@@ -210,15 +259,6 @@ class HostServices:
             return await self._model_read(plugin, req)
         if method == "host.model.stream_close":
             return await self._model_close(plugin, req)
-        if method == "host.auth.list":
-            return {"files": []}  # no auth records for native plugins yet
-        if method in ("host.auth.get", "host.auth.get_runtime", "host.auth.save"):
-            raise CallbackFailure(f"{method}: this gateway keeps no auth files for native "
-                                  f"plugins yet (auth providers are not supported)")
-        if method == "host.stream.emit":
-            return await self._emit(plugin, req)
-        if method == "host.stream.close":
-            return await self._close(plugin, req)
         raise CallbackFailure(f"unsupported host callback {method}")
 
     def _scope(self, plugin: str, req: Any) -> Scope | None:
@@ -258,8 +298,7 @@ class HostServices:
                     headers.append((str(k), str(item)))
         body = gj.data(src, "body")
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0),
-                                           follow_redirects=False)
+            self._http = _client()
         try:
             return self._http.build_request(method, url, headers=headers, content=body or None)
         except (httpx.HTTPError, ValueError) as exc:
@@ -269,10 +308,7 @@ class HostServices:
         request = self._outbound(req, "host.http.do")
         method = request.method
         assert self._http is not None
-        scope = self._scope(plugin, req)
-        with trio.CancelScope() as cs:
-            if scope is not None:
-                scope.cancel_scopes.add(cs)
+        with request_bound(self._scope(plugin, req)):
             try:
                 with trio.fail_after(HTTP_TIMEOUT):
                     resp = await self._http.send(request, stream=True)
@@ -294,9 +330,6 @@ class HostServices:
             except trio.TooSlowError:
                 raise CallbackFailure(f"host.http.do: no complete answer within "
                                       f"{HTTP_TIMEOUT:g} s") from None
-            finally:
-                if scope is not None:
-                    scope.cancel_scopes.discard(cs)
         raise CallbackFailure("host.http.do: the request that opened this scope has ended")
 
     async def _http_do_stream(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
@@ -305,9 +338,7 @@ class HostServices:
         request = self._outbound(req, "host.http.do_stream")
         assert self._http is not None
         scope = self._scope(plugin, req)
-        with trio.CancelScope() as cs:
-            if scope is not None:
-                scope.cancel_scopes.add(cs)
+        with request_bound(scope) as cs:
             try:
                 with trio.fail_after(HTTP_TIMEOUT):
                     resp = await self._http.send(request, stream=True)
@@ -317,15 +348,15 @@ class HostServices:
             except trio.TooSlowError:
                 raise CallbackFailure(f"host.http.do_stream: no answer within "
                                       f"{HTTP_TIMEOUT:g} s") from None
-            finally:
-                if scope is not None:
-                    scope.cancel_scopes.discard(cs)
         if cs.cancelled_caught:
             raise CallbackFailure("host.http.do_stream: the request that opened this scope "
                                   "has ended")
-        stream = HttpStream(str(next(self._ids)), plugin, resp,
-                            resp.aiter_raw(HTTP_READ_SIZE), scope)
+        # aiter_raw() without a size: a size would hold bytes back until it filled
+        stream = HttpStream(str(next(self._ids)), plugin, resp, resp.aiter_raw(), scope,
+                            buffer=PullQueue(self.token, HTTP_READ_AHEAD),
+                            pump=trio.CancelScope())
         self._http_streams[stream.id] = stream
+        trio.lowlevel.spawn_system_task(self._pump, stream, name=f"native http {stream.id}")
         if scope is not None:
             scope.http_streams.add(stream.id)
         return {"status_code": resp.status_code, "headers": _headers(resp),
@@ -338,32 +369,58 @@ class HostServices:
             raise CallbackFailure(f"http stream {sid} is not open")
         return stream
 
-    async def _http_read(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
-        """The next chunk: `{"payload": ...}`; the end `{"done": true}` (with `error`
-        when it broke), as CPA answers (omitempty fields)."""
-        stream = self._http_stream(plugin, req)
-        async with stream.lock:  # one read at a time keeps the chunks in order
-            with trio.CancelScope() as cs:
+    async def _pump(self, stream: HttpStream) -> None:
+        """Read the response ahead into the stream's buffer, bounded (a slow plugin
+        slows the upstream), until its end, a failure, or the scope/stream closing."""
+        buffer, pump = stream.buffer, stream.pump
+        assert buffer is not None and pump is not None
+        why = "the request that opened this stream has ended"
+        try:
+            with pump:
                 if stream.scope is not None:
-                    stream.scope.cancel_scopes.add(cs)
+                    stream.scope.cancel_scopes.add(pump)
                 try:
-                    chunk = await stream.chunks.__anext__()
-                except StopAsyncIteration:
-                    return {"done": True}
+                    async for chunk in stream.chunks:  # as it arrives, ≤ 32 KiB a piece
+                        for i in range(0, len(chunk), HTTP_READ_SIZE):
+                            if not await buffer.put(chunk[i:i + HTTP_READ_SIZE]):
+                                return
+                    why = ""
                 except httpx.HTTPError as exc:
-                    return {"error": f"reading the response failed: {exc!r}", "done": True}
+                    why = f"reading the response failed: {exc!r}"
                 finally:
                     if stream.scope is not None:
-                        stream.scope.cancel_scopes.discard(cs)
-                return {"payload": chunk}
-        return {"error": "the request that opened this stream has ended", "done": True}
+                        stream.scope.cancel_scopes.discard(pump)
+        except Exception as exc:  # a system task must never raise
+            log.exception("native plugin %s: reading http stream %s failed", stream.plugin,
+                          stream.id)
+            why = f"reading the response failed: {exc!r}"
+        finally:
+            buffer.finish(why)
+            with trio.CancelScope(shield=True):
+                await stream.response.aclose()
+
+    def _http_read(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
+        """The bytes read ahead so far (up to 32 KiB, waiting for at least one piece):
+        `{"payload": ...}`; the end `{"done": true}` (with `error` when it broke), as
+        CPA answers (omitempty fields). Runs on the plugin's thread."""
+        stream = self._http_stream(plugin, req)
+        assert stream.buffer is not None
+        data, error, _done = stream.buffer.take(HTTP_READ_SIZE, HTTP_TIMEOUT)
+        if data:
+            return {"payload": data}
+        return {"error": error, "done": True} if error else {"done": True}
 
     async def _http_close(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
         stream = self._http_stream(plugin, req)
         self._http_streams.pop(stream.id, None)
         if stream.scope is not None:
             stream.scope.http_streams.discard(stream.id)
-        await stream.response.aclose()
+        if stream.pump is not None:
+            stream.pump.cancel()  # the pump closes the response
+        if stream.buffer is not None:
+            stream.buffer.finish("closed")
+        else:
+            await stream.response.aclose()
         return {}
 
     # ---- host.model.* ----------------------------------------------------------------
@@ -417,8 +474,7 @@ class HostServices:
                     for item in v if isinstance(v, list) else [v]:
                         headers.append((str(k), str(item)))
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0),
-                                           follow_redirects=False)
+            self._http = _client()
         return self._http.build_request(
             "POST", f"{self.gateway_url}/v1/chat/completions", headers=headers,
             content=json.dumps(obj).encode(), timeout=httpx.Timeout(300.0, connect=10.0))
@@ -482,28 +538,33 @@ class HostServices:
             raise CallbackFailure(f"stream {sid} is not open")
         return stream
 
-    async def _emit(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
+    def _emit(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
+        """`host.stream.emit`, on the plugin's thread: blocks while 16 chunks wait."""
         stream = self._stream(plugin, req)
         err = gj.text(req, "error")
         item: bytes | StreamError = StreamError(err) if err else gj.data(req, "payload")
-        try:
-            await stream.send.send(item)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise CallbackFailure(f"stream {stream.id} is not open") from None
+        if not stream.queue.put(item):
+            raise CallbackFailure(f"stream {stream.id} is not open")
         return {}
 
-    async def _close(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
+    def _close(self, plugin: str, req: dict[str, Any]) -> dict[str, Any]:
+        """`host.stream.close`, on the plugin's thread (an `error` ends it so)."""
         stream = self._stream(plugin, req)
         self._streams.pop(stream.id, None)
         err = gj.text(req, "error")
-        try:
-            if err:
-                await stream.send.send(StreamError(err))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            stream.send.close()
+        stream.queue.end(StreamError(err) if err else None)
         return {}
+
+
+_ON_CALLER_THREAD: dict[str, Callable[[HostServices, str, dict[str, Any]], dict[str, Any]]] = {
+    "host.stream.emit": HostServices._emit,
+    "host.stream.close": HostServices._close,
+    "host.http.stream_read": HostServices._http_read,
+}
+
+
+def _client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
 
 
 def _stream_id(req: Any) -> str:

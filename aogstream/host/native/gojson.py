@@ -27,11 +27,16 @@ _ESCAPES = {
 for _c in range(0x20):
     _ESCAPES.setdefault(chr(_c), f"\\u{_c:04x}")
 _TABLE = str.maketrans(_ESCAPES)
+_TABLE_RAW = str.maketrans({"&": "\\u0026", "<": "\\u003c", ">": "\\u003e"})
 
 
 class GoMap(dict[str, Any]):
     """A Go map: its keys are written sorted (a plain dict keeps insertion order,
     which is how Go writes a struct's fields)."""
+
+
+class RawJSON(bytes):
+    """A `json.RawMessage`: JSON text written as it is (compacted, as Go does)."""
 
 
 def b64(data: bytes | None) -> str | None:
@@ -73,6 +78,9 @@ def _encode(v: Any, out: list[str]) -> None:
         out.append(str(v))
     elif isinstance(v, float):
         out.append(_float(v))
+    elif isinstance(v, RawJSON):
+        out.append(json.dumps(json.loads(v), separators=(",", ":"), ensure_ascii=False)
+                   .translate(_TABLE_RAW))
     elif isinstance(v, bytes | bytearray | memoryview):
         out.append('"' + base64.b64encode(bytes(v)).decode("ascii") + '"')
     elif isinstance(v, dict):

@@ -36,7 +36,10 @@ from aogstream import manifest as m
 from aogstream.host.native import gojson as gj
 from aogstream.host.native import management as native_management
 from aogstream.host.native.abi import CallError
+from aogstream.host.native.auths import AuthLogins, AuthStore
 from aogstream.host.native.callbacks import HostServices
+from aogstream.host.native.frontend import FrontendAuth
+from aogstream.host.native.hooks import Hooks
 from aogstream.host.native.plugin import NATIVE_DESC, NativePlugin, NativeProvider
 from aogstream.plugin_config import PluginConfigFile
 
@@ -47,6 +50,7 @@ log = logging.getLogger("aogstream.native")
 
 CONFIG_FILE = "config.yaml"
 WATCH_EVERY = 1.0  # seconds between looks at config.yaml's modification time
+SWITCH_INTERVAL = 0.0005  # the GIL switch interval while native plugins are loaded (s)
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 VERSION_RE = re.compile(r"^(?P<id>.+)-v(?P<version>[0-9][0-9A-Za-z.+-]*)$")
 EXTENSION = ".so"
@@ -246,6 +250,13 @@ class NativePlugins:
         self._apply_lock = trio.Lock()
         self._stopped = False  # after stop(), config changes are no longer applied
         self._lifecycle = trio.Lock()  # register/reconfigure never overlap
+        # the plugins' request pipeline hooks, run by every native executor
+        self.hooks = Hooks(lambda: list(self.plugins.values()))
+        # the plugins' auth records, and logins under way (management API)
+        self.auths = AuthStore(gateway.config.data_dir)
+        self.logins = AuthLogins()
+        # who may call the service routes, when a plugin offers frontend auth
+        self.frontend = FrontendAuth(lambda: list(self.plugins.values()))
 
     async def start(self) -> None:
         """Read the config, discover, load the enabled plugins in priority order and
@@ -317,6 +328,11 @@ class NativePlugins:
                 want = {pid for pid in self.found if cfg.plugin_enabled(pid)}
             for pid in [p for p in self.plugins if p not in want]:
                 await self.unload(pid)
+            if want and sys.getswitchinterval() > SWITCH_INTERVAL:
+                # every native call and callback hands the GIL between the loop and a
+                # plugin thread; at the default 5 ms interval a busy loop makes each
+                # handoff wait up to 5 ms
+                sys.setswitchinterval(SWITCH_INTERVAL)
             if want and self.host is None:
                 host = gw.config.host if gw.config.host not in ("0.0.0.0", "::", "") \
                     else "127.0.0.1"
@@ -325,7 +341,9 @@ class NativePlugins:
                 self.host = HostServices(
                     gw.config.max_body_bytes, gateway_url=f"http://{host}:{gw.config.port}",
                     own_models=self._own_models,
-                    trust=PluginConfigFile.in_data_dir(gw.config.data_dir))
+                    trust=PluginConfigFile.in_data_dir(gw.config.data_dir),
+                    auths=self.auths)
+                await self.host.warm()
             for pid in sorted(want, key=lambda pid: (-cfg.priority(pid), pid)):
                 await self._apply_one(pid)
             taken: set[tuple[str, str]] = set()
@@ -413,12 +431,20 @@ class NativePlugins:
             if n in taken:
                 log.warning("native plugin %s: model %s is already served by another "
                             "provider, which keeps it", plugin.id, n)
-        if not models:  # as in CPA, an executor no model names is unreachable
+        if not plugin.models and not (gj.boolean(plugin.capabilities, "model_provider") or
+                                      gj.boolean(plugin.capabilities, "model_registrar")):
+            # an executor-only plugin (a relay): CPA cannot reach it by model name; here
+            # it serves the models no provider lists, as a process plugin that lists no
+            # models does
+            log.info("native plugin %s: an executor without models; it serves the models "
+                     "no other provider lists", plugin.id)
+        elif not models:  # as in CPA, an executor no model names is unreachable
             if not plugin.models:
                 log.warning("native plugin %s: its executor registers no models, so no "
                             "request can name it; it is not routed", plugin.id)
             return
-        self.gateway.add_provider(NativeProvider(plugin, models))
+        self.gateway.add_provider(NativeProvider(plugin, models, self.hooks,
+                                                 lambda: list(self.plugins.values())))
 
     def prune_store(self) -> None:
         """Forget the store rows of native plugins that no longer serve (disabled,

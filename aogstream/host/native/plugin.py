@@ -8,6 +8,10 @@ calls run at once and the trio loop never blocks). A call whose request is cance
 is abandoned: the thread finishes the native call and frees its answer on its own, as
 CPA does.
 
+Each request a native executor serves passes through the plugins' pipeline hooks
+(`hooks`: model routers, request/response/stream-chunk interceptors, usage and
+lifecycle events).
+
 `NativeProvider` is a second implementation of `invocation.Provider`: the gateway and
 the doors see a provider of the `chat` service whose `config_ref` is `openai:chat`, so
 every door (AOG's `/aog/v0.2/services/chat`, `/v1/chat/completions`, `/api/chat`, the
@@ -25,7 +29,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,7 @@ from aogstream import manifest as m
 from aogstream.host.native import gojson as gj
 from aogstream.host.native.abi import CallError, LoadError, NativeLibrary
 from aogstream.host.native.callbacks import HostServices, StreamError
+from aogstream.host.native.hooks import Hooks, RequestInfo, Terminated, usage_detail
 from aogstream.invocation import Invocation, Mode
 
 log = logging.getLogger("aogstream.native")
@@ -121,6 +128,7 @@ class NativePlugin:
         self.metadata: dict[str, Any] = {}
         self.capabilities: dict[str, Any] = {}
         self.provider_key = ""
+        self.auth_identifier = ""  # auth.identifier of an auth provider
         self.models: list[str] = []
         self.executor_format = ""  # "" = no usable executor
         # management.register's answer (`host.native.management`): routes and resources
@@ -166,12 +174,20 @@ class NativePlugin:
                         "config_yaml": self.config_yaml, "schema_version": SCHEMA_VERSION})
                 self._accept_registration(reply)
                 await self._load_models()
+                await self._identify()
         except trio.TooSlowError:
             self._fail(f"did not finish loading within {LOAD_TIMEOUT:g} s")
         except (LoadError, CallError, gj.ReplyError, gj.EnvelopeError, ValueError) as exc:
             self._fail(str(exc))
         else:
             self.state = "running"
+            if gj.boolean(self.capabilities, "frontend_auth_provider"):
+                log.warning("native plugin %s authenticates clients: service requests now "
+                            "pass only when a frontend-auth plugin accepts them%s", self.id,
+                            " (exclusive: client API keys alone no longer pass)"
+                            if gj.boolean(self.capabilities,
+                                          "frontend_auth_provider_exclusive") else
+                            " or carry a client API key")
             log.info("native plugin %s loaded from %s: %s %s, models %s", self.id,
                      self.path.name, gj.text(self.metadata, "Name"),
                      gj.text(self.metadata, "Version"), ", ".join(self.models) or "none")
@@ -186,6 +202,18 @@ class NativePlugin:
         self._accept_registration(reply)
         self.config_yaml, self.priority = config_yaml, priority
         await self._load_models()
+        await self._identify()
+
+    async def _identify(self) -> None:
+        """An auth provider's key (`auth.identifier`, lower-cased)."""
+        if gj.boolean(self.capabilities, "auth_provider"):
+            reply = await self.call_raw("auth.identifier", {})
+            self.auth_identifier = gj.text(reply, "identifier").strip().lower()
+
+    @property
+    def auth_key(self) -> str:
+        """The provider key its auth records carry (`type`)."""
+        return self.provider_key or self.auth_identifier
 
     def _fail(self, why: str) -> None:
         self.state, self.last_error = "failed", why
@@ -274,8 +302,13 @@ class NativeProvider:
 
     kind = "native"
 
-    def __init__(self, plugin: NativePlugin, models: list[str]) -> None:
+    def __init__(self, plugin: NativePlugin, models: list[str], hooks: Hooks | None = None,
+                 plugins: Callable[[], Iterable[NativePlugin]] | None = None) -> None:
+        """`hooks`: the other plugins' pipeline hooks (None: none run); `plugins`: the
+        loaded plugins, where a model router's target is looked up."""
         self.plugin = plugin
+        self.hooks = hooks
+        self.plugins = plugins
         self.name = plugin.id
         flavor = FORMAT_FLAVORS[plugin.executor_format]
         self.manifest = m.PluginManifest(
@@ -306,88 +339,186 @@ class NativeProvider:
         return [m.ModelInfo(name=n, model=n) for n in self.manifest.services[0].support_models]
 
     async def serve(self, inv: Invocation) -> None:
+        """Serve one chat call: model routers, request interceptors, the executor
+        (unary or streamed), response interceptors, then usage and lifecycle events
+        (module `hooks`)."""
         await self.health()
         if inv.mode is Mode.BIDI:
             raise errors.GatewayError(errors.PLUGIN_NOT_IMPLEMENTED,
                                       f"native plugin {self.name} serves no sessions")
         plugin = self.plugin
-        host = plugin.host
-        scope = host.open_scope(plugin.id, uuid.uuid4().hex[:16])
+        stream = inv.mode is not Mode.UNARY
+        requested = _model_of(inv.request)
+        info = RequestInfo(request_id=uuid.uuid4().hex[:16], model=requested,
+                           requested_model=requested, stream=stream,
+                           to_format=plugin.executor_format, provider=plugin.provider_key,
+                           executor=plugin.id,
+                           headers={"Content-Type": ["application/json"]})
+        hooks = self.hooks
+        request = inv.request
+        detail: list[dict[str, int] | None] = [None]
+        outcome, status, why = "failed", 500, ""
+        executed = False
+        failure: errors.GatewayError | None = None
         try:
-            if inv.mode is Mode.UNARY:
-                reply = await plugin.call("executor.execute",
-                                          self._request(inv, False, scope.id))
-                try:
-                    payload = gj.data(reply, "Payload")
-                except gj.ReplyError as exc:
-                    raise plugin_error(self.name, "executor.execute", exc) from None
-                await inv.emit(payload)
+            if hooks is not None:
+                routed = await hooks.route(info, request, self._target)
+                if routed is not None:
+                    plugin, info.model = routed
+                    info.executor, info.provider = plugin.id, plugin.provider_key
+                    info.to_format = plugin.executor_format
+                    request = _with_model(request, info.model)
+                request = await hooks.intercept_request(info, request)
+            executed = True
+            await self._execute(inv, plugin, info, request, detail)
+            outcome, status = "succeeded", 200
+        except Terminated as stop:
+            outcome, status, why = "rejected", stop.status, str(stop)
+            raise stop.error() from None
+        except errors.GatewayError as err:
+            failure = err
+            outcome, status, why = "failed", err.status, err.message
+            raise
+        except BaseException as exc:
+            if _cancelled(exc):
+                outcome, status, why = "canceled", 499, "the client left"
             else:
-                await self._stream(inv, scope.id)
+                why = type(exc).__name__
+            raise
         finally:
-            host.close_scope(scope)
+            if hooks is not None:
+                if executed and outcome != "canceled":
+                    hooks.usage(info, detail[0], failure)
+                hooks.complete(info, outcome, status, why)
 
-    def _request(self, inv: Invocation, stream: bool, scope_id: str,
-                 stream_id: str = "") -> dict[str, Any]:
-        """`rpcExecutorRequest`: ExecutorRequest's fields in Go order, then the scope."""
-        model = ""
+    async def _execute(self, inv: Invocation, plugin: NativePlugin, info: RequestInfo,
+                       request: bytes, detail: list[dict[str, int] | None]) -> None:
+        """The executor call, with one of the plugin's auth records when it has any: a
+        record the plugin refuses (429, 401, 403) before the first answer byte cools
+        down and the call is tried on the next one (module `auths`)."""
+        auths = plugin.host.auths
+        key = plugin.auth_key
+        tried: set[str] = set()
+        while True:
+            rec = auths.pick(key, tried) if auths is not None else None
+            if rec is None and auths is not None and auths.has(key):
+                raise errors.GatewayError(errors.Bcode(429, errors.PLUGIN_BAD_REQUEST.code), (
+                    f"every credential of provider {key} was refused or is cooling down; "
+                    f"try again later or log in again"))
+            info.auth = rec
+            try:
+                if info.stream:
+                    await self._stream(inv, plugin, info, request, detail)
+                else:
+                    await self._unary(inv, plugin, info, request, detail)
+                return
+            except errors.GatewayError as err:
+                if rec is None or info.first_byte is not None or auths is None or \
+                        not auths.cool_down(rec, err.status):
+                    raise
+                tried.add(rec.name)
+
+    def _target(self, kind: str, target: str, router: NativePlugin) -> NativePlugin | None:
+        """The running native executor a router's `TargetKind`/`Target` names: `self`
+        the router's own; `executor` and `provider` a plugin by ID or provider key."""
+        if kind == "self":
+            found: NativePlugin | None = router
+        elif kind in ("executor", "provider") and self.plugins is not None:
+            want = target.strip().lower()
+            found = next((p for p in self.plugins()
+                          if want and (p.id.lower() == want or p.provider_key == want)),
+                         None)
+        else:
+            found = None
+        if found is None or found.state != "running" or not found.executor_format:
+            return None
+        return found
+
+    async def _unary(self, inv: Invocation, plugin: NativePlugin, info: RequestInfo,
+                     request: bytes, detail: list[dict[str, int] | None]) -> None:
+        scope = plugin.host.open_scope(plugin.id, info.request_id)
         try:
-            body = json.loads(inv.request)
-            if isinstance(body, dict) and isinstance(body.get("model"), str):
-                model = body["model"]
-        except ValueError:
-            pass
-        fmt = self.plugin.executor_format
+            reply = await plugin.call("executor.execute",
+                                      self._request(plugin, inv, info, request, scope.id))
+        finally:
+            plugin.host.close_scope(scope)
+        try:
+            payload = gj.data(reply, "Payload")
+        except gj.ReplyError as exc:
+            raise plugin_error(plugin.id, "executor.execute", exc) from None
+        info.first_byte = time.monotonic()
+        if self.hooks is not None:
+            payload = await self.hooks.intercept_response(info, inv.request, request,
+                                                          payload)
+            detail[0] = _usage(payload)
+        await inv.emit(payload)
+
+    def _request(self, plugin: NativePlugin, inv: Invocation, info: RequestInfo,
+                 payload: bytes, scope_id: str, stream_id: str = "") -> dict[str, Any]:
+        """`rpcExecutorRequest`: ExecutorRequest's fields in Go order, then the scope."""
+        fmt = plugin.executor_format
+        auth = plugin.host.auths.executor_fields(info.auth) \
+            if plugin.host.auths is not None else {}
         req: dict[str, Any] = {
-            "AuthID": "", "AuthProvider": self.plugin.provider_key, "Model": model,
-            "Format": fmt, "Stream": stream, "Alt": "", "Headers": None, "Query": None,
-            "OriginalRequest": inv.request, "SourceFormat": fmt, "Payload": inv.request,
-            "Metadata": None, "StorageJSON": None, "AuthMetadata": None,
-            "AuthAttributes": None}
+            "AuthID": auth.get("AuthID", ""), "AuthProvider": plugin.auth_key,
+            "Model": info.model, "Format": fmt, "Stream": info.stream, "Alt": "",
+            "Headers": gj.header_map(info.headers), "Query": None,
+            "OriginalRequest": inv.request, "SourceFormat": fmt, "Payload": payload,
+            "Metadata": None, "StorageJSON": auth.get("StorageJSON"),
+            "AuthMetadata": auth.get("AuthMetadata"),
+            "AuthAttributes": auth.get("AuthAttributes")}
         if scope_id:
             req["host_callback_id"] = scope_id
         if stream_id:
             req["stream_id"] = stream_id
         return req
 
-    async def _stream(self, inv: Invocation, scope_id: str) -> None:
+    async def _stream(self, inv: Invocation, plugin: NativePlugin, info: RequestInfo,
+                      request: bytes, detail: list[dict[str, int] | None]) -> None:
         """`executor.execute_stream`: the synchronous `chunks` answer or the
-        asynchronous emit/close, relayed chunk by chunk; leaving (the client gone, the
-        deadline) closes the stream, so the plugin's next emit fails and it stops."""
-        plugin = self.plugin
+        asynchronous emit/close, relayed chunk by chunk (through the stream-chunk
+        interceptors); leaving (the client gone, the deadline) closes the stream, so
+        the plugin's next emit fails and it stops."""
         host = plugin.host
         stream = host.open_stream(plugin.id)
+        scope = host.open_scope(plugin.id, info.request_id)
         failure: list[errors.GatewayError] = []
+        chain = self.hooks.chunk_chain(info, inv.request, request) \
+            if self.hooks is not None else None
 
         async def start() -> None:
             try:
-                reply = await plugin.call("executor.execute_stream",
-                                          self._request(inv, True, scope_id, stream.id))
+                reply = await plugin.call("executor.execute_stream", self._request(
+                    plugin, inv, info, request, scope.id, stream.id))
                 chunks = gj.field(reply, "chunks")
                 if isinstance(chunks, list) and chunks:
-                    for chunk in chunks:
-                        await stream.send.send(gj.data(chunk, "Payload"))
-                    stream.send.close()
+                    stream.queue.put_all([gj.data(chunk, "Payload") for chunk in chunks])
             except errors.GatewayError as err:
                 failure.append(err)
-                stream.send.close()
+                stream.queue.end(on_loop=True)
             except gj.ReplyError as exc:
-                failure.append(plugin_error(self.name, "executor.execute_stream", exc))
-                stream.send.close()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+                failure.append(plugin_error(plugin.id, "executor.execute_stream", exc))
+                stream.queue.end(on_loop=True)
 
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(start)
+                if chain is not None:
+                    await chain.start()
                 done = False
-                async for item in stream.receive:
+                async for item in stream.queue:
                     if isinstance(item, StreamError):
                         raise errors.GatewayError(errors.PLUGIN_SERVICE_ERROR,
-                                                  f"native plugin {self.name}: {item.message}")
-                    chunk = _bare(item)
+                                                  f"native plugin {plugin.id}: {item.message}")
+                    chunk: bytes | None = _bare(item)
+                    if chunk and chunk != DONE and chain is not None:
+                        chunk = await chain.chunk(chunk)
                     if chunk:
                         done = chunk == DONE
+                        if info.first_byte is None:
+                            info.first_byte = time.monotonic()
+                        if self.hooks is not None and b'"usage"' in chunk:
+                            detail[0] = _usage(chunk) or detail[0]
                         await inv.emit(chunk)
                 if failure:
                     raise failure[0]
@@ -400,6 +531,44 @@ class NativeProvider:
             raise
         finally:
             host.abort_stream(stream)
+            host.close_scope(scope)
+
+
+def _model_of(request: bytes) -> str:
+    try:
+        body = json.loads(request)
+    except ValueError:
+        return ""
+    model = body.get("model") if isinstance(body, dict) else None
+    return model if isinstance(model, str) else ""
+
+
+def _with_model(request: bytes, model: str) -> bytes:
+    """The request naming `model` (a router's `TargetModel`)."""
+    try:
+        body = json.loads(request)
+    except ValueError:
+        return request
+    if not isinstance(body, dict) or body.get("model") == model:
+        return request
+    body["model"] = model
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
+def _usage(payload: bytes) -> dict[str, int] | None:
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return None
+    return usage_detail(body) if isinstance(body, dict) else None
+
+
+def _cancelled(exc: BaseException) -> bool:
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_cancelled(e) for e in exc.exceptions)
+    return False
 
 
 def _bare(chunk: bytes) -> bytes:

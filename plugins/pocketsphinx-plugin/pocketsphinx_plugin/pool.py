@@ -1,4 +1,4 @@
-"""Decoders shared by realtime sessions, and the cap on how many sessions decode at once.
+"""Decoders shared by realtime sessions.
 
 Why a pool
 ----------
@@ -23,14 +23,9 @@ fresh instance's state, so no client's audio shapes another's results) and kept 
 the next session, up to ``idle`` of them; any beyond that is released explicitly (the
 model freed whoever still references the Python object) and the heap trimmed. Sequential
 sessions then reuse one decoder and the plugin's memory stays flat; a burst of N
-concurrent sessions costs N decoders only while it lasts.
-
-The session cap
----------------
-The gateway caps concurrent sessions per service in each serving process; several
-serving processes share this plugin, so it caps the sessions it decodes as well
-(``POCKETSPHINX_MAX_SESSIONS``, default :data:`DEFAULT_MAX_SESSIONS`): a session over
-the cap gets a clear ``task-failed`` instead of another decoder.
+concurrent sessions costs N decoders only while it lasts. How many sessions decode at
+once is capped apart from the pool (``POCKETSPHINX_MAX_SESSIONS``, the engine toolkit's
+``aogstream.engines.realtime.SessionCap``).
 """
 
 from __future__ import annotations
@@ -38,7 +33,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -49,8 +43,6 @@ from pocketsphinx_plugin.recognizer import ModelPaths, StreamingRecognizer
 
 log = logging.getLogger("pocketsphinx-plugin")
 
-DEFAULT_MAX_SESSIONS = 32
-"""Sessions decoded at once by one plugin process (all serving processes together)."""
 DEFAULT_IDLE = 1
 """Decoders kept ready between sessions (each holds the model, ~50-90 MB of RSS)."""
 
@@ -59,20 +51,6 @@ RETURN_WAIT_S = 2.0
 (finishing a decode in flight) before building its own."""
 
 Key = tuple[int, ModelPaths]
-
-
-def max_sessions_from_env() -> int:
-    """``POCKETSPHINX_MAX_SESSIONS`` (a positive integer), else the default."""
-    raw = os.environ.get("POCKETSPHINX_MAX_SESSIONS", "").strip()
-    if not raw:
-        return DEFAULT_MAX_SESSIONS
-    try:
-        value = int(raw)
-    except ValueError:
-        log.warning("POCKETSPHINX_MAX_SESSIONS=%r is not an integer; using %d", raw,
-                    DEFAULT_MAX_SESSIONS)
-        return DEFAULT_MAX_SESSIONS
-    return max(1, value)
 
 
 def _libc_malloc_trim() -> Any:
@@ -99,9 +77,8 @@ class RecognizerPool:
     """Borrow and return recognisers; thread-safe (returns happen in worker threads)."""
 
     def __init__(self, build: Callable[[int, ModelPaths], StreamingRecognizer], *,
-                 max_sessions: int = DEFAULT_MAX_SESSIONS, idle: int = DEFAULT_IDLE) -> None:
+                 idle: int = DEFAULT_IDLE) -> None:
         self._build = build
-        self.max_sessions = max_sessions
         self.idle_limit = idle
         self._lock = threading.Condition()
         self._idle: dict[Key, list[StreamingRecognizer]] = {}
@@ -109,21 +86,6 @@ class RecognizerPool:
         # returns get their own threads: a borrow waiting for a return must never sit in
         # the same executor queue as the return it waits for
         self._returns = ThreadPoolExecutor(2, thread_name_prefix="decoder-return")
-        self.active = 0  # sessions holding a slot (counted on the event loop only)
-
-    # ---- session slots (event loop) ----
-
-    def try_enter(self) -> bool:
-        """Take a session slot; False when ``max_sessions`` sessions are running."""
-        if self.active >= self.max_sessions:
-            return False
-        self.active += 1
-        return True
-
-    def leave(self) -> None:
-        self.active -= 1
-
-    # ---- decoders ----
 
     def borrow(self, rate: int, paths: ModelPaths) -> StreamingRecognizer:
         """An idle recogniser for this rate and model, else a new one (blocks: call it in

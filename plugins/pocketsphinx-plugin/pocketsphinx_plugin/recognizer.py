@@ -17,9 +17,10 @@ Why it is built this way
   each on a fresh decoder, the mean word error rate dropped from 0.39 to 0.30.
 * The bundled acoustic model is wideband. 16, 32 and 48 kHz input are decoded natively; the
   front end cannot be configured for 8 kHz with this model (its ``feat.params`` pins the
-  upper filter at 6800 Hz), so 8 kHz input is upsampled 2x by linear interpolation. Telephone
-  audio has no energy above 4 kHz anyway; ``goforward.raw`` taken down to 8 kHz and back is
-  still recognised exactly.
+  upper filter at 6800 Hz), so 8 kHz input is upsampled 2x by linear interpolation (the
+  engine toolkit's ``aogstream.engines.pcm.Upsampler2x``). Telephone audio has no energy
+  above 4 kHz anyway; ``goforward.raw`` taken down to 8 kHz and back is still recognised
+  exactly.
 * ``rescore_finals=True`` re-decodes each finished utterance in one batch with utterance-level
   CMN. That lowered the mean WER on the same 9 utterances from 0.30 to 0.19, but the final
   then waits for a second pass over the whole utterance (another 0.15-0.25 s of CPU per
@@ -63,12 +64,12 @@ is imported only when the first recogniser is built, so a process can import thi
 
 from __future__ import annotations
 
-import array
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from aogstream.engines.pcm import Upsampler2x
 
 __all__ = ["SUPPORTED_RATES", "Event", "ModelPaths", "StreamingRecognizer"]
 
@@ -133,48 +134,6 @@ def _engine() -> Any:
     return pocketsphinx
 
 
-class _Upsampler2x:
-    """Doubles the sample rate by linear interpolation, keeping continuity across chunks.
-
-    Used only for 8 kHz input (see module docstring). Each input sample is preceded by the
-    midpoint between it and the previous one, so chunk boundaries produce no clicks.
-    """
-
-    __slots__ = ("_prev",)
-
-    def __init__(self) -> None:
-        self._prev: int | None = None
-
-    def process(self, pcm: bytes) -> bytes:
-        """Upsample whole PCM16 samples (``len(pcm)`` must be even)."""
-        if not pcm:
-            return b""
-        src = _samples(pcm)
-        prev = src[0] if self._prev is None else self._prev
-        out = array.array("h", bytes(len(pcm) * 2))
-        out[1::2] = src
-        shifted = array.array("h", [prev])
-        shifted.extend(src[:-1])
-        out[0::2] = array.array("h", [(a + b) >> 1 for a, b in zip(shifted, src, strict=True)])
-        self._prev = src[-1]
-        return _to_le_bytes(out)
-
-
-def _samples(pcm: bytes) -> array.array[int]:
-    """Little-endian PCM16 bytes as an int16 array, whatever the host byte order."""
-    arr = array.array("h", pcm)
-    if sys.byteorder == "big":
-        arr.byteswap()
-    return arr
-
-
-def _to_le_bytes(arr: array.array[int]) -> bytes:
-    """Inverse of :func:`_samples`."""
-    if sys.byteorder == "big":
-        arr.byteswap()
-    return arr.tobytes()
-
-
 class StreamingRecognizer:
     """Incremental recogniser for one audio stream of raw PCM16LE mono.
 
@@ -227,7 +186,7 @@ class StreamingRecognizer:
             self._endpointer = self._endpointer_type(sample_rate=self._decode_rate)
             self._frame_bytes: int = self._endpointer.frame_bytes
         self._ep_used = False
-        self._upsampler = _Upsampler2x() if self.sample_rate == 8000 else None
+        self._upsampler = Upsampler2x() if self.sample_rate == 8000 else None
         self._odd = b""  # a lone trailing byte of the caller's input
         self._pending = bytearray()  # decode-rate audio not yet a full VAD frame
         self._in_utt = False

@@ -13,8 +13,10 @@ Service `llm-probe`, request `{"call": <method>, "args": [...], "kwargs": {...}}
 
 Service `chat` (under the loop-* manifests) answers a chat by calling
 `ctx.llm.acomplete` with the same messages, or, when the last message is
-`sleep:<tag>`, by sleeping a minute (to be cancelled). Events go as JSON lines to the
-file in ECHO_PLUGIN_EVENTS, as the echo plugin's do.
+`sleep:<tag>`, by sleeping a minute (to be cancelled), or, when it is `hold:<tag>`, by
+answering "released <tag>" once a file `release-<tag>` exists beside the events file
+(a slow model whose answer the test lets go). Events go as JSON lines to the file in
+ECHO_PLUGIN_EVENTS, as the echo plugin's do.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import os
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 from aogstream.rpc import hostcall
@@ -111,6 +114,8 @@ class Probe(LocalPluginProvider):
         name = self.manifest.provider.name if self.manifest else "loop"
         messages = req.get("messages") or [{}]
         last = messages[-1].get("content") if isinstance(messages[-1], dict) else ""
+        if isinstance(last, str) and last.startswith("hold:"):
+            return await self._hold(name, last.removeprefix("hold:"))
         if isinstance(last, str) and last.startswith("sleep:"):
             # a chat that takes its time, to be cancelled while the host waits on it
             tag = last.removeprefix("sleep:")
@@ -126,6 +131,25 @@ class Probe(LocalPluginProvider):
             text = result.text
         except Exception as exc:  # noqa: BLE001 - the chain's end reports why
             text = f"{type(exc).__name__}: {exc}"
+        return json.dumps({"model": name, "message": {"role": "assistant", "content": text},
+                           "finished": True}).encode()
+
+
+    async def _hold(self, name: str, tag: str) -> bytes:
+        """A chat that answers when the test says so (or after a minute, saying so)."""
+        record("chat_holding", plugin=name, id=tag)
+        release = Path(EVENTS).with_name(f"release-{tag}")
+        text = f"never released {tag}"
+        try:
+            for _ in range(3000):  # a minute at most
+                if release.exists():
+                    text = f"released {tag}"
+                    break
+                await asyncio.sleep(0.02)
+        except asyncio.CancelledError:
+            record("chat_cancelled", plugin=name, id=tag)
+            raise
+        record("chat_released", plugin=name, id=tag)
         return json.dumps({"model": name, "message": {"role": "assistant", "content": text},
                            "finished": True}).encode()
 

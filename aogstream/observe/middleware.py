@@ -1,0 +1,181 @@
+"""The one place every request passes: an ASGI wrapper around a serving process's app.
+
+It sits outside the request guard, so refused requests are seen too, and sees every
+HTTP request (hot routes, front doors, Quart routes) and WebSocket session by the
+messages that cross it: the status and content type of the answer, each body send
+(bytes, chunks, the gap since the previous chunk), the client's disconnect, WebSocket
+frames both ways. Which service, model, provider and plugin served comes from the
+gateway core through the record in a context variable (`observe.record`). At the end
+it writes one log line, one record in the process's ring, and the metrics.
+
+What it never reads: request or answer bodies (it counts their length), headers other
+than the answer's content type, query strings, keys.
+
+Requests on the primary's private unix socket are the workers' forwarded requests:
+the worker that took the client's request records it, so they are passed through
+unrecorded here (hypercorn gives no `server` address for a unix socket).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import trio
+
+from aogstream.asgi_types import ASGIApp, Message, Receive, Scope, Send
+from aogstream.observe.record import CURRENT, RequestRecord
+
+STREAM_TYPES = (b"text/event-stream", b"application/x-ndjson")
+REQUEST_ID_HEADER = b"x-aogstream-request"
+
+
+class Observed:
+    """ASGI wrapper that records each request for `observer` (an `observe.run.Observer`)."""
+
+    def __init__(self, app: ASGIApp, observer: Any) -> None:
+        self.app = app
+        self.observer = observer
+        self.metrics = observer.metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            if scope.get("server") is None:  # a worker's forwarded request
+                await self.app(scope, receive, send)
+                return
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        perf = time.perf_counter
+        rec = RequestRecord(self.observer.next_id(), "http", scope.get("method", ""),
+                            scope.get("path", ""), perf(), time.time())
+        token = CURRENT.set(rec)
+        metrics = self.metrics
+        gaps = None
+        last = 0.0
+
+        async def observed_receive() -> Message:
+            msg = await receive()
+            if msg["type"] == "http.request":
+                rec.bytes_in += len(msg.get("body", b""))
+            elif msg["type"] == "http.disconnect" and not rec.done:
+                rec.cancelled = True
+            return msg
+
+        async def observed_send(msg: Message) -> None:
+            nonlocal gaps, last
+            if msg["type"] == "http.response.body":
+                body = msg.get("body", b"")
+                if body:
+                    now = perf()
+                    rec.bytes_out += len(body)
+                    rec.chunks += 1
+                    if gaps is not None and last:
+                        gaps.add(now - last)
+                    last = now
+                if not msg.get("more_body", False):
+                    rec.done = True
+            elif msg["type"] == "http.response.start":
+                rec.status = msg["status"]
+                rec.ttfb = perf() - rec.started
+                for k, v in msg.get("headers", ()):
+                    if k == b"content-type":
+                        if v.startswith(STREAM_TYPES):
+                            rec.stream = True
+                            if metrics is not None:
+                                gaps = metrics.new_gaps()
+                                metrics.stream_open(1)
+                        break
+                # the id to find this request by in the log and the recent requests
+                msg = {**msg, "headers": [*msg.get("headers", ()),
+                                          (REQUEST_ID_HEADER, rec.id.encode())]}
+            await send(msg)
+
+        try:
+            await self.app(scope, observed_receive, observed_send)
+        except BaseException:
+            if not rec.done:
+                rec.cancelled = True
+                rec.status = rec.status or 500
+            raise
+        finally:
+            CURRENT.reset(token)
+            rec.duration = perf() - rec.started
+            if not rec.done and rec.status:
+                rec.cancelled = True  # the answer began and never ended
+            if rec.stream and metrics is not None:
+                metrics.stream_open(-1)
+            self.observer.finish(rec, gaps)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        perf = time.perf_counter
+        rec = RequestRecord(self.observer.next_id(), "websocket", "GET",
+                            scope.get("path", ""), perf(), time.time())
+        token = CURRENT.set(rec)
+        metrics = self.metrics
+        accepted = False
+        waiting = 0.0  # when the first client frame not yet answered arrived
+
+        async def observed_receive() -> Message:
+            nonlocal waiting
+            msg = await receive()
+            if msg["type"] == "websocket.receive":
+                if not waiting:
+                    waiting = perf()
+                rec.frames_in += 1
+                data = msg.get("bytes") or msg.get("text") or ""
+                rec.bytes_in += len(data)
+                if metrics is not None:
+                    metrics.frame(rec.service, "in")
+            elif msg["type"] == "websocket.disconnect":
+                if rec.close_code is None:
+                    rec.close_code = msg.get("code", 1005)
+            return msg
+
+        async def observed_send(msg: Message) -> None:
+            nonlocal accepted, waiting
+            t = msg["type"]
+            if t == "websocket.send":
+                rec.frames_out += 1
+                data = msg.get("bytes") or msg.get("text") or ""
+                rec.bytes_out += len(data)
+                now = perf()
+                if rec.ttfb is None:
+                    rec.ttfb = now - rec.started
+                if metrics is not None:
+                    metrics.frame(rec.service, "out")
+                    if waiting:
+                        metrics.reply(rec.service, now - waiting)
+                waiting = 0.0
+            elif t == "websocket.accept":
+                rec.status = 101
+                accepted = True
+                if metrics is not None:
+                    metrics.session_open(1)
+            elif t == "websocket.close":
+                rec.status = rec.status or 403  # closed before it was accepted
+                if rec.close_code is None:
+                    rec.close_code = msg.get("code", 1000)
+            elif t == "websocket.http.response.start":
+                rec.status = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, observed_receive, observed_send)
+        except BaseException as exc:
+            if isinstance(exc, trio.Cancelled) or not accepted:
+                rec.cancelled = True
+            rec.status = rec.status or 500
+            raise
+        finally:
+            CURRENT.reset(token)
+            rec.done = True
+            rec.duration = perf() - rec.started
+            if accepted and metrics is not None:
+                metrics.session_open(-1)
+            self.observer.finish(rec, None)

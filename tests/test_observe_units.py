@@ -1,0 +1,125 @@
+"""Unit tests of the observability pieces that the end-to-end tests cannot pin down.
+
+Real parts: the ring's shared-memory file on disk, prometheus_client itself (in
+multi-process mode, in a subprocess so that its process-wide setting does not leak
+into this one). Nothing is faked.
+
+Proven:
+- the ring keeps the newest N records, oldest overwritten, and a slot being written
+  (sequence zeroed) is skipped by a reader rather than read half-written; records of
+  several processes' rings come back merged, newest first;
+- route labels are bounded: known paths keep their template, anything else is `other`;
+- a stream's gaps added in one go give the same histogram as observing each gap;
+- the text log line quotes client-chosen values, so a model name cannot forge fields
+  or lines.
+- a run folder whose primary died is removed at the next start; a live one is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from aogstream.observe.record import RequestRecord
+from aogstream.observe.ring import HEADER, SLOT_HEAD, SLOT_SIZE, RingWriter, read_all, read_ring
+from aogstream.observe.run import Observer, RouteTable, Settings
+
+
+def test_the_ring_keeps_the_newest_records_and_skips_a_slot_being_written(tmp_path: Path):
+    ring = RingWriter(tmp_path / "requests-1.ring", 4)
+    for i in range(10):
+        ring.append({"id": i, "ts": i})
+    assert [r["id"] for r in read_ring(ring.path)] == [6, 7, 8, 9]
+    ring.append({"id": 10, "ts": 10, "model": "m" * 5000})  # too long: shortened, kept
+    assert read_ring(ring.path)[-1]["model"] == "m" * 80
+    # the writer's first step on the next record: the oldest slot's sequence zeroed
+    offset = HEADER.size + (ring.written % ring.slots) * SLOT_SIZE
+    SLOT_HEAD.pack_into(ring._map, offset, 0, 0)
+    assert [r["id"] for r in read_ring(ring.path)] == [8, 9, 10]
+    other = RingWriter(tmp_path / "requests-2.ring", 4)
+    other.append({"id": "b", "ts": 9.5})
+    assert [r["id"] for r in read_all(tmp_path, 3)] == [10, "b", 9]
+    (tmp_path / "requests-3.ring").write_bytes(b"not a ring")
+    assert len(read_all(tmp_path, 100)) == 4
+    ring.close()
+    other.close()
+
+
+def test_route_labels_are_bounded_to_the_routes_that_exist():
+    table = RouteTable(["/health", "/aog/v0.2/services/{service}", "/v1/models",
+                        "/v1/models/{model}", "/v0/management/{rest:path}"])
+    assert table.label("/health") == "/health"
+    assert table.label("/health/") == "/health"
+    assert table.label("/aog/v0.2/services/chat") == "/aog/v0.2/services/{service}"
+    assert table.label("/v1/models") == "/v1/models"
+    assert table.label("/v1/models/qwen") == "/v1/models/{model}"
+    assert table.label("/v0/management/a/b/c") == "/v0/management/{rest}"
+    for odd in ("/v1/models/a/b", "/etc/passwd", "/aog/v0.2/services/a/b", "/"):
+        assert table.label(odd) == "other", odd
+    for i in range(RouteTable.MAX_CACHE * 2):  # the cache stays bounded too
+        table.label(f"/x/{i}")
+    assert len(table._cache) <= RouteTable.MAX_CACHE
+
+
+def test_gaps_added_in_one_go_equal_gaps_observed_one_by_one(tmp_path: Path):
+    script = """
+import json, sys
+from prometheus_client import CollectorRegistry, Histogram, generate_latest, multiprocess
+from aogstream.observe.metrics import GAP_BUCKETS, StreamGaps, add_observations
+gaps = [0.0001, 0.003, 0.003, 0.02, 0.7, 9.0, 0.0005]
+one = Histogram("one", "d", ["s"], buckets=GAP_BUCKETS, registry=None).labels("x")
+batch = Histogram("batch", "d", ["s"], buckets=GAP_BUCKETS, registry=None).labels("x")
+sg = StreamGaps()
+for g in gaps:
+    one.observe(g)
+    sg.add(g)
+add_observations(batch, sg)
+reg = CollectorRegistry()
+multiprocess.MultiProcessCollector(reg, path=sys.argv[1])
+out = {}
+for family in reg.collect():
+    for s in family.samples:
+        out[s.name + json.dumps(sorted(s.labels.items()))] = s.value
+print(json.dumps(out))
+"""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=60, check=True)
+    samples = json.loads(done.stdout)
+    one = {k[3:]: v for k, v in samples.items() if k.startswith("one")}
+    batch = {k[5:]: v for k, v in samples.items() if k.startswith("batch")}
+    assert one and one.keys() == batch.keys()
+    for k, v in one.items():
+        assert abs(batch[k] - v) < 1e-9, (k, v, batch[k])
+    assert one['_count[["s", "x"]]'] == 7
+
+
+def test_the_text_line_quotes_what_clients_chose(tmp_path: Path):
+    observer = Observer(tmp_path, Settings(metrics=False, request_log="off", history=0),
+                        "w1")
+    rec = RequestRecord("a-1", "http", "POST", "/v1/chat/completions", 0.0, 1.0)
+    rec.model, rec.status = "x status=500\nrequest GET /", 200
+    line = Observer.text_line(observer.fields(rec, "/v1/chat/completions", 200))
+    assert "\n" not in line
+    assert 'model="x status=500\\nrequest GET /"' in line
+    assert line.startswith("request POST /v1/chat/completions id=a-1 process=w1 ")
+    assert "status=200" in line and "ttfb_ms=-" in line and "cancelled=false" in line
+    observer.close()
+
+
+def test_a_dead_primarys_run_folder_is_removed_at_the_next_start(tmp_path: Path):
+    from aogstream.observe.run import OWNER_FILE, RUN_PREFIX, remove_abandoned_runs
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    abandoned, alive, unknown = (tmp_path / f"{RUN_PREFIX}{n}" for n in ("a", "b", "c"))
+    for folder in (abandoned, alive, unknown):
+        folder.mkdir()
+        (folder / "counter_1.db").write_bytes(b"x")
+    (abandoned / OWNER_FILE).write_text(dead.stdout)
+    (alive / OWNER_FILE).write_text(f"{os.getpid()}\n")
+    assert remove_abandoned_runs(tmp_path) == [abandoned]
+    assert not abandoned.exists() and alive.exists() and unknown.exists()
