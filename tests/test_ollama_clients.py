@@ -7,6 +7,9 @@ Python package over loopback, the shipped openai-plugin with no key set, and a
 loopback HTTP server the llama.cpp plugin pulls a
 GGUF from.
 
+The same calls from Node: the `ollama` npm package (pinned in tests/node, installed by
+`make test` into .cache/node-sdks) runs version, show, ps, pull, list, chat and delete.
+
 Proven: `/api/version` reports a version Codex's `--oss` mode accepts (≥ 0.13.4);
 `show` names a model's capabilities (completion and tools for chat, embedding for the
 embedder) and is a 404 for an unknown one; `ps` lists the local models; the legacy
@@ -21,7 +24,10 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
+import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,3 +165,30 @@ def test_listings_show_what_can_answer_now(gw: Gateway, client: ollama.Client) -
     # the remote models are there, just not answerable: the store knows them
     stored = httpx.get(f"{gw.url}/aog/v0.2/model", timeout=10).json()["data"]
     assert REMOTE_MODELS & {m["model_name"] for m in stored}
+
+
+def test_ollama_js_client_version_show_ps_pull_and_delete(gw: Gateway, gguf_url: str) -> None:
+    """The `ollama` npm package, unchanged, through the same endpoints."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("Node is not installed (make sysdeps installs it); the ollama JS "
+                    "client test needs `node`")
+    sdk_dir = REPO / ".cache" / "node-sdks"
+    if not (sdk_dir / "node_modules" / "ollama").is_dir():
+        pytest.fail(f"the Node packages are not installed in {sdk_dir}; run "
+                    "`make node-sdks` (part of `make test`)")
+    script = sdk_dir / "ollama_client.mjs"  # ES modules resolve packages beside the script
+    shutil.copyfile(REPO / "tests" / "node" / script.name, script)
+    proc = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "GATEWAY_URL": gw.url, "CHAT_MODEL": CHAT_MODEL,
+                               "GGUF_URL": gguf_url})
+    assert proc.returncode == 0, f"{proc.stderr[-4000:]}\n{proc.stdout[-2000:]}"
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert tuple(int(p) for p in out["version"].split(".")) >= (0, 13, 4)
+    assert {"completion", "tools"} <= set(out["capabilities"])
+    assert out["unknownShow"] == 404
+    assert CHAT_MODEL in out["running"]
+    assert out["pullStatuses"] == ["pulling manifest", "success"], out
+    assert out["pullLast"] and out["pullLast"]["completed"] == out["pullLast"]["total"]
+    assert out["listedAfterPull"] and out["chatText"]
+    assert not out["listedAfterDelete"]

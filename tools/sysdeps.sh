@@ -2,6 +2,7 @@
 # Installs the Debian packages the tests need, once. Quiet when they are present.
 # - the speech tests: recorded human speech and the flite synthesiser;
 # - the web console's tests: Chromium, driven by Playwright (no browser download);
+# - the Node client tests: Node and npm;
 # - the Go interop tests (tools/build-go-interop.sh): Go, go-plugin, gRPC and protobuf for Go,
 #   hclog, protoc and its Go generators. golang-github-golang-protobuf-1-5-dev replaces the
 #   default 1.3 package: with 1.3 the Go programs build, but the first call panics inside the
@@ -16,6 +17,8 @@ command -v flite >/dev/null 2>&1 || need="$need flite"
 command -v gcc >/dev/null 2>&1 || need="$need gcc libc6-dev"
 # ... and a Rust one (no external crates, cargo --offline)
 command -v cargo >/dev/null 2>&1 || need="$need cargo"
+# the Node client tests (the Vercel AI SDK and the ollama JS client, tests/node)
+command -v npm >/dev/null 2>&1 || need="$need nodejs npm"
 # the web console's browser tests (tests/test_console.py): Debian's headless Chromium
 command -v chromium >/dev/null 2>&1 || need="$need chromium"
 for p in golang-go golang-github-hashicorp-go-plugin-dev golang-google-grpc-dev \
