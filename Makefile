@@ -50,8 +50,9 @@ run: setup engines
 native-plugins: sysdeps
 	@tools/build-native-plugins.sh
 
-# The Vercel AI SDK (tests/node, pinned) for the Node client tests, into .cache/node-sdks.
-node-sdks:
+# The Node client packages (tests/node, pinned: the Vercel AI SDK, the ollama JS client) for
+# the Node client tests, into .cache/node-sdks.
+node-sdks: sysdeps
 	@tools/install-node-sdks.sh
 
 test: setup sysdeps go-interop native-plugins node-sdks test-engines
