@@ -204,7 +204,7 @@ class OpenAIRealtimeSession:
             raise BadEvent("invalid_model" if local else "server_error", exc.message,
                            "model") from None
 
-    def _update(self, session: Any, *, beta_shape: bool) -> None:
+    def _update(self, session: object, *, beta_shape: bool) -> None:
         """Apply an update whole or not at all (OpenAI discards a bad update entirely)."""
         self.settings, route = apply_update(self.settings, session, beta_shape=beta_shape,
                                             route_for=self._route)
@@ -213,7 +213,7 @@ class OpenAIRealtimeSession:
 
     # ---- audio ---------------------------------------------------------------------
 
-    async def _append(self, audio: Any) -> None:
+    async def _append(self, audio: object) -> None:
         raw = decode_audio(self.settings.format, audio)
         ms = audio_ms(self.settings.format, raw)
         if ms > MAX_APPEND_SECONDS * 1000:

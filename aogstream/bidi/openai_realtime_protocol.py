@@ -158,7 +158,7 @@ def session_object(settings: Settings, session_id: str, expires_at: int,
         "turn_detection": settings.turn_detection}}}
 
 
-def apply_update[R](settings: Settings, session: Any, *, beta_shape: bool,
+def apply_update[R](settings: Settings, session: object, *, beta_shape: bool,
                  route_for: Callable[[str | None], R]) -> tuple[Settings, R | None]:
     """`settings` with an update applied whole, and the route of a newly named model
     (None: the model was not named); raises BadEvent naming the first bad field.
@@ -251,7 +251,7 @@ def apply_update[R](settings: Settings, session: Any, *, beta_shape: bool,
     return updated, route
 
 
-def ga_format(fmt: Any) -> str:
+def ga_format(fmt: object) -> str:
     """The GA `session.audio.input.format` object as a FORMATS key."""
     param = "session.audio.input.format"
     if not isinstance(fmt, dict) or fmt.get("type") not in FORMATS:
@@ -269,7 +269,7 @@ def ga_format(fmt: Any) -> str:
     return str(fmt["type"])
 
 
-def decode_audio(fmt: str, audio: Any) -> bytes:
+def decode_audio(fmt: str, audio: object) -> bytes:
     """An append's base64 `audio` in format `fmt`, as raw bytes; BadEvent when it is not
     base64 or not whole PCM16 samples."""
     law = FORMATS[fmt][1]
