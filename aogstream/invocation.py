@@ -19,7 +19,7 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 import trio
@@ -189,6 +189,31 @@ class Provider(Protocol):
 
     async def models(self, timeout: float | None = 30.0) -> list[m.ModelInfo]:
         """The models it has now (a local plugin's downloaded ones), or `GatewayError`."""
+        ...
+
+
+@runtime_checkable
+class FormatSpeaker(Protocol):
+    """A provider that serves a request of another API format as is (a native executor
+    declaring that format): `serve` then gets the client's body with
+    `inv.metadata["format"]` naming the format, and answers in it (a unary body, or
+    the format's stream events). Optional: other providers get the chat form."""
+
+    def speaks(self, fmt: str) -> bool:
+        """Whether a request of format `fmt` reaches it untranslated."""
+        ...
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """A provider that counts a request's input tokens itself (a native executor's
+    `executor.count_tokens`); `/v1/messages/count_tokens` asks it instead of
+    estimating. Optional: providers without it are estimated for."""
+
+    async def count_tokens(self, fmt: str, body: dict[str, Any],
+                           chat: dict[str, Any]) -> int:
+        """Input tokens of `body` (a request of format `fmt`, `chat` its chat form);
+        `GatewayError` when the provider cannot say."""
         ...
 
 

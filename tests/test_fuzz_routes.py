@@ -318,14 +318,21 @@ def _barrier(ws: Any, kind: str, frame: str) -> None:
     Whether that finish-task reached the task (and was answered by its task-failed) or
     arrived after it (and gets a task-failed restating why, so a client waiting on its
     finish-task is never left hanging) depends on timing; a frame with an unknown action
-    is answered in order, so everything before its answer belongs to the failed task."""
+    is answered in order, so everything before its answer belongs to the failed task.
+    Those are the only two legitimate orders: at most that one restatement comes before
+    the barrier's answer (a second task-failed for the same task, e.g. the plugin call's
+    own end reported after the plugin's task-failed, is a bug)."""
     ws.send(json.dumps({"task": "speech-to-text-ws", "action": "barrier"}))
+    restated = 0
     while True:
         header = json.loads(ws.recv(timeout=20))["header"]
         assert header["event"] == "task-failed", (kind, frame[:200], header)
         assert header["error_code"] != "SERVER_ERROR", (kind, frame[:200], header)
         if "'barrier'" in header["error_message"]:
             return
+        restated += 1
+        assert restated == 1 and "already failed" in header["error_message"], (
+            kind, frame[:200], header)
 
 
 def test_fuzzed_text_frames_on_the_realtime_socket_are_client_errors(

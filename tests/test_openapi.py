@@ -40,7 +40,7 @@ def described(spec: dict[str, Any]) -> set[tuple[str, str]]:
 
 
 def test_every_route_the_app_serves_is_described(tmp_path: Path):
-    from aogstream.http import agent_doors, rerank_door
+    from aogstream.http import agent_doors, ollama_extras, rerank_door
     from aogstream.http.openapi import spec
 
     core = Core(Config(data_dir=tmp_path))
@@ -60,6 +60,7 @@ def test_every_route_the_app_serves_is_described(tmp_path: Path):
                    ("POST", "/v0.2/services/{service}")}
         # the doors no template names (their modules say which paths they answer)
         served |= {("POST", p) for p in agent_doors.PATHS} | {("POST", rerank_door.RERANK_PATH)}
+        served |= {(m, p) for p, m in ollama_extras.METHODS.items()}
         doors = 0
         for file in sorted(TEMPLATES.glob("*.yaml")):
             tpl = yaml.safe_load(file.read_text())

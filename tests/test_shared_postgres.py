@@ -418,3 +418,33 @@ def test_a_database_outage_answers_503_and_routing_goes_on(tmp_path: Path,
         admin.close()
         g.stop()
         own.drop()
+
+
+def test_a_host_keeps_the_native_rows_of_other_hosts(postgres_db: TestDatabase,
+                                                     tmp_path: Path) -> None:
+    """A host starting without a native plugin that another host serves (the provider
+    row a native plugin's manifest made) leaves that row on a shared store, where on its
+    own SQLite file the same stale row is pruned."""
+    from types import SimpleNamespace
+
+    from aogstream.config import Config
+    from aogstream.host.native.loader import NativePlugins
+    from aogstream.host.native.plugin import NATIVE_DESC
+
+    row = ProviderRow("remote_c-relay_chat", "chat", "remote", "c-relay",
+                      desc=f"{NATIVE_DESC}c-relay", models=["relay-1"])
+    own = TestDatabase(postgres_db.admin_url)
+    shared = PostgresStore(own.url, "host-b", SECRET)
+    local = SQLiteStore(tmp_path / "local.db")
+    try:
+        for store in (shared, local):
+            store.put_provider(row)
+            gateway: Any = SimpleNamespace(store=store, providers={},
+                                           config=Config(data_dir=tmp_path / "data"))
+            NativePlugins(gateway).prune_store()
+        assert shared.get_provider(row.provider_name) is not None
+        assert local.get_provider(row.provider_name) is None
+    finally:
+        shared.close()
+        local.close()
+        own.drop()

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Builds the native (CLIProxyAPI C ABI) test plugins of tests/test_native_*.py from
 # tests/native/test_plugin.c into .cache/native-plugins: the good plugin and one library
-# per load failure the tests check; the hooks plugin (tests/native/hooks_plugin.c, and
+# per load failure the tests check; the claude-speaking executor (tests/native/claude_plugin.c);
+# the hooks plugin (tests/native/hooks_plugin.c, and
 # built with FRONTEND the frontend-auth one); the auth provider (tests/native/auth_plugin.c); the
 # benchmarks' native relay executor (benchmarks/native_relay); and the Rust test plugin (tests/native/rust, no
 # external crates, built offline by cargo) as rust-test.so. Quick when nothing changed.
@@ -25,6 +26,7 @@ build no-init.so NO_INIT
 build c-hooks.so "" tests/native/hooks_plugin.c
 build c-gate.so FRONTEND tests/native/hooks_plugin.c
 build c-auth.so "" tests/native/auth_plugin.c
+build c-claude.so "" tests/native/claude_plugin.c
 build native-relay.so "" benchmarks/native_relay/native_relay.c
 cargo build --quiet --offline --release --manifest-path tests/native/rust/Cargo.toml \
   --target-dir "$out/rust-target"

@@ -210,9 +210,15 @@ class RealtimeSession:
                 nursery.cancel_scope.cancel()
             if self.ws.closed:
                 return
+            if finished:
+                # the plugin's task-finished/task-failed was the task's one answer; the
+                # call may still end with an error after it (e.g. a finish-task that
+                # crossed the plugin's task-failed on the wire), which is no news to
+                # the client and must not become a second task-failed
+                return
             if inv.error is not None:
                 await self.fail(SERVER_ERROR, inv.error.message, ends_task=True)
-            elif not finished:
+            else:
                 await self.fail(SERVER_ERROR, f"{self.route.provider.name} ended the session "
                                 "without task-finished", ends_task=True)
 

@@ -4,14 +4,16 @@ One set of translators serves both the HTTP doors (`/v1/responses`, `/v1/message
 native plugins' executor format negotiation, which names formats the same way CPA
 does: `openai` (chat completions, the internal form), `openai-response` (Responses),
 `claude` (Anthropic Messages) and `gemini`. Every translation goes through the chat
-form: format → chat for requests, chat → format for answers and stream chunks.
+form: format → chat for requests, chat → format for answers and stream chunks, and
+the other way for an upstream (a native executor) that speaks `fmt`: chat → format
+for requests, format → chat for its answers and stream events (module `upstream`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from aogstream.convert import anthropic, responses
+from aogstream.convert import anthropic, responses, upstream
 from aogstream.convert.chat_form import InvalidRequest
 from aogstream.convert.chat_stream import ChatStreamTranslator
 from aogstream.convert.engine import ConvertError
@@ -69,4 +71,35 @@ def stream_from_chat(fmt: str, body: dict[str, Any], model: str,
         return responses.ResponsesStream(body, model, prompt_estimate)
     if fmt == CLAUDE:
         return anthropic.AnthropicStream(model, prompt_estimate)
+    raise UnsupportedFormat("chat streams need no translation into chat")
+
+
+def request_from_chat(fmt: str, chat: dict[str, Any]) -> dict[str, Any]:
+    """A chat request in format `fmt`, for an upstream that speaks it."""
+    _check(fmt)
+    if fmt == OPENAI_RESPONSE:
+        return upstream.chat_to_responses(chat)
+    if fmt == CLAUDE:
+        return upstream.chat_to_claude(chat)
+    return chat
+
+
+def response_to_chat(fmt: str, body: dict[str, Any]) -> dict[str, Any]:
+    """An upstream's unary answer of format `fmt` as a chat answer (ConvertError when
+    it is not one, or is that format's error object)."""
+    _check(fmt)
+    if fmt == OPENAI_RESPONSE:
+        return upstream.responses_to_chat(body)
+    if fmt == CLAUDE:
+        return upstream.claude_to_chat(body)
+    return body
+
+
+def stream_to_chat(fmt: str, model: str) -> upstream.UpstreamToChat:
+    """A per-stream state machine turning `fmt`'s stream events into chat chunks."""
+    _check(fmt)
+    if fmt == OPENAI_RESPONSE:
+        return upstream.ResponsesToChat(model)
+    if fmt == CLAUDE:
+        return upstream.ClaudeToChat(model)
     raise UnsupportedFormat("chat streams need no translation into chat")

@@ -9,6 +9,11 @@ The answer comes back as a chat answer or chat stream chunks, which the format's
 translator turns into a `response` object / `message`, or into typed SSE events
 (`event: <type>` + `data: <json>`, no `[DONE]`) with a per-stream state machine.
 
+One exception: when the model's provider speaks the door's format itself
+(`invocation.FormatSpeaker`: a native executor declaring `claude` or `openai-response`),
+the body goes to it as the client sent it and its answer or events come back as they
+are, without the chat form in between (CLIProxyAPI does the same when formats match).
+
 Streaming keeps the chat door's properties: events are written as soon as a chunk
 arrives (whatever is already waiting is coalesced into one write, never waited for),
 and a client that hangs up cancels the provider call (`serve_with_fallback` watches
@@ -29,15 +34,23 @@ from typing import Any
 
 from aogstream import errors
 from aogstream.asgi_types import Headers, Receive, Scope, Send
-from aogstream.convert import ConvertError, anthropic, chat_tools, formats
+from aogstream.convert import ConvertError, anthropic, chat_tools, formats, upstream
 from aogstream.convert.chat_form import InvalidRequest, dumps
 from aogstream.convert.chat_stream import ChatStreamTranslator, Event
 from aogstream.convert.chat_tools import estimate_prompt_tokens as prompt_tokens
 from aogstream.gateway import Gateway, Route
-from aogstream.http.asgi import CLOSE_AFTER, ClientGone, parse_object, read_body, send_json
+from aogstream.http.asgi import (
+    CLOSE_AFTER,
+    ClientGone,
+    parse_object,
+    read_body,
+    send_json,
+    served_by_headers,
+)
 from aogstream.http.flavor_calls import Door, FlavorCalls, send_bytes, strip_sse
 from aogstream.http.flavor_errors import error_body
-from aogstream.invocation import Invocation
+from aogstream.http.provider_fallback import serve_with_fallback
+from aogstream.invocation import FormatSpeaker, Invocation, Mode, TokenCounter
 from aogstream.sse.writer import SSE_HEADERS, relay_batches
 
 log = logging.getLogger(__name__)
@@ -110,10 +123,20 @@ class AgentDoors:
             return
 
     async def _count_tokens(self, send: Send, body: dict[str, Any]) -> None:
-        """`{"input_tokens": N}`, estimated from the rendered text (engines expose no
-        tokenizer call here); the same estimate `message_start` carries."""
+        """`{"input_tokens": N}`: counted by the provider of the model when it counts
+        for itself (a native executor's `executor.count_tokens`, `TokenCounter`), else
+        estimated from the rendered text (engines expose no tokenizer call here), the
+        same estimate `message_start` carries."""
         chat = anthropic.request_to_chat(body, count_only=True)
-        await send_json(send, 200, json.dumps({"input_tokens": prompt_tokens(chat)}).encode())
+        count = prompt_tokens(chat)
+        model = chat.get("model") if isinstance(chat.get("model"), str) else ""
+        try:
+            routes = self.gateway.routes("chat", {"model": model}) if model else []
+        except errors.GatewayError:
+            routes = []  # an unknown model is still estimated for, as before
+        if routes and isinstance(routes[0].provider, TokenCounter):
+            count = await routes[0].provider.count_tokens(formats.CLAUDE, body, chat)
+        await send_json(send, 200, json.dumps({"input_tokens": count}).encode())
 
     async def _serve(self, fmt: str, body: dict[str, Any], chat: dict[str, Any],
                      receive: Receive, send: Send, err_flavor: str) -> None:
@@ -122,6 +145,11 @@ class AgentDoors:
         raw = dumps(chat).encode()
         aog, aog_obj = self.calls.to_aog(CHAT_DOOR, raw, chat, model, want_stream)
         routes = self.gateway.routes("chat", aog_obj)
+        first = routes[0].provider if routes else None
+        if isinstance(first, FormatSpeaker) and first.speaks(fmt):
+            await self._same_format(routes[0], fmt, body, model, want_stream, receive, send,
+                                    err_flavor)
+            return
         estimate = prompt_tokens(chat)
 
         async def reply(data: bytes, ctype: bytes, served_by: Headers) -> None:
@@ -144,6 +172,43 @@ class AgentDoors:
 
         await self.calls.dispatch(CHAT_DOOR, routes, aog, model, want_stream, receive, send,
                                   reply=reply, streamer=streamer, error_flavor=err_flavor)
+
+    async def _same_format(self, route: Route, fmt: str, body: dict[str, Any],
+                           model: str | None, want_stream: bool, receive: Receive, send: Send,
+                           err_flavor: str) -> None:
+        """A provider that speaks the door's format (`FormatSpeaker`, a native executor
+        declaring it) gets the request as the client sent it and its answer goes back
+        as is: a unary body unchanged, stream events re-framed one per SSE event; no
+        chat form in between, as CPA does when the formats match."""
+        raw = dumps(body).encode()
+        mode = route.mode_for(want_stream)
+        served_by = served_by_headers(route)
+        closing = formats.stream_from_chat(fmt, body, model or "")
+
+        def reframe(chunk: bytes) -> bytes:
+            try:
+                return frame_all([e for e in upstream.sse_events(bytes(chunk))
+                                  if isinstance(e.get("type"), str)])
+            except ConvertError as exc:
+                raise errors.GatewayError(errors.TASK_FAILED, f"{exc}") from None
+
+        async def attempt(route: Route) -> errors.GatewayError | None:
+            async with self.gateway.invoke(route, mode, raw, metadata={"format": fmt}) as inv:
+                if mode is Mode.STREAM:
+                    return await write_events(
+                        inv, send, served_by, reframe, b"", lambda: b"",
+                        lambda err: frame_all(closing.fail(err.message)))
+                try:
+                    data = await inv.result()
+                except errors.GatewayError as err:
+                    return err
+            await send_bytes(send, 200, data, b"application/json", served_by)
+            return None
+
+        async def answer_error(err: errors.GatewayError) -> None:
+            await send_json(send, err.status, error_body(err_flavor, err))
+
+        await serve_with_fallback([route], attempt, answer_error, receive)
 
     async def _stream(self, inv: Invocation, route: Route, send: Send, served_by: Headers,
                       model: str | None,

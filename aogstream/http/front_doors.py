@@ -17,9 +17,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import trio
+
 from aogstream import SPEC_VERSION, errors
 from aogstream.asgi_types import Receive, Scope, Send
-from aogstream.convert import PIVOT
+from aogstream.convert import PIVOT, token_ids
 from aogstream.gateway import Gateway
 from aogstream.http.agent_doors import AgentDoors, agent_path
 from aogstream.http.asgi import (
@@ -34,8 +36,10 @@ from aogstream.http.asgi import (
 )
 from aogstream.http.flavor_calls import Door, FlavorCalls, run_conversion
 from aogstream.http.flavor_errors import error_body
+from aogstream.http.ollama_extras import OllamaExtras
 from aogstream.http.openai_audio import OPENAI_MODEL_ALIASES, OpenAIAudio
 from aogstream.http.rerank_door import RerankDoor, is_rerank_door
+from aogstream.store import ModelRow
 
 API_FLAVORS_PREFIX = f"/aog/{SPEC_VERSION}/api_flavors/"
 # Bare paths of the templates with `install_raw_routes` (openai, ollama, openvino).
@@ -46,8 +50,18 @@ HTTP_METHODS = ("GET", "POST")
 OLLAMA_MODEL_SERVICES = ("chat", "generate", "embed")
 
 
+# Ollama's model management, served by the management app (`ollama_models`) next to
+# AOG's own model routes: not front doors, so the request guard treats them as management.
+OLLAMA_MANAGEMENT = ("/api/pull", "/api/delete")
+# Ollama's other endpoints beyond the templates' (`ollama_extras`): read-only listings
+# and the legacy single-prompt embeddings.
+OLLAMA_EXTRAS = ("/api/show", "/api/ps", "/api/version", "/api/embeddings")
+
+
 def is_front_door(path: str) -> bool:
     """Cheap prefix test for `HotRoutes` (only these paths come here)."""
+    if path.startswith("/api/") and path.rstrip("/") in OLLAMA_MANAGEMENT:
+        return False
     return path.startswith(RAW_PREFIXES) or path.startswith(API_FLAVORS_PREFIX)
 
 
@@ -64,6 +78,7 @@ class FrontDoors:
         self.audio = OpenAIAudio(self.calls)
         self.rerank = RerankDoor(gateway, max_body, self.calls)
         self.agents = AgentDoors(gateway, self.calls, max_body)  # Responses, Anthropic
+        self.ollama = OllamaExtras(self)
         # (flavor, path) → method → door; bare path → method → door (install_raw_routes)
         self._doors: dict[tuple[str, str], dict[str, Door]] | None = None
         self._raw: dict[str, dict[str, Door]] = {}
@@ -155,6 +170,9 @@ class FrontDoors:
         if agent is not None:
             await self.agents(scope, receive, send, agent)
             return
+        if path.rstrip("/") in OLLAMA_EXTRAS:
+            await self.ollama.serve(scope, receive, send, path.rstrip("/"))
+            return
         flavor, methods, item = self._find(path)
         err_flavor = flavor if flavor in self.flavors() else "openai"
         body_read = False
@@ -193,14 +211,11 @@ class FrontDoors:
         """The downloaded models in the flavor's listing shape; with `item`, that one
         model in OpenAI's retrieve shape (404 naming the ones there are)."""
         seen: dict[str, dict[str, Any]] = {}
-        for (svc, name), rows in sorted(self.gateway.downloaded_models().items()):
-            if door.flavor == "ollama" and svc not in OLLAMA_MODEL_SERVICES:
-                continue
-            if name in seen or not rows:
-                continue
-            row = rows[0]
-            seen[name] = {"name": name, "model": name, "modified_at": row.updated_at,
-                          "size": row.size, "owned_by": row.provider_name}
+        for name, row in await self.answering_models(
+                OLLAMA_MODEL_SERVICES if door.flavor == "ollama" else None):
+            if name not in seen:
+                seen[name] = {"name": name, "model": name, "modified_at": row.updated_at,
+                              "size": row.size, "owned_by": row.provider_name}
         aog = json.dumps({"models": list(seen.values())}).encode()
         conv = self.converter.between("models", door.flavor, PIVOT)
         out = run_conversion(lambda: conv.response(aog, {"Content-Type": "application/json"}),
@@ -224,6 +239,25 @@ class FrontDoors:
             errors.PLUGIN_MODEL_NOT_FOUND,
             f"model {item!r} does not exist here; downloaded models: "
             f"{', '.join(sorted(seen)) or 'none'} (pull it first)")
+
+    async def answering_models(self, services: tuple[str, ...] | None = None
+                               ) -> list[tuple[str, ModelRow]]:
+        """(model name, store row) of the downloaded models that can answer now, local
+        ones first: a remote model only when its provider needs no key or has one (a
+        client that picks the first listed model must not get a 401)."""
+        providers = {p.provider_name: p
+                     for p in await trio.to_thread.run_sync(self.gateway.store.providers)}
+        out: list[tuple[bool, str, ModelRow]] = []
+        for (svc, name), rows in self.gateway.downloaded_models().items():
+            if services is not None and svc not in services:
+                continue
+            for row in rows:
+                prov = providers.get(row.provider_name)
+                local = row.service_source == "local"
+                if local or prov is None or prov.auth_type in ("", "none") or prov.auth_key:
+                    out.append((not local, name, row))
+        out.sort(key=lambda item: (item[0], item[1]))
+        return [(name, row) for _, name, row in out]
 
     def _parse(self, door: Door, body: bytes) -> dict[str, Any]:
         """The app's JSON object, or a 400 naming what is wrong with it."""
@@ -249,6 +283,12 @@ class FrontDoors:
             body = json.dumps(obj).encode()
         else:
             obj = self._parse(door, body)
+            if door.service == "embed" and token_ids.token_id_input(obj.get("input")):
+                try:
+                    obj["input"] = await trio.to_thread.run_sync(token_ids.decode, obj["input"])
+                except token_ids.TokenIdsError as exc:
+                    raise errors.GatewayError(errors.BAD_REQUEST, str(exc)) from None
+                body = json.dumps(obj).encode()
         model = obj.get("model") if isinstance(obj.get("model"), str) else None
         if door.service in ("embed", "models"):
             want_stream = False

@@ -34,6 +34,7 @@ from aogstream.errors import (
     without_paths,
 )
 from aogstream.gateway import Gateway
+from aogstream.http.ollama_models import ollama_models_blueprint
 from aogstream.management.catalogue import ModelCatalogue
 from aogstream.management.model_pulls import ModelPulls, PullJob
 from aogstream.management.plugins import Plugins
@@ -129,9 +130,9 @@ PROVIDER_KEYS = ("service_name", "service_source", "api_flavor", "provider_name"
                  "extra_json_body", "properties")
 
 
-def management_blueprint(gateway: Gateway) -> Blueprint:
+def management_blueprint(gateway: Gateway, pulls: ModelPulls | None = None) -> Blueprint:
     """The routes, bound to one gateway's management parts."""
-    pulls = ModelPulls(gateway)
+    pulls = pulls or ModelPulls(gateway)
     providers = Providers(gateway, pulls)
     services = Services(gateway, providers, pulls)
     catalogue = ModelCatalogue(gateway)
@@ -328,7 +329,9 @@ def management_blueprint(gateway: Gateway) -> Blueprint:
 def register_management(app: QuartTrio, gateway: Gateway) -> None:
     """Wire the management routes into the app, with JSON answers for wrong methods
     and unexpected failures (never an HTML error page)."""
-    app.register_blueprint(management_blueprint(gateway))
+    pulls = ModelPulls(gateway)
+    app.register_blueprint(management_blueprint(gateway, pulls))
+    app.register_blueprint(ollama_models_blueprint(gateway, pulls))  # /api/pull, /api/delete
 
     @app.errorhandler(405)
     async def method_not_allowed(exc: Any) -> Response:

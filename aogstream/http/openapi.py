@@ -24,7 +24,7 @@ from typing import Any
 
 from aogstream import SPEC_VERSION, __version__
 from aogstream.convert import PIVOT
-from aogstream.http import agent_doors, rerank_door
+from aogstream.http import agent_doors, ollama_extras, rerank_door
 from aogstream.http.front_doors import API_FLAVORS_PREFIX
 from aogstream.http.hot import GUIDE_PREFIX, PREFIX, HotRoutes
 
@@ -92,6 +92,8 @@ def operations(app: HotRoutes) -> list[dict[str, Any]]:
             (agent_doors.COUNT_TOKENS, "Anthropic Messages: count tokens", "chat"),
             (rerank_door.RERANK_PATH, "Rerank documents (Jina/Cohere style)", "rerank")):
         add("POST", template, summary, "front doors: agents and rerank", service=service)
+    for template, method in ollama_extras.METHODS.items():
+        add(method, template, f"ollama: {template.rsplit('/', 1)[-1]}", "front doors: ollama")
     quart: Any = app.fallback
     url_map = getattr(quart, "url_map", None)
     if url_map is not None:

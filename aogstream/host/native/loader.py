@@ -452,6 +452,10 @@ class NativePlugins:
         is served now. Runs in the primary, in a thread, before `register`."""
         gw = self.gateway
         store = gw.store
+        if hasattr(store, "wait_change"):
+            # a store shared with other gateway hosts: a native plugin this host lacks
+            # may be what another host serves, so its rows are not this host's to drop
+            return
         for row in store.providers(service_name="chat"):
             provider = gw.providers.get(row.flavor)
             native = provider.kind == "native" if provider is not None else \

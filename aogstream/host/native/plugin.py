@@ -16,10 +16,12 @@ lifecycle events).
 the doors see a provider of the `chat` service whose `config_ref` is `openai:chat`, so
 every door (AOG's `/aog/v0.2/services/chat`, `/v1/chat/completions`, `/api/chat`, the
 api_flavors routes) converts the client's request to OpenAI Chat Completions and the
-answer back with the existing flavor conversions. That is CPA's format negotiation
-(spec §3.1) with the client protocol fixed to `openai`: the executor must declare
-`openai` (or an alias of it) among its input and output formats, because it is the
-only CPA format aogstream translates today.
+answer back with the existing flavor conversions. On top of that, CPA's format
+negotiation (spec §3.1) with the client protocol `openai`: an executor that declares
+`openai` gets the chat request as is; one that declares only `claude` or
+`openai-response` gets it translated into that format, and its answer (unary, or its
+stream events) is translated back into chat (`convert.formats`, the translators the
+`/v1/messages` and `/v1/responses` doors use), before the response hooks see it.
 
 Precedence (spec §3.2): the gateway's own providers first (a model a process plugin
 already serves is not taken by a native plugin), then priority, then plugin ID.
@@ -39,6 +41,8 @@ import trio
 
 from aogstream import errors
 from aogstream import manifest as m
+from aogstream.convert import formats, upstream
+from aogstream.convert.engine import ConvertError
 from aogstream.host.native import gojson as gj
 from aogstream.host.native.abi import CallError, LoadError, NativeLibrary
 from aogstream.host.native.callbacks import HostServices, StreamError
@@ -59,9 +63,9 @@ FORMAT_ALIASES = {
     "responses": "openai-response", "openai-responses": "openai-response",
     "openai_responses": "openai-response", "anthropic": "claude",
 }
-# CPA format → the flavor template aogstream converts with (the client protocol of a
-# native executor, its `config_ref`)
-FORMAT_FLAVORS = {"openai": "openai"}
+# the client protocol of every native executor (its `config_ref` flavor): the doors
+# convert to and from OpenAI chat
+CLIENT_FORMAT = formats.OPENAI
 CAPABILITIES = (
     "model_registrar", "model_provider", "auth_provider", "frontend_auth_provider",
     "frontend_auth_provider_exclusive", "scheduler", "model_router", "executor",
@@ -75,6 +79,22 @@ CAPABILITIES = (
 def normalize_format(name: str) -> str:
     name = name.strip().lower()
     return FORMAT_ALIASES.get(name, name)
+
+
+def negotiate(ins: list[str], outs: list[str]) -> tuple[str, str] | None:
+    """The (request, answer) formats of an executor for an `openai` client (spec §3.1):
+    the client's format when declared, else the first declared one aogstream
+    translates; the answer in the client's format when declared, else in the request's
+    format, else the first translatable one. None: no usable pair."""
+    def pick(declared: list[str], prefer: list[str]) -> str:
+        for fmt in prefer:
+            if fmt in declared:
+                return fmt
+        return next((f for f in declared if f in formats.TRANSLATED), "")
+
+    request = pick(ins, [CLIENT_FORMAT])
+    answer = pick(outs, [CLIENT_FORMAT, request]) if request else ""
+    return (request, answer) if request and answer else None
 
 
 def metadata_object(meta: dict[str, Any]) -> dict[str, Any]:
@@ -130,7 +150,8 @@ class NativePlugin:
         self.provider_key = ""
         self.auth_identifier = ""  # auth.identifier of an auth provider
         self.models: list[str] = []
-        self.executor_format = ""  # "" = no usable executor
+        self.executor_format = ""  # the request format it is sent; "" = no usable executor
+        self.executor_output = ""  # the answer format it is read in
         # management.register's answer (`host.native.management`): routes and resources
         self.routes: dict[tuple[str, str], dict[str, str]] = {}
         self.resources: dict[str, dict[str, str]] = {}
@@ -198,7 +219,7 @@ class NativePlugin:
         async with self._lifecycle:
             reply = await self.call_raw("plugin.reconfigure", {
                 "config_yaml": config_yaml, "schema_version": SCHEMA_VERSION})
-        self.executor_format = ""
+        self.executor_format = self.executor_output = ""
         self._accept_registration(reply)
         self.config_yaml, self.priority = config_yaml, priority
         await self._load_models()
@@ -244,13 +265,13 @@ class NativePlugin:
                    if isinstance(f, str)]
             outs = [normalize_format(str(f))
                     for f in gj.field(caps, "executor_output_formats", []) if isinstance(f, str)]
-            usable = [f for f in ins if f in FORMAT_FLAVORS and f in outs]
-            if usable:
-                self.executor_format = usable[0]
+            chosen = negotiate(ins, outs)
+            if chosen is not None:
+                self.executor_format, self.executor_output = chosen
             else:
                 self.last_error = (f"executor formats in {ins or 'none'} / out "
-                                   f"{outs or 'none'}: aogstream translates only "
-                                   f"{', '.join(FORMAT_FLAVORS)} today, so the executor is "
+                                   f"{outs or 'none'}: aogstream translates "
+                                   f"{', '.join(formats.TRANSLATED)}, so the executor is "
                                    f"not used")
                 log.warning("native plugin %s: %s", self.id, self.last_error)
 
@@ -310,7 +331,7 @@ class NativeProvider:
         self.hooks = hooks
         self.plugins = plugins
         self.name = plugin.id
-        flavor = FORMAT_FLAVORS[plugin.executor_format]
+        flavor = CLIENT_FORMAT
         self.manifest = m.PluginManifest(
             version="1.0",
             provider=m.ProviderInfo(
@@ -327,6 +348,14 @@ class NativeProvider:
     @property
     def state(self) -> str:
         return self.plugin.state
+
+    def speaks(self, fmt: str) -> bool:
+        """`FormatSpeaker`: the executor takes and answers `fmt` itself, so a client of
+        that format (`/v1/messages` for `claude`) is served without translation, as CPA
+        does when the formats match (spec §9.3)."""
+        plugin = self.plugin
+        return plugin.state == "running" and fmt != CLIENT_FORMAT and \
+            plugin.executor_format == fmt and plugin.executor_output == fmt
 
     async def health(self, timeout: float | None = 5.0) -> None:
         if self.plugin.state != "running":
@@ -349,8 +378,12 @@ class NativeProvider:
         plugin = self.plugin
         stream = inv.mode is not Mode.UNARY
         requested = _model_of(inv.request)
+        client = inv.metadata.get("format") or CLIENT_FORMAT
+        if client != CLIENT_FORMAT and not self.speaks(client):
+            raise errors.GatewayError(errors.PLUGIN_NOT_IMPLEMENTED, (
+                f"native plugin {self.name} does not take {client} requests as they are"))
         info = RequestInfo(request_id=uuid.uuid4().hex[:16], model=requested,
-                           requested_model=requested, stream=stream,
+                           requested_model=requested, stream=stream, source_format=client,
                            to_format=plugin.executor_format, provider=plugin.provider_key,
                            executor=plugin.id,
                            headers={"Content-Type": ["application/json"]})
@@ -364,6 +397,12 @@ class NativeProvider:
             if hooks is not None:
                 routed = await hooks.route(info, request, self._target)
                 if routed is not None:
+                    if client != CLIENT_FORMAT and routed[0] is not plugin and \
+                            not (routed[0].executor_format == routed[0].executor_output
+                                 == client):
+                        raise errors.GatewayError(errors.PLUGIN_NOT_IMPLEMENTED, (
+                            f"a model router sent this {client} request to native plugin "
+                            f"{routed[0].id}, which does not speak {client}"))
                     plugin, info.model = routed
                     info.executor, info.provider = plugin.id, plugin.provider_key
                     info.to_format = plugin.executor_format
@@ -446,6 +485,8 @@ class NativeProvider:
             payload = gj.data(reply, "Payload")
         except gj.ReplyError as exc:
             raise plugin_error(plugin.id, "executor.execute", exc) from None
+        if plugin.executor_output != info.source_format:
+            payload = answer_to_chat(plugin, payload)
         info.first_byte = time.monotonic()
         if self.hooks is not None:
             payload = await self.hooks.intercept_response(info, inv.request, request,
@@ -455,23 +496,54 @@ class NativeProvider:
 
     def _request(self, plugin: NativePlugin, inv: Invocation, info: RequestInfo,
                  payload: bytes, scope_id: str, stream_id: str = "") -> dict[str, Any]:
-        """`rpcExecutorRequest`: ExecutorRequest's fields in Go order, then the scope."""
-        fmt = plugin.executor_format
-        auth = plugin.host.auths.executor_fields(info.auth) \
-            if plugin.host.auths is not None else {}
-        req: dict[str, Any] = {
-            "AuthID": auth.get("AuthID", ""), "AuthProvider": plugin.auth_key,
-            "Model": info.model, "Format": fmt, "Stream": info.stream, "Alt": "",
-            "Headers": gj.header_map(info.headers), "Query": None,
-            "OriginalRequest": inv.request, "SourceFormat": fmt, "Payload": payload,
-            "Metadata": None, "StorageJSON": auth.get("StorageJSON"),
-            "AuthMetadata": auth.get("AuthMetadata"),
-            "AuthAttributes": auth.get("AuthAttributes")}
-        if scope_id:
-            req["host_callback_id"] = scope_id
-        if stream_id:
-            req["stream_id"] = stream_id
-        return req
+        """The ExecutorRequest of a chat call: `Payload` is the chat request in the
+        executor's format."""
+        if plugin.executor_format != info.source_format:
+            payload = request_for(plugin, payload)
+        return executor_request(plugin, info, inv.request, info.source_format, payload,
+                                scope_id, stream_id)
+
+    async def count_tokens(self, fmt: str, body: dict[str, Any],
+                           chat: dict[str, Any]) -> int:
+        """`executor.count_tokens` (the `TokenCounter` of `invocation`): the request
+        as the client sent it when the executor speaks its format, else translated
+        from its chat form; the answer's `input_tokens` (or a chat answer's
+        `usage.prompt_tokens`)."""
+        await self.health()
+        plugin = self.plugin
+        if not plugin.executor_format:
+            raise errors.GatewayError(errors.PLUGIN_NOT_IMPLEMENTED,
+                                      f"native plugin {plugin.id} has no executor")
+        original = compact(body)
+        payload = original if fmt == plugin.executor_format else \
+            request_for(plugin, compact(chat))
+        named = body.get("model")
+        model = named if isinstance(named, str) else ""
+        info = RequestInfo(request_id=uuid.uuid4().hex[:16], model=model,
+                           requested_model=model, stream=False, source_format=fmt,
+                           to_format=plugin.executor_format, provider=plugin.provider_key,
+                           executor=plugin.id,
+                           headers={"Content-Type": ["application/json"]})
+        auths = plugin.host.auths
+        info.auth = auths.pick(plugin.auth_key, set()) if auths is not None else None
+        scope = plugin.host.open_scope(plugin.id, info.request_id)
+        try:
+            reply = await plugin.call("executor.count_tokens", executor_request(
+                plugin, info, original, fmt, payload, scope.id))
+            answer = json.loads(gj.data(reply, "Payload") or b"null")
+        except (ValueError, gj.ReplyError) as exc:
+            raise errors.GatewayError(errors.PLUGIN_SERVICE_ERROR, (
+                f"native plugin {plugin.id}: executor.count_tokens answered no count: "
+                f"{exc}")) from None
+        finally:
+            plugin.host.close_scope(scope)
+        count = token_count(answer)
+        if count is None:
+            raise errors.GatewayError(errors.PLUGIN_SERVICE_ERROR, (
+                f"native plugin {plugin.id}: executor.count_tokens answered no "
+                f"input_tokens"))
+        return count
+
 
     async def _stream(self, inv: Invocation, plugin: NativePlugin, info: RequestInfo,
                       request: bytes, detail: list[dict[str, int] | None]) -> None:
@@ -485,6 +557,8 @@ class NativeProvider:
         failure: list[errors.GatewayError] = []
         chain = self.hooks.chunk_chain(info, inv.request, request) \
             if self.hooks is not None else None
+        reader = formats.stream_to_chat(plugin.executor_output, info.model) \
+            if plugin.executor_output != info.source_format else None
 
         async def start() -> None:
             try:
@@ -506,23 +580,26 @@ class NativeProvider:
                 if chain is not None:
                     await chain.start()
                 done = False
+                chunk: bytes | None  # a request hook may drop a chunk (None)
                 async for item in stream.queue:
                     if isinstance(item, StreamError):
                         raise errors.GatewayError(errors.PLUGIN_SERVICE_ERROR,
                                                   f"native plugin {plugin.id}: {item.message}")
-                    chunk: bytes | None = _bare(item)
-                    if chunk and chunk != DONE and chain is not None:
-                        chunk = await chain.chunk(chunk)
-                    if chunk:
-                        done = chunk == DONE
-                        if info.first_byte is None:
-                            info.first_byte = time.monotonic()
-                        if self.hooks is not None and b'"usage"' in chunk:
-                            detail[0] = _usage(chunk) or detail[0]
-                        await inv.emit(chunk)
+                    for chunk in [_bare(item)] if reader is None else \
+                            stream_to_chat(plugin, reader, item):
+                        if chunk and chunk != DONE and chain is not None:
+                            chunk = await chain.chunk(chunk)
+                        if chunk:
+                            done = chunk == DONE
+                            if info.first_byte is None:
+                                info.first_byte = time.monotonic()
+                            if self.hooks is not None and b'"usage"' in chunk:
+                                detail[0] = _usage(chunk) or detail[0]
+                            await inv.emit(chunk)
                 if failure:
                     raise failure[0]
-                if not done:  # as CPA does after an `openai` stream, and OpenAI itself
+                # as CPA does after an `openai` stream, and OpenAI itself
+                if not done and info.source_format == CLIENT_FORMAT:
                     await inv.emit(DONE)
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
@@ -532,6 +609,92 @@ class NativeProvider:
         finally:
             host.abort_stream(stream)
             host.close_scope(scope)
+
+def token_count(answer: Any) -> int | None:
+    """The input tokens of a count answer: Anthropic's `input_tokens`, a chat or
+    Responses `usage`, or a bare `total_tokens`/`totalTokens`."""
+    if not isinstance(answer, dict):
+        return None
+    given = answer.get("usage")
+    usage: dict[str, Any] = given if isinstance(given, dict) else {}
+    for value in (answer.get("input_tokens"), usage.get("input_tokens"),
+                  usage.get("prompt_tokens"), answer.get("prompt_tokens"),
+                  answer.get("total_tokens"), answer.get("totalTokens")):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+def executor_request(plugin: NativePlugin, info: RequestInfo, original: bytes,
+                     source_format: str, payload: bytes, scope_id: str,
+                     stream_id: str = "") -> dict[str, Any]:
+    """`rpcExecutorRequest`: ExecutorRequest's fields in Go order, then the scope."""
+    fmt = plugin.executor_format
+    auth = plugin.host.auths.executor_fields(info.auth) \
+        if plugin.host.auths is not None else {}
+    req: dict[str, Any] = {
+        "AuthID": auth.get("AuthID", ""), "AuthProvider": plugin.auth_key,
+        "Model": info.model, "Format": fmt, "Stream": info.stream, "Alt": "",
+        "Headers": gj.header_map(info.headers), "Query": None,
+        "OriginalRequest": original, "SourceFormat": source_format,
+        "Payload": payload,
+        "Metadata": None, "StorageJSON": auth.get("StorageJSON"),
+        "AuthMetadata": auth.get("AuthMetadata"),
+        "AuthAttributes": auth.get("AuthAttributes")}
+    if scope_id:
+        req["host_callback_id"] = scope_id
+    if stream_id:
+        req["stream_id"] = stream_id
+    return req
+
+
+def compact(value: Any) -> bytes:
+    """JSON as Go writes it (no spaces): C plugins search request text for `"key":value`."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def request_for(plugin: NativePlugin, chat: bytes) -> bytes:
+    """The chat request in the executor's request format (as is for `openai`)."""
+    if plugin.executor_format == CLIENT_FORMAT:
+        return chat
+    try:
+        body = json.loads(chat)
+        if not isinstance(body, dict):
+            raise ConvertError("the chat request is not an object")
+        out = formats.request_from_chat(plugin.executor_format, body)
+    except (ValueError, ConvertError) as exc:
+        raise errors.GatewayError(errors.PLUGIN_BAD_REQUEST, (
+            f"cannot translate the request for native plugin {plugin.id} "
+            f"({plugin.executor_format}): {exc}")) from None
+    return compact(out)
+
+
+def answer_to_chat(plugin: NativePlugin, payload: bytes) -> bytes:
+    """An executor's unary answer in the chat form (as is for `openai`)."""
+    if plugin.executor_output == CLIENT_FORMAT:
+        return payload
+    try:
+        body = json.loads(payload)
+        if not isinstance(body, dict):
+            raise ConvertError("the answer is not a JSON object")
+        out = formats.response_to_chat(plugin.executor_output, body)
+    except (ValueError, ConvertError) as exc:
+        raise errors.GatewayError(errors.PLUGIN_SERVICE_ERROR, (
+            f"native plugin {plugin.id} answered no {plugin.executor_output} answer "
+            f"aogstream can read: {exc}")) from None
+    return compact(out)
+
+
+def stream_to_chat(plugin: NativePlugin, reader: upstream.UpstreamToChat,
+                   item: bytes) -> list[bytes]:
+    """One chunk of an executor stream in another format (an SSE fragment or bare
+    event JSON) as the chat chunks it makes."""
+    try:
+        return [compact(c)
+                for event in upstream.sse_events(bytes(item)) for c in reader.feed(event)]
+    except ConvertError as exc:
+        raise errors.GatewayError(errors.PLUGIN_SERVICE_ERROR,
+                                  f"native plugin {plugin.id}: {exc}") from None
 
 
 def _model_of(request: bytes) -> str:
