@@ -31,16 +31,17 @@ task of the realtime plugin (AOG's run-task, PCM frames, finish-task), and the p
   PCM16 or is over `MAX_APPEND_SECONDS`, `input_audio_buffer_commit_empty`, ...), the
   client's `event_id` echoed; only a connect-time refusal (a conversation session, an
   unknown model in the URL) closes, with 4000, as OpenAI does.
+
+The protocol's pure state (session settings and their validation, the session object,
+audio decoding, append-only deltas) is `bidi.openai_realtime_protocol`; this module is
+the socket loop and the plugin tasks it drives.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import time
-import uuid
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -48,106 +49,36 @@ import trio
 
 from aogstream import errors, safejson
 from aogstream.asgi_types import Scope
+from aogstream.bidi.openai_realtime_protocol import (
+    CLIENT_EVENTS,
+    ENGINE_RATE,
+    FORMATS,
+    MAX_APPEND_SECONDS,
+    MIN_COMMIT_MS,
+    OPENAI_TRANSCRIBE_MODELS,
+    PATH,
+    SERVICE,
+    SESSION_SECONDS,
+    BadEvent,
+    Item,
+    Settings,
+    apply_update,
+    audio_ms,
+    decode_audio,
+    new_id,
+    session_object,
+    wants_beta,
+)
 from aogstream.bidi.resample import StreamResampler, g711_to_pcm16
 from aogstream.bidi.socket import AsgiWebSocket, Disconnected
 from aogstream.gateway import Gateway, Route
 from aogstream.invocation import Frame, Invocation, Mode
-from aogstream.safejson import short, type_name
+from aogstream.safejson import short
+
+__all__ = ["PATH", "OpenAIRealtimeSession", "offered_subprotocols", "requested",
+           "serve_openai_realtime"]
 
 log = logging.getLogger(__name__)
-
-PATH = "/v1/realtime"
-SERVICE = "speech-to-text-ws"
-ENGINE_RATE = 16000
-PCM_RATE = 24000
-MIN_COMMIT_MS = 100
-MAX_APPEND_SECONDS = 60
-"""The most audio one append may carry: the realtime engines hold at most this much
-unprocessed audio per session, and a bigger append would only fail there, later."""
-SESSION_SECONDS = 3600
-# OpenAI's names for "the service's default model" (http/openai_audio.py's aliases plus
-# the realtime-only ones)
-OPENAI_TRANSCRIBE_MODELS = frozenset({
-    "whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-transcribe",
-    "gpt-live-transcribe", "gpt-4o-mini-transcribe-2025-12-15", "gpt-4o-transcribe-diarize",
-    "gpt-realtime-whisper",
-})
-CLIENT_EVENTS = ("session.update", "transcription_session.update", "input_audio_buffer.append",
-                 "input_audio_buffer.commit", "input_audio_buffer.clear")
-VAD_TYPES = ("server_vad", "semantic_vad")
-DEFAULT_VAD: dict[str, Any] = {"type": "server_vad", "threshold": 0.5,
-                               "prefix_padding_ms": 300, "silence_duration_ms": 500}
-# format: (rate of the bytes, bytes per sample, G.711 law or "")
-FORMATS = {"audio/pcm": (PCM_RATE, ""), "audio/pcmu": (8000, "ulaw"),
-           "audio/pcma": (8000, "alaw")}
-BETA_FORMATS = {"pcm16": "audio/pcm", "g711_ulaw": "audio/pcmu", "g711_alaw": "audio/pcma"}
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:20]}"
-
-
-class BadEvent(Exception):
-    """A client event the session refuses: becomes one `error` event, the socket stays."""
-
-    def __init__(self, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.param = param
-
-
-def wants_beta(scope_headers: list[tuple[bytes, bytes]], subprotocols: list[str]) -> bool:
-    """The beta generation: `OpenAI-Beta: realtime=v1` or the beta subprotocol."""
-    for k, v in scope_headers:
-        if k == b"openai-beta" and b"realtime=v1" in v.replace(b" ", b""):
-            return True
-    return "openai-beta.realtime-v1" in subprotocols
-
-
-def _words(text: str) -> list[str]:
-    return text.split()
-
-
-class Item:
-    """One transcribed turn: its id, its finals so far and what deltas have said."""
-
-    def __init__(self, item_id: str, previous: str | None, begin_ms: int) -> None:
-        self.id = item_id
-        self.previous = previous
-        self.begin_ms = begin_ms
-        self.end_ms = begin_ms
-        self.finals: list[str] = []
-        self.partial = ""
-        self.sent = ""  # the concatenation of the deltas sent so far
-        self.committed = False
-
-    def candidate(self, partial: str) -> str:
-        return " ".join(t for t in (*self.finals, partial) if t)
-
-    def transcript(self) -> str:
-        return self.candidate(self.partial)
-
-    def stable_delta(self, partial: str, final: bool) -> str:
-        """The new append-only text once `partial` (or a final) arrives, or ""."""
-        new = self.candidate(partial)
-        if final:
-            stable = new
-        else:  # the words this partial and the previous one agree on
-            a, b = _words(self.candidate(self.partial)), _words(new)
-            n = 0
-            while n < min(len(a), len(b)) and a[n] == b[n]:
-                n += 1
-            stable = " ".join(b[:n])
-        self.partial = "" if final else partial
-        if len(stable) <= len(self.sent) or not stable.startswith(self.sent):
-            return ""
-        if self.sent and stable[len(self.sent)] != " ":
-            return ""  # a word grew: wait until it is whole
-        delta = stable[len(self.sent):]
-        self.sent = stable
-        return delta
-
 
 class Turn:
     """One plugin task: the audio since the last commit (or a whole VAD stream)."""
@@ -182,13 +113,7 @@ class OpenAIRealtimeSession:
         self.beta = beta
         self.session_id = new_id("sess")
         self.expires_at = int(time.time()) + SESSION_SECONDS
-        self.format = "audio/pcm"
-        self.model = model
-        self.language = ""
-        self.prompt = ""
-        self.turn_detection: dict[str, Any] | None = dict(DEFAULT_VAD)
-        self.noise_reduction: dict[str, Any] | None = None
-        self.include: list[str] | None = None
+        self.settings = Settings(model=model)
         self.route = self._route(model)
         self.turn: Turn | None = None
         self.turns = 0
@@ -209,22 +134,7 @@ class OpenAIRealtimeSession:
                                         "param": param, "event_id": event_id})
 
     def session_object(self) -> dict[str, Any]:
-        transcription = {"model": self.model or "whisper-1", "language": self.language or None,
-                         "prompt": self.prompt}
-        common = {"id": self.session_id, "object": "realtime.transcription_session",
-                  "expires_at": self.expires_at, "include": self.include}
-        if self.beta:
-            beta_format = next(k for k, v in BETA_FORMATS.items() if v == self.format)
-            return {**common, "modalities": ["text"], "input_audio_format": beta_format,
-                    "input_audio_transcription": transcription,
-                    "turn_detection": self.turn_detection,
-                    "input_audio_noise_reduction": self.noise_reduction}
-        fmt: dict[str, Any] = {"type": self.format}
-        if self.format == "audio/pcm":
-            fmt["rate"] = PCM_RATE
-        return {"type": "transcription", **common, "audio": {"input": {
-            "format": fmt, "transcription": transcription,
-            "noise_reduction": self.noise_reduction, "turn_detection": self.turn_detection}}}
+        return session_object(self.settings, self.session_id, self.expires_at, self.beta)
 
     # ---- the loop ------------------------------------------------------------------
 
@@ -294,133 +204,18 @@ class OpenAIRealtimeSession:
             raise BadEvent("invalid_model" if local else "server_error", exc.message,
                            "model") from None
 
-    def _update(self, session: Any, *, beta_shape: bool) -> None:
+    def _update(self, session: object, *, beta_shape: bool) -> None:
         """Apply an update whole or not at all (OpenAI discards a bad update entirely)."""
-        if not isinstance(session, dict):
-            raise BadEvent("invalid_type", "Invalid type for 'session': expected an object, "
-                           f"but got {type_name(session)} instead.", "session")
-        where = "session."
-        if beta_shape:
-            fmt_raw = session.get("input_audio_format")
-            fmt: str | None = None
-            if fmt_raw is not None:
-                fmt = BETA_FORMATS.get(fmt_raw) if isinstance(fmt_raw, str) else None
-                if fmt is None:
-                    raise BadEvent("invalid_value", f"Invalid value: {short(fmt_raw)}. "
-                                   f"Supported values are: {', '.join(BETA_FORMATS)}.",
-                                   "session.input_audio_format")
-            audio_in = {"transcription": session.get("input_audio_transcription", ...),
-                        "turn_detection": session.get("turn_detection", ...),
-                        "noise_reduction": session.get("input_audio_noise_reduction", ...)}
-            names = {"transcription": "session.input_audio_transcription",
-                     "turn_detection": "session.turn_detection",
-                     "noise_reduction": "session.input_audio_noise_reduction"}
-        else:
-            stype = session.get("type")
-            if stype is not None and stype != "transcription":
-                raise BadEvent("invalid_value", f"this gateway serves transcription sessions "
-                               f"only; session.type must be 'transcription', not "
-                               f"{short(stype)}", "session.type")
-            audio = session.get("audio") or {}
-            if not isinstance(audio, dict) or not isinstance(audio.get("input") or {}, dict):
-                raise BadEvent("invalid_type", "Invalid type for 'session.audio.input': "
-                               "expected an object.", "session.audio.input")
-            given = audio.get("input") or {}
-            fmt = None
-            if given.get("format") is not None:
-                fmt = self._ga_format(given["format"])
-            audio_in = {k: given.get(k, ...) for k in
-                        ("transcription", "turn_detection", "noise_reduction")}
-            where = "session.audio.input."
-            names = {k: where + k for k in audio_in}
-        model, language, prompt = self.model, self.language, self.prompt
-        route = self.route
-        tr = audio_in["transcription"]
-        if tr is not ... and tr is not None:
-            if not isinstance(tr, dict):
-                raise BadEvent("invalid_type", f"Invalid type for '{names['transcription']}'"
-                               ": expected an object.", names["transcription"])
-            for key in ("model", "language", "prompt"):
-                if tr.get(key) is not None and not isinstance(tr[key], str):
-                    raise BadEvent("invalid_type", f"Invalid type for "
-                                   f"'{names['transcription']}.{key}': expected a string, "
-                                   f"but got {type_name(tr[key])} instead.",
-                                   f"{names['transcription']}.{key}")
-            if "model" in tr:
-                model = tr.get("model") or None
-                try:
-                    route = self._route(model)
-                except BadEvent as exc:
-                    exc.param = f"{names['transcription']}.model"
-                    raise
-            language = tr.get("language") or "" if "language" in tr else language
-            prompt = tr.get("prompt") or "" if "prompt" in tr else prompt
-        td = audio_in["turn_detection"]
-        if td is not ... and td is not None:
-            if not isinstance(td, dict) or td.get("type", "server_vad") not in VAD_TYPES:
-                raise BadEvent("invalid_value", f"'{names['turn_detection']}' must be null "
-                               "or an object with type 'server_vad' or 'semantic_vad'",
-                               names["turn_detection"] + ".type")
-        nr = audio_in["noise_reduction"]
-        if nr is not ... and nr is not None and not isinstance(nr, dict):
-            raise BadEvent("invalid_type", f"Invalid type for '{names['noise_reduction']}': "
-                           "expected an object or null.", names["noise_reduction"])
-        include = session.get("include", ...)
-        if include is not ... and include is not None and not (
-                isinstance(include, list) and all(isinstance(i, str) for i in include)):
-            raise BadEvent("invalid_type", "Invalid type for 'session.include': expected a "
-                           "list of strings.", "session.include")
-        # all checked: apply
-        if fmt is not None:
-            self.format = fmt
-        self.model, self.language, self.prompt, self.route = model, language, prompt, route
-        if td is not ...:
-            self.turn_detection = None if td is None else {**DEFAULT_VAD, **td}
-        if nr is not ...:
-            self.noise_reduction = nr
-        if include is not ...:
-            self.include = include
-
-    def _ga_format(self, fmt: Any) -> str:
-        param = "session.audio.input.format"
-        if not isinstance(fmt, dict) or fmt.get("type") not in FORMATS:
-            raise BadEvent("invalid_value", "Invalid value for 'session.audio.input.format': "
-                           "expected {\"type\": \"audio/pcm\", \"rate\": 24000}, "
-                           "{\"type\": \"audio/pcmu\"} or {\"type\": \"audio/pcma\"}.",
-                           param + ".type")
-        rate = fmt.get("rate")
-        if fmt["type"] == "audio/pcm" and rate is not None and rate != PCM_RATE:
-            raise BadEvent("integer_below_min_value" if isinstance(rate, int)
-                           and rate < PCM_RATE else "invalid_value",
-                           f"Invalid 'session.audio.input.format.rate': {short(rate)}. "
-                           f"Expected 24000 (PCM16 audio is always 24 kHz).",
-                           param + ".rate")
-        return str(fmt["type"])
+        self.settings, route = apply_update(self.settings, session, beta_shape=beta_shape,
+                                            route_for=self._route)
+        if route is not None:
+            self.route = route
 
     # ---- audio ---------------------------------------------------------------------
 
-    def _decode(self, audio: Any) -> bytes:
-        law = FORMATS[self.format][1]
-        what = "G.711 at 8kHz" if law else "mono PCM16 at 24kHz"
-        bad = BadEvent("invalid_value", f"Invalid 'audio'. Expected base64-encoded audio "
-                       f"bytes ({what}) but got an invalid value.", "audio")
-        if not isinstance(audio, str):
-            raise bad
-        try:
-            raw = base64.b64decode(audio, validate=True)
-        except (binascii.Error, ValueError):
-            raise bad from None
-        if not law and len(raw) % 2:
-            raise bad
-        return raw
-
-    def _ms(self, raw: bytes) -> float:
-        rate, law = FORMATS[self.format]
-        return len(raw) * 1000 / (rate if law else 2 * rate)
-
-    async def _append(self, audio: Any) -> None:
-        raw = self._decode(audio)
-        ms = self._ms(raw)
+    async def _append(self, audio: object) -> None:
+        raw = decode_audio(self.settings.format, audio)
+        ms = audio_ms(self.settings.format, raw)
         if ms > MAX_APPEND_SECONDS * 1000:
             raise BadEvent("invalid_value", f"Invalid 'audio': one append carries "
                            f"{ms / 1000:.1f} s of audio, over the {MAX_APPEND_SECONDS} s "
@@ -446,7 +241,7 @@ class OpenAIRealtimeSession:
     async def _open_turn(self) -> Turn:
         assert self.nursery is not None
         self.turns += 1
-        turn = Turn(self.turns, self.route, int(self.audio_ms), self.format)
+        turn = Turn(self.turns, self.route, int(self.audio_ms), self.settings.format)
         self.turn = turn
         await self.nursery.start(self._run_turn, turn)
         return turn
@@ -507,13 +302,13 @@ class OpenAIRealtimeSession:
     async def _run_turn(self, turn: Turn, task_status: Any = trio.TASK_STATUS_IGNORED
                         ) -> None:
         task_id = self._task_id(turn)
-        model = turn.route.definition.default_model if not self.model or \
-            self.model in OPENAI_TRANSCRIBE_MODELS else self.model
-        meta = {"model": model or "", "language": self.language, "format": "pcm",
+        model = turn.route.definition.default_model if not self.settings.model or \
+            self.settings.model in OPENAI_TRANSCRIBE_MODELS else self.settings.model
+        meta = {"model": model or "", "language": self.settings.language, "format": "pcm",
                 "sample_rate": str(ENGINE_RATE), "ws_conn_id": task_id}
         run = {"task": SERVICE, "action": "run-task", "task_id": task_id, "model": model,
                "parameters": {"format": "pcm", "sample_rate": ENGINE_RATE,
-                              "language": self.language}}
+                              "language": self.settings.language}}
         try:
             with turn.scope:
                 async with self.gateway.invoke(turn.route, Mode.BIDI, b"",
@@ -578,11 +373,11 @@ class OpenAIRealtimeSession:
         begin = int(sentence.get("begin_time") or 0) + turn.offset_ms
         end = int(sentence.get("end_time") or 0) + turn.offset_ms
         item = turn.item
-        vad = self.turn_detection is not None and not turn.closing
+        vad = self.settings.turn_detection is not None and not turn.closing
         if item is None:
             if not text:
                 return
-            padding = int((self.turn_detection or {}).get("prefix_padding_ms") or 0)
+            padding = int((self.settings.turn_detection or {}).get("prefix_padding_ms") or 0)
             item = turn.item = self._new_item(max(turn.offset_ms, begin - padding))
             if vad:
                 await self.emit("input_audio_buffer.speech_started",
@@ -665,3 +460,4 @@ async def serve_openai_realtime(ws: AsgiWebSocket, scope: Scope, gateway: Gatewa
         await session.error("server_error", "the gateway failed on this session; see its "
                             "log", kind="server_error")
         await ws.close(1011)
+

@@ -60,6 +60,10 @@ class ChatStreamTranslator:
         self.fragments = 0
         self.slots = 0  # output positions used so far (text block or call each take one)
 
+    def start(self) -> list[Event]:
+        """The events that open the stream, before the first chunk (each format's own)."""
+        raise NotImplementedError
+
     # ---- reading chat chunks ------------------------------------------------------
 
     def feed(self, chunk: dict[str, Any]) -> list[Event]:

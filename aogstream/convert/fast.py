@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from aogstream.convert.time_functions import from_millis, millis, to_millis
 
@@ -151,15 +151,15 @@ def _truthy(value: Any) -> bool:
         return False
     t = type(value)
     if t is bool:
-        return value
+        return cast(bool, value)
     if t is str:
-        return value != ""
+        return cast(bool, value != "")
     if t is int:
-        return value != 0
+        return cast(bool, value != 0)
     if t is float:
         if not math.isfinite(value):
             raise Fallback
-        return value != 0.0
+        return cast(bool, value != 0.0)
     if t is dict:
         return bool(value)
     raise Fallback

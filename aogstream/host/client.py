@@ -61,7 +61,8 @@ class BidiSession:
 
     async def receive(self) -> pb.InvokeServiceBidiResponse:
         """Next plugin message; PluginError on a failure code, EndOfChannel at the end."""
-        return _check(await self._s.receive())
+        resp: pb.InvokeServiceBidiResponse = _check(await self._s.receive())
+        return resp
 
     def __aiter__(self) -> BidiSession:
         return self

@@ -395,6 +395,7 @@ class PluginLlmHost:
                                                f"plugin LLM calls do not convert yet")
                     continue
                 failed: errors.GatewayError | None = None
+                data = b""  # the answer when `failed` stays None (for the type checker)
                 with self._serving_for(route.provider.name, chain):
                     async with self.gateway.invoke(route, Mode.UNARY, raw) as inv:
                         try:  # inside the block: the invocation's nursery would wrap it

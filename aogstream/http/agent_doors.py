@@ -72,7 +72,8 @@ def agent_path(path: str) -> str | None:
 
 def frame(event: Event) -> bytes:
     """One typed SSE event: `event:` equals the JSON `type`, then the one-line data."""
-    return b"event: " + event["type"].encode() + b"\ndata: " + dumps(event).encode() + b"\n\n"
+    kind: str = event["type"]
+    return b"event: " + kind.encode() + b"\ndata: " + dumps(event).encode() + b"\n\n"
 
 
 def frame_all(events: list[Event]) -> bytes:

@@ -15,7 +15,7 @@ Remote plugins have no engine and are not listed. Answers use AOG's envelope
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import trio
 from quart import jsonify, request
@@ -136,7 +136,7 @@ def register_aog_compat(app: QuartTrio, gateway: Gateway) -> None:
             is_default = is_default.lower() in ("true", "1", "yes")
 
         def write() -> str:
-            rows = gateway.store.models(service_name=names["service_name"])
+            rows = gateway.store.models(service_name=cast(str, names["service_name"]))
             mine = [r for r in rows if r.provider_name == names["provider_name"]
                     and r.model_name == names["model_name"] and r.status == ModelStatus.DOWNLOADED]
             if not mine:

@@ -8,6 +8,7 @@ the final send (or hypercorn never closes the connection).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -26,7 +27,8 @@ class ClientGone(Exception):
 
 def header(scope: Scope, name: bytes) -> bytes:
     """The first value of request header `name` (lower-case), or b"" when absent."""
-    for k, v in scope.get("headers", ()):
+    headers: Iterable[tuple[bytes, bytes]] = scope.get("headers", ())
+    for k, v in headers:
         if k == name:
             return v
     return b""

@@ -65,6 +65,12 @@ def _query() -> dict[str, list[str]]:
     return out
 
 
+async def _body() -> bytes:
+    """The request body as bytes (quart types `get_data` as bytes only when every
+    argument is spelled out)."""
+    return await request.get_data(cache=True, as_text=False, parse_form_data=False)
+
+
 def register_native_management(app: QuartTrio, gateway: Gateway) -> None:
     """Add the routes of the module docstring to `app`."""
     api = NativePluginsApi(gateway)
@@ -79,7 +85,7 @@ def register_native_management(app: QuartTrio, gateway: Gateway) -> None:
 
     @app.patch(f"{BASE}/plugins/<pid>/enabled")
     async def set_enabled(pid: str) -> Response:
-        return _respond(await api.set_enabled(pid, await request.get_data()))
+        return _respond(await api.set_enabled(pid, await _body()))
 
     @app.get(f"{BASE}/plugins/<pid>/config")
     async def get_config(pid: str) -> Response:
@@ -87,7 +93,7 @@ def register_native_management(app: QuartTrio, gateway: Gateway) -> None:
 
     @app.route(f"{BASE}/plugins/<pid>/config", methods=["PUT", "PATCH"])
     async def put_config(pid: str) -> Response:
-        return _respond(await api.put_config(pid, await request.get_data(),
+        return _respond(await api.put_config(pid, await _body(),
                                              merge=request.method == "PATCH"))
 
     @app.get(f"{BASE}/get-auth-status")
@@ -104,7 +110,7 @@ def register_native_management(app: QuartTrio, gateway: Gateway) -> None:
                 return _respond(started)
         return _respond(await api.route(request.method, request.path,
                                         list(request.headers.items()), _query(),
-                                        await request.get_data()))
+                                        await _body()))
 
     @app.get(f"{RESOURCE_BASE}/<pid>/<path:rest>")
     async def plugin_resource(pid: str, rest: str) -> Response:

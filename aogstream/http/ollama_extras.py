@@ -126,9 +126,11 @@ class OllamaExtras:
         if not isinstance(prompt, str):
             raise errors.GatewayError(errors.BAD_REQUEST, "'prompt' must be a string "
                                       "(or use POST /api/embed with 'input')")
-        model = obj.get("model") if isinstance(obj.get("model"), str) else None
-        request = {"input": prompt, **({"model": model} if model else {}),
-                   **{k: obj[k] for k in ("options", "keep_alive") if k in obj}}
+        named = obj.get("model")
+        model = named if isinstance(named, str) else None
+        chosen: dict[str, Any] = {"model": model} if model else {}
+        request: dict[str, Any] = {"input": prompt, **chosen,
+                                   **{k: obj[k] for k in ("options", "keep_alive") if k in obj}}
         door = Door("ollama", "embed", "POST", "/api/embed")
         self.doors.gateway.check_service("embed")
         calls = self.doors.calls

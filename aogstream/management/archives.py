@@ -28,6 +28,7 @@ folder is removed, and the error names the member and the rule or limit it broke
 from __future__ import annotations
 
 import bz2
+import functools
 import gzip
 import lzma
 import os
@@ -550,7 +551,7 @@ def _extract_zip(archive: Path, into: Path, limits: Limits, shown: str) -> list[
                     continue
                 before = written.total
                 with zf.open(info) as src:
-                    writer.file(member, iter(lambda s=src: s.read(CHUNK), b""))
+                    writer.file(member, iter(functools.partial(src.read, CHUNK), b""))
                 member.size = written.total - before
             return plan.members
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError,

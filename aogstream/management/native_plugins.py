@@ -91,7 +91,8 @@ class NativePluginsApi:
 
     @property
     def native(self) -> NativePlugins:
-        return self.gateway.native
+        native: NativePlugins = self.gateway.native  # untyped there (set after start)
+        return native
 
     def _roots(self) -> list[Path]:
         cfg = self.native.config

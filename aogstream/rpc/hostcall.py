@@ -54,6 +54,7 @@ def encode(obj: dict[str, Any]) -> bytes:
 
 
 def frame_length(header: bytes, limit: int) -> int:
+    n: int
     (n,) = HEADER.unpack(header)
     if n > limit:
         raise FrameError(f"frame of {n} bytes is larger than the limit of {limit} bytes")

@@ -30,9 +30,12 @@ EOF_GRACE_S = 0.01
 
 
 async def run_bidi_session(plugin: BidirectionalPlugin, first: Any,
-                           context: grpc.aio.ServicerContext) -> None:
+                           context: grpc.aio.ServicerContext[Any, pb.InvokeServiceBidiResponse],
+                           ) -> None:
     """Serve the session that `first` (checked by the caller) opened, until plugin
-    code returns, fails (reported to the host as one error message) or is cancelled."""
+    code returns, fails (reported to the host as one error message) or is cancelled.
+    (`context`'s request type is Any: its read() also returns grpc.aio.EOF, which the
+    stubs omit.)"""
     queue: asyncio.Queue[BidiMessage | None] = asyncio.Queue(maxsize=64)
     if first.data or first.message_type:
         queue.put_nowait(

@@ -89,7 +89,8 @@ def iterate_plugin(items: Any) -> AsyncIterator[Any]:
     """The plugin's stream as an async iterator: as is when it is one, else (a plain
     iterator or generator) stepped on worker threads."""
     if hasattr(items, "__anext__"):
-        return items
+        stream: AsyncIterator[Any] = items
+        return stream
     return _threaded(iter(items))
 
 

@@ -56,7 +56,8 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
             raise m.PluginError(m.ERR_CODE_INTERNAL, "not a remote plugin", "")
         return self.p
 
-    async def _status(self, resp_type: type, fn: Callable[[], Awaitable[Any]]) -> Any:
+    async def _status[R](self, resp_type: Callable[..., R],
+                         fn: Callable[[], Awaitable[Any]]) -> R:
         try:
             await fn()
         except Exception as exc:
@@ -65,9 +66,9 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
             return resp_type(code=code, message=msg)
         return resp_type(code=0, message="success")
 
-    async def _json(
-        self, resp_type: type, field: str, fn: Callable[[], Awaitable[Any]]
-    ) -> Any:
+    async def _json[R](
+        self, resp_type: Callable[..., R], field: str, fn: Callable[[], Awaitable[Any]]
+    ) -> R:
         try:
             value = await fn()
             data = json.dumps(value.to_dict() if hasattr(value, "to_dict") else value).encode()
@@ -98,7 +99,8 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         return pb.InvokeServiceResponse(code=0, message="success", response_data=data)
 
     async def InvokeServiceStream(  # noqa: N802
-        self, request: pb.InvokeServiceRequest, context: grpc.aio.ServicerContext
+        self, request: pb.InvokeServiceRequest,
+        context: grpc.aio.ServicerContext[pb.InvokeServiceRequest, pb.InvokeServiceStreamResponse],
     ) -> None:
         if not isinstance(self.p, StreamablePlugin):
             await context.write(
@@ -118,7 +120,9 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
             )
 
     async def InvokeServiceBidi(  # noqa: N802
-        self, request_iterator: Any, context: grpc.aio.ServicerContext
+        self, request_iterator: Any,
+        # the request type is Any: read() also returns grpc.aio.EOF, which the stubs omit
+        context: grpc.aio.ServicerContext[Any, pb.InvokeServiceBidiResponse],
     ) -> None:
         first = await context.read()
         if first is grpc.aio.EOF:
@@ -223,12 +227,14 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
     async def PullModel(self, request: pb.PullModelRequest, context: Any) -> pb.PullModelResponse:  # noqa: N802
         async def run() -> m.ProgressResponse:
             req = m.PullModelRequest.from_dict(json.loads(request.request_json or b"{}"))
-            return await call_plugin(self._local().pull_model, req)
+            progress: m.ProgressResponse = await call_plugin(self._local().pull_model, req)
+            return progress
 
         return await self._json(pb.PullModelResponse, "response_json", run)
 
     async def PullModelStream(  # noqa: N802
-        self, request: pb.PullModelStreamRequest, context: grpc.aio.ServicerContext
+        self, request: pb.PullModelStreamRequest,
+        context: grpc.aio.ServicerContext[pb.PullModelStreamRequest, pb.PullModelStreamResponse],
     ) -> None:
         try:
             req = m.PullModelRequest.from_dict(json.loads(request.request_json or b"{}"))

@@ -121,7 +121,9 @@ def _event_msg(data: bytes) -> pb.InvokeServiceStreamResponse:
 
 
 async def relay_stream(
-    it: AsyncIterator[_Item], context: grpc.aio.ServicerContext, service: str, limit: int
+    it: AsyncIterator[_Item],
+    context: grpc.aio.ServicerContext[pb.InvokeServiceRequest, pb.InvokeServiceStreamResponse],
+    service: str, limit: int,
 ) -> None:
     """Send the plugin's items as InvokeServiceStream messages.
 

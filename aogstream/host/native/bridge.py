@@ -104,6 +104,7 @@ class PushQueue:
 
     async def get(self) -> Any:
         """The next chunk; `Ended` after the last."""
+        item: Any = None  # bound before the only `break` (for the type checker)
         while True:
             with self._lock:
                 if self._items:

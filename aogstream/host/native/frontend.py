@@ -56,8 +56,8 @@ class FrontendAuth:
             header_map.setdefault(_canonical(k.decode("latin-1")), []).append(
                 v.decode("latin-1"))
         query_map: dict[str, list[str]] = {}
-        for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
-            query_map.setdefault(k, []).append(v)
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            query_map.setdefault(name, []).append(value)
         request = {"Method": method, "Path": path, "Headers": gj.GoMap(header_map) or None,
                    "Query": gj.GoMap(query_map) or None, "Body": body}
         for plugin in plugins:

@@ -517,7 +517,8 @@ class NativeProvider:
         original = compact(body)
         payload = original if fmt == plugin.executor_format else \
             request_for(plugin, compact(chat))
-        model = body.get("model") if isinstance(body.get("model"), str) else ""
+        named = body.get("model")
+        model = named if isinstance(named, str) else ""
         info = RequestInfo(request_id=uuid.uuid4().hex[:16], model=model,
                            requested_model=model, stream=False, source_format=fmt,
                            to_format=plugin.executor_format, provider=plugin.provider_key,
@@ -579,6 +580,7 @@ class NativeProvider:
                 if chain is not None:
                     await chain.start()
                 done = False
+                chunk: bytes | None  # a request hook may drop a chunk (None)
                 async for item in stream.queue:
                     if isinstance(item, StreamError):
                         raise errors.GatewayError(errors.PLUGIN_SERVICE_ERROR,
@@ -613,7 +615,8 @@ def token_count(answer: Any) -> int | None:
     Responses `usage`, or a bare `total_tokens`/`totalTokens`."""
     if not isinstance(answer, dict):
         return None
-    usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
+    given = answer.get("usage")
+    usage: dict[str, Any] = given if isinstance(given, dict) else {}
     for value in (answer.get("input_tokens"), usage.get("input_tokens"),
                   usage.get("prompt_tokens"), answer.get("prompt_tokens"),
                   answer.get("total_tokens"), answer.get("totalTokens")):
