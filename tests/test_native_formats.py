@@ -36,7 +36,7 @@ import openai
 import pytest
 from conftest import PLUGIN_DIR, REPO, Gateway
 
-from aogstream.host.native.plugin import negotiate
+from aogstream.host.native.negotiation import negotiate
 
 BUILT = REPO / ".cache" / "native-plugins"
 SAID = "claude saw: hello there | system: be brief"

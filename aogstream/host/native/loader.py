@@ -40,7 +40,8 @@ from aogstream.host.native.auths import AuthLogins, AuthStore
 from aogstream.host.native.callbacks import HostServices
 from aogstream.host.native.frontend import FrontendAuth
 from aogstream.host.native.hooks import Hooks
-from aogstream.host.native.plugin import NATIVE_DESC, NativePlugin, NativeProvider
+from aogstream.host.native.plugin import NATIVE_DESC, NativePlugin
+from aogstream.host.native.provider import NativeProvider
 from aogstream.plugin_config import PluginConfigFile
 
 if TYPE_CHECKING:

@@ -1,0 +1,44 @@
+"""Which formats a native executor is spoken to in (CPA's format negotiation, spec §3.1).
+
+A native executor declares the formats it reads and writes; the gateway's doors speak
+OpenAI chat to every native provider (its `config_ref` flavor), so the executor gets
+chat as is when it declares `openai`, else a format the translators in
+`aogstream.convert` reach. A pure table and one function, apart from the library
+handling (`plugin`) and the serving (`provider`) that both need them.
+"""
+
+from __future__ import annotations
+
+from aogstream.convert import formats
+
+# CPA's executor format aliases (adapters.go normalizeExecutorFormatName)
+FORMAT_ALIASES = {
+    "chat-completions": "openai", "chat_completions": "openai",
+    "openai-chat-completions": "openai", "openai_chat_completions": "openai",
+    "responses": "openai-response", "openai-responses": "openai-response",
+    "openai_responses": "openai-response", "anthropic": "claude",
+}
+# the client protocol of every native executor (its `config_ref` flavor): the doors
+# convert to and from OpenAI chat
+CLIENT_FORMAT = formats.OPENAI
+
+
+def normalize_format(name: str) -> str:
+    name = name.strip().lower()
+    return FORMAT_ALIASES.get(name, name)
+
+
+def negotiate(ins: list[str], outs: list[str]) -> tuple[str, str] | None:
+    """The (request, answer) formats of an executor for an `openai` client (spec §3.1):
+    the client's format when declared, else the first declared one aogstream
+    translates; the answer in the client's format when declared, else in the request's
+    format, else the first translatable one. None: no usable pair."""
+    def pick(declared: list[str], prefer: list[str]) -> str:
+        for fmt in prefer:
+            if fmt in declared:
+                return fmt
+        return next((f for f in declared if f in formats.TRANSLATED), "")
+
+    request = pick(ins, [CLIENT_FORMAT])
+    answer = pick(outs, [CLIENT_FORMAT, request]) if request else ""
+    return (request, answer) if request and answer else None
