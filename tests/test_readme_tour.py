@@ -9,6 +9,7 @@ event with the recognised sentence's text ("go forward ten meters"), ending with
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -60,12 +61,13 @@ def test_the_readme_tour_snippet_prints_the_sentence(gw: Gateway):
 
 
 def front_door_snippets() -> str:
-    """The README's two OpenAI snippets (chat, then audio), joined as one script."""
+    """The README's three OpenAI snippets (chat, a tool call, then audio), joined as one
+    script."""
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index("## OpenAI and Ollama front doors"):]
     section = section[:section.index("\n## ", 4)]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(blocks) == 2, blocks
+    assert len(blocks) == 3, blocks
     return "".join(blocks)
 
 
@@ -79,5 +81,7 @@ def test_the_readme_openai_snippets_print_the_answers(tmp_path_factory):
                               stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    assert len(lines) >= 2, proc.stdout  # the chat answer, then the transcript
+    assert len(lines) >= 3, proc.stdout  # the chat answer, the tool call, the transcript
+    arguments = json.loads(lines[-2])  # the forced tool call's arguments, as printed
+    assert isinstance(arguments, dict), proc.stdout
     assert "window" in lines[-1].lower(), proc.stdout

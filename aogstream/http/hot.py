@@ -11,6 +11,7 @@ limit, and it sets no response timeout on streams.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import uuid
@@ -25,7 +26,7 @@ from aogstream.bidi.limits import CLOSE_TRY_AGAIN_LATER, SessionLimit
 from aogstream.bidi.realtime_asr import SERVER_ERROR, event, serve_realtime
 from aogstream.bidi.realtime_asr import SERVICE as REALTIME_SERVICE
 from aogstream.bidi.relay import serve_relay
-from aogstream.bidi.socket import AsgiWebSocket
+from aogstream.bidi.socket import AsgiWebSocket, Disconnected
 from aogstream.engines.pcm import is_wav
 from aogstream.gateway import Gateway, Route
 from aogstream.http import local_audio
@@ -54,6 +55,8 @@ PREFIX = f"/aog/{SPEC_VERSION}/services/"
 # AOG's plugin guide tests a plugin with `POST /v0.2/services/chat` (no `/aog`) and a
 # body `{"provider": <plugin>, "service": <service>, "data": <the request>}`
 GUIDE_PREFIX = f"/{SPEC_VERSION}/services/"
+# how long a refused WebSocket reads what the client still sends before closing (`linger`)
+REFUSAL_LINGER_S = 2.0
 
 
 async def send_error(send: Send, err: errors.GatewayError) -> None:
@@ -228,6 +231,7 @@ class HotRoutes:
                                                              "code": "too_many_sessions",
                                                              "message": message, "param": None,
                                                              "event_id": None}}))
+                    await linger(ws, REFUSAL_LINGER_S)
                 else:
                     await openai_realtime.serve_openai_realtime(ws, scope, self.gateway,
                                                                 str(uuid.uuid4()))
@@ -236,7 +240,8 @@ class HotRoutes:
                     await ws.close(CLOSE_TRY_AGAIN_LATER if not admitted else 1000)
 
     async def _refuse_busy(self, ws: AsgiWebSocket, service: str, conn_id: str) -> None:
-        """Over the session cap: say so in the service's own protocol (the close follows)."""
+        """Over the session cap: say so in the service's own protocol, then `linger`
+        before the close follows."""
         message = self.ws_sessions.message(service)
         log.warning("refused a WebSocket session: %s", message)
         if service == REALTIME_SERVICE:
@@ -244,6 +249,17 @@ class HotRoutes:
                                      error_message=message))
         else:
             await ws.send_text(json.dumps({"error": message}))
+        await linger(ws, REFUSAL_LINGER_S)
+
+
+async def linger(ws: AsgiWebSocket, wait: float) -> None:
+    """After a refusal, read (and drop) what the client sends until it closes or `wait`
+    seconds pass. Clients send their first message (a run-task) as soon as the socket
+    opens; a socket closed with it still unread is reset by the kernel instead of
+    closed, and a reset can cost the client the very message that explains the close."""
+    with trio.move_on_after(wait), contextlib.suppress(Disconnected):
+        while True:
+            await ws.receive()
 
 
 def unwrap_guide_envelope(raw: bytes, obj: dict[str, Any], service: str
