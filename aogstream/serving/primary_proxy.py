@@ -13,6 +13,8 @@ from aogstream.config import Config
 from aogstream.http.asgi import CLOSE_AFTER, ClientGone, read_body, send_json, watch_disconnect
 
 # headers that describe one connection, not the message: never forwarded either way
+IDLE_EXPIRY_S = 2.0  # below hypercorn's keep_alive_timeout (5 s) on the primary's socket
+IDEMPOTENT = {"GET", "HEAD", "OPTIONS"}  # safe to send again when the connection broke
 HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgrade",
               b"proxy-connection", b"trailer", b"content-length"}
 
@@ -25,8 +27,12 @@ class PrimaryProxy:
     def __init__(self, socket_path: str, cfg: Config) -> None:
         self.cfg = cfg
         self.max_body = cfg.max_body_bytes
+        # an idle pooled connection is dropped well before the primary's hypercorn closes
+        # it (keep_alive_timeout, 5 s): reusing one the primary is closing at that very
+        # moment is reset, and the client would get a 503 for nothing
         self.client = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=socket_path),
+            limits=httpx.Limits(keepalive_expiry=IDLE_EXPIRY_S),
             base_url="http://aogstream-primary", timeout=None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -57,7 +63,13 @@ class PrimaryProxy:
         request = self.client.build_request(scope["method"], target.decode("latin-1"),
                                             headers=headers, content=body)
         try:
-            resp = await self.client.send(request, stream=True)
+            try:
+                resp = await self.client.send(request, stream=True)
+            except httpx.TransportError:
+                if scope["method"] not in IDEMPOTENT:
+                    raise
+                # a reset on a reused connection, before any answer: once more, fresh
+                resp = await self.client.send(request, stream=True)
         except httpx.HTTPError as exc:
             err = errors.GatewayError(errors.PLUGIN_UNAVAILABLE,
                                       f"the gateway's primary process is not reachable ({exc})"
