@@ -132,6 +132,7 @@ class Gateway:
         await self.start_native()
         self.native.primary = True  # it writes the store rows; workers follow them
         self.spawn(self.native.watch)  # config.yaml edits apply without a restart
+        self.spawn(self.native.background)  # credential refreshes, off the request path
         await trio.to_thread.run_sync(self.native.prune_store)
         await self.register()
         if hasattr(self.store, "wait_change"):  # a store shared with other hosts

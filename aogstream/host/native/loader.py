@@ -33,6 +33,7 @@ import trio
 import yaml
 
 from aogstream import manifest as m
+from aogstream.host.native import auth_models
 from aogstream.host.native import gojson as gj
 from aogstream.host.native import management as native_management
 from aogstream.host.native.abi import CallError
@@ -42,6 +43,7 @@ from aogstream.host.native.frontend import FrontendAuth
 from aogstream.host.native.hooks import Hooks
 from aogstream.host.native.plugin import NATIVE_DESC, NativePlugin
 from aogstream.host.native.provider import NativeProvider
+from aogstream.host.native.refresh import AuthRefresher
 from aogstream.plugin_config import PluginConfigFile
 
 if TYPE_CHECKING:
@@ -248,6 +250,7 @@ class NativePlugins:
         self.host: HostServices | None = None
         self.primary = False  # the process that writes the store (Gateway.start sets it)
         self._stamp: tuple[Any, ...] | None = None
+        self._auth_stamp: int | None = -1  # the auth folder's mtime when last looked at
         self._apply_lock = trio.Lock()
         self._stopped = False  # after stop(), config changes are no longer applied
         self._lifecycle = trio.Lock()  # register/reconfigure never overlap
@@ -263,6 +266,18 @@ class NativePlugins:
         """Read the config, discover, load the enabled plugins in priority order and
         route to their executors (store rows are written by the gateway's `register`)."""
         await self.apply(initial=True)
+
+    async def background(self) -> None:
+        """The native plugins' work off the request path, for the life of the process
+        (cancelled with the nursery that runs it): the credential refresher
+        (`refresh`; scheduled refreshes in the primary only)."""
+        refresher = AuthRefresher(self.auths, lambda: list(self.plugins.values()),
+                                  lambda: self.primary)
+        self.auths.on_unauthorized = refresher.kick
+        try:
+            await refresher.run()
+        finally:
+            self.auths.on_unauthorized = None
 
     async def watch(self) -> None:
         """Apply config.yaml again whenever it, or the libraries in the plugin folders,
@@ -291,9 +306,42 @@ class NativePlugins:
             return False
         stamp = await trio.to_thread.run_sync(self._disk_state)
         if stamp == self._stamp or self._stopped:
+            await self.check_auths()
             return False
         await self.apply()
+        await self.check_auths()
         return True
+
+    async def check_auths(self) -> None:
+        """When the auth folder changed (a record saved, refreshed or removed), ask
+        `model.for_auth` again for the records that changed and route the models that
+        came or went; the primary then rewrites the store rows, which brings the
+        workers here too."""
+        try:
+            stamp: int | None = self.auths.dir.stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        if stamp == self._auth_stamp or self._stopped:
+            return
+        async with self._apply_lock:
+            self._auth_stamp = stamp
+            changed = False
+            for plugin in sorted(self.plugins.values(), key=lambda p: (-p.priority, p.id)):
+                if plugin.state == "running" and \
+                        await auth_models.rediscover(plugin, self.auths):
+                    changed = True
+                    self._reroute(plugin)
+            if changed and self.primary:
+                await trio.to_thread.run_sync(self.prune_store)
+                await self.gateway.register()
+
+    def _reroute(self, plugin: NativePlugin) -> None:
+        """Route the plugin's executor to its models as they are now."""
+        provider = self.gateway.providers.get(plugin.id)
+        if provider is not None and provider.kind == "native":
+            self.gateway.remove_provider(plugin.id)
+        if plugin.executor_format:
+            self._route(plugin)
 
     async def apply(self, *, initial: bool = False) -> None:
         """Make the loaded plugins what config.yaml says (spec §6, hot reload): a plugin
@@ -374,10 +422,7 @@ class NativePlugins:
                 log.error("native plugin %s: %s", pid, old.last_error)
                 return
             log.info("native plugin %s reconfigured", pid)
-            if gw.providers.get(pid) is not None and gw.providers[pid].kind == "native":
-                gw.remove_provider(pid)
-            if old.executor_format:
-                self._route(old)
+            self._reroute(old)
             return
         plugin = NativePlugin(pid, found.path, yaml_text, priority, self.host,
                               self._lifecycle)

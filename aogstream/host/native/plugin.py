@@ -92,7 +92,11 @@ class NativePlugin:
         self.capabilities: dict[str, Any] = {}
         self.provider_key = ""
         self.auth_identifier = ""  # auth.identifier of an auth provider
-        self.models: list[str] = []
+        self.models: list[str] = []  # the static models, then the per-auth ones
+        self.static_models: list[str] = []  # model.static / model.register
+        # model.for_auth (`auth_models`): record name → its models, and the file asked
+        self.auth_models: dict[str, list[str]] = {}
+        self.auth_seen: dict[str, bytes] = {}
         self.executor_format = ""  # the request format it is sent; "" = no usable executor
         self.executor_output = ""  # the answer format it is read in
         # management.register's answer (`host.native.management`): routes and resources
@@ -139,6 +143,7 @@ class NativePlugin:
                 self._accept_registration(reply)
                 await self._load_models()
                 await self._identify()
+                await self._auth_models()
         except trio.TooSlowError:
             self._fail(f"did not finish loading within {LOAD_TIMEOUT:g} s")
         except (LoadError, CallError, gj.ReplyError, gj.EnvelopeError, ValueError) as exc:
@@ -167,12 +172,21 @@ class NativePlugin:
         self.config_yaml, self.priority = config_yaml, priority
         await self._load_models()
         await self._identify()
+        await self._auth_models()
 
     async def _identify(self) -> None:
         """An auth provider's key (`auth.identifier`, lower-cased)."""
         if gj.boolean(self.capabilities, "auth_provider"):
             reply = await self.call_raw("auth.identifier", {})
             self.auth_identifier = gj.text(reply, "identifier").strip().lower()
+
+    async def _auth_models(self) -> None:
+        """`model.for_auth` for every record of its provider (module `auth_models`)."""
+        from aogstream.host.native import auth_models
+
+        self.auth_models, self.auth_seen = {}, {}
+        if self.host.auths is not None:
+            await auth_models.rediscover(self, self.host.auths, every=True)
 
     @property
     def auth_key(self) -> str:
@@ -220,9 +234,10 @@ class NativePlugin:
 
     async def _load_models(self) -> None:
         plugin = metadata_object(self.metadata)
+        self.models, self.static_models = [], []
         if gj.boolean(self.capabilities, "model_provider"):
             scope = gj.text(self.capabilities, "executor_model_scope").lower()
-            if scope == "oauth":
+            if scope == "oauth":  # its models are the per-auth ones (model.for_auth)
                 return
             reply = await self.call_raw("model.static", {"Plugin": plugin, "Host": HOST_SUMMARY})
         elif gj.boolean(self.capabilities, "model_registrar"):
@@ -235,7 +250,7 @@ class NativePlugin:
             name = gj.text(info, "ID") or gj.text(info, "Name")
             if name and name not in names:
                 names.append(name)
-        self.models = names
+        self.models, self.static_models = names, list(names)
 
     async def shutdown(self) -> None:
         """Drain calls in flight (bounded), then the plugin's own `shutdown()`."""

@@ -34,6 +34,7 @@ from aogstream import errors
 from aogstream import manifest as m
 from aogstream.convert import formats, upstream
 from aogstream.convert.engine import ConvertError
+from aogstream.host.native import auth_models, scheduler
 from aogstream.host.native import gojson as gj
 from aogstream.host.native.callbacks import StreamError
 from aogstream.host.native.hooks import Hooks, RequestInfo, Terminated, usage_detail
@@ -160,15 +161,20 @@ class NativeProvider:
 
     async def _execute(self, inv: Invocation, plugin: NativePlugin, info: RequestInfo,
                        request: bytes, detail: list[dict[str, int] | None]) -> None:
-        """The executor call, with one of the plugin's auth records when it has any: a
+        """The executor call, with one of the plugin's auth records when it has any
+        (chosen by `scheduler`, among those bound to the model by `auth_models`): a
         record the plugin refuses (429, 401, 403) before the first answer byte cools
         down and the call is tried on the next one (module `auths`)."""
         auths = plugin.host.auths
         key = plugin.auth_key
         tried: set[str] = set()
+        allowed = auth_models.auths_for(plugin, info.model)
         while True:
-            rec = auths.pick(key, tried) if auths is not None else None
-            if rec is None and auths is not None and auths.has(key):
+            rec = await scheduler.pick(
+                auths, plugin, self.plugins() if self.plugins is not None else [plugin],
+                info.model, info.stream, info.headers, tried, allowed) \
+                if auths is not None else None
+            if rec is None and auths is not None and auths.has(key, allowed):
                 raise errors.GatewayError(errors.Bcode(429, errors.PLUGIN_BAD_REQUEST.code), (
                     f"every credential of provider {key} was refused or is cooling down; "
                     f"try again later or log in again"))
