@@ -4,6 +4,8 @@
 # per load failure the tests check; the claude-speaking executor (tests/native/claude_plugin.c);
 # the hooks plugin (tests/native/hooks_plugin.c, and
 # built with FRONTEND the frontend-auth one); the auth provider (tests/native/auth_plugin.c); the
+# per-auth models / import / refresh / scheduler / raw HTTP one (tests/native/auth_ops_plugin.c,
+# as c-authx and, with OAUTH_SCOPE, c-authy); the
 # benchmarks' native relay executor (benchmarks/native_relay); and the Rust test plugin (tests/native/rust, no
 # external crates, built offline by cargo) as rust-test.so. Quick when nothing changed.
 set -e
@@ -26,6 +28,8 @@ build no-init.so NO_INIT
 build c-hooks.so "" tests/native/hooks_plugin.c
 build c-gate.so FRONTEND tests/native/hooks_plugin.c
 build c-auth.so "" tests/native/auth_plugin.c
+build c-authx.so "" tests/native/auth_ops_plugin.c
+build c-authy.so OAUTH_SCOPE tests/native/auth_ops_plugin.c
 build c-claude.so "" tests/native/claude_plugin.c
 build native-relay.so "" benchmarks/native_relay/native_relay.c
 cargo build --quiet --offline --release --manifest-path tests/native/rust/Cargo.toml \

@@ -1,0 +1,385 @@
+/* A CLIProxyAPI-ABI plugin for aogstream's tests of per-auth models, auth import,
+ * credential refresh, the scheduler slot and raw HTTP with a credential (C, libc
+ * only; request fields found by plain text search, as CPA's C examples do).
+ *
+ * Built twice by tools/build-native-plugins.sh: c-authx.so (provider "c-authx", model
+ * prefix "cx", executor_model_scope "both") and, with -DOAUTH_SCOPE, c-authy.so
+ * (provider "c-authy", prefix "cy", scope "oauth"). Both declare auth_provider,
+ * model_provider, executor (openai) and scheduler. A record's key is the "api_key" of
+ * the StorageJSON it is given.
+ *   - model.static: "<prefix>-static" (event "static <name>");
+ *   - model.for_auth: "<prefix>-<AuthID>" and "<prefix>-shared"; a key containing
+ *     "update-me" gets an AuthUpdate (key "k-updated", label "updated by for_auth"),
+ *     any other an all-zero AuthUpdate (event "for_auth <name> <AuthID>");
+ *   - auth.parse: a RawJSON holding "<prefix>_token" is handled, answering an Auth
+ *     "<prefix>-single.json" and Auths "<prefix>-a.json", "<prefix>-b.json" (keys
+ *     "<token>-single/-a/-b"); anything else is not handled (event
+ *     "parse <name> provider=<Provider>");
+ *   - auth.refresh: a key containing "fail" is refused (an error quoting the key,
+ *     http_status 401); else an Auth whose only field is StorageJSON
+ *     {"api_key":"renewed-<AuthID>"}, NextRefreshAfter 2999-01-01 (event
+ *     "refresh <name> <AuthID>");
+ *   - scheduler.pick (event "pick <name> model=<Model>"): a candidate "pick-me" is
+ *     picked; "ghost" makes it name an unknown auth; "reject" makes it fail (403);
+ *     "fill-1" delegates to fill-first; else not handled;
+ *   - executor.execute: a key ending in "-expired" is refused with http_status 401;
+ *     else "<Model> as <AuthID> with <key>";
+ *   - executor.http_request: a URL containing "/local" answers StatusCode 0, header
+ *     X-Local, body "local answer"; else the request is made through host.http.do with
+ *     "Authorization: Bearer <key>" and the host's answer returned as it is (event
+ *     "http <name> <AuthID> <Method>").
+ * Events go to the file named by NATIVE_TEST_EVENTS.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct { void* ptr; size_t len; } cliproxy_buffer;
+typedef struct {
+    uint32_t abi_version;
+    void* host_ctx;
+    int (*call)(void* host_ctx, const char* method, const uint8_t* request, size_t request_len,
+                cliproxy_buffer* response);
+    void (*free_buffer)(void* ptr, size_t len);
+} cliproxy_host_api;
+typedef struct {
+    uint32_t abi_version;
+    int (*call)(const char* method, const uint8_t* request, size_t request_len,
+                cliproxy_buffer* response);
+    void (*free_buffer)(void* ptr, size_t len);
+    void (*shutdown)(void);
+} cliproxy_plugin_api;
+
+static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+static const cliproxy_host_api* host;
+
+static char* b64_encode(const char* in, size_t n) {
+    char* out = malloc(4 * ((n + 2) / 3) + 1);
+    size_t o = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint8_t)in[i] << 16;
+        if (i + 1 < n) v |= (uint8_t)in[i + 1] << 8;
+        if (i + 2 < n) v |= (uint8_t)in[i + 2];
+        out[o++] = B64[(v >> 18) & 63];
+        out[o++] = B64[(v >> 12) & 63];
+        out[o++] = i + 1 < n ? B64[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < n ? B64[v & 63] : '=';
+    }
+    out[o] = 0;
+    return out;
+}
+
+static char* b64_decode(const char* in, size_t n, size_t* out_len) {
+    char* out = malloc(n * 3 / 4 + 4);
+    uint32_t v = 0;
+    int bits = 0;
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char* p = strchr(B64, in[i]);
+        if (in[i] == '=' || p == NULL || in[i] == 0) break;
+        v = (v << 6) | (uint32_t)(p - B64);
+        bits += 6;
+        if (bits >= 8) { bits -= 8; out[o++] = (char)((v >> bits) & 0xff); }
+    }
+    out[o] = 0;
+    *out_len = o;
+    return out;
+}
+
+/* Where "key": starts its value in json, or NULL. */
+static const char* find_value(const char* json, size_t n, const char* key) {
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    size_t plen = strlen(pat);
+    for (const char* p = json; p + plen <= json + n; p++)
+        if (memcmp(p, pat, plen) == 0) return p + plen;
+    return NULL;
+}
+
+static char* find_string(const char* json, size_t n, const char* key) {
+    const char* p = find_value(json, n, key);
+    if (p == NULL || *p != '"') return NULL;
+    p++;
+    const char* q = p;
+    while (q < json + n && *q != '"') q++;
+    char* out = malloc((size_t)(q - p) + 1);
+    memcpy(out, p, (size_t)(q - p));
+    out[q - p] = 0;
+    return out;
+}
+
+/* The base64 field `key` decoded ("" when absent or null). */
+static char* find_bytes(const char* json, size_t n, const char* key) {
+    char* b64 = find_string(json, n, key);
+    size_t len;
+    char* out = b64 ? b64_decode(b64, strlen(b64), &len) : strdup("");
+    free(b64);
+    return out;
+}
+
+static void event(const char* line) {
+    const char* path = getenv("NATIVE_TEST_EVENTS");
+    FILE* f = path ? fopen(path, "a") : NULL;
+    if (f == NULL) return;
+    fprintf(f, "%s\n", line);
+    fclose(f);
+}
+
+static int reply(cliproxy_buffer* response, const char* text) {
+    size_t n = strlen(text);
+    char* buf = malloc(n);
+    memcpy(buf, text, n);
+    response->ptr = buf;
+    response->len = n;
+    return 0;
+}
+
+static int ok_reply(cliproxy_buffer* response, const char* result) {
+    size_t n = strlen(result) + 32;
+    char* text = malloc(n);
+    snprintf(text, n, "{\"ok\":true,\"result\":%s}", result);
+    reply(response, text);
+    free(text);
+    return 0;
+}
+
+/* {"<key>":"<base64 of text>"<extra>} as a success envelope. */
+static int ok_bytes(cliproxy_buffer* response, const char* key, const char* text,
+                    const char* extra) {
+    char* b = b64_encode(text, strlen(text));
+    size_t n = strlen(b) + strlen(extra) + 64;
+    char* result = malloc(n);
+    snprintf(result, n, "{\"%s\":\"%s\"%s}", key, b, extra);
+    ok_reply(response, result);
+    free(result); free(b);
+    return 0;
+}
+
+
+static char* host_call(const char* method, const char* request) {
+    cliproxy_buffer out = {0};
+    if (host->call(host->host_ctx, method, (const uint8_t*)request, strlen(request), &out) != 0)
+        return strdup("");
+    char* text = malloc(out.len + 1);
+    if (out.ptr) memcpy(text, out.ptr, out.len);
+    text[out.len] = 0;
+    if (out.ptr) host->free_buffer(out.ptr, out.len);
+    return text;
+}
+
+#ifdef OAUTH_SCOPE
+#define NAME "c-authy"
+#define PREFIX "cy"
+#define SCOPE "oauth"
+#else
+#define NAME "c-authx"
+#define PREFIX "cx"
+#define SCOPE "both"
+#endif
+#define ZERO_AUTH "{\"Provider\":\"\",\"ID\":\"\",\"FileName\":\"\",\"Label\":\"\",\"Prefix\":\"\"," \
+    "\"ProxyURL\":\"\",\"Disabled\":false,\"StorageJSON\":null,\"Metadata\":null," \
+    "\"Attributes\":null,\"NextRefreshAfter\":\"0001-01-01T00:00:00Z\"}"
+
+/* The "api_key" of the request's StorageJSON ("" when none); caller frees. */
+static char* key_of(const char* req, size_t n) {
+    char* storage = find_bytes(req, n, "StorageJSON");
+    char* key = find_string(storage, strlen(storage), "api_key");
+    free(storage);
+    return key ? key : strdup("");
+}
+
+static char* field_or_empty(const char* req, size_t n, const char* name) {
+    char* v = find_string(req, n, name);
+    return v ? v : strdup("");
+}
+
+static void event2(const char* what, const char* a, const char* b) {
+    char line[512];
+    snprintf(line, sizeof line, "%s %s %s%s%s", what, NAME, a, b[0] ? " " : "", b);
+    event(line);
+}
+
+/* An AuthData of this provider named file, with StorageJSON {"api_key":key}. */
+static void auth_data(char* out, size_t cap, const char* file, const char* key,
+                      const char* label) {
+    char storage[256];
+    snprintf(storage, sizeof storage, "{\"api_key\":\"%s\"}", key);
+    char* b = b64_encode(storage, strlen(storage));
+    snprintf(out, cap, "{\"Provider\":\"" NAME "\",\"ID\":\"\",\"FileName\":\"%s\",\"Label\":\"%s\","
+             "\"Prefix\":\"\",\"ProxyURL\":\"\",\"Disabled\":false,\"StorageJSON\":\"%s\","
+             "\"Metadata\":null,\"Attributes\":null,"
+             "\"NextRefreshAfter\":\"0001-01-01T00:00:00Z\"}", file, label, b);
+    free(b);
+}
+
+static int for_auth(const char* req, size_t n, cliproxy_buffer* response) {
+    char* id = field_or_empty(req, n, "AuthID");
+    char* key = key_of(req, n);
+    event2("for_auth", id, "");
+    char update[1024];
+    if (strstr(key, "update-me")) auth_data(update, sizeof update, "", "k-updated",
+                                            "updated by for_auth");
+    else snprintf(update, sizeof update, "%s", ZERO_AUTH);
+    char result[2048];
+    snprintf(result, sizeof result, "{\"Provider\":\"" NAME "\",\"Models\":[{\"ID\":\"" PREFIX
+             "-%s\"},{\"ID\":\"" PREFIX "-shared\"}],\"AuthUpdate\":%s}", id, update);
+    free(id); free(key);
+    return ok_reply(response, result);
+}
+
+static int parse(const char* req, size_t n, cliproxy_buffer* response) {
+    char* provider = field_or_empty(req, n, "Provider");
+    char* raw = find_bytes(req, n, "RawJSON");
+    event2("parse", "provider=", provider);
+    char* token = find_string(raw, strlen(raw), PREFIX "_token");
+    free(provider); free(raw);
+    if (token == NULL)
+        return ok_reply(response, "{\"Handled\":false,\"Auth\":null,\"Auths\":null}");
+    char k1[128], k2[128], k3[128], a1[1024], a2[1024], a3[1024], result[4096];
+    snprintf(k1, sizeof k1, "%s-single", token);
+    snprintf(k2, sizeof k2, "%s-a", token);
+    snprintf(k3, sizeof k3, "%s-b", token);
+    auth_data(a1, sizeof a1, PREFIX "-single.json", k1, "");
+    auth_data(a2, sizeof a2, PREFIX "-a.json", k2, "imported a");
+    auth_data(a3, sizeof a3, PREFIX "-b.json", k3, "imported b");
+    snprintf(result, sizeof result, "{\"Handled\":true,\"Auth\":%s,\"Auths\":[%s,%s]}", a1, a2,
+             a3);
+    free(token);
+    return ok_reply(response, result);
+}
+
+static int refresh(const char* req, size_t n, cliproxy_buffer* response) {
+    char* id = field_or_empty(req, n, "AuthID");
+    char* key = key_of(req, n);
+    event2("refresh", id, "");
+    char text[2048];
+    if (strstr(key, "fail")) {
+        snprintf(text, sizeof text, "{\"ok\":false,\"error\":{\"code\":\"refresh_failed\","
+                 "\"message\":\"refresh refused for %s\",\"http_status\":401}}", key);
+        free(id); free(key);
+        return reply(response, text);
+    }
+    char storage[256];
+    snprintf(storage, sizeof storage, "{\"api_key\":\"renewed-%s\"}", id);
+    char* b = b64_encode(storage, strlen(storage));
+    snprintf(text, sizeof text, "{\"Auth\":{\"Provider\":\"\",\"ID\":\"\",\"FileName\":\"\","
+             "\"Label\":\"\",\"Prefix\":\"\",\"ProxyURL\":\"\",\"Disabled\":false,"
+             "\"StorageJSON\":\"%s\",\"Metadata\":null,\"Attributes\":null,"
+             "\"NextRefreshAfter\":\"0001-01-01T00:00:00Z\"},"
+             "\"NextRefreshAfter\":\"2999-01-01T00:00:00Z\"}", b);
+    free(b); free(id); free(key);
+    return ok_reply(response, text);
+}
+
+static int pick(const char* req, size_t n, cliproxy_buffer* response) {
+    char* model = field_or_empty(req, n, "Model");
+    event2("pick", "model=", model);
+    free(model);
+    const char* cands = strstr(req, "\"Candidates\":");
+    if (cands == NULL) cands = req;
+    if (strstr(cands, "\"ID\":\"pick-me\""))
+        return ok_reply(response, "{\"AuthID\":\"pick-me\",\"DelegateBuiltin\":\"\","
+                                  "\"Handled\":true}");
+    if (strstr(cands, "\"ID\":\"ghost\""))
+        return ok_reply(response, "{\"AuthID\":\"no-such-auth\",\"DelegateBuiltin\":\"\","
+                                  "\"Handled\":true}");
+    if (strstr(cands, "\"ID\":\"reject\""))
+        return reply(response, "{\"ok\":false,\"error\":{\"code\":\"scheduler_denied\","
+                               "\"message\":\"scheduler says no\",\"http_status\":403}}");
+    if (strstr(cands, "\"ID\":\"fill-1\""))
+        return ok_reply(response, "{\"AuthID\":\"\",\"DelegateBuiltin\":\"fill-first\","
+                                  "\"Handled\":true}");
+    return ok_reply(response, "{\"AuthID\":\"\",\"DelegateBuiltin\":\"\",\"Handled\":false}");
+}
+
+static int execute(const char* req, size_t n, cliproxy_buffer* response) {
+    char* id = field_or_empty(req, n, "AuthID");
+    char* key = key_of(req, n);
+    char* model = field_or_empty(req, n, "Model");
+    int rc;
+    if (strlen(key) >= 8 && strcmp(key + strlen(key) - 8, "-expired") == 0) {
+        rc = reply(response, "{\"ok\":false,\"error\":{\"code\":\"unauthorized\",\"message\":"
+                             "\"the credential has expired\",\"http_status\":401}}");
+    } else {
+        char text[1024], body[2048];
+        snprintf(text, sizeof text, "%s as %s with %s", model, id, key);
+        snprintf(body, sizeof body,
+                 "{\"id\":\"x1\",\"object\":\"chat.completion\",\"created\":1,\"model\":\"%s\","
+                 "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":"
+                 "\"%s\"},\"finish_reason\":\"stop\"}]}", model, text);
+        rc = ok_bytes(response, "Payload", body, ",\"Headers\":null,\"Metadata\":null");
+    }
+    free(id); free(key); free(model);
+    return rc;
+}
+
+static int http_request(const char* req, size_t n, cliproxy_buffer* response) {
+    char* id = field_or_empty(req, n, "AuthID");
+    char* method = field_or_empty(req, n, "Method");
+    char* url = field_or_empty(req, n, "URL");
+    char* key = key_of(req, n);
+    char* body = find_string(req, n, "Body");
+    event2("http", id, method);
+    int rc;
+    if (strstr(url, "/local")) {
+        rc = ok_bytes(response, "Body", "local answer",
+                      ",\"StatusCode\":0,\"Headers\":{\"X-Local\":[\"yes\"]}");
+    } else {
+        size_t cap = strlen(url) + strlen(key) + (body ? strlen(body) : 0) + 256;
+        char* hreq = malloc(cap);
+        snprintf(hreq, cap, "{\"method\":\"%s\",\"url\":\"%s\",\"headers\":{\"Authorization\":"
+                 "[\"Bearer %s\"]},\"body\":%s%s%s}", method, url, key, body ? "\"" : "",
+                 body ? body : "null", body ? "\"" : "");
+        char* out = host_call("host.http.do", hreq);
+        rc = reply(response, out[0] ? out : "{\"ok\":false,\"error\":{\"code\":\"x\","
+                                            "\"message\":\"host.http.do failed\"}}");
+        free(out); free(hreq);
+    }
+    free(id); free(method); free(url); free(key); free(body);
+    return rc;
+}
+
+static int plugin_call(const char* method, const uint8_t* request, size_t request_len,
+                       cliproxy_buffer* response) {
+    response->ptr = NULL;
+    response->len = 0;
+    if (method == NULL) return 1;
+    const char* req = request ? (const char*)request : "";
+    size_t n = request_len;
+    if (strcmp(method, "plugin.register") == 0 || strcmp(method, "plugin.reconfigure") == 0)
+        return ok_reply(response,
+            "{\"schema_version\":1,\"metadata\":{\"Name\":\"" NAME "\",\"Version\":\"1.0.0\","
+            "\"Author\":\"aogstream tests\",\"GitHubRepository\":\"https://example.invalid/" NAME
+            "\",\"Logo\":\"\",\"ConfigFields\":[]},\"capabilities\":{\"auth_provider\":true,"
+            "\"model_provider\":true,\"executor\":true,\"scheduler\":true,"
+            "\"executor_model_scope\":\"" SCOPE "\",\"executor_input_formats\":[\"openai\"],"
+            "\"executor_output_formats\":[\"openai\"]}}");
+    if (strcmp(method, "auth.identifier") == 0)
+        return ok_reply(response, "{\"identifier\":\"" NAME "\"}");
+    if (strcmp(method, "model.static") == 0) {
+        event2("static", "", "");
+        return ok_reply(response, "{\"Provider\":\"" NAME "\",\"Models\":[{\"ID\":\"" PREFIX
+                                  "-static\"}],\"AuthUpdate\":null}");
+    }
+    if (strcmp(method, "model.for_auth") == 0) return for_auth(req, n, response);
+    if (strcmp(method, "auth.parse") == 0) return parse(req, n, response);
+    if (strcmp(method, "auth.refresh") == 0) return refresh(req, n, response);
+    if (strcmp(method, "scheduler.pick") == 0) return pick(req, n, response);
+    if (strcmp(method, "executor.execute") == 0) return execute(req, n, response);
+    if (strcmp(method, "executor.http_request") == 0) return http_request(req, n, response);
+    return reply(response, "{\"ok\":false,\"error\":{\"code\":\"unknown_method\","
+                           "\"message\":\"unknown method\"}}");
+}
+
+static void plugin_free(void* ptr, size_t len) { (void)len; free(ptr); }
+
+__attribute__((visibility("default")))
+int cliproxy_plugin_init(const cliproxy_host_api* h, cliproxy_plugin_api* plugin) {
+    host = h;
+    plugin->abi_version = 1;
+    plugin->call = plugin_call;
+    plugin->free_buffer = plugin_free;
+    plugin->shutdown = NULL;
+    return 0;
+}
