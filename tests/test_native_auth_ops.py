@@ -4,7 +4,8 @@ slot and raw HTTP with a stored credential — in a real gateway.
 Real parts: a gateway subprocess (tests/conftest.py) with its default worker
 processes; two builds of the C plugin tests/native/auth_ops_plugin.c (built by
 tools/build-native-plugins.sh, loaded unchanged): `c-authx` (executor_model_scope
-`both`, priority 1) and `c-authy` (scope `oauth`, priority 2); the official `openai`
+`both`, priority 1), `c-authy` (scope `oauth`, priority 2) and `c-authz` (scope
+`static`, priority 0); the official `openai`
 client and httpx over loopback; a loopback HTTP server the plugin calls through
 `host.http.do`; the auth files in the gateway's data directory.
 
@@ -12,7 +13,8 @@ Proven:
 - `model.for_auth`: each record's models are listed on `/v1/models`, `/api/tags` and
   AOG's model list and route to the plugin bound to that record; a removed record's
   models go; a non-empty `AuthUpdate` rewrites the record (0600, the fields it left
-  empty kept) and an all-zero one does not; scope `oauth` never calls `model.static`;
+  empty kept) and an all-zero one does not; scope `oauth` never calls `model.static`,
+  scope `static` never calls `model.for_auth`;
 - `auth.parse` (`POST /v0/management/auth-files`): with no provider the plugins are
   asked in priority order and the first `Handled` wins; its `Auths` are saved, not its
   `Auth`; a named provider that does not take the file is a 400; a record file with a
@@ -61,14 +63,15 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     work = tmp_path_factory.mktemp("native-auth-ops")
     plugins = work / "native-plugins"
     (plugins / "linux" / _arch()).mkdir(parents=True)
-    for name in ("c-authx.so", "c-authy.so"):
+    for name in ("c-authx.so", "c-authy.so", "c-authz.so"):
         shutil.copy(BUILT / name, plugins / "linux" / _arch() / name)
     data = work / "gw" / "data"
     data.mkdir(parents=True)
     (data / "config.yaml").write_text(
         "plugins:\n  enabled: true\n  configs:\n"
         "    c-authx:\n      enabled: true\n      priority: 1\n"
-        "    c-authy:\n      enabled: true\n      priority: 2\n")
+        "    c-authy:\n      enabled: true\n      priority: 2\n"
+        "    c-authz:\n      enabled: true\n")
     g = Gateway(work / "gw", {"NATIVE_TEST_EVENTS": str(work / "events.txt")},
                 plugin_dir=[PLUGIN_DIR, plugins])
     g.start()
@@ -204,6 +207,16 @@ def test_scope_oauth_lists_only_per_auth_models(gw: Gateway) -> None:
     assert [e for e in events(gw) if e.startswith("static c-authx")]
     remove(gw, "y1.json")
     assert "cy-y1" not in models(gw)
+
+
+def test_scope_static_never_asks_for_per_auth_models(gw: Gateway) -> None:
+    clear(gw)
+    record(gw, "z1.json", {"type": "c-authz", "api_key": "k-z1-secret"})
+    assert "cz-static" in models(gw) and "cz-z1" not in models(gw)
+    assert ask(gw, "cz-static") == "cz-static as z1 with k-z1-secret"
+    assert not [e for e in events(gw) if e.startswith("for_auth c-authz")]
+    listed = httpx.get(f"{gw.url}/v0/management/plugins", headers=mgmt(gw), timeout=10)
+    assert listed.status_code == 200 and "k-z1-secret" not in listed.text
 
 
 # ---- auth.parse ------------------------------------------------------------------------

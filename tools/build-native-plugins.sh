@@ -5,7 +5,7 @@
 # the hooks plugin (tests/native/hooks_plugin.c, and
 # built with FRONTEND the frontend-auth one); the auth provider (tests/native/auth_plugin.c); the
 # per-auth models / import / refresh / scheduler / raw HTTP one (tests/native/auth_ops_plugin.c,
-# as c-authx and, with OAUTH_SCOPE, c-authy); the
+# as c-authx, c-authy with OAUTH_SCOPE and c-authz with STATIC_SCOPE); the
 # benchmarks' native relay executor (benchmarks/native_relay); and the Rust test plugin (tests/native/rust, no
 # external crates, built offline by cargo) as rust-test.so. Quick when nothing changed.
 set -e
@@ -30,6 +30,7 @@ build c-gate.so FRONTEND tests/native/hooks_plugin.c
 build c-auth.so "" tests/native/auth_plugin.c
 build c-authx.so "" tests/native/auth_ops_plugin.c
 build c-authy.so OAUTH_SCOPE tests/native/auth_ops_plugin.c
+build c-authz.so STATIC_SCOPE tests/native/auth_ops_plugin.c
 build c-claude.so "" tests/native/claude_plugin.c
 build native-relay.so "" benchmarks/native_relay/native_relay.c
 cargo build --quiet --offline --release --manifest-path tests/native/rust/Cargo.toml \

@@ -4,7 +4,8 @@
  *
  * Built twice by tools/build-native-plugins.sh: c-authx.so (provider "c-authx", model
  * prefix "cx", executor_model_scope "both") and, with -DOAUTH_SCOPE, c-authy.so
- * (provider "c-authy", prefix "cy", scope "oauth"). Both declare auth_provider,
+ * (provider "c-authy", prefix "cy", scope "oauth") and, with -DSTATIC_SCOPE, c-authz.so
+ * (provider "c-authz", prefix "cz", scope "static"). All declare auth_provider,
  * model_provider, executor (openai) and scheduler. A record's key is the "api_key" of
  * the StorageJSON it is given.
  *   - model.static: "<prefix>-static" (event "static <name>");
@@ -168,10 +169,14 @@ static char* host_call(const char* method, const char* request) {
     return text;
 }
 
-#ifdef OAUTH_SCOPE
+#if defined(OAUTH_SCOPE)
 #define NAME "c-authy"
 #define PREFIX "cy"
 #define SCOPE "oauth"
+#elif defined(STATIC_SCOPE)
+#define NAME "c-authz"
+#define PREFIX "cz"
+#define SCOPE "static"
 #else
 #define NAME "c-authx"
 #define PREFIX "cx"

@@ -22,7 +22,9 @@ alone (someone else renewed it), so a rotating refresh token is never spent twic
 
 A failure is logged with the record's ID, never its contents (the plugin's message is
 stripped of every value of the record), and tried again after a back-off that doubles
-from `BACKOFF_FIRST` to `BACKOFF_MAX` seconds.
+from `BACKOFF_FIRST` to `BACKOFF_MAX` seconds. A plugin that answers `unknown_method`
+does not renew credentials: the record is left alone (a scheduled one is asked again
+after `BACKOFF_MAX`).
 """
 
 from __future__ import annotations
@@ -142,12 +144,18 @@ class AuthRefresher:
                 lambda: self.store.update_auth(rec, auth or {},
                                                gj.text(reply, "NextRefreshAfter"),
                                                refreshed=True))
+        except gj.EnvelopeError as exc:
+            if exc.code != "unknown_method":
+                self._failed(rec, exc)
+                return
+            # a plugin that does not renew credentials: its records are left alone
+            self._backoff[rec.name] = (time.monotonic() + BACKOFF_MAX, BACKOFF_MAX)
+            self._kicked.pop(rec.name, None)
+            log.info("native plugin %s does not implement auth.refresh; auth %s is not "
+                     "renewed", plugin.id, rec.id)
+            return
         except Exception as exc:  # noqa: BLE001 - a failed refresh: logged, tried again
-            _, delay = self._backoff.get(rec.name, (0.0, 0.0))
-            delay = min(BACKOFF_MAX, delay * 2) if delay else BACKOFF_FIRST
-            self._backoff[rec.name] = (time.monotonic() + delay, delay)
-            log.warning("native auth %s (%s): auth.refresh failed: %s; trying again in "
-                        "%g s", rec.id, rec.provider, redact(str(exc), rec), delay)
+            self._failed(rec, exc)
             return
         finally:
             plugin.host.close_scope(scope)
@@ -156,6 +164,14 @@ class AuthRefresher:
         after = saved.data.get("next_refresh_after") if saved is not None else None
         log.info("native auth %s (%s) refreshed by native plugin %s; next refresh %s",
                  rec.id, rec.provider, plugin.id, after or "not scheduled")
+
+    def _failed(self, rec: AuthRecord, exc: Exception) -> None:
+        """A failed refresh: logged without the credential, tried again later."""
+        _, delay = self._backoff.get(rec.name, (0.0, 0.0))
+        delay = min(BACKOFF_MAX, delay * 2) if delay else BACKOFF_FIRST
+        self._backoff[rec.name] = (time.monotonic() + delay, delay)
+        log.warning("native auth %s (%s): auth.refresh failed: %s; trying again in %g s",
+                    rec.id, rec.provider, redact(str(exc), rec), delay)
 
 
 def _try_lock(path: str) -> int:
