@@ -283,12 +283,11 @@ def test_a_failing_refresh_is_retried_with_back_off_and_logged_without_it(
     clear(gw)
     record(gw, "f1.json", {"type": "c-authx", "api_key": "k-fail-secret",
                            "next_refresh_after": "2000-01-01T00:00:00Z"})
-    start = time.monotonic()
     wait_for(lambda: events(gw).count("refresh c-authx f1") >= 3, "three refresh tries")
-    assert time.monotonic() - start >= 2.5  # 1 s, then 2 s between tries
     log = gw.log_tail(5000)
-    assert "native auth f1 (c-authx): auth.refresh failed: refresh refused for " \
-        "[redacted]; trying again in 2 s" in log
+    for delay in (1, 2):  # the back-off doubles
+        assert "native auth f1 (c-authx): auth.refresh failed: refresh refused for " \
+            f"[redacted]; trying again in {delay} s" in log
     assert "k-fail-secret" not in gw.log_file.read_text(errors="replace")
     remove(gw, "f1.json")
 

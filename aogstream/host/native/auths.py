@@ -56,6 +56,7 @@ COOLDOWN_AUTH = 30 * 60.0
 LOGIN_TTL = 15 * 60.0  # a login state not polled to an end is forgotten after this
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,120}\.json$")
 ZERO_TIME = "0001-01-01T00:00:00Z"
+FRESH_NS = 50_000_000  # a folder changed this recently (ns) is read again on the next look
 
 
 class AuthError(ValueError):
@@ -159,6 +160,10 @@ class AuthStore:
                 if isinstance(data, dict):
                     found[path.name] = AuthRecord(path.name, str(data.get("type") or ""),
                                                   raw, data, st.st_size, st.st_mtime)
+        if stamp is not None and time.time_ns() - stamp < FRESH_NS:
+            # a write in the same clock tick would not change the folder's mtime: a
+            # stamp this fresh is not trusted, the next look reads the folder again
+            stamp = -2
         with self._lock:
             self._stamp, self._records = stamp, found
         return found
@@ -174,7 +179,7 @@ class AuthStore:
         name = auth_name(name)
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         raw = json.dumps(data, ensure_ascii=False, indent=2).encode()
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".json")
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".part")
         try:
             os.fchmod(fd, 0o600)
             with os.fdopen(fd, "wb") as f:

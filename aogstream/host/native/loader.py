@@ -317,13 +317,13 @@ class NativePlugins:
         `model.for_auth` again for the records that changed and route the models that
         came or went; the primary then rewrites the store rows, which brings the
         workers here too."""
-        try:
-            stamp: int | None = self.auths.dir.stat().st_mtime_ns
-        except OSError:
-            stamp = None
-        if stamp == self._auth_stamp or self._stopped:
-            return
-        async with self._apply_lock:
+        async with self._apply_lock:  # the stamp is taken inside: a caller returns once
+            try:                         # the change it made is routed
+                stamp: int | None = self.auths.dir.stat().st_mtime_ns
+            except OSError:
+                stamp = None
+            if stamp == self._auth_stamp or self._stopped:
+                return
             self._auth_stamp = stamp
             changed = False
             for plugin in sorted(self.plugins.values(), key=lambda p: (-p.priority, p.id)):
