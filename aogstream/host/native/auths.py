@@ -353,16 +353,14 @@ def auth_data(auth: Any, provider: str, old: dict[str, Any] | None = None) -> di
         for key in _HOST_KEYS:
             if old is not None and key in old and key not in out:
                 out[key] = old[key]
-    data = out
-    prov = (gj.text(auth, "Provider") or provider).lower()
-    data["type"] = prov
+    out["type"] = (gj.text(auth, "Provider") or provider).lower()
     if gj.text(auth, "Label"):
-        data["label"] = gj.text(auth, "Label")
+        out["label"] = gj.text(auth, "Label")
     if gj.boolean(auth, "Disabled"):
-        data["disabled"] = True
+        out["disabled"] = True
     when = gj.text(auth, "NextRefreshAfter")
     if old is None and parse_time(when) is not None:
-        data["next_refresh_after"] = when
+        out["next_refresh_after"] = when
     return out
 
 

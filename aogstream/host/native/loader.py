@@ -25,6 +25,7 @@ import os
 import platform
 import re
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,7 @@ from aogstream.host.native import auth_models
 from aogstream.host.native import gojson as gj
 from aogstream.host.native import management as native_management
 from aogstream.host.native.abi import CallError
-from aogstream.host.native.auths import AuthLogins, AuthStore
+from aogstream.host.native.auths import FRESH_NS, AuthLogins, AuthStore
 from aogstream.host.native.callbacks import HostServices
 from aogstream.host.native.frontend import FrontendAuth
 from aogstream.host.native.hooks import Hooks
@@ -324,7 +325,9 @@ class NativePlugins:
                 stamp = None
             if stamp == self._auth_stamp or self._stopped:
                 return
-            self._auth_stamp = stamp
+            # a stamp this fresh may hide a write in the same clock tick: look again
+            self._auth_stamp = -2 if stamp is not None and \
+                time.time_ns() - stamp < FRESH_NS else stamp
             changed = False
             for plugin in sorted(self.plugins.values(), key=lambda p: (-p.priority, p.id)):
                 if plugin.state == "running" and \
