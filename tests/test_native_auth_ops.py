@@ -1,18 +1,19 @@
 """Native plugins' per-auth models, auth import, credential refresh, the scheduler
 slot and raw HTTP with a stored credential — in a real gateway.
 
-Real parts: a gateway subprocess (tests/conftest.py) with its default worker
-processes; two builds of the C plugin tests/native/auth_ops_plugin.c (built by
-tools/build-native-plugins.sh, loaded unchanged): `c-authx` (executor_model_scope
-`both`, priority 1), `c-authy` (scope `oauth`, priority 2) and `c-authz` (scope
-`static`, priority 0); the official `openai`
-client and httpx over loopback; a loopback HTTP server the plugin calls through
-`host.http.do`; the auth files in the gateway's data directory.
+Real parts: a gateway subprocess (tests/conftest.py) with worker processes beside the
+primary (AOGSTREAM_WORKERS=2); three builds of the C plugin tests/native/auth_ops_plugin.c
+(built by tools/build-native-plugins.sh, loaded unchanged): `c-authx`
+(executor_model_scope `both`, priority 1), `c-authy` (scope `oauth`, priority 2) and
+`c-authz` (scope `static`, priority 0); the official `openai` client and httpx over
+loopback; a loopback HTTP server the plugin calls through `host.http.do`; the auth
+files in the gateway's data directory.
 
 Proven:
 - `model.for_auth`: each record's models are listed on `/v1/models`, `/api/tags` and
   AOG's model list and route to the plugin bound to that record; a removed record's
-  models go; a non-empty `AuthUpdate` rewrites the record (0600, the fields it left
+  models go; the plugin is asked once per record change, not once per process; a
+  non-empty `AuthUpdate` rewrites the record (0600, the fields it left
   empty kept) and an all-zero one does not; scope `oauth` never calls `model.static`,
   scope `static` never calls `model.for_auth`;
 - `auth.parse` (`POST /v0/management/auth-files`): with no provider the plugins are
@@ -72,7 +73,10 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         "    c-authx:\n      enabled: true\n      priority: 1\n"
         "    c-authy:\n      enabled: true\n      priority: 2\n"
         "    c-authz:\n      enabled: true\n")
-    g = Gateway(work / "gw", {"NATIVE_TEST_EVENTS": str(work / "events.txt")},
+    # worker processes whatever the core count: what one process discovers, renews or
+    # refuses must hold on every process
+    g = Gateway(work / "gw", {"NATIVE_TEST_EVENTS": str(work / "events.txt"),
+                              "AOGSTREAM_WORKERS": "2"},
                 plugin_dir=[PLUGIN_DIR, plugins])
     g.start()
     g.native_events = work / "events.txt"  # type: ignore[attr-defined]
@@ -169,6 +173,8 @@ def test_each_records_models_are_listed_and_served_with_that_record(gw: Gateway)
     record(gw, "two.json", {"type": "c-authx", "api_key": "k-two-secret"})
     listed = models(gw)
     assert {"cx-static", "cx-one", "cx-two", "cx-shared"} <= listed
+    # asked once per record, by the primary; the workers take its answers
+    assert events(gw).count("for_auth c-authx one") == 1
     tags = httpx.get(f"{gw.url}/api/tags", timeout=10).json()
     assert {"cx-one", "cx-two"} <= {m["name"] for m in tags["models"]}
     aog = httpx.get(f"{gw.url}/aog/v0.2/model", timeout=10).json()

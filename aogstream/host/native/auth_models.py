@@ -12,14 +12,22 @@ only.
 Discovery runs when the plugin loads or is reconfigured, and again for a record when
 its file is saved, refreshed or removed (`rediscover`, driven by the loader whenever
 the auth folder changes); a record whose file did not change is not asked again.
-What a plugin answers for one record is kept on the plugin (`auth_models`), so every
-serving process routes by the models its own copy of the plugin discovered.
+What a plugin answers for one record is kept on the plugin (`auth_models`). The primary
+asks and writes the answers beside the records (`.for-auth-<plugin id>.models`: per
+record, a hash of its file and its models); a worker takes the answer for a record whose
+file is unchanged from there and asks its own copy of the plugin only for the others,
+so a record change costs the plugin one `model.for_auth`, not one per process.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import tempfile
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aogstream.host.native import gojson as gj
@@ -66,6 +74,44 @@ def _non_empty(update: Any) -> bool:
                for v in update.values())
 
 
+def _shared_path(plugin: NativePlugin, store: AuthStore) -> Path:
+    return store.dir / f".for-auth-{plugin.id}.models"
+
+
+def _digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _read_shared(plugin: NativePlugin, store: AuthStore) -> dict[str, Any]:
+    """The primary's answers: record name → {"sha": ..., "models": [...]}."""
+    try:
+        doc = json.loads(_shared_path(plugin, store).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _write_shared(plugin: NativePlugin, store: AuthStore) -> None:
+    doc = {name: {"sha": _digest(plugin.auth_seen[name]), "models": models}
+           for name, models in sorted(plugin.auth_models.items())
+           if name in plugin.auth_seen}
+    path = _shared_path(plugin, store)
+    try:
+        if path.exists() and json.loads(path.read_bytes()) == doc:
+            return
+    except (OSError, ValueError):
+        pass
+    try:
+        store.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=store.dir, prefix=".tmp-", suffix=".part")
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("native plugin %s: per-auth models not shared with the workers "
+                    "(%s); each asks the plugin itself", plugin.id, exc.strerror)
+
+
 async def rediscover(plugin: NativePlugin, store: AuthStore, *, every: bool = False) -> bool:
     """Ask `model.for_auth` for each record of the plugin's provider whose file is new
     or changed since it was last asked (all of them with `every`), forget the models
@@ -83,10 +129,16 @@ async def rediscover(plugin: NativePlugin, store: AuthStore, *, every: bool = Fa
         del plugin.auth_models[name]
         plugin.auth_seen.pop(name, None)
     meta = metadata_object(plugin.metadata)
+    shared = _read_shared(plugin, store) if not store.primary else {}
     for name, rec in records.items():
         if not every and plugin.auth_seen.get(name) == rec.raw:
             continue
         plugin.auth_seen[name] = rec.raw
+        known = shared.get(name)
+        if isinstance(known, dict) and known.get("sha") == _digest(rec.raw) and \
+                isinstance(known.get("models"), list):
+            plugin.auth_models[name] = [str(m) for m in known["models"]]
+            continue
         hscope = plugin.host.open_scope(plugin.id, uuid.uuid4().hex[:16])
         try:
             reply = await plugin.call_raw("model.for_auth", {
@@ -121,6 +173,8 @@ async def rediscover(plugin: NativePlugin, store: AuthStore, *, every: bool = Fa
                     log.info("native plugin %s: auth %s updated by model.for_auth",
                              plugin.id, rec.id)
     plugin.models = merged_models(plugin)
+    if store.primary:
+        _write_shared(plugin, store)
     changed = before != plugin.auth_models
     if changed:
         log.info("native plugin %s: per-auth models %s", plugin.id, ", ".join(

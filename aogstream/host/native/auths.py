@@ -135,6 +135,8 @@ class AuthStore:
         # record name → (monotonic time it serves again, the file it was refused with)
         self._cool: dict[str, tuple[float, bytes]] = {}
         self._turn = itertools.count()
+        # the primary: it runs the scheduled refreshes and shares per-auth models
+        self.primary = False
         # told of a record refused with 401 (the refresher renews it, module `refresh`)
         self.on_unauthorized: Callable[[AuthRecord], None] | None = None
 

@@ -249,7 +249,7 @@ class NativePlugins:
         self.found: dict[str, Found] = {}
         self.plugins: dict[str, NativePlugin] = {}
         self.host: HostServices | None = None
-        self.primary = False  # the process that writes the store (Gateway.start sets it)
+        self._primary = False
         self._stamp: tuple[Any, ...] | None = None
         self._auth_stamp: int | None = -1  # the auth folder's mtime when last looked at
         self._apply_lock = trio.Lock()
@@ -263,6 +263,16 @@ class NativePlugins:
         # who may call the service routes, when a plugin offers frontend auth
         self.frontend = FrontendAuth(lambda: list(self.plugins.values()))
 
+    @property
+    def primary(self) -> bool:
+        """The process that writes the store, runs the scheduled credential refreshes
+        and shares per-auth models (Gateway.start sets it)."""
+        return self._primary
+
+    @primary.setter
+    def primary(self, value: bool) -> None:
+        self._primary = self.auths.primary = value
+
     async def start(self) -> None:
         """Read the config, discover, load the enabled plugins in priority order and
         route to their executors (store rows are written by the gateway's `register`)."""
@@ -273,7 +283,7 @@ class NativePlugins:
         (cancelled with the nursery that runs it): the credential refresher
         (`refresh`; scheduled refreshes in the primary only)."""
         refresher = AuthRefresher(self.auths, lambda: list(self.plugins.values()),
-                                  lambda: self.primary)
+                                  lambda: self._primary)
         self.auths.on_unauthorized = refresher.kick
         try:
             await refresher.run()
