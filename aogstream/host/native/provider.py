@@ -259,7 +259,10 @@ class NativeProvider:
                            executor=plugin.id,
                            headers={"Content-Type": ["application/json"]})
         auths = plugin.host.auths
-        info.auth = auths.pick(plugin.auth_key, set()) if auths is not None else None
+        info.auth = await scheduler.pick(
+            auths, plugin, self.plugins() if self.plugins is not None else [plugin], model,
+            False, info.headers, (), auth_models.auths_for(plugin, model)) \
+            if auths is not None else None
         scope = plugin.host.open_scope(plugin.id, info.request_id)
         try:
             reply = await plugin.call("executor.count_tokens", executor_request(
