@@ -19,7 +19,8 @@ Proven:
 - `auth.parse` (`POST /v0/management/auth-files`): with no provider the plugins are
   asked in priority order and the first `Handled` wins; its `Auths` are saved, not its
   `Auth`; a named provider that does not take the file is a 400; a record file with a
-  `type` is saved as it is; the new records' models route before the answer;
+  `type` is saved as it is; the new records' models route before the answer; an untyped
+  file dropped into the folder is parsed the same way and set aside;
 - `auth.refresh`: a record past its `next_refresh_after` is renewed once, in the
   background, the fields the plugin left empty back-filled; a failing refresh is
   retried with back-off and logged without the credential; a 401 from the executor
@@ -263,6 +264,28 @@ def test_an_import_no_plugin_takes_is_refused_or_kept_as_a_record(gw: Gateway) -
     assert not list(auth_dir(gw).glob("*.json"))
     record(gw, "typed.json", {"type": "c-authx", "api_key": "k-typed"})
     assert stored(gw, "typed.json") == {"type": "c-authx", "api_key": "k-typed"}
+
+
+def test_an_untyped_file_dropped_into_the_folder_is_parsed_by_the_plugins(
+        gw: Gateway) -> None:
+    clear(gw)
+    SECRETS.append("tok-dropped")
+    folder = auth_dir(gw)
+    tmp = folder / "dropped.part"  # written whole, then renamed in: never read half
+    tmp.write_text('{"cx_token":"tok-dropped"}')
+    tmp.chmod(0o600)
+    tmp.rename(folder / "dropped.json")
+    wait_for(lambda: stored(gw, "cx-b.json").get("api_key") == "tok-dropped-b",
+             "the dropped file to be imported")
+    assert stored(gw, "cx-a.json")["api_key"] == "tok-dropped-a"
+    assert not (folder / "dropped.json").exists()  # kept aside, no longer a record
+    assert (folder / "dropped.json.imported").exists()
+    tmp.write_text('{"nothing":"here"}')
+    tmp.rename(folder / "unknown.json")
+    wait_for(lambda: 'auth file unknown.json has no "type" and was not imported' in
+             gw.log_tail(3000), "the unknown file to be logged")
+    (folder / "unknown.json").unlink()
+    (folder / "dropped.json.imported").unlink()
 
 
 # ---- auth.refresh -------------------------------------------------------------------

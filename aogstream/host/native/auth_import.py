@@ -12,6 +12,12 @@ no plugin handles is saved as it is when it already says its provider in `type` 
 is a record), and refused otherwise. A plugin's error counts as "not handled" and is
 logged without the file's contents.
 
+`import_dropped` does the same for a file without a `type` dropped into the auth folder
+(the primary looks when the folder changes, and at start): a plugin that handles it
+turns it into records (a single one keeps the file's name, replacing it; with several
+the file is kept beside them as `<name>.imported`); a file no plugin takes is left
+unused and logged once.
+
 `http_request` sends one request through the executor of the plugin that owns a
 record, with that record's credential (`AuthID`, `StorageJSON`, `Metadata`,
 `Attributes`): the plugin makes the call (it knows how its provider authenticates),
@@ -89,6 +95,34 @@ async def import_auth(plugins: Iterable[NativePlugin], store: AuthStore, name: s
                         f"provider name, or that its plugin is enabled")
     raise AuthError("no auth provider recognized the file; name its provider with "
                     "?provider=<name>, or give it a \"type\"")
+
+
+async def import_dropped(plugins: Iterable[NativePlugin], store: AuthStore,
+                         tried: dict[str, bytes]) -> bool:
+    """Parse the untyped files of the auth folder not yet tried as they are now
+    (`tried`: name → the contents tried); True when records were saved."""
+    saved = False
+    for name, rec in list(store.records().items()):
+        if rec.provider or tried.get(name) == rec.raw:
+            continue
+        tried[name] = rec.raw
+        try:
+            made = await import_auth(plugins, store, name, rec.raw)
+        except AuthError as exc:
+            log.warning("auth file %s has no \"type\" and was not imported (%s); it is "
+                        "not used", name, exc)
+            continue
+        except OSError as exc:
+            log.error("auth file %s: its records were not saved (%s)", name, exc.strerror)
+            continue
+        saved = True
+        if name not in {r.name for r in made}:
+            try:
+                (store.dir / name).rename(store.dir / f"{name}.imported")
+            except OSError as exc:
+                log.warning("auth file %s was imported but not renamed (%s)", name,
+                            exc.strerror)
+    return saved
 
 
 async def http_request(plugin: NativePlugin, store: AuthStore, rec: AuthRecord,

@@ -34,7 +34,7 @@ import trio
 import yaml
 
 from aogstream import manifest as m
-from aogstream.host.native import auth_models
+from aogstream.host.native import auth_import, auth_models
 from aogstream.host.native import gojson as gj
 from aogstream.host.native import management as native_management
 from aogstream.host.native.abi import CallError
@@ -252,6 +252,7 @@ class NativePlugins:
         self._primary = False
         self._stamp: tuple[Any, ...] | None = None
         self._auth_stamp: int | None = -1  # the auth folder's mtime when last looked at
+        self._dropped: dict[str, bytes] = {}  # untyped auth files tried with auth.parse
         self._apply_lock = trio.Lock()
         self._stopped = False  # after stop(), config changes are no longer applied
         self._lifecycle = trio.Lock()  # register/reconfigure never overlap
@@ -324,10 +325,11 @@ class NativePlugins:
         return True
 
     async def check_auths(self) -> None:
-        """When the auth folder changed (a record saved, refreshed or removed), ask
-        `model.for_auth` again for the records that changed and route the models that
-        came or went; the primary then rewrites the store rows, which brings the
-        workers here too."""
+        """When the auth folder changed (a record saved, refreshed or removed), hand
+        untyped files dropped into it to the plugins' `auth.parse` (the primary,
+        `auth_import.import_dropped`), ask `model.for_auth` again for the records
+        that changed and route the models that came or went; the primary then
+        rewrites the store rows, which brings the workers here too."""
         async with self._apply_lock:  # the stamp is taken inside: a caller returns once
             try:                         # the change it made is routed
                 stamp: int | None = self.auths.dir.stat().st_mtime_ns
@@ -338,6 +340,9 @@ class NativePlugins:
             # a stamp this fresh may hide a write in the same clock tick: look again
             self._auth_stamp = -2 if stamp is not None and \
                 time.time_ns() - stamp < FRESH_NS else stamp
+            if self._primary:  # untyped files dropped in: the plugins' auth.parse
+                await auth_import.import_dropped(list(self.plugins.values()), self.auths,
+                                                 self._dropped)
             changed = False
             for plugin in sorted(self.plugins.values(), key=lambda p: (-p.priority, p.id)):
                 if plugin.state == "running" and \
