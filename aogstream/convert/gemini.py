@@ -25,18 +25,15 @@ from typing import Any
 from aogstream.convert.chat_form import InvalidRequest, new_id
 from aogstream.convert.chat_stream import ChatStreamTranslator, ToolCall
 from aogstream.convert.engine import ConvertError
-from aogstream.convert.upstream import (
-    Chunk,
-    UpstreamToChat,
-    _chat_answer,
-    _image_url,
-    _json_object,
-    _messages,
-    _obj,
-    _parts,
-    _text,
-    _usage,
-)
+from aogstream.convert.upstream import Chunk, UpstreamToChat
+from aogstream.convert.upstream import chat_answer as _chat_answer
+from aogstream.convert.upstream import chat_messages as _messages
+from aogstream.convert.upstream import image_url as _image_url
+from aogstream.convert.upstream import json_object as _json_object
+from aogstream.convert.upstream import obj as _obj
+from aogstream.convert.upstream import parts as _parts
+from aogstream.convert.upstream import text_of_parts as _text
+from aogstream.convert.upstream import usage as _usage
 
 FORMAT = "gemini"
 # Gemini finish reasons → chat finish reasons (a call in the answer makes it tool_calls)

@@ -340,6 +340,12 @@ def responses_to_chat(body: dict[str, Any]) -> dict[str, Any]:
                         _usage(usage.get("input_tokens"), usage.get("output_tokens")))
 
 
+# the pieces the other upstream translators (`gemini`) share
+obj, chat_messages, parts, text_of_parts, image_url, json_object = (
+    _obj, _messages, _parts, _text, _image_url, _json_object)
+usage, chat_answer = _usage, _chat_answer
+
+
 # ---- upstream stream → chat chunks --------------------------------------------------------
 
 
