@@ -19,7 +19,8 @@ with usage); with translator plugins loaded, the
 `x-lines` executor is routed and serves unary and streamed chat: the normalizers chain
 over both plugins in priority order on the client's body, the first plugin translator
 that answers wins (c-xlate declines requests, so c-xlate2 translates them; c-xlate
-answers the responses, so c-xlate2 is never asked), `response.normalize_before` and
+answers the responses, so c-xlate2 is never asked), and a pair no plugin translates
+(`c-other`'s `x-other`) is a 501 naming the formats, `response.normalize_before` and
 `normalize_after` chain around the translation, per chunk in a stream; for the
 `gemini` executor the native translator wins (no plugin `translate` call) and the
 normalizers still chain after it; for an executor that speaks the client's format no
@@ -97,7 +98,8 @@ def bare_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 @pytest.fixture(scope="module")
 def xlate_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gw = _gateway(tmp_path_factory.mktemp("native-xlate"),
-                  {"c-test": 0, "c-lines": 0, "c-gemini": 0, "c-xlate": 5, "c-xlate2": 1})
+                  {"c-test": 0, "c-lines": 0, "c-gemini": 0, "c-other": 0, "c-xlate": 5,
+                   "c-xlate2": 1})
     gw.start()
     try:
         yield gw
@@ -196,6 +198,18 @@ def test_plugin_translators_make_a_foreign_executor_serve(xlate_gw: Gateway) -> 
         "A before x-lines->openai stream=0", "B before x-lines->openai stream=0",
         "A rtranslate x-lines->openai stream=0",
         "A after x-lines->openai stream=0", "B after x-lines->openai stream=0"]
+
+
+def test_pair_no_plugin_translates_is_a_clear_error(xlate_gw: Gateway) -> None:
+    # c-other is routed (translator plugins are loaded), but none handles x-other
+    since = len(events(xlate_gw))
+    with pytest.raises(openai.APIStatusError) as info:
+        client(xlate_gw).chat.completions.create(model="c-other", messages=MESSAGES)
+    assert info.value.status_code == 501
+    assert "from openai into x-other" in str(info.value)
+    seen = events(xlate_gw)[since:]
+    assert "A translate openai->x-other stream=0" in seen
+    assert "B translate openai->x-other stream=0" in seen
 
 
 def test_plugin_translators_translate_each_stream_chunk(xlate_gw: Gateway) -> None:

@@ -5,7 +5,7 @@
 # the hooks plugin (tests/native/hooks_plugin.c, and
 # built with FRONTEND the frontend-auth one); the translator plugins
 # (tests/native/translate_plugin.c, with SECOND the second one) and the executors of
-# other formats (tests/native/format_plugin.c: x-lines, with GEMINI the gemini one); the auth provider (tests/native/auth_plugin.c); the
+# other formats (tests/native/format_plugin.c: x-lines, with GEMINI the gemini one, with OTHER x-other); the auth provider (tests/native/auth_plugin.c); the
 # benchmarks' native relay executor (benchmarks/native_relay); and the Rust test plugin (tests/native/rust, no
 # external crates, built offline by cargo) as rust-test.so. Quick when nothing changed.
 set -e
@@ -33,6 +33,7 @@ build c-xlate.so "" tests/native/translate_plugin.c
 build c-xlate2.so SECOND tests/native/translate_plugin.c
 build c-lines.so "" tests/native/format_plugin.c
 build c-gemini.so GEMINI tests/native/format_plugin.c
+build c-other.so OTHER tests/native/format_plugin.c
 build native-relay.so "" benchmarks/native_relay/native_relay.c
 cargo build --quiet --offline --release --manifest-path tests/native/rust/Cargo.toml \
   --target-dir "$out/rust-target"

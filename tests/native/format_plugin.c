@@ -19,6 +19,8 @@
  *     responses (two text parts, then finishReason STOP with usageMetadata);
  *   - it records "gemini payload source=<SourceFormat> format=<Format> <the Payload it
  *     got>" for each call.
+ * Built with -DOTHER it is c-other: c-lines under another name and format (`x-other`),
+ * which no test translator handles.
  * Events go, one line each, to the file named by NATIVE_TEST_EVENTS.
  */
 #include <stdint.h>
@@ -29,6 +31,9 @@
 #ifdef GEMINI
 #define NAME "c-gemini"
 #define FORMAT "gemini"
+#elif defined(OTHER)
+#define NAME "c-other"
+#define FORMAT "x-other"
 #else
 #define NAME "c-lines"
 #define FORMAT "x-lines"

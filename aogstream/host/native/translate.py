@@ -133,11 +133,18 @@ class Translation:
         self.original = b""  # the client's request (chat)
         self.translated = b""  # what the executor got
         self.reader: upstream.UpstreamToChat | None = None
+        self._plugins: dict[str, list[NativePlugin]] = {}  # per capability, looked up once
         if self.answer_format != self.client and native(self.answer_format):
             self.reader = formats.stream_to_chat(self.answer_format, info.model)
 
     def _having(self, capability: str) -> list[NativePlugin]:
-        return self.hooks.having(capability) if self.hooks is not None else []
+        """The plugins of a capability, in precedence order (fixed for the request, so a
+        stream does not sort them again for every chunk)."""
+        found = self._plugins.get(capability)
+        if found is None:
+            found = self.hooks.having(capability) if self.hooks is not None else []
+            self._plugins[capability] = found
+        return found
 
     async def _ask(self, plugin: NativePlugin, method: str,
                    request: dict[str, Any]) -> bytes:
