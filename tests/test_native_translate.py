@@ -23,7 +23,9 @@ answers the responses, so c-xlate2 is never asked), and a pair no plugin transla
 (`c-other`'s `x-other`) is a 501 naming the formats, `response.normalize_before` and
 `normalize_after` chain around the translation, per chunk in a stream; for the
 `gemini` executor the native translator wins (no plugin `translate` call) and the
-normalizers still chain after it; for an executor that speaks the client's format no
+normalizers still chain after it; disabling the translator plugins in config.yaml takes
+the `x-lines` executor out of routing again, with its reason, while the `gemini` one
+keeps serving (no plugin hook left to run); for an executor that speaks the client's format no
 translate or normalize hook is called (spec §9.3). Thinking: a chat request with
 `reasoning_effort`, or a Responses request with `reasoning.effort`, for the provider
 `c-gemini` reaches the higher-priority applier (c-xlate, not c-xlate2) with CPA's
@@ -284,6 +286,35 @@ def test_thinking_applier_is_not_asked_without_a_setting(xlate_gw: Gateway) -> N
     payload = wait_event(xlate_gw, since, lambda e: e.startswith("gemini payload "))
     assert "think-about-it" in payload
     assert not any("thinking" in e for e in events(xlate_gw)[since:])
+
+
+# ---- hot reload (last: it changes the gateway) ------------------------------------------
+
+def test_disabling_the_translator_plugins_takes_the_foreign_executor_out(
+        xlate_gw: Gateway) -> None:
+    config = xlate_gw.workdir / "data" / "config.yaml"
+    config.write_text(config.read_text().replace(
+        "    c-xlate:\n      enabled: true", "    c-xlate:\n      enabled: false").replace(
+        "    c-xlate2:\n      enabled: true", "    c-xlate2:\n      enabled: false"))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # the gateway applies the edit on its own
+        entry = listed(xlate_gw, "c-lines")
+        if entry["services"] == []:
+            break
+        time.sleep(0.1)
+    assert entry["services"] == [] and "x-lines" in entry["last_error"], entry
+    assert listed(xlate_gw, "c-gemini")["services"] == ["chat"]  # native: unaffected
+    status = 200
+    while time.monotonic() < deadline:  # every worker process follows the primary
+        try:
+            client(xlate_gw).chat.completions.create(model="c-lines", messages=MESSAGES)
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            break
+        time.sleep(0.1)
+    assert 400 <= status < 500
+    out = client(xlate_gw).chat.completions.create(model="c-gemini", messages=MESSAGES)
+    assert out.choices[0].message.content == "gemini saw: hello norm-me | system: be brief mark"
 
 
 # ---- unit tests -------------------------------------------------------------------------
