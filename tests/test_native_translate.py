@@ -9,30 +9,31 @@ their plugin folder: `c-lines` (tests/native/format_plugin.c: an executor speaki
 of provider `gemini`), `c-gemini` (the same file built with GEMINI: an executor speaking
 only `gemini`), `c-xlate` and `c-xlate2` (tests/native/translate_plugin.c: translators,
 normalizers and thinking appliers, priorities 5 and 1) and `c-test` (an `openai`
-executor); the official `openai` client over loopback.
+executor); the official `openai` and `anthropic` clients and httpx over loopback.
 
 Proven: an executor that declares only a format nobody translates is not routed and the
 plugin list says why, while a `gemini`-only executor serves chat unary and streamed
 through the native gemini translator (its request a real Gemini request, with
 `SourceFormat` and `Format` naming gemini, its Gemini answer and stream back as chat
-with usage); with translator plugins loaded, the
-`x-lines` executor is routed and serves unary and streamed chat: the normalizers chain
-over both plugins in priority order on the client's body, the first plugin translator
-that answers wins (c-xlate declines requests, so c-xlate2 translates them; c-xlate
-answers the responses, so c-xlate2 is never asked), and a pair no plugin translates
-(`c-other`'s `x-other`) is a 501 naming the formats, `response.normalize_before` and
-`normalize_after` chain around the translation, per chunk in a stream; for the
-`gemini` executor the native translator wins (no plugin `translate` call) and the
-normalizers still chain after it; disabling the translator plugins in config.yaml takes
-the `x-lines` executor out of routing again, with its reason, while the `gemini` one
-keeps serving (no plugin hook left to run); for an executor that speaks the client's format no
-translate or normalize hook is called (spec §9.3). Thinking: a chat request with
-`reasoning_effort`, or a Responses request with `reasoning.effort`, for the provider
-`c-gemini` reaches the higher-priority applier (c-xlate, not c-xlate2) with CPA's
-Config, and its body reaches the executor; a request without a setting, and the applier claiming a
-native provider name, are never asked. Unit tests: negotiation with plugin
-translators, the thinking Config read from each format, the applier tie-break by ID,
-and how a plugin translator's stream answer splits into chat chunks.
+with usage; the Anthropic and Responses doors reach it too, through chat); with
+translator plugins loaded, the `x-lines` executor is routed and serves unary and
+streamed chat: the normalizers chain over both plugins in priority order on the client's
+body, the first plugin translator that answers wins (c-xlate declines requests, so
+c-xlate2 translates them; c-xlate answers the responses, so c-xlate2 is never asked),
+and a pair no plugin translates (`c-other`'s `x-other`) is a 501 naming the formats,
+`response.normalize_before` and `normalize_after` chain around the translation, per
+chunk in a stream; for the `gemini` executor the native translator wins (no plugin
+`translate` call) and the normalizers still chain after it; disabling the translator
+plugins in config.yaml takes the `x-lines` executor out of routing again, with its
+reason, while the `gemini` one keeps serving (no plugin hook left to run); for an
+executor that speaks the client's format no translate or normalize hook is called (spec
+§9.3). Thinking: a chat request with `reasoning_effort`, or a Responses request with
+`reasoning.effort`, for the provider `c-gemini` reaches the higher-priority applier
+(c-xlate, not c-xlate2) with CPA's Config, and its body reaches the executor; a request
+without a setting, and the applier claiming a native provider name, are never asked.
+Unit tests: negotiation with plugin translators, the thinking Config read from each
+format, the applier tie-break by ID, and how a plugin translator's stream answer splits
+into chat chunks.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -180,6 +182,23 @@ def test_gemini_executor_serves_chat_through_the_native_translator(bare_gw: Gate
     text, finish = streamed(bare_gw, "c-gemini", MESSAGES)
     assert text == "gemini saw: hello norm-me | system: be brief mark"
     assert finish == "stop"
+
+
+def test_gemini_executor_serves_the_anthropic_and_responses_doors(bare_gw: Gateway) -> None:
+    """The other doors convert to chat first, then chat to Gemini."""
+    ant = anthropic.Anthropic(base_url=bare_gw.url, api_key="unused", max_retries=0,
+                              timeout=30)
+    msg = ant.messages.create(model="c-gemini", max_tokens=50, system="be brief",
+                              messages=[{"role": "user", "content": "hello there"}])
+    assert msg.content[0].type == "text"
+    assert msg.content[0].text == "gemini saw: hello there | system: be brief mark"
+    assert (msg.usage.input_tokens, msg.usage.output_tokens) == (6, 4)
+    with ant.messages.stream(model="c-gemini", max_tokens=50, system="be brief",
+                             messages=[{"role": "user", "content": "hello there"}]) as s:
+        assert "".join(s.text_stream) == "gemini saw: hello there | system: be brief mark"
+    resp = client(bare_gw).responses.create(model="c-gemini", instructions="be brief",
+                                            input="hello there")
+    assert resp.output_text == "gemini saw: hello there | system: be brief mark"
 
 
 # ---- with translator plugins ----------------------------------------------------------
