@@ -384,6 +384,7 @@ def test_thinking_applier_ties_go_to_the_lower_id() -> None:
 
 def test_plugin_translator_stream_answers_split_into_chat_chunks() -> None:
     assert chat_chunks(b'{"a":1}') == [b'{"a":1}']
+    assert chat_chunks(b'{"a":1}\n{"b":2}\n') == [b'{"a":1}', b'{"b":2}']
     assert chat_chunks(b'data: {"a":1}\n\ndata: {"b":2}\n\ndata: [DONE]\n\n') == \
         [b'{"a":1}', b'{"b":2}']
     assert chat_chunks(b"event: x\r\ndata: {\"c\":3}\r\n\r\n") == [b'{"c":3}']
