@@ -105,12 +105,12 @@ def native_chunks(plugin: NativePlugin, reader: upstream.UpstreamToChat,
 
 def chat_chunks(data: bytes) -> list[bytes]:
     """The chat chunks in a plugin translator's stream answer: bare JSON (a line each)
-    or `data:` frames, one or several; `[DONE]` and blank frames skipped, unparsable text kept
-    as it is (relayed, never crashed on: spec §9.7)."""
+    or `data:` frames, one or several; `[DONE]` and blank frames skipped, unparsable
+    text kept as it is (relayed, never crashed on: spec §9.7)."""
     text = data.strip()
     if not text.startswith(b"data:") and not text.startswith(b"event:"):  # bare JSON lines
-        lines = (ln.strip() for ln in text.replace(b"\r\n", b"\n").split(b"\n"))
-        return [ln for ln in lines if ln and ln != b"[DONE]"]
+        bare = [ln.strip() for ln in text.replace(b"\r\n", b"\n").split(b"\n")]
+        return [ln for ln in bare if ln and ln != b"[DONE]"]
     out = []
     for frame in text.replace(b"\r\n", b"\n").split(b"\n\n"):
         lines = [ln[5:].strip() for ln in frame.split(b"\n") if ln.startswith(b"data:")]
