@@ -148,6 +148,18 @@ def test_chat_request_round_trips_through_gemini() -> None:
         "data:image/png;base64,iVBORw0K"
 
 
+@pytest.mark.parametrize(("effort", "budget", "back"), [
+    ("high", 24576, "high"), ("none", 0, "none"), ("auto", -1, "auto"),
+    ("low", 1024, "low")])
+def test_reasoning_effort_is_a_gemini_thinking_budget(effort: str, budget: int,
+                                                      back: str) -> None:
+    gem = formats.request_from_chat(formats.GEMINI, {
+        "messages": [{"role": "user", "content": "x"}], "reasoning_effort": effort})
+    assert gem["generationConfig"]["thinkingConfig"] == {
+        "thinkingBudget": budget, "includeThoughts": budget != 0}
+    assert formats.request_to_chat(formats.GEMINI, gem)["reasoning_effort"] == back
+
+
 def test_gemini_thoughts_and_finish_reasons_read_as_chat() -> None:
     chat = formats.response_to_chat(formats.GEMINI, {
         "candidates": [{"content": {"role": "model", "parts": [

@@ -11,7 +11,9 @@ chat answer or chat chunks as Gemini responses) make `formats` complete for the 
 and are what the round-trip tests check the upstream directions against.
 
 Lossy where the formats differ: chat `n`, `logprobs`, `seed` and `response_format`
-schemas are dropped (a JSON `response_format` becomes `responseMimeType`); Gemini has
+schemas are dropped (a JSON `response_format` becomes `responseMimeType`);
+`reasoning_effort` becomes `thinkingConfig` with CLIProxyAPI's budgets per effort (and a
+budget the nearest effort on the way back); Gemini has
 no call ids, so a call's id is minted on the way to chat and a tool result finds its
 function's name by the id of the call it answers; a Gemini thought part
 (`"thought": true`) is `reasoning_content`.
@@ -45,6 +47,10 @@ GEMINI_FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filt
 CHAT_FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "content_filter": "SAFETY",
                "tool_calls": "STOP", "function_call": "STOP"}
 TOOL_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
+# chat `reasoning_effort` → Gemini `thinkingBudget` (0 turns thinking off, -1 lets the
+# model decide), and back to the nearest effort
+THINKING_BUDGETS = {"none": 0, "auto": -1, "minimal": 512, "low": 1024, "medium": 8192,
+                    "high": 24576, "xhigh": 32768}
 
 
 # ---- chat request → Gemini request ------------------------------------------------------
@@ -128,6 +134,10 @@ def chat_to_gemini(chat: dict[str, Any]) -> dict[str, Any]:
     fmt = _obj(chat.get("response_format")).get("type")
     if fmt in ("json_object", "json_schema"):
         config["responseMimeType"] = "application/json"
+    effort = chat.get("reasoning_effort")
+    if isinstance(effort, str) and effort.lower() in THINKING_BUDGETS:
+        budget = THINKING_BUDGETS[effort.lower()]
+        config["thinkingConfig"] = {"thinkingBudget": budget, "includeThoughts": budget != 0}
     if config:
         out["generationConfig"] = config
     tools = [t["function"] for t in chat.get("tools") or []
@@ -229,6 +239,11 @@ def request_to_chat(body: dict[str, Any]) -> dict[str, Any]:
             out[key] = config[name]
     if config.get("responseMimeType") == "application/json":
         out["response_format"] = {"type": "json_object"}
+    budget = _obj(config.get("thinkingConfig")).get("thinkingBudget")
+    if isinstance(budget, int) and not isinstance(budget, bool):
+        out["reasoning_effort"] = "none" if budget == 0 else "auto" if budget < 0 else min(
+            ("minimal", "low", "medium", "high", "xhigh"),
+            key=lambda e: abs(THINKING_BUDGETS[e] - budget))
     decls = [d for t in body.get("tools") or [] if isinstance(t, dict)
              for d in t.get("functionDeclarations") or [] if isinstance(d, dict)]
     if decls:
