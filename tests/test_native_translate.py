@@ -14,27 +14,26 @@ executor); the official `openai` and `anthropic` clients and httpx over loopback
 Proven: an executor that declares only a format nobody translates is not routed and the
 plugin list says why, while a `gemini`-only executor serves chat unary and streamed
 through the native gemini translator (its request a real Gemini request, with
-`SourceFormat` and `Format` naming gemini, its Gemini answer and stream back as chat
-with usage; the Anthropic and Responses doors reach it too, through chat); with
-translator plugins loaded, the `x-lines` executor is routed and serves unary and
-streamed chat: the normalizers chain over both plugins in priority order on the client's
-body, the first plugin translator that answers wins (c-xlate declines requests, so
-c-xlate2 translates them; c-xlate answers the responses, so c-xlate2 is never asked),
-and a pair no plugin translates (`c-other`'s `x-other`) is a 501 naming the formats,
-`response.normalize_before` and `normalize_after` chain around the translation, per
-chunk in a stream; for the `gemini` executor the native translator wins (no plugin
-`translate` call) and the normalizers still chain after it; disabling the translator
-plugins in config.yaml takes the `x-lines` executor out of routing again, with its
-reason, while the `gemini` one keeps serving (no plugin hook left to run); for an
-executor that speaks the client's format no translate or normalize hook is called (spec
-§9.3). Thinking: a chat request with `reasoning_effort`, or a Responses request with
-`reasoning.effort`, for the provider `c-gemini` reaches the higher-priority applier
+`SourceFormat` and `Format` naming gemini, `reasoning_effort` as its thinking budget,
+its Gemini answer and stream back as chat with usage; the Anthropic and Responses doors
+reach it too, through chat); with translator plugins loaded, the `x-lines` executor is
+routed and serves unary and streamed chat: the normalizers chain over both plugins in
+priority order on the client's body, the first plugin translator that answers wins
+(c-xlate declines requests, so c-xlate2 translates them; c-xlate answers the responses,
+so c-xlate2 is never asked), and a pair no plugin translates (`c-other`'s `x-other`) is
+a 501 naming the formats, `response.normalize_before` and `normalize_after` chain around
+the translation, per chunk in a stream; for the `gemini` executor the native translator
+wins (no plugin `translate` call) and the normalizers still chain after it; disabling
+the translator plugins in config.yaml takes the `x-lines` executor out of routing again,
+with its reason, while the `gemini` one keeps serving (no plugin hook left to run); for
+an executor that speaks the client's format no translate or normalize hook is called
+(spec §9.3). Thinking: a chat request with `reasoning_effort`, or a Responses request
+with `reasoning.effort`, for the provider `c-gemini` reaches the higher-priority applier
 (c-xlate, not c-xlate2) with CPA's Config, and its body reaches the executor; a request
 without a setting, and the applier claiming a native provider name, are never asked.
 Unit tests: negotiation with plugin translators, the thinking Config read from each
 format, the applier tie-break by ID, and how a plugin translator's stream answer splits
-into chat chunks.
-"""
+into chat chunks. """
 
 from __future__ import annotations
 
@@ -182,6 +181,12 @@ def test_gemini_executor_serves_chat_through_the_native_translator(bare_gw: Gate
     text, finish = streamed(bare_gw, "c-gemini", MESSAGES)
     assert text == "gemini saw: hello norm-me | system: be brief mark"
     assert finish == "stop"
+    # the client's reasoning setting reaches it as Gemini's thinking budget
+    since = len(events(bare_gw))
+    client(bare_gw).chat.completions.create(model="c-gemini", messages=MESSAGES,
+                                            reasoning_effort="low")
+    payload = wait_event(bare_gw, since, lambda e: e.startswith("gemini payload "))
+    assert '"thinkingConfig":{"thinkingBudget":1024,"includeThoughts":true}' in payload
 
 
 def test_gemini_executor_serves_the_anthropic_and_responses_doors(bare_gw: Gateway) -> None:
