@@ -33,7 +33,8 @@ with `reasoning.effort`, for the provider `c-gemini` reaches the higher-priority
 without a setting, and the applier claiming a native provider name, are never asked.
 Unit tests: negotiation with plugin translators, the thinking Config read from each
 format, the applier tie-break by ID, and how a plugin translator's stream answer splits
-into chat chunks. """
+into chat chunks.
+"""
 
 from __future__ import annotations
 
