@@ -148,6 +148,22 @@ def test_chat_request_round_trips_through_gemini() -> None:
         "data:image/png;base64,iVBORw0K"
 
 
+def test_reasoning_effort_reaches_claude_and_responses() -> None:
+    chat = {"messages": [{"role": "user", "content": "x"}], "reasoning_effort": "medium",
+            "max_tokens": 100}
+    claude = formats.request_from_chat(formats.CLAUDE, chat)
+    assert claude["thinking"] == {"type": "enabled", "budget_tokens": 8192}
+    assert claude["max_tokens"] > 8192
+    assert formats.request_from_chat(formats.CLAUDE, {**chat, "reasoning_effort": "none"})[
+        "thinking"] == {"type": "disabled"}
+    assert "thinking" not in formats.request_from_chat(formats.CLAUDE, {
+        **chat, "reasoning_effort": "auto"})
+    resp = formats.request_from_chat(formats.OPENAI_RESPONSE, chat)
+    assert resp["reasoning"] == {"effort": "medium"}
+    assert formats.request_to_chat(formats.OPENAI_RESPONSE, resp)["reasoning_effort"] == \
+        "medium"
+
+
 @pytest.mark.parametrize(("effort", "budget", "back"), [
     ("high", 24576, "high"), ("none", 0, "none"), ("auto", -1, "auto"),
     ("low", 1024, "low")])
