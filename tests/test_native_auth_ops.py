@@ -20,7 +20,8 @@ Proven:
   asked in priority order and the first `Handled` wins; its `Auths` are saved, not its
   `Auth`; a named provider that does not take the file is a 400; a record file with a
   `type` is saved as it is; the new records' models route before the answer; an untyped
-  file dropped into the folder is parsed the same way and set aside;
+  file dropped into the folder is parsed the same way and set aside; the records
+  `aogstream plugin run` gets from `command_line.execute` are saved and serve;
 - `auth.refresh`: a record past its `next_refresh_after` is renewed once, in the
   background, the fields the plugin left empty back-filled; a failing refresh is
   retried with back-off and logged without the credential; a 401 from the executor
@@ -37,7 +38,10 @@ No credential ever appears in a management answer or the gateway's log.
 from __future__ import annotations
 
 import json
+import os
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -57,7 +61,6 @@ SECRETS: list[str] = []  # every credential the tests hand the gateway
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     import shutil
-    import subprocess
 
     from conftest import REPO
 
@@ -81,6 +84,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
                 plugin_dir=[PLUGIN_DIR, plugins])
     g.start()
     g.native_events = work / "events.txt"  # type: ignore[attr-defined]
+    g.native_dir = plugins  # type: ignore[attr-defined]
     try:
         yield g
         log = g.log_file.read_text(errors="replace")
@@ -286,6 +290,27 @@ def test_an_untyped_file_dropped_into_the_folder_is_parsed_by_the_plugins(
              gw.log_tail(3000), "the unknown file to be logged")
     (folder / "unknown.json").unlink()
     (folder / "dropped.json.imported").unlink()
+
+
+def test_records_the_command_line_returns_are_saved_and_serve(gw: Gateway) -> None:
+    clear(gw)
+    SECRETS.append("k-cli-secret")
+    data = gw.workdir / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AOGSTREAM_", "AOG_"))}
+    env.update({"AOG_DATA_DIR": str(data),
+                "AOG_PLUGIN_DIR": str(gw.native_dir)})  # type: ignore[attr-defined]
+    out = subprocess.run([sys.executable, "-m", "aogstream", "plugin", "run", "c-authx",
+                          "-login"], cwd=data, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert (out.returncode, out.stdout) == (0, "logged in\n"), out.stderr
+    assert "saved auth record cx-cli (c-authx)" in out.stderr
+    assert "k-cli-secret" not in out.stderr
+    doc = stored(gw, "cx-cli.json")
+    assert doc == {"api_key": "k-cli-secret", "type": "c-authx",
+                   "label": "from the command line"}
+    assert stat.S_IMODE((auth_dir(gw) / "cx-cli.json").stat().st_mode) == 0o600
+    wait_for(lambda: "cx-cx-cli" in models(gw), "the running gateway to route it")
+    assert ask(gw, "cx-cx-cli") == "cx-cx-cli as cx-cli with k-cli-secret"
 
 
 # ---- auth.refresh -------------------------------------------------------------------

@@ -28,7 +28,9 @@
  *   - executor.http_request: a URL containing "/local" answers StatusCode 0, header
  *     X-Local, body "local answer"; else the request is made through host.http.do with
  *     "Authorization: Bearer <key>" and the host's answer returned as it is (event
- *     "http <name> <AuthID> <Method>").
+ *     "http <name> <AuthID> <Method>");
+ *   - command_line (flag -login): prints "logged in" and returns the auth record
+ *     "<prefix>-cli.json" (key "k-cli-secret").
  * Events go to the file named by NATIVE_TEST_EVENTS.
  */
 #include <stdint.h>
@@ -345,6 +347,13 @@ static int http_request(const char* req, size_t n, cliproxy_buffer* response) {
     return rc;
 }
 
+static int command(cliproxy_buffer* response) {
+    char auth[1024], extra[1200];
+    auth_data(auth, sizeof auth, PREFIX "-cli.json", "k-cli-secret", "from the command line");
+    snprintf(extra, sizeof extra, ",\"Stderr\":null,\"Auths\":[%s],\"ExitCode\":0", auth);
+    return ok_bytes(response, "Stdout", "logged in\n", extra);
+}
+
 static int plugin_call(const char* method, const uint8_t* request, size_t request_len,
                        cliproxy_buffer* response) {
     response->ptr = NULL;
@@ -358,6 +367,7 @@ static int plugin_call(const char* method, const uint8_t* request, size_t reques
             "\"Author\":\"aogstream tests\",\"GitHubRepository\":\"https://example.invalid/" NAME
             "\",\"Logo\":\"\",\"ConfigFields\":[]},\"capabilities\":{\"auth_provider\":true,"
             "\"model_provider\":true,\"executor\":true,\"scheduler\":true,"
+            "\"command_line_plugin\":true,"
             "\"executor_model_scope\":\"" SCOPE "\",\"executor_input_formats\":[\"openai\"],"
             "\"executor_output_formats\":[\"openai\"]}}");
     if (strcmp(method, "auth.identifier") == 0)
@@ -367,6 +377,10 @@ static int plugin_call(const char* method, const uint8_t* request, size_t reques
         return ok_reply(response, "{\"Provider\":\"" NAME "\",\"Models\":[{\"ID\":\"" PREFIX
                                   "-static\"}],\"AuthUpdate\":null}");
     }
+    if (strcmp(method, "command_line.register") == 0)
+        return ok_reply(response, "{\"Flags\":[{\"Name\":\"login\",\"Usage\":\"log in\","
+                                  "\"Type\":\"bool\",\"DefaultValue\":\"false\"}]}");
+    if (strcmp(method, "command_line.execute") == 0) return command(response);
     if (strcmp(method, "model.for_auth") == 0) return for_auth(req, n, response);
     if (strcmp(method, "auth.parse") == 0) return parse(req, n, response);
     if (strcmp(method, "auth.refresh") == 0) return refresh(req, n, response);
