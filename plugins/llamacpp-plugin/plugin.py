@@ -50,6 +50,7 @@ grew an engine started with llama_cpp.server's defaults 252 → 327 → 361 → 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -182,27 +183,31 @@ class LlamaCppPlugin(EnginePlugin):
         payload.update(model=name, stream=True)
         final: dict[str, Any] | None = None
         calls = ToolCallDeltas()
-        async for chunk in self._sse(name, engine, CHAT_PATH if chat else COMPLETION_PATH,
-                                     payload):
-            usage = chunk.get("usage")
-            if isinstance(usage, dict) and final is not None:
-                final["usage"] = {k: int(usage.get(k) or 0)
-                                  for k in ("prompt_tokens", "completion_tokens",
-                                            "total_tokens")}
-            choices = chunk.get("choices") or [{}]
-            choice = choices[0] if isinstance(choices[0], dict) else {}
-            delta = choice.get("delta") or {}
-            text = delta.get("content") if chat else choice.get("text")
-            reason = choice.get("finish_reason")
-            tool_calls = calls.feed(delta.get("tool_calls")) if chat else None
-            if text or tool_calls:
-                event = aog_event(chat, chunk, name, text or "", None)
-                if tool_calls:
-                    event["message"]["tool_calls"] = tool_calls
-                yield event
-            if reason and final is None:
-                # held back until the engine's usage chunk, which follows it
-                final = aog_event(chat, chunk, name, "", reason)
+        # closed explicitly: a cancel thrown in at this generator's `yield` never reaches
+        # the inner one, which would keep its engine slot and connection (and the engine
+        # generating) until the garbage collector finalised it
+        async with contextlib.aclosing(self._sse(
+                name, engine, CHAT_PATH if chat else COMPLETION_PATH, payload)) as chunks:
+            async for chunk in chunks:
+                usage = chunk.get("usage")
+                if isinstance(usage, dict) and final is not None:
+                    final["usage"] = {k: int(usage.get(k) or 0)
+                                      for k in ("prompt_tokens", "completion_tokens",
+                                                "total_tokens")}
+                choices = chunk.get("choices") or [{}]
+                choice = choices[0] if isinstance(choices[0], dict) else {}
+                delta = choice.get("delta") or {}
+                text = delta.get("content") if chat else choice.get("text")
+                reason = choice.get("finish_reason")
+                tool_calls = calls.feed(delta.get("tool_calls")) if chat else None
+                if text or tool_calls:
+                    event = aog_event(chat, chunk, name, text or "", None)
+                    if tool_calls:
+                        event["message"]["tool_calls"] = tool_calls
+                    yield event
+                if reason and final is None:
+                    # held back until the engine's usage chunk, which follows it
+                    final = aog_event(chat, chunk, name, "", reason)
         if final is None:
             raise m.PluginError(
                 m.ERR_CODE_INTERNAL,
