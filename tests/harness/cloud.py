@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,18 +20,25 @@ OPENAI_CHAT = "remote_openai-plugin_chat"  # the openai-plugin's chat provider
 
 
 @contextmanager
-def loopback_cloud(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    """`handler` served on a free loopback port (a thread per request); yields its
-    OpenAI base URL (`…/v1`) and shuts it down on exit."""
+def loopback_server(handler: Callable[..., BaseHTTPRequestHandler]) -> Iterator[str]:
+    """`handler` served on a free loopback port (a thread per request); yields the
+    server's base URL (`http://127.0.0.1:<port>`) and shuts it down on exit."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@contextmanager
+def loopback_cloud(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """`handler` as an OpenAI-compatible cloud on loopback; yields its base URL (`…/v1`)."""
+    with loopback_server(handler) as base:
+        yield f"{base}/v1"
 
 
 @contextmanager
