@@ -33,6 +33,7 @@ import threading
 import time
 import wave
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -402,12 +403,23 @@ def keyed_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]
         gw.stop()
 
 
-def test_page_asks_for_the_management_key_and_works_with_it(browser, keyed_gateway):
+@contextmanager
+def fresh_page(browser: Browser, gw: Gateway) -> Iterator[Console]:
+    """The console of `gw` in a browser context of its own (no key kept from another
+    test), closed on exit."""
     context = browser.new_context()
     try:
         page = context.new_page()
         c = Console(page)
-        page.goto(keyed_gateway.url + "/")
+        page.goto(gw.url + "/")
+        yield c
+    finally:
+        context.close()
+
+
+def test_page_asks_for_the_management_key_and_works_with_it(browser, keyed_gateway):
+    with fresh_page(browser, keyed_gateway) as c:
+        page = c.page
         c.wait_for("the key field", "!document.getElementById('key-form').hidden")
         assert "management key" in text_of(c, "notice")
         assert "Could not read" not in text_of(c, "notice")
@@ -418,8 +430,6 @@ def test_page_asks_for_the_management_key_and_works_with_it(browser, keyed_gatew
         assert c.value("document.getElementById('notice').hidden")
         # kept for this tab only, never in localStorage
         assert c.value("localStorage.length") == 0
-    finally:
-        context.close()
 
 
 @pytest.mark.parametrize("path", ["/", "/console/console.js"])
@@ -444,11 +454,8 @@ def api_keyed_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate
 
 
 def test_microphone_works_where_client_api_keys_are_required(browser, api_keyed_gateway):
-    context = browser.new_context()
-    try:
-        page = context.new_page()
-        c = Console(page)
-        page.goto(api_keyed_gateway.url + "/")
+    with fresh_page(browser, api_keyed_gateway) as c:
+        page = c.page
         c.wait_for("the status loaded", "document.body.dataset.loaded === 'true'")
         page.click("#mic")  # no key yet: the socket is refused and the page asks for one
         c.wait_for("the refusal", "document.getElementById('mic').dataset.state === 'failed'")
@@ -466,5 +473,3 @@ def test_microphone_works_where_client_api_keys_are_required(browser, api_keyed_
                    "document.getElementById('mic').dataset.state === 'finished'")
         assert "go forward" in text_of(c, "asr-final").lower()
         assert CLIENT_KEY not in " ".join(c.requests)  # never in a URL
-    finally:
-        context.close()
