@@ -7,6 +7,9 @@ plugin error the gateway answers with: fed the bodies real engines send (llama.c
 `{"error": {"message"}}`, FastAPI's 422 `{"detail": [...]}`, a plain-text traceback),
 each naming a model file, the data directory or a source file, it keeps the message and
 the file's name but drops the folders; a 4xx stays the caller's mistake (INVALID_ARGUMENT).
+And the host's side, `aogstream.errors.from_plugin_code`, where every plugin's error
+becomes the gateway's answer: an unexpected failure the SDK reports as
+`OSError: ... '<path>'` names the file, not its folders.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import pytest
 
 from aogstream import manifest as m
 from aogstream.engines.base import engine_error
+from aogstream.errors import from_plugin_code
 
 DATA = "/srv/aog/data/engines/llamacpp-plugin"
 CASES = [
@@ -46,3 +50,11 @@ def test_an_engine_error_keeps_its_words_but_names_no_server_folder(status, body
 def test_an_engine_error_leaves_urls_and_expressions_alone():
     err = engine_error(400, b'{"error": "POST http://127.0.0.1:8080/v1/chat failed; a/b"}')
     assert err.message == "POST http://127.0.0.1:8080/v1/chat failed; a/b"
+
+
+def test_a_plugins_unexpected_failure_reaches_the_answer_without_its_folders():
+    message = f"OSError: [Errno 2] No such file or directory: '{DATA}/models/smol/smol.gguf'"
+    err = from_plugin_code(m.ERR_CODE_INTERNAL, message, "llamacpp-plugin")
+    assert err.status == 500
+    assert "/srv" not in err.message and "smol.gguf" in err.message, err.message
+    assert err.message.startswith("llamacpp-plugin: OSError: [Errno 2]"), err.message
