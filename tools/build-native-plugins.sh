@@ -7,15 +7,17 @@
 # (tests/native/translate_plugin.c, with SECOND the second one) and the executors of
 # other formats (tests/native/format_plugin.c: x-lines, with GEMINI the gemini one, with OTHER x-other); the auth provider (tests/native/auth_plugin.c); the
 # benchmarks' native relay executor (benchmarks/native_relay); and the Rust test plugin (tests/native/rust, no
-# external crates, built offline by cargo) as rust-test.so. Quick when nothing changed.
+# external crates, built offline by cargo) as rust-test.so. The C ones share the ABI
+# boilerplate of tests/native/cliproxy_plugin.h. Quick when nothing changed.
 set -e
 cd "$(dirname "$0")/.."
 src=tests/native/test_plugin.c
+header=tests/native/cliproxy_plugin.h
 out=.cache/native-plugins
 mkdir -p "$out"
 build() {  # build <file name> [define] [source]
   from=${3:-$src}
-  if [ ! -f "$out/$1" ] || [ "$from" -nt "$out/$1" ]; then
+  if [ ! -f "$out/$1" ] || [ "$from" -nt "$out/$1" ] || [ "$header" -nt "$out/$1" ]; then
     gcc -O2 -Wall -Wextra -shared -fPIC -pthread ${2:+-D$2} -o "$out/$1.tmp" "$from"
     mv "$out/$1.tmp" "$out/$1"
   fi
