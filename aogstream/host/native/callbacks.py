@@ -188,6 +188,13 @@ class HostServices:
         self._streams.pop(stream.id, None)
         stream.queue.abort()
 
+    def end_streams(self, plugin: str, message: str) -> None:
+        """End every open executor stream of `plugin` with an error (its host process
+        died: no emit or close will come)."""
+        for stream in [s for s in self._streams.values() if s.plugin == plugin]:
+            self._streams.pop(stream.id, None)
+            stream.queue.end(StreamError(message), on_loop=True)
+
     async def aclose(self) -> None:
         for stream in [*self._http_streams.values(), *self._model_streams.values()]:
             await stream.response.aclose()

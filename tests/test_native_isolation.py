@@ -1,0 +1,292 @@
+"""`isolation: process`: a native plugin in a host process of ours survives its own crash.
+
+Real parts: gateway subprocesses (tests/conftest.py, one serving process each), the C
+test plugin built by gcc with CRASH (tests/native/test_plugin.c → c-crash.so, whose
+executor dereferences NULL for the model c-crash: unary at once, streamed on its own
+thread after one `host.stream.emit`) loaded with `plugins.configs.c-crash.isolation:
+process`, the Rust test plugin loaded in process beside it, the official `openai` client
+and plain HTTP over loopback, and the real host processes (their pids checked with
+the kernel).
+
+Proven: an isolated plugin serves chat unary and streamed (synchronous chunks and the
+asynchronous `host.stream.emit`/`close` relayed from its process) from a process that
+is not the gateway's; a crash fails the request in flight with a 502 naming the plugin
+and saying the native code crashed and is being restarted, and ends another plugin
+stream in flight with that error; a crash mid-stream ends the stream with that error;
+the gateway answers other plugins during and after; the plugin serves again from a new
+process (re-registered with the same config) after the restart; a crash loop is fused
+and listed as failed, saying why, on `/aog/v0.2/plugin/list` and `GET
+/v0/management/plugins`; an unknown `isolation` value is a config error naming the
+plugin; disabling the plugin shuts it down and reaps its process, and a gateway killed
+outright leaves no host process behind. (The same crash in process is not tested: it
+would kill the gateway, which is the point.)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from conftest import REPO, Gateway
+
+BUILT = REPO / ".cache" / "native-plugins"
+WAIT = 30.0  # bound on every wait for a condition (s)
+
+
+def _arch() -> str:
+    m = platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(m, m)
+
+
+def _build() -> None:
+    subprocess.run([str(REPO / "tools" / "build-native-plugins.sh")], check=True)
+
+
+def _config(extra: str = "", crash_enabled: bool = True) -> str:
+    return ("plugins:\n"
+            "  enabled: true\n"
+            "  configs:\n"
+            "    c-crash:\n"
+            f"      enabled: {'true' if crash_enabled else 'false'}\n"
+            "      isolation: process\n"
+            "      greeting: isolated\n"
+            "    rust-test:\n"
+            "      enabled: true\n" + extra)
+
+
+def _gateway(work: Path, extra: str = "") -> Gateway:
+    plugins = work / "native-plugins"
+    (plugins / "linux" / _arch()).mkdir(parents=True)
+    shutil.copy(BUILT / "c-crash.so", plugins / "linux" / _arch() / "c-crash.so")
+    shutil.copy(BUILT / "rust-test.so", plugins / "rust-test.so")
+    data = work / "gw" / "data"
+    data.mkdir(parents=True)
+    (data / "config.yaml").write_text(_config(extra))
+    gw = Gateway(work / "gw", {"NATIVE_TEST_EVENTS": str(work / "events.txt"),
+                               "AOGSTREAM_WORKERS": "1"}, plugin_dir=[plugins])
+    gw.native_events = work / "events.txt"  # type: ignore[attr-defined]
+    return gw
+
+
+@pytest.fixture(scope="module")
+def iso_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    _build()
+    work = tmp_path_factory.mktemp("isolation")
+    gw = _gateway(work, "    c-sandboxed:\n      enabled: true\n      isolation: sandbox\n")
+    shutil.copy(BUILT / "c-test.so", work / "native-plugins" / "c-sandboxed.so")
+    gw.start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def oai(gw: Gateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0,
+                         timeout=30)
+
+
+def entry(gw: Gateway, name: str = "c-crash") -> dict[str, Any]:
+    listing = httpx.get(f"{gw.url}/aog/v0.2/plugin/list", timeout=10).json()["data"]
+    found: dict[str, Any] = next(p for p in listing if p["name"] == name)
+    return found
+
+
+def wait_for(what: str, check: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {WAIT:g} s: {what}")
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def ask(gw: Gateway, model: str, text: str = "hi") -> httpx.Response:
+    return httpx.post(f"{gw.url}/v1/chat/completions", timeout=30, json={
+        "model": model, "messages": [{"role": "user", "content": text}]})
+
+
+def whoami(gw: Gateway) -> int:
+    r = ask(gw, "c-echo", "whoami")
+    assert r.status_code == 200, r.text
+    return int(r.json()["choices"][0]["message"]["content"].split()[1])
+
+
+def running_again(gw: Gateway, old_pid: int) -> Callable[[], bool]:
+    def check() -> bool:
+        e = entry(gw)
+        return e["state"] == "running" and e["pid"] not in (None, old_pid)
+    return check
+
+
+def sse_datas(text: str) -> list[str]:
+    return [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
+
+
+# ---- serving ------------------------------------------------------------------------------
+
+def test_isolated_plugin_serves_chat_from_its_own_process(iso_gw: Gateway) -> None:
+    e = entry(iso_gw)
+    assert e["state"] == "running" and e["isolation"] == "process", e
+    assert iso_gw.proc is not None
+    pid = whoami(iso_gw)
+    assert pid == e["pid"] and pid != iso_gw.proc.pid and alive(pid)
+    client = oai(iso_gw)
+    answer = client.chat.completions.create(
+        model="c-echo", messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content == "hello from C"
+    sync = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="c-echo", messages=[{"role": "user", "content": "hi"}], stream=True))
+    assert sync == "hello from C"
+    emitted = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="c-async", messages=[{"role": "user", "content": "hi"}], stream=True))
+    assert emitted == "hello from a C thread"
+
+
+def test_config_reaches_the_isolated_plugin(iso_gw: Gateway) -> None:
+    path: Path = iso_gw.native_events  # type: ignore[attr-defined]
+    registered = [base64.b64decode(line.split()[1]).decode()
+                  for line in path.read_text().splitlines() if line.startswith("register ")]
+    assert any("greeting: isolated" in r and "isolation: process" in r for r in registered)
+
+
+def test_unknown_isolation_value_is_a_config_error_naming_the_plugin(iso_gw: Gateway) -> None:
+    e = entry(iso_gw, "c-sandboxed")
+    assert e["state"] == "failed", e
+    assert "plugins.configs.c-sandboxed.isolation" in e["last_error"]
+    assert "'sandbox'" in e["last_error"] and "'process'" in e["last_error"]
+
+
+# ---- crashes --------------------------------------------------------------------------------
+
+def test_crash_fails_calls_in_flight_and_the_plugin_serves_again_after_a_restart(
+        iso_gw: Gateway) -> None:
+    before = whoami(iso_gw)
+    restarts = entry(iso_gw)["restarts"]
+    # a stream of the same plugin in flight: the crash must end it with the error too
+    started = threading.Event()
+    streamed: list[str] = []
+
+    def hold_stream() -> None:
+        with httpx.stream("POST", f"{iso_gw.url}/v1/chat/completions", timeout=30, json={
+                "model": "c-async", "messages": [{"role": "user", "content": "forever"}],
+                "stream": True}) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    streamed.append(line[5:].strip())
+                    started.set()
+
+    holder = threading.Thread(target=hold_stream, daemon=True)
+    holder.start()
+    assert started.wait(WAIT)
+    crashed = ask(iso_gw, "c-crash")
+    assert crashed.status_code == 502, crashed.text
+    message = crashed.json()["error"]["message"]
+    assert "native plugin c-crash" in message and "crashed" in message
+    assert "SIGSEGV" in message and "restarted" in message
+    holder.join(WAIT)
+    assert not holder.is_alive()
+    assert "crashed" in streamed[-1] and "c-crash" in streamed[-1], streamed[-3:]
+    # the gateway and the other plugin serve on
+    other = ask(iso_gw, "rust-echo")
+    assert other.status_code == 200, other.text
+    assert httpx.get(f"{iso_gw.url}/health", timeout=10).status_code == 200
+    wait_for("the crashed process is reaped", lambda: not alive(before))
+    wait_for("the plugin runs again in a new process", running_again(iso_gw, before))
+    assert entry(iso_gw)["restarts"] == restarts + 1
+    after = whoami(iso_gw)
+    assert after != before and after == entry(iso_gw)["pid"]
+    assert ask(iso_gw, "c-echo").json()["choices"][0]["message"]["content"] == "hello from C"
+
+
+def test_crash_mid_stream_ends_the_stream_with_the_error(iso_gw: Gateway) -> None:
+    before = whoami(iso_gw)
+    r = httpx.post(f"{iso_gw.url}/v1/chat/completions", timeout=30, json={
+        "model": "c-crash", "messages": [{"role": "user", "content": "hi"}], "stream": True})
+    datas = sse_datas(r.text)
+    assert json.loads(datas[0])["choices"][0]["delta"]["content"] == "hello"
+    assert "crashed" in datas[-1] and "restarted" in datas[-1], datas
+    assert "[DONE]" not in datas
+    assert ask(iso_gw, "rust-echo").status_code == 200
+    wait_for("the plugin runs again in a new process", running_again(iso_gw, before))
+    assert ask(iso_gw, "c-async").status_code == 200
+
+
+# ---- a crash loop, disabling, and the gateway's own end -----------------------------------
+
+def test_crash_loop_is_fused_and_listed_with_the_reason(tmp_path: Path) -> None:
+    _build()
+    gw = _gateway(tmp_path).start()
+    try:
+        for _crash in range(10):  # each crash is a restart, until fused
+            wait_for("running or fused", lambda: entry(gw)["state"] in ("running", "failed"))
+            if entry(gw)["state"] == "failed":
+                break
+            pid = entry(gw)["pid"]
+            assert ask(gw, "c-crash").status_code == 502
+            wait_for("the crashed process is reaped", lambda p=pid: not alive(p))
+        e = entry(gw)
+        assert e["state"] == "failed" and "not restarted again" in e["last_error"], e
+        assert "SIGSEGV" in e["last_error"]
+        refused = ask(gw, "c-echo")
+        assert refused.status_code == 503 and "not restarted again" in refused.text
+        key = (gw.workdir / "data" / "management.key").read_text().strip()
+        listing = httpx.get(f"{gw.url}/v0/management/plugins", timeout=10,
+                            headers={"X-Management-Key": key}).json()["plugins"]
+        item = next(p for p in listing if p["id"] == "c-crash")
+        assert item["state"] == "failed" and "not restarted again" in item["last_error"]
+        assert item["registered"] is False and item["isolation"] == "process"
+        assert ask(gw, "rust-echo").status_code == 200
+    finally:
+        gw.stop()
+
+
+def test_disabling_reaps_the_process_and_a_killed_gateway_leaves_none(tmp_path: Path) -> None:
+    _build()
+    gw = _gateway(tmp_path).start()
+    config = gw.workdir / "data" / "config.yaml"
+    pids: list[int] = []
+    try:
+        first = entry(gw)["pid"]
+        pids.append(first)
+        assert alive(first)
+        config.write_text(_config(crash_enabled=False))
+        wait_for("disabled", lambda: entry(gw)["state"] == "disabled")
+        wait_for("its process reaped", lambda: not alive(first))
+        path: Path = gw.native_events  # type: ignore[attr-defined]
+        assert path.read_text().splitlines()[-1] == "shutdown"  # the plugin's shutdown()
+        config.write_text(_config())
+        wait_for("enabled again", lambda: entry(gw)["state"] == "running")
+        second = entry(gw)["pid"]
+        pids.append(second)
+        assert second != first and alive(second)
+        assert gw.proc is not None
+        gw.proc.send_signal(signal.SIGKILL)  # no clean-up code runs in the gateway
+        gw.proc.wait(10)
+        wait_for("no host process outlives the gateway", lambda: not alive(second))
+    finally:
+        gw.stop()
+        for pid in pids:  # never leave one of ours behind, even when the test fails
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
