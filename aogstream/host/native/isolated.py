@@ -46,6 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aogstream.host.native.abi import CallError, Crashed, LoadError, NativeLibrary
+from aogstream.host.native.gojson import failure
 
 log = logging.getLogger("aogstream.native")
 
@@ -340,7 +341,11 @@ class IsolatedLibrary:
         self._ended()
 
     def _callback(self, ident: int, method: str, data: bytes) -> None:
-        reply = self.on_host_call(method, data)
+        try:
+            reply = self.on_host_call(method, data)
+        except Exception:  # the plugin's thread must get an answer
+            log.exception("native plugin %s: host callback %s failed", self.name, method)
+            reply = failure(f"{method} failed in the host")
         assert self._chan is not None
         self._chan.send(HOSTREPLY, ident, 0, "", reply or b"")
 
