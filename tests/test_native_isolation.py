@@ -290,3 +290,60 @@ def test_disabling_reaps_the_process_and_a_killed_gateway_leaves_none(tmp_path: 
         for pid in pids:  # never leave one of ours behind, even when the test fails
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# ---- the relay itself, without a gateway ------------------------------------------------------
+
+async def test_relayed_emits_wait_at_the_stream_limit_and_fail_once_it_closes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C plugin's own thread emits every 5 ms into a stream nobody reads: through
+    the relay it stops at the 16-chunk limit as in process, moves on when a chunk is
+    taken, and is refused (and stops) once the stream closes; shutdown reaps the
+    process after the plugin's `shutdown()`."""
+    import trio
+
+    from aogstream.host.native.callbacks import STREAM_BUFFER, HostServices
+    from aogstream.host.native.isolated import IsolatedLibrary
+
+    _build()
+    log = tmp_path / "events.txt"
+    monkeypatch.setenv("NATIVE_TEST_EVENTS", str(log))  # the host process inherits it
+    host = HostServices()
+    lib = IsolatedLibrary(BUILT / "c-test.so", lambda m, d: host.handle("p", m, d), "p",
+                          host_call_nowait=lambda m, d: host.handle_nowait("p", m, d))
+    lib.spawn()
+    pid = lib.pid
+    assert pid is not None and pid != os.getpid()
+    try:
+        await trio.to_thread.run_sync(lib.open)
+        await trio.to_thread.run_sync(lib.call, "plugin.register",
+                                      b'{"config_yaml":"","schema_version":3}')
+        stream = host.open_stream("p")
+        request = json.dumps({"Model": "c-async", "stream_id": stream.id,
+                              "Payload": base64.b64encode(b"forever").decode()},
+                             separators=(",", ":")).encode()  # C reads `"key":"value"`
+        reply = await trio.to_thread.run_sync(lib.call, "executor.execute_stream", request)
+        assert b'"ok":true' in reply
+        await until(lambda: stream.queue.waiting() == STREAM_BUFFER)
+        await trio.sleep(0.2)  # 40 more emits' time: none got through
+        assert stream.queue.waiting() == STREAM_BUFFER
+        assert b"hello" in await stream.queue.get()
+        # room for one: the waiting emit goes through
+        await until(lambda: stream.queue.waiting() == STREAM_BUFFER)
+        host.abort_stream(stream)
+        await until(lambda: any(e.startswith("aborted ") for e in
+                                (log.read_text().splitlines() if log.exists() else [])))
+    finally:
+        await trio.to_thread.run_sync(lib.shutdown, 5.0)
+        await host.aclose()
+    assert log.read_text().splitlines()[-1] == "shutdown"
+    assert not alive(pid)
+
+
+async def until(check: Callable[[], bool]) -> None:
+    """Poll `check` on the loop (a thread of the plugin changes what it reads), bounded."""
+    import trio
+
+    with trio.fail_after(WAIT):
+        while not check():  # noqa: ASYNC110 - the change comes from another process
+            await trio.sleep(0.005)

@@ -73,6 +73,16 @@ class Channel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._send_lock = threading.Lock()
+        # buffered: a burst of small frames (stream chunks) is one system call
+        self._rfile = sock.makefile("rb", buffering=256 * 1024)
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._rfile.close()
+        self.sock.close()
 
     def send(self, kind: int, ident: int, status: int = 0, method: str = "",
              data: bytes = b"") -> bool:
@@ -98,16 +108,13 @@ class Channel:
         return kind, ident, status, method, body[start + mlen:]
 
     def _exact(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            try:
-                piece = self.sock.recv(n - len(buf))
-            except OSError as exc:
-                raise ConnectionGone(str(exc)) from None
-            if not piece:
-                raise ConnectionGone("end of stream")
-            buf += piece
-        return bytes(buf)
+        try:
+            data: bytes = self._rfile.read(n)
+        except (OSError, ValueError) as exc:  # ValueError: closed under us
+            raise ConnectionGone(str(exc)) from None
+        if len(data) < n:
+            raise ConnectionGone("end of stream")
+        return data
 
 
 class Workers:
@@ -174,11 +181,17 @@ class IsolatedLibrary:
     `open()` on a worker thread."""
 
     def __init__(self, path: Path, on_host_call: Callable[[str, bytes], bytes | None],
-                 name: str = "", on_exit: Callable[[str], None] | None = None) -> None:
+                 name: str = "", on_exit: Callable[[str], None] | None = None,
+                 host_call_nowait: Callable[[str, bytes], bytes | None] | None = None
+                 ) -> None:
         """`on_exit(why)`: called once, from a thread of ours, when the process ends
-        without being asked to (not after `shutdown`)."""
+        without being asked to (not after `shutdown`); `host_call_nowait(method,
+        data)`: the answer to a callback that needs no waiting (an emit with room),
+        given on the reader thread, or None to send it to `on_host_call` on a thread
+        that may block."""
         self.path = path
         self.on_host_call = on_host_call
+        self.host_call_nowait = host_call_nowait
         self.on_exit = on_exit
         self.name = name or path.stem
         self._proc: subprocess.Popen[bytes] | None = None
@@ -274,7 +287,7 @@ class IsolatedLibrary:
                 proc.kill()
                 proc.wait()
         if self._chan is not None:
-            self._chan.sock.close()
+            self._chan.close()
 
     def kill(self) -> None:
         """End the process now (a load that failed half way)."""
@@ -331,6 +344,16 @@ class IsolatedLibrary:
                         pending.status, pending.data = status, data
                         pending.done.set()
                 elif kind == HOSTCALL:
+                    if self.host_call_nowait is not None:
+                        try:
+                            reply = self.host_call_nowait(method, data)
+                        except Exception:  # it goes the slow way, which answers
+                            log.exception("native plugin %s: host callback %s failed",
+                                          self.name, method)
+                            reply = None
+                        if reply is not None:
+                            chan.send(HOSTREPLY, ident, 0, "", reply)
+                            continue
                     self._callbacks.submit(functools.partial(self._callback, ident, method,
                                                              data))
         except ConnectionGone:

@@ -127,7 +127,8 @@ class NativePlugin:
 
     def _library(self) -> NativeLibrary | IsolatedLibrary:
         if self.isolated:
-            return IsolatedLibrary(self.path, self._on_host_call, self.id, self._on_exit)
+            return IsolatedLibrary(self.path, self._on_host_call, self.id, self._on_exit,
+                                   self._on_host_call_nowait)
         return NativeLibrary(self.path, self._on_host_call)
 
     @property
@@ -137,6 +138,9 @@ class NativePlugin:
 
     def _on_host_call(self, method: str, data: bytes) -> bytes | None:
         return self.host.handle(self.id, method, data)
+
+    def _on_host_call_nowait(self, method: str, data: bytes) -> bytes | None:
+        return self.host.handle_nowait(self.id, method, data)
 
     # ---- calls -------------------------------------------------------------------------
 
