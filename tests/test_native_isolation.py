@@ -17,14 +17,19 @@ the gateway answers other plugins during and after; the plugin serves again from
 process (re-registered with the same config) after the restart; a crash loop is fused
 and listed as failed, saying why, on `/aog/v0.2/plugin/list` and `GET
 /v0/management/plugins`; an unknown `isolation` value is a config error naming the
-plugin; disabling the plugin shuts it down and reaps its process, and a gateway killed
-outright leaves no host process behind. (The same crash in process is not tested: it
-would kill the gateway, which is the point.)
+plugin; `host.http.do` (a callback answered on the gateway's loop) works from the host
+process and a client leaving mid-stream stops the plugin's stream there too; a host
+process killed from outside is restarted; disabling the plugin shuts it down and reaps
+its process, and a gateway killed outright leaves no host process behind. Without a
+gateway: the relay keeps emit's backpressure (the plugin's thread stops at 16 waiting
+chunks and is refused once the stream closes). (The same crash in process is not
+tested: it would kill the gateway, which is the point.)
 """
 
 from __future__ import annotations
 
 import base64
+import http.server
 import json
 import os
 import platform
@@ -178,6 +183,51 @@ def test_unknown_isolation_value_is_a_config_error_naming_the_plugin(iso_gw: Gat
     assert "'sandbox'" in e["last_error"] and "'process'" in e["last_error"]
 
 
+class _Page(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # http.server calls it by this name
+        body = f"fetched {self.path} for {self.headers.get('X-Plugin')}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_host_http_do_from_the_isolated_process_reaches_a_loopback_server(
+        iso_gw: Gateway) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/page"
+        r = ask(iso_gw, "c-echo", f"fetch {url}")
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == "fetched /page for c-test"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_client_leaving_mid_stream_stops_the_isolated_plugins_stream(iso_gw: Gateway) -> None:
+    path: Path = iso_gw.native_events  # type: ignore[attr-defined]
+
+    def aborted() -> int:
+        return sum(1 for e in path.read_text().splitlines() if e.startswith("aborted "))
+
+    before = aborted()
+    with httpx.stream("POST", f"{iso_gw.url}/v1/chat/completions", timeout=30, json={
+            "model": "c-async", "messages": [{"role": "user", "content": "forever"}],
+            "stream": True}) as r:
+        seen = 0
+        for line in r.iter_lines():
+            seen += line.startswith("data:")
+            if seen == 3:
+                break  # the client leaves
+    wait_for("the plugin's next emit is refused and it stops", lambda: aborted() > before)
+
+
 # ---- crashes --------------------------------------------------------------------------------
 
 def test_crash_fails_calls_in_flight_and_the_plugin_serves_again_after_a_restart(
@@ -231,6 +281,13 @@ def test_crash_mid_stream_ends_the_stream_with_the_error(iso_gw: Gateway) -> Non
     assert ask(iso_gw, "rust-echo").status_code == 200
     wait_for("the plugin runs again in a new process", running_again(iso_gw, before))
     assert ask(iso_gw, "c-async").status_code == 200
+
+
+def test_host_process_killed_from_outside_is_restarted(iso_gw: Gateway) -> None:
+    before = whoami(iso_gw)
+    os.kill(before, signal.SIGKILL)
+    wait_for("the plugin runs again in a new process", running_again(iso_gw, before))
+    assert whoami(iso_gw) != before
 
 
 # ---- a crash loop, disabling, and the gateway's own end -----------------------------------

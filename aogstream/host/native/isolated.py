@@ -124,7 +124,7 @@ class Workers:
 
     def __init__(self, name: str) -> None:
         self._name = name
-        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0
         self._count = 0
@@ -143,9 +143,18 @@ class Workers:
             threading.Thread(target=self._run, name=f"{self._name} {self._count}",
                              daemon=True).start()
 
+    def close(self) -> None:
+        """Every thread ends once the jobs queued before this are done."""
+        with self._lock:
+            count, self._count = self._count, MAX_THREADS  # no new threads
+        for _ in range(count):
+            self._jobs.put(None)
+
     def _run(self) -> None:
         while True:
             job = self._jobs.get()
+            if job is None:
+                return
             try:
                 job()
             except BaseException:  # a job never ends the thread
@@ -391,6 +400,9 @@ class IsolatedLibrary:
         for p in pending:
             p.status = -1
             p.done.set()
+        self._callbacks.close()  # a restart makes new ones: these threads end
+        if self._chan is not None:
+            self._chan.close()
         if not stopping:
             log.error("native plugin %s: its host process ended (%s)", self.name, self._dead)
             if self.on_exit is not None:
