@@ -60,14 +60,15 @@ def _build() -> None:
     subprocess.run([str(REPO / "tools" / "build-native-plugins.sh")], check=True)
 
 
-def _config(extra: str = "", crash_enabled: bool = True) -> str:
+def _config(extra: str = "", crash_enabled: bool = True, greeting: str = "isolated",
+            isolation: str = "process") -> str:
     return ("plugins:\n"
             "  enabled: true\n"
             "  configs:\n"
             "    c-crash:\n"
             f"      enabled: {'true' if crash_enabled else 'false'}\n"
-            "      isolation: process\n"
-            "      greeting: isolated\n"
+            f"      isolation: {isolation}\n"
+            f"      greeting: {greeting}\n"
             "    rust-test:\n"
             "      enabled: true\n" + extra)
 
@@ -234,6 +235,7 @@ def test_crash_fails_calls_in_flight_and_the_plugin_serves_again_after_a_restart
         iso_gw: Gateway) -> None:
     before = whoami(iso_gw)
     restarts = entry(iso_gw)["restarts"]
+    registrations = len(registered(iso_gw))
     # a stream of the same plugin in flight: the crash must end it with the error too
     started = threading.Event()
     streamed: list[str] = []
@@ -265,6 +267,8 @@ def test_crash_fails_calls_in_flight_and_the_plugin_serves_again_after_a_restart
     wait_for("the crashed process is reaped", lambda: not alive(before))
     wait_for("the plugin runs again in a new process", running_again(iso_gw, before))
     assert entry(iso_gw)["restarts"] == restarts + 1
+    again = registered(iso_gw)[registrations:]  # registered anew, with the same config
+    assert again and again[-1].startswith("register ") and "greeting: isolated" in again[-1]
     after = whoami(iso_gw)
     assert after != before and after == entry(iso_gw)["pid"]
     assert ask(iso_gw, "c-echo").json()["choices"][0]["message"]["content"] == "hello from C"
@@ -319,7 +323,17 @@ def test_crash_loop_is_fused_and_listed_with_the_reason(tmp_path: Path) -> None:
         gw.stop()
 
 
-def test_disabling_reaps_the_process_and_a_killed_gateway_leaves_none(tmp_path: Path) -> None:
+def registered(gw: Gateway) -> list[str]:
+    """The config YAML of every plugin.register / reconfigure, as "register <yaml>"."""
+    path: Path = gw.native_events  # type: ignore[attr-defined]
+    return [f"{line.split()[0]} {base64.b64decode(line.split()[1]).decode()}"
+            for line in path.read_text().splitlines()
+            if line.startswith(("register ", "reconfigure "))]
+
+
+def test_config_edits_reconfigure_switch_isolation_and_disabling_reaps_the_process(
+        tmp_path: Path) -> None:
+    """Then a gateway killed outright leaves no host process behind."""
     _build()
     gw = _gateway(tmp_path).start()
     config = gw.workdir / "data" / "config.yaml"
@@ -328,6 +342,20 @@ def test_disabling_reaps_the_process_and_a_killed_gateway_leaves_none(tmp_path: 
         first = entry(gw)["pid"]
         pids.append(first)
         assert alive(first)
+        config.write_text(_config(greeting="changed"))  # reconfigured in its process
+        wait_for("reconfigured", lambda: any(
+            r.startswith("reconfigure ") and "greeting: changed" in r for r in registered(gw)))
+        assert entry(gw)["pid"] == first and whoami(gw) == first
+        config.write_text(_config(greeting="changed", isolation="in-process"))
+        wait_for("loaded in process", lambda: entry(gw)["isolation"] == "in-process")
+        assert gw.proc is not None and whoami(gw) == gw.proc.pid
+        wait_for("the old host process reaped", lambda: not alive(first))
+        config.write_text(_config(greeting="changed"))
+        wait_for("isolated again", lambda: entry(gw)["isolation"] == "process"
+                 and entry(gw)["pid"] is not None)
+        first = entry(gw)["pid"]
+        pids.append(first)
+        assert whoami(gw) == first != gw.proc.pid
         config.write_text(_config(crash_enabled=False))
         wait_for("disabled", lambda: entry(gw)["state"] == "disabled")
         wait_for("its process reaped", lambda: not alive(first))
