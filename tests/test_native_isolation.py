@@ -272,6 +272,10 @@ def test_crash_fails_calls_in_flight_and_the_plugin_serves_again_after_a_restart
     after = whoami(iso_gw)
     assert after != before and after == entry(iso_gw)["pid"]
     assert ask(iso_gw, "c-echo").json()["choices"][0]["message"]["content"] == "hello from C"
+    key = (iso_gw.workdir / "data" / "management.key").read_text().strip()
+    routed = httpx.get(f"{iso_gw.url}/v0/management/c-test/status", timeout=10,
+                       headers={"X-Management-Key": key})  # its route, served by the new one
+    assert routed.status_code == 200 and routed.json()["plugin"] == "c-test", routed.text
 
 
 def test_crash_mid_stream_ends_the_stream_with_the_error(iso_gw: Gateway) -> None:

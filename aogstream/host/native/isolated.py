@@ -216,6 +216,11 @@ class IsolatedLibrary:
         self._callbacks = Workers(f"native {self.name} callbacks")
 
     @property
+    def ended(self) -> str:
+        """How the process ended ("" while it runs)."""
+        return self._dead
+
+    @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None and not self._dead else None
 

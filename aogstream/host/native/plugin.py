@@ -176,6 +176,7 @@ class NativePlugin:
             self._fail(str(exc))
         else:
             self.state = "running"
+            self._check_alive()
             if gj.boolean(self.capabilities, "frontend_auth_provider"):
                 log.warning("native plugin %s authenticates clients: service requests now "
                             "pass only when a frontend-auth plugin accepts them%s", self.id,
@@ -267,11 +268,32 @@ class NativePlugin:
             if self._retired:  # shut down while it restarted
                 await trio.to_thread.run_sync(self.lib.shutdown, 1.0)
                 return
+            await self._register_management_again()
             self.restarts += 1
             self.state, self.last_error = "running", ""
             log.info("native plugin %s: host process restarted (pid %s, restart %d)",
                      self.id, getattr(self.lib, "pid", None), self.restarts)
+            self._check_alive()
             return
+
+    def _check_alive(self) -> None:
+        """A process that died while it was being loaded (its end was not a crash of a
+        running plugin then) is handled as one now."""
+        lib = self.lib
+        if isinstance(lib, IsolatedLibrary) and lib.ended:
+            self._crashed(lib.ended)
+
+    async def _register_management_again(self) -> None:
+        """`management.register` in the new process, as at load; it keeps at most the
+        routes and resources it had (others may have taken the rest since)."""
+        if not (self.routes or self.resources):
+            return
+        from aogstream.host.native import management
+
+        routes, resources = self.routes, self.resources
+        await management.refresh(self, set())
+        self.routes = {k: v for k, v in self.routes.items() if k in routes}
+        self.resources = {k: v for k, v in self.resources.items() if k in resources}
 
     async def reconfigure(self, config_yaml: bytes, priority: int) -> None:
         """`plugin.reconfigure` with fresh YAML (spec §6: a loaded plugin whose config
