@@ -264,6 +264,8 @@ class IsolatedLibrary:
         """One call in the child: its raw reply; `CallError` as `NativeLibrary.call`,
         `Crashed` when the process died before answering."""
         with self._lock:
+            if self._dead and not self._stopping:
+                raise Crashed(self._crash_text())
             if self._closed:
                 raise CallError("plugin client is closed")
             self._inflight += 1

@@ -236,7 +236,7 @@ class NativePlugin:
         if self._fuse(why):
             return
         self.state = "restarting"
-        self.last_error = f"the native code crashed ({why}); its host process is restarting"
+        self.last_error = f"its native code crashed ({why})"
         trio.lowlevel.spawn_system_task(self._restart, name=f"native {self.id} restart")
 
     async def _restart(self) -> None:
