@@ -337,8 +337,10 @@ class IsolatedLibrary:
             raise CallError(f"the plugin's host process did not answer within {timeout:g} s")
         with self._lock:
             self._pending.pop(ident, None)
-            dead = self._dead
+            dead, stopping = self._dead, self._stopping
         if not pending.done.is_set() or (pending.status < 0):
+            if stopping:  # shut down (drain timed out) or killed on purpose: no crash
+                raise CallError("the plugin was shut down while this call ran")
             raise Crashed(self._crash_text() if dead else
                           "its host process ended unexpectedly")
         return pending.status, pending.data

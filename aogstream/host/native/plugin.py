@@ -299,8 +299,12 @@ class NativePlugin:
         """`plugin.reconfigure` with fresh YAML (spec §6: a loaded plugin whose config
         changed), then its models again; raises what `load` catches."""
         async with self._lifecycle:
-            reply = await self.call_raw("plugin.reconfigure", {
-                "config_yaml": config_yaml, "schema_version": SCHEMA_VERSION})
+            try:
+                reply = await self.call_raw("plugin.reconfigure", {
+                    "config_yaml": config_yaml, "schema_version": SCHEMA_VERSION})
+            except Crashed:  # its restart registers it with the new config
+                self.config_yaml, self.priority = config_yaml, priority
+                raise
         self.executor_format = self.executor_output = ""
         self._accept_registration(reply)
         self.config_yaml, self.priority = config_yaml, priority
