@@ -5,8 +5,8 @@ test plugin built by gcc with CRASH (tests/native/test_plugin.c → c-crash.so, 
 executor dereferences NULL for the model c-crash: unary at once, streamed on its own
 thread after one `host.stream.emit`) loaded with `plugins.configs.c-crash.isolation:
 process`, the Rust test plugin loaded in process beside it, the official `openai` client
-and plain HTTP over loopback, and the real host processes (their pids checked with
-the kernel).
+and plain HTTP over loopback, the real host processes (their pids checked with the
+kernel), and crash-init.so (built with CRASH_INIT: its init dereferences NULL).
 
 Proven: an isolated plugin serves chat unary and streamed (synchronous chunks and the
 asynchronous `host.stream.emit`/`close` relayed from its process) from a process that
@@ -16,10 +16,12 @@ stream in flight with that error; a crash mid-stream ends the stream with that e
 the gateway answers other plugins during and after; the plugin serves again from a new
 process (re-registered with the same config) after the restart; a crash loop is fused
 and listed as failed, saying why, on `/aog/v0.2/plugin/list` and `GET
-/v0/management/plugins`; an unknown `isolation` value is a config error naming the
-plugin; `host.http.do` (a callback answered on the gateway's loop) works from the host
-process and a client leaving mid-stream stops the plugin's stream there too; a host
-process killed from outside is restarted; disabling the plugin shuts it down and reaps
+/v0/management/plugins`; a library that crashes while loading is listed as failed
+with the reason; an unknown `isolation` value is a config error naming the plugin;
+`host.http.do` (a callback answered on the gateway's loop) works from the host process
+and a client leaving mid-stream stops the plugin's stream there too; a host process
+killed from outside is restarted; a config edit reconfigures it in its process and a
+new `isolation` loads it afresh, either way; disabling the plugin shuts it down and reaps
 its process, and a gateway killed outright leaves no host process behind. Without a
 gateway: the relay keeps emit's backpressure (the plugin's thread stops at 16 waiting
 chunks and is refused once the stream closes). (The same crash in process is not
@@ -91,8 +93,10 @@ def _gateway(work: Path, extra: str = "") -> Gateway:
 def iso_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     _build()
     work = tmp_path_factory.mktemp("isolation")
-    gw = _gateway(work, "    c-sandboxed:\n      enabled: true\n      isolation: sandbox\n")
+    gw = _gateway(work, "    c-sandboxed:\n      enabled: true\n      isolation: sandbox\n"
+                        "    crash-init:\n      enabled: true\n      isolation: process\n")
     shutil.copy(BUILT / "c-test.so", work / "native-plugins" / "c-sandboxed.so")
+    shutil.copy(BUILT / "crash-init.so", work / "native-plugins" / "crash-init.so")
     gw.start()
     try:
         yield gw
@@ -230,6 +234,12 @@ def test_client_leaving_mid_stream_stops_the_isolated_plugins_stream(iso_gw: Gat
 
 
 # ---- crashes --------------------------------------------------------------------------------
+
+def test_library_crashing_while_loading_is_listed_with_the_reason(iso_gw: Gateway) -> None:
+    e = entry(iso_gw, "crash-init")
+    assert e["state"] == "failed" and e["pid"] is None, e
+    assert "ended while loading the library (killed by SIGSEGV)" in e["last_error"], e
+    assert ask(iso_gw, "rust-echo").status_code == 200  # the gateway serves on
 
 def test_crash_fails_calls_in_flight_and_the_plugin_serves_again_after_a_restart(
         iso_gw: Gateway) -> None:

@@ -33,7 +33,8 @@
  * NO_INIT (the init symbol is missing).
  * CRASH (c-crash.so, for `isolation: process`): a third model c-crash whose executor
  * dereferences NULL (unary: at once; streamed: on the plugin's own thread after one
- * emitted chunk), and "whoami" in a message answers "pid <the process's pid>".
+ * emitted chunk), and "whoami" in a message answers "pid <the process's pid>";
+ * CRASH_INIT: init itself dereferences NULL.
  */
 #include <pthread.h>
 #include <stdint.h>
@@ -647,6 +648,9 @@ static void plugin_shutdown(void) { event("shutdown%s", "", 0); }
 __attribute__((visibility("default")))
 int INIT_NAME(const cliproxy_host_api* h, cliproxy_plugin_api* plugin) {
     host = h;
+#ifdef CRASH_INIT
+    *(volatile int*)NULL = 1;  /* crashes while being loaded (for isolation: process) */
+#endif
 #ifdef BAD_RC
     (void)plugin;
     return 3;
