@@ -191,7 +191,9 @@ class HostServices:
     def end_streams(self, plugin: str, message: str) -> None:
         """End every open executor stream of `plugin` with an error (its host process
         died: no emit or close will come)."""
-        for stream in [s for s in self._streams.values() if s.plugin == plugin]:
+        for stream in list(self._streams.values()):  # one step: plugin threads pop too
+            if stream.plugin != plugin:
+                continue
             self._streams.pop(stream.id, None)
             stream.queue.end(StreamError(message), on_loop=True)
 
