@@ -508,10 +508,18 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
+def _ignore(_sig: int, _frame: object) -> None:
+    pass
+
+
 def main(argv: list[str]) -> None:
     fd, parent = int(argv[0]), int(argv[1])
     _die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway decides when we stop
+    # the gateway decides when we stop: a Ctrl-C or a service manager's SIGTERM to the
+    # whole group would otherwise end us first and look like a crash to restart. A
+    # handler, not SIG_IGN, which programs the plugin starts would inherit.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _ignore)
     sys.setswitchinterval(0.0005)  # calls and callbacks hand the GIL between threads
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="native host %(process)d: %(levelname)s %(message)s")
