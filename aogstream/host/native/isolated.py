@@ -472,6 +472,7 @@ class _Child:
         if self.lib is not None:
             self.lib.shutdown(drain_timeout=float(data or b"10"))
         self.chan.send(RESULT, ident, OK)
+        _flush_stdio()
         os._exit(0)  # plugin threads may still run: they end with us
 
     def serve(self) -> None:
@@ -494,6 +495,14 @@ class _Child:
                     self._answer, ident, functools.partial(self._open, data)))
             elif kind == SHUTDOWN:
                 self._workers.submit(functools.partial(self._shutdown, ident, data))
+
+
+def _flush_stdio() -> None:
+    """What the plugin printed (C stdio buffers) is not lost to `os._exit`."""
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
 
 
 def _die_with_parent(parent: int) -> None:
