@@ -21,11 +21,11 @@ with the reason; an unknown `isolation` value is a config error naming the plugi
 `host.http.do` (a callback answered on the gateway's loop) works from the host process
 and a client leaving mid-stream stops the plugin's stream there too; a host process
 killed from outside is restarted; a config edit reconfigures it in its process and a
-new `isolation` loads it afresh, either way; disabling the plugin shuts it down and reaps
-its process, and a gateway killed outright leaves no host process behind. Without a
-gateway: the relay keeps emit's backpressure (the plugin's thread stops at 16 waiting
-chunks and is refused once the stream closes). (The same crash in process is not
-tested: it would kill the gateway, which is the point.)
+new `isolation` loads it afresh, either way; the gateway's stop, and disabling the
+plugin, shut it down and reap its process, and a gateway killed outright leaves no host
+process behind. Without a gateway: the relay keeps emit's backpressure (the plugin's
+thread stops at 16 waiting chunks and is refused once the stream closes). (The same
+crash in process is not tested: it would kill the gateway, which is the point.)
 """
 
 from __future__ import annotations
@@ -389,6 +389,19 @@ def test_config_edits_reconfigure_switch_isolation_and_disabling_reaps_the_proce
         for pid in pids:  # never leave one of ours behind, even when the test fails
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_gateway_stop_shuts_the_plugin_down_and_reaps_its_process(tmp_path: Path) -> None:
+    _build()
+    gw = _gateway(tmp_path).start()
+    pid = entry(gw)["pid"]
+    try:
+        assert alive(pid)
+    finally:
+        gw.stop()  # SIGINT: the gateway's own clean stop
+    assert not alive(pid)  # reaped before the gateway exited
+    path: Path = gw.native_events  # type: ignore[attr-defined]
+    assert path.read_text().splitlines()[-1] == "shutdown"  # the plugin's shutdown() ran
 
 
 # ---- the relay itself, without a gateway ------------------------------------------------------
