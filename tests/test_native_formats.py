@@ -150,11 +150,12 @@ def test_count_tokens_estimates_for_other_models(claude_gw: Gateway) -> None:
 @pytest.mark.parametrize(("ins", "outs", "chosen"), [
     (["openai", "claude"], ["claude", "openai"], ("openai", "openai")),
     (["claude"], ["claude"], ("claude", "claude")),
-    (["gemini", "openai-response"], ["claude", "openai-response"],
+    (["codex", "openai-response"], ["claude", "openai-response"],
      ("openai-response", "openai-response")),
-    (["claude"], ["gemini", "openai-response"], ("claude", "openai-response")),
+    (["claude"], ["codex", "openai-response"], ("claude", "openai-response")),
     (["claude"], ["openai"], ("claude", "openai")),
-    (["gemini"], ["gemini"], None),
+    (["gemini"], ["gemini"], ("gemini", "gemini")),
+    (["codex"], ["codex"], None),
     ([], ["openai"], None),
 ])
 def test_negotiation_follows_cpa_order(ins: list[str], outs: list[str],

@@ -3,7 +3,9 @@
 # tests/native/test_plugin.c into .cache/native-plugins: the good plugin and one library
 # per load failure the tests check; two that crash (for isolation: process); the claude-speaking executor (tests/native/claude_plugin.c);
 # the hooks plugin (tests/native/hooks_plugin.c, and
-# built with FRONTEND the frontend-auth one); the auth provider (tests/native/auth_plugin.c); the
+# built with FRONTEND the frontend-auth one); the translator plugins
+# (tests/native/translate_plugin.c, with SECOND the second one) and the executors of
+# other formats (tests/native/format_plugin.c: x-lines, with GEMINI the gemini one, with OTHER x-other); the auth provider (tests/native/auth_plugin.c); the
 # benchmarks' native relay executor (benchmarks/native_relay); and the Rust test plugin (tests/native/rust, no
 # external crates, built offline by cargo) as rust-test.so. Quick when nothing changed.
 set -e
@@ -29,6 +31,11 @@ build c-hooks.so "" tests/native/hooks_plugin.c
 build c-gate.so FRONTEND tests/native/hooks_plugin.c
 build c-auth.so "" tests/native/auth_plugin.c
 build c-claude.so "" tests/native/claude_plugin.c
+build c-xlate.so "" tests/native/translate_plugin.c
+build c-xlate2.so SECOND tests/native/translate_plugin.c
+build c-lines.so "" tests/native/format_plugin.c
+build c-gemini.so GEMINI tests/native/format_plugin.c
+build c-other.so OTHER tests/native/format_plugin.c
 build native-relay.so "" benchmarks/native_relay/native_relay.c
 cargo build --quiet --offline --release --manifest-path tests/native/rust/Cargo.toml \
   --target-dir "$out/rust-target"

@@ -358,6 +358,7 @@ class NativePlugins:
                 await self.host.warm()
             for pid in sorted(want, key=lambda pid: (-cfg.priority(pid), pid)):
                 await self._apply_one(pid)
+            self._settle_formats()
             taken: set[tuple[str, str]] = set()
             for pid in sorted(self.plugins, key=lambda p: (-self.plugins[p].priority, p)):
                 plugin = self.plugins[pid]
@@ -441,6 +442,27 @@ class NativePlugins:
             await plugin.shutdown()
             log.info("native plugin %s unloaded", pid)
         return plugin.lib.idle()
+
+    def _settle_formats(self) -> None:
+        """Executors that declare formats the gateway does not translate serve only
+        while a loaded plugin translates them (spec §3.2, plugins fill the gaps):
+        after every apply, each one is routed or taken out of routing again."""
+        running = [p for p in self.plugins.values() if p.state == "running"]
+        requests = any(gj.boolean(p.capabilities, "request_translator") for p in running)
+        answers = any(gj.boolean(p.capabilities, "response_translator") for p in running)
+        for plugin in running:
+            ins, outs = plugin.declared_formats
+            if not ins and not outs:
+                continue
+            if not plugin.settle_formats(requests, answers):
+                continue
+            provider = self.gateway.providers.get(plugin.id)
+            if provider is not None and provider.kind == "native":
+                self.gateway.remove_provider(plugin.id)
+            if plugin.executor_format:
+                log.info("native plugin %s: its executor is spoken to in %s, answers in "
+                         "%s", plugin.id, plugin.executor_format, plugin.executor_output)
+                self._route(plugin)
 
     def _own_models(self, plugin_id: str) -> set[str]:
         plugin = self.plugins.get(plugin_id)

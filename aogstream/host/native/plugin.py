@@ -43,6 +43,9 @@ RESTART_DELAY = 0.25  # s before the first restart of a crashed host process; do
 RESTART_MAX_DELAY = 30.0
 FUSE_CRASHES = 5  # this many crashes within FUSE_WINDOW s: not restarted again
 FUSE_WINDOW = 60.0
+# the providers whose thinking settings CPA applies itself: no thinking applier takes them
+NATIVE_PROVIDERS = ("gemini", "claude", "openai", "codex", "antigravity", "kimi", "xai")
+UNTRANSLATED = "executor formats"  # how the reason for an unused executor starts
 NATIVE_DESC = "native plugin "  # its store rows' description starts so (see loader)
 CAPABILITIES = (
     "model_registrar", "model_provider", "auth_provider", "frontend_auth_provider",
@@ -108,9 +111,12 @@ class NativePlugin:
         self.capabilities: dict[str, Any] = {}
         self.provider_key = ""
         self.auth_identifier = ""  # auth.identifier of an auth provider
+        self.thinking_key = ""  # thinking.identifier of a thinking applier ("" = none)
         self.models: list[str] = []
         self.executor_format = ""  # the request format it is sent; "" = no usable executor
         self.executor_output = ""  # the answer format it is read in
+        # the executor's declared (input, output) formats, CPA's aliases resolved
+        self.declared_formats: tuple[list[str], list[str]] = ([], [])
         # management.register's answer (`host.native.management`): routes and resources
         self.routes: dict[tuple[str, str], dict[str, str]] = {}
         self.resources: dict[str, dict[str, str]] = {}
@@ -249,6 +255,9 @@ class NativePlugin:
                 return
             old, self.lib = self.lib, self._library()
             del old  # reaped by its reader thread
+            # the formats the loader settled (with the translator plugins it knew of):
+            # the same library declares the same ones, so they stand after the restart
+            settled = (self.declared_formats, self.executor_format, self.executor_output)
             try:
                 with trio.fail_after(LOAD_TIMEOUT):
                     await self._open_and_register()
@@ -268,9 +277,13 @@ class NativePlugin:
             if self._retired:  # shut down while it restarted
                 await trio.to_thread.run_sync(self.lib.shutdown, 1.0)
                 return
+            if self.declared_formats == settled[0]:
+                self.executor_format, self.executor_output = settled[1], settled[2]
             await self._register_management_again()
             self.restarts += 1
-            self.state, self.last_error = "running", ""
+            self.state = "running"
+            if self.executor_format or not self.last_error.startswith(UNTRANSLATED):
+                self.last_error = ""  # the crash is over (an unused executor says so still)
             log.info("native plugin %s: host process restarted (pid %s, restart %d)",
                      self.id, getattr(self.lib, "pid", None), self.restarts)
             self._check_alive()
@@ -312,10 +325,24 @@ class NativePlugin:
         await self._identify()
 
     async def _identify(self) -> None:
-        """An auth provider's key (`auth.identifier`, lower-cased)."""
+        """An auth provider's key (`auth.identifier`, lower-cased), and a thinking
+        applier's (`thinking.identifier`; a native provider's name is refused)."""
         if gj.boolean(self.capabilities, "auth_provider"):
             reply = await self.call_raw("auth.identifier", {})
             self.auth_identifier = gj.text(reply, "identifier").strip().lower()
+        self.thinking_key = ""
+        if gj.boolean(self.capabilities, "thinking_applier"):
+            reply = await self.call_raw("thinking.identifier", {})
+            key = gj.text(reply, "identifier").strip().lower()
+            if key in NATIVE_PROVIDERS:
+                log.warning("native plugin %s: its thinking applier names provider %s, "
+                            "whose thinking the gateway applies itself; it is not used",
+                            self.id, key)
+            elif not key:
+                log.warning("native plugin %s: thinking.identifier named no provider; "
+                            "its thinking applier is not used", self.id)
+            else:
+                self.thinking_key = key
 
     @property
     def auth_key(self) -> str:
@@ -348,20 +375,38 @@ class NativePlugin:
         if not any(gj.boolean(caps, c) for c in CAPABILITIES):
             raise ValueError("plugin.register: the plugin declares no capability")
         self.schema_version, self.metadata, self.capabilities = version, meta, caps
+        self.declared_formats = ([], [])
         if gj.boolean(caps, "executor"):
             ins = [normalize_format(str(f)) for f in gj.field(caps, "executor_input_formats", [])
                    if isinstance(f, str)]
             outs = [normalize_format(str(f))
                     for f in gj.field(caps, "executor_output_formats", []) if isinstance(f, str)]
-            chosen = negotiate(ins, outs)
-            if chosen is not None:
-                self.executor_format, self.executor_output = chosen
-            else:
-                self.last_error = (f"executor formats in {ins or 'none'} / out "
-                                   f"{outs or 'none'}: aogstream translates "
-                                   f"{', '.join(formats.TRANSLATED)}, so the executor is "
-                                   f"not used")
-                log.warning("native plugin %s: %s", self.id, self.last_error)
+            self.declared_formats = ([f for f in ins if f and f != "none"],
+                                     [f for f in outs if f and f != "none"])
+            self.settle_formats(False, False)
+
+    def settle_formats(self, plugin_requests: bool, plugin_answers: bool) -> bool:
+        """Choose the executor's formats (`negotiation.negotiate`), given whether some
+        loaded plugin translates requests / answers; an executor no translator reaches
+        keeps a reason in `last_error` (the plugin list shows it). True when the
+        choice changed."""
+        ins, outs = self.declared_formats
+        before = (self.executor_format, self.executor_output)
+        chosen = negotiate(ins, outs, plugin_requests=plugin_requests,
+                           plugin_answers=plugin_answers)
+        if chosen is not None:
+            self.executor_format, self.executor_output = chosen
+            if self.last_error.startswith(UNTRANSLATED):
+                self.last_error = ""
+        else:
+            self.executor_format = self.executor_output = ""
+            why = (f"{UNTRANSLATED} in {ins or 'none'} / out {outs or 'none'}: aogstream "
+                   f"translates {', '.join(formats.TRANSLATED)} and no loaded plugin "
+                   f"translates the others, so the executor is not used")
+            if why != self.last_error:
+                self.last_error = why
+                log.warning("native plugin %s: %s", self.id, why)
+        return (self.executor_format, self.executor_output) != before
 
     async def _load_models(self) -> None:
         plugin = metadata_object(self.metadata)
