@@ -1,7 +1,7 @@
 #!/bin/sh
 # Builds the native (CLIProxyAPI C ABI) test plugins of tests/test_native_*.py from
 # tests/native/test_plugin.c into .cache/native-plugins: the good plugin and one library
-# per load failure the tests check; the claude-speaking executor (tests/native/claude_plugin.c);
+# per load failure the tests check; two that crash (for isolation: process); the claude-speaking executor (tests/native/claude_plugin.c);
 # the hooks plugin (tests/native/hooks_plugin.c, and
 # built with FRONTEND the frontend-auth one); the translator plugins
 # (tests/native/translate_plugin.c, with SECOND the second one) and the executors of
@@ -27,6 +27,8 @@ build bad-abi.so BAD_ABI
 build bad-rc.so BAD_RC
 build bad-json.so BAD_JSON
 build no-init.so NO_INIT
+build c-crash.so CRASH
+build crash-init.so CRASH_INIT
 build c-hooks.so "" tests/native/hooks_plugin.c
 build c-gate.so FRONTEND tests/native/hooks_plugin.c
 build c-auth.so "" tests/native/auth_plugin.c

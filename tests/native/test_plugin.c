@@ -31,6 +31,10 @@
  * Bad variants for the loader's error paths, by -D at build time: BAD_ABI (abi_version
  * 2), BAD_RC (init returns 3), BAD_JSON (plugin.register answers invalid JSON),
  * NO_INIT (the init symbol is missing).
+ * CRASH (c-crash.so, for `isolation: process`): a third model c-crash whose executor
+ * dereferences NULL (unary: at once; streamed: on the plugin's own thread after one
+ * emitted chunk), and "whoami" in a message answers "pid <the process's pid>";
+ * CRASH_INIT: init itself dereferences NULL.
  */
 #define CLIPROXY_OWN_BUFFERS  /* reply() and plugin_free() below check the frees */
 #define CLIPROXY_OWN_INIT     /* the load-failure variants */
@@ -231,6 +235,10 @@ static char* ask_model(const char* model_start, int streamed, const char* cb) {
     return text;
 }
 
+#ifdef CRASH
+static void crash_now(void) { *(volatile int*)NULL = 1; }  /* SIGSEGV, as a buggy plugin */
+#endif
+
 static int failure_429(cliproxy_buffer* response) {
     return reply(response, "{\"ok\":false,\"error\":{\"code\":\"rate_limited\","
                            "\"message\":\"slow down\",\"retryable\":true,\"http_status\":429}}");
@@ -242,6 +250,11 @@ static int do_execute(const char* req, size_t n, cliproxy_buffer* response) {
     int fail = strstr(check, "fail429") != NULL;
     free(check);
     if (fail) { free(cb); return failure_429(response); }
+#ifdef CRASH
+    char* asked = find_string(req, n, "Model");
+    if (asked && strcmp(asked, "c-crash") == 0) crash_now();
+    free(asked);
+#endif
     host_log("info", "c-test executing", cb);
     char* payload = user_text(req, n);
     char* answer = strdup("hello from C");
@@ -280,6 +293,13 @@ static int do_execute(const char* req, size_t n, cliproxy_buffer* response) {
         }
         free(out);
     }
+#ifdef CRASH
+    if (strstr(payload, "whoami")) {
+        free(answer);
+        answer = malloc(32);
+        snprintf(answer, 32, "pid %ld", (long)getpid());
+    }
+#endif
     if (strstr(payload, "echo-payload")) {  /* what reached the executor, for hook tests */
         char* model = find_string(req, n, "Model");
         size_t cap = strlen(payload) + 256;
@@ -307,7 +327,8 @@ static int do_execute(const char* req, size_t n, cliproxy_buffer* response) {
     return 0;
 }
 
-struct async_job { char* stream_id; int forever; int failmid; };
+struct async_job { char* stream_id; int forever; int failmid; int crash; };
+
 
 static void* emit_loop(void* arg) {
     struct async_job* job = arg;
@@ -327,6 +348,9 @@ static void* emit_loop(void* arg) {
             free(job->stream_id); free(job);
             return NULL;
         }
+#ifdef CRASH
+        if (job->crash) crash_now();
+#endif
         if (job->forever) usleep(5000);
         if (job->failmid) {
             char close_req[256];
@@ -354,6 +378,8 @@ static int do_execute_stream(const char* req, size_t n, cliproxy_buffer* respons
     free(cb);
     char* model = find_string(req, n, "Model");
     int async_mode = model && strcmp(model, "c-async") == 0;
+    int crash = model && strcmp(model, "c-crash") == 0;
+    async_mode = async_mode || crash;
     free(model);
     char* check = user_text(req, n);
     int fail = strstr(check, "fail429") != NULL;
@@ -365,6 +391,7 @@ static int do_execute_stream(const char* req, size_t n, cliproxy_buffer* respons
         char* payload = user_text(req, n);
         job->forever = strstr(payload, "forever") != NULL;
         job->failmid = strstr(payload, "failmid") != NULL;
+        job->crash = crash;
         free(payload);
         pthread_t t;
         pthread_create(&t, NULL, emit_loop, job);
@@ -469,9 +496,14 @@ static int plugin_dispatch(const char* method, const char* req, size_t request_l
                                   "{\"Name\":\"loud\",\"Usage\":\"shout\",\"Type\":\"\","
                                   "\"DefaultValue\":\"false\"}]}");
     if (strcmp(method, "command_line.execute") == 0) return do_command(req, request_len, response);
+#ifdef CRASH
+#define EXTRA_MODELS ",{\"ID\":\"c-crash\"}"
+#else
+#define EXTRA_MODELS ""
+#endif
     if (strcmp(method, "model.static") == 0)
         return ok_reply(response, "{\"Provider\":\"C-Test\",\"Models\":[{\"ID\":\"c-echo\"},"
-                                  "{\"ID\":\"c-async\"}],\"AuthUpdate\":null}");
+                                  "{\"ID\":\"c-async\"}" EXTRA_MODELS "],\"AuthUpdate\":null}");
     if (strcmp(method, "executor.execute") == 0) return do_execute(req, request_len, response);
     if (strcmp(method, "executor.execute_stream") == 0)
         return do_execute_stream(req, request_len, response);
@@ -499,6 +531,9 @@ static void plugin_shutdown(void) { eventf("shutdown%s", "", 0); }
 __attribute__((visibility("default")))
 int INIT_NAME(const cliproxy_host_api* h, cliproxy_plugin_api* plugin) {
     host = h;
+#ifdef CRASH_INIT
+    *(volatile int*)NULL = 1;  /* crashes while being loaded (for isolation: process) */
+#endif
 #ifdef BAD_RC
     (void)plugin;
     return 3;
