@@ -46,52 +46,33 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from conftest import PLUGIN_DIR, Gateway
-from test_native_auth import BUILT, _arch, auth_dir, mgmt
+from conftest import Gateway
+from harness import native
+from test_native_auth import auth_dir, mgmt
 
 SECRETS: list[str] = []  # every credential the tests hand the gateway
 
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    import shutil
-
-    from conftest import REPO
-
-    subprocess.run([str(REPO / "tools" / "build-native-plugins.sh")], check=True)
     work = tmp_path_factory.mktemp("native-auth-ops")
-    plugins = work / "native-plugins"
-    (plugins / "linux" / _arch()).mkdir(parents=True)
-    for name in ("c-authx.so", "c-authy.so", "c-authz.so"):
-        shutil.copy(BUILT / name, plugins / "linux" / _arch() / name)
-    data = work / "gw" / "data"
-    data.mkdir(parents=True)
-    (data / "config.yaml").write_text(
-        "plugins:\n  enabled: true\n  configs:\n"
-        "    c-authx:\n      enabled: true\n      priority: 1\n"
-        "    c-authy:\n      enabled: true\n      priority: 2\n"
-        "    c-authz:\n      enabled: true\n")
+    config = ("    c-authx:\n      enabled: true\n      priority: 1\n"
+              "    c-authy:\n      enabled: true\n      priority: 2\n"
+              "    c-authz:\n      enabled: true\n")
     # worker processes whatever the core count: what one process discovers, renews or
     # refuses must hold on every process
-    g = Gateway(work / "gw", {"NATIVE_TEST_EVENTS": str(work / "events.txt"),
-                              "AOGSTREAM_WORKERS": "2"},
-                plugin_dir=[PLUGIN_DIR, plugins])
-    g.start()
-    g.native_events = work / "events.txt"  # type: ignore[attr-defined]
-    g.native_dir = plugins  # type: ignore[attr-defined]
-    try:
+    with native.native_gateway(work, ["c-authx", "c-authy", "c-authz"], config,
+                               env={"AOGSTREAM_WORKERS": "2"}) as g:
+        g.native_dir = work / "native-plugins"  # type: ignore[attr-defined]
         yield g
         log = g.log_file.read_text(errors="replace")
         leaked = [s for s in SECRETS if s in log]
         assert not leaked, f"credentials in the gateway log: {leaked}"
-    finally:
-        g.stop()
 
 
 # ---- helpers ------------------------------------------------------------------------
@@ -109,8 +90,7 @@ def wait_for(cond: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
 
 
 def events(gw: Gateway) -> list[str]:
-    path: Path = gw.native_events  # type: ignore[attr-defined]
-    return path.read_text().splitlines() if path.exists() else []
+    return native.native_events(gw)
 
 
 def upload(gw: Gateway, name: str, doc: dict[str, Any], provider: str = "",

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Builds the native (CLIProxyAPI C ABI) test plugins of tests/test_native_*.py from
 # tests/native/test_plugin.c into .cache/native-plugins: the good plugin and one library
-# per load failure the tests check; the claude-speaking executor (tests/native/claude_plugin.c);
+# per load failure the tests check; two that crash (for isolation: process); the claude-speaking executor (tests/native/claude_plugin.c);
 # the hooks plugin (tests/native/hooks_plugin.c, and
 # built with FRONTEND the frontend-auth one); the translator plugins
 # (tests/native/translate_plugin.c, with SECOND the second one) and the executors of
@@ -9,15 +9,17 @@
 # per-auth models / import / refresh / scheduler / raw HTTP one (tests/native/auth_ops_plugin.c,
 # as c-authx, c-authy with OAUTH_SCOPE and c-authz with STATIC_SCOPE); the
 # benchmarks' native relay executor (benchmarks/native_relay); and the Rust test plugin (tests/native/rust, no
-# external crates, built offline by cargo) as rust-test.so. Quick when nothing changed.
+# external crates, built offline by cargo) as rust-test.so. The C ones share the ABI
+# boilerplate of tests/native/cliproxy_plugin.h. Quick when nothing changed.
 set -e
 cd "$(dirname "$0")/.."
 src=tests/native/test_plugin.c
+header=tests/native/cliproxy_plugin.h
 out=.cache/native-plugins
 mkdir -p "$out"
 build() {  # build <file name> [define] [source]
   from=${3:-$src}
-  if [ ! -f "$out/$1" ] || [ "$from" -nt "$out/$1" ]; then
+  if [ ! -f "$out/$1" ] || [ "$from" -nt "$out/$1" ] || [ "$header" -nt "$out/$1" ]; then
     gcc -O2 -Wall -Wextra -shared -fPIC -pthread ${2:+-D$2} -o "$out/$1.tmp" "$from"
     mv "$out/$1.tmp" "$out/$1"
   fi
@@ -27,6 +29,8 @@ build bad-abi.so BAD_ABI
 build bad-rc.so BAD_RC
 build bad-json.so BAD_JSON
 build no-init.so NO_INIT
+build c-crash.so CRASH
+build crash-init.so CRASH_INIT
 build c-hooks.so "" tests/native/hooks_plugin.c
 build c-gate.so FRONTEND tests/native/hooks_plugin.c
 build c-auth.so "" tests/native/auth_plugin.c

@@ -176,6 +176,12 @@ class NativePluginsApi:
                     "github_repository": _esc(gj.text(meta, "GitHubRepository")),
                     "logo": _esc(gj.text(meta, "Logo")), "config_fields": fields,
                 } if meta else None,
+                # aogstream's own: why it does not serve (a crash loop, a bad config),
+                # and its isolation (`plugins.configs.<id>.isolation`)
+                "state": plugin.state if plugin else "disabled",
+                "last_error": _esc(plugin.last_error) if plugin else "",
+                "isolation": plugin.isolation if plugin else cfg.isolation(pid)[0],
+                "restarts": plugin.restarts if plugin else 0,
             })
         return Answer(200, {"plugins_enabled": cfg.enabled,
                             "plugins_dir": raw_dir if isinstance(raw_dir, str) else "",

@@ -12,6 +12,9 @@ Config (spec §4.2): `<data dir>/config.yaml`, `plugins.enabled` (off by default
 `plugins.dir`, `plugins.configs.<id>` with `enabled` (off by default: a discovered but
 unconfigured plugin is not loaded), `priority` (0) and any keys of the plugin's own;
 that subtree, with `enabled`/`priority` filled in, goes to `plugin.register` as YAML.
+`isolation` (aogstream's own key) is `in-process` (the default, the fast path) or
+`process`: the library then runs in a host process of ours, so a crash in its native
+code restarts that process instead of killing the gateway (`isolated`).
 
 A library that cannot be used (missing symbol, wrong ABI version, init rc != 0,
 invalid JSON, a refused registration) is logged with the reason and listed with it in
@@ -42,7 +45,7 @@ from aogstream.host.native.auths import FRESH_NS, AuthLogins, AuthStore
 from aogstream.host.native.callbacks import HostServices
 from aogstream.host.native.frontend import FrontendAuth
 from aogstream.host.native.hooks import Hooks
-from aogstream.host.native.plugin import NATIVE_DESC, NativePlugin
+from aogstream.host.native.plugin import IN_PROCESS, NATIVE_DESC, PROCESS, NativePlugin
 from aogstream.host.native.provider import NativeProvider
 from aogstream.host.native.refresh import AuthRefresher
 from aogstream.plugin_config import PluginConfigFile
@@ -174,6 +177,14 @@ class NativeConfig:
         sub = self.plugin(pid) or {}
         value = sub.get("priority", 0)
         return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    def isolation(self, pid: str) -> tuple[str, str]:
+        """(`in-process` or `process`, "") or (default, what is wrong with the value)."""
+        value = (self.plugin(pid) or {}).get("isolation", IN_PROCESS)
+        if value in (IN_PROCESS, PROCESS):
+            return str(value), ""
+        return IN_PROCESS, (f"plugins.configs.{pid}.isolation in {CONFIG_FILE} must be "
+                            f"{IN_PROCESS!r} (the default) or {PROCESS!r}, not {value!r}")
 
     def yaml_for(self, pid: str) -> bytes:
         """The plugin's subtree as YAML, with `enabled` and `priority` filled in."""
@@ -429,11 +440,24 @@ class NativePlugins:
         assert self.host is not None
         found = self.found[pid]
         yaml_text, priority = cfg.yaml_for(pid), cfg.priority(pid)
+        isolation, bad_isolation = cfg.isolation(pid)
         old = self.plugins.get(pid)
-        if old is not None and old.path == found.path:
+        if bad_isolation:  # a config error: not loaded (what runs keeps running)
+            log.error("native plugin %s not loaded: %s", pid, bad_isolation)
+            if old is not None and old.live:
+                old.last_error = bad_isolation
+                return
+            failed = NativePlugin(pid, found.path, yaml_text, priority, self.host,
+                                  self._lifecycle)
+            failed.state, failed.last_error = "failed", bad_isolation
+            self.plugins[pid] = failed
+            return
+        # a new file, or a new isolation, loads afresh; else a config change reconfigures
+        same = old is not None and old.path == found.path and old.isolation == isolation
+        if old is not None and same:
             if old.config_yaml == yaml_text and old.priority == priority:
                 return
-        if old is not None and old.path == found.path and old.state == "running":
+        if old is not None and same and old.state == "running":
             try:
                 await old.reconfigure(yaml_text, priority)
             except (CallError, gj.ReplyError, gj.EnvelopeError, ValueError) as exc:
@@ -444,7 +468,7 @@ class NativePlugins:
             self._reroute(old)
             return
         plugin = NativePlugin(pid, found.path, yaml_text, priority, self.host,
-                              self._lifecycle)
+                              self._lifecycle, isolation)
         existing = gw.providers.get(pid)
         if existing is not None and (old is None or existing.kind != "native"):
             plugin.state = "failed"
@@ -463,7 +487,7 @@ class NativePlugins:
                 gw.remove_provider(pid)
             log.info("native plugin %s: %s replaces %s", pid, found.path.name,
                      old.path.name)
-            if old.state == "running":
+            if old.live:
                 await old.shutdown()
         if plugin.state == "running" and plugin.executor_format:
             self._route(plugin)
@@ -477,7 +501,7 @@ class NativePlugins:
         provider = self.gateway.providers.get(pid)
         if provider is not None and provider.kind == "native":
             self.gateway.remove_provider(pid)
-        if plugin.state == "running":
+        if plugin.live:
             await plugin.shutdown()
             log.info("native plugin %s unloaded", pid)
         return plugin.lib.idle()
@@ -584,7 +608,7 @@ class NativePlugins:
         with trio.CancelScope(shield=True):
             async with self._apply_lock:  # an apply under way finishes first
                 for plugin in self.plugins.values():
-                    if plugin.state == "running":
+                    if plugin.live:
                         await plugin.shutdown()
                 if self.host is not None:
                     await self.host.aclose()
