@@ -29,27 +29,6 @@
 
 static long usage_seq;  /* a plain counter: the host delivers usage one at a time */
 
-static long find_long(const char* json, size_t n, const char* key) {
-    const char* p = find_value(json, n, key);
-    return p ? strtol(p, NULL, 10) : 0;
-}
-
-/* s with every `from` replaced by `to` (a new string). */
-static char* replace(const char* s, const char* from, const char* to) {
-    size_t fl = strlen(from), tl = strlen(to), count = 0;
-    for (const char* p = strstr(s, from); p; p = strstr(p + fl, from)) count++;
-    char* out = malloc(strlen(s) + count * (tl > fl ? tl - fl : 0) + 1);
-    char* o = out;
-    for (const char* p = s;;) {
-        const char* q = strstr(p, from);
-        if (q == NULL) { strcpy(o, p); break; }
-        memcpy(o, p, (size_t)(q - p)); o += q - p;
-        memcpy(o, to, tl); o += tl;
-        p = q + fl;
-    }
-    return out;
-}
-
 /* ---- methods ----------------------------------------------------------------------- */
 
 static int intercept(const char* req, size_t n, cliproxy_buffer* response, int after) {
@@ -238,13 +217,7 @@ static int plugin_dispatch(const char* method, const char* req, size_t n,
         const char* chunk = "{\"id\":\"h1\",\"object\":\"chat.completion.chunk\",\"created\":1,"
             "\"model\":\"c-hooks-self\",\"choices\":[{\"index\":0,\"delta\":{\"content\":"
             "\"hooks\"},\"finish_reason\":\"stop\"}]}";
-        char* b = b64_encode(chunk, strlen(chunk));
-        size_t cap = strlen(b) + 64;
-        char* result = malloc(cap);
-        snprintf(result, cap, "{\"headers\":null,\"chunks\":[{\"Payload\":\"%s\"}]}", b);
-        ok_reply(response, result);
-        free(result); free(b);
-        return 0;
+        return ok_chunks(response, &chunk, 1);
     }
     return unknown_method(response);
 }
