@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import json
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import openai
 import pytest
@@ -40,25 +39,14 @@ _arch = native.arch
 
 @pytest.fixture(scope="module")
 def hooks_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    config = native.enabled("c-test") + "    c-hooks:\n      enabled: true\n      priority: 5\n"
+    config = native.enabled("c-test", "c-hooks", priority={"c-hooks": 5})
     with native.native_gateway(tmp_path_factory.mktemp("native-hooks"), ["c-test", "c-hooks"],
                                config) as gw:
         yield gw
 
 
 events = native.native_events
-
-
-def wait_event(gw: Gateway, since: int, match: Callable[[str], bool],
-               timeout: float = 10) -> str:
-    """The first event after the first `since` lines that `match`es (bounded wait)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in events(gw)[since:]:
-            if match(line):
-                return line
-        time.sleep(0.02)
-    pytest.fail(f"no matching event; events since: {events(gw)[since:]}")
+wait_event = native.wait_event
 
 
 def oai(gw: Gateway) -> openai.OpenAI:

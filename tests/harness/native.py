@@ -2,7 +2,8 @@
 one up: the libraries are built (tools/build-native-plugins.sh; quick when nothing
 changed), copied into a plugin folder of the gateway's own under `linux/<arch>/` (or
 loose at its top, where the loader lists what it cannot load), enabled in the data
-directory's config.yaml, and their events file (NATIVE_TEST_EVENTS) is read back.
+directory's config.yaml, and their events file (NATIVE_TEST_EVENTS) is read back and
+waited on.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import platform
 import shutil
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from conftest import PLUGIN_DIR, REPO, Gateway
 
 BUILT = REPO / ".cache" / "native-plugins"  # where the build script puts the libraries
@@ -58,9 +61,13 @@ def native_gateway(work: Path, libraries: list[str], config: str,
         gw.stop()
 
 
-def enabled(*names: str) -> str:
-    """The config.yaml lines that enable each named plugin with no settings."""
-    return "".join(f"    {name}:\n      enabled: true\n" for name in names)
+def enabled(*names: str, priority: Mapping[str, int] | None = None) -> str:
+    """The config.yaml lines that enable each named plugin, with its `priority` where
+    given (none: the host's default) and no other settings."""
+    priority = priority or {}
+    return "".join(f"    {name}:\n      enabled: true\n"
+                   + (f"      priority: {priority[name]}\n" if name in priority else "")
+                   for name in names)
 
 
 def native_events(gw: Gateway) -> list[str]:
@@ -70,3 +77,15 @@ def native_events(gw: Gateway) -> list[str]:
         return path.read_text().splitlines()
     except FileNotFoundError:
         return []
+
+
+def wait_event(gw: Gateway, since: int, match: Callable[[str], bool],
+               timeout: float = 10) -> str:
+    """The first event after the first `since` lines that `match`es (bounded wait)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in native_events(gw)[since:]:
+            if match(line):
+                return line
+        time.sleep(0.02)
+    pytest.fail(f"no matching event; events since: {native_events(gw)[since:]}")
