@@ -51,7 +51,7 @@ static int execute(const char* req, size_t n, cliproxy_buffer* response) {
              "{\"id\":\"msg_c1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"c-claude\","
              "\"content\":[{\"type\":\"text\",\"text\":\"%s\"}],\"stop_reason\":\"end_turn\","
              "\"stop_sequence\":null,\"usage\":{\"input_tokens\":7,\"output_tokens\":5}}", esc);
-    int rc = ok_bytes(response, "Payload", body, ",\"Headers\":null,\"Metadata\":null");
+    int rc = ok_payload(response, body);
     free(body); free(esc); free(text); free(payload);
     return rc;
 }
@@ -103,18 +103,15 @@ static int count_tokens(const char* req, size_t n, cliproxy_buffer* response) {
     char body[64];
     snprintf(body, sizeof body, "{\"input_tokens\":%zu}", 1000 + strlen(text));
     free(text); free(payload);
-    return ok_bytes(response, "Payload", body, ",\"Headers\":null,\"Metadata\":null");
+    return ok_payload(response, body);
 }
 
 static int plugin_dispatch(const char* method, const char* req, size_t n,
                            cliproxy_buffer* response) {
-    if (strcmp(method, "plugin.register") == 0 || strcmp(method, "plugin.reconfigure") == 0)
-        return ok_reply(response,
-            "{\"schema_version\":1,\"metadata\":{\"Name\":\"c-claude\",\"Version\":\"1.0.0\","
-            "\"Author\":\"aogstream tests\",\"GitHubRepository\":\"https://example.invalid/c-claude\","
-            "\"Logo\":\"\",\"ConfigFields\":[]},\"capabilities\":{\"model_provider\":true,"
-            "\"executor\":true,\"executor_input_formats\":[\"anthropic\"],"
-            "\"executor_output_formats\":[\"anthropic\"]}}");
+    if (is_registration(method))
+        return ok_reply(response, CLIPROXY_REGISTRATION(1, "c-claude",
+            "\"model_provider\":true,\"executor\":true,\"executor_input_formats\":[\"anthropic\"],"
+            "\"executor_output_formats\":[\"anthropic\"]"));
     if (strcmp(method, "model.static") == 0)
         return ok_reply(response, "{\"Provider\":\"c-claude\",\"Models\":[{\"ID\":\"c-claude\"}],"
                                   "\"AuthUpdate\":null}");

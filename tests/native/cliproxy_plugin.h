@@ -115,10 +115,29 @@ CLIPROXY_HELPER int ok_chunks(cliproxy_buffer* response, const char* const* text
     return 0;
 }
 
+/* An executor.execute answer: the Payload `body`, with no headers or metadata. */
+CLIPROXY_HELPER int ok_payload(cliproxy_buffer* response, const char* body) {
+    return ok_bytes(response, "Payload", body, ",\"Headers\":null,\"Metadata\":null");
+}
+
 CLIPROXY_HELPER int unknown_method(cliproxy_buffer* response) {
     return reply(response, "{\"ok\":false,\"error\":{\"code\":\"unknown_method\","
                            "\"message\":\"unknown method\"}}");
 }
+
+/* plugin.register and plugin.reconfigure: both answer the registration. */
+CLIPROXY_HELPER int is_registration(const char* method) {
+    return strcmp(method, "plugin.register") == 0 || strcmp(method, "plugin.reconfigure") == 0;
+}
+
+/* The registration of the test plugin `name` (a string literal) at this schema_version
+ * (a number) with these `capabilities` (the inside of a JSON object, a string literal):
+ * the metadata every test plugin shares, as one string literal. */
+#define CLIPROXY_REGISTRATION(schema, name, capabilities)                                   \
+    "{\"schema_version\":" #schema ",\"metadata\":{\"Name\":\"" name "\","                 \
+    "\"Version\":\"1.0.0\",\"Author\":\"aogstream tests\","                                 \
+    "\"GitHubRepository\":\"https://example.invalid/" name "\",\"Logo\":\"\","             \
+    "\"ConfigFields\":[]},\"capabilities\":{" capabilities "}}"
 
 /* ---- base64 --------------------------------------------------------------------------- */
 

@@ -35,6 +35,11 @@
 #define NAME "c-lines"
 #define FORMAT "x-lines"
 #endif
+#ifdef GEMINI
+#define THINKING_APPLIER ""
+#else
+#define THINKING_APPLIER ",\"thinking_applier\":true"
+#endif
 
 /* ---- methods ----------------------------------------------------------------------- */
 
@@ -96,7 +101,7 @@ static int execute(const char* req, size_t n, cliproxy_buffer* response) {
     snprintf(body, cap, "{\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":"
              "\"%s\"}]},\"finishReason\":\"STOP\",\"index\":0}]," GEMINI_USAGE ","
              "\"modelVersion\":\"c-gemini\",\"responseId\":\"g1\"}", esc);
-    int rc = ok_bytes(response, "Payload", body, ",\"Headers\":null,\"Metadata\":null");
+    int rc = ok_payload(response, body);
     free(body); free(esc); free(text);
     return rc;
 }
@@ -118,54 +123,45 @@ static int execute_stream(const char* req, size_t n, cliproxy_buffer* response) 
     return rc;
 }
 #else
-/* The "line" of an x-lines request, JSON-escaped, or NULL (not one: refused). */
-static char* answer_text(const char* req, size_t n) {
+/* The "line" of an x-lines request, JSON-escaped, put into `shape` (a printf format
+ * with one %s); NULL when the request is not an x-lines one (refused). */
+static char* answer_text(const char* req, size_t n, const char* shape) {
     char* payload = find_bytes(req, n, "Payload");
     char* line = find_string(payload, strlen(payload), "line");
     free(payload);
     if (line == NULL) return NULL;
     char* esc = json_escape(line);
-    free(line);
-    return esc;
+    size_t cap = strlen(esc) + strlen(shape) + 1;
+    char* out = malloc(cap);
+    snprintf(out, cap, shape, esc);
+    free(esc); free(line);
+    return out;
 }
 
 static int execute(const char* req, size_t n, cliproxy_buffer* response) {
-    char* esc = answer_text(req, n);
-    if (esc == NULL) return refuse(response);
-    size_t cap = strlen(esc) + 64;
-    char* body = malloc(cap);
-    snprintf(body, cap, "{\"text\":\"lines saw: %s mark\"}", esc);
-    int rc = ok_bytes(response, "Payload", body, ",\"Headers\":null,\"Metadata\":null");
-    free(body); free(esc);
+    char* body = answer_text(req, n, "{\"text\":\"lines saw: %s mark\"}");
+    if (body == NULL) return refuse(response);
+    int rc = ok_payload(response, body);
+    free(body);
     return rc;
 }
 
 static int execute_stream(const char* req, size_t n, cliproxy_buffer* response) {
-    char* esc = answer_text(req, n);
-    if (esc == NULL) return refuse(response);
-    size_t cap = strlen(esc) + 64;
-    char* piece = malloc(cap);
-    snprintf(piece, cap, "{\"piece\":\"%s mark\"}", esc);
+    char* piece = answer_text(req, n, "{\"piece\":\"%s mark\"}");
+    if (piece == NULL) return refuse(response);
     const char* chunks[3] = {"{\"piece\":\"lines saw: \"}", piece, "{\"done\":true}"};
     int rc = ok_chunks(response, chunks, 3);
-    free(piece); free(esc);
+    free(piece);
     return rc;
 }
 #endif
 
 static int plugin_dispatch(const char* method, const char* req, size_t n,
                            cliproxy_buffer* response) {
-    if (strcmp(method, "plugin.register") == 0 || strcmp(method, "plugin.reconfigure") == 0)
-        return ok_reply(response,
-            "{\"schema_version\":1,\"metadata\":{\"Name\":\"" NAME "\",\"Version\":\"1.0.0\","
-            "\"Author\":\"aogstream tests\",\"GitHubRepository\":\"https://example.invalid/" NAME
-            "\",\"Logo\":\"\",\"ConfigFields\":[]},\"capabilities\":{\"model_provider\":true,"
-            "\"executor\":true,\"executor_input_formats\":[\"" FORMAT "\"],"
-            "\"executor_output_formats\":[\"" FORMAT "\"]"
-#ifndef GEMINI
-            ",\"thinking_applier\":true"
-#endif
-            "}}");
+    if (is_registration(method))
+        return ok_reply(response, CLIPROXY_REGISTRATION(1, NAME,
+            "\"model_provider\":true,\"executor\":true,\"executor_input_formats\":[\"" FORMAT
+            "\"],\"executor_output_formats\":[\"" FORMAT "\"]" THINKING_APPLIER));
     if (strcmp(method, "model.static") == 0)
         return ok_reply(response, "{\"Provider\":\"" NAME "\",\"Models\":[{\"ID\":\"" NAME
                                   "\"}],\"AuthUpdate\":null}");

@@ -178,26 +178,20 @@ static const char* ANSWER =
 static int plugin_dispatch(const char* method, const char* req, size_t n,
                            cliproxy_buffer* response) {
 #ifdef FRONTEND
-    if (strcmp(method, "plugin.register") == 0 || strcmp(method, "plugin.reconfigure") == 0)
+    if (is_registration(method))
         return ok_reply(response,
-            "{\"schema_version\":3,\"metadata\":{\"Name\":\"c-gate\",\"Version\":\"1.0.0\","
-            "\"Author\":\"aogstream tests\",\"GitHubRepository\":\"https://example.invalid/c-gate\","
-            "\"Logo\":\"\",\"ConfigFields\":[]},\"capabilities\":{"
-            "\"frontend_auth_provider\":true}}");
+                        CLIPROXY_REGISTRATION(3, "c-gate", "\"frontend_auth_provider\":true"));
     if (strcmp(method, "frontend_auth.identifier") == 0)
         return ok_reply(response, "{\"identifier\":\"c-gate\"}");
     if (strcmp(method, "frontend_auth.authenticate") == 0) return authenticate(req, n, response);
 #endif
-    if (strcmp(method, "plugin.register") == 0 || strcmp(method, "plugin.reconfigure") == 0)
-        return ok_reply(response,
-            "{\"schema_version\":3,\"metadata\":{\"Name\":\"c-hooks\",\"Version\":\"1.0.0\","
-            "\"Author\":\"aogstream tests\",\"GitHubRepository\":\"https://example.invalid/c-hooks\","
-            "\"Logo\":\"\",\"ConfigFields\":[]},\"capabilities\":{\"model_provider\":true,"
-            "\"executor\":true,\"executor_input_formats\":[\"openai\"],"
+    if (is_registration(method))
+        return ok_reply(response, CLIPROXY_REGISTRATION(3, "c-hooks",
+            "\"model_provider\":true,\"executor\":true,\"executor_input_formats\":[\"openai\"],"
             "\"executor_output_formats\":[\"openai\"],\"model_router\":true,"
             "\"request_interceptor\":true,\"response_interceptor\":true,"
             "\"response_stream_interceptor\":true,\"usage_plugin\":true,"
-            "\"request_lifecycle_plugin\":true}}");
+            "\"request_lifecycle_plugin\":true"));
     if (strcmp(method, "model.static") == 0)
         return ok_reply(response, "{\"Provider\":\"c-hooks\",\"Models\":[{\"ID\":\"c-routed\"},"
                                   "{\"ID\":\"c-badroute\"},{\"ID\":\"c-hooks-self\"}],"
@@ -212,7 +206,7 @@ static int plugin_dispatch(const char* method, const char* req, size_t n,
     if (strcmp(method, "usage.handle") == 0) return usage(req, n, response);
     if (strcmp(method, "request.complete") == 0) return complete(req, n, response);
     if (strcmp(method, "executor.execute") == 0)
-        return ok_bytes(response, "Payload", ANSWER, ",\"Headers\":null,\"Metadata\":null");
+        return ok_payload(response, ANSWER);
     if (strcmp(method, "executor.execute_stream") == 0) {
         const char* chunk = "{\"id\":\"h1\",\"object\":\"chat.completion.chunk\",\"created\":1,"
             "\"model\":\"c-hooks-self\",\"choices\":[{\"index\":0,\"delta\":{\"content\":"

@@ -155,14 +155,11 @@ NORMALIZERS[] = {
 
 static int plugin_dispatch(const char* method, const char* req, size_t n,
                            cliproxy_buffer* response) {
-    if (strcmp(method, "plugin.register") == 0 || strcmp(method, "plugin.reconfigure") == 0)
-        return ok_reply(response,
-            "{\"schema_version\":3,\"metadata\":{\"Name\":\"" NAME "\",\"Version\":\"1.0.0\","
-            "\"Author\":\"aogstream tests\",\"GitHubRepository\":\"https://example.invalid/" NAME
-            "\",\"Logo\":\"\",\"ConfigFields\":[]},\"capabilities\":{\"request_translator\":true,"
-            "\"request_normalizer\":true,\"response_translator\":true,"
-            "\"response_before_translator\":true,\"response_after_translator\":true,"
-            "\"thinking_applier\":true}}");
+    if (is_registration(method))
+        return ok_reply(response, CLIPROXY_REGISTRATION(3, NAME,
+            "\"request_translator\":true,\"request_normalizer\":true,"
+            "\"response_translator\":true,\"response_before_translator\":true,"
+            "\"response_after_translator\":true,\"thinking_applier\":true"));
     if (strcmp(method, "request.translate") == 0) return translate_request(req, n, response);
     if (strcmp(method, "response.translate") == 0) return translate_response(req, n, response);
     for (size_t i = 0; i < sizeof NORMALIZERS / sizeof NORMALIZERS[0]; i++)
