@@ -22,8 +22,6 @@ usage detail read from an OpenAI body, Go's RFC 3339 times, CPA's header merge.
 
 from __future__ import annotations
 
-import json
-import socket
 from collections.abc import Iterator
 
 import openai
@@ -152,18 +150,7 @@ def test_request_complete_reports_succeeded_and_failed(hooks_gw: Gateway) -> Non
 
 def test_request_complete_is_delivered_after_the_client_left(hooks_gw: Gateway) -> None:
     since = len(events(hooks_gw))
-    body = json.dumps({"model": "c-async", "stream": True,
-                       "messages": [{"role": "user", "content": "forever"}]}).encode()
-    sock = socket.create_connection(("127.0.0.1", hooks_gw.port), timeout=10)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                 b"Content-Type: application/json\r\nContent-Length: "
-                 + str(len(body)).encode() + b"\r\n\r\n" + body)
-    got = b""
-    while got.count(b"data:") < 3:
-        chunk = sock.recv(65536)
-        assert chunk, got
-        got += chunk
-    sock.close()
+    native.leave_mid_stream(hooks_gw)
     wait_event(hooks_gw, since, lambda e: e == "complete c-async canceled 499")
 
 

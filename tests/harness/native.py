@@ -3,13 +3,15 @@ one up: the libraries are built (tools/build-native-plugins.sh; quick when nothi
 changed), copied into a plugin folder of the gateway's own under `linux/<arch>/` (or
 loose at its top, where the loader lists what it cannot load), enabled in the data
 directory's config.yaml, and their events file (NATIVE_TEST_EVENTS) is read back and
-waited on.
+waited on; `leave_mid_stream` is a client that leaves a plugin stream.
 """
 
 from __future__ import annotations
 
+import json
 import platform
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -89,3 +91,21 @@ def wait_event(gw: Gateway, since: int, match: Callable[[str], bool],
                 return line
         time.sleep(0.02)
     pytest.fail(f"no matching event; events since: {native_events(gw)[since:]}")
+
+
+def leave_mid_stream(gw: Gateway) -> None:
+    """A client that leaves mid-stream: a streamed chat request to c-async saying
+    "forever" (c-test emits until the host refuses a chunk) over a raw socket, closed
+    once three `data:` frames arrived."""
+    body = json.dumps({"model": "c-async", "stream": True,
+                       "messages": [{"role": "user", "content": "forever"}]}).encode()
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: "
+                 + str(len(body)).encode() + b"\r\n\r\n" + body)
+    got = b""
+    while got.count(b"data:") < 3:
+        chunk = sock.recv(65536)
+        assert chunk, got
+        got += chunk
+    sock.close()
