@@ -41,7 +41,8 @@ def native_gateway(work: Path, libraries: list[str], config: str,
     """A started gateway (the Python test plugins too) with the built `libraries` (names
     without `.so`) installed for this machine, `loose` files at the top of the plugin
     folder, and `config` as the text under `plugins:` `configs:` in its config.yaml;
-    `gw.native_events` is the events file the plugins write. Stopped on exit."""
+    `gw.native_events` is the events file the plugins write, `gw.native_plugins` the
+    plugin folder. Stopped on exit."""
     build()
     plugins = work / "native-plugins"
     (plugins / "linux" / arch()).mkdir(parents=True)
@@ -57,6 +58,7 @@ def native_gateway(work: Path, libraries: list[str], config: str,
                  plugin_dir=[PLUGIN_DIR, plugins])
     gw.start()
     gw.native_events = events_file  # type: ignore[attr-defined]
+    gw.native_plugins = plugins  # type: ignore[attr-defined]
     try:
         yield gw
     finally:
