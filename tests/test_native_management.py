@@ -46,7 +46,7 @@ import httpx
 import openai
 import pytest
 import yaml
-from conftest import REPO, Gateway
+from conftest import Gateway
 from harness import native
 
 MGMT = "/v0/management"
@@ -316,7 +316,7 @@ def _run_cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_plugin_run_dispatches_the_plugins_command_line(tmp_path: Path) -> None:
-    subprocess.run([str(REPO / "tools" / "build-native-plugins.sh")], check=True)
+    native.build()
     data = tmp_path / "data"
     (data / "plugins").mkdir(parents=True)
     shutil.copy(BUILT / "c-test.so", data / "plugins" / "c-test.so")

@@ -493,11 +493,11 @@ LLM = "smollm2-135m-instruct"
 def llm_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """The C plugin (found through `plugins.dir`) beside the shipped llama.cpp plugin
     and its real engine."""
-    subprocess.run([str(REPO / "tools" / "build-native-plugins.sh")], check=True)
+    native.build()
     work = tmp_path_factory.mktemp("native-llm")
-    native = work / "data" / "native" / "linux" / _arch()
-    native.mkdir(parents=True)
-    shutil.copy(BUILT / "c-test.so", native / "c-test.so")
+    folder = work / "data" / "native" / "linux" / _arch()
+    folder.mkdir(parents=True)
+    shutil.copy(BUILT / "c-test.so", folder / "c-test.so")
     (work / "data" / "config.yaml").write_text(  # plugins.dir, relative to the data dir
         "plugins:\n  enabled: true\n  dir: native\n  configs:\n"
         "    c-test:\n      enabled: true\n"
@@ -595,7 +595,7 @@ def test_abi_structs_have_the_spec_layout() -> None:
 
 
 def test_gateway_stop_calls_the_plugins_shutdown(tmp_path: Path) -> None:
-    subprocess.run([str(REPO / "tools" / "build-native-plugins.sh")], check=True)
+    native.build()
     plugins = tmp_path / "native"
     plugins.mkdir()
     shutil.copy(BUILT / "c-test.so", plugins / "c-test.so")
@@ -615,7 +615,7 @@ def test_gateway_stop_calls_the_plugins_shutdown(tmp_path: Path) -> None:
 
 
 def test_disabling_a_plugin_removes_its_models_after_a_restart(tmp_path: Path) -> None:
-    subprocess.run([str(REPO / "tools" / "build-native-plugins.sh")], check=True)
+    native.build()
     plugins = tmp_path / "native"
     plugins.mkdir()
     shutil.copy(BUILT / "c-test.so", plugins / "c-test.so")
