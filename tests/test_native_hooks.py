@@ -22,10 +22,7 @@ usage detail read from an OpenAI body, Go's RFC 3339 times, CPA's header merge.
 
 from __future__ import annotations
 
-import json
-import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import openai
 import pytest
@@ -40,25 +37,14 @@ _arch = native.arch
 
 @pytest.fixture(scope="module")
 def hooks_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    config = native.enabled("c-test") + "    c-hooks:\n      enabled: true\n      priority: 5\n"
+    config = native.enabled("c-test", "c-hooks", priority={"c-hooks": 5})
     with native.native_gateway(tmp_path_factory.mktemp("native-hooks"), ["c-test", "c-hooks"],
                                config) as gw:
         yield gw
 
 
 events = native.native_events
-
-
-def wait_event(gw: Gateway, since: int, match: Callable[[str], bool],
-               timeout: float = 10) -> str:
-    """The first event after the first `since` lines that `match`es (bounded wait)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in events(gw)[since:]:
-            if match(line):
-                return line
-        time.sleep(0.02)
-    pytest.fail(f"no matching event; events since: {events(gw)[since:]}")
+wait_event = native.wait_event
 
 
 def oai(gw: Gateway) -> openai.OpenAI:
@@ -164,18 +150,7 @@ def test_request_complete_reports_succeeded_and_failed(hooks_gw: Gateway) -> Non
 
 def test_request_complete_is_delivered_after_the_client_left(hooks_gw: Gateway) -> None:
     since = len(events(hooks_gw))
-    body = json.dumps({"model": "c-async", "stream": True,
-                       "messages": [{"role": "user", "content": "forever"}]}).encode()
-    sock = socket.create_connection(("127.0.0.1", hooks_gw.port), timeout=10)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                 b"Content-Type: application/json\r\nContent-Length: "
-                 + str(len(body)).encode() + b"\r\n\r\n" + body)
-    got = b""
-    while got.count(b"data:") < 3:
-        chunk = sock.recv(65536)
-        assert chunk, got
-        got += chunk
-    sock.close()
+    native.leave_mid_stream(hooks_gw)
     wait_event(hooks_gw, since, lambda e: e == "complete c-async canceled 499")
 
 

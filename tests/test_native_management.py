@@ -46,44 +46,30 @@ import httpx
 import openai
 import pytest
 import yaml
-from conftest import PLUGIN_DIR, REPO, Gateway
-from test_native_plugins import BUILT, _arch
+from conftest import Gateway
+from harness import native
 
 MGMT = "/v0/management"
+BUILT = native.BUILT
+_arch = native.arch
 
 
 @pytest.fixture(scope="module")
 def mgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    subprocess.run([str(REPO / "tools" / "build-native-plugins.sh")], check=True)
-    work = tmp_path_factory.mktemp("native-mgmt")
-    plugins = work / "native-plugins"
-    arch_dir = plugins / "linux" / _arch()
-    arch_dir.mkdir(parents=True)
-    shutil.copy(BUILT / "c-test.so", arch_dir / "c-test.so")
-    shutil.copy(BUILT / "c-test.so", plugins / "spare.so")  # discovered, not configured
-    data = work / "gw" / "data"
-    data.mkdir(parents=True)
-    (data / "config.yaml").write_text(
-        "plugins:\n"
-        "  enabled: true\n"
-        "  configs:\n"
-        "    c-test:\n"
-        "      enabled: true\n"
-        "      greeting: a&b<c>\n"
-        "    ghost:\n"
-        "      enabled: false\n"
-        "other-section:\n"
-        "  kept: yes please\n")
-    gw = Gateway(work / "gw", {"NATIVE_TEST_EVENTS": str(work / "native-events.txt"),
-                               "AOGSTREAM_WORKERS": "2"},  # "on every worker" below
-                 plugin_dir=[PLUGIN_DIR, plugins])
-    gw.start()
-    gw.native_events = work / "native-events.txt"  # type: ignore[attr-defined]
-    gw.arch_dir = arch_dir  # type: ignore[attr-defined]
-    try:
+    config = ("    c-test:\n"
+              "      enabled: true\n"
+              "      greeting: a&b<c>\n"
+              "    ghost:\n"
+              "      enabled: false\n"
+              "other-section:\n"
+              "  kept: yes please\n")
+    native.build()  # the spare copy is read before the gateway starts
+    spare = {"spare.so": (BUILT / "c-test.so").read_bytes()}  # discovered, not configured
+    with native.native_gateway(tmp_path_factory.mktemp("native-mgmt"), ["c-test"], config,
+                               env={"AOGSTREAM_WORKERS": "2"},  # "on every worker" below
+                               loose=spare) as gw:
+        gw.arch_dir = gw.native_plugins / "linux" / _arch()  # type: ignore[attr-defined]
         yield gw
-    finally:
-        gw.stop()
 
 
 def key(gw: Gateway) -> str:
@@ -96,11 +82,7 @@ def mgmt(gw: Gateway, method: str, path: str, **kw: object) -> httpx.Response:
                          **kw)  # type: ignore[arg-type]
 
 
-def events(gw: Gateway) -> list[str]:
-    try:
-        return gw.native_events.read_text().splitlines()  # type: ignore[attr-defined]
-    except FileNotFoundError:
-        return []
+events = native.native_events
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -334,7 +316,7 @@ def _run_cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_plugin_run_dispatches_the_plugins_command_line(tmp_path: Path) -> None:
-    subprocess.run([str(REPO / "tools" / "build-native-plugins.sh")], check=True)
+    native.build()
     data = tmp_path / "data"
     (data / "plugins").mkdir(parents=True)
     shutil.copy(BUILT / "c-test.so", data / "plugins" / "c-test.so")

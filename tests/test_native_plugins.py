@@ -43,7 +43,6 @@ import base64
 import http.server
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -55,6 +54,7 @@ import openai
 import pytest
 from conftest import PLUGIN_DIR, REPO, Gateway, shipped_plugins_gateway
 from harness import native
+from harness.cloud import loopback_server
 
 from aogstream import errors
 from aogstream.host.native import gojson as gj
@@ -93,6 +93,17 @@ events = native.native_events
 def oai(gw: Gateway, timeout: float = 30) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0,
                          timeout=timeout)
+
+
+def wait_logged_with_request_id(gw: Gateway, text: str) -> None:
+    """Waits (bounded) for a line of the gateway log holding `text` and a request id."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [x for x in gw.log_tail(400).splitlines() if text in x]
+        if any("request_id=" in x for x in lines):
+            return
+        time.sleep(0.05)
+    pytest.fail(f"no log line {text!r} with a request id; log:\n{gw.log_tail()}")
 
 
 # ---- models ------------------------------------------------------------------------------
@@ -201,14 +212,7 @@ def test_rust_plugin_serves_chat_unary_and_streamed_through_openai(native_gw: Ga
 def test_rust_plugin_logs_through_host_log(native_gw: Gateway) -> None:
     oai(native_gw).chat.completions.create(
         model="rust-echo", messages=[{"role": "user", "content": "log me"}])
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        lines = [x for x in native_gw.log_tail(400).splitlines()
-                 if "plugin rust-test: rust-test executing" in x]
-        if any("request_id=" in x for x in lines):
-            return
-        time.sleep(0.05)
-    pytest.fail(f"no host.log line of the Rust plugin; log:\n{native_gw.log_tail()}")
+    wait_logged_with_request_id(native_gw, "plugin rust-test: rust-test executing")
 
 
 def test_rust_plugin_gets_every_buffer_back_with_its_length(native_gw: Gateway) -> None:
@@ -238,14 +242,7 @@ def test_config_reaches_the_plugin_as_yaml(native_gw: Gateway) -> None:
 def test_host_log_reaches_the_gateway_log_with_the_request_id(native_gw: Gateway) -> None:
     oai(native_gw).chat.completions.create(
         model="c-echo", messages=[{"role": "user", "content": "log me"}])
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        lines = [x for x in native_gw.log_tail(400).splitlines()
-                 if "plugin c-test: c-test executing" in x]
-        if any("request_id=" in x for x in lines):
-            return
-        time.sleep(0.05)
-    pytest.fail(f"no host.log line with a request id; log:\n{native_gw.log_tail()}")
+    wait_logged_with_request_id(native_gw, "plugin c-test: c-test executing")
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
@@ -265,18 +262,12 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 
 
 def test_host_http_do_reaches_a_loopback_server(native_gw: Gateway) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/page"
+    with loopback_server(_Recorder) as base:
+        url = f"{base}/page"
         out = oai(native_gw).chat.completions.create(
             model="c-echo", messages=[{"role": "user", "content": f"fetch {url}"}])
         assert out.choices[0].message.content == "fetched through the host"
         assert {"path": "/page", "x-plugin": "c-test"} in _Recorder.seen
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 class _Trickle(http.server.BaseHTTPRequestHandler):
@@ -301,11 +292,8 @@ class _Trickle(http.server.BaseHTTPRequestHandler):
 
 
 def test_client_leaving_cancels_the_plugins_outbound_request(native_gw: Gateway) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/slow"
+    with loopback_server(_Trickle) as base:
+        url = f"{base}/slow"
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{native_gw.url}/v1/chat/completions", timeout=1.0, json={
                 "model": "c-echo", "messages": [{"role": "user", "content": f"fetch {url}"}]})
@@ -316,25 +304,11 @@ def test_client_leaving_cancels_the_plugins_outbound_request(native_gw: Gateway)
         assert _Trickle.gone, "the plugin's host.http.do kept reading after the client left"
         print(f"outbound request closed {1000 * (_Trickle.gone[0] - left):.0f} ms after "
               f"the client left")
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_client_leaving_mid_stream_stops_the_plugin_stream(native_gw: Gateway) -> None:
     before = len([e for e in events(native_gw) if e.startswith("aborted ")])
-    body = json.dumps({"model": "c-async", "stream": True,
-                       "messages": [{"role": "user", "content": "forever"}]}).encode()
-    sock = socket.create_connection(("127.0.0.1", native_gw.port), timeout=10)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                 b"Content-Type: application/json\r\nContent-Length: "
-                 + str(len(body)).encode() + b"\r\n\r\n" + body)
-    got = b""
-    while got.count(b"data:") < 3:
-        chunk = sock.recv(65536)
-        assert chunk, got
-        got += chunk
-    sock.close()
+    native.leave_mid_stream(native_gw)
     left = time.monotonic()
     deadline = left + 10
     while time.monotonic() < deadline:
@@ -500,20 +474,14 @@ class _Big(http.server.BaseHTTPRequestHandler):
 
 def test_host_http_stream_is_pulled_in_reads_from_a_loopback_server(
         native_gw: Gateway) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Big)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/big"
+    with loopback_server(_Big) as base:
+        url = f"{base}/big"
         out = oai(native_gw).chat.completions.create(
             model="c-echo", messages=[{"role": "user", "content": f"fetchstream {url}"}])
         text = out.choices[0].message.content or ""
         assert text.startswith(f"streamed {100 * 1024} bytes in "), text
         assert text.endswith("A..Z"), text
         assert int(text.split(" in ")[1].split()[0]) >= 4  # 32 KiB reads at most
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # ---- host.model.* (with llama.cpp) ----------------------------------------------------
@@ -525,11 +493,11 @@ LLM = "smollm2-135m-instruct"
 def llm_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """The C plugin (found through `plugins.dir`) beside the shipped llama.cpp plugin
     and its real engine."""
-    subprocess.run([str(REPO / "tools" / "build-native-plugins.sh")], check=True)
+    native.build()
     work = tmp_path_factory.mktemp("native-llm")
-    native = work / "data" / "native" / "linux" / _arch()
-    native.mkdir(parents=True)
-    shutil.copy(BUILT / "c-test.so", native / "c-test.so")
+    folder = work / "data" / "native" / "linux" / _arch()
+    folder.mkdir(parents=True)
+    shutil.copy(BUILT / "c-test.so", folder / "c-test.so")
     (work / "data" / "config.yaml").write_text(  # plugins.dir, relative to the data dir
         "plugins:\n  enabled: true\n  dir: native\n  configs:\n"
         "    c-test:\n      enabled: true\n"
@@ -627,7 +595,7 @@ def test_abi_structs_have_the_spec_layout() -> None:
 
 
 def test_gateway_stop_calls_the_plugins_shutdown(tmp_path: Path) -> None:
-    subprocess.run([str(REPO / "tools" / "build-native-plugins.sh")], check=True)
+    native.build()
     plugins = tmp_path / "native"
     plugins.mkdir()
     shutil.copy(BUILT / "c-test.so", plugins / "c-test.so")
@@ -647,7 +615,7 @@ def test_gateway_stop_calls_the_plugins_shutdown(tmp_path: Path) -> None:
 
 
 def test_disabling_a_plugin_removes_its_models_after_a_restart(tmp_path: Path) -> None:
-    subprocess.run([str(REPO / "tools" / "build-native-plugins.sh")], check=True)
+    native.build()
     plugins = tmp_path / "native"
     plugins.mkdir()
     shutil.copy(BUILT / "c-test.so", plugins / "c-test.so")

@@ -38,12 +38,8 @@ into chat chunks.
 
 from __future__ import annotations
 
-import platform
-import shutil
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -51,84 +47,40 @@ import anthropic
 import httpx
 import openai
 import pytest
-from conftest import PLUGIN_DIR, REPO, Gateway
+from conftest import Gateway
+from harness import native
 
 from aogstream.host.native.hooks import Hooks
 from aogstream.host.native.negotiation import negotiate
 from aogstream.host.native.thinking import applier, config_of
 from aogstream.host.native.translate import chat_chunks
 
-BUILT = REPO / ".cache" / "native-plugins"
 MESSAGES: list[Any] = [{"role": "system", "content": "be brief"},
                        {"role": "user", "content": "hello norm-me"}]
 LINES_SAID = "lines saw: hello norm-A-B markABab [by A]"
 GEMINI_SAID = "gemini saw: hello norm-A-B | system: be brief markABab"
 
 
-def _arch() -> str:
-    m = platform.machine().lower()
-    return {"x86_64": "amd64", "aarch64": "arm64"}.get(m, m)
-
-
-def _gateway(work: Path, plugins: dict[str, int]) -> Gateway:
-    """A gateway loading the built `plugins` (ID → priority)."""
-    subprocess.run([str(REPO / "tools" / "build-native-plugins.sh")], check=True)
-    folder = work / "native-plugins" / "linux" / _arch()
-    folder.mkdir(parents=True)
-    config = "plugins:\n  enabled: true\n  configs:\n"
-    for name, priority in plugins.items():
-        shutil.copy(BUILT / f"{name}.so", folder / f"{name}.so")
-        config += f"    {name}:\n      enabled: true\n      priority: {priority}\n"
-    data = work / "gw" / "data"
-    data.mkdir(parents=True)
-    (data / "config.yaml").write_text(config)
-    gw = Gateway(work / "gw", {"NATIVE_TEST_EVENTS": str(work / "events.txt")},
-                 plugin_dir=[PLUGIN_DIR, work / "native-plugins"])
-    gw.native_events = work / "events.txt"  # type: ignore[attr-defined]
-    return gw
-
-
 @pytest.fixture(scope="module")
 def bare_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """The two foreign-format executors and no translator plugin."""
-    gw = _gateway(tmp_path_factory.mktemp("native-bare"), {"c-lines": 0, "c-gemini": 0})
-    gw.start()
-    try:
+    plugins = {"c-lines": 0, "c-gemini": 0}  # ID → priority
+    with native.native_gateway(tmp_path_factory.mktemp("native-bare"), list(plugins),
+                               native.enabled(*plugins, priority=plugins)) as gw:
         yield gw
-    finally:
-        gw.stop()
 
 
 @pytest.fixture(scope="module")
 def xlate_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gw = _gateway(tmp_path_factory.mktemp("native-xlate"),
-                  {"c-test": 0, "c-lines": 0, "c-gemini": 0, "c-other": 0, "c-xlate": 5,
-                   "c-xlate2": 1})
-    gw.start()
-    try:
+    plugins = {"c-test": 0, "c-lines": 0, "c-gemini": 0, "c-other": 0, "c-xlate": 5,
+               "c-xlate2": 1}
+    with native.native_gateway(tmp_path_factory.mktemp("native-xlate"), list(plugins),
+                               native.enabled(*plugins, priority=plugins)) as gw:
         yield gw
-    finally:
-        gw.stop()
 
 
-def events(gw: Gateway) -> list[str]:
-    path: Path = gw.native_events  # type: ignore[attr-defined]
-    try:
-        return path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
-
-
-def wait_event(gw: Gateway, since: int, match: Callable[[str], bool],
-               timeout: float = 10) -> str:
-    """The first event after the first `since` lines that `match`es (bounded wait)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in events(gw)[since:]:
-            if match(line):
-                return line
-        time.sleep(0.02)
-    pytest.fail(f"no matching event; events since: {events(gw)[since:]}")
+events = native.native_events
+wait_event = native.wait_event
 
 
 def client(gw: Gateway) -> openai.OpenAI:

@@ -33,7 +33,7 @@ static int answer(cliproxy_buffer* response, const char* text) {
              "{\"id\":\"a1\",\"object\":\"chat.completion\",\"created\":1,\"model\":\"c-keyed\","
              "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"%s\"},"
              "\"finish_reason\":\"stop\"}]}", esc);
-    int rc = ok_bytes(response, "Payload", body, ",\"Headers\":null,\"Metadata\":null");
+    int rc = ok_payload(response, body);
     free(body); free(esc);
     return rc;
 }
@@ -119,13 +119,10 @@ static int login_poll(cliproxy_buffer* response) {
 
 static int plugin_dispatch(const char* method, const char* req, size_t n,
                            cliproxy_buffer* response) {
-    if (strcmp(method, "plugin.register") == 0 || strcmp(method, "plugin.reconfigure") == 0)
-        return ok_reply(response,
-            "{\"schema_version\":1,\"metadata\":{\"Name\":\"c-auth\",\"Version\":\"1.0.0\","
-            "\"Author\":\"aogstream tests\",\"GitHubRepository\":\"https://example.invalid/c-auth\","
-            "\"Logo\":\"\",\"ConfigFields\":[]},\"capabilities\":{\"auth_provider\":true,"
-            "\"model_provider\":true,\"executor\":true,\"executor_input_formats\":[\"openai\"],"
-            "\"executor_output_formats\":[\"openai\"]}}");
+    if (is_registration(method))
+        return ok_reply(response, CLIPROXY_REGISTRATION(1, "c-auth",
+            "\"auth_provider\":true,\"model_provider\":true,\"executor\":true,"
+            "\"executor_input_formats\":[\"openai\"],\"executor_output_formats\":[\"openai\"]"));
     if (strcmp(method, "auth.identifier") == 0)
         return ok_reply(response, "{\"identifier\":\"C-Auth\"}");
     if (strcmp(method, "model.static") == 0)

@@ -51,19 +51,9 @@ static int execute(const char* req, size_t n, cliproxy_buffer* response) {
              "{\"id\":\"msg_c1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"c-claude\","
              "\"content\":[{\"type\":\"text\",\"text\":\"%s\"}],\"stop_reason\":\"end_turn\","
              "\"stop_sequence\":null,\"usage\":{\"input_tokens\":7,\"output_tokens\":5}}", esc);
-    int rc = ok_bytes(response, "Payload", body, ",\"Headers\":null,\"Metadata\":null");
+    int rc = ok_payload(response, body);
     free(body); free(esc); free(text); free(payload);
     return rc;
-}
-
-/* {"Payload":"<b64>"} for one chunk. */
-static char* chunk(const char* text) {
-    char* b = b64_encode(text, strlen(text));
-    size_t cap = strlen(b) + 32;
-    char* out = malloc(cap);
-    snprintf(out, cap, "{\"Payload\":\"%s\"}", b);
-    free(b);
-    return out;
 }
 
 static int execute_stream(const char* req, size_t n, cliproxy_buffer* response) {
@@ -80,34 +70,26 @@ static int execute_stream(const char* req, size_t n, cliproxy_buffer* response) 
       esc2 = json_escape(text + half); }
     size_t cap = strlen(esc1) + strlen(esc2) + 2048;
     char* ev[4];
-    char* buf = malloc(cap);
-    snprintf(buf, cap,
+    for (int i = 0; i < 4; i++) ev[i] = malloc(cap);
+    snprintf(ev[0], cap,
              "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_s1\","
              "\"type\":\"message\",\"role\":\"assistant\",\"model\":\"c-claude\",\"content\":[],"
              "\"stop_reason\":null,\"usage\":{\"input_tokens\":7,\"output_tokens\":0}}}\n\n"
              "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,"
              "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
-    ev[0] = chunk(buf);
-    snprintf(buf, cap, "event: content_block_delta\ndata: {\"type\":\"content_block_delta\","
+    snprintf(ev[1], cap, "event: content_block_delta\ndata: {\"type\":\"content_block_delta\","
              "\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"%s\"}}\n\n", esc1);
-    ev[1] = chunk(buf);
-    snprintf(buf, cap, "event: ping\ndata: {\"type\":\"ping\"}\n\n"
+    snprintf(ev[2], cap, "event: ping\ndata: {\"type\":\"ping\"}\n\n"
              "event: content_block_delta\ndata: {\"type\":\"content_block_delta\","
              "\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"%s\"}}\n\n"
              "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
              esc2);
-    ev[2] = chunk(buf);
-    snprintf(buf, cap, "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":"
+    snprintf(ev[3], cap, "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":"
              "{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":5}}"
              "\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
-    ev[3] = chunk(buf);
-    size_t total = 64;
-    for (int i = 0; i < 4; i++) total += strlen(ev[i]) + 1;
-    char* result = malloc(total);
-    snprintf(result, total, "{\"headers\":null,\"chunks\":[%s,%s,%s,%s]}", ev[0], ev[1], ev[2], ev[3]);
-    int rc = ok_reply(response, result);
+    int rc = ok_chunks(response, (const char* const*)ev, 4);
     for (int i = 0; i < 4; i++) free(ev[i]);
-    free(result); free(buf); free(esc1); free(esc2); free(text); free(payload);
+    free(esc1); free(esc2); free(text); free(payload);
     return rc;
 }
 
@@ -121,18 +103,15 @@ static int count_tokens(const char* req, size_t n, cliproxy_buffer* response) {
     char body[64];
     snprintf(body, sizeof body, "{\"input_tokens\":%zu}", 1000 + strlen(text));
     free(text); free(payload);
-    return ok_bytes(response, "Payload", body, ",\"Headers\":null,\"Metadata\":null");
+    return ok_payload(response, body);
 }
 
 static int plugin_dispatch(const char* method, const char* req, size_t n,
                            cliproxy_buffer* response) {
-    if (strcmp(method, "plugin.register") == 0 || strcmp(method, "plugin.reconfigure") == 0)
-        return ok_reply(response,
-            "{\"schema_version\":1,\"metadata\":{\"Name\":\"c-claude\",\"Version\":\"1.0.0\","
-            "\"Author\":\"aogstream tests\",\"GitHubRepository\":\"https://example.invalid/c-claude\","
-            "\"Logo\":\"\",\"ConfigFields\":[]},\"capabilities\":{\"model_provider\":true,"
-            "\"executor\":true,\"executor_input_formats\":[\"anthropic\"],"
-            "\"executor_output_formats\":[\"anthropic\"]}}");
+    if (is_registration(method))
+        return ok_reply(response, CLIPROXY_REGISTRATION(1, "c-claude",
+            "\"model_provider\":true,\"executor\":true,\"executor_input_formats\":[\"anthropic\"],"
+            "\"executor_output_formats\":[\"anthropic\"]"));
     if (strcmp(method, "model.static") == 0)
         return ok_reply(response, "{\"Provider\":\"c-claude\",\"Models\":[{\"ID\":\"c-claude\"}],"
                                   "\"AuthUpdate\":null}");

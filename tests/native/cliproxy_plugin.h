@@ -1,9 +1,10 @@
 /* The CLIProxyAPI C ABI boilerplate every C plugin of aogstream's tests (the .c files here)
  * and the benchmarks' native relay (benchmarks/native_relay) would otherwise repeat: the
- * ABI's types, the exported init, the call entry point, answer buffers and their free,
- * base64, and the plain-text JSON field search CPA's own C examples use (no unescaping,
- * no whitespace after the colon: the host writes compact JSON). Header-only, C, libc
- * only: each plugin is one translation unit that includes it once.
+ * ABI's types, the exported init, the call entry point, answer buffers (unary and
+ * streamed) and their free, base64, the plain-text JSON field search CPA's own C
+ * examples use (no unescaping, no whitespace after the colon: the host writes compact
+ * JSON), text replacement, host calls and the events file. Header-only, C, libc only:
+ * each plugin is one translation unit that includes it once.
  *
  * A plugin defines
  *     static int plugin_dispatch(const char* method, const char* req, size_t n,
@@ -95,10 +96,48 @@ CLIPROXY_HELPER int ok_bytes(cliproxy_buffer* response, const char* key, const c
     return 0;
 }
 
+/* An executor.execute_stream answer: {"headers":null,"chunks":[{"Payload":"<base64>"},...]}
+ * with one chunk for each of the `count` texts, as a success envelope. */
+CLIPROXY_HELPER int ok_chunks(cliproxy_buffer* response, const char* const* texts,
+                              size_t count) {
+    size_t cap = 64;
+    for (size_t i = 0; i < count; i++) cap += 4 * ((strlen(texts[i]) + 2) / 3) + 16;
+    char* result = malloc(cap);
+    size_t o = (size_t)snprintf(result, cap, "{\"headers\":null,\"chunks\":[");
+    for (size_t i = 0; i < count; i++) {
+        char* b = b64_encode(texts[i], strlen(texts[i]));
+        o += (size_t)snprintf(result + o, cap - o, "%s{\"Payload\":\"%s\"}", i ? "," : "", b);
+        free(b);
+    }
+    snprintf(result + o, cap - o, "]}");
+    ok_reply(response, result);
+    free(result);
+    return 0;
+}
+
+/* An executor.execute answer: the Payload `body`, with no headers or metadata. */
+CLIPROXY_HELPER int ok_payload(cliproxy_buffer* response, const char* body) {
+    return ok_bytes(response, "Payload", body, ",\"Headers\":null,\"Metadata\":null");
+}
+
 CLIPROXY_HELPER int unknown_method(cliproxy_buffer* response) {
     return reply(response, "{\"ok\":false,\"error\":{\"code\":\"unknown_method\","
                            "\"message\":\"unknown method\"}}");
 }
+
+/* plugin.register and plugin.reconfigure: both answer the registration. */
+CLIPROXY_HELPER int is_registration(const char* method) {
+    return strcmp(method, "plugin.register") == 0 || strcmp(method, "plugin.reconfigure") == 0;
+}
+
+/* The registration of the test plugin `name` (a string literal) at this schema_version
+ * (a number) with these `capabilities` (the inside of a JSON object, a string literal):
+ * the metadata every test plugin shares, as one string literal. */
+#define CLIPROXY_REGISTRATION(schema, name, capabilities)                                   \
+    "{\"schema_version\":" #schema ",\"metadata\":{\"Name\":\"" name "\","                 \
+    "\"Version\":\"1.0.0\",\"Author\":\"aogstream tests\","                                 \
+    "\"GitHubRepository\":\"https://example.invalid/" name "\",\"Logo\":\"\","             \
+    "\"ConfigFields\":[]},\"capabilities\":{" capabilities "}}"
 
 /* ---- base64 --------------------------------------------------------------------------- */
 
@@ -150,6 +189,12 @@ CLIPROXY_HELPER const char* find_value(const char* json, size_t n, const char* k
     return NULL;
 }
 
+/* The number "key": holds in json (0 when absent). */
+CLIPROXY_HELPER long find_long(const char* json, size_t n, const char* key) {
+    const char* p = find_value(json, n, key);
+    return p ? strtol(p, NULL, 10) : 0;
+}
+
 /* [start, start + *len) of the first string value of "key":"..." in json, or NULL. */
 CLIPROXY_HELPER const char* find_span(const char* json, size_t n, const char* key, size_t* len) {
     char pat[64];
@@ -199,6 +244,22 @@ CLIPROXY_HELPER char* json_escape(const char* s) {
         else out[o++] = (char)c;
     }
     out[o] = 0;
+    return out;
+}
+
+/* s with every `from` replaced by `to` (a new string). */
+CLIPROXY_HELPER char* replace(const char* s, const char* from, const char* to) {
+    size_t fl = strlen(from), tl = strlen(to), count = 0;
+    for (const char* p = strstr(s, from); p; p = strstr(p + fl, from)) count++;
+    char* out = malloc(strlen(s) + count * (tl > fl ? tl - fl : 0) + 1);
+    char* o = out;
+    for (const char* p = s;;) {
+        const char* q = strstr(p, from);
+        if (q == NULL) { strcpy(o, p); break; }
+        memcpy(o, p, (size_t)(q - p)); o += q - p;
+        memcpy(o, to, tl); o += tl;
+        p = q + fl;
+    }
     return out;
 }
 

@@ -29,27 +29,6 @@
 
 static long usage_seq;  /* a plain counter: the host delivers usage one at a time */
 
-static long find_long(const char* json, size_t n, const char* key) {
-    const char* p = find_value(json, n, key);
-    return p ? strtol(p, NULL, 10) : 0;
-}
-
-/* s with every `from` replaced by `to` (a new string). */
-static char* replace(const char* s, const char* from, const char* to) {
-    size_t fl = strlen(from), tl = strlen(to), count = 0;
-    for (const char* p = strstr(s, from); p; p = strstr(p + fl, from)) count++;
-    char* out = malloc(strlen(s) + count * (tl > fl ? tl - fl : 0) + 1);
-    char* o = out;
-    for (const char* p = s;;) {
-        const char* q = strstr(p, from);
-        if (q == NULL) { strcpy(o, p); break; }
-        memcpy(o, p, (size_t)(q - p)); o += q - p;
-        memcpy(o, to, tl); o += tl;
-        p = q + fl;
-    }
-    return out;
-}
-
 /* ---- methods ----------------------------------------------------------------------- */
 
 static int intercept(const char* req, size_t n, cliproxy_buffer* response, int after) {
@@ -199,26 +178,20 @@ static const char* ANSWER =
 static int plugin_dispatch(const char* method, const char* req, size_t n,
                            cliproxy_buffer* response) {
 #ifdef FRONTEND
-    if (strcmp(method, "plugin.register") == 0 || strcmp(method, "plugin.reconfigure") == 0)
+    if (is_registration(method))
         return ok_reply(response,
-            "{\"schema_version\":3,\"metadata\":{\"Name\":\"c-gate\",\"Version\":\"1.0.0\","
-            "\"Author\":\"aogstream tests\",\"GitHubRepository\":\"https://example.invalid/c-gate\","
-            "\"Logo\":\"\",\"ConfigFields\":[]},\"capabilities\":{"
-            "\"frontend_auth_provider\":true}}");
+                        CLIPROXY_REGISTRATION(3, "c-gate", "\"frontend_auth_provider\":true"));
     if (strcmp(method, "frontend_auth.identifier") == 0)
         return ok_reply(response, "{\"identifier\":\"c-gate\"}");
     if (strcmp(method, "frontend_auth.authenticate") == 0) return authenticate(req, n, response);
 #endif
-    if (strcmp(method, "plugin.register") == 0 || strcmp(method, "plugin.reconfigure") == 0)
-        return ok_reply(response,
-            "{\"schema_version\":3,\"metadata\":{\"Name\":\"c-hooks\",\"Version\":\"1.0.0\","
-            "\"Author\":\"aogstream tests\",\"GitHubRepository\":\"https://example.invalid/c-hooks\","
-            "\"Logo\":\"\",\"ConfigFields\":[]},\"capabilities\":{\"model_provider\":true,"
-            "\"executor\":true,\"executor_input_formats\":[\"openai\"],"
+    if (is_registration(method))
+        return ok_reply(response, CLIPROXY_REGISTRATION(3, "c-hooks",
+            "\"model_provider\":true,\"executor\":true,\"executor_input_formats\":[\"openai\"],"
             "\"executor_output_formats\":[\"openai\"],\"model_router\":true,"
             "\"request_interceptor\":true,\"response_interceptor\":true,"
             "\"response_stream_interceptor\":true,\"usage_plugin\":true,"
-            "\"request_lifecycle_plugin\":true}}");
+            "\"request_lifecycle_plugin\":true"));
     if (strcmp(method, "model.static") == 0)
         return ok_reply(response, "{\"Provider\":\"c-hooks\",\"Models\":[{\"ID\":\"c-routed\"},"
                                   "{\"ID\":\"c-badroute\"},{\"ID\":\"c-hooks-self\"}],"
@@ -233,18 +206,12 @@ static int plugin_dispatch(const char* method, const char* req, size_t n,
     if (strcmp(method, "usage.handle") == 0) return usage(req, n, response);
     if (strcmp(method, "request.complete") == 0) return complete(req, n, response);
     if (strcmp(method, "executor.execute") == 0)
-        return ok_bytes(response, "Payload", ANSWER, ",\"Headers\":null,\"Metadata\":null");
+        return ok_payload(response, ANSWER);
     if (strcmp(method, "executor.execute_stream") == 0) {
         const char* chunk = "{\"id\":\"h1\",\"object\":\"chat.completion.chunk\",\"created\":1,"
             "\"model\":\"c-hooks-self\",\"choices\":[{\"index\":0,\"delta\":{\"content\":"
             "\"hooks\"},\"finish_reason\":\"stop\"}]}";
-        char* b = b64_encode(chunk, strlen(chunk));
-        size_t cap = strlen(b) + 64;
-        char* result = malloc(cap);
-        snprintf(result, cap, "{\"headers\":null,\"chunks\":[{\"Payload\":\"%s\"}]}", b);
-        ok_reply(response, result);
-        free(result); free(b);
-        return 0;
+        return ok_chunks(response, &chunk, 1);
     }
     return unknown_method(response);
 }

@@ -20,10 +20,7 @@
  *   call, and "<tag> thinking provider=<Provider> model=<Model.ID> mode=<Mode>
  *   level=<Level> budget=<Budget>".
  */
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
+#include "cliproxy_plugin.h"
 
 #ifdef SECOND
 #define NAME "c-xlate2"
@@ -32,160 +29,6 @@
 #define NAME "c-xlate"
 #define TAG "A"
 #endif
-typedef struct { void* ptr; size_t len; } cliproxy_buffer;
-typedef struct {
-    uint32_t abi_version;
-    void* host_ctx;
-    int (*call)(void* host_ctx, const char* method, const uint8_t* request, size_t request_len,
-                cliproxy_buffer* response);
-    void (*free_buffer)(void* ptr, size_t len);
-} cliproxy_host_api;
-typedef struct {
-    uint32_t abi_version;
-    int (*call)(const char* method, const uint8_t* request, size_t request_len,
-                cliproxy_buffer* response);
-    void (*free_buffer)(void* ptr, size_t len);
-    void (*shutdown)(void);
-} cliproxy_plugin_api;
-
-static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static char* b64_encode(const char* in, size_t n) {
-    char* out = malloc(4 * ((n + 2) / 3) + 1);
-    size_t o = 0;
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint8_t)in[i] << 16;
-        if (i + 1 < n) v |= (uint8_t)in[i + 1] << 8;
-        if (i + 2 < n) v |= (uint8_t)in[i + 2];
-        out[o++] = B64[(v >> 18) & 63];
-        out[o++] = B64[(v >> 12) & 63];
-        out[o++] = i + 1 < n ? B64[(v >> 6) & 63] : '=';
-        out[o++] = i + 2 < n ? B64[v & 63] : '=';
-    }
-    out[o] = 0;
-    return out;
-}
-
-static char* b64_decode(const char* in, size_t n, size_t* out_len) {
-    char* out = malloc(n * 3 / 4 + 4);
-    uint32_t v = 0;
-    int bits = 0;
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        const char* p = strchr(B64, in[i]);
-        if (in[i] == '=' || p == NULL || in[i] == 0) break;
-        v = (v << 6) | (uint32_t)(p - B64);
-        bits += 6;
-        if (bits >= 8) { bits -= 8; out[o++] = (char)((v >> bits) & 0xff); }
-    }
-    out[o] = 0;
-    *out_len = o;
-    return out;
-}
-
-/* Where "key": starts its value in json, or NULL. */
-static const char* find_value(const char* json, size_t n, const char* key) {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    size_t plen = strlen(pat);
-    for (const char* p = json; p + plen <= json + n; p++)
-        if (memcmp(p, pat, plen) == 0) return p + plen;
-    return NULL;
-}
-
-static char* find_string(const char* json, size_t n, const char* key) {
-    const char* p = find_value(json, n, key);
-    if (p == NULL || *p != '"') return NULL;
-    p++;
-    const char* q = p;
-    while (q < json + n && *q != '"') q++;
-    char* out = malloc((size_t)(q - p) + 1);
-    memcpy(out, p, (size_t)(q - p));
-    out[q - p] = 0;
-    return out;
-}
-
-static long find_long(const char* json, size_t n, const char* key) {
-    const char* p = find_value(json, n, key);
-    return p ? strtol(p, NULL, 10) : 0;
-}
-
-/* The base64 field `key` decoded ("" when absent or null). */
-static char* find_bytes(const char* json, size_t n, const char* key) {
-    char* b64 = find_string(json, n, key);
-    size_t len;
-    char* out = b64 ? b64_decode(b64, strlen(b64), &len) : strdup("");
-    free(b64);
-    return out;
-}
-
-/* s with every `from` replaced by `to` (a new string). */
-static char* replace(const char* s, const char* from, const char* to) {
-    size_t fl = strlen(from), tl = strlen(to), count = 0;
-    for (const char* p = strstr(s, from); p; p = strstr(p + fl, from)) count++;
-    char* out = malloc(strlen(s) + count * (tl > fl ? tl - fl : 0) + 1);
-    char* o = out;
-    for (const char* p = s;;) {
-        const char* q = strstr(p, from);
-        if (q == NULL) { strcpy(o, p); break; }
-        memcpy(o, p, (size_t)(q - p)); o += q - p;
-        memcpy(o, to, tl); o += tl;
-        p = q + fl;
-    }
-    return out;
-}
-
-static void event(const char* line) {
-    const char* path = getenv("NATIVE_TEST_EVENTS");
-    FILE* f = path ? fopen(path, "a") : NULL;
-    if (f == NULL) return;
-    fprintf(f, "%s\n", line);
-    fclose(f);
-}
-
-static int reply(cliproxy_buffer* response, const char* text) {
-    size_t n = strlen(text);
-    char* buf = malloc(n);
-    memcpy(buf, text, n);
-    response->ptr = buf;
-    response->len = n;
-    return 0;
-}
-
-static int ok_reply(cliproxy_buffer* response, const char* result) {
-    size_t n = strlen(result) + 32;
-    char* text = malloc(n);
-    snprintf(text, n, "{\"ok\":true,\"result\":%s}", result);
-    reply(response, text);
-    free(text);
-    return 0;
-}
-
-/* {"<key>":"<base64 of text>"<extra>} as a success envelope. */
-static int ok_bytes(cliproxy_buffer* response, const char* key, const char* text,
-                    const char* extra) {
-    char* b = b64_encode(text, strlen(text));
-    size_t n = strlen(b) + strlen(extra) + 64;
-    char* result = malloc(n);
-    snprintf(result, n, "{\"%s\":\"%s\"%s}", key, b, extra);
-    ok_reply(response, result);
-    free(result); free(b);
-    return 0;
-}
-
-static char* json_escape(const char* s) {
-    size_t n = strlen(s);
-    char* out = malloc(n * 6 + 1);
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') { out[o++] = '\\'; out[o++] = (char)c; }
-        else if (c < 0x20) o += (size_t)sprintf(out + o, "\\u%04x", c);
-        else out[o++] = (char)c;
-    }
-    out[o] = 0;
-    return out;
-}
 
 /* ---- methods ----------------------------------------------------------------------- */
 
@@ -239,6 +82,12 @@ static int translate_request(const char* req, size_t n, cliproxy_buffer* respons
     return ok_reply(response, "{\"Body\":null}");  /* not handled */
 }
 
+/* A `data:` frame of a chat completion chunk with this delta and finish_reason. */
+#define CHAT_CHUNK(delta, finish)                                                       \
+    "data: {\"id\":\"x1\",\"object\":\"chat.completion.chunk\",\"created\":1,"           \
+    "\"model\":\"c-lines\",\"choices\":[{\"index\":0,\"delta\":" delta ","              \
+    "\"finish_reason\":" finish "}]}\n\n"
+
 static int translate_response(const char* req, size_t n, cliproxy_buffer* response) {
     record("rtranslate", req, n);
     char* from = find_string(req, n, "FromFormat");
@@ -254,16 +103,10 @@ static int translate_response(const char* req, size_t n, cliproxy_buffer* respon
         cap = strlen(esc) + 512;
         out = malloc(cap);
         if (piece)
-            snprintf(out, cap, "data: {\"id\":\"x1\",\"object\":\"chat.completion.chunk\","
-                     "\"created\":1,\"model\":\"c-lines\",\"choices\":[{\"index\":0,\"delta\":"
-                     "{\"content\":\"%s\"},\"finish_reason\":null}]}\n\n", esc);
+            snprintf(out, cap, CHAT_CHUNK("{\"content\":\"%s\"}", "null"), esc);
         else
-            snprintf(out, cap, "data: {\"id\":\"x1\",\"object\":\"chat.completion.chunk\","
-                     "\"created\":1,\"model\":\"c-lines\",\"choices\":[{\"index\":0,\"delta\":"
-                     "{\"content\":\" [by " TAG "]\"},\"finish_reason\":null}]}\n\n"
-                     "data: {\"id\":\"x1\",\"object\":\"chat.completion.chunk\","
-                     "\"created\":1,\"model\":\"c-lines\",\"choices\":[{\"index\":0,\"delta\":"
-                     "{},\"finish_reason\":\"stop\"}]}\n\n");
+            snprintf(out, cap, CHAT_CHUNK("{\"content\":\" [by " TAG "]\"}", "null")
+                               CHAT_CHUNK("{}", "\"stop\""));
         free(piece); free(esc);
     } else {
         char* text = find_string(body, strlen(body), "text");
@@ -296,62 +139,36 @@ static int thinking_apply(const char* req, size_t n, cliproxy_buffer* response) 
     return rewrite(req, n, response, "think-about-it", "thought-applied-" TAG);
 }
 
-static int plugin_call(const char* method, const uint8_t* request, size_t request_len,
-                       cliproxy_buffer* response) {
-    response->ptr = NULL;
-    response->len = 0;
-    if (method == NULL) return 1;
-    const char* req = request ? (const char*)request : "";
-    size_t n = request_len;
-    if (strcmp(method, "plugin.register") == 0 || strcmp(method, "plugin.reconfigure") == 0)
-        return ok_reply(response,
-            "{\"schema_version\":3,\"metadata\":{\"Name\":\"" NAME "\",\"Version\":\"1.0.0\","
-            "\"Author\":\"aogstream tests\",\"GitHubRepository\":\"https://example.invalid/" NAME
-            "\",\"Logo\":\"\",\"ConfigFields\":[]},\"capabilities\":{\"request_translator\":true,"
-            "\"request_normalizer\":true,\"response_translator\":true,"
-            "\"response_before_translator\":true,\"response_after_translator\":true,"
-            "\"thinking_applier\":true}}");
+/* The normalizer hooks: each method's event name and the text it rewrites in the Body. */
+static const struct { const char* method; const char* event; const char* from; const char* to; }
+NORMALIZERS[] = {
+#ifdef SECOND
+    {"request.normalize", "normalize", "norm-A", "norm-A-B"},
+    {"response.normalize_before", "before", "markA", "markAB"},
+    {"response.normalize_after", "after", "markABa", "markABab"},
+#else
+    {"request.normalize", "normalize", "norm-me", "norm-A"},
+    {"response.normalize_before", "before", "mark", "markA"},
+    {"response.normalize_after", "after", "markAB", "markABa"},
+#endif
+};
+
+static int plugin_dispatch(const char* method, const char* req, size_t n,
+                           cliproxy_buffer* response) {
+    if (is_registration(method))
+        return ok_reply(response, CLIPROXY_REGISTRATION(3, NAME,
+            "\"request_translator\":true,\"request_normalizer\":true,"
+            "\"response_translator\":true,\"response_before_translator\":true,"
+            "\"response_after_translator\":true,\"thinking_applier\":true"));
     if (strcmp(method, "request.translate") == 0) return translate_request(req, n, response);
     if (strcmp(method, "response.translate") == 0) return translate_response(req, n, response);
-    if (strcmp(method, "request.normalize") == 0) {
-        record("normalize", req, n);
-#ifdef SECOND
-        return rewrite(req, n, response, "norm-A", "norm-A-B");
-#else
-        return rewrite(req, n, response, "norm-me", "norm-A");
-#endif
-    }
-    if (strcmp(method, "response.normalize_before") == 0) {
-        record("before", req, n);
-#ifdef SECOND
-        return rewrite(req, n, response, "markA", "markAB");
-#else
-        return rewrite(req, n, response, "mark", "markA");
-#endif
-    }
-    if (strcmp(method, "response.normalize_after") == 0) {
-        record("after", req, n);
-#ifdef SECOND
-        return rewrite(req, n, response, "markABa", "markABab");
-#else
-        return rewrite(req, n, response, "markAB", "markABa");
-#endif
-    }
+    for (size_t i = 0; i < sizeof NORMALIZERS / sizeof NORMALIZERS[0]; i++)
+        if (strcmp(method, NORMALIZERS[i].method) == 0) {
+            record(NORMALIZERS[i].event, req, n);
+            return rewrite(req, n, response, NORMALIZERS[i].from, NORMALIZERS[i].to);
+        }
     if (strcmp(method, "thinking.identifier") == 0)
         return ok_reply(response, "{\"identifier\":\"c-gemini\"}");
     if (strcmp(method, "thinking.apply") == 0) return thinking_apply(req, n, response);
-    return reply(response, "{\"ok\":false,\"error\":{\"code\":\"unknown_method\","
-                           "\"message\":\"unknown method\"}}");
-}
-
-static void plugin_free(void* ptr, size_t len) { (void)len; free(ptr); }
-
-__attribute__((visibility("default")))
-int cliproxy_plugin_init(const cliproxy_host_api* h, cliproxy_plugin_api* plugin) {
-    (void)h;
-    plugin->abi_version = 1;
-    plugin->call = plugin_call;
-    plugin->free_buffer = plugin_free;
-    plugin->shutdown = NULL;
-    return 0;
+    return unknown_method(response);
 }
