@@ -2,6 +2,7 @@
 # Builds the native (CLIProxyAPI C ABI) test plugins of tests/test_native_*.py from
 # tests/native/test_plugin.c into .cache/native-plugins: the good plugin and one library
 # per load failure the tests check; two that crash (for isolation: process); the claude-speaking executor (tests/native/claude_plugin.c);
+# the Responses-speaking one (tests/native/responses_plugin.c);
 # the hooks plugin (tests/native/hooks_plugin.c, and
 # built with FRONTEND the frontend-auth one); the translator plugins
 # (tests/native/translate_plugin.c, with SECOND the second one) and the executors of
@@ -38,6 +39,7 @@ build c-authx.so "" tests/native/auth_ops_plugin.c
 build c-authy.so OAUTH_SCOPE tests/native/auth_ops_plugin.c
 build c-authz.so STATIC_SCOPE tests/native/auth_ops_plugin.c
 build c-claude.so "" tests/native/claude_plugin.c
+build c-resp.so "" tests/native/responses_plugin.c
 build c-xlate.so "" tests/native/translate_plugin.c
 build c-xlate2.so SECOND tests/native/translate_plugin.c
 build c-lines.so "" tests/native/format_plugin.c

@@ -4,7 +4,9 @@ Requests: `input` (a string, or message / `function_call` / `function_call_outpu
 items), `instructions`, flat function tools and `tool_choice` become a chat request.
 Answers: a chat answer becomes a `response` object; a chat stream becomes the typed
 events (`response.created` ... `response.completed`) through `ResponsesStream`, a
-per-chunk state machine.
+per-chunk state machine. A Responses answer or event stream that passes through
+untranslated (a native executor of this format) gets its usage completed
+(`complete_usage_in`).
 
 What cannot be honoured is refused, not dropped: `previous_response_id`,
 `conversation` and `item_reference` need responses kept on the server, which this
@@ -17,6 +19,7 @@ flattened and their calls carry `namespace` again. Reasoning items are dropped.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aogstream.convert.chat_form import (
@@ -263,6 +266,97 @@ def usage_object(input_tokens: int, output_tokens: int) -> dict[str, Any]:
             "output_tokens": output_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": input_tokens + output_tokens}
+
+
+def _count(value: Any) -> int | None:
+    """A token count as given (a non-negative int; not a bool), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def complete_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    """A Responses `usage` with every field SDKs type as required: the counts it lacks
+    filled (0, and `total_tokens` as input + output), what it gives kept as given
+    (other keys too, in their order). CLIProxyAPI does this for a Responses-format
+    executor's output (`EnsureResponsesUsageDetails`); an executor that writes only
+    `input_tokens` and `output_tokens` would otherwise fail the `openai` SDK's types.
+    Returns `usage` itself when nothing was missing."""
+    fixed = dict(usage)
+    counts = {key: _count(usage.get(key)) for key in ("input_tokens", "output_tokens")}
+    for key, value in counts.items():
+        if value is None:
+            fixed[key] = 0
+    for parent, leaf in (("input_tokens_details", "cached_tokens"),
+                         ("output_tokens_details", "reasoning_tokens")):
+        details = usage.get(parent)
+        if not isinstance(details, dict):
+            fixed[parent] = {leaf: 0}
+        elif _count(details.get(leaf)) is None:
+            fixed[parent] = dict(details, **{leaf: 0})
+    if _count(usage.get("total_tokens")) is None:
+        fixed["total_tokens"] = (counts["input_tokens"] or 0) + (counts["output_tokens"] or 0)
+    if fixed == usage:
+        return usage
+    order = ("input_tokens", "input_tokens_details", "output_tokens",
+             "output_tokens_details", "total_tokens")  # Responses' own order, then the rest
+    return {**{k: fixed[k] for k in order}, **{k: v for k, v in fixed.items()
+                                               if k not in order}}
+
+
+def _with_complete_usage(obj: Any) -> bool:
+    """Completes the usage of a response object or of an event carrying one (at
+    `usage` or `response.usage`), in place; True when something changed. A usage
+    that is absent or null stays so (nothing is invented), and a
+    `response.compaction` object is left alone, as CLIProxyAPI does."""
+    if not isinstance(obj, dict) or obj.get("object") == "response.compaction":
+        return False
+    changed = False
+    for holder in (obj, obj.get("response")):
+        if isinstance(holder, dict) and isinstance(holder.get("usage"), dict):
+            usage = complete_usage(holder["usage"])
+            if usage is not holder["usage"]:
+                holder["usage"] = usage
+                changed = True
+    return changed
+
+
+def complete_usage_in(payload: bytes) -> bytes:
+    """`payload` (a Responses answer as JSON, or stream events as bare JSON lines or
+    SSE `data:` lines, one or several) with every usage in it completed
+    (`complete_usage`); unchanged (the same bytes) when no usage lacks anything or a
+    line is not JSON. Text without `"usage"` is not parsed at all (stream chunks)."""
+    if b'"usage"' not in payload:
+        return payload
+    stripped = payload.strip()
+    if stripped.startswith(b"{"):  # one JSON document (a unary answer, a bare event)
+        try:
+            whole = json.loads(stripped)
+        except ValueError:
+            whole = None
+        if whole is not None:
+            return _dumps(whole) if _with_complete_usage(whole) else payload
+    lines = payload.split(b"\n")
+    changed = False
+    for i, line in enumerate(lines):
+        text = line.strip()
+        prefix = b""
+        if text.startswith(b"data:"):
+            prefix, text = b"data: ", text[5:].strip()
+        if b'"usage"' not in text or not text.startswith(b"{"):
+            continue
+        try:
+            event = json.loads(text)
+        except ValueError:
+            continue
+        if _with_complete_usage(event):
+            lines[i] = prefix + _dumps(event) + (b"\r" if line.endswith(b"\r") else b"")
+            changed = True
+    return b"\n".join(lines) if changed else payload
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def response_shell(body: dict[str, Any], resp_id: str, created: int, model: str) -> dict[str, Any]:

@@ -329,7 +329,7 @@ class NativeProvider:
                     if isinstance(item, StreamError):
                         raise errors.GatewayError(errors.PLUGIN_SERVICE_ERROR,
                                                   f"native plugin {plugin.id}: {item.message}")
-                    for chunk in [_bare(item)] if xl.streams_as_is else \
+                    for chunk in [xl.as_is(_bare(item))] if xl.streams_as_is else \
                             await xl.chunk(item):
                         if chunk and chunk != DONE and chain is not None:
                             chunk = await chain.chunk(chunk)

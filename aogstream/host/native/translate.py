@@ -5,7 +5,8 @@ Where: `NativeProvider` serves every native executor with an `openai` (chat) cli
 (the doors convert the rest), so the pair is (`openai`, the executor's request format)
 on the way in and (the executor's answer format, `openai`) on the way out. When the
 formats are equal nothing is translated and none of these hooks is called (spec §9.3,
-as CPA: an executor that speaks the client's format gets the body as sent).
+as CPA: an executor that speaks the client's format gets the body as sent); only a
+Responses answer's usage is completed on the way (spec §3.1, `Translation.as_is`).
 
 Precedence (spec §3.2, "native first, plugins fill gaps"):
 - requests: when the gateway translates the pair (`convert.formats`), it does, then
@@ -39,7 +40,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from aogstream import errors
-from aogstream.convert import formats, upstream
+from aogstream.convert import formats, responses, upstream
 from aogstream.convert.engine import ConvertError
 from aogstream.host.native import gojson as gj
 from aogstream.host.native.abi import CallError
@@ -207,10 +208,11 @@ class Translation:
         return body
 
     async def answer(self, payload: bytes) -> bytes:
-        """The executor's unary answer in the client's format."""
+        """The executor's unary answer in the client's format (a Responses answer that
+        passes untranslated gets its usage completed: `as_is`)."""
         src, dst = self.answer_format, self.client
         if src == dst:
-            return payload
+            return self.as_is(payload)
         return await self._answer(payload, src, dst)
 
     async def _answer(self, body: bytes, src: str, dst: str) -> bytes:
@@ -226,8 +228,19 @@ class Translation:
 
     @property
     def streams_as_is(self) -> bool:
-        """The executor's stream chunks are the client's (no translation, no hooks)."""
+        """The executor's stream chunks are the client's (no translation, no hooks:
+        each goes through `as_is` only)."""
         return self.answer_format == self.client
+
+    def as_is(self, payload: bytes) -> bytes:
+        """An answer or stream chunk in the client's own format, as the client gets it:
+        unchanged, except that a Responses (`openai-response`) one has every usage
+        object completed (`responses.complete_usage_in`: detail counters and
+        `total_tokens` filled where the executor left them out), as CLIProxyAPI does
+        for Responses-format output. Chunks without a usage are not parsed."""
+        if self.client == formats.OPENAI_RESPONSE:
+            return responses.complete_usage_in(payload)
+        return payload
 
     async def chunk(self, item: bytes) -> list[bytes]:
         """One chunk of the executor's stream as the client's chunks (zero or more)."""
