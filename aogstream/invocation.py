@@ -5,8 +5,9 @@ plugin processes, on the south side) meets here, so timeouts, cancellation and
 errors behave the same everywhere:
 
 * the client's task owns the invocation (`async with open_invocation(...)`), and the
-  invocation's nursery owns the provider call: leaving the block for any reason
-  cancels the provider, which cancels its gRPC call, which the plugin sees;
+  invocation's nursery owns the provider call (a unary call runs in the client's task
+  itself, before the block): leaving the block for any reason cancels the provider,
+  which cancels its gRPC call, which the plugin sees;
 * channels are bounded, so a slow client slows the provider instead of buffering;
 * the deadline is a cancel scope (AOG's policy, `TimeoutPolicy`), and the same
   number is handed to the provider so it can pass it on as `grpc-timeout`.
@@ -137,10 +138,10 @@ class Provider(Protocol):
     The gateway only reads it and calls `serve`.
 
     Cancellation: `serve` runs inside the invocation's cancel scope, in a task of the
-    invocation's nursery (`open_invocation`); the client leaving, the deadline, or
-    `inv.fail()` cancels it, and the provider must then stop its work at once (a
-    process plugin cancels its gRPC call). It never outlives that scope: no task it
-    starts may run past its return.
+    invocation's nursery (`open_invocation`; a unary call in the caller's task); the
+    client leaving, the deadline, or `inv.fail()` cancels it, and the provider must
+    then stop its work at once (a process plugin cancels its gRPC call). It never
+    outlives that scope: no task it starts may run past its return.
     """
 
     @property
@@ -243,6 +244,7 @@ class Invocation:
         self._in_send, self._in_recv = trio.open_memory_channel[Frame](
             REQUEST_BUFFER if mode is Mode.BIDI else 0
         )
+        self._inline = False  # a unary call served in its caller's task (open_invocation)
 
     # ---- used by the south side (providers) ----------------------------------------
 
@@ -261,6 +263,11 @@ class Invocation:
         except trio.WouldBlock:
             await self._out_send.send(item)
         else:
+            if self._inline:
+                # the answer is in: what the provider still does is cancelled at its
+                # next wait, as when the caller takes the answer and leaves the block
+                self.cancel_scope.cancel()
+                return
             await trio.lowlevel.checkpoint_if_cancelled()  # yields only if cancelled
 
     def incoming(self) -> trio.MemoryReceiveChannel[Frame]:
@@ -351,10 +358,26 @@ async def open_invocation(
     auth_info: str = "",
     metadata: dict[str, str] | None = None,
 ) -> AsyncIterator[Invocation]:
-    """Start `provider` on a new invocation; the block's exit cancels whatever is left."""
+    """Start `provider` on a new invocation; the block's exit cancels whatever is left.
+
+    A unary call is served in the caller's own task before the block runs (the block
+    can only wait for its one answer anyway): no nursery and no task per call.
+    Cancellation is the same: the
+    caller's cancellation reaches the provider directly, the deadline is the
+    invocation's scope, and what the provider still does after its answer is
+    cancelled at its next wait (`emit`)."""
     inv = Invocation(
         service, mode, request, timeout=timeout, auth_info=auth_info, metadata=metadata
     )
+    if mode is Mode.UNARY:
+        inv._inline = True
+        try:
+            await inv._drive(provider)
+            yield inv
+        finally:
+            inv.cancel_scope.cancel()
+            inv._in_send.close()
+        return
     async with trio.open_nursery() as nursery:
         nursery.start_soon(inv._drive, provider)
         try:
