@@ -241,9 +241,12 @@ class Invocation:
         self.deadline = math.inf if timeout is None else trio.current_time() + timeout
         self.cancel_scope = trio.CancelScope(deadline=self.deadline)
         self._out_send, self.responses = trio.open_memory_channel[Response](RESPONSE_BUFFER)
-        self._in_send, self._in_recv = trio.open_memory_channel[Frame](
-            REQUEST_BUFFER if mode is Mode.BIDI else 0
-        )
+        # the client's frames: a bidi session's, made on first use for the other modes
+        # (which never have any; a channel costs as much as the rest of the invocation)
+        self._in: tuple[trio.MemorySendChannel[Frame], trio.MemoryReceiveChannel[Frame]] \
+            | None = trio.open_memory_channel[Frame](REQUEST_BUFFER) \
+            if mode is Mode.BIDI else None
+        self._in_closed = False
         self._inline = False  # a unary call served in its caller's task (open_invocation)
 
     # ---- used by the south side (providers) ----------------------------------------
@@ -272,7 +275,19 @@ class Invocation:
 
     def incoming(self) -> trio.MemoryReceiveChannel[Frame]:
         """The client's frames of a bidi session, in order."""
-        return self._in_recv
+        return self._input()[1]
+
+    def _input(self) -> tuple[trio.MemorySendChannel[Frame], trio.MemoryReceiveChannel[Frame]]:
+        if self._in is None:
+            self._in = trio.open_memory_channel[Frame](0)
+            if self._in_closed:
+                self._in[0].close()
+        return self._in
+
+    def _close_input(self) -> None:
+        self._in_closed = True
+        if self._in is not None:
+            self._in[0].close()
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (for the provider's own `timeout=`)."""
@@ -290,11 +305,11 @@ class Invocation:
 
     async def send(self, frame: Frame) -> None:
         """Forward one client frame to the provider (bidi only)."""
-        await self._in_send.send(frame)
+        await self._input()[0].send(frame)
 
     def close_input(self) -> None:
         """The client finished sending (half-close)."""
-        self._in_send.close()
+        self._close_input()
 
     def frames(self) -> Frames:
         """The provider's frames of a bidi session (see `Frames`)."""
@@ -376,7 +391,7 @@ async def open_invocation(
             yield inv
         finally:
             inv.cancel_scope.cancel()
-            inv._in_send.close()
+            inv._close_input()
         return
     async with trio.open_nursery() as nursery:
         nursery.start_soon(inv._drive, provider)
@@ -384,4 +399,4 @@ async def open_invocation(
             yield inv
         finally:
             inv.cancel_scope.cancel()
-            inv._in_send.close()
+            inv._close_input()
