@@ -138,6 +138,10 @@ class Config:
     # Open WebSocket sessions per service in each serving process (0 = no cap); see
     # `bidi.limits`.
     max_realtime_sessions: int = 16
+    # How long an OpenAI realtime session (`/v1/realtime`) may last, in seconds: at the
+    # limit it gets OpenAI's `session_expired` error event and a close. OpenAI's is 60
+    # minutes; None: no limit.
+    realtime_session_seconds: float | None = 3600.0
     # A request body must arrive within `body_timeout` seconds, plus one second per
     # `body_min_rate` bytes received (a big upload on a slow link keeps going; a client
     # trickling bytes to hold a connection open is cut). None: no deadline.
@@ -201,6 +205,8 @@ class Config:
             not in ("0", "false", "no", "off"),
             local_audio_max_bytes=_env_int("AOGSTREAM_LOCAL_AUDIO_MAX_BYTES", 16 * 1024 * 1024),
             max_realtime_sessions=_env_int("AOGSTREAM_MAX_REALTIME_SESSIONS", 16),
+            realtime_session_seconds=_env_float("AOGSTREAM_REALTIME_SESSION_SECONDS",
+                                                3600.0) or None,
             database_url=os.environ.get("AOGSTREAM_DATABASE_URL", "").strip(),
         )
         for key, value in overrides.items():

@@ -140,7 +140,9 @@ def from_plugin_code(code: int, message: str, plugin: str) -> GatewayError:
             bc = PLUGIN_MODEL_NOT_FOUND if code == 3000 else PLUGIN_SERVICE_ERROR
         else:
             bc = PLUGIN_SERVICE_ERROR
-    text = message or "the plugin reported an error without a message"
+    # a plugin's own failure (an engine's traceback, an OSError naming a model file)
+    # may quote where its files live: the answer names a file, never its folders
+    text = without_paths(message) or "the plugin reported an error without a message"
     return GatewayError(bc, f"{plugin}: {text} (plugin code {code})")
 
 

@@ -129,9 +129,9 @@ class Gateway:
         manifests, self.problems = discover(self.plugin_search_dirs())
         for man in manifests:
             self.add_plugin(man)
-        await self.start_native()
-        self.native.primary = True  # it writes the store rows; workers follow them
+        await self.start_native(primary=True)  # it writes the store rows; workers follow
         self.spawn(self.native.watch)  # config.yaml edits apply without a restart
+        self.spawn(self.native.background)  # credential refreshes, off the request path
         await trio.to_thread.run_sync(self.native.prune_store)
         await self.register()
         if hasattr(self.store, "wait_change"):  # a store shared with other hosts
@@ -145,12 +145,14 @@ class Gateway:
         log.info("providers: %s", ", ".join(
             f"{p.name}={p.state}" for p in self.providers.values()) or "none found")
 
-    async def start_native(self) -> None:
+    async def start_native(self, *, primary: bool = False) -> None:
         """Load the native plugins `<data dir>/config.yaml` enables and route to them
-        (every serving process loads its own: they run in process)."""
+        (every serving process loads its own: they run in process); `primary`: this
+        process writes what the others follow."""
         from aogstream.host.native.loader import NativePlugins
 
         self.native = NativePlugins(self)
+        self.native.primary = primary
         await self.native.start()
 
     def add_plugin(self, man: m.PluginManifest) -> PluginSupervisor:

@@ -29,18 +29,18 @@ fails after the 200 ends the stream with the API's own error event.
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import anthropic
 import httpx
 import openai
 import pytest
-from conftest import REPO, Gateway
+from conftest import Gateway
+from harness.cloud import loopback_cloud, openai_plugin_gateway
 
 PLUGIN = "openai-plugin"
 CHAT = "remote_openai-plugin_chat"
@@ -159,31 +159,16 @@ class ToolCloud(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ToolCloud)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with loopback_cloud(ToolCloud) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, cloud: str) -> Iterator[Gateway]:
-    plugins = tmp_path_factory.mktemp("plugins-tools")
-    (plugins / PLUGIN).symlink_to(REPO / "plugins" / PLUGIN)
-    g = Gateway(tmp_path_factory.mktemp("gw-tools"), {"AOGSTREAM_API_KEYS": CLIENT_KEY},
-                plugin_dir=plugins).start()
-    try:
-        g.wait_plugin_running(name=PLUGIN)
-        r = httpx.put(f"{g.url}/aog/v0.2/service_provider", timeout=30.0, json={
-            "provider_name": CHAT, "auth_key": json.dumps({"api_key": KEY, "base_url": cloud})})
-        assert r.status_code == 200, r.text
+    with openai_plugin_gateway(tmp_path_factory.mktemp("plugins-tools"),
+                               tmp_path_factory.mktemp("gw-tools"), cloud, KEY,
+                               {"AOGSTREAM_API_KEYS": CLIENT_KEY}) as g:
         yield g
-    finally:
-        g.stop()
 
 
 @pytest.fixture(scope="module")

@@ -56,8 +56,8 @@ def run(stream: Any, chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_cpa_format_names() -> None:
     assert formats.FORMATS == ("openai", "openai-response", "claude", "gemini")
-    with pytest.raises(formats.UnsupportedFormat, match="gemini"):
-        formats.request_to_chat("gemini", {})
+    with pytest.raises(formats.UnsupportedFormat, match="codex"):
+        formats.request_to_chat("codex", {})
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     assert formats.request_to_chat("openai", body) is body
     for bad, param in (({"model": 3, "input": "x"}, "model"),

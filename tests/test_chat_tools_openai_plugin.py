@@ -18,15 +18,15 @@ its tool history (no ids, `tool_name`) reaches the upstream as OpenAI's
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from conftest import REPO, Gateway, parse_ndjson, parse_sse
+from conftest import Gateway, parse_ndjson, parse_sse
+from harness.cloud import loopback_cloud, openai_plugin_gateway
 
 PLUGIN = "openai-plugin"
 CHAT = "remote_openai-plugin_chat"
@@ -101,31 +101,16 @@ class Upstream(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with loopback_cloud(Upstream) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, upstream: str) -> Iterator[Gateway]:
-    plugins = tmp_path_factory.mktemp("plugins-openai-tools")
-    (plugins / PLUGIN).symlink_to(REPO / "plugins" / PLUGIN)
-    g = Gateway(tmp_path_factory.mktemp("gw-openai-tools"), plugin_dir=plugins).start()
-    try:
-        g.wait_plugin_running(name=PLUGIN)
-        r = httpx.put(f"{g.url}/aog/v0.2/service_provider", timeout=10.0, json={
-            "provider_name": CHAT,
-            "auth_key": json.dumps({"api_key": "sk-loopback", "base_url": upstream})})
-        assert r.status_code == 200, r.text
+    with openai_plugin_gateway(tmp_path_factory.mktemp("plugins-openai-tools"),
+                               tmp_path_factory.mktemp("gw-openai-tools"), upstream,
+                               "sk-loopback") as g:
         yield g
-    finally:
-        g.stop()
 
 
 @pytest.fixture

@@ -16,7 +16,9 @@ speech gives the audio element playable audio; the microphone button transcribes
 over the realtime WebSocket with partial results and then the final text; the recent
 requests view lists the calls the page made. And the request guard: the page and its
 files load where the management key is required, the page asks for the key and works
-once it is given, and the files stay refused to other sites.
+once it is given, and the files stay refused to other sites; where client API keys are
+required, the microphone's socket is refused without one, the page asks for it, and
+once given live transcription works (the key rides as a WebSocket subprotocol).
 
 Screenshots are saved in `.cache/artifacts/console/` (not committed).
 """
@@ -31,6 +33,7 @@ import threading
 import time
 import wave
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,14 @@ from typing import Any
 import httpx
 import pytest
 from audio import GOFORWARD_TEXT, goforward_pcm, word_error_rate
-from conftest import LOCAL_PLUGINS, REPO, SHIPPED_PLUGIN_DIR, Gateway, require_engines
+from conftest import (
+    LOCAL_PLUGINS,
+    REPO,
+    SHIPPED_PLUGIN_DIR,
+    Gateway,
+    require_engines,
+    shipped_plugins_gateway,
+)
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from aogstream.http.guard import route_kind
@@ -393,12 +403,23 @@ def keyed_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]
         gw.stop()
 
 
-def test_page_asks_for_the_management_key_and_works_with_it(browser, keyed_gateway):
+@contextmanager
+def fresh_page(browser: Browser, gw: Gateway) -> Iterator[Console]:
+    """The console of `gw` in a browser context of its own (no key kept from another
+    test), closed on exit."""
     context = browser.new_context()
     try:
         page = context.new_page()
         c = Console(page)
-        page.goto(keyed_gateway.url + "/")
+        page.goto(gw.url + "/")
+        yield c
+    finally:
+        context.close()
+
+
+def test_page_asks_for_the_management_key_and_works_with_it(browser, keyed_gateway):
+    with fresh_page(browser, keyed_gateway) as c:
+        page = c.page
         c.wait_for("the key field", "!document.getElementById('key-form').hidden")
         assert "management key" in text_of(c, "notice")
         assert "Could not read" not in text_of(c, "notice")
@@ -409,8 +430,6 @@ def test_page_asks_for_the_management_key_and_works_with_it(browser, keyed_gatew
         assert c.value("document.getElementById('notice').hidden")
         # kept for this tab only, never in localStorage
         assert c.value("localStorage.length") == 0
-    finally:
-        context.close()
 
 
 @pytest.mark.parametrize("path", ["/", "/console/console.js"])
@@ -420,3 +439,37 @@ def test_console_files_are_refused_to_other_sites(keyed_gateway, path):
     for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Origin": "https://evil.example"},
                     {"Host": "evil.example"}):
         assert httpx.get(url, headers=headers, timeout=5).status_code == 403, headers
+
+
+CLIENT_KEY = "console-client-key-5519"
+
+
+@pytest.fixture(scope="module")
+def api_keyed_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """The realtime speech plugin behind client API keys (the console on loopback)."""
+    with shipped_plugins_gateway(tmp_path_factory.mktemp("console-api-keys"),
+                                 ["pocketsphinx-plugin"],
+                                 {"AOGSTREAM_API_KEYS": CLIENT_KEY}) as gw:
+        yield gw
+
+
+def test_microphone_works_where_client_api_keys_are_required(browser, api_keyed_gateway):
+    with fresh_page(browser, api_keyed_gateway) as c:
+        page = c.page
+        c.wait_for("the status loaded", "document.body.dataset.loaded === 'true'")
+        page.click("#mic")  # no key yet: the socket is refused and the page asks for one
+        c.wait_for("the refusal", "document.getElementById('mic').dataset.state === 'failed'")
+        assert c.value("!document.getElementById('key-form').hidden")
+        assert "API keys" in text_of(c, "notice")
+        page.fill("#key", CLIENT_KEY)
+        page.click("#key-form button")
+        c.wait_for("the status loaded again", "document.body.dataset.loaded === 'true'")
+        page.click("#mic")
+        c.wait_for("a partial result",
+                   "Number(document.getElementById('asr-partial').dataset.partials || 0)")
+        assert c.value("document.getElementById('mic').dataset.state") == "recording"
+        page.click("#mic")
+        c.wait_for("task-finished",
+                   "document.getElementById('mic').dataset.state === 'finished'")
+        assert "go forward" in text_of(c, "asr-final").lower()
+        assert CLIENT_KEY not in " ".join(c.requests)  # never in a URL

@@ -2,25 +2,31 @@
 
 Streams arrive token by token in AOG's chat/generate shapes, unary answers carry usage,
 a client that hangs up mid-stream really stops the engine's generation (its CPU time
-stops growing), bad requests get clear 4xx errors, and a GGUF pulled by local path or
-URL loads and answers.
+stops growing) and, with one engine slot, frees the engine for the next request at once
+(the plugin closes its nested stream generators as the cancel lands), bad requests get
+clear 4xx errors, and a GGUF pulled by local path or URL loads and answers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import http.server
+import importlib.util
 import json
 import os
 import re
+import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
-from conftest import EventReader, require_engines
+from conftest import EventReader, require_engines, shipped_plugins_gateway
 from hostutil import running_plugin
 
 from aogstream import manifest as m
@@ -178,6 +184,96 @@ def test_client_disconnect_stops_generation(engines_gateway, client):
     r = post(engines_gateway, client, "chat", messages=FRANCE, **GREEDY, max_tokens=24)
     assert r.status_code == 200, r.text
     assert "Paris" in r.json()["message"]["content"]
+
+
+def test_a_hung_up_stream_frees_the_engine_for_the_next_request_at_once(tmp_path_factory):
+    """With one engine slot (LLAMACPP_MAX_ENGINE_REQUESTS=1), a stream the client hangs
+    up on mid-way gives its slot and engine connection back as the cancel lands: the
+    next request is served in about the time it takes on an idle engine, not after the
+    engine finished the abandoned answer (some 1,500 tokens) nor whenever the garbage
+    collector finalises the plugin's generators (a slot held until then blocks it)."""
+    count = [{"role": "user", "content": "Count from 1 to 1000, one number per line."}]
+    with shipped_plugins_gateway(tmp_path_factory.mktemp("llama-one-slot"), [PLUGIN],
+                                 {"LLAMACPP_MAX_ENGINE_REQUESTS": "1"}) as gw, \
+            httpx.Client(timeout=httpx.Timeout(120, connect=5)) as client:
+        def answer_time() -> float:
+            t = time.monotonic()
+            r = post(gw, client, "chat", messages=FRANCE, **GREEDY, max_tokens=8)
+            assert r.status_code == 200, r.text
+            return time.monotonic() - t
+
+        answer_time()  # the first request loads the engine
+        idle = min(answer_time() for _ in range(3))
+        for _ in range(3):
+            reader, _t0 = stream(gw, "chat", {"messages": count, **GREEDY, "max_tokens": 1500},
+                                 until=lambda r: len(r.events) >= 10)
+            assert not reader.events[-1]["finished"]  # hung up mid-answer
+            took = answer_time()
+            assert took < 3 * idle + 2.0, \
+                f"the next request took {took:.2f} s after a hang-up (idle: {idle:.2f} s)"
+
+
+def load_plugin_module():
+    """plugin.py as a module (its name is not importable: plugins are folders)."""
+    spec = importlib.util.spec_from_file_location("llamacpp_plugin_under_test",
+                                                  PLUGIN_DIR / "plugin.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_cancel_at_the_plugins_yield_closes_the_engine_stream_before_it_returns(
+        tmp_path, monkeypatch):
+    """The cancel the SDK throws into the plugin's stream at its `yield` (the host
+    cancelled: the client hung up) closes the nested engine stream right there: the
+    engine slot is free and the engine's connection closed before the throw returns,
+    with no event loop turn for a finaliser. Real: the plugin's code, httpx and a
+    loopback server streaming SSE forever; only the engine lookup is replaced."""
+    monkeypatch.setenv("LLAMACPP_MAX_ENGINE_REQUESTS", "1")
+    mod = load_plugin_module()
+
+    async def main() -> None:
+        closed = asyncio.Event()
+
+        async def engine(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"(?i)content-length: *(\d+)", head)
+            await reader.readexactly(int(length.group(1)) if length else 0)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                         b"transfer-encoding: chunked\r\n\r\n")
+            event = b'data: {"id":"c1","choices":[{"delta":{"content":"x"}}]}\n\n'
+            with contextlib.suppress(ConnectionError, OSError):
+                while not reader.at_eof():  # until the client hangs up
+                    writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+                    await writer.drain()
+                    await asyncio.sleep(0.01)
+            closed.set()
+
+        server = await asyncio.start_server(engine, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        plugin = mod.LlamaCppPlugin(tmp_path, PLUGIN)
+
+        async def fake_engine(body):
+            return MODEL, types.SimpleNamespace(base_url=f"http://127.0.0.1:{port}")
+
+        plugin._engine = fake_engine
+        stream = plugin.invoke_service_stream("chat", "", json.dumps(
+            {"messages": FRANCE}).encode())
+        for _ in range(3):
+            assert (await anext(stream))["message"]["content"] == "x"
+        slots = plugin._slots(MODEL)
+        assert slots.locked()  # the one slot is this stream's
+        with pytest.raises(asyncio.CancelledError):
+            await stream.athrow(asyncio.CancelledError())
+        assert not slots.locked(), "the engine slot is still held after the cancel"
+        await asyncio.wait_for(closed.wait(), 10)  # the engine saw the hang-up
+        await plugin.http.aclose()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
 
 
 @pytest.mark.parametrize("body, words", [

@@ -21,45 +21,25 @@ record, and when every record is refused the client gets a 429 that says so.
 from __future__ import annotations
 
 import json
-import platform
-import shutil
 import stat
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from conftest import PLUGIN_DIR, REPO, Gateway
+from conftest import Gateway
+from harness import native
 
-BUILT = REPO / ".cache" / "native-plugins"
-
-
-def _arch() -> str:
-    m = platform.machine().lower()
-    return {"x86_64": "amd64", "aarch64": "arm64"}.get(m, m)
+BUILT = native.BUILT  # the names other modules import
+_arch = native.arch
 
 
 @pytest.fixture(scope="module")
 def auth_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    subprocess.run([str(REPO / "tools" / "build-native-plugins.sh")], check=True)
-    work = tmp_path_factory.mktemp("native-auth")
-    plugins = work / "native-plugins"
-    (plugins / "linux" / _arch()).mkdir(parents=True)
-    shutil.copy(BUILT / "c-auth.so", plugins / "linux" / _arch() / "c-auth.so")
-    data = work / "gw" / "data"
-    data.mkdir(parents=True)
-    (data / "config.yaml").write_text(
-        "plugins:\n  enabled: true\n  configs:\n    c-auth:\n      enabled: true\n")
-    gw = Gateway(work / "gw", {"NATIVE_TEST_EVENTS": str(work / "events.txt")},
-                 plugin_dir=[PLUGIN_DIR, plugins])
-    gw.start()
-    gw.native_events = work / "events.txt"  # type: ignore[attr-defined]
-    try:
+    with native.native_gateway(tmp_path_factory.mktemp("native-auth"), ["c-auth"],
+                               native.enabled("c-auth")) as gw:
         yield gw
-    finally:
-        gw.stop()
 
 
 def auth_dir(gw: Gateway) -> Path:

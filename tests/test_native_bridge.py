@@ -3,7 +3,8 @@
 
 Proven: `PushQueue` delivers chunks in order from a thread, blocks the thread while
 `limit` chunks wait (backpressure), lets the consumer drain what was sent before the
-end, and fails a producer the moment the consumer leaves; `PullQueue` hands a thread
+end, and fails a producer the moment the consumer leaves (`offer`, which never waits,
+says when it would have); `PullQueue` hands a thread
 what has arrived, coalesced up to a byte limit, bounds what is read ahead, and ends
 with the producer's error.
 """
@@ -60,6 +61,14 @@ async def test_push_queue_blocks_the_producer_at_its_limit() -> None:
     q.abort()  # the consumer leaves: the waiting producer fails at once
     await trio.to_thread.run_sync(thread.join, 5)
     assert not thread.is_alive() and len(sent) == 4
+
+
+async def test_push_queue_offer_never_waits() -> None:
+    q = PushQueue(trio.lowlevel.current_trio_token(), limit=2)
+    assert q.offer(b"a") is True and q.offer(b"b") is True
+    assert q.offer(b"c") is None and q.waiting() == 2  # full: the caller must wait in put
+    q.abort()
+    assert q.offer(b"d") is False
 
 
 async def test_push_queue_takes_a_whole_answer_from_the_loop() -> None:

@@ -25,45 +25,27 @@ the order in which request and answer formats are chosen.
 
 from __future__ import annotations
 
-import platform
-import shutil
-import subprocess
 from collections.abc import Iterator
 
 import anthropic
 import httpx
 import openai
 import pytest
-from conftest import PLUGIN_DIR, REPO, Gateway
+from conftest import Gateway
+from harness import native
 
 from aogstream.host.native.negotiation import negotiate
 
-BUILT = REPO / ".cache" / "native-plugins"
+BUILT = native.BUILT  # the names other modules import
+_arch = native.arch
 SAID = "claude saw: hello there | system: be brief"
-
-
-def _arch() -> str:
-    m = platform.machine().lower()
-    return {"x86_64": "amd64", "aarch64": "arm64"}.get(m, m)
 
 
 @pytest.fixture(scope="module")
 def claude_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    subprocess.run([str(REPO / "tools" / "build-native-plugins.sh")], check=True)
-    work = tmp_path_factory.mktemp("native-formats")
-    plugins = work / "native-plugins"
-    (plugins / "linux" / _arch()).mkdir(parents=True)
-    shutil.copy(BUILT / "c-claude.so", plugins / "linux" / _arch() / "c-claude.so")
-    data = work / "gw" / "data"
-    data.mkdir(parents=True)
-    (data / "config.yaml").write_text(
-        "plugins:\n  enabled: true\n  configs:\n    c-claude:\n      enabled: true\n")
-    gw = Gateway(work / "gw", {}, plugin_dir=[PLUGIN_DIR, plugins])
-    gw.start()
-    try:
+    with native.native_gateway(tmp_path_factory.mktemp("native-formats"), ["c-claude"],
+                               native.enabled("c-claude")) as gw:
         yield gw
-    finally:
-        gw.stop()
 
 
 def client(gw: Gateway) -> openai.OpenAI:
@@ -150,11 +132,12 @@ def test_count_tokens_estimates_for_other_models(claude_gw: Gateway) -> None:
 @pytest.mark.parametrize(("ins", "outs", "chosen"), [
     (["openai", "claude"], ["claude", "openai"], ("openai", "openai")),
     (["claude"], ["claude"], ("claude", "claude")),
-    (["gemini", "openai-response"], ["claude", "openai-response"],
+    (["codex", "openai-response"], ["claude", "openai-response"],
      ("openai-response", "openai-response")),
-    (["claude"], ["gemini", "openai-response"], ("claude", "openai-response")),
+    (["claude"], ["codex", "openai-response"], ("claude", "openai-response")),
     (["claude"], ["openai"], ("claude", "openai")),
-    (["gemini"], ["gemini"], None),
+    (["gemini"], ["gemini"], ("gemini", "gemini")),
+    (["codex"], ["codex"], None),
     ([], ["openai"], None),
 ])
 def test_negotiation_follows_cpa_order(ins: list[str], outs: list[str],

@@ -17,56 +17,29 @@ a wrong management key five times with 403 (even with the right key afterwards).
 
 from __future__ import annotations
 
-import platform
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
-from conftest import PLUGIN_DIR, REPO, Gateway
+from conftest import Gateway
+from harness import native
 
-BUILT = REPO / ".cache" / "native-plugins"
+BUILT = native.BUILT  # the names other modules import
+_arch = native.arch
 CHAT = {"model": "c-echo", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def _arch() -> str:
-    m = platform.machine().lower()
-    return {"x86_64": "amd64", "aarch64": "arm64"}.get(m, m)
 
 
 @pytest.fixture(scope="module")
 def gate_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    subprocess.run([str(REPO / "tools" / "build-native-plugins.sh")], check=True)
-    work = tmp_path_factory.mktemp("native-gate")
-    plugins = work / "native-plugins"
-    (plugins / "linux" / _arch()).mkdir(parents=True)
-    for name in ("c-test", "c-gate"):
-        shutil.copy(BUILT / f"{name}.so", plugins / "linux" / _arch() / f"{name}.so")
-    data = work / "gw" / "data"
-    data.mkdir(parents=True)
-    (data / "config.yaml").write_text(
-        "plugins:\n  enabled: true\n  configs:\n"
-        "    c-test:\n      enabled: true\n"
-        "    c-gate:\n      enabled: true\n")
-    gw = Gateway(work / "gw", {"NATIVE_TEST_EVENTS": str(work / "events.txt"),
-                               "AOGSTREAM_WORKERS": "1"},
-                 plugin_dir=[PLUGIN_DIR, plugins])
-    gw.start()
-    gw.native_events = work / "events.txt"  # type: ignore[attr-defined]
-    try:
+    with native.native_gateway(tmp_path_factory.mktemp("native-gate"), ["c-test", "c-gate"],
+                               native.enabled("c-test", "c-gate"),
+                               {"AOGSTREAM_WORKERS": "1"}) as gw:
         yield gw
-    finally:
-        gw.stop()
 
 
-def events(gw: Gateway) -> list[str]:
-    try:
-        return gw.native_events.read_text().splitlines()  # type: ignore[attr-defined]
-    except FileNotFoundError:
-        return []
+events = native.native_events
 
 
 OPEN = {"Authorization": "Bearer open-sesame"}

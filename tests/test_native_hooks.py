@@ -23,58 +23,30 @@ usage detail read from an OpenAI body, Go's RFC 3339 times, CPA's header merge.
 from __future__ import annotations
 
 import json
-import platform
-import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import openai
 import pytest
-from conftest import PLUGIN_DIR, REPO, Gateway
+from conftest import Gateway
+from harness import native
 
 from aogstream.host.native.hooks import _header_merge, rfc3339, usage_detail
 
-BUILT = REPO / ".cache" / "native-plugins"
-
-
-def _arch() -> str:
-    m = platform.machine().lower()
-    return {"x86_64": "amd64", "aarch64": "arm64"}.get(m, m)
+BUILT = native.BUILT  # the names other modules import
+_arch = native.arch
 
 
 @pytest.fixture(scope="module")
 def hooks_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    subprocess.run([str(REPO / "tools" / "build-native-plugins.sh")], check=True)
-    work = tmp_path_factory.mktemp("native-hooks")
-    plugins = work / "native-plugins"
-    (plugins / "linux" / _arch()).mkdir(parents=True)
-    for name in ("c-test", "c-hooks"):
-        shutil.copy(BUILT / f"{name}.so", plugins / "linux" / _arch() / f"{name}.so")
-    data = work / "gw" / "data"
-    data.mkdir(parents=True)
-    (data / "config.yaml").write_text(
-        "plugins:\n  enabled: true\n  configs:\n"
-        "    c-test:\n      enabled: true\n"
-        "    c-hooks:\n      enabled: true\n      priority: 5\n")
-    gw = Gateway(work / "gw", {"NATIVE_TEST_EVENTS": str(work / "events.txt")},
-                 plugin_dir=[PLUGIN_DIR, plugins])
-    gw.start()
-    gw.native_events = work / "events.txt"  # type: ignore[attr-defined]
-    try:
+    config = native.enabled("c-test") + "    c-hooks:\n      enabled: true\n      priority: 5\n"
+    with native.native_gateway(tmp_path_factory.mktemp("native-hooks"), ["c-test", "c-hooks"],
+                               config) as gw:
         yield gw
-    finally:
-        gw.stop()
 
 
-def events(gw: Gateway) -> list[str]:
-    path: Path = gw.native_events  # type: ignore[attr-defined]
-    try:
-        return path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
+events = native.native_events
 
 
 def wait_event(gw: Gateway, since: int, match: Callable[[str], bool],

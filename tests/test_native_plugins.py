@@ -42,7 +42,6 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import platform
 import shutil
 import socket
 import subprocess
@@ -55,12 +54,13 @@ import httpx
 import openai
 import pytest
 from conftest import PLUGIN_DIR, REPO, Gateway, shipped_plugins_gateway
+from harness import native
 
 from aogstream import errors
 from aogstream.host.native import gojson as gj
 from aogstream.host.native.plugin import plugin_error
 
-BUILT = REPO / ".cache" / "native-plugins"
+BUILT = native.BUILT  # the names other modules import
 BAD = {  # file → what the plugin list must say about it
     "bad-abi": "plugin ABI version 2 is not supported",
     "bad-rc": "cliproxy_plugin_init returned 3",
@@ -70,53 +70,24 @@ BAD = {  # file → what the plugin list must say about it
 }
 
 
-def _arch() -> str:
-    m = platform.machine().lower()
-    return {"x86_64": "amd64", "aarch64": "arm64"}.get(m, m)
+_arch = native.arch
 
 
 @pytest.fixture(scope="module")
 def native_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    subprocess.run([str(REPO / "tools" / "build-native-plugins.sh")], check=True)
-    work = tmp_path_factory.mktemp("native")
-    plugins = work / "native-plugins"
-    (plugins / "linux" / _arch()).mkdir(parents=True)
-    shutil.copy(BUILT / "c-test.so", plugins / "linux" / _arch() / "c-test.so")
-    shutil.copy(BUILT / "rust-test.so", plugins / "linux" / _arch() / "rust-test.so")
-    for name in BAD:
-        if name == "garbage":
-            (plugins / "garbage.so").write_bytes(b"not an ELF file")
-        else:
-            shutil.copy(BUILT / f"{name}.so", plugins / f"{name}.so")
-    shutil.copy(BUILT / "c-test.so", plugins / "not-configured.so")
-    data = work / "gw" / "data"
-    data.mkdir(parents=True)
-    (data / "config.yaml").write_text(
-        "plugins:\n"
-        "  enabled: true\n"
-        "  configs:\n"
-        "    c-test:\n"
-        "      enabled: true\n"
-        "      greeting: a&b<c>\n"
-        "    rust-test:\n"
-        "      enabled: true\n"
-        + "".join(f"    {name}:\n      enabled: true\n" for name in BAD))
-    gw = Gateway(work / "gw", {"NATIVE_TEST_EVENTS": str(work / "native-events.txt")},
-                 plugin_dir=[PLUGIN_DIR, plugins])
-    gw.start()
-    gw.native_events = work / "native-events.txt"  # type: ignore[attr-defined]
-    try:
+    native.build()
+    loose = {f"{name}.so": (BUILT / f"{name}.so").read_bytes() for name in BAD
+             if name != "garbage"}
+    loose["garbage.so"] = b"not an ELF file"
+    loose["not-configured.so"] = (BUILT / "c-test.so").read_bytes()
+    config = ("    c-test:\n      enabled: true\n      greeting: a&b<c>\n"
+              + native.enabled("rust-test", *BAD))
+    with native.native_gateway(tmp_path_factory.mktemp("native"), ["c-test", "rust-test"],
+                               config, loose=loose) as gw:
         yield gw
-    finally:
-        gw.stop()
 
 
-def events(gw: Gateway) -> list[str]:
-    path: Path = gw.native_events  # type: ignore[attr-defined]
-    try:
-        return path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
+events = native.native_events
 
 
 def oai(gw: Gateway, timeout: float = 30) -> openai.OpenAI:

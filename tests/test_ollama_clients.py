@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import httpx
 import ollama
 import pytest
 from conftest import REPO, Gateway, require_engines
+from harness.cloud import loopback_server
 
 PLUGINS = ["llamacpp-plugin", "embed-plugin"]
 REMOTE_MODELS = {"gpt-4o-mini", "deepseek-chat", "qwen-plus", "text-embedding-3-small"}
@@ -51,16 +51,8 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 def gguf_url() -> Iterator[str]:
     src = require_engines(PLUGINS) / "llamacpp-plugin" / "models" / CHAT_MODEL
     gguf = next(src.glob("*.gguf"))
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(gguf.parent)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/{gguf.name}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with loopback_server(functools.partial(_Quiet, directory=str(gguf.parent))) as base:
+        yield f"{base}/{gguf.name}"
 
 
 @pytest.fixture(scope="module")

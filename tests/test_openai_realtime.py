@@ -18,7 +18,8 @@ kind of bad input (unknown event type, no type, bad base64, odd-length PCM, an a
 the size limit, an unknown model, a bad format rate, binary frames, broken JSON, a commit
 of an empty buffer) gets one `error` event with OpenAI's code, the client's event_id
 echoed, and the same socket then transcribes; an unknown model in the URL is refused with
-an error event and close 4000.
+an error event and close 4000; a session past its maximum duration (configured short)
+gets OpenAI's `session_expired` error event and a close.
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from audio import GOFORWARD_TEXT, goforward_pcm, resample_linear, silence, word_error_rate
-from conftest import REPO, require_engines
+from conftest import REPO, require_engines, shipped_plugins_gateway
 from openai import OpenAI
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -344,3 +346,37 @@ def test_the_readme_realtime_snippet_prints_the_transcript(gateway):
     final = [ln for ln in proc.stdout.splitlines() if ln.startswith("final:")]
     assert final, proc.stdout
     assert word_error_rate(GOFORWARD_TEXT, final[0].removeprefix("final:")) <= 0.25, final
+
+
+def test_a_session_past_its_maximum_duration_gets_session_expired_and_a_close(
+        tmp_path, speech):
+    """OpenAI ends a session at 60 minutes with a `session_expired` error and a close; the
+    limit is `AOGSTREAM_REALTIME_SESSION_SECONDS`, here 2 s, on a gateway of its own
+    with the real pocketsphinx-plugin. A turn is still open (audio appended, no commit)
+    when the limit hits: the session ends all the same."""
+    limit = 2.0
+    with shipped_plugins_gateway(tmp_path, ["pocketsphinx-plugin"],
+                                 env={"AOGSTREAM_REALTIME_SESSION_SECONDS": str(limit)}) as gw:
+        gw.wait_plugin_running(name="pocketsphinx-plugin", timeout=60)
+        url = f"{gw.ws_url}/v1/realtime?intent=transcription"
+        opened = time.time()
+        with connect(url, open_timeout=10, max_size=None) as ws:
+            created = json.loads(ws.recv(timeout=20))
+            assert created["type"] == "session.created", created
+            expires_at = created["session"]["expires_at"]
+            assert opened + limit - 1 <= expires_at <= time.time() + limit + 1, created
+            ws.send(json.dumps({"type": "session.update", "session": {
+                "type": "transcription", "audio": {"input": {"turn_detection": None}}}}))
+            assert json.loads(ws.recv(timeout=20))["type"] == "session.updated"
+            ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                "audio": b64(speech[:48000])}))
+            events = raw_events(ws, "error", timeout=limit + 20)
+            expired = time.time()
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=20)
+            assert ws.close_code == 1000, ws.close_code
+            assert ws.close_reason == "invalid_request_error.session_expired"
+    err = events[-1]["error"]
+    assert (err["type"], err["code"]) == ("invalid_request_error", "session_expired"), events
+    assert err["message"] == "Your session hit the maximum duration of 2 seconds."
+    assert expired - opened >= limit

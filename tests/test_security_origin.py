@@ -371,6 +371,28 @@ def test_client_api_keys_guard_the_services(keyed):
     assert ol.list() is not None
 
 
+def test_a_browser_socket_carries_its_key_as_a_subprotocol(keyed):
+    """What the web console's microphone does where client API keys are required: a
+    browser cannot set headers on a WebSocket, so it offers `aogstream` and
+    `openai-insecure-api-key.<key>`; the gateway selects `aogstream` (a browser fails the
+    handshake when none is selected) and never echoes the key."""
+    url = keyed.service_ws_url("echo-ws")
+    page = {"origin": f"http://127.0.0.1:{keyed.port}"}  # the console's own origin
+    assert ws_refusal(url, **page) == 401
+    for key in (CLIENT_KEY, MGMT_KEY):
+        with connect(url, open_timeout=5, additional_headers=page,
+                     subprotocols=["aogstream", f"openai-insecure-api-key.{key}"]) as ws:
+            assert ws.subprotocol == "aogstream"
+            assert key not in str(ws.response.headers)
+            ws.send("hello")
+            assert ws.recv(timeout=5) == "hello"
+    with pytest.raises(InvalidStatus) as exc:
+        with connect(url, open_timeout=5, additional_headers=page,
+                     subprotocols=["aogstream", "openai-insecure-api-key.nope"]):
+            pass
+    assert exc.value.response.status_code == 401
+
+
 def test_keys_reach_no_plugin_and_no_log(keyed):
     r = httpx.get(f"{keyed.url}{API}/plugin/list", headers={"x-management-key": MGMT_KEY},
                   timeout=10)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from typing import Any
 from urllib.parse import parse_qs
@@ -58,13 +59,13 @@ from aogstream.bidi.openai_realtime_protocol import (
     OPENAI_TRANSCRIBE_MODELS,
     PATH,
     SERVICE,
-    SESSION_SECONDS,
     BadEvent,
     Item,
     Settings,
     apply_update,
     audio_ms,
     decode_audio,
+    expired_message,
     new_id,
     session_object,
     wants_beta,
@@ -112,7 +113,13 @@ class OpenAIRealtimeSession:
         self.conn_id = conn_id
         self.beta = beta
         self.session_id = new_id("sess")
-        self.expires_at = int(time.time()) + SESSION_SECONDS
+        # the session's lifetime (`Config.realtime_session_seconds`; OpenAI's is
+        # SESSION_SECONDS): `expires_at` says when, 0 when there is no limit
+        self.max_seconds = gateway.config.realtime_session_seconds
+        self.deadline = (math.inf if self.max_seconds is None
+                         else trio.current_time() + self.max_seconds)
+        self.expires_at = (0 if self.max_seconds is None
+                           else math.ceil(time.time() + self.max_seconds))
         self.settings = Settings(model=model)
         self.route = self._route(model)
         self.turn: Turn | None = None
@@ -144,10 +151,17 @@ class OpenAIRealtimeSession:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 await self.emit(created, session=self.session_object())
-                await self._loop()
-                nursery.cancel_scope.cancel()
+                with trio.move_on_at(self.deadline) as lifetime:
+                    await self._loop()
+                nursery.cancel_scope.cancel()  # the running turn's plugin call too
         except Disconnected:
             return
+        if lifetime.cancelled_caught and self.max_seconds is not None:
+            # OpenAI's end of a session at its maximum duration: the error event, then
+            # a close (normal: the session ended as it was set to; a client that wants
+            # more opens a new one)
+            await self.error("session_expired", expired_message(self.max_seconds))
+            await self.ws.close(1000, "invalid_request_error.session_expired")
 
     async def _loop(self) -> None:
         while True:

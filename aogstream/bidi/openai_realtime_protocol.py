@@ -34,6 +34,16 @@ MAX_APPEND_SECONDS = 60
 """The most audio one append may carry: the realtime engines hold at most this much
 unprocessed audio per session, and a bigger append would only fail there, later."""
 SESSION_SECONDS = 3600
+"""OpenAI's session lifetime (60 minutes); the gateway's is `Config.realtime_session_seconds`."""
+
+
+def expired_message(seconds: float) -> str:
+    """OpenAI's `session_expired` message, for a limit of `seconds`."""
+    if seconds >= 60 and seconds % 60 == 0:
+        count, unit = f"{seconds / 60:g}", "minute"
+    else:
+        count, unit = f"{seconds:g}", "second"
+    return f"Your session hit the maximum duration of {count} {unit}{'' if count == '1' else 's'}."
 # OpenAI's names for "the service's default model" (http/openai_audio.py's aliases plus
 # the realtime-only ones)
 OPENAI_TRANSCRIBE_MODELS = frozenset({

@@ -11,8 +11,8 @@ to run, except for a plugin that calls `host.model.*` (they go to the gateway's 
 
 Go's flag rules: `-name value`, `--name value`, `-name=value`; a bool flag alone means
 true; parsing stops at the first argument that is not a flag, or after `--`.
-Auth records a command returns are not stored yet (this gateway has no auth store for
-native plugins); the CLI says so on stderr.
+Auth records a command returns (`Auths`) are saved as a login's are, 0600 files in
+`<data dir>/native-auths/` that a running gateway picks up; stderr names them.
 """
 
 from __future__ import annotations
@@ -177,9 +177,7 @@ async def _run(cfg: Config, plugin_id: str, argv: list[str]) -> int:
         sys.stderr.buffer.write(gj.data(reply, "Stderr"))
         auths = gj.field(reply, "Auths")
         if isinstance(auths, list) and auths:
-            print(f"aogstream: the command returned {len(auths)} auth record(s); this "
-                  f"gateway does not store native plugins' auth records yet",
-                  file=sys.stderr)
+            _save_auths(cfg.data_dir, plugin, [a for a in auths if isinstance(a, dict)])
         sys.stderr.flush()
         return gj.integer(reply, "ExitCode")
     except Exception as exc:  # noqa: BLE001 - a plugin failure: one line, exit 1
@@ -190,6 +188,23 @@ async def _run(cfg: Config, plugin_id: str, argv: list[str]) -> int:
         if plugin.state == "running":
             await plugin.shutdown()
         await host.aclose()
+
+
+def _save_auths(data_dir: Path, plugin: Any, auths: list[dict[str, Any]]) -> None:
+    """The auth records a command returned, stored as the gateway stores a login's
+    (0600 files in `<data dir>/native-auths/`, which a running gateway picks up); only
+    their IDs are printed, never their contents."""
+    from aogstream.host.native.auths import AuthError, AuthStore
+
+    store = AuthStore(data_dir)
+    for auth in auths:
+        try:
+            rec = store.save_auth(auth, plugin.auth_key)
+        except (AuthError, OSError) as exc:
+            print(f"aogstream: an auth record the command returned was not saved: {exc}",
+                  file=sys.stderr)
+            continue
+        print(f"aogstream: saved auth record {rec.id} ({rec.provider})", file=sys.stderr)
 
 
 def cmd_plugin_run(args: argparse.Namespace) -> int:

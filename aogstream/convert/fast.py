@@ -268,7 +268,8 @@ def _tool_fields(d: dict[str, Any], stream_options: Any) -> dict[str, Any]:
   "top_k": top_k,
   "stop": stop,
   "max_tokens": $exists(max_completion_tokens) ? max_completion_tokens : max_tokens,
-  "keep_alive": keep_alive
+  "keep_alive": keep_alive,
+  "reasoning_effort": reasoning_effort
 }""")
 def openai_chat_request_to_aog(doc: Any, b: dict[str, Any]) -> Any:
     """openai (and openai-like) chat request → AOG."""
@@ -282,6 +283,7 @@ def openai_chat_request_to_aog(doc: Any, b: dict[str, Any]) -> Any:
         "max_tokens": d["max_completion_tokens"] if "max_completion_tokens" in d
         else d.get("max_tokens", U),
         "keep_alive": d.get("keep_alive", U),
+        "reasoning_effort": d.get("reasoning_effort", U),
     })
 
 
@@ -298,7 +300,8 @@ def openai_chat_request_to_aog(doc: Any, b: dict[str, Any]) -> Any:
   "temperature": temperature,
   "top_p": top_p,
   "stop": stop,
-  "max_tokens": max_tokens
+  "max_tokens": max_tokens,
+  "reasoning_effort": reasoning_effort
 }""")
 def openai_chat_request_from_aog(doc: Any, b: dict[str, Any]) -> Any:
     """AOG chat request → openai (and openai-like)."""
@@ -310,6 +313,7 @@ def openai_chat_request_from_aog(doc: Any, b: dict[str, Any]) -> Any:
         "seed": d.get("seed", U), "temperature": d.get("temperature", U),
         "top_p": d.get("top_p", U), "stop": d.get("stop", U),
         "max_tokens": d.get("max_tokens", U),
+        "reasoning_effort": d.get("reasoning_effort", U),
     })
 
 

@@ -3,7 +3,8 @@
 One set of translators serves both the HTTP doors (`/v1/responses`, `/v1/messages`) and
 native plugins' executor format negotiation, which names formats the same way CPA
 does: `openai` (chat completions, the internal form), `openai-response` (Responses),
-`claude` (Anthropic Messages) and `gemini`. Every translation goes through the chat
+`claude` (Anthropic Messages) and `gemini` (Gemini `generateContent`, module
+`gemini`). Every translation goes through the chat
 form: format → chat for requests, chat → format for answers and stream chunks, and
 the other way for an upstream (a native executor) that speaks `fmt`: chat → format
 for requests, format → chat for its answers and stream events (module `upstream`).
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aogstream.convert import anthropic, responses, upstream
+from aogstream.convert import anthropic, gemini, responses, upstream
 from aogstream.convert.chat_form import InvalidRequest
 from aogstream.convert.chat_stream import ChatStreamTranslator
 from aogstream.convert.engine import ConvertError
@@ -21,9 +22,9 @@ from aogstream.convert.engine import ConvertError
 OPENAI = "openai"
 OPENAI_RESPONSE = responses.FORMAT
 CLAUDE = anthropic.FORMAT
-GEMINI = "gemini"
+GEMINI = gemini.FORMAT
 FORMATS = (OPENAI, OPENAI_RESPONSE, CLAUDE, GEMINI)
-TRANSLATED = (OPENAI, OPENAI_RESPONSE, CLAUDE)  # gemini: named, no translator yet
+TRANSLATED = FORMATS  # the formats with a native translator (to and from chat)
 
 
 class UnsupportedFormat(ConvertError):
@@ -47,6 +48,8 @@ def request_to_chat(fmt: str, body: dict[str, Any]) -> dict[str, Any]:
         return responses.request_to_chat(body)
     if fmt == CLAUDE:
         return anthropic.request_to_chat(body)
+    if fmt == GEMINI:
+        return gemini.request_to_chat(body)
     return body
 
 
@@ -60,6 +63,8 @@ def response_from_chat(fmt: str, chat: dict[str, Any], body: dict[str, Any],
         return responses.response_from_chat(chat, body, estimate)
     if fmt == CLAUDE:
         return anthropic.message_from_chat(chat, model, estimate)
+    if fmt == GEMINI:
+        return gemini.response_from_chat(chat, model, estimate)
     return chat
 
 
@@ -71,6 +76,8 @@ def stream_from_chat(fmt: str, body: dict[str, Any], model: str,
         return responses.ResponsesStream(body, model, prompt_estimate)
     if fmt == CLAUDE:
         return anthropic.AnthropicStream(model, prompt_estimate)
+    if fmt == GEMINI:
+        return gemini.GeminiStream(model, prompt_estimate)
     raise UnsupportedFormat("chat streams need no translation into chat")
 
 
@@ -81,6 +88,8 @@ def request_from_chat(fmt: str, chat: dict[str, Any]) -> dict[str, Any]:
         return upstream.chat_to_responses(chat)
     if fmt == CLAUDE:
         return upstream.chat_to_claude(chat)
+    if fmt == GEMINI:
+        return gemini.chat_to_gemini(chat)
     return chat
 
 
@@ -92,6 +101,8 @@ def response_to_chat(fmt: str, body: dict[str, Any]) -> dict[str, Any]:
         return upstream.responses_to_chat(body)
     if fmt == CLAUDE:
         return upstream.claude_to_chat(body)
+    if fmt == GEMINI:
+        return gemini.gemini_to_chat(body)
     return body
 
 
@@ -102,4 +113,6 @@ def stream_to_chat(fmt: str, model: str) -> upstream.UpstreamToChat:
         return upstream.ResponsesToChat(model)
     if fmt == CLAUDE:
         return upstream.ClaudeToChat(model)
+    if fmt == GEMINI:
+        return gemini.GeminiToChat(model)
     raise UnsupportedFormat("chat streams need no translation into chat")

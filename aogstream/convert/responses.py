@@ -238,6 +238,9 @@ def request_to_chat(body: dict[str, Any]) -> dict[str, Any]:
             chat["response_format"] = {"type": "json_schema", "json_schema": schema}
         elif fmt.get("type") == "json_object":
             chat["response_format"] = {"type": "json_object"}
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict) and isinstance(reasoning.get("effort"), str):
+        chat["reasoning_effort"] = reasoning["effort"]  # chat's name for the same setting
     if body.get("stream") is True:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}

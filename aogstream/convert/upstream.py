@@ -11,7 +11,9 @@ Pure functions on dicts, plus one small state machine per stream format
 (`ClaudeToChat`, `ResponsesToChat`) that turns each upstream event into zero or more
 `chat.completion.chunk` objects. Lossy where the formats differ: chat `n`,
 `logprobs`, `response_format` and `seed` have no Anthropic equivalent and are
-dropped; thinking/reasoning output is carried as `reasoning_content`.
+dropped; thinking/reasoning output is carried as `reasoning_content`; a chat
+`reasoning_effort` is Responses' `reasoning.effort` and an Anthropic thinking budget
+(`max_tokens` raised above the budget, as Anthropic requires).
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ CLAUDE_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "len
                  "tool_use": "tool_calls", "refusal": "content_filter",
                  "pause_turn": "stop", "model_context_window_exceeded": "length"}
 RESPONSES_FINISH = {"max_output_tokens": "length", "content_filter": "content_filter"}
+# chat `reasoning_effort` → Anthropic thinking budget (CLIProxyAPI's budgets; Anthropic's
+# least is 1024; none turns thinking off; auto leaves it to the model's default)
+CLAUDE_THINKING = {"none": 0, "minimal": 1024, "low": 1024, "medium": 8192,
+                   "high": 24576, "xhigh": 32768}
 Chunk = dict[str, Any]
 
 
@@ -168,6 +174,14 @@ def chat_to_claude(chat: dict[str, Any]) -> dict[str, Any]:
         claude_choice["disable_parallel_tool_use"] = True
     if claude_choice is not None:
         out["tool_choice"] = claude_choice
+    effort = chat.get("reasoning_effort")
+    budget = CLAUDE_THINKING.get(effort.lower()) if isinstance(effort, str) else None
+    if budget == 0:
+        out["thinking"] = {"type": "disabled"}
+    elif budget:
+        out["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        # Anthropic wants room to answer beyond the thinking budget
+        out["max_tokens"] = max(out["max_tokens"], budget + CLAUDE_MAX_TOKENS)
     out["stream"] = chat.get("stream") is True
     return out
 
@@ -227,6 +241,9 @@ def chat_to_responses(chat: dict[str, Any]) -> dict[str, Any]:
         out["tool_choice"] = choice
     elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         out["tool_choice"] = {"type": "function", "name": str(choice["function"].get("name", ""))}
+    effort = chat.get("reasoning_effort")
+    if isinstance(effort, str) and effort:
+        out["reasoning"] = {"effort": effort}  # the same setting, by Responses' name
     out["store"] = False
     out["stream"] = chat.get("stream") is True
     return out
@@ -338,6 +355,12 @@ def responses_to_chat(body: dict[str, Any]) -> dict[str, Any]:
     usage = _obj(body.get("usage"))
     return _chat_answer(body.get("id"), body.get("model"), message, reason,
                         _usage(usage.get("input_tokens"), usage.get("output_tokens")))
+
+
+# the pieces the other upstream translators (`gemini`) share
+obj, chat_messages, parts, text_of_parts, image_url, json_object = (
+    _obj, _messages, _parts, _text, _image_url, _json_object)
+usage, chat_answer = _usage, _chat_answer
 
 
 # ---- upstream stream → chat chunks --------------------------------------------------------

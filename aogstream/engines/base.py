@@ -37,6 +37,7 @@ from aogstream.engines.install import EngineEnv, EngineSpec
 from aogstream.engines.models import ModelStore, PackageModel, StoredModel, check_name
 from aogstream.engines.paths import plugin_data_dir
 from aogstream.engines.process import EngineProcess, free_port, rss_bytes
+from aogstream.errors import without_paths
 from aogstream.sdk.provider import LocalPluginProvider, StreamablePlugin
 
 log = logging.getLogger("aogstream.engines")
@@ -348,7 +349,8 @@ class EnginePlugin(LocalPluginProvider, StreamablePlugin):
                         continue
                     item = json.loads(line)
                     if "error" in item:
-                        raise m.PluginError(m.ERR_CODE_INTERNAL, str(item["error"]), "")
+                        raise m.PluginError(m.ERR_CODE_INTERNAL,
+                                            without_paths(str(item["error"])), "")
                     yield item
         except httpx.TransportError as exc:
             raise self.engine_failed(name, exc) from exc
@@ -357,7 +359,9 @@ class EnginePlugin(LocalPluginProvider, StreamablePlugin):
 def engine_error(status: int, body: bytes, label: str = "") -> m.PluginError:
     """The engine's own message, from `{"error": "..."}`, `{"error": {"message"}}` or
     FastAPI's `{"detail": ...}` (a list of field errors for a 422); a 4xx becomes
-    INVALID_ARGUMENT (the caller's mistake), anything else INTERNAL."""
+    INVALID_ARGUMENT (the caller's mistake), anything else INTERNAL. The message goes to
+    the client, so the folders of any absolute path in it (a model file, the data
+    directory, a traceback line) are dropped: an engine names its files freely."""
     message = body.decode(errors="replace")[:500]
     with contextlib.suppress(ValueError, AttributeError, TypeError):
         obj = json.loads(body)
@@ -371,6 +375,7 @@ def engine_error(status: int, body: bytes, label: str = "") -> m.PluginError:
         elif err:
             message = str(err)
     code = m.ERR_CODE_INVALID_ARGUMENT if 400 <= status < 500 else m.ERR_CODE_INTERNAL
+    message = without_paths(message)
     return m.PluginError(code, f"{label}: {message}" if label else message, "")
 
 

@@ -46,18 +46,32 @@ class BidiSession:
     async def send(
         self, data: bytes, message_type: str, metadata: dict[str, str] | None = None
     ) -> None:
+        await self._s.send(self.request(data, message_type, metadata))
+
+    def request(self, data: bytes, message_type: str,
+                metadata: dict[str, str] | None = None) -> pb.InvokeServiceBidiRequest:
         # a realtime frame every 20 ms per session: building the map field (even
         # empty) costs more than the rest of the message, so it is set only when there
         # is metadata (and is_first is false by default)
         if metadata:
-            req = pb.InvokeServiceBidiRequest(data=data, message_type=message_type,
-                                              metadata=metadata)
-        else:
-            req = pb.InvokeServiceBidiRequest(data=data, message_type=message_type)
-        await self._s.send(req)
+            return pb.InvokeServiceBidiRequest(data=data, message_type=message_type,
+                                               metadata=metadata)
+        return pb.InvokeServiceBidiRequest(data=data, message_type=message_type)
+
+    def send_nowait(self, data: bytes, message_type: str,
+                    metadata: dict[str, str] | None = None) -> None:
+        """`send` of a message that fits in the window now (else trio.WouldBlock)."""
+        self._s.send_nowait(self.request(data, message_type, metadata))
 
     async def done_writing(self) -> None:
         await self._s.done_writing()
+
+    def done_writing_nowait(self) -> None:
+        self._s.done_writing_nowait()
+
+    def end_reading(self) -> None:
+        """Wake a reader parked in `receive` with the call's end (see `Stream.end_reading`)."""
+        self._s.end_reading()
 
     async def receive(self) -> pb.InvokeServiceBidiResponse:
         """Next plugin message; PluginError on a failure code, EndOfChannel at the end."""

@@ -17,7 +17,7 @@ import trio
 
 from aogstream import errors
 from aogstream import manifest as m
-from aogstream.host.client import PluginClient
+from aogstream.host.client import BidiSession, PluginClient
 from aogstream.invocation import Frame, Invocation, Mode
 from aogstream.rpc.bridge import RpcFailure
 
@@ -162,43 +162,80 @@ class ProcessProvider:
             return
         meta = dict(inv.metadata)
         meta.update(first.metadata)
-        try:
-            await self._relay_bidi(client, inv, first, meta, incoming)
-        except BaseExceptionGroup as group:  # the nursery wraps the plugin's error
-            if inv.cancel_scope.cancel_called:
-                # the invocation was ended from our side (the client left, or read
-                # the plugin's last event and moved on): what the gRPC call reports
-                # while it is torn down (e.g. INTERNAL "Internal error from Core") is
-                # the end we asked for, not a failure to raise out of the cancel
-                # scope beside the Cancelled
-                cancelled = group.subgroup(trio.Cancelled)
-                if cancelled is not None:
-                    raise cancelled from None
-                return
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
-
-    async def _relay_bidi(self, client: PluginClient, inv: Invocation, first: Frame,
-                          meta: dict[str, str], incoming: trio.MemoryReceiveChannel[Frame]
-                          ) -> None:
         async with client.invoke_service_bidi(
             inv.service, inv.auth_info, first_data=first.data, first_type=first.kind,
             metadata=meta,
-        ) as session, trio.open_nursery() as nursery:
+        ) as session:
+            pipe = SessionPipe(session)
+            try:
+                inv.attach_pipe(pipe)
+                await pipe.ended.wait()
+            finally:
+                # the call is left (ended, or this task cancelled): a client task
+                # still reading or sending through the pipe must not wait on it
+                pipe.leave()
+            if pipe.failure is not None:
+                raise pipe.failure
 
-            async def upstream() -> None:
-                async for frame in incoming:
-                    await session.send(frame.data, frame.kind, frame.metadata)
-                await session.done_writing()
 
-            nursery.start_soon(upstream)
-            async for msg in session:
-                # `data` is already bytes; copying the (nearly always empty) metadata
-                # map only when it has entries saves most of the per-frame cost here
-                await inv.emit(Frame(msg.data, msg.message_type or "binary",
-                                     dict(msg.metadata) if msg.metadata else {}))
-            nursery.cancel_scope.cancel()
+class SessionPipe:
+    """A plugin's bidi session as the invocation's `FramePipe`: the client's task
+    sends its frames into the gRPC call and reads the plugin's frames out of it
+    directly, with no relay task in between (two task hops per frame saved).
+
+    The first end the client's task reads (EOF, a failure code, a gRPC failure)
+    ends the pipe: `ended` is set, and the provider's task, waiting on it, returns
+    or raises `failure`, which ends the invocation the usual way. Once ended or
+    left, the client's further frames are dropped: the session has nowhere to put
+    them.
+    """
+
+    __slots__ = ("_over", "_session", "ended", "failure")
+
+    def __init__(self, session: BidiSession) -> None:
+        self._session = session
+        self.ended = trio.Event()
+        self.failure: m.PluginError | RpcFailure | None = None
+        self._over = False
+
+    async def send(self, frame: Frame) -> None:
+        if not self._over:
+            await self._session.send(frame.data, frame.kind, frame.metadata)
+
+    def send_nowait(self, frame: Frame) -> None:
+        if not self._over:
+            self._session.send_nowait(frame.data, frame.kind, frame.metadata)
+
+    def close(self) -> None:
+        if not self._over:
+            self._session.done_writing_nowait()
+
+    async def receive(self) -> Frame:
+        if self._over:
+            raise trio.EndOfChannel
+        try:
+            msg = await self._session.receive()
+        except trio.EndOfChannel:
+            self._end(None)
+            raise
+        except (m.PluginError, RpcFailure) as exc:
+            self._end(exc)
+            raise trio.EndOfChannel from None
+        # `data` is already bytes; copying the (nearly always empty) metadata map
+        # only when it has entries saves most of the per-frame cost here
+        return Frame(msg.data, msg.message_type or "binary",
+                     dict(msg.metadata) if msg.metadata else {})
+
+    def _end(self, failure: m.PluginError | RpcFailure | None) -> None:
+        self._over = True
+        self.failure = failure
+        self.ended.set()
+
+    def leave(self) -> None:
+        """The provider's task leaves the call: wake a reader parked on it."""
+        if not self._over:
+            self._over = True
+            self._session.end_reading()
 
 
 async def _first_frame(incoming: trio.MemoryReceiveChannel[Frame]) -> Frame | None:

@@ -57,6 +57,9 @@ PREFIX = f"/aog/{SPEC_VERSION}/services/"
 GUIDE_PREFIX = f"/{SPEC_VERSION}/services/"
 # how long a refused WebSocket reads what the client still sends before closing (`linger`)
 REFUSAL_LINGER_S = 2.0
+# The subprotocol a browser offers on the AOG service sockets beside its key (browsers
+# cannot set headers on a WebSocket), and the gateway selects; as `realtime` on OpenAI's.
+WS_SUBPROTOCOL = "aogstream"
 
 
 async def send_error(send: Send, err: errors.GatewayError) -> None:
@@ -198,7 +201,10 @@ class HotRoutes:
         except errors.GatewayError as err:
             await _reject_ws(scope, send, ws, err)
             return
-        await ws.accept()
+        # a browser sends its key as a subprotocol (`openai-insecure-api-key.<key>`, read
+        # by the guard) beside this one: select it, never echo the key
+        offered = openai_realtime.offered_subprotocols(scope)
+        await ws.accept(WS_SUBPROTOCOL if WS_SUBPROTOCOL in offered else None)
         conn_id = str(uuid.uuid4())
         with self.ws_sessions.session(service) as admitted:
             try:

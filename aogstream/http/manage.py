@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 from quart import Blueprint, Response, request
@@ -35,6 +34,7 @@ from aogstream.errors import (
 )
 from aogstream.gateway import Gateway
 from aogstream.http.ollama_models import ollama_models_blueprint
+from aogstream.http.pull_stream import pull_stream_response
 from aogstream.management.catalogue import ModelCatalogue
 from aogstream.management.model_pulls import ModelPulls, PullJob
 from aogstream.management.plugins import Plugins
@@ -128,6 +128,11 @@ def failure(err: GatewayError) -> Response:
 PROVIDER_KEYS = ("service_name", "service_source", "api_flavor", "provider_name", "desc",
                  "method", "url", "auth_type", "auth_key", "models", "extra_headers",
                  "extra_json_body", "properties")
+
+
+def _sse_event(event: dict[str, Any]) -> bytes:
+    """A pull event as one SSE `data:` frame."""
+    return b"data: " + json.dumps(event, ensure_ascii=False).encode() + b"\n\n"
 
 
 def management_blueprint(gateway: Gateway, pulls: ModelPulls | None = None) -> Blueprint:
@@ -244,19 +249,7 @@ def management_blueprint(gateway: Gateway, pulls: ModelPulls | None = None) -> B
     @bp.post("/model/stream")
     async def pull_model_stream() -> Response:
         job = await pull_job(await read_fields(MODEL_BAD), False)
-        events = job.watch()
-
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                async for event in events:
-                    yield b"data: " + json.dumps(event, ensure_ascii=False).encode() + b"\n\n"
-            finally:
-                job.unwatch(events)
-
-        resp = Response(body(), mimetype="text/event-stream")
-        resp.headers["Cache-Control"] = "no-cache"
-        resp.timeout = None  # a big model takes longer than Quart's 60 s
-        return resp
+        return pull_stream_response(job, _sse_event, "text/event-stream")
 
     @bp.post("/model/stream/cancel")
     async def cancel_pull() -> Response:

@@ -100,6 +100,25 @@ def register_native_management(app: QuartTrio, gateway: Gateway) -> None:
     async def auth_status() -> Response:
         return _respond(await api.auth_status(request.args.get("state", "")))
 
+    @app.post(f"{BASE}/auth-files")
+    async def upload_auth() -> Response:
+        name, raw = request.args.get("name", ""), b""
+        if request.mimetype == "multipart/form-data":
+            upload = (await request.files).get("file")
+            if upload is not None:
+                name, raw = upload.filename or "", upload.read()
+        else:
+            raw = await _body()
+        return _respond(await api.upload_auth(name, raw, request.args.get("provider", "")))
+
+    @app.delete(f"{BASE}/auth-files")
+    async def delete_auth() -> Response:
+        return _respond(await api.delete_auth(request.args.get("name", "")))
+
+    @app.post(f"{BASE}/api-call")
+    async def api_call() -> Response:
+        return _respond(await api.api_call(await _body()))
+
     @app.route(f"{BASE}/<path:rest>", methods=METHODS)
     async def plugin_route(rest: str) -> Response:
         login = AUTH_URL.fullmatch(rest)

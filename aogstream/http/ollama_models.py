@@ -13,7 +13,6 @@ Ollama's `{status, digest, total, completed}`), then `success`; a failure is a l
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
@@ -21,6 +20,7 @@ from quart import Blueprint, Response, request
 
 from aogstream import errors
 from aogstream.gateway import Gateway
+from aogstream.http.pull_stream import pull_stream_response
 from aogstream.management.model_pulls import ModelPulls, PullOutcome
 from aogstream.store.base import ModelStatus
 
@@ -49,6 +49,22 @@ def _model(obj: dict[str, Any]) -> str:
     if not isinstance(name, str) or not name.strip():
         raise errors.GatewayError(errors.BAD_REQUEST, "'model' must name the model")
     return name.strip()
+
+
+_MANIFEST = b'{"status":"pulling manifest"}\n'
+
+
+def _ndjson_event(event: dict[str, Any]) -> bytes | None:
+    """A pull event as Ollama's progress line; its own `pulling manifest` is already sent
+    first, and a failure or cancel is Ollama's `{"error": ...}`."""
+    status = event.get("status")
+    if status == "pulling manifest":
+        return None
+    if status in ("error", "canceled"):
+        out: dict[str, Any] = {"error": event.get("data") or status}
+    else:
+        out = {k: v for k, v in event.items() if k in ("status", "digest", "total", "completed")}
+    return json.dumps(out, ensure_ascii=False).encode() + b"\n"
 
 
 def ollama_models_blueprint(gateway: Gateway, pulls: ModelPulls) -> Blueprint:
@@ -81,32 +97,10 @@ def ollama_models_blueprint(gateway: Gateway, pulls: ModelPulls) -> Blueprint:
                 if job.outcome != PullOutcome.SUCCESS:
                     return _error(500, job.error or job.cancel_reason or "the pull failed")
             return Response(json.dumps({"status": "success"}), mimetype="application/json")
-        # watched before the first await: a pull that ends quickly cannot end unseen
-        events = job.watch() if job is not None else None
-
-        async def lines() -> AsyncIterator[bytes]:
-            yield b'{"status":"pulling manifest"}\n'
-            if job is None or events is None:
-                yield b'{"status":"success"}\n'
-                return
-            try:
-                async for event in events:
-                    status = event.get("status")
-                    if status in ("error", "canceled"):
-                        out: dict[str, Any] = {"error": event.get("data") or status}
-                    elif status == "pulling manifest":
-                        continue
-                    else:
-                        out = {k: v for k, v in event.items()
-                               if k in ("status", "digest", "total", "completed")}
-                    yield json.dumps(out, ensure_ascii=False).encode() + b"\n"
-            finally:
-                job.unwatch(events)
-
-        resp = Response(lines(), mimetype="application/x-ndjson")
-        resp.headers["Cache-Control"] = "no-cache"
-        resp.timeout = None  # a big model takes longer than Quart's 60 s
-        return resp
+        if job is None:
+            return Response(_MANIFEST + b'{"status":"success"}\n',
+                            mimetype="application/x-ndjson")
+        return pull_stream_response(job, _ndjson_event, "application/x-ndjson", _MANIFEST)
 
     @bp.delete("/api/delete")
     async def delete() -> Response:

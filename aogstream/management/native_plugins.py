@@ -16,15 +16,17 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 import trio
 
 from aogstream import errors
 from aogstream.gateway import Gateway
+from aogstream.host.native import auth_import
 from aogstream.host.native import gojson as gj
 from aogstream.host.native import management as nm
-from aogstream.host.native.auths import AuthError
+from aogstream.host.native.auths import AuthError, auth_name, redact
 from aogstream.host.native.configfile import (
     ConfigFileError,
     load_doc,
@@ -174,6 +176,12 @@ class NativePluginsApi:
                     "github_repository": _esc(gj.text(meta, "GitHubRepository")),
                     "logo": _esc(gj.text(meta, "Logo")), "config_fields": fields,
                 } if meta else None,
+                # aogstream's own: why it does not serve (a crash loop, a bad config),
+                # and its isolation (`plugins.configs.<id>.isolation`)
+                "state": plugin.state if plugin else "disabled",
+                "last_error": _esc(plugin.last_error) if plugin else "",
+                "isolation": plugin.isolation if plugin else cfg.isolation(pid)[0],
+                "restarts": plugin.restarts if plugin else 0,
             })
         return Answer(200, {"plugins_enabled": cfg.enabled,
                             "plugins_dir": raw_dir if isinstance(raw_dir, str) else "",
@@ -336,8 +344,10 @@ class NativePluginsApi:
             return Answer(503, {"status": "error",
                                 "error": f"native plugin {login.plugin} is not running"})
         try:
-            return Answer(200, await native.logins.poll(plugin, state, HOST_SUMMARY,
-                                                        native.auths))
+            answer = await native.logins.poll(plugin, state, HOST_SUMMARY, native.auths)
+            if answer.get("status") == "ok":  # its per-auth models route before the answer
+                await native.check_auths()
+            return Answer(200, answer)
         except errors.GatewayError as err:
             return Answer(502, {"status": "error", "error": err.message})
         except (AuthError, OSError) as exc:
@@ -352,3 +362,88 @@ class NativePluginsApi:
         if plugin is None or plugin.state != "running" or path not in plugin.resources:
             return _error(404, "not_found", f"no plugin resource {path}")
         return await self._dispatch(plugin, "GET", path, headers, query, None)
+
+    async def upload_auth(self, name: str, raw: bytes, provider: str) -> Answer:
+        """`POST /v0/management/auth-files`: an auth file, parsed by the plugins'
+        `auth.parse` (`host.native.auth_import`), saved as record(s); its per-auth
+        models are routed before the answer. Never answers the credential."""
+        if not name:
+            return Answer(400, {"error": "invalid name", "message": (
+                "upload the file as the multipart field 'file', or send its JSON as "
+                "the body with ?name=<file name>.json")})
+        native = self.native
+        try:
+            await auth_import.import_auth(list(native.plugins.values()), native.auths,
+                                          name, raw, provider)
+        except AuthError as exc:
+            return Answer(400, {"error": "invalid auth file", "message": str(exc)})
+        except OSError as exc:
+            return Answer(500, {"error": f"failed to save auth file: {exc.strerror}"})
+        await native.check_auths()
+        return Answer(200, {"status": "ok"})
+
+    async def delete_auth(self, name: str) -> Answer:
+        """`DELETE /v0/management/auth-files?name=`: remove a record; the models it
+        brought (`model.for_auth`) stop routing before the answer."""
+        native = self.native
+        try:
+            rec = native.auths.get(auth_name(name))
+            await trio.to_thread.run_sync(
+                lambda: (native.auths.dir / rec.name).unlink(missing_ok=True))
+        except AuthError:
+            return Answer(404, {"error": "file not found",
+                                "message": f"no auth file {name!r}"})
+        except OSError as exc:
+            return Answer(500, {"error": f"failed to remove auth file: {exc.strerror}"})
+        await native.check_auths()
+        return Answer(200, {"status": "ok"})
+
+    async def api_call(self, raw: bytes) -> Answer:
+        """`POST /v0/management/api-call`: one HTTP request made by the executor of
+        the plugin that owns the record `auth_index`, with its credential
+        (`executor.http_request`); CPA's body (`auth_index`, `method`, `url`,
+        `header`, `data`) and answer (`status_code`, `header`, `body`)."""
+        body = _json_object(raw)
+        header = body.get("header") if body is not None else None
+        if body is None or (header is not None and not (
+                isinstance(header, dict) and all(isinstance(v, str) for v in header.values()))):
+            return Answer(400, {"error": "invalid body"})
+        method = str(body.get("method") or "").strip().upper()
+        if not method:
+            return Answer(400, {"error": "missing method"})
+        url = str(body.get("url") or "").strip()
+        if not url:
+            return Answer(400, {"error": "missing url"})
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            return Answer(400, {"error": "invalid url"})
+        index = next((v.strip() for v in (body.get("auth_index"), body.get("authIndex"),
+                                          body.get("AuthIndex"))
+                      if isinstance(v, str) and v.strip()), "")
+        if not index:
+            return Answer(400, {"error": "missing auth_index", "message": (
+                "name the credential to call with: auth_index is a record ID from "
+                "host.auth.list (the auth file's name without .json)")})
+        native = self.native
+        try:
+            rec = native.auths.get(index)
+        except AuthError:
+            return Answer(404, {"error": "auth not found",
+                                "message": f"no auth record {index!r}"})
+        plugin = auth_import.executor_of(native.plugins.values(), rec)
+        if plugin is None:
+            return Answer(400, {"error": "no executor", "message": (
+                f"no running native plugin executor serves provider {rec.provider!r}")})
+        data = body.get("data")
+        try:
+            status, headers, out = await auth_import.http_request(
+                plugin, native.auths, rec, method, url,
+                {str(k): [v] for k, v in (header or {}).items()},
+                data.encode() if isinstance(data, str) and data else None)
+        except Exception as exc:  # noqa: BLE001 - the plugin failed: CPA's 502
+            why = redact(getattr(exc, "message", "") or str(exc), rec)
+            log.warning("native plugin %s: executor.http_request for auth %s failed: %s",
+                        plugin.id, rec.id, why)
+            return Answer(502, {"error": "request failed", "message": why})
+        return Answer(200, {"status_code": status, "header": headers,
+                            "body": out.decode("utf-8", "replace")})

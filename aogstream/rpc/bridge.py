@@ -617,11 +617,39 @@ class Stream(Generic[Req, Resp]):
         self._outbox.append(msg)
         self._kick_writer()
 
+    def send_nowait(self, msg: Req) -> None:
+        """Queue one request message now; trio.WouldBlock when `window` messages are
+        already in flight."""
+        if self._in_flight >= self._window:
+            self._harvest_acks()
+            if self._in_flight >= self._window:
+                raise trio.WouldBlock
+        self._in_flight += 1
+        self._outbox.append(msg)
+        self._kick_writer()
+
     async def done_writing(self) -> None:
         """Half-close the request side (the plugin reads EOF)."""
+        self.done_writing_nowait()
+        await trio.lowlevel.checkpoint()
+
+    def done_writing_nowait(self) -> None:
+        """`done_writing` without the schedule point."""
         self._outbox.append(_EOF)
         self._kick_writer()
-        await trio.lowlevel.checkpoint()
+
+    def end_reading(self) -> None:
+        """The call is being left: a task parked in `receive` (or the next to call it)
+        gets RpcFailure CANCELLED at once, not whenever the loop thread reports the
+        cancel (never, for a call that had not started). For a reader outside the
+        `stream` block, such as a bidi session's frames read in the client's task."""
+        if self._finished or self._clean_end:
+            return
+        self._inbox.append(RpcFailure("CANCELLED", "the call was cancelled"))
+        task = self._waiter
+        if task is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(task)
 
     def _kick_writer(self) -> None:
         if not self._writer_wake_pending:

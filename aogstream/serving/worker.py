@@ -113,6 +113,7 @@ async def serve_worker(cfg: Config, index: int, link_fd: int) -> None:
             if not await follower.apply_next():
                 return
             await gateway.start_native()
+            nursery.start_soon(gateway.native.background)  # refreshes after a 401
             nursery.start_soon(follower.run, stop)
             nursery.start_soon(process_setup.stop_on_signal, stop)
             app = Observed(Guard(HotRoutes(gateway, PrimaryProxy(

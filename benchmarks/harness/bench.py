@@ -154,6 +154,9 @@ class Bench:
         if s == "aogstream-native-host":
             return start_aogstream_native(self.tmp, self.stub, name=s, workers=self.workers,
                                           transport="host")
+        if s == "aogstream-native-iso":
+            return start_aogstream_native(self.tmp, self.stub, name=s, workers=self.workers,
+                                          isolation="process")
         why = litellm_missing()
         if why:
             self.skipped[s] = why

@@ -28,6 +28,9 @@ The systems (names used everywhere: tables, JSON, `Bench(systems=...)`):
 - `aogstream-native-host`: the same, but the library's outbound HTTP goes through the
   gateway's own client (`host.http.do` / `do_stream` + `stream_read`), as CLIProxyAPI
   recommends to plugins.
+- `aogstream-native-iso`: `aogstream-native` with `isolation: process`: the library runs
+  in a host process of ours (`aogstream.host.native.isolated`), each call and callback
+  relayed over a socketpair; its figures include that process.
 - `litellm`: LiteLLM proxy 1.106.2 from its own venv (`benchmarks/setup_litellm.sh`),
   `--num_workers 1`, model `*` → `openai/*` at the stub's `/v1`, `num_retries: 0`, no
   database, a master key (it refuses to start without one). No NDJSON door.
@@ -72,7 +75,7 @@ STOP_TIMEOUT = 10.0
 
 ALL_SYSTEMS = ("direct", "floor", "aogstream", "aogstream-x1", "aogstream-x1-nometrics",
                "aogstream-x1-quiet", "aogstream-ollama", "aogstream-native",
-               "aogstream-native-host", "litellm")
+               "aogstream-native-host", "aogstream-native-iso", "litellm")
 # How a system is named in tables: `aogstream-x1` is the gateway pinned to one worker;
 # the two after it are the same with metrics off, and with metrics and request log off.
 LABELS = {"aogstream-x1": "aogstream ×1", "aogstream-x1-nometrics": "×1 metrics off",
@@ -324,10 +327,12 @@ def start_aogstream(tmp: Path, stub: System | None, name: str = "aogstream",
 
 
 def start_aogstream_native(tmp: Path, stub: System, name: str = "aogstream-native",
-                           workers: int | None = None, transport: str = "direct") -> System:
+                           workers: int | None = None, transport: str = "direct",
+                           isolation: str = "in-process") -> System:
     """The gateway relaying through the native executor benchmarks/native_relay (built
     by tools/build-native-plugins.sh), enabled in `<data dir>/config.yaml`;
-    `transport`: `direct` (its own HTTP) or `host` (`host.http.*`)."""
+    `transport`: `direct` (its own HTTP) or `host` (`host.http.*`); `isolation`:
+    `in-process` or `process` (the library in a host process of ours)."""
     import platform
 
     import httpx
@@ -344,7 +349,7 @@ def start_aogstream_native(tmp: Path, stub: System, name: str = "aogstream-nativ
     data.mkdir(parents=True, exist_ok=True)
     (data / "config.yaml").write_text(
         "plugins:\n  enabled: true\n  configs:\n    native-relay:\n      enabled: true\n"
-        f"      transport: {transport}\n")
+        f"      transport: {transport}\n      isolation: {isolation}\n")
     port = free_port()
     log = tmp / f"{name}.log"
     env = dict(os.environ, **{STUB_ENV: f"{HOST}:{stub.port}"})
@@ -367,6 +372,7 @@ def start_aogstream_native(tmp: Path, stub: System, name: str = "aogstream-nativ
                 raise RuntimeError(f"native-relay not running; log {log}:\n{tail(log)}")
         time.sleep(0.5)  # let workers (if any) load it too
         sut.roles = {pid: ("gateway" if pid == sut.proc.pid else
+                           "plugin" if "native.isolated" in cmdline(pid) else
                            "worker" if "aogstream" in cmdline(pid) else "other")
                      for pid in descendants(sut.proc.pid)}
     except BaseException:

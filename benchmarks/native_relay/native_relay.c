@@ -13,51 +13,23 @@
  * The stub's address (host:port) comes from AOGSTREAM_BENCH_STUB. Built by
  * tools/build-native-plugins.sh into .cache/native-plugins/native-relay.so.
  */
+/* The ABI boilerplate shared with the C test plugins; B64_INDEX is filled at init. */
+static void index_b64(void);
+#define CLIPROXY_ON_INIT index_b64()
+#include "../../tests/native/cliproxy_plugin.h"
+
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-typedef struct { void* ptr; size_t len; } cliproxy_buffer;
-typedef struct {
-    uint32_t abi_version;
-    void* host_ctx;
-    int (*call)(void* host_ctx, const char* method, const uint8_t* request, size_t request_len,
-                cliproxy_buffer* response);
-    void (*free_buffer)(void* ptr, size_t len);
-} cliproxy_host_api;
-typedef struct {
-    uint32_t abi_version;
-    int (*call)(const char* method, const uint8_t* request, size_t request_len,
-                cliproxy_buffer* response);
-    void (*free_buffer)(void* ptr, size_t len);
-    void (*shutdown)(void);
-} cliproxy_plugin_api;
-
-static const cliproxy_host_api* host;
 static int direct;  /* transport: direct in the plugin's config */
-static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 static signed char B64_INDEX[256];
 
-static char* b64_encode(const char* in, size_t n) {
-    char* out = malloc(4 * ((n + 2) / 3) + 1);
-    size_t o = 0;
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint8_t)in[i] << 16;
-        if (i + 1 < n) v |= (uint8_t)in[i + 1] << 8;
-        if (i + 2 < n) v |= (uint8_t)in[i + 2];
-        out[o++] = B64[(v >> 18) & 63];
-        out[o++] = B64[(v >> 12) & 63];
-        out[o++] = i + 1 < n ? B64[(v >> 6) & 63] : '=';
-        out[o++] = i + 2 < n ? B64[v & 63] : '=';
-    }
-    out[o] = 0;
-    return out;
+static void index_b64(void) {
+    memset(B64_INDEX, -1, sizeof B64_INDEX);
+    for (int i = 0; i < 64; i++) B64_INDEX[(uint8_t)B64[i]] = (signed char)i;
 }
 
 /* Appends the decoded base64 text [in, in+n) to out (room for n*3/4 bytes needed). */
@@ -75,44 +47,10 @@ static size_t b64_decode_into(const char* in, size_t n, char* out) {
     return o;
 }
 
-/* [start, end) of the string value of "key":"..." in json, or NULL. */
-static const char* find_span(const char* json, size_t n, const char* key, size_t* len) {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":\"", key);
-    size_t plen = strlen(pat);
-    for (const char* p = json; p + plen <= json + n; p++) {
-        if (memcmp(p, pat, plen) == 0) {
-            const char* s = p + plen;
-            const char* q = s;
-            while (q < json + n && *q != '"') q++;
-            *len = (size_t)(q - s);
-            return s;
-        }
-    }
-    return NULL;
-}
-
-static char* find_string(const char* json, size_t n, const char* key) {
-    size_t len;
-    const char* s = find_span(json, n, key, &len);
-    if (s == NULL) return NULL;
-    char* out = malloc(len + 1);
-    memcpy(out, s, len);
-    out[len] = 0;
-    return out;
-}
-
 static int reply_text(cliproxy_buffer* response, char* text, size_t n) {
     response->ptr = text;
     response->len = n;
     return 0;
-}
-
-static int ok_reply(cliproxy_buffer* response, const char* result) {
-    size_t n = strlen(result) + 32;
-    char* text = malloc(n);
-    int k = snprintf(text, n, "{\"ok\":true,\"result\":%s}", result);
-    return reply_text(response, text, (size_t)k);
 }
 
 static int fail_reply(cliproxy_buffer* response, const char* message) {
@@ -121,18 +59,6 @@ static int fail_reply(cliproxy_buffer* response, const char* message) {
     int k = snprintf(text, n, "{\"ok\":false,\"error\":{\"code\":\"relay_failed\","
                      "\"message\":\"%s\",\"http_status\":502}}", message);
     return reply_text(response, text, (size_t)k);
-}
-
-/* A host call; the reply (malloc'd, NUL-terminated) or NULL. */
-static char* host_call(const char* method, const char* request, size_t n, size_t* out_len) {
-    cliproxy_buffer out = {0};
-    if (host->call(host->host_ctx, method, (const uint8_t*)request, n, &out) != 0) return NULL;
-    char* text = malloc(out.len + 1);
-    if (out.ptr) memcpy(text, out.ptr, out.len);
-    text[out.len] = 0;
-    if (out_len) *out_len = out.len;
-    if (out.ptr) host->free_buffer(out.ptr, out.len);
-    return text;
 }
 
 /* The host.http request for the stub: POST <stub>/v1/chat/completions with the payload. */
@@ -157,7 +83,7 @@ static int execute(const char* req, size_t n, cliproxy_buffer* response) {
     char* http = stub_request(req, n, &len);
     if (http == NULL) return fail_reply(response, "AOGSTREAM_BENCH_STUB is not set");
     size_t out_len;
-    char* out = host_call("host.http.do", http, len, &out_len);
+    char* out = host_call_n("host.http.do", http, len, &out_len);
     free(http);
     size_t blen;
     const char* body = out ? find_span(out, out_len, "Body", &blen) : NULL;
@@ -176,7 +102,7 @@ static int emit(const char* sid, const char* data, size_t n) {
     char* req = malloc(cap);
     int k = snprintf(req, cap, "{\"stream_id\":\"%s\",\"payload\":\"%s\"}", sid, b);
     size_t out_len;
-    char* out = host_call("host.stream.emit", req, (size_t)k, &out_len);
+    char* out = host_call_n("host.stream.emit", req, (size_t)k, &out_len);
     int ok = out != NULL && strstr(out, "\"ok\":true") != NULL;
     free(out); free(req); free(b);
     return ok;
@@ -192,7 +118,7 @@ static int execute_stream(const char* req, size_t n, cliproxy_buffer* response) 
         return fail_reply(response, "AOGSTREAM_BENCH_STUB is not set");
     }
     size_t out_len;
-    char* out = host_call("host.http.do_stream", http, len, &out_len);
+    char* out = host_call_n("host.http.do_stream", http, len, &out_len);
     free(http);
     char* hsid = out ? find_string(out, out_len, "stream_id") : NULL;
     free(out);
@@ -203,7 +129,7 @@ static int execute_stream(const char* req, size_t n, cliproxy_buffer* response) 
     char* buf = malloc(cap);
     int open = 1;
     while (open) {
-        char* chunk = host_call("host.http.stream_read", rreq, (size_t)rlen, &out_len);
+        char* chunk = host_call_n("host.http.stream_read", rreq, (size_t)rlen, &out_len);
         if (chunk == NULL || strstr(chunk, "\"ok\":true") == NULL) { free(chunk); break; }
         size_t plen;
         const char* p64 = find_span(chunk, out_len, "payload", &plen);
@@ -234,14 +160,13 @@ static int execute_stream(const char* req, size_t n, cliproxy_buffer* response) 
         if (done) break;
     }
     free(buf);
-    free(host_call("host.http.stream_close", rreq, (size_t)rlen, NULL));
+    free(host_call_n("host.http.stream_close", rreq, (size_t)rlen, NULL));
     char creq[128];
     int clen = snprintf(creq, sizeof creq, "{\"stream_id\":\"%s\"}", sid);
-    free(host_call("host.stream.close", creq, (size_t)clen, NULL));
+    free(host_call_n("host.stream.close", creq, (size_t)clen, NULL));
     free(sid); free(hsid);
     return ok_reply(response, "{\"headers\":null}");
 }
-
 
 /* ---- transport: direct (a minimal HTTP/1.1 client for the stub) -------------------- */
 
@@ -417,17 +342,13 @@ static int execute_stream_direct(const char* req, size_t n, cliproxy_buffer* res
     char creq[128];
     int clen2 = snprintf(creq, sizeof creq, "{\"stream_id\":\"%s\"%s}", sid,
                          ok ? "" : ",\"error\":\"the stub's stream broke\"");
-    free(host_call("host.stream.close", creq, (size_t)clen2, NULL));
+    free(host_call_n("host.stream.close", creq, (size_t)clen2, NULL));
     free(sid);
     return ok_reply(response, "{\"headers\":null}");
 }
 
-static int plugin_call(const char* method, const uint8_t* request, size_t request_len,
-                       cliproxy_buffer* response) {
-    response->ptr = NULL;
-    response->len = 0;
-    if (method == NULL) return 1;
-    const char* req = request ? (const char*)request : "";
+static int plugin_dispatch(const char* method, const char* req, size_t request_len,
+                           cliproxy_buffer* response) {
     if (strcmp(method, "plugin.register") == 0 || strcmp(method, "plugin.reconfigure") == 0) {
         size_t clen;
         const char* c64 = find_span(req, request_len, "config_yaml", &clen);
@@ -452,21 +373,5 @@ static int plugin_call(const char* method, const uint8_t* request, size_t reques
     if (strcmp(method, "executor.execute_stream") == 0)
         return direct ? execute_stream_direct(req, request_len, response)
                       : execute_stream(req, request_len, response);
-    const char* unknown = "{\"ok\":false,\"error\":{\"code\":\"unknown_method\","
-                          "\"message\":\"unknown method\"}}";
-    return reply_text(response, strdup(unknown), strlen(unknown));
-}
-
-static void plugin_free(void* ptr, size_t len) { (void)len; free(ptr); }
-
-__attribute__((visibility("default")))
-int cliproxy_plugin_init(const cliproxy_host_api* h, cliproxy_plugin_api* plugin) {
-    host = h;
-    memset(B64_INDEX, -1, sizeof B64_INDEX);
-    for (int i = 0; i < 64; i++) B64_INDEX[(uint8_t)B64[i]] = (signed char)i;
-    plugin->abi_version = 1;
-    plugin->call = plugin_call;
-    plugin->free_buffer = plugin_free;
-    plugin->shutdown = NULL;
-    return 0;
+    return unknown_method(response);
 }

@@ -50,9 +50,9 @@ grew an engine started with llama_cpp.server's defaults 252 → 327 → 361 → 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -77,7 +77,6 @@ COMPLETION_PATH = "/v1/completions"
 # model's own template, or chatml-function-calling when a request has tools.
 TOOLS_FORMAT = "aogstream-tools"
 TOOL_CHOICES = ("none", "auto", "required")
-ABSOLUTE_DIRS = re.compile(r"(?<![\w.])(?:/[^/\s\"',:]+)+/")  # the folders of a path
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 SMOLLM2_DETAILS = {"format": "gguf", "family": "llama", "parameter_size": "135M",
                    "quantization_level": "Q4_1"}
@@ -184,27 +183,31 @@ class LlamaCppPlugin(EnginePlugin):
         payload.update(model=name, stream=True)
         final: dict[str, Any] | None = None
         calls = ToolCallDeltas()
-        async for chunk in self._sse(name, engine, CHAT_PATH if chat else COMPLETION_PATH,
-                                     payload):
-            usage = chunk.get("usage")
-            if isinstance(usage, dict) and final is not None:
-                final["usage"] = {k: int(usage.get(k) or 0)
-                                  for k in ("prompt_tokens", "completion_tokens",
-                                            "total_tokens")}
-            choices = chunk.get("choices") or [{}]
-            choice = choices[0] if isinstance(choices[0], dict) else {}
-            delta = choice.get("delta") or {}
-            text = delta.get("content") if chat else choice.get("text")
-            reason = choice.get("finish_reason")
-            tool_calls = calls.feed(delta.get("tool_calls")) if chat else None
-            if text or tool_calls:
-                event = aog_event(chat, chunk, name, text or "", None)
-                if tool_calls:
-                    event["message"]["tool_calls"] = tool_calls
-                yield event
-            if reason and final is None:
-                # held back until the engine's usage chunk, which follows it
-                final = aog_event(chat, chunk, name, "", reason)
+        # closed explicitly: a cancel thrown in at this generator's `yield` never reaches
+        # the inner one, which would keep its engine slot and connection (and the engine
+        # generating) until the garbage collector finalised it
+        async with contextlib.aclosing(self._sse(
+                name, engine, CHAT_PATH if chat else COMPLETION_PATH, payload)) as chunks:
+            async for chunk in chunks:
+                usage = chunk.get("usage")
+                if isinstance(usage, dict) and final is not None:
+                    final["usage"] = {k: int(usage.get(k) or 0)
+                                      for k in ("prompt_tokens", "completion_tokens",
+                                                "total_tokens")}
+                choices = chunk.get("choices") or [{}]
+                choice = choices[0] if isinstance(choices[0], dict) else {}
+                delta = choice.get("delta") or {}
+                text = delta.get("content") if chat else choice.get("text")
+                reason = choice.get("finish_reason")
+                tool_calls = calls.feed(delta.get("tool_calls")) if chat else None
+                if text or tool_calls:
+                    event = aog_event(chat, chunk, name, text or "", None)
+                    if tool_calls:
+                        event["message"]["tool_calls"] = tool_calls
+                    yield event
+                if reason and final is None:
+                    # held back until the engine's usage chunk, which follows it
+                    final = aog_event(chat, chunk, name, "", reason)
         if final is None:
             raise m.PluginError(
                 m.ERR_CODE_INTERNAL,
@@ -247,10 +250,7 @@ class LlamaCppPlugin(EnginePlugin):
     async def _post(self, name: str, engine: EngineProcess, path: str,
                     payload: dict[str, Any]) -> dict[str, Any]:
         async with self._slots(name):
-            try:
-                out = await self.post_json(name, engine, path, payload, label=LABEL)
-            except m.PluginError as exc:
-                raise without_paths(exc) from None
+            out = await self.post_json(name, engine, path, payload, label=LABEL)
         if not isinstance(out, dict):
             raise m.PluginError(m.ERR_CODE_INTERNAL, "the engine answered with no JSON object",
                                 str(out)[:500])
@@ -264,7 +264,7 @@ class LlamaCppPlugin(EnginePlugin):
             async with self._slots(name), \
                     self.http.stream("POST", engine.base_url + path, json=payload) as r:
                 if r.status_code != 200:
-                    raise without_paths(engine_error(r.status_code, await r.aread(), LABEL))
+                    raise engine_error(r.status_code, await r.aread(), LABEL)
                 async for line in r.aiter_lines():
                     if not line.startswith("data:"):
                         continue  # blank separators and ": ping" comments
@@ -280,7 +280,7 @@ class LlamaCppPlugin(EnginePlugin):
                     if not isinstance(item, dict):
                         continue
                     if "error" in item:
-                        raise without_paths(engine_error(500, data.encode(), LABEL))
+                        raise engine_error(500, data.encode(), LABEL)
                     yield item
         except httpx.TransportError as exc:
             raise self.engine_failed(name, exc) from exc
@@ -489,12 +489,6 @@ def engine_response_format(fmt: Any) -> dict[str, Any] | None:
             raise _bad("'response_format.json_schema.schema' must be a JSON Schema object")
         return {"type": "json_object", "schema": schema}
     raise _bad("'response_format.type' must be text, json_object or json_schema")
-
-
-def without_paths(err: m.PluginError) -> m.PluginError:
-    """The engine's error with no file paths of this machine (its validation errors
-    quote a traceback line); the message is otherwise the engine's own."""
-    return m.PluginError(err.code, ABSOLUTE_DIRS.sub("", err.message), err.details)
 
 
 def generate_payload(body: dict[str, Any]) -> dict[str, Any]:

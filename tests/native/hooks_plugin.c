@@ -25,97 +25,13 @@
  * accepting requests with "Authorization: Bearer open-sesame" and recording
  * "auth <Method> <Path> <yes|no> body=<1 when the body it got has messages>".
  */
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
+#include "cliproxy_plugin.h"
 
-typedef struct { void* ptr; size_t len; } cliproxy_buffer;
-typedef struct {
-    uint32_t abi_version;
-    void* host_ctx;
-    int (*call)(void* host_ctx, const char* method, const uint8_t* request, size_t request_len,
-                cliproxy_buffer* response);
-    void (*free_buffer)(void* ptr, size_t len);
-} cliproxy_host_api;
-typedef struct {
-    uint32_t abi_version;
-    int (*call)(const char* method, const uint8_t* request, size_t request_len,
-                cliproxy_buffer* response);
-    void (*free_buffer)(void* ptr, size_t len);
-    void (*shutdown)(void);
-} cliproxy_plugin_api;
-
-static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 static long usage_seq;  /* a plain counter: the host delivers usage one at a time */
-
-static char* b64_encode(const char* in, size_t n) {
-    char* out = malloc(4 * ((n + 2) / 3) + 1);
-    size_t o = 0;
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint8_t)in[i] << 16;
-        if (i + 1 < n) v |= (uint8_t)in[i + 1] << 8;
-        if (i + 2 < n) v |= (uint8_t)in[i + 2];
-        out[o++] = B64[(v >> 18) & 63];
-        out[o++] = B64[(v >> 12) & 63];
-        out[o++] = i + 1 < n ? B64[(v >> 6) & 63] : '=';
-        out[o++] = i + 2 < n ? B64[v & 63] : '=';
-    }
-    out[o] = 0;
-    return out;
-}
-
-static char* b64_decode(const char* in, size_t n, size_t* out_len) {
-    char* out = malloc(n * 3 / 4 + 4);
-    uint32_t v = 0;
-    int bits = 0;
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        const char* p = strchr(B64, in[i]);
-        if (in[i] == '=' || p == NULL || in[i] == 0) break;
-        v = (v << 6) | (uint32_t)(p - B64);
-        bits += 6;
-        if (bits >= 8) { bits -= 8; out[o++] = (char)((v >> bits) & 0xff); }
-    }
-    out[o] = 0;
-    *out_len = o;
-    return out;
-}
-
-/* Where "key": starts its value in json, or NULL. */
-static const char* find_value(const char* json, size_t n, const char* key) {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    size_t plen = strlen(pat);
-    for (const char* p = json; p + plen <= json + n; p++)
-        if (memcmp(p, pat, plen) == 0) return p + plen;
-    return NULL;
-}
-
-static char* find_string(const char* json, size_t n, const char* key) {
-    const char* p = find_value(json, n, key);
-    if (p == NULL || *p != '"') return NULL;
-    p++;
-    const char* q = p;
-    while (q < json + n && *q != '"') q++;
-    char* out = malloc((size_t)(q - p) + 1);
-    memcpy(out, p, (size_t)(q - p));
-    out[q - p] = 0;
-    return out;
-}
 
 static long find_long(const char* json, size_t n, const char* key) {
     const char* p = find_value(json, n, key);
     return p ? strtol(p, NULL, 10) : 0;
-}
-
-/* The base64 field `key` decoded ("" when absent or null). */
-static char* find_bytes(const char* json, size_t n, const char* key) {
-    char* b64 = find_string(json, n, key);
-    size_t len;
-    char* out = b64 ? b64_decode(b64, strlen(b64), &len) : strdup("");
-    free(b64);
-    return out;
 }
 
 /* s with every `from` replaced by `to` (a new string). */
@@ -132,44 +48,6 @@ static char* replace(const char* s, const char* from, const char* to) {
         p = q + fl;
     }
     return out;
-}
-
-static void event(const char* line) {
-    const char* path = getenv("NATIVE_TEST_EVENTS");
-    FILE* f = path ? fopen(path, "a") : NULL;
-    if (f == NULL) return;
-    fprintf(f, "%s\n", line);
-    fclose(f);
-}
-
-static int reply(cliproxy_buffer* response, const char* text) {
-    size_t n = strlen(text);
-    char* buf = malloc(n);
-    memcpy(buf, text, n);
-    response->ptr = buf;
-    response->len = n;
-    return 0;
-}
-
-static int ok_reply(cliproxy_buffer* response, const char* result) {
-    size_t n = strlen(result) + 32;
-    char* text = malloc(n);
-    snprintf(text, n, "{\"ok\":true,\"result\":%s}", result);
-    reply(response, text);
-    free(text);
-    return 0;
-}
-
-/* {"<key>":"<base64 of text>"<extra>} as a success envelope. */
-static int ok_bytes(cliproxy_buffer* response, const char* key, const char* text,
-                    const char* extra) {
-    char* b = b64_encode(text, strlen(text));
-    size_t n = strlen(b) + strlen(extra) + 64;
-    char* result = malloc(n);
-    snprintf(result, n, "{\"%s\":\"%s\"%s}", key, b, extra);
-    ok_reply(response, result);
-    free(result); free(b);
-    return 0;
 }
 
 /* ---- methods ----------------------------------------------------------------------- */
@@ -318,17 +196,8 @@ static const char* ANSWER =
     "\"hello from c-hooks\"},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":2,"
     "\"completion_tokens\":5,\"total_tokens\":7}}";
 
-static int plugin_call(const char* method, const uint8_t* request, size_t request_len,
-                       cliproxy_buffer* response) {
-    response->ptr = NULL;
-    response->len = 0;
-    if (method == NULL) {
-        reply(response, "{\"ok\":false,\"error\":{\"code\":\"invalid_method\","
-                        "\"message\":\"method is required\"}}");
-        return 1;
-    }
-    const char* req = request ? (const char*)request : "";
-    size_t n = request_len;
+static int plugin_dispatch(const char* method, const char* req, size_t n,
+                           cliproxy_buffer* response) {
 #ifdef FRONTEND
     if (strcmp(method, "plugin.register") == 0 || strcmp(method, "plugin.reconfigure") == 0)
         return ok_reply(response,
@@ -377,18 +246,5 @@ static int plugin_call(const char* method, const uint8_t* request, size_t reques
         free(result); free(b);
         return 0;
     }
-    return reply(response, "{\"ok\":false,\"error\":{\"code\":\"unknown_method\","
-                           "\"message\":\"unknown method\"}}");
-}
-
-static void plugin_free(void* ptr, size_t len) { (void)len; free(ptr); }
-
-__attribute__((visibility("default")))
-int cliproxy_plugin_init(const cliproxy_host_api* h, cliproxy_plugin_api* plugin) {
-    (void)h;
-    plugin->abi_version = 1;
-    plugin->call = plugin_call;
-    plugin->free_buffer = plugin_free;
-    plugin->shutdown = NULL;
-    return 0;
+    return unknown_method(response);
 }

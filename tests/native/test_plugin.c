@@ -31,90 +31,20 @@
  * Bad variants for the loader's error paths, by -D at build time: BAD_ABI (abi_version
  * 2), BAD_RC (init returns 3), BAD_JSON (plugin.register answers invalid JSON),
  * NO_INIT (the init symbol is missing).
+ * CRASH (c-crash.so, for `isolation: process`): a third model c-crash whose executor
+ * dereferences NULL (unary: at once; streamed: on the plugin's own thread after one
+ * emitted chunk), and "whoami" in a message answers "pid <the process's pid>";
+ * CRASH_INIT: init itself dereferences NULL.
  */
+#define CLIPROXY_OWN_BUFFERS  /* reply() and plugin_free() below check the frees */
+#define CLIPROXY_OWN_INIT     /* the load-failure variants */
+#include "cliproxy_plugin.h"
+
 #include <pthread.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
-typedef struct { void* ptr; size_t len; } cliproxy_buffer;
-typedef struct {
-    uint32_t abi_version;
-    void* host_ctx;
-    int (*call)(void* host_ctx, const char* method, const uint8_t* request, size_t request_len,
-                cliproxy_buffer* response);
-    void (*free_buffer)(void* ptr, size_t len);
-} cliproxy_host_api;
-typedef struct {
-    uint32_t abi_version;
-    int (*call)(const char* method, const uint8_t* request, size_t request_len,
-                cliproxy_buffer* response);
-    void (*free_buffer)(void* ptr, size_t len);
-    void (*shutdown)(void);
-} cliproxy_plugin_api;
-
-static const cliproxy_host_api* host;
-
 /* ---- small helpers ----------------------------------------------------------------- */
-
-static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static char* b64_encode(const char* in, size_t n) {
-    char* out = malloc(4 * ((n + 2) / 3) + 1);
-    size_t o = 0;
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint8_t)in[i] << 16;
-        if (i + 1 < n) v |= (uint8_t)in[i + 1] << 8;
-        if (i + 2 < n) v |= (uint8_t)in[i + 2];
-        out[o++] = B64[(v >> 18) & 63];
-        out[o++] = B64[(v >> 12) & 63];
-        out[o++] = i + 1 < n ? B64[(v >> 6) & 63] : '=';
-        out[o++] = i + 2 < n ? B64[v & 63] : '=';
-    }
-    out[o] = 0;
-    return out;
-}
-
-static char* b64_decode(const char* in, size_t n, size_t* out_len) {
-    char* out = malloc(n * 3 / 4 + 4);
-    uint32_t v = 0;
-    int bits = 0;
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        const char* p = strchr(B64, in[i]);
-        if (in[i] == '=' || p == NULL || in[i] == 0) break;
-        v = (v << 6) | (uint32_t)(p - B64);
-        bits += 6;
-        if (bits >= 8) { bits -= 8; out[o++] = (char)((v >> bits) & 0xff); }
-    }
-    out[o] = 0;
-    *out_len = o;
-    return out;
-}
-
-/* The string value of "key":"..." in json (a copy, or NULL). No unescaping: as CPA's
- * own C examples read fields. */
-static char* find_string(const char* json, size_t n, const char* key) {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":\"", key);
-    const char* end = json + n;
-    const char* p = json;
-    size_t plen = strlen(pat);
-    for (; p + plen <= end; p++) {
-        if (memcmp(p, pat, plen) == 0) break;
-    }
-    if (p + plen > end) return NULL;
-    p += plen;
-    const char* q = p;
-    while (q < end && *q != '"') q++;
-    char* out = malloc((size_t)(q - p) + 1);
-    memcpy(out, p, (size_t)(q - p));
-    out[q - p] = 0;
-    return out;
-}
 
 static int contains(const char* hay, size_t n, const char* needle) {
     size_t k = strlen(needle);
@@ -123,21 +53,7 @@ static int contains(const char* hay, size_t n, const char* needle) {
     return 0;
 }
 
-static char* json_escape(const char* s) {
-    size_t n = strlen(s);
-    char* out = malloc(n * 6 + 1);
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') { out[o++] = '\\'; out[o++] = (char)c; }
-        else if (c < 0x20) o += (size_t)sprintf(out + o, "\\u%04x", c);
-        else out[o++] = (char)c;
-    }
-    out[o] = 0;
-    return out;
-}
-
-static void event(const char* fmt, const char* a, long b) {
+static void eventf(const char* fmt, const char* a, long b) {
     const char* path = getenv("NATIVE_TEST_EVENTS");
     if (path == NULL) return;
     FILE* f = fopen(path, "a");
@@ -164,27 +80,6 @@ static int reply(cliproxy_buffer* response, const char* text) {
     response->ptr = buf + 16;
     response->len = n;
     return 0;
-}
-
-static int ok_reply(cliproxy_buffer* response, const char* result) {
-    size_t n = strlen(result) + 32;
-    char* text = malloc(n);
-    snprintf(text, n, "{\"ok\":true,\"result\":%s}", result);
-    reply(response, text);
-    free(text);
-    return 0;
-}
-
-/* A host call; returns the reply text (malloc'd copy) or NULL on rc != 0. */
-static char* host_call(const char* method, const char* request) {
-    cliproxy_buffer out = {0};
-    int rc = host->call(host->host_ctx, method, (const uint8_t*)request, strlen(request), &out);
-    if (rc != 0) return NULL;
-    char* text = malloc(out.len + 1);
-    if (out.ptr) memcpy(text, out.ptr, out.len);
-    text[out.len] = 0;
-    if (out.ptr) host->free_buffer(out.ptr, out.len);
-    return text;
 }
 
 static void host_log(const char* level, const char* message, const char* cb) {
@@ -219,7 +114,7 @@ static int do_register(const char* req, size_t n, cliproxy_buffer* response, int
     return reply(response, "{\"ok\":true,\"result\":{\"schema_version\":1,");
 #else
     char* cfg = find_string(req, n, "config_yaml");
-    event(again ? "reconfigure %s" : "register %s", cfg ? cfg : "", 0);
+    eventf(again ? "reconfigure %s" : "register %s", cfg ? cfg : "", 0);
     free(cfg);
     host_log("info", "c-test registering", NULL);
     return ok_reply(response,
@@ -340,6 +235,10 @@ static char* ask_model(const char* model_start, int streamed, const char* cb) {
     return text;
 }
 
+#ifdef CRASH
+static void crash_now(void) { *(volatile int*)NULL = 1; }  /* SIGSEGV, as a buggy plugin */
+#endif
+
 static int failure_429(cliproxy_buffer* response) {
     return reply(response, "{\"ok\":false,\"error\":{\"code\":\"rate_limited\","
                            "\"message\":\"slow down\",\"retryable\":true,\"http_status\":429}}");
@@ -351,6 +250,11 @@ static int do_execute(const char* req, size_t n, cliproxy_buffer* response) {
     int fail = strstr(check, "fail429") != NULL;
     free(check);
     if (fail) { free(cb); return failure_429(response); }
+#ifdef CRASH
+    char* asked = find_string(req, n, "Model");
+    if (asked && strcmp(asked, "c-crash") == 0) crash_now();
+    free(asked);
+#endif
     host_log("info", "c-test executing", cb);
     char* payload = user_text(req, n);
     char* answer = strdup("hello from C");
@@ -389,6 +293,13 @@ static int do_execute(const char* req, size_t n, cliproxy_buffer* response) {
         }
         free(out);
     }
+#ifdef CRASH
+    if (strstr(payload, "whoami")) {
+        free(answer);
+        answer = malloc(32);
+        snprintf(answer, 32, "pid %ld", (long)getpid());
+    }
+#endif
     if (strstr(payload, "echo-payload")) {  /* what reached the executor, for hook tests */
         char* model = find_string(req, n, "Model");
         size_t cap = strlen(payload) + 256;
@@ -416,7 +327,8 @@ static int do_execute(const char* req, size_t n, cliproxy_buffer* response) {
     return 0;
 }
 
-struct async_job { char* stream_id; int forever; int failmid; };
+struct async_job { char* stream_id; int forever; int failmid; int crash; };
+
 
 static void* emit_loop(void* arg) {
     struct async_job* job = arg;
@@ -432,10 +344,13 @@ static void* emit_loop(void* arg) {
         int refused = out == NULL || strstr(out, "\"ok\":true") == NULL;
         free(out); free(req); free(c64); free(chunk);
         if (refused) {
-            event("aborted %s %ld", job->stream_id, now_ms());
+            eventf("aborted %s %ld", job->stream_id, now_ms());
             free(job->stream_id); free(job);
             return NULL;
         }
+#ifdef CRASH
+        if (job->crash) crash_now();
+#endif
         if (job->forever) usleep(5000);
         if (job->failmid) {
             char close_req[256];
@@ -463,6 +378,8 @@ static int do_execute_stream(const char* req, size_t n, cliproxy_buffer* respons
     free(cb);
     char* model = find_string(req, n, "Model");
     int async_mode = model && strcmp(model, "c-async") == 0;
+    int crash = model && strcmp(model, "c-crash") == 0;
+    async_mode = async_mode || crash;
     free(model);
     char* check = user_text(req, n);
     int fail = strstr(check, "fail429") != NULL;
@@ -474,6 +391,7 @@ static int do_execute_stream(const char* req, size_t n, cliproxy_buffer* respons
         char* payload = user_text(req, n);
         job->forever = strstr(payload, "forever") != NULL;
         job->failmid = strstr(payload, "failmid") != NULL;
+        job->crash = crash;
         free(payload);
         pthread_t t;
         pthread_create(&t, NULL, emit_loop, job);
@@ -556,16 +474,8 @@ static int do_manage(const char* req, size_t n, cliproxy_buffer* response) {
     return rc;
 }
 
-static int plugin_call(const char* method, const uint8_t* request, size_t request_len,
-                       cliproxy_buffer* response) {
-    response->ptr = NULL;
-    response->len = 0;
-    if (method == NULL) {
-        reply(response, "{\"ok\":false,\"error\":{\"code\":\"invalid_method\","
-                        "\"message\":\"method is required\"}}");
-        return 1;
-    }
-    const char* req = request ? (const char*)request : "";
+static int plugin_dispatch(const char* method, const char* req, size_t request_len,
+                           cliproxy_buffer* response) {
     if (strcmp(method, "plugin.register") == 0)
         return do_register(req, request_len, response, 0);
     if (strcmp(method, "plugin.reconfigure") == 0)
@@ -586,9 +496,14 @@ static int plugin_call(const char* method, const uint8_t* request, size_t reques
                                   "{\"Name\":\"loud\",\"Usage\":\"shout\",\"Type\":\"\","
                                   "\"DefaultValue\":\"false\"}]}");
     if (strcmp(method, "command_line.execute") == 0) return do_command(req, request_len, response);
+#ifdef CRASH
+#define EXTRA_MODELS ",{\"ID\":\"c-crash\"}"
+#else
+#define EXTRA_MODELS ""
+#endif
     if (strcmp(method, "model.static") == 0)
         return ok_reply(response, "{\"Provider\":\"C-Test\",\"Models\":[{\"ID\":\"c-echo\"},"
-                                  "{\"ID\":\"c-async\"}],\"AuthUpdate\":null}");
+                                  "{\"ID\":\"c-async\"}" EXTRA_MODELS "],\"AuthUpdate\":null}");
     if (strcmp(method, "executor.execute") == 0) return do_execute(req, request_len, response);
     if (strcmp(method, "executor.execute_stream") == 0)
         return do_execute_stream(req, request_len, response);
@@ -601,11 +516,11 @@ static void plugin_free(void* ptr, size_t len) {
     char* base = (char*)ptr - 16;
     size_t given;
     memcpy(&given, base, sizeof given);
-    if (given != len) event("badfree%s %ld", "", (long)len);
+    if (given != len) eventf("badfree%s %ld", "", (long)len);
     free(base);
 }
 
-static void plugin_shutdown(void) { event("shutdown%s", "", 0); }
+static void plugin_shutdown(void) { eventf("shutdown%s", "", 0); }
 
 #ifdef NO_INIT
 #define INIT_NAME cliproxy_plugin_init_missing
@@ -616,6 +531,9 @@ static void plugin_shutdown(void) { event("shutdown%s", "", 0); }
 __attribute__((visibility("default")))
 int INIT_NAME(const cliproxy_host_api* h, cliproxy_plugin_api* plugin) {
     host = h;
+#ifdef CRASH_INIT
+    *(volatile int*)NULL = 1;  /* crashes while being loaded (for isolation: process) */
+#endif
 #ifdef BAD_RC
     (void)plugin;
     return 3;

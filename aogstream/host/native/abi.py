@@ -98,6 +98,11 @@ class CallError(Exception):
     envelope)."""
 
 
+class Crashed(CallError):
+    """The library's process died under the call (`isolation: process`, module
+    `isolated`): the message says how, and that it is being restarted."""
+
+
 def _dispatch(ctx: int | None, method: bytes | None, req: int | None, req_len: int,
               response: ctypes._Pointer[Buffer]) -> int:
     """`host_api.call`: from any thread, re-entrant; never lets an exception reach C."""

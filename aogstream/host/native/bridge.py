@@ -64,6 +64,23 @@ class PushQueue:
         _wake(self._token, waiter)
         return True
 
+    def offer(self, item: Any) -> bool | None:
+        """`put` that never waits: None (nothing done) when `limit` chunks wait."""
+        with self._room:
+            if self._aborted or self._ended:
+                return False
+            if len(self._items) >= self._limit:
+                return None
+            self._items.append(item)
+            waiter, self._waiter = self._waiter, None
+        _wake(self._token, waiter)
+        return True
+
+    def waiting(self) -> int:
+        """How many chunks wait for the consumer."""
+        with self._lock:
+            return len(self._items)
+
     def put_all(self, items: list[Any]) -> None:
         """From the loop: a whole answer at once (no bound: it is in memory already),
         and the end."""

@@ -188,6 +188,15 @@ class HostServices:
         self._streams.pop(stream.id, None)
         stream.queue.abort()
 
+    def end_streams(self, plugin: str, message: str) -> None:
+        """End every open executor stream of `plugin` with an error (its host process
+        died: no emit or close will come)."""
+        for stream in list(self._streams.values()):  # one step: plugin threads pop too
+            if stream.plugin != plugin:
+                continue
+            self._streams.pop(stream.id, None)
+            stream.queue.end(StreamError(message), on_loop=True)
+
     async def aclose(self) -> None:
         for stream in [*self._http_streams.values(), *self._model_streams.values()]:
             await stream.response.aclose()
@@ -240,6 +249,29 @@ class HostServices:
         except Exception as exc:  # every failure goes back as an envelope
             log.exception("native plugin %s: host callback %s failed", plugin, method)
             return gj.failure(f"{method} failed: {exc}")
+
+    def handle_nowait(self, plugin: str, method: str, data: bytes) -> bytes | None:
+        """`handle` for the callbacks that need not wait (`host.log`,
+        `host.stream.close`, and `host.stream.emit` while its stream has room); None
+        for any other, which must go through `handle` on a thread that may block. A
+        relay of callbacks (`isolated`) answers these on its reader thread, without a
+        thread handoff per chunk."""
+        if method == "host.stream.emit":
+            try:
+                req = gj.loads(data) if data else {}
+                stream = self._stream(plugin, req)
+                err = gj.text(req, "error")
+                item: bytes | StreamError = StreamError(err) if err else \
+                    gj.data(req, "payload")
+            except (CallbackFailure, gj.ReplyError) as exc:
+                return gj.failure(str(exc))
+            put = stream.queue.offer(item)
+            if put is None:
+                return None  # full: wait in `handle` (the backpressure)
+            return gj.ok({}) if put else gj.failure(f"stream {stream.id} is not open")
+        if method in ("host.log", "host.stream.close"):
+            return self.handle(plugin, method, data)
+        return None
 
     async def _dispatch(self, plugin: str, method: str, data: bytes) -> Any:
         req = gj.loads(data) if data else {}

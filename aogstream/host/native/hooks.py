@@ -8,7 +8,9 @@ between here, so they run back to back), the executor, then
 `response.intercept_after` on a successful unary answer or
 `response.intercept_stream_chunk` on each chunk of a stream, and after the request,
 off its path, `usage.handle` and `request.complete`. Requests that the gateway's own
-providers (process plugins, engines) serve do not pass through these hooks yet.
+providers (process plugins, engines) serve do not pass through these hooks yet. The
+translation hooks (`request.translate`/`normalize`, `response.translate`/`normalize_*`)
+run around the executor in module `translate`, the thinking appliers in `thinking`.
 
 Precedence (spec §3.2): the plugins that declare a capability, highest `priority`
 first, ties by plugin ID. Interceptors chain (each sees the previous one's output;

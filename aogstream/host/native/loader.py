@@ -12,6 +12,9 @@ Config (spec §4.2): `<data dir>/config.yaml`, `plugins.enabled` (off by default
 `plugins.dir`, `plugins.configs.<id>` with `enabled` (off by default: a discovered but
 unconfigured plugin is not loaded), `priority` (0) and any keys of the plugin's own;
 that subtree, with `enabled`/`priority` filled in, goes to `plugin.register` as YAML.
+`isolation` (aogstream's own key) is `in-process` (the default, the fast path) or
+`process`: the library then runs in a host process of ours, so a crash in its native
+code restarts that process instead of killing the gateway (`isolated`).
 
 A library that cannot be used (missing symbol, wrong ABI version, init rc != 0,
 invalid JSON, a refused registration) is logged with the reason and listed with it in
@@ -25,6 +28,7 @@ import os
 import platform
 import re
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,15 +37,17 @@ import trio
 import yaml
 
 from aogstream import manifest as m
+from aogstream.host.native import auth_import, auth_models
 from aogstream.host.native import gojson as gj
 from aogstream.host.native import management as native_management
 from aogstream.host.native.abi import CallError
-from aogstream.host.native.auths import AuthLogins, AuthStore
+from aogstream.host.native.auths import FRESH_NS, AuthLogins, AuthStore
 from aogstream.host.native.callbacks import HostServices
 from aogstream.host.native.frontend import FrontendAuth
 from aogstream.host.native.hooks import Hooks
-from aogstream.host.native.plugin import NATIVE_DESC, NativePlugin
+from aogstream.host.native.plugin import IN_PROCESS, NATIVE_DESC, PROCESS, NativePlugin
 from aogstream.host.native.provider import NativeProvider
+from aogstream.host.native.refresh import AuthRefresher
 from aogstream.plugin_config import PluginConfigFile
 
 if TYPE_CHECKING:
@@ -172,6 +178,14 @@ class NativeConfig:
         value = sub.get("priority", 0)
         return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
+    def isolation(self, pid: str) -> tuple[str, str]:
+        """(`in-process` or `process`, "") or (default, what is wrong with the value)."""
+        value = (self.plugin(pid) or {}).get("isolation", IN_PROCESS)
+        if value in (IN_PROCESS, PROCESS):
+            return str(value), ""
+        return IN_PROCESS, (f"plugins.configs.{pid}.isolation in {CONFIG_FILE} must be "
+                            f"{IN_PROCESS!r} (the default) or {PROCESS!r}, not {value!r}")
+
     def yaml_for(self, pid: str) -> bytes:
         """The plugin's subtree as YAML, with `enabled` and `priority` filled in."""
         sub = self.configs.get(pid)
@@ -246,8 +260,10 @@ class NativePlugins:
         self.found: dict[str, Found] = {}
         self.plugins: dict[str, NativePlugin] = {}
         self.host: HostServices | None = None
-        self.primary = False  # the process that writes the store (Gateway.start sets it)
+        self._primary = False
         self._stamp: tuple[Any, ...] | None = None
+        self._auth_stamp: int | None = -1  # the auth folder's mtime when last looked at
+        self._dropped: dict[str, bytes] = {}  # untyped auth files tried with auth.parse
         self._apply_lock = trio.Lock()
         self._stopped = False  # after stop(), config changes are no longer applied
         self._lifecycle = trio.Lock()  # register/reconfigure never overlap
@@ -259,10 +275,32 @@ class NativePlugins:
         # who may call the service routes, when a plugin offers frontend auth
         self.frontend = FrontendAuth(lambda: list(self.plugins.values()))
 
+    @property
+    def primary(self) -> bool:
+        """The process that writes the store, runs the scheduled credential refreshes
+        and shares per-auth models (Gateway.start sets it)."""
+        return self._primary
+
+    @primary.setter
+    def primary(self, value: bool) -> None:
+        self._primary = self.auths.primary = value
+
     async def start(self) -> None:
         """Read the config, discover, load the enabled plugins in priority order and
         route to their executors (store rows are written by the gateway's `register`)."""
         await self.apply(initial=True)
+
+    async def background(self) -> None:
+        """The native plugins' work off the request path, for the life of the process
+        (cancelled with the nursery that runs it): the credential refresher
+        (`refresh`; scheduled refreshes in the primary only)."""
+        refresher = AuthRefresher(self.auths, lambda: list(self.plugins.values()),
+                                  lambda: self._primary)
+        self.auths.on_unauthorized = refresher.kick
+        try:
+            await refresher.run()
+        finally:
+            self.auths.on_unauthorized = None
 
     async def watch(self) -> None:
         """Apply config.yaml again whenever it, or the libraries in the plugin folders,
@@ -291,9 +329,48 @@ class NativePlugins:
             return False
         stamp = await trio.to_thread.run_sync(self._disk_state)
         if stamp == self._stamp or self._stopped:
+            await self.check_auths()
             return False
         await self.apply()
+        await self.check_auths()
         return True
+
+    async def check_auths(self) -> None:
+        """When the auth folder changed (a record saved, refreshed or removed), hand
+        untyped files dropped into it to the plugins' `auth.parse` (the primary,
+        `auth_import.import_dropped`), ask `model.for_auth` again for the records
+        that changed and route the models that came or went; the primary then
+        rewrites the store rows, which brings the workers here too."""
+        async with self._apply_lock:  # the stamp is taken inside: a caller returns once
+            try:                         # the change it made is routed
+                stamp: int | None = self.auths.dir.stat().st_mtime_ns
+            except OSError:
+                stamp = None
+            if stamp == self._auth_stamp or self._stopped:
+                return
+            # a stamp this fresh may hide a write in the same clock tick: look again
+            self._auth_stamp = -2 if stamp is not None and \
+                time.time_ns() - stamp < FRESH_NS else stamp
+            if self._primary:  # untyped files dropped in: the plugins' auth.parse
+                await auth_import.import_dropped(list(self.plugins.values()), self.auths,
+                                                 self._dropped)
+            changed = False
+            for plugin in sorted(self.plugins.values(), key=lambda p: (-p.priority, p.id)):
+                if plugin.state == "running" and \
+                        await auth_models.rediscover(plugin, self.auths):
+                    changed = True
+                    self._reroute(plugin)
+            if changed and self.primary:
+                await trio.to_thread.run_sync(self.prune_store)
+                await self.gateway.register()
+
+    def _reroute(self, plugin: NativePlugin) -> None:
+        """Route the plugin's executor to its models as they are now."""
+        provider = self.gateway.providers.get(plugin.id)
+        if provider is not None and provider.kind == "native":
+            self.gateway.remove_provider(plugin.id)
+        if plugin.executor_format:
+            self._route(plugin)
 
     async def apply(self, *, initial: bool = False) -> None:
         """Make the loaded plugins what config.yaml says (spec §6, hot reload): a plugin
@@ -347,6 +424,7 @@ class NativePlugins:
                 await self.host.warm()
             for pid in sorted(want, key=lambda pid: (-cfg.priority(pid), pid)):
                 await self._apply_one(pid)
+            self._settle_formats()
             taken: set[tuple[str, str]] = set()
             for pid in sorted(self.plugins, key=lambda p: (-self.plugins[p].priority, p)):
                 plugin = self.plugins[pid]
@@ -362,11 +440,24 @@ class NativePlugins:
         assert self.host is not None
         found = self.found[pid]
         yaml_text, priority = cfg.yaml_for(pid), cfg.priority(pid)
+        isolation, bad_isolation = cfg.isolation(pid)
         old = self.plugins.get(pid)
-        if old is not None and old.path == found.path:
+        if bad_isolation:  # a config error: not loaded (what runs keeps running)
+            log.error("native plugin %s not loaded: %s", pid, bad_isolation)
+            if old is not None and old.live:
+                old.last_error = bad_isolation
+                return
+            failed = NativePlugin(pid, found.path, yaml_text, priority, self.host,
+                                  self._lifecycle)
+            failed.state, failed.last_error = "failed", bad_isolation
+            self.plugins[pid] = failed
+            return
+        # a new file, or a new isolation, loads afresh; else a config change reconfigures
+        same = old is not None and old.path == found.path and old.isolation == isolation
+        if old is not None and same:
             if old.config_yaml == yaml_text and old.priority == priority:
                 return
-        if old is not None and old.path == found.path and old.state == "running":
+        if old is not None and same and old.state == "running":
             try:
                 await old.reconfigure(yaml_text, priority)
             except (CallError, gj.ReplyError, gj.EnvelopeError, ValueError) as exc:
@@ -374,13 +465,10 @@ class NativePlugins:
                 log.error("native plugin %s: %s", pid, old.last_error)
                 return
             log.info("native plugin %s reconfigured", pid)
-            if gw.providers.get(pid) is not None and gw.providers[pid].kind == "native":
-                gw.remove_provider(pid)
-            if old.executor_format:
-                self._route(old)
+            self._reroute(old)
             return
         plugin = NativePlugin(pid, found.path, yaml_text, priority, self.host,
-                              self._lifecycle)
+                              self._lifecycle, isolation)
         existing = gw.providers.get(pid)
         if existing is not None and (old is None or existing.kind != "native"):
             plugin.state = "failed"
@@ -399,7 +487,7 @@ class NativePlugins:
                 gw.remove_provider(pid)
             log.info("native plugin %s: %s replaces %s", pid, found.path.name,
                      old.path.name)
-            if old.state == "running":
+            if old.live:
                 await old.shutdown()
         if plugin.state == "running" and plugin.executor_format:
             self._route(plugin)
@@ -413,10 +501,31 @@ class NativePlugins:
         provider = self.gateway.providers.get(pid)
         if provider is not None and provider.kind == "native":
             self.gateway.remove_provider(pid)
-        if plugin.state == "running":
+        if plugin.live:
             await plugin.shutdown()
             log.info("native plugin %s unloaded", pid)
         return plugin.lib.idle()
+
+    def _settle_formats(self) -> None:
+        """Executors that declare formats the gateway does not translate serve only
+        while a loaded plugin translates them (spec §3.2, plugins fill the gaps):
+        after every apply, each one is routed or taken out of routing again."""
+        running = [p for p in self.plugins.values() if p.state == "running"]
+        requests = any(gj.boolean(p.capabilities, "request_translator") for p in running)
+        answers = any(gj.boolean(p.capabilities, "response_translator") for p in running)
+        for plugin in running:
+            ins, outs = plugin.declared_formats
+            if not ins and not outs:
+                continue
+            if not plugin.settle_formats(requests, answers):
+                continue
+            provider = self.gateway.providers.get(plugin.id)
+            if provider is not None and provider.kind == "native":
+                self.gateway.remove_provider(plugin.id)
+            if plugin.executor_format:
+                log.info("native plugin %s: its executor is spoken to in %s, answers in "
+                         "%s", plugin.id, plugin.executor_format, plugin.executor_output)
+                self._route(plugin)
 
     def _own_models(self, plugin_id: str) -> set[str]:
         plugin = self.plugins.get(plugin_id)
@@ -499,7 +608,7 @@ class NativePlugins:
         with trio.CancelScope(shield=True):
             async with self._apply_lock:  # an apply under way finishes first
                 for plugin in self.plugins.values():
-                    if plugin.state == "running":
+                    if plugin.live:
                         await plugin.shutdown()
                 if self.host is not None:
                     await self.host.aclose()

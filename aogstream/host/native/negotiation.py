@@ -3,8 +3,11 @@
 A native executor declares the formats it reads and writes; the gateway's doors speak
 OpenAI chat to every native provider (its `config_ref` flavor), so the executor gets
 chat as is when it declares `openai`, else a format the translators in
-`aogstream.convert` reach. A pure table and one function, apart from the library
-handling (`plugin`) and the serving (`provider`) that both need them.
+`aogstream.convert` reach (CPA's native translators), else — only when a loaded plugin
+declares a `request_translator` (and, for the answer, a `response_translator`) — the
+first declared format, left to the plugins' translators (spec §3.2, "native first,
+plugins fill gaps"; module `translate`). A pure table and functions, apart from the
+library handling (`plugin`) and the serving (`provider`) that both need them.
 """
 
 from __future__ import annotations
@@ -28,17 +31,27 @@ def normalize_format(name: str) -> str:
     return FORMAT_ALIASES.get(name, name)
 
 
-def negotiate(ins: list[str], outs: list[str]) -> tuple[str, str] | None:
+def native(fmt: str) -> bool:
+    """Whether the gateway itself translates between `fmt` and the client's format."""
+    return fmt in formats.TRANSLATED
+
+
+def negotiate(ins: list[str], outs: list[str], *, plugin_requests: bool = False,
+              plugin_answers: bool = False) -> tuple[str, str] | None:
     """The (request, answer) formats of an executor for an `openai` client (spec §3.1):
     the client's format when declared, else the first declared one aogstream
     translates; the answer in the client's format when declared, else in the request's
-    format, else the first translatable one. None: no usable pair."""
-    def pick(declared: list[str], prefer: list[str]) -> str:
+    format when aogstream translates it back, else the first translatable one. Native
+    translators first: only when none fits, and a plugin translates that direction
+    (`plugin_requests`, `plugin_answers`), the first declared format. None: no usable
+    pair."""
+    def pick(declared: list[str], prefer: list[str], plugins: bool) -> str:
         for fmt in prefer:
-            if fmt in declared:
+            if fmt in declared and (fmt == CLIENT_FORMAT or native(fmt)):
                 return fmt
-        return next((f for f in declared if f in formats.TRANSLATED), "")
+        found = next((f for f in declared if native(f)), "")
+        return found or (declared[0] if plugins and declared else "")
 
-    request = pick(ins, [CLIENT_FORMAT])
-    answer = pick(outs, [CLIENT_FORMAT, request]) if request else ""
+    request = pick(ins, [CLIENT_FORMAT], plugin_requests)
+    answer = pick(outs, [CLIENT_FORMAT, request], plugin_answers) if request else ""
     return (request, answer) if request and answer else None

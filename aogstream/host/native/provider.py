@@ -9,7 +9,11 @@ negotiation (spec §3.1, `negotiation`) with the client protocol `openai`: an ex
 that declares `openai` gets the chat request as is; one that declares only `claude` or
 `openai-response` gets it translated into that format, and its answer (unary, or its
 stream events) is translated back into chat (`convert.formats`, the translators the
-`/v1/messages` and `/v1/responses` doors use), before the response hooks see it.
+`/v1/messages` and `/v1/responses` doors use), before the response hooks see it. An
+executor that declares only formats the gateway does not translate is spoken to through
+the plugins' translators, with the normalizer chains around every translation (module
+`translate`), and a thinking applier for the executor's provider key rewrites the body
+the executor gets when the client asked for a reasoning setting (module `thinking`).
 
 Each request a native executor serves passes through the plugins' pipeline hooks
 (`hooks`: model routers, request/response/stream-chunk interceptors, usage and
@@ -32,13 +36,13 @@ import trio
 
 from aogstream import errors
 from aogstream import manifest as m
-from aogstream.convert import formats, upstream
-from aogstream.convert.engine import ConvertError
+from aogstream.host.native import auth_models, scheduler, thinking
 from aogstream.host.native import gojson as gj
 from aogstream.host.native.callbacks import StreamError
 from aogstream.host.native.hooks import Hooks, RequestInfo, Terminated, usage_detail
 from aogstream.host.native.negotiation import CLIENT_FORMAT
 from aogstream.host.native.plugin import NATIVE_DESC, NativePlugin, plugin_error
+from aogstream.host.native.translate import Translation, compact
 from aogstream.invocation import Invocation, Mode
 
 log = logging.getLogger("aogstream.native")
@@ -136,8 +140,11 @@ class NativeProvider:
                     info.to_format = plugin.executor_format
                     request = _with_model(request, info.model)
                 request = await hooks.intercept_request(info, request)
+            xl = Translation(hooks, plugin, info)
+            payload = await xl.request(request)
+            payload = await thinking.apply(hooks, plugin, info, request, payload)
             executed = True
-            await self._execute(inv, plugin, info, request, detail)
+            await self._execute(inv, plugin, info, request, xl, payload, detail)
             outcome, status = "succeeded", 200
         except Terminated as stop:
             outcome, status, why = "rejected", stop.status, str(stop)
@@ -159,25 +166,31 @@ class NativeProvider:
                 hooks.complete(info, outcome, status, why)
 
     async def _execute(self, inv: Invocation, plugin: NativePlugin, info: RequestInfo,
-                       request: bytes, detail: list[dict[str, int] | None]) -> None:
-        """The executor call, with one of the plugin's auth records when it has any: a
+                       request: bytes, xl: Translation, payload: bytes,
+                       detail: list[dict[str, int] | None]) -> None:
+        """The executor call, with one of the plugin's auth records when it has any
+        (chosen by `scheduler`, among those bound to the model by `auth_models`): a
         record the plugin refuses (429, 401, 403) before the first answer byte cools
         down and the call is tried on the next one (module `auths`)."""
         auths = plugin.host.auths
         key = plugin.auth_key
         tried: set[str] = set()
+        allowed = auth_models.auths_for(plugin, info.model)
         while True:
-            rec = auths.pick(key, tried) if auths is not None else None
-            if rec is None and auths is not None and auths.has(key):
+            rec = await scheduler.pick(
+                auths, plugin, self.plugins() if self.plugins is not None else [plugin],
+                info.model, info.stream, info.headers, tried, allowed) \
+                if auths is not None else None
+            if rec is None and auths is not None and auths.has(key, allowed):
                 raise errors.GatewayError(errors.Bcode(429, errors.PLUGIN_BAD_REQUEST.code), (
                     f"every credential of provider {key} was refused or is cooling down; "
                     f"try again later or log in again"))
             info.auth = rec
             try:
                 if info.stream:
-                    await self._stream(inv, plugin, info, request, detail)
+                    await self._stream(inv, plugin, info, request, xl, payload, detail)
                 else:
-                    await self._unary(inv, plugin, info, request, detail)
+                    await self._unary(inv, plugin, info, request, xl, payload, detail)
                 return
             except errors.GatewayError as err:
                 if rec is None or info.first_byte is not None or auths is None or \
@@ -202,19 +215,19 @@ class NativeProvider:
         return found
 
     async def _unary(self, inv: Invocation, plugin: NativePlugin, info: RequestInfo,
-                     request: bytes, detail: list[dict[str, int] | None]) -> None:
+                     request: bytes, xl: Translation, sent: bytes,
+                     detail: list[dict[str, int] | None]) -> None:
         scope = plugin.host.open_scope(plugin.id, info.request_id)
         try:
             reply = await plugin.call("executor.execute",
-                                      self._request(plugin, inv, info, request, scope.id))
+                                      self._request(plugin, inv, info, sent, scope.id))
         finally:
             plugin.host.close_scope(scope)
         try:
             payload = gj.data(reply, "Payload")
         except gj.ReplyError as exc:
             raise plugin_error(plugin.id, "executor.execute", exc) from None
-        if plugin.executor_output != info.source_format:
-            payload = answer_to_chat(plugin, payload)
+        payload = await xl.answer(payload)
         info.first_byte = time.monotonic()
         if self.hooks is not None:
             payload = await self.hooks.intercept_response(info, inv.request, request,
@@ -224,12 +237,9 @@ class NativeProvider:
 
     def _request(self, plugin: NativePlugin, inv: Invocation, info: RequestInfo,
                  payload: bytes, scope_id: str, stream_id: str = "") -> dict[str, Any]:
-        """The ExecutorRequest of a chat call: `Payload` is the chat request in the
-        executor's format."""
-        if plugin.executor_format != info.source_format:
-            payload = request_for(plugin, payload)
-        return executor_request(plugin, info, inv.request, info.source_format, payload,
-                                scope_id, stream_id)
+        """The ExecutorRequest of a chat call: `payload` is the request in the
+        executor's format (`translate`)."""
+        return executor_request(plugin, info, inv.request, payload, scope_id, stream_id)
 
     async def count_tokens(self, fmt: str, body: dict[str, Any],
                            chat: dict[str, Any]) -> int:
@@ -243,8 +253,6 @@ class NativeProvider:
             raise errors.GatewayError(errors.PLUGIN_NOT_IMPLEMENTED,
                                       f"native plugin {plugin.id} has no executor")
         original = compact(body)
-        payload = original if fmt == plugin.executor_format else \
-            request_for(plugin, compact(chat))
         named = body.get("model")
         model = named if isinstance(named, str) else ""
         info = RequestInfo(request_id=uuid.uuid4().hex[:16], model=model,
@@ -252,12 +260,21 @@ class NativeProvider:
                            to_format=plugin.executor_format, provider=plugin.provider_key,
                            executor=plugin.id,
                            headers={"Content-Type": ["application/json"]})
+        if fmt == plugin.executor_format:
+            payload = original
+        else:  # translated from the chat form, as a chat request would be
+            info.source_format = CLIENT_FORMAT
+            payload = await Translation(self.hooks, plugin, info).request(compact(chat))
+            info.source_format = fmt
         auths = plugin.host.auths
-        info.auth = auths.pick(plugin.auth_key, set()) if auths is not None else None
+        info.auth = await scheduler.pick(
+            auths, plugin, self.plugins() if self.plugins is not None else [plugin], model,
+            False, info.headers, (), auth_models.auths_for(plugin, model)) \
+            if auths is not None else None
         scope = plugin.host.open_scope(plugin.id, info.request_id)
         try:
             reply = await plugin.call("executor.count_tokens", executor_request(
-                plugin, info, original, fmt, payload, scope.id))
+                plugin, info, original, payload, scope.id))
             answer = json.loads(gj.data(reply, "Payload") or b"null")
         except (ValueError, gj.ReplyError) as exc:
             raise errors.GatewayError(errors.PLUGIN_SERVICE_ERROR, (
@@ -274,7 +291,8 @@ class NativeProvider:
 
 
     async def _stream(self, inv: Invocation, plugin: NativePlugin, info: RequestInfo,
-                      request: bytes, detail: list[dict[str, int] | None]) -> None:
+                      request: bytes, xl: Translation, sent: bytes,
+                      detail: list[dict[str, int] | None]) -> None:
         """`executor.execute_stream`: the synchronous `chunks` answer or the
         asynchronous emit/close, relayed chunk by chunk (through the stream-chunk
         interceptors); leaving (the client gone, the deadline) closes the stream, so
@@ -285,13 +303,11 @@ class NativeProvider:
         failure: list[errors.GatewayError] = []
         chain = self.hooks.chunk_chain(info, inv.request, request) \
             if self.hooks is not None else None
-        reader = formats.stream_to_chat(plugin.executor_output, info.model) \
-            if plugin.executor_output != info.source_format else None
 
         async def start() -> None:
             try:
                 reply = await plugin.call("executor.execute_stream", self._request(
-                    plugin, inv, info, request, scope.id, stream.id))
+                    plugin, inv, info, sent, scope.id, stream.id))
                 chunks = gj.field(reply, "chunks")
                 if isinstance(chunks, list) and chunks:
                     stream.queue.put_all([gj.data(chunk, "Payload") for chunk in chunks])
@@ -313,8 +329,8 @@ class NativeProvider:
                     if isinstance(item, StreamError):
                         raise errors.GatewayError(errors.PLUGIN_SERVICE_ERROR,
                                                   f"native plugin {plugin.id}: {item.message}")
-                    for chunk in [_bare(item)] if reader is None else \
-                            stream_to_chat(plugin, reader, item):
+                    for chunk in [_bare(item)] if xl.streams_as_is else \
+                            await xl.chunk(item):
                         if chunk and chunk != DONE and chain is not None:
                             chunk = await chain.chunk(chunk)
                         if chunk:
@@ -354,17 +370,19 @@ def token_count(answer: Any) -> int | None:
 
 
 def executor_request(plugin: NativePlugin, info: RequestInfo, original: bytes,
-                     source_format: str, payload: bytes, scope_id: str,
-                     stream_id: str = "") -> dict[str, Any]:
-    """`rpcExecutorRequest`: ExecutorRequest's fields in Go order, then the scope."""
+                     payload: bytes, scope_id: str, stream_id: str = "") -> dict[str, Any]:
+    """`rpcExecutorRequest`: ExecutorRequest's fields in Go order, then the scope.
+    `Format` is the answer format wanted (a declared output format), `SourceFormat`
+    the one `Payload` is in (a declared input format), as CLIProxyAPI sends them."""
     fmt = plugin.executor_format
     auth = plugin.host.auths.executor_fields(info.auth) \
         if plugin.host.auths is not None else {}
     req: dict[str, Any] = {
         "AuthID": auth.get("AuthID", ""), "AuthProvider": plugin.auth_key,
-        "Model": info.model, "Format": fmt, "Stream": info.stream, "Alt": "",
+        "Model": info.model, "Format": plugin.executor_output or fmt, "Stream": info.stream,
+        "Alt": "",
         "Headers": gj.header_map(info.headers), "Query": None,
-        "OriginalRequest": original, "SourceFormat": source_format,
+        "OriginalRequest": original, "SourceFormat": fmt,
         "Payload": payload,
         "Metadata": None, "StorageJSON": auth.get("StorageJSON"),
         "AuthMetadata": auth.get("AuthMetadata"),
@@ -374,55 +392,6 @@ def executor_request(plugin: NativePlugin, info: RequestInfo, original: bytes,
     if stream_id:
         req["stream_id"] = stream_id
     return req
-
-
-def compact(value: Any) -> bytes:
-    """JSON as Go writes it (no spaces): C plugins search request text for `"key":value`."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def request_for(plugin: NativePlugin, chat: bytes) -> bytes:
-    """The chat request in the executor's request format (as is for `openai`)."""
-    if plugin.executor_format == CLIENT_FORMAT:
-        return chat
-    try:
-        body = json.loads(chat)
-        if not isinstance(body, dict):
-            raise ConvertError("the chat request is not an object")
-        out = formats.request_from_chat(plugin.executor_format, body)
-    except (ValueError, ConvertError) as exc:
-        raise errors.GatewayError(errors.PLUGIN_BAD_REQUEST, (
-            f"cannot translate the request for native plugin {plugin.id} "
-            f"({plugin.executor_format}): {exc}")) from None
-    return compact(out)
-
-
-def answer_to_chat(plugin: NativePlugin, payload: bytes) -> bytes:
-    """An executor's unary answer in the chat form (as is for `openai`)."""
-    if plugin.executor_output == CLIENT_FORMAT:
-        return payload
-    try:
-        body = json.loads(payload)
-        if not isinstance(body, dict):
-            raise ConvertError("the answer is not a JSON object")
-        out = formats.response_to_chat(plugin.executor_output, body)
-    except (ValueError, ConvertError) as exc:
-        raise errors.GatewayError(errors.PLUGIN_SERVICE_ERROR, (
-            f"native plugin {plugin.id} answered no {plugin.executor_output} answer "
-            f"aogstream can read: {exc}")) from None
-    return compact(out)
-
-
-def stream_to_chat(plugin: NativePlugin, reader: upstream.UpstreamToChat,
-                   item: bytes) -> list[bytes]:
-    """One chunk of an executor stream in another format (an SSE fragment or bare
-    event JSON) as the chat chunks it makes."""
-    try:
-        return [compact(c)
-                for event in upstream.sse_events(bytes(item)) for c in reader.feed(event)]
-    except ConvertError as exc:
-        raise errors.GatewayError(errors.PLUGIN_SERVICE_ERROR,
-                                  f"native plugin {plugin.id}: {exc}") from None
 
 
 def _model_of(request: bytes) -> str:

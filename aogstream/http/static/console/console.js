@@ -5,8 +5,10 @@
 // Keys: on loopback the gateway needs no key from a same-origin page. When it asks for
 // one (a 401), the page shows a field for the management key, keeps it in this tab's
 // sessionStorage only, and sends it as `Authorization: Bearer` (the gateway accepts the
-// management key on the service routes too). Browsers cannot add headers to a
-// WebSocket, so live transcription needs a gateway whose service routes take no key.
+// management key on the service routes too, beside its API keys). Browsers cannot add
+// headers to a WebSocket: live transcription offers the key as the subprotocol
+// `openai-insecure-api-key.<key>` beside `aogstream`, the one the gateway selects (it
+// never echoes the key), as OpenAI's browser clients do on its realtime socket.
 
 const BASE = "/aog/v0.2";
 const REQUESTS = "/aogstream/v1/requests";
@@ -132,7 +134,8 @@ function notice(text) {
 function askForKey() {
   $("key-form").hidden = false;
   notice("The gateway asks for its management key (the file management.key in its data " +
-    "directory, or AOGSTREAM_MANAGEMENT_KEY). Enter it above; it stays in this tab only.");
+    "directory, or AOGSTREAM_MANAGEMENT_KEY), or for the services one of its API keys " +
+    "(AOGSTREAM_API_KEYS). Enter it above; it stays in this tab only.");
 }
 
 $("key-form").addEventListener("submit", (e) => {
@@ -492,6 +495,7 @@ $("tts-form").addEventListener("submit", async (e) => {
 // ---- live transcription -------------------------------------------------------------------
 
 const ASR_SERVICE = `${BASE}/services/speech-to-text-ws`;
+const WS_SUBPROTOCOL = "aogstream"; // selected by the gateway when offered with a key
 let mic = null; // {ws, ctx, media, node, started, sentMs}
 
 function asrStatus(text) {
@@ -574,7 +578,9 @@ async function startMic() {
   source.connect(node);
   node.connect(ctx.destination); // keeps the graph pulling; the worklet outputs silence
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${scheme}://${location.host}${ASR_SERVICE}`);
+  const key = sessionStorage.getItem(KEY_STORE) || "";
+  const ws = new WebSocket(`${scheme}://${location.host}${ASR_SERVICE}`,
+    key ? [WS_SUBPROTOCOL, `openai-insecure-api-key.${key}`] : []);
   ws.binaryType = "arraybuffer";
   mic = { ws, ctx, media, node, started: false, pending: [], sentMs: 0 };
   node.port.onmessage = (e) => {
@@ -605,15 +611,22 @@ async function startMic() {
   ws.addEventListener("close", (e) => {
     const state = button.dataset.state;
     if (state === "starting") {
-      // refused before it opened: a browser cannot send a key on a WebSocket
-      asrStatus(`the gateway refused the socket (${e.code}); if it requires API keys ` +
-        "(AOGSTREAM_API_KEYS), a browser cannot send one on a WebSocket");
+      // refused before it opened: the browser hides why, most likely a missing or
+      // wrong key where the gateway requires API keys (AOGSTREAM_API_KEYS)
+      asrStatus(`the gateway refused the socket (${e.code}); if it requires API keys, ` +
+        (key ? "the key given is not one of them" : "enter one above and start again"));
+      if (!key) {
+        askForKey();
+      }
       button.dataset.state = "failed";
     } else if (state === "recording" || state === "stopping") {
       asrStatus(`the gateway closed the socket (${e.code})`);
       button.dataset.state = "failed";
     }
     stopCapture();
+    if (mic && mic.ws === ws) {
+      mic = null; // the next click starts anew (a refused socket left it set)
+    }
     setButton(false);
   });
   setButton(true);
