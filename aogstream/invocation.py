@@ -5,8 +5,9 @@ plugin processes, on the south side) meets here, so timeouts, cancellation and
 errors behave the same everywhere:
 
 * the client's task owns the invocation (`async with open_invocation(...)`), and the
-  invocation's nursery owns the provider call: leaving the block for any reason
-  cancels the provider, which cancels its gRPC call, which the plugin sees;
+  invocation's nursery owns the provider call (a unary call runs in the client's task
+  itself, before the block): leaving the block for any reason cancels the provider,
+  which cancels its gRPC call, which the plugin sees;
 * channels are bounded, so a slow client slows the provider instead of buffering;
 * the deadline is a cancel scope (AOG's policy, `TimeoutPolicy`), and the same
   number is handed to the provider so it can pass it on as `grpc-timeout`.
@@ -188,10 +189,10 @@ class Provider(Protocol):
     The gateway only reads it and calls `serve`.
 
     Cancellation: `serve` runs inside the invocation's cancel scope, in a task of the
-    invocation's nursery (`open_invocation`); the client leaving, the deadline, or
-    `inv.fail()` cancels it, and the provider must then stop its work at once (a
-    process plugin cancels its gRPC call). It never outlives that scope: no task it
-    starts may run past its return.
+    invocation's nursery (`open_invocation`; a unary call in the caller's task); the
+    client leaving, the deadline, or `inv.fail()` cancels it, and the provider must
+    then stop its work at once (a process plugin cancels its gRPC call). It never
+    outlives that scope: no task it starts may run past its return.
     """
 
     @property
@@ -291,9 +292,13 @@ class Invocation:
         self.deadline = math.inf if timeout is None else trio.current_time() + timeout
         self.cancel_scope = trio.CancelScope(deadline=self.deadline)
         self._out_send, self.responses = trio.open_memory_channel[Response](RESPONSE_BUFFER)
-        self._in_send, self._in_recv = trio.open_memory_channel[Frame](
-            REQUEST_BUFFER if mode is Mode.BIDI else 0
-        )
+        # the client's frames: a bidi session's, made on first use for the other modes
+        # (which never have any; a channel costs as much as the rest of the invocation)
+        self._in: tuple[trio.MemorySendChannel[Frame], trio.MemoryReceiveChannel[Frame]] \
+            | None = trio.open_memory_channel[Frame](REQUEST_BUFFER) \
+            if mode is Mode.BIDI else None
+        self._in_closed = False
+        self._inline = False  # a unary call served in its caller's task (open_invocation)
         self._pipe: FramePipe | None = None  # bidi: see `attach_pipe`
         self._reading_pipe: FramePipe | None = None  # what `Frames` reads from now
 
@@ -314,11 +319,28 @@ class Invocation:
         except trio.WouldBlock:
             await self._out_send.send(item)
         else:
+            if self._inline:
+                # the answer is in: what the provider still does is cancelled at its
+                # next wait, as when the caller takes the answer and leaves the block
+                self.cancel_scope.cancel()
+                return
             await trio.lowlevel.checkpoint_if_cancelled()  # yields only if cancelled
 
     def incoming(self) -> trio.MemoryReceiveChannel[Frame]:
         """The client's frames of a bidi session, in order."""
-        return self._in_recv
+        return self._input()[1]
+
+    def _input(self) -> tuple[trio.MemorySendChannel[Frame], trio.MemoryReceiveChannel[Frame]]:
+        if self._in is None:
+            self._in = trio.open_memory_channel[Frame](0)
+            if self._in_closed:
+                self._in[0].close()
+        return self._in
+
+    def _close_input(self) -> None:
+        self._in_closed = True
+        if self._in is not None:
+            self._in[0].close()
 
     def attach_pipe(self, pipe: FramePipe) -> None:
         """From now on the client's frames go to `pipe` and the provider's frames come
@@ -331,7 +353,7 @@ class Invocation:
             raise RuntimeError("a pipe is already attached")
         while True:
             try:
-                frame = self._in_recv.receive_nowait()
+                frame = self._input()[1].receive_nowait()
             except trio.WouldBlock:
                 break
             except trio.EndOfChannel:
@@ -364,13 +386,13 @@ class Invocation:
         if pipe is not None:
             await pipe.send(frame)
         else:
-            await self._in_send.send(frame)
+            await self._input()[0].send(frame)
 
     def close_input(self) -> None:
         """The client finished sending (half-close)."""
         if self._pipe is not None:
             self._pipe.close()
-        self._in_send.close()
+        self._close_input()
 
     def frames(self) -> Frames:
         """The provider's frames of a bidi session (see `Frames`)."""
@@ -434,14 +456,29 @@ async def open_invocation(
     auth_info: str = "",
     metadata: dict[str, str] | None = None,
 ) -> AsyncIterator[Invocation]:
-    """Start `provider` on a new invocation; the block's exit cancels whatever is left."""
+    """Start `provider` on a new invocation; the block's exit cancels whatever is left.
+
+    A unary call is served in the caller's own task before the block runs (the block
+    can only wait for its one answer anyway): no nursery and no task per call.
+    Cancellation is the same: the caller's cancellation reaches the provider directly,
+    the deadline is the invocation's scope, and what the provider still does after its
+    answer is cancelled at its next wait (`emit`)."""
     inv = Invocation(
         service, mode, request, timeout=timeout, auth_info=auth_info, metadata=metadata
     )
+    if mode is Mode.UNARY:
+        inv._inline = True
+        try:
+            await inv._drive(provider)
+            yield inv
+        finally:
+            inv.cancel_scope.cancel()
+            inv._close_input()
+        return
     async with trio.open_nursery() as nursery:
         nursery.start_soon(inv._drive, provider)
         try:
             yield inv
         finally:
             inv.cancel_scope.cancel()
-            inv._in_send.close()
+            inv._close_input()

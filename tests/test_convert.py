@@ -16,6 +16,7 @@ from aogstream.convert import (
     load_plugin_templates,
     parse_flavor,
 )
+from aogstream.convert.engine import encode_body
 
 CONV = Converter()
 
@@ -556,3 +557,43 @@ def test_openai_role_only_and_usage_only_chunks():
                                       "total_tokens": 5}}
     aog = json.loads(prov.convert(j(usage)))
     assert aog["finished"] is True and aog["usage"]["total_tokens"] == 5
+
+
+PARSED_BODIES = [
+    {"model": "m", "messages": [{"role": "user", "content": "hé"}], "stream": True,
+     "stream_options": {"include_usage": True}, "max_completion_tokens": 7, "top_k": 3,
+     "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+    {"messages": [{"role": "user", "content": "hi"}], "temperature": 0.5},
+    {"model": "m", "prompt": "p", "input": ["a", "b"], "options": {"num_predict": 3}},
+    {"model": 5, "stream": "yes"},
+    {},
+]
+
+
+@pytest.mark.parametrize("flavor", CONV.registry.known())
+def test_parsed_request_converts_like_its_bytes(flavor):
+    """`request_parsed` (a door's parse-once path) gives, for every built-in flavor and
+    service both ways through AOG, the bytes `request` gives, and leaves its input as it
+    was: the door may skip the parse/serialise steps between its templates."""
+    fl = CONV.registry.get(flavor)
+    checked = 0
+    for service in fl.services:
+        for conv in (CONV.between(service, flavor, "aog"), CONV.between(service, "aog", flavor)):
+            if not conv.parses_requests:
+                continue
+            for body in PARSED_BODIES:
+                for model, stream in ((None, None), ("chosen", False), (None, True)):
+                    try:
+                        want = conv.request(j(body), model=model, stream=stream).body
+                    except ConvertError:
+                        with pytest.raises(ConvertError):
+                            conv.request_parsed(body, model=model, stream=stream)
+                        continue
+                    before = json.dumps(body)
+                    value = conv.request_parsed(body, model=model, stream=stream)
+                    assert json.dumps(body) == before, (service, body)
+                    got = b"" if value is None else encode_body(value)
+                    assert got == want, (flavor, service, body, model, stream)
+                    checked += 1
+    if flavor != "aog":
+        assert checked, f"{flavor}: no service converts its requests"

@@ -9,8 +9,9 @@ prometheus_client's own text parser.
 Proven:
 - a streamed chat writes one log line naming the route, service, model, provider and
   plugin that served it, its status, time to first byte, duration, bytes and chunks,
-  and no body; a stream the client abandons is logged as cancelled; the line and the
-  answer share the request id (`x-aogstream-request`);
+  and no body; a stream the client abandons is logged as cancelled, and so is a
+  unary call it leaves before the answer (status 499, the call cut short); the line
+  and the answer share the request id (`x-aogstream-request`);
 - a WebSocket session is logged once, with its status, service, plugin and frames;
 - `GET /aogstream/v1/requests` shows those same records from whichever process
   served them, newest first, and refuses a bad `limit` with a 400 saying what to send;
@@ -33,7 +34,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import REPO, Gateway, parse_sse
+from conftest import REPO, SERVICES, Gateway, parse_sse, raw_http
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
@@ -135,6 +136,27 @@ def test_a_cancelled_stream_is_logged_as_cancelled(two_process_gateway: Gateway)
     assert (rec["service"], rec["plugin"]) == ("chat", "echo-plugin")
     assert rec["chunks"] >= 1 and rec["bytes_out"] >= len(got)
     assert rec["duration_ms"] < 10_000 * 0.9  # 1,000 tokens 10 ms apart: cut well before
+
+
+def test_a_unary_call_the_client_leaves_is_logged_as_cancelled(two_process_gateway: Gateway):
+    gw = two_process_gateway
+    tag = f"leave-{time.monotonic_ns()}"
+    sock = raw_http(gw.port, "POST", SERVICES + "generate",
+                    json.dumps({"id": tag, "sleep": 10}).encode())
+    try:
+        assert gw.wait_event("unary", timeout=WAIT, id=tag) is not None, gw.log_tail()
+    finally:
+        sock.close()
+    deadline = time.monotonic() + WAIT
+    found: list[dict[str, Any]] = []
+    while not found and time.monotonic() < deadline:
+        found = [r for r in log_records(gw)
+                 if r["path"] == SERVICES + "generate" and r["status"] == 499]
+        time.sleep(0.05)
+    assert len(found) == 1, f"no single 499 line for the call; log:\n{gw.log_tail()}"
+    rec = found[0]
+    assert rec["cancelled"] is True and rec["service"] == "generate", rec
+    assert rec["duration_ms"] < 10_000 * 0.9, rec  # cut when the client left, not at 10 s
 
 
 def test_recent_requests_lists_every_process_newest_first(two_process_gateway: Gateway):

@@ -11,7 +11,9 @@ Proven:
 - route labels are bounded: known paths keep their template, anything else is `other`;
 - a stream's gaps added in one go give the same histogram as observing each gap;
 - the text log line quotes client-chosen values, so a model name cannot forge fields
-  or lines.
+  or lines (also once the quoted form is remembered);
+- the request log's records (made from a template, not by `makeRecord`) carry what
+  `makeRecord`'s would, so every handler and format shows the same line.
 - a run folder whose primary died is removed at the next start; a live one is kept.
 """
 
@@ -108,6 +110,45 @@ def test_the_text_line_quotes_what_clients_chose(tmp_path: Path):
     assert line.startswith("request POST /v1/chat/completions id=a-1 process=w1 ")
     assert "status=200" in line and "ttfb_ms=-" in line and "cancelled=false" in line
     observer.close()
+
+
+def test_the_quoted_form_is_remembered_and_still_quotes(tmp_path: Path):
+    observer = Observer(tmp_path, Settings(metrics=False, request_log="off", history=0),
+                        "w1")
+    rec = RequestRecord("a-1", "http", "POST", "/v1/chat/completions", 0.0, 1.0)
+    rec.model = "x status=500\nrequest GET /"
+    lines = {Observer.text_line(observer.fields(rec, "/v1/chat/completions", 200))
+             for _ in range(3)}
+    assert len(lines) == 1 and 'model="x status=500\\nrequest GET /"' in lines.pop()
+    observer.close()
+
+
+def test_request_log_records_carry_what_make_record_gives():
+    import logging
+    import threading
+
+    from aogstream.observe.run import _RecordTemplate
+
+    logger = logging.getLogger("aogstream.requests")
+    template = _RecordTemplate(logger)
+    made = template.make("request GET /x id=1")
+    usual = logger.makeRecord(logger.name, logging.INFO, made.pathname, 0,
+                              "request GET /x id=1", (), None)
+    timed = {"created", "msecs", "relativeCreated"}
+    assert {k: v for k, v in vars(made).items() if k not in timed} == \
+        {k: v for k, v in vars(usual).items() if k not in timed}
+    assert abs(made.created - usual.created) < 1.0
+    assert abs(made.relativeCreated - usual.relativeCreated) < 1000.0
+    assert made.msecs == int(made.msecs) and 0 <= made.msecs < 1000
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(threadName)s "
+                            "%(process)d %(module)s: %(message)s")
+    assert fmt.format(made).split(" ", 2)[2] == fmt.format(usual).split(" ", 2)[2]
+    # from another thread: a record made the usual way, with that thread's name
+    out: list[logging.LogRecord] = []
+    worker = threading.Thread(target=lambda: out.append(template.make("l")), name="other")
+    worker.start()
+    worker.join()
+    assert out[0].threadName == "other"
 
 
 def test_a_dead_primarys_run_folder_is_removed_at_the_next_start(tmp_path: Path):

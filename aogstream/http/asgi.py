@@ -8,7 +8,9 @@ the final send (or hypercorn never closes the connection).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -169,6 +171,41 @@ def query_object(scope: Scope) -> dict[str, list[str]]:
         raise errors.GatewayError(errors.BAD_REQUEST, "the query string is not UTF-8; "
                                   "percent-encode it") from None
     return dict(parse_qs(query, keep_blank_values=True))
+
+
+class ClientWatch:
+    """The serving loop's word that a request's client hung up, without a task per
+    request waiting on `receive()` for it: the server (`serving.hypercorn_serve`) makes
+    one per HTTP request, says `client_left` as it queues the `http.disconnect`, and
+    the request's task finds it in `CLIENT_WATCH`. Where no server made one (another
+    ASGI server, a test's app), `watch_disconnect` is the way."""
+
+    __slots__ = ("_scopes", "gone")
+
+    def __init__(self) -> None:
+        self.gone = False
+        self._scopes: set[trio.CancelScope] = set()
+
+    def client_left(self) -> None:
+        """The client hung up: cancel what is watched (and what will be)."""
+        self.gone = True
+        for scope in list(self._scopes):
+            scope.cancel()
+
+    @contextmanager
+    def cancelling(self, scope: trio.CancelScope) -> Iterator[None]:
+        """Cancel `scope` if the client hangs up while the block runs (or already has)."""
+        if self.gone:
+            scope.cancel()
+        self._scopes.add(scope)
+        try:
+            yield
+        finally:
+            self._scopes.discard(scope)
+
+
+CLIENT_WATCH: ContextVar[ClientWatch | None] = ContextVar("aogstream_client_watch",
+                                                           default=None)
 
 
 async def watch_disconnect(receive: Receive, scope: trio.CancelScope) -> None:

@@ -34,6 +34,7 @@ from aogstream.convert import (
     TemplateError,
     chat_tools,
 )
+from aogstream.convert.engine import encode_body
 from aogstream.engines.pcm import is_wav
 from aogstream.gateway import Gateway, Route
 from aogstream.http.asgi import send_json, served_by_headers
@@ -50,6 +51,44 @@ type Reply = Callable[[bytes, bytes, Headers], Awaitable[None]]
 type Streamer = Callable[[Invocation, Route, Headers], Awaitable[errors.GatewayError | None]]
 """A stream's writer when it is not SSE/NDJSON events (e.g. raw audio): (invocation,
 route, served-by headers) → the error to answer with if it failed before any byte."""
+
+
+class AogBody:
+    """A request in AOG's shape, both ways a call may need it: parsed (routing, the
+    provider's template) and as bytes (an AOG-flavored provider), each made at most
+    once. A front door parses the app's body once and converts the parsed form
+    (`Conversion.request_parsed`): app → AOG → provider costs one parse and one
+    serialisation, not the four parses and two serialisations of bytes in between."""
+
+    __slots__ = ("_ascii", "_data", "_obj")
+
+    def __init__(self, data: bytes | None = None, obj: dict[str, Any] | None = None, *,
+                 ascii_json: bool = False) -> None:
+        """`data`, `obj` or both (the same request); `ascii_json`: serialise `obj` as
+        `json.dumps` does, not compact (what the request looked like before)."""
+        self._data = data
+        self._obj = obj
+        self._ascii = ascii_json
+
+    @classmethod
+    def of(cls, aog: AogBody | bytes) -> AogBody:
+        """A caller's request as an AogBody (bytes are parsed only if needed)."""
+        return aog if isinstance(aog, AogBody) else cls(aog)
+
+    @property
+    def data(self) -> bytes:
+        """The request's bytes (serialised at the first need)."""
+        if self._data is None:
+            assert self._obj is not None
+            self._data = json.dumps(self._obj).encode() if self._ascii \
+                else encode_body(self._obj)
+        return self._data
+
+    @property
+    def parsed(self) -> dict[str, Any] | None:
+        """The parsed request, when the caller had it (bytes are not parsed here: a body
+        that is not JSON must fail in the template's step, as it always did)."""
+        return self._obj
 
 
 @dataclass(frozen=True)
@@ -138,15 +177,28 @@ class FlavorCalls:
         return any(self.provider_flavor(r, r.service)[0] != PIVOT for r in routes)
 
     def to_aog(self, door: Door, body: bytes, obj: dict[str, Any], model: str | None,
-               want_stream: bool) -> tuple[bytes, dict[str, Any]]:
+               want_stream: bool) -> tuple[AogBody, dict[str, Any]]:
         """The request in AOG's shape (bytes and object); no `model` when the app named
-        none, so routing picks the service's default model."""
+        none, so routing picks the service's default model. `obj` is `body` parsed; it
+        is converted as it is (never changed), not parsed again."""
         if door.flavor == PIVOT:
-            return body, obj
+            return AogBody(body, obj), obj
         to_aog = self.converter.between(door.service, door.flavor, PIVOT)
-        aog = run_conversion(lambda: to_aog.request(body, model=model or None,
-                                                    stream=want_stream))
-        aog_obj = json.loads(aog)
+        aog: bytes | None = None
+        aog_obj: Any
+        if to_aog.parses_requests:
+            try:
+                aog_obj = to_aog.request_parsed(obj, model=model or None, stream=want_stream)
+            except ConvertError as exc:
+                raise conversion_error(exc, request=True) from None
+            except TemplateError as exc:
+                raise template_error(exc) from None
+            if aog_obj is obj:  # an identity template: what follows changes it in place
+                aog_obj = dict(obj)
+        else:
+            aog = run_conversion(lambda: to_aog.request(body, model=model or None,
+                                                        stream=want_stream))
+            aog_obj = json.loads(aog)
         if not isinstance(aog_obj, dict):
             raise errors.GatewayError(errors.TASK_FAILED,
                                       f"the {door.flavor} template turned the request into "
@@ -157,10 +209,11 @@ class FlavorCalls:
             aog_obj.pop("model", None)
             changed = True
         if changed:
-            aog = json.dumps(aog_obj).encode()
-        return aog, aog_obj
+            aog = None
+        return AogBody(aog, aog_obj, ascii_json=bool(changed)), aog_obj
 
-    async def dispatch(self, door: Door, routes: list[Route], aog: bytes, model: str | None,
+    async def dispatch(self, door: Door, routes: list[Route], aog: AogBody | bytes,
+                       model: str | None,
                        want_stream: bool, receive: Receive, send: Send, *,
                        ndjson: bool = False, reply: Reply | None = None,
                        streamer: Streamer | None = None,
@@ -170,9 +223,10 @@ class FlavorCalls:
         `streamer` writes a stream that is not the flavor's own events; `error_flavor`
         shapes errors when the door's clients expect another flavor's (a translated
         API, e.g. Anthropic's over the OpenAI chat door, or `rerank_door`)."""
+        request = AogBody.of(aog)
 
         async def attempt(route: Route) -> errors.GatewayError | None:
-            return await self._attempt(route, door, aog, model, want_stream, send, ndjson,
+            return await self._attempt(route, door, request, model, want_stream, send, ndjson,
                                        reply, streamer)
 
         async def answer_error(err: errors.GatewayError) -> None:
@@ -180,7 +234,7 @@ class FlavorCalls:
 
         await serve_with_fallback(routes, attempt, answer_error, receive)
 
-    async def _attempt(self, route: Route, door: Door, aog: bytes, model: str | None,
+    async def _attempt(self, route: Route, door: Door, aog: AogBody, model: str | None,
                        want_stream: bool, send: Send, ndjson: bool, reply: Reply | None,
                        streamer: Streamer | None) -> errors.GatewayError | None:
         """One provider's attempt; returns the error when it failed before answering."""
@@ -191,10 +245,9 @@ class FlavorCalls:
             # `$model` and `$stream` are what the provider is asked for, as AOG's
             # scheduler binds them: the request's model, else the provider's default;
             # the final stream decision
-            request = aog if pflavor == PIVOT else self.between(
-                door.service, PIVOT, route).request(
-                    aog, model=model or route.definition.default_model or None,
-                    stream=mode is Mode.STREAM).body
+            request = aog.data if pflavor == PIVOT else self._from_aog(
+                route, door.service, aog, model or route.definition.default_model or None,
+                mode is Mode.STREAM)
             if pflavor == "ollama" and door.service == "chat":
                 request = chat_tools.aog_request_to_ollama(request)
         except chat_tools.ToolChoiceError as exc:
@@ -228,9 +281,20 @@ class FlavorCalls:
             await send_bytes(send, 200, data, media or b"application/json", served_by)
         return None
 
+    def _from_aog(self, route: Route, service: str, aog: AogBody, model: str | None,
+                  stream: bool) -> bytes:
+        """The provider's request from AOG's (its template's `request_from_aog`): on the
+        parsed request when the door parsed it, else on its bytes."""
+        conv = self.between(service, PIVOT, route)
+        parsed = aog.parsed
+        if parsed is not None and conv.parses_requests:
+            value = conv.request_parsed(parsed, model=model, stream=stream)
+            return b"" if value is None else encode_body(value)
+        return conv.request(aog.data, model=model, stream=stream).body
+
     async def _stream(self, inv: Invocation, send: Send, door: Door, back: Conversion,
                       model: str | None, served_by: Headers,
-                      ndjson_asked: bool, aog: bytes = b"",
+                      ndjson_asked: bool, aog: AogBody | None = None,
                       pflavor: str = PIVOT) -> errors.GatewayError | None:
         """Relay a stream chunk by chunk in the app's framing (SSE or NDJSON).
 
@@ -272,7 +336,7 @@ class FlavorCalls:
 
 
 def chat_stream_steps(convert: Callable[[bytes], bytes | None], epilogue: Sequence[bytes],
-                      app_flavor: str, provider_flavor: str, aog: bytes
+                      app_flavor: str, provider_flavor: str, aog: AogBody | bytes | None
                       ) -> tuple[Callable[[bytes], bytes | None], Sequence[bytes]]:
     """The stateful chat steps around a converted stream's templates (`chat_tools`):
     an Ollama provider's calls numbered before them; after them, an Ollama app's calls
@@ -283,8 +347,11 @@ def chat_stream_steps(convert: Callable[[bytes], bytes | None], epilogue: Sequen
     after: Callable[[bytes | None], bytes | None] | None = None
     if app_flavor == "ollama":
         after = chat_tools.OllamaToolCallStream().convert
-    elif app_flavor != PIVOT and b"include_usage" in aog:
-        request = json.loads(aog)
+    elif app_flavor != PIVOT and aog is not None:
+        body = AogBody.of(aog)
+        request = body.parsed
+        if request is None and b"include_usage" in body.data:
+            request = json.loads(body.data)
         if isinstance(request, dict) and chat_tools.wants_usage(request):
             usage = chat_tools.OpenAIUsageStream(
                 chat_tools.estimate_prompt_tokens(request), epilogue)

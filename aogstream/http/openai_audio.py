@@ -23,7 +23,7 @@ from aogstream.engines.pcm import resample
 from aogstream.gateway import Route
 from aogstream.http import audio
 from aogstream.http.asgi import header, parse_object
-from aogstream.http.flavor_calls import Door, FlavorCalls, send_bytes, strip_sse
+from aogstream.http.flavor_calls import AogBody, Door, FlavorCalls, send_bytes, strip_sse
 from aogstream.http.flavor_errors import template_error
 from aogstream.invocation import Frame, Invocation, Response
 
@@ -51,7 +51,7 @@ class OpenAIAudio:
         self.calls = calls
 
     def _routed(self, door: Door, request: dict[str, Any], model: str | None
-                ) -> tuple[bytes, list[Route]]:
+                ) -> tuple[AogBody, list[Route]]:
         """The AOG request built from the form or JSON (with `model` only when the app
         named a real one) and the routes that may serve it."""
         if model:

@@ -22,7 +22,7 @@ import trio
 from aogstream.asgi_types import Receive
 from aogstream.errors import GatewayError
 from aogstream.gateway import Route, may_fall_back
-from aogstream.http.asgi import watch_disconnect
+from aogstream.http.asgi import CLIENT_WATCH, watch_disconnect
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +37,39 @@ type AnswerError = Callable[[GatewayError], Awaitable[None]]
 
 async def serve_with_fallback(routes: Sequence[Route], attempt: Attempt,
                               answer_error: AnswerError, receive: Receive) -> None:
-    """Try `routes` in order until one answers; answer the error that ends the tries."""
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope)
-        for i, route in enumerate(routes):
-            may_retry = i < len(routes) - 1
-            try:
-                early = await attempt(route)
-            except GatewayError as err:
-                early, may_retry = err, False
-            if early is None:
-                break
-            if may_retry and may_fall_back(early):
-                log.warning("%s failed before answering (%s); trying %s",
-                            route.provider_name, early.message, routes[i + 1].provider_name)
-                continue
-            await answer_error(early)
-            break
-        nursery.cancel_scope.cancel()
+    """Try `routes` in order until one answers; answer the error that ends the tries.
+
+    The client hanging up cancels the tries: the serving loop says so through the
+    request's `ClientWatch` (no task per request), else a task waits on `receive()`."""
+    watch = CLIENT_WATCH.get()
+    if watch is None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope)
+            await _try_routes(routes, attempt, answer_error)
+            nursery.cancel_scope.cancel()
+        return
+    with trio.CancelScope() as scope, watch.cancelling(scope):
+        await _try_routes(routes, attempt, answer_error)
+    if scope.cancelled_caught:
+        # the `http.disconnect` waits in the request's queue: read it, as the watching
+        # task did, so that every layer watching `receive()` (the request log) sees it
+        with trio.move_on_after(1.0):
+            await receive()
+
+
+async def _try_routes(routes: Sequence[Route], attempt: Attempt,
+                      answer_error: AnswerError) -> None:
+    for i, route in enumerate(routes):
+        may_retry = i < len(routes) - 1
+        try:
+            early = await attempt(route)
+        except GatewayError as err:
+            early, may_retry = err, False
+        if early is None:
+            return
+        if may_retry and may_fall_back(early):
+            log.warning("%s failed before answering (%s); trying %s",
+                        route.provider_name, early.message, routes[i + 1].provider_name)
+            continue
+        await answer_error(early)
+        return

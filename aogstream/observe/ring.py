@@ -28,6 +28,8 @@ SLOT_HEAD = struct.Struct("<QI")  # sequence, length
 SLOT_SIZE = 1024
 RING_PREFIX = "requests-"
 RING_SUFFIX = ".ring"
+# one encoder for every record (json.dumps with options builds a new one per call)
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def ring_path(folder: Path, pid: int) -> Path:
@@ -51,12 +53,12 @@ class RingWriter:
         HEADER.pack_into(self._map, 0, MAGIC, self.slots, SLOT_SIZE, 0)
 
     def append(self, record: dict[str, Any]) -> None:
-        data = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
+        data = _COMPACT.encode(record).encode()
         limit = SLOT_SIZE - SLOT_HEAD.size
         if len(data) > limit:  # long names: keep the record, shorten its path and model
             record = {**record, "path": str(record.get("path", ""))[:80],
                       "model": str(record.get("model", ""))[:80]}
-            data = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
+            data = _COMPACT.encode(record).encode()
             if len(data) > limit:
                 return
         seq = self.written + 1

@@ -28,6 +28,8 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -174,8 +176,57 @@ class RouteTable:
 
 def _field(value: str) -> str:
     """A value as the text log shows it: plain, or JSON-quoted when it holds spaces,
-    quotes or control characters (client-chosen names cannot forge a field or line)."""
-    return value if _PLAIN.match(value) else json.dumps(value)
+    quotes or control characters (client-chosen names cannot forge a field or line).
+    The same few names (route, service, model, provider) come back on every request,
+    so their shown form is remembered (a bounded cache)."""
+    shown = _SHOWN.get(value)
+    if shown is None:
+        shown = value if _PLAIN.match(value) else json.dumps(value)
+        if len(_SHOWN) >= _SHOWN_MAX:
+            _SHOWN.clear()
+        _SHOWN[value] = shown
+    return shown
+
+
+_SHOWN: dict[str, str] = {}
+_SHOWN_MAX = 4096
+# one encoder for every record (json.dumps with options builds a new one per call)
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+class _RecordTemplate:
+    """The request log's `LogRecord`s, made as `Logger.makeRecord` makes them but
+    without its per-record look-ups (thread, process and task names, source path):
+    those are the same for every line the serving loop's thread writes, so they are
+    taken once from a record made the usual way, and each line copies them and sets
+    its own time and message. A line written from another thread, or while another
+    record factory is set, gets a record made the usual way."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.thread = threading.get_ident()
+        base = logger.makeRecord(logger.name, logging.INFO, __file__, 0, "", (), None)
+        self.fields = dict(base.__dict__)
+        # logging's start (ns) that `relativeCreated` counts from; private, hence getattr
+        self.start_ns: int = getattr(logging, "_startTime", 0)
+
+    def make(self, line: str) -> logging.LogRecord:
+        if threading.get_ident() != self.thread or \
+                logging.getLogRecordFactory() is not logging.LogRecord:
+            return self.logger.makeRecord(self.logger.name, logging.INFO, __file__, 0, line,
+                                          (), None)
+        rec = logging.LogRecord.__new__(logging.LogRecord)
+        d = rec.__dict__
+        d.update(self.fields)
+        ns = time.time_ns()
+        d["msg"] = line
+        d["created"] = ns / 1e9
+        # as LogRecord.__init__: whole milliseconds of the second, and since start
+        d["msecs"] = (ns % 1_000_000_000) // 1_000_000 + 0.0
+        if d["msecs"] == 999.0 and int(d["created"]) != ns // 1_000_000_000:
+            d["msecs"] = 0.0  # the float seconds rounded up
+        d["relativeCreated"] = (ns - self.start_ns) / 1e6
+        return rec
 
 
 class Observer:
@@ -200,6 +251,7 @@ class Observer:
         # the primary's live facts: () → plugins' (name, state, restarts), and
         # () → plugins' LLM counters (see `metrics.LiveCollector`)
         self._live: tuple[Any, Any] | None = None
+        self._template: _RecordTemplate | None = None  # the request log's records
         if settings.request_log == "json":
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("%(message)s"))
@@ -244,11 +296,11 @@ class Observer:
         if self.ring is not None:
             self.ring.append(fields)
         if mode != "off" and request_log.isEnabledFor(logging.INFO):
-            line = json.dumps(fields, separators=(",", ":"), ensure_ascii=False) \
-                if mode == "json" else self.text_line(fields)
+            line = _COMPACT.encode(fields) if mode == "json" else self.text_line(fields)
             # a record made directly: `info()` would look up the caller's frame too
-            request_log.handle(request_log.makeRecord(
-                request_log.name, logging.INFO, __file__, 0, line, (), None))
+            if self._template is None:
+                self._template = _RecordTemplate(request_log)
+            request_log.handle(self._template.make(line))
 
     def fields(self, rec: RequestRecord, route: str, status: int) -> dict[str, Any]:
         out: dict[str, Any] = {
