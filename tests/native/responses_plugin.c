@@ -11,7 +11,8 @@
  *   - executor.execute_stream answers the same text as Responses events in `chunks`
  *     (response.created, output_item.added and two text deltas as bare JSON, one per chunk;
  *     then output_item.done and response.completed as two SSE frames in one chunk, as
- *     a network read of an upstream's SSE may carry them).
+ *     a network read of an upstream's SSE may carry them: the first a bare `data:` frame,
+ *     the second with its `event:` line).
  * Every usage it writes has only "input_tokens":7 and "output_tokens":5: no
  * input_tokens_details, output_tokens_details or total_tokens (the host completes them).
  */
@@ -109,7 +110,7 @@ static int execute_stream(const char* req, size_t n, cliproxy_buffer* response) 
              "\"item_id\":\"msg_s1\",\"output_index\":0,\"content_index\":0,\"delta\":\"%s\"}", esc2);
     ev[3] = chunk(buf);
     snprintf(buf, cap,
-             "event: response.output_item.done\ndata: {\"type\":\"response.output_item.done\","
+             "data: {\"type\":\"response.output_item.done\","
              "\"sequence_number\":4,\"output_index\":0,\"item\":%s}\n\n"
              "event: response.completed\ndata: {\"type\":\"response.completed\",\"sequence_number\":5,"
              "\"response\":{\"id\":\"resp_s1\",\"object\":\"response\",\"created_at\":1,"

@@ -329,7 +329,8 @@ class NativeProvider:
                     if isinstance(item, StreamError):
                         raise errors.GatewayError(errors.PLUGIN_SERVICE_ERROR,
                                                   f"native plugin {plugin.id}: {item.message}")
-                    for chunk in [xl.as_is(_bare(item))] if xl.streams_as_is else \
+                    for chunk in [xl.as_is(p) for p in _payloads(item)] \
+                            if xl.streams_as_is else \
                             await xl.chunk(item):
                         if chunk and chunk != DONE and chain is not None:
                             chunk = await chain.chunk(chunk)
@@ -431,10 +432,17 @@ def _cancelled(exc: BaseException) -> bool:
     return False
 
 
-def _bare(chunk: bytes) -> bytes:
-    """A chunk as the event payload (CPA writes each inside `data: …`): a plugin that
-    framed it itself loses its `data:` prefix."""
+def _payloads(chunk: bytes) -> list[bytes]:
+    """A chunk as event payloads (CPA writes each inside `data: …`): bare JSON is one;
+    a chunk the plugin framed as SSE itself gives each frame's `data:` payload (its
+    `event:` lines dropped: the doors frame events by their JSON `type`), so a plugin
+    may put several frames in one chunk."""
     chunk = chunk.strip()
-    if chunk.startswith(b"data:"):
-        chunk = chunk[5:].strip()
-    return chunk
+    if not chunk.startswith((b"data:", b"event:", b":")):
+        return [chunk]
+    out = []
+    for frame in chunk.replace(b"\r\n", b"\n").split(b"\n\n"):
+        lines = [ln[5:].strip() for ln in frame.split(b"\n") if ln.startswith(b"data:")]
+        if lines:
+            out.append(b"\n".join(lines))
+    return out
