@@ -97,7 +97,10 @@ SUCCESS_MESSAGES: dict[int, str] = {
 
 # An absolute path not preceded by a word character (so `a/b` in an expression, or a
 # URL path after a host name, is left alone): its folders are dropped, its name kept.
-_ABSOLUTE_DIRS = re.compile(r"(?<![\w.$~:/])(?:/[\w.+@-]+)+/(?=[\w.+@-])")
+# The gateway's own routes (`PUT /aog/v0.2/service_provider`, `/v1/...`, `/api/...`,
+# `/v0/management/...`) are what an error tells the user to call: they stay whole.
+_ABSOLUTE_DIRS = re.compile(
+    r"(?<![\w.$~:/])(?!/(?:aog|api|v\d+)/)(?:/[\w.+@-]+)+/(?=[\w.+@-])")
 
 
 def without_paths(text: str) -> str:

@@ -58,3 +58,13 @@ def test_a_plugins_unexpected_failure_reaches_the_answer_without_its_folders():
     assert err.status == 500
     assert "/srv" not in err.message and "smol.gguf" in err.message, err.message
     assert err.message.startswith("llamacpp-plugin: OSError: [Errno 2]"), err.message
+
+
+def test_a_plugin_error_naming_a_gateway_route_keeps_the_route_whole():
+    """What an error tells the user to call is a route, not a server folder."""
+    for route in ("PUT /aog/v0.2/service_provider", "POST /v1/chat/completions",
+                  "GET /api/tags", "PATCH /v0/management/plugins/x/enabled"):
+        err = from_plugin_code(14, f"set api_key with {route}, or see /srv/data/keys.yaml",
+                               "p")
+        assert route in err.message and "/srv/data/" not in err.message
+        assert "keys.yaml" in err.message
