@@ -24,6 +24,7 @@ from conftest import Gateway
 from hostutil import running_plugin
 from websockets.sync.client import connect
 
+from aogstream.bidi.socket import AsgiWebSocket, Disconnected
 from aogstream.host.client import _pack_requests, unpack_response
 from aogstream.rpc import wire
 from aogstream.rpc.gen import provider_pb2 as pb
@@ -258,3 +259,31 @@ def test_with_packing_turned_off_every_frame_is_its_own_message(gateway_factory)
     frames: list[bytes | str] = [i.to_bytes(4, "big") * 160 for i in range(300)]
     delta = _burst(gw, frames)
     assert delta == {"frames_read": 0, "frames_written": 0, "read": 0, "written": 0}
+
+
+# ---- the socket hands on what is already waiting ------------------------------------
+
+
+async def test_socket_takes_waiting_frames_without_waiting_and_says_when_none_are():
+    send, receive = trio.open_memory_channel(10)  # hypercorn's app queue is one of these
+    ws = AsgiWebSocket(receive.receive, None)  # type: ignore[arg-type]
+    with pytest.raises(trio.WouldBlock):
+        ws.receive_nowait()
+    send.send_nowait({"type": "websocket.receive", "bytes": b"\x01"})
+    send.send_nowait({"type": "websocket.receive", "text": "finish"})
+    send.send_nowait({"type": "websocket.disconnect", "code": 1000})
+    assert ws.receive_nowait() == b"\x01"
+    assert ws.receive_nowait() == "finish"
+    with pytest.raises(Disconnected):
+        ws.receive_nowait()
+    assert ws.closed
+
+
+async def test_socket_over_an_unknown_receive_never_guesses():
+    async def receive():
+        return {"type": "websocket.receive", "text": "x"}
+
+    ws = AsgiWebSocket(receive, None)  # type: ignore[arg-type]
+    with pytest.raises(trio.WouldBlock):
+        ws.receive_nowait()
+    assert await ws.receive() == "x"

@@ -60,9 +60,13 @@ class BidiSession:
         return pb.InvokeServiceBidiRequest(data=data, message_type=message_type)
 
     def send_nowait(self, data: bytes, message_type: str,
-                    metadata: dict[str, str] | None = None) -> None:
-        """`send` of a message that fits in the window now (else trio.WouldBlock)."""
-        self._s.send_nowait(self.request(data, message_type, metadata))
+                    metadata: dict[str, str] | None = None, *, kick: bool = True) -> None:
+        """`send` of a message that fits in the window now (else trio.WouldBlock);
+        `kick=False` queues it for a later `kick_writer` (see `Stream.send_nowait`)."""
+        self._s.send_nowait(self.request(data, message_type, metadata), kick=kick)
+
+    def kick_writer(self) -> None:
+        self._s.kick_writer()
 
     async def done_writing(self) -> None:
         await self._s.done_writing()

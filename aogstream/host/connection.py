@@ -211,6 +211,25 @@ class SessionPipe:
         if not self._over:
             self._session.send_nowait(frame.data, frame.kind, frame.metadata)
 
+    async def send_many(self, frames: list[Frame]) -> None:
+        # all queued before the writer is woken once: it finds them waiting together
+        session = self._session
+        n = 0
+        try:
+            for frame in frames:
+                if self._over:
+                    return
+                session.send_nowait(frame.data, frame.kind, frame.metadata, kick=False)
+                n += 1
+        except trio.WouldBlock:
+            pass
+        finally:
+            if n:
+                session.kick_writer()
+        for frame in frames[n:]:  # past the window: one at a time, waiting for room
+            await self.send(frame)
+        await trio.lowlevel.checkpoint_if_cancelled()
+
     def close(self) -> None:
         if not self._over:
             self._session.done_writing_nowait()

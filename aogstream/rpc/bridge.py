@@ -649,15 +649,22 @@ class Stream(Generic[Req, Resp]):
         self._outbox.append(msg)
         self._kick_writer()
 
-    def send_nowait(self, msg: Req) -> None:
+    def send_nowait(self, msg: Req, *, kick: bool = True) -> None:
         """Queue one request message now; trio.WouldBlock when `window` messages are
-        already in flight."""
+        already in flight. With `kick=False` the writer is not woken: the caller
+        queues more and calls `kick_writer` once, so that the writer finds them all
+        waiting (and may pack them) instead of waking for the first alone."""
         if self._in_flight >= self._window:
             self._harvest_acks()
             if self._in_flight >= self._window:
                 raise trio.WouldBlock
         self._in_flight += 1
         self._outbox.append(msg)
+        if kick:
+            self._kick_writer()
+
+    def kick_writer(self) -> None:
+        """Wake the writer for what `send_nowait(kick=False)` queued."""
         self._kick_writer()
 
     async def done_writing(self) -> None:
