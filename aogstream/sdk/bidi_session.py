@@ -146,6 +146,23 @@ class _Outbox:
 
     async def send(self, msg: BidiMessage) -> None:
         buf = self.buf
+        if not buf and not self.hold and not self._writing:
+            # the usual case (a frame answered on its own): write it now, as is
+            self._writing = True
+            try:
+                if msg.metadata:
+                    await self._write(pb.InvokeServiceBidiResponse(
+                        data=msg.data, message_type=msg.message_type, metadata=msg.metadata))
+                else:
+                    await self._write(pb.InvokeServiceBidiResponse(
+                        data=msg.data, message_type=msg.message_type))
+            finally:
+                self._writing = False
+                if self._idle is not None:
+                    self._idle.set()
+            if buf:  # sent by another task meanwhile
+                await self.flush()
+            return
         buf.append(msg)
         if self._writing:
             # the write in progress takes this one next; wait only when a window's
