@@ -85,10 +85,12 @@ async def run_bidi_session(plugin: BidirectionalPlugin, first: Any,
             counts.frames_read += len(packed)
             kind = msg.message_type
             last = len(packed) - 1
-            for i, data in enumerate(packed):
-                out.hold = i < last  # more frames waiting: hold what plugin code sends
-                yield BidiMessage(data, kind, {})
-            out.hold = False
+            try:
+                for i, data in enumerate(packed):
+                    out.hold = i < last  # more frames waiting: hold what plugin code sends
+                    yield BidiMessage(data, kind, {})
+            finally:  # also when plugin code stops reading in the middle
+                out.hold = False
 
     response = pb.InvokeServiceBidiResponse
 
