@@ -95,6 +95,11 @@ class FramePipe(Protocol):
         frames queued before the pipe was attached)."""
         ...
 
+    async def send_many(self, frames: list[Frame]) -> None:
+        """Forward client frames that arrived together (in the north side's task), in
+        order, so that the session may pack them into one message."""
+        ...
+
     def close(self) -> None:
         """The client finished sending (half-close)."""
         ...
@@ -387,6 +392,16 @@ class Invocation:
             await pipe.send(frame)
         else:
             await self._input()[0].send(frame)
+
+    async def send_many(self, frames: list[Frame]) -> None:
+        """Forward client frames that arrived together, in order (bidi only): through
+        a pipe they are queued together, so the session may pack them."""
+        pipe = self._pipe
+        if pipe is not None:
+            await pipe.send_many(frames)
+        else:
+            for frame in frames:
+                await self._in_send.send(frame)
 
     def close_input(self) -> None:
         """The client finished sending (half-close)."""

@@ -112,31 +112,35 @@ async def _read(s: Session) -> None:
 
 
 async def _send_all(sessions: list[Session], frames: int, start: float,
-                    lags: list[float]) -> None:
+                    lags: list[float], burst: int = 1) -> None:
     """Every session's frames on its schedule: frame k of a session at
     start + offset + k·20 ms. Sessions are grouped by their 1 ms slot so the sender
-    wakes at most 20 times per period, whatever the number of sessions."""
+    wakes at most 20 times per period, whatever the number of sessions. With `burst`
+    > 1 a session sends that many frames back to back every burst·20 ms instead (a
+    client that writes 100 ms of audio at a time as 20 ms frames)."""
     slots: dict[float, list[Session]] = {}
     for s in sessions:
         slots.setdefault(s.offset, []).append(s)
     order = sorted(slots.items())
     pcm = bytes(FRAME_BYTES)
-    for k in range(frames):
+    for k in range(0, frames, burst):
         for offset, group in order:
-            due = start + offset + k * FRAME_S
+            due = start + offset * burst + k * FRAME_S
             now = trio.current_time()
             if due > now:
                 await trio.sleep_until(due)
             else:
                 lags.append(now - due)
             for s in group:
-                if s.error:
-                    continue
-                s.sent.append(time.monotonic())
-                try:
-                    await s.ws.send_bytes(pcm)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    s.error = f"send: {exc}"
+                for _ in range(min(burst, frames - k)):
+                    if s.error:
+                        break
+                    s.sent.append(time.monotonic())
+                    try:
+                        await s.ws.send_bytes(pcm)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError,
+                            OSError) as exc:
+                        s.error = f"send: {exc}"
     for s in sessions:
         if not s.error:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
@@ -177,8 +181,8 @@ def rss_total(sut: h.System) -> int:
     return sum(sut.rss_kb().values())
 
 
-async def run_round(sut: h.System, sessions: int, frames: int, timeout: float
-                    ) -> RoundResult:
+async def run_round(sut: h.System, sessions: int, frames: int, timeout: float,
+                    burst: int = 1) -> RoundResult:
     """Open `sessions` sessions, stream `frames` frames on each in real time, finish."""
     sut.check()
     errors: list[str] = []
@@ -211,7 +215,7 @@ async def run_round(sut: h.System, sessions: int, frames: int, timeout: float
                     rss_stream = rss_total(sut)
 
                 nursery.start_soon(sample_rss)
-                await _send_all(opened, frames, trio.current_time() + 0.05, lags)
+                await _send_all(opened, frames, trio.current_time() + 0.05, lags, burst)
         if scope.cancelled_caught:
             errors.append(f"round did not finish within {frames * FRAME_S + timeout:.0f} s")
         cpu1, own1 = sut.cpu(), own_cpu()

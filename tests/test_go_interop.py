@@ -349,6 +349,20 @@ def test_gateway_relays_websocket_frames_to_the_go_plugin(go_gw: Gateway):
         assert ws.recv(timeout=5) == blob
 
 
+def test_a_burst_to_the_go_plugin_stays_one_frame_per_message(go_gw: Gateway):
+    # AOG's Go plugins never say they unpack packed frames, so the gateway must not
+    # pack for them: the Go echo plugin would send a packed message back as one frame,
+    # and the client would see frames merged instead of each frame, whole, in order
+    frames = [i.to_bytes(2, "big") * 320 for i in range(400)]
+    with connect(go_gw.service_ws_url("echo-ws"), open_timeout=5, close_timeout=2,
+                 max_size=None) as ws:
+        ws.send("open")
+        assert ws.recv(timeout=5) == "open"
+        for f in frames:
+            ws.send(f)
+        assert [ws.recv(timeout=10) for _ in frames] == frames
+
+
 def test_go_plugin_business_error_keeps_its_message(go_gw: Gateway, client):
     tag = new_id("go-fail")
     r = client.post(go_gw.service_url("generate"),

@@ -33,6 +33,9 @@ class ListPipe:
     def send_nowait(self, frame: Frame) -> None:
         self.sent.append(frame.data)
 
+    async def send_many(self, frames: list[Frame]) -> None:
+        self.sent.extend(f.data for f in frames)
+
     def close(self) -> None:
         self.closed = True
 

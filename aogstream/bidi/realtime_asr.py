@@ -33,6 +33,8 @@ RETURN_FORMATS = ("text", "json", "srt", "vtt")
 CLIENT_ERROR = "CLIENT_ERROR"
 SERVER_ERROR = "SERVER_ERROR"
 MODEL_ERROR = "MODEL_ERROR"
+# the most client frames already waiting that are handed to the session together
+BURST_FRAMES = 32
 
 
 def event(name: str, task_id: str, payload: dict[str, Any] | None = None,
@@ -233,9 +235,16 @@ class RealtimeSession:
             done.set()
 
     async def _relay_client(self, inv: Invocation) -> None:
-        """The client's audio and finish-task, into the running task."""
+        """The client's audio and finish-task, into the running task. Audio frames
+        that are already waiting behind one are handed on with it, so that the plugin's
+        session may pack them into one message (a lone frame goes at once, alone)."""
+        ws = self.ws
+        waiting: str | bytes | None = None
         while True:
-            msg = await self.ws.receive()
+            if waiting is not None:
+                msg, waiting = waiting, None
+            else:
+                msg = await ws.receive()
             if isinstance(msg, bytes):
                 if not msg:
                     await self.fail(CLIENT_ERROR, "empty audio frame ignored")
@@ -244,7 +253,21 @@ class RealtimeSession:
                     await self.fail(CLIENT_ERROR, f"audio frame of {len(msg)} bytes is "
                                     f"over the {self.max_frame} byte limit")
                     continue
-                await inv.send(Frame(msg, "binary"))
+                burst = [Frame(msg, "binary")]
+                while len(burst) < BURST_FRAMES:
+                    try:
+                        nxt = ws.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    if isinstance(nxt, bytes) and 0 < len(nxt) <= self.max_frame:
+                        burst.append(Frame(nxt, "binary"))
+                    else:  # handled on the next turn, in order
+                        waiting = nxt
+                        break
+                if len(burst) == 1:
+                    await inv.send(burst[0])
+                else:
+                    await inv.send_many(burst)
                 continue
             ctl = await self._parse_control(msg)
             if ctl is None:

@@ -12,6 +12,9 @@ from aogstream.bidi.socket import AsgiWebSocket, Disconnected
 from aogstream.gateway import Gateway, Route
 from aogstream.invocation import Frame, Invocation, Mode
 
+# the most client frames already waiting that are handed to the session together
+BURST_FRAMES = 32
+
 
 def to_frame(msg: str | bytes, metadata: dict[str, str] | None = None) -> Frame:
     if isinstance(msg, str):
@@ -32,10 +35,21 @@ async def send_frame(ws: AsgiWebSocket, frame: Frame) -> None:
 
 async def pump_client(ws: AsgiWebSocket, inv: Invocation, scope: trio.CancelScope) -> None:
     """Client → provider until the client leaves; then cancel the whole session
-    (`scope`), which cancels the plugin's call. Check `ws.closed` afterwards."""
+    (`scope`), which cancels the plugin's call. Check `ws.closed` afterwards. Frames
+    already waiting behind one are handed on with it (see
+    `AsgiWebSocket.receive_nowait`), so the session may pack them."""
     try:
         while True:
-            await inv.send(to_frame(await ws.receive()))
+            burst = [to_frame(await ws.receive())]
+            while len(burst) < BURST_FRAMES:
+                try:
+                    burst.append(to_frame(ws.receive_nowait()))
+                except trio.WouldBlock:
+                    break
+            if len(burst) == 1:
+                await inv.send(burst[0])
+            else:
+                await inv.send_many(burst)
     except Disconnected:
         scope.cancel()
 

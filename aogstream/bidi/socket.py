@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
 from aogstream.asgi_types import Receive, Send
 
 
@@ -18,6 +23,11 @@ class AsgiWebSocket:
         self._receive = receive
         self._send = send
         self.closed = False
+        # the server's queue of ASGI events, when `receive` is a trio channel's (as
+        # hypercorn's is): lets `receive_nowait` take what is already waiting
+        queue = getattr(receive, "__self__", None)
+        self._receive_nowait: Callable[[], Any] | None = (
+            queue.receive_nowait if isinstance(queue, trio.MemoryReceiveChannel) else None)
 
     async def accept(self, subprotocol: str | None = None) -> None:
         """Accept the upgrade, selecting `subprotocol` when given (a browser that offered
@@ -31,6 +41,27 @@ class AsgiWebSocket:
         """The next text (str) or binary (bytes) message; Disconnected at the end."""
         while True:
             msg = await self._receive()
+            kind = msg["type"]
+            if kind == "websocket.receive":
+                text = msg.get("text")
+                return text if text is not None else (msg.get("bytes") or b"")
+            if kind == "websocket.disconnect":
+                self.closed = True
+                raise Disconnected(msg.get("code"))
+
+    def receive_nowait(self) -> str | bytes:
+        """`receive` of a message that is already waiting, else trio.WouldBlock (also
+        when the server's queue cannot be looked into). A burst of frames is then
+        handed on together, so the plugin's session can pack them into one message
+        (`aogstream.rpc.wire`), and each skips a schedule point."""
+        nowait = self._receive_nowait
+        if nowait is None:
+            raise trio.WouldBlock
+        while True:
+            try:
+                msg = nowait()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                raise trio.WouldBlock from None  # `receive` reports the end
             kind = msg["type"]
             if kind == "websocket.receive":
                 text = msg.get("text")

@@ -15,9 +15,10 @@ from typing import Any
 import trio
 
 from aogstream import manifest as m
-from aogstream.rpc.bridge import Channel, Stream
+from aogstream.rpc import wire
+from aogstream.rpc.bridge import Channel, Packer, Stream
 from aogstream.rpc.gen import provider_pb2 as pb
-from aogstream.rpc.wire import BATCH_OFFER
+from aogstream.rpc.wire import BATCH_OFFER, BIDI_BATCH_OFFER, MAX_BATCH_BYTES
 from aogstream.sse.framing import SseDecoder, SseEvents
 
 SERVICE = "/protocol.ProviderService/"
@@ -59,9 +60,13 @@ class BidiSession:
         return pb.InvokeServiceBidiRequest(data=data, message_type=message_type)
 
     def send_nowait(self, data: bytes, message_type: str,
-                    metadata: dict[str, str] | None = None) -> None:
-        """`send` of a message that fits in the window now (else trio.WouldBlock)."""
-        self._s.send_nowait(self.request(data, message_type, metadata))
+                    metadata: dict[str, str] | None = None, *, kick: bool = True) -> None:
+        """`send` of a message that fits in the window now (else trio.WouldBlock);
+        `kick=False` queues it for a later `kick_writer` (see `Stream.send_nowait`)."""
+        self._s.send_nowait(self.request(data, message_type, metadata), kick=kick)
+
+    def kick_writer(self) -> None:
+        self._s.kick_writer()
 
     async def done_writing(self) -> None:
         await self._s.done_writing()
@@ -86,6 +91,71 @@ class BidiSession:
             return await self.receive()
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
+
+
+def unpack_response(msg: pb.InvokeServiceBidiResponse) -> list[bytes] | None:
+    """The frames of a packed plugin message (a batched session only), or None for
+    a message that carries one frame."""
+    md = msg.metadata
+    if md and wire.FRAME_LENGTHS_KEY in md and len(md) == 1:
+        frames = wire.unpack_frames(msg.data, md[wire.FRAME_LENGTHS_KEY])
+        if frames is not None:
+            counts = wire.PACK_COUNTS
+            counts.read += 1
+            counts.frames_read += len(frames)
+        return frames
+    return None
+
+
+def _bidi_packer_for(initial_metadata: Any) -> Packer | None:
+    """The packer of a session whose plugin said (initial metadata) it unpacks."""
+    limit = wire.frame_batch_limit(initial_metadata)
+    if limit <= 1:
+        return None
+
+    def pack(run: list[pb.InvokeServiceBidiRequest]) -> list[pb.InvokeServiceBidiRequest]:
+        return _pack_requests(run, limit)
+
+    return pack
+
+
+def _pack_requests(run: list[pb.InvokeServiceBidiRequest],
+                   limit: int) -> list[pb.InvokeServiceBidiRequest]:
+    """Consecutive frames of one kind with no metadata (nearly all of a realtime
+    session's) become one message each, up to `limit` frames or MAX_BATCH_BYTES;
+    anything else is left as it was, in order. Runs on the loop thread."""
+    if len(run) == 1:
+        return run
+    out: list[pb.InvokeServiceBidiRequest] = []
+    group: list[pb.InvokeServiceBidiRequest] = []
+    size = 0
+
+    def close_group() -> None:
+        if len(group) == 1:
+            out.append(group[0])
+        elif group:
+            data, md = wire.pack_frames([g.data for g in group])
+            out.append(pb.InvokeServiceBidiRequest(
+                data=data, message_type=group[0].message_type, metadata=md))
+            counts = wire.PACK_COUNTS
+            counts.written += 1
+            counts.frames_written += len(group)
+        group.clear()
+
+    for msg in run:
+        if msg.metadata or msg.is_first:
+            close_group()
+            size = 0
+            out.append(msg)
+            continue
+        if group and (msg.message_type != group[0].message_type or len(group) >= limit
+                      or size + len(msg.data) > MAX_BATCH_BYTES):
+            close_group()
+            size = 0
+        group.append(msg)
+        size += len(msg.data)
+    close_group()
+    return out
 
 
 class PluginClient:
@@ -167,11 +237,19 @@ class PluginClient:
         first_data: bytes = b"",
         first_type: str = "",
         metadata: dict[str, str] | None = None,
+        batch: bool = False,
     ) -> AsyncIterator[BidiSession]:
         """Open a bidi session; the first message carries service, auth and metadata
-        (`ws_conn_id` among them) as AOG's host sends it. No deadline (AOG's rule)."""
+        (`ws_conn_id` among them) as AOG's host sends it. No deadline (AOG's rule).
+
+        With `batch`, the call offers to unpack packed frames (`rpc.wire`): the
+        caller must then read them with `unpack_response`. Frames already waiting
+        to be written are packed too, once the plugin has said it unpacks them; an
+        AOG plugin never says so and gets one frame per message."""
+        offer = BIDI_BATCH_OFFER if batch else ()
         async with self.channel.stream(
-            SERVICE + "InvokeServiceBidi", pb.InvokeServiceBidiResponse
+            SERVICE + "InvokeServiceBidi", pb.InvokeServiceBidiResponse,
+            metadata=offer or None, packer_for=_bidi_packer_for if offer else None,
         ) as s:
             await s.send(pb.InvokeServiceBidiRequest(
                 service_name=service, auth_info=auth_info, is_first=True,

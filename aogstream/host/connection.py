@@ -11,13 +11,14 @@ provider, so a restart never changes what the gateway routes to.
 
 from __future__ import annotations
 
+import collections
 from typing import Protocol
 
 import trio
 
 from aogstream import errors
 from aogstream import manifest as m
-from aogstream.host.client import BidiSession, PluginClient
+from aogstream.host.client import BidiSession, PluginClient, unpack_response
 from aogstream.invocation import Frame, Invocation, Mode
 from aogstream.rpc.bridge import RpcFailure
 
@@ -164,7 +165,7 @@ class ProcessProvider:
         meta.update(first.metadata)
         async with client.invoke_service_bidi(
             inv.service, inv.auth_info, first_data=first.data, first_type=first.kind,
-            metadata=meta,
+            metadata=meta, batch=True,
         ) as session:
             pipe = SessionPipe(session)
             try:
@@ -188,15 +189,19 @@ class SessionPipe:
     or raises `failure`, which ends the invocation the usual way. Once ended or
     left, the client's further frames are dropped: the session has nowhere to put
     them.
+
+    A message in which the plugin packed several frames (`rpc.wire`) is handed out
+    one frame at a time, in order, before the next message is read.
     """
 
-    __slots__ = ("_over", "_session", "ended", "failure")
+    __slots__ = ("_over", "_session", "_unpacked", "ended", "failure")
 
     def __init__(self, session: BidiSession) -> None:
         self._session = session
         self.ended = trio.Event()
         self.failure: m.PluginError | RpcFailure | None = None
         self._over = False
+        self._unpacked: collections.deque[Frame] = collections.deque()
 
     async def send(self, frame: Frame) -> None:
         if not self._over:
@@ -206,6 +211,25 @@ class SessionPipe:
         if not self._over:
             self._session.send_nowait(frame.data, frame.kind, frame.metadata)
 
+    async def send_many(self, frames: list[Frame]) -> None:
+        # all queued before the writer is woken once: it finds them waiting together
+        session = self._session
+        n = 0
+        try:
+            for frame in frames:
+                if self._over:
+                    return
+                session.send_nowait(frame.data, frame.kind, frame.metadata, kick=False)
+                n += 1
+        except trio.WouldBlock:
+            pass
+        finally:
+            if n:
+                session.kick_writer()
+        for frame in frames[n:]:  # past the window: one at a time, waiting for room
+            await self.send(frame)
+        await trio.lowlevel.checkpoint_if_cancelled()
+
     def close(self) -> None:
         if not self._over:
             self._session.done_writing_nowait()
@@ -213,6 +237,8 @@ class SessionPipe:
     async def receive(self) -> Frame:
         if self._over:
             raise trio.EndOfChannel
+        if self._unpacked:
+            return self._unpacked.popleft()
         try:
             msg = await self._session.receive()
         except trio.EndOfChannel:
@@ -223,8 +249,14 @@ class SessionPipe:
             raise trio.EndOfChannel from None
         # `data` is already bytes; copying the (nearly always empty) metadata map
         # only when it has entries saves most of the per-frame cost here
-        return Frame(msg.data, msg.message_type or "binary",
-                     dict(msg.metadata) if msg.metadata else {})
+        if not msg.metadata:
+            return Frame(msg.data, msg.message_type or "binary", {})
+        packed = unpack_response(msg)
+        if packed is None:
+            return Frame(msg.data, msg.message_type or "binary", dict(msg.metadata))
+        kind = msg.message_type or "binary"
+        self._unpacked.extend([Frame(data, kind, {}) for data in packed[1:]])
+        return Frame(packed[0], kind, {})
 
     def _end(self, failure: m.PluginError | RpcFailure | None) -> None:
         self._over = True

@@ -37,7 +37,7 @@ import enum
 import logging
 import math
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, Generic, TypeVar
 
@@ -50,6 +50,12 @@ log = logging.getLogger(__name__)
 Req = TypeVar("Req")
 # responses are protobuf messages: the bridge decodes them with their `FromString`
 Resp = TypeVar("Resp", bound=Message)
+
+# Packs a run of request messages that are already waiting into fewer messages (see
+# `Channel.stream`'s `packer_for`); it never reorders them.
+type Packer = Callable[[list[Any]], list[Any]]
+# Given the server's initial metadata, the packer the call may use (or None).
+type PackerFor = Callable[[Sequence[tuple[str, str | bytes]]], Packer | None]
 
 
 class _End(enum.Enum):
@@ -336,6 +342,7 @@ class Channel:
         metadata: tuple[tuple[str, str], ...] | None = None,
         window: int = DEFAULT_WINDOW,
         is_last: Callable[[Resp], bool] | None = None,
+        packer_for: PackerFor | None = None,
     ) -> AsyncIterator[Stream[Any, Resp]]:
         """Open a server-streaming call (when `request` is given) or a bidi call.
 
@@ -344,8 +351,14 @@ class Channel:
         over for the caller, and the loop thread itself reads the end of the call, or
         cancels it if the end does not follow within LINGER_S. That saves the trio
         side a loop wake-up per call.
+
+        `packer_for` (bidi calls): once the server's initial metadata has arrived, it
+        says whether and how the writer may pack requests that are already queued
+        when it gets to them (several waiting frames in one message); a message
+        queued alone is always written as it is.
         """
-        s: Stream[Any, Resp] = Stream(self._gl, window, is_last, bidi=request is None)
+        s: Stream[Any, Resp] = Stream(self._gl, window, is_last, bidi=request is None,
+                                      packer_for=packer_for)
         self._gl.call_soon(s._start, self, method, response_type, request, timeout, metadata)
         try:
             yield s
@@ -367,8 +380,11 @@ class Stream(Generic[Req, Resp]):
         is_last: Callable[[Resp], bool] | None = None,
         *,
         bidi: bool = False,
+        packer_for: PackerFor | None = None,
     ) -> None:
         self._gl = gl
+        self._packer_for = packer_for
+        self._packer: Packer | None = None  # loop thread: set from initial metadata
         self._window = window
         self._is_last = is_last
         self._bidi = bidi
@@ -430,6 +446,11 @@ class Stream(Generic[Req, Resp]):
         assert self._read_credits is not None
         call = self._call
         try:
+            if self._packer_for is not None:
+                # headers come before any message, so waiting for them first delays
+                # nothing; a call that fails without them reads its error below
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    self._packer = self._packer_for(await call.initial_metadata() or ())
             while True:
                 await self._read_credits.acquire()
                 msg = await call.read()
@@ -466,6 +487,17 @@ class Stream(Generic[Req, Resp]):
                 self._writer_wake_pending = False
                 sent = 0
                 while self._outbox:
+                    if self._packer is not None and len(self._outbox) > 1:
+                        # several already waiting: one write for what packs together
+                        run: list[Any] = []
+                        outbox = self._outbox
+                        while outbox and outbox[0] is not _EOF:
+                            run.append(outbox.popleft())
+                        if run:
+                            for packed in self._packer(run):
+                                await call.write(packed)
+                            sent += len(run)
+                            continue
                     msg = self._outbox.popleft()
                     if msg is _EOF:
                         await call.done_writing()
@@ -617,15 +649,22 @@ class Stream(Generic[Req, Resp]):
         self._outbox.append(msg)
         self._kick_writer()
 
-    def send_nowait(self, msg: Req) -> None:
+    def send_nowait(self, msg: Req, *, kick: bool = True) -> None:
         """Queue one request message now; trio.WouldBlock when `window` messages are
-        already in flight."""
+        already in flight. With `kick=False` the writer is not woken: the caller
+        queues more and calls `kick_writer` once, so that the writer finds them all
+        waiting (and may pack them) instead of waking for the first alone."""
         if self._in_flight >= self._window:
             self._harvest_acks()
             if self._in_flight >= self._window:
                 raise trio.WouldBlock
         self._in_flight += 1
         self._outbox.append(msg)
+        if kick:
+            self._kick_writer()
+
+    def kick_writer(self) -> None:
+        """Wake the writer for what `send_nowait(kick=False)` queued."""
         self._kick_writer()
 
     async def done_writing(self) -> None:

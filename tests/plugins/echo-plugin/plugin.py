@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from aogstream.rpc.wire import PACK_COUNTS
 from aogstream.sdk import (
     BidiMessage,
     BidirectionalPlugin,
@@ -101,6 +102,10 @@ class Echo(LocalPluginProvider, StreamablePlugin, BidirectionalPlugin):
                     os._exit(5)
                 if msg.message_type == "text" and msg.data == b"fail":
                     raise PluginError(11, "asked to fail")
+                if msg.message_type == "text" and msg.data == b"pack-counts":
+                    # how many packed messages this process read and wrote so far
+                    await send(BidiMessage.text(PACK_COUNTS.as_dict()))
+                    continue
                 await send(BidiMessage(msg.data, msg.message_type))
         except asyncio.CancelledError:
             record("cancelled", conn=ws_conn_id)
