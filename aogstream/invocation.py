@@ -400,8 +400,9 @@ class Invocation:
         if pipe is not None:
             await pipe.send_many(frames)
         else:
+            send = self._input()[0]
             for frame in frames:
-                await self._in_send.send(frame)
+                await send.send(frame)
 
     def close_input(self) -> None:
         """The client finished sending (half-close)."""
