@@ -8,6 +8,7 @@ GatewayError carries both numbers from AOG's business-code families (10000 servi
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import attrs
@@ -97,16 +98,25 @@ SUCCESS_MESSAGES: dict[int, str] = {
 
 # An absolute path not preceded by a word character (so `a/b` in an expression, or a
 # URL path after a host name, is left alone): its folders are dropped, its name kept.
-# The gateway's own routes (`PUT /aog/v0.2/service_provider`, `/v1/...`, `/api/...`,
-# `/v0/management/...`) are what an error tells the user to call: they stay whole.
-_ABSOLUTE_DIRS = re.compile(
-    r"(?<![\w.$~:/])(?!/(?:aog|api|v\d+)/)(?:/[\w.+@-]+)+/(?=[\w.+@-])")
+_ABSOLUTE_DIRS = re.compile(r"(?<![\w.$~:/])/([\w.+@-]+)(?:/[\w.+@-]+)*/(?=[\w.+@-])")
+# Top folders of file systems, whether or not this machine has them (a plugin may run
+# elsewhere); any other top folder counts only if it exists here. What is left alone is
+# a URL path an error names: the gateway's routes (`PUT /aog/v0.2/service_provider`)
+# and a cloud's (`answered 404 for /chat/completions`) are what the user must act on.
+_ROOTS = frozenset({"home", "root", "tmp", "var", "srv", "opt", "usr", "etc", "mnt", "media",
+                    "run", "data", "work", "workspace", "Users", "private", "Volumes", "nix",
+                    "snap", "lib", "lib64", "bin", "sbin", "proc", "dev", "sys", "app"})
+
+
+def _folders(match: re.Match[str]) -> str:
+    top = match.group(1)
+    return "" if top in _ROOTS or os.path.isdir("/" + top) else match.group(0)
 
 
 def without_paths(text: str) -> str:
-    """`text` with the folders of absolute paths removed (`/srv/x/openai.yaml` becomes
+    """`text` with the folders of file paths removed (`/srv/x/openai.yaml` becomes
     `openai.yaml`): answers may name a file but never show where it lives."""
-    return _ABSOLUTE_DIRS.sub("", text)
+    return _ABSOLUTE_DIRS.sub(_folders, text)
 
 
 class GatewayError(Exception):

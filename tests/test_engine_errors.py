@@ -68,3 +68,10 @@ def test_a_plugin_error_naming_a_gateway_route_keeps_the_route_whole():
                                "p")
         assert route in err.message and "/srv/data/" not in err.message
         assert "keys.yaml" in err.message
+
+
+def test_a_plugin_error_naming_a_clouds_endpoint_keeps_it_whole():
+    err = from_plugin_code(2, "the cloud answered 404 for /chat/completions; model file "
+                              "/home/u/.local/share/aogstream/m.gguf", "openai-plugin")
+    assert "/chat/completions" in err.message
+    assert "/home/" not in err.message and "m.gguf" in err.message
