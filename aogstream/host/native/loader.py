@@ -23,6 +23,7 @@ invalid JSON, a refused registration) is logged with the reason and listed with 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
@@ -69,8 +70,10 @@ def goarch() -> str:
             "i386": "386", "i686": "386"}.get(machine, machine)
 
 
-def amd64_levels() -> list[str]:
-    """The x86-64 micro-architecture levels this CPU runs, best first (v4..v1)."""
+@functools.cache
+def amd64_levels() -> tuple[str, ...]:
+    """The x86-64 micro-architecture levels this CPU runs, best first (v4..v1); read
+    once (the loader looks for changed files every second, the CPU does not change)."""
     try:
         flags: set[str] = set()
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -78,7 +81,7 @@ def amd64_levels() -> list[str]:
                 flags = set(line.partition(":")[2].split())
                 break
     except OSError:
-        return ["v1"]
+        return ("v1",)
     levels = ["v1"]
     if {"sse4_2", "popcnt", "ssse3", "pni"} <= flags:
         levels.append("v2")
@@ -86,7 +89,7 @@ def amd64_levels() -> list[str]:
             levels.append("v3")
             if {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"} <= flags:
                 levels.append("v4")
-    return levels[::-1]
+    return tuple(levels[::-1])
 
 
 def search_dirs(root: Path) -> list[Path]:
