@@ -468,6 +468,10 @@ def test_microphone_works_where_client_api_keys_are_required(browser, api_keyed_
         c.wait_for("a partial result",
                    "Number(document.getElementById('asr-partial').dataset.partials || 0)")
         assert c.value("document.getElementById('mic').dataset.state") == "recording"
+        # the whole recording has gone to the gateway before it is stopped (stopped at
+        # the first partial, the final is only the words heard so far)
+        c.wait_for("the recording sent", "Number(document.getElementById('mic')"
+                   ".dataset.sentMs || 0) >= 5500", timeout=30)
         page.click("#mic")
         c.wait_for("task-finished",
                    "document.getElementById('mic').dataset.state === 'finished'")
