@@ -42,17 +42,16 @@ import os
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
 import openai
 import pytest
 from conftest import Gateway
-from harness import native
+from harness import cloud, native
 from test_native_auth import auth_dir, mgmt
 
 SECRETS: list[str] = []  # every credential the tests hand the gateway
@@ -397,14 +396,8 @@ class _Upstream(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def upstream() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with cloud.loopback_server(_Upstream) as base:
+        yield base
 
 
 def test_api_call_goes_through_the_plugin_with_the_records_credential(

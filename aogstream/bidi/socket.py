@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import trio
@@ -40,14 +40,9 @@ class AsgiWebSocket:
     async def receive(self) -> str | bytes:
         """The next text (str) or binary (bytes) message; Disconnected at the end."""
         while True:
-            msg = await self._receive()
-            kind = msg["type"]
-            if kind == "websocket.receive":
-                text = msg.get("text")
-                return text if text is not None else (msg.get("bytes") or b"")
-            if kind == "websocket.disconnect":
-                self.closed = True
-                raise Disconnected(msg.get("code"))
+            got = self._message(await self._receive())
+            if got is not None:
+                return got
 
     def receive_nowait(self) -> str | bytes:
         """`receive` of a message that is already waiting, else trio.WouldBlock (also
@@ -62,13 +57,21 @@ class AsgiWebSocket:
                 msg = nowait()
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 raise trio.WouldBlock from None  # `receive` reports the end
-            kind = msg["type"]
-            if kind == "websocket.receive":
-                text = msg.get("text")
-                return text if text is not None else (msg.get("bytes") or b"")
-            if kind == "websocket.disconnect":
-                self.closed = True
-                raise Disconnected(msg.get("code"))
+            got = self._message(msg)
+            if got is not None:
+                return got
+
+    def _message(self, msg: Mapping[str, Any]) -> str | bytes | None:
+        """A received message's text or bytes; None for other ASGI events (skipped);
+        Disconnected at the end."""
+        kind = msg["type"]
+        if kind == "websocket.receive":
+            text = msg.get("text")
+            return text if text is not None else (msg.get("bytes") or b"")
+        if kind == "websocket.disconnect":
+            self.closed = True
+            raise Disconnected(msg.get("code"))
+        return None
 
     async def send_text(self, text: str) -> None:
         if not self.closed:
