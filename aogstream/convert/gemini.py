@@ -27,7 +27,7 @@ from typing import Any
 from aogstream.convert.chat_form import InvalidRequest, new_id
 from aogstream.convert.chat_stream import ChatStreamTranslator, ToolCall
 from aogstream.convert.engine import ConvertError
-from aogstream.convert.upstream import Chunk, UpstreamToChat
+from aogstream.convert.upstream import Chunk, UpstreamToChat, merge_turn
 from aogstream.convert.upstream import chat_answer as _chat_answer
 from aogstream.convert.upstream import chat_messages as _messages
 from aogstream.convert.upstream import image_url as _image_url
@@ -79,12 +79,7 @@ def chat_to_gemini(chat: dict[str, Any]) -> dict[str, Any]:
     names: dict[str, str] = {}  # tool call id → function name
 
     def add(role: str, parts: list[dict[str, Any]]) -> None:
-        if not parts:
-            return
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["parts"].extend(parts)
-        else:
-            turns.append({"role": role, "parts": parts})
+        merge_turn(turns, role, "parts", parts)
 
     for msg in _messages(chat):
         role = msg["role"]

@@ -88,6 +88,19 @@ def _json_object(arguments: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def merge_turn(turns: list[dict[str, Any]], role: str, key: str,
+               items: list[dict[str, Any]]) -> None:
+    """Append `items` as a turn of `role` (its list under `key`: Anthropic's `content`,
+    Gemini's `parts`), into the last turn when that one is of the same role: both
+    formats want user and model turns to alternate. No items, no turn."""
+    if not items:
+        return
+    if turns and turns[-1]["role"] == role:
+        turns[-1][key].extend(items)
+    else:
+        turns.append({"role": role, key: items})
+
+
 def _claude_block(part: dict[str, Any]) -> dict[str, Any] | None:
     kind = part.get("type")
     if kind == "text":
@@ -110,12 +123,7 @@ def chat_to_claude(chat: dict[str, Any]) -> dict[str, Any]:
     turns: list[dict[str, Any]] = []
 
     def add(role: str, blocks: list[dict[str, Any]]) -> None:
-        if not blocks:
-            return
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
+        merge_turn(turns, role, "content", blocks)
 
     for msg in _messages(chat):
         role = msg["role"]
