@@ -5,7 +5,8 @@ and chat chunks the spec and real clients (Codex, Claude Code, the SDKs) send.
 Nothing is faked but the input dicts. Proven: each request maps onto the chat form as
 the spec's mapping table says (system prompts, content parts and images, tool
 declarations and choices, replayed calls merged into one assistant turn, tool results
-before the user's text); what cannot be honoured is refused naming the field; chat
+before the user's text, Anthropic `thinking` as the `reasoning_effort` whose budget the
+upstream translator sends back); what cannot be honoured is refused naming the field; chat
 streams become the exact event sequences (counters, closing one item or block before
 the next, terminal events for stop/length/failure) with the engine's usage or an
 estimate; unary answers convert too; the CPA format names are the ones exported.
@@ -329,6 +330,47 @@ def test_anthropic_refusals_name_the_field() -> None:
             anthropic.request_to_chat(body)
         assert exc.value.param == param, body
     assert "max_tokens" not in anthropic.request_to_chat({"messages": msgs}, count_only=True)
+
+
+@pytest.mark.parametrize(("thinking", "effort"), [
+    ({"type": "enabled", "budget_tokens": 1024}, "low"),
+    ({"type": "enabled", "budget_tokens": 1}, "low"),
+    ({"type": "enabled", "budget_tokens": 1025}, "medium"),
+    ({"type": "enabled", "budget_tokens": 8192}, "medium"),
+    ({"type": "enabled", "budget_tokens": 16000}, "high"),
+    ({"type": "enabled", "budget_tokens": 24576}, "high"),
+    ({"type": "enabled", "budget_tokens": 32768}, "xhigh"),
+    ({"type": "enabled", "budget_tokens": 100000}, "xhigh"),
+    ({"type": "disabled"}, "none"),
+    ({"type": "adaptive"}, None),  # Claude Code's: the model's default, no effort
+    (None, None),
+])
+def test_anthropic_thinking_is_chat_reasoning_effort(thinking: dict[str, Any] | None,
+                                                     effort: str | None) -> None:
+    body: dict[str, Any] = {"max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    if thinking is not None:
+        body["thinking"] = thinking
+    chat = anthropic.request_to_chat(body)
+    assert chat.get("reasoning_effort") == effort
+    assert "thinking" not in chat
+
+
+@pytest.mark.parametrize("effort", ["none", "low", "medium", "high", "xhigh"])
+def test_anthropic_thinking_inverts_the_upstream_budgets(effort: str) -> None:
+    """chat effort → Anthropic thinking (upstream) → chat effort is the same effort."""
+    claude = formats.request_from_chat(formats.CLAUDE, {
+        "messages": [{"role": "user", "content": "x"}], "reasoning_effort": effort})
+    assert formats.request_to_chat(formats.CLAUDE, claude)["reasoning_effort"] == effort
+
+
+@pytest.mark.parametrize("thinking", [
+    "on", {"type": "enabled"}, {"type": "enabled", "budget_tokens": 0},
+    {"type": "enabled", "budget_tokens": "2048"}, {"type": "enabled", "budget_tokens": True}])
+def test_anthropic_bad_thinking_names_the_field(thinking: Any) -> None:
+    with pytest.raises(InvalidRequest, match="thinking") as exc:
+        anthropic.request_to_chat({"max_tokens": 5, "thinking": thinking,
+                                   "messages": [{"role": "user", "content": "x"}]})
+    assert exc.value.param == "thinking"
 
 
 def test_anthropic_error_shape() -> None:

@@ -27,9 +27,10 @@ wins (no plugin `translate` call) and the normalizers still chain after it; disa
 the translator plugins in config.yaml takes the `x-lines` executor out of routing again,
 with its reason, while the `gemini` one keeps serving (no plugin hook left to run); for
 an executor that speaks the client's format no translate or normalize hook is called
-(spec §9.3). Thinking: a chat request with `reasoning_effort`, or a Responses request
-with `reasoning.effort`, for the provider `c-gemini` reaches the higher-priority applier
-(c-xlate, not c-xlate2) with CPA's Config, and its body reaches the executor; a request
+(spec §9.3). Thinking: a chat request with `reasoning_effort`, a Responses request
+with `reasoning.effort`, or an Anthropic request with `thinking` (a budget as the effort
+it falls in, disabled as none), for the provider `c-gemini` reaches the higher-priority
+applier (c-xlate, not c-xlate2) with CPA's Config, and its body reaches the executor; a request
 without a setting, and the applier claiming a native provider name, are never asked.
 Unit tests: negotiation with plugin translators, the thinking Config read from each
 format, the applier tie-break by ID, and how a plugin translator's stream answer splits
@@ -254,6 +255,28 @@ def test_thinking_applier_of_the_provider_rewrites_the_body(
     assert f"A thinking provider=c-gemini model=c-gemini {config}" in seen
     # the lower-priority applier of the same provider, and the one that claimed the
     # native name "gemini", are never asked
+    assert not any(e.startswith(("B thinking", "lines thinking")) for e in seen)
+
+
+@pytest.mark.parametrize(("thinking", "config"), [
+    ({"type": "enabled", "budget_tokens": 2048}, "mode=level level=medium budget=0"),
+    ({"type": "enabled", "budget_tokens": 16000}, "mode=level level=high budget=0"),
+    ({"type": "disabled"}, "mode=none level= budget=0"),
+])
+def test_anthropic_thinking_reaches_the_applier_as_its_effort(
+        xlate_gw: Gateway, thinking: Any, config: str) -> None:
+    """The Messages door carries `thinking` into the chat form as the effort whose
+    budget the upstream translator would send, so the applier is asked with it."""
+    since = len(events(xlate_gw))
+    ant = anthropic.Anthropic(base_url=xlate_gw.url, api_key="unused", max_retries=0,
+                              timeout=30)
+    msg = ant.messages.create(model="c-gemini", max_tokens=20000, thinking=thinking,
+                              messages=[{"role": "user", "content": "think-about-it"}])
+    assert msg.content[0].type == "text"
+    payload = wait_event(xlate_gw, since, lambda e: e.startswith("gemini payload "))
+    assert "thought-applied-A" in payload and "think-about-it" not in payload
+    seen = events(xlate_gw)[since:]
+    assert f"A thinking provider=c-gemini model=c-gemini {config}" in seen
     assert not any(e.startswith(("B thinking", "lines thinking")) for e in seen)
 
 

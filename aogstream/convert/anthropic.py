@@ -8,6 +8,9 @@ becomes a `message`; a chat stream becomes `message_start`, content blocks
 (`content_block_start` / `_delta` / `_stop`), `message_delta` (stop reason, cumulative
 usage) and `message_stop` through `AnthropicStream`.
 
+`thinking` becomes chat's `reasoning_effort` (a budget the effort `upstream`
+sends that budget for, `disabled` "none"; `adaptive` none at all).
+
 Lossy, as the spec lists: thinking blocks and `cache_control` are dropped; `is_error`
 on a tool result becomes a prefix of its text; images inside tool results become a
 note; a model's tool arguments that are not a JSON object become `{}`; a stop sequence
@@ -33,6 +36,7 @@ from aogstream.convert.chat_form import (
     usage_counts,
 )
 from aogstream.convert.chat_stream import ChatStreamTranslator, Event, ToolCall
+from aogstream.convert.upstream import effort_of_budget
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +197,28 @@ def _tool_choice(choice: Any) -> tuple[Any, bool | None]:
                          "tool_choice")
 
 
+def _reasoning_effort(thinking: Any) -> str | None:
+    """Anthropic's `thinking` as chat's `reasoning_effort` (what the chat and Responses
+    doors carry too, so providers and thinking appliers see one setting): an enabled
+    budget is the effort `upstream.chat_to_claude` would send that budget for,
+    disabled is "none"; adaptive (Claude Code's) leaves it to the model: no effort."""
+    if thinking is None:
+        return None
+    if not isinstance(thinking, dict):
+        raise InvalidRequest("'thinking' must be an object such as "
+                             "{\"type\": \"enabled\", \"budget_tokens\": 2048}", "thinking")
+    kind = thinking.get("type")
+    if kind == "disabled":
+        return "none"
+    if kind == "enabled":
+        budget = thinking.get("budget_tokens")
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise InvalidRequest("'thinking.budget_tokens' must be a positive integer "
+                                 "when thinking is enabled", "thinking")
+        return effort_of_budget(budget)
+    return None
+
+
 def request_to_chat(body: dict[str, Any], *, count_only: bool = False) -> dict[str, Any]:
     """An Anthropic Messages request as a chat request (InvalidRequest when it cannot be).
     `count_only`: a count_tokens body, where `max_tokens` is not required."""
@@ -253,6 +279,9 @@ def request_to_chat(body: dict[str, Any], *, count_only: bool = False) -> dict[s
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
             raise InvalidRequest("'stop_sequences' must be a list of strings", "stop_sequences")
         chat["stop"] = stops
+    effort = _reasoning_effort(body.get("thinking"))
+    if effort is not None:
+        chat["reasoning_effort"] = effort
     config = body.get("output_config")
     if not isinstance(config, dict):
         config = {}

@@ -34,6 +34,9 @@ RESPONSES_FINISH = {"max_output_tokens": "length", "content_filter": "content_fi
 # least is 1024; none turns thinking off; auto leaves it to the model's default)
 CLAUDE_THINKING = {"none": 0, "minimal": 1024, "low": 1024, "medium": 8192,
                    "high": 24576, "xhigh": 32768}
+# and back: an Anthropic budget → the least effort whose budget covers it ("low", not
+# "minimal", for the shared 1024; above the largest, the largest)
+CLAUDE_EFFORTS = ("low", "medium", "high", "xhigh")
 Chunk = dict[str, Any]
 
 
@@ -86,6 +89,13 @@ def _json_object(arguments: Any) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def effort_of_budget(budget: int) -> str:
+    """The chat `reasoning_effort` of an Anthropic thinking budget: `CLAUDE_THINKING`
+    inverted, so each effort's own budget maps back to that effort."""
+    return next((e for e in CLAUDE_EFFORTS if budget <= CLAUDE_THINKING[e]),
+                CLAUDE_EFFORTS[-1])
 
 
 def merge_turn(turns: list[dict[str, Any]], role: str, key: str,
