@@ -7,10 +7,12 @@ packs the frames that are already queued when its writer gets to them (`rpc.wire
 AOG's hosts and plugins never say so and keep one frame per message.
 
 Real parts: the packing codec and the SDK's outbox are unit-tested on their own (the
-outbox with a recording `write`); the rest runs the real echo plugin (aogstream.sdk)
-over real gRPC, directly and behind a real gateway with a real WebSocket client. The
-plugin reports its process's packing counters (`pack-counts`), which is how the tests
-see that bursts were packed while every frame still arrived, in order.
+outbox with a recording `write`, the socket's look into the server's queue with a
+trio channel as hypercorn's, through the observing wrapper with a recording observer);
+the rest runs the real echo plugin (aogstream.sdk) over real gRPC, directly and behind
+a real gateway with a real WebSocket client. The plugin reports its process's packing
+counters (`pack-counts`), which is how the tests see that bursts were packed while
+every frame still arrived, in order.
 """
 
 from __future__ import annotations
@@ -287,3 +289,42 @@ async def test_socket_over_an_unknown_receive_never_guesses():
     with pytest.raises(trio.WouldBlock):
         ws.receive_nowait()
     assert await ws.receive() == "x"
+
+
+async def test_socket_takes_waiting_frames_through_the_observing_wrapper():
+    """Every serving process wraps its app in `observe.middleware.Observed`: the
+    server's queue must stay reachable through its `receive` (else no burst is ever
+    taken), and frames taken that way are counted like any other."""
+    from aogstream.observe.middleware import Observed
+
+    records = []
+
+    class Observer:  # records what the wrapper reports; no files, no metrics
+        metrics = None
+
+        def next_id(self) -> str:
+            return "r1"
+
+        def finish(self, rec, gaps) -> None:
+            records.append(rec)
+
+    got: list[str | bytes] = []
+
+    async def app(scope, receive, send) -> None:
+        ws = AsgiWebSocket(receive, send)
+        got.append(await ws.receive())
+        got.append(ws.receive_nowait())
+        with pytest.raises(trio.WouldBlock):
+            ws.receive_nowait()
+
+    send, receive = trio.open_memory_channel(10)
+    send.send_nowait({"type": "websocket.receive", "bytes": b"\x01"})
+    send.send_nowait({"type": "websocket.receive", "text": "finish"})
+
+    async def server_send(msg) -> None:
+        pass
+
+    await Observed(app, Observer())({"type": "websocket", "path": "/x"}, receive.receive,
+                                    server_send)
+    assert got == [b"\x01", "finish"]
+    assert records[0].frames_in == 2 and records[0].bytes_in == 7

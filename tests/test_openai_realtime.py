@@ -17,7 +17,10 @@ subprotocols are answered with `realtime` (never the key) and pick the beta shap
 kind of bad input (unknown event type, no type, bad base64, odd-length PCM, an append over
 the size limit, an unknown model, a bad format rate, binary frames, broken JSON, a commit
 of an empty buffer) gets one `error` event with OpenAI's code, the client's event_id
-echoed, and the same socket then transcribes; an unknown model in the URL is refused with
+echoed, and the same socket then transcribes; a burst of appends written at once, a
+bad one among them, still transcribes and gets that one append's error (and, as a unit
+check of the door's loop, waiting appends are handed on together, in order, with the
+resampler running on across them); an unknown model in the URL is refused with
 an error event and close 4000; a session past its maximum duration (configured short)
 gets OpenAI's `session_expired` error event and a close.
 """
@@ -310,6 +313,106 @@ def test_an_engine_that_refuses_the_turn_is_an_error_event_and_the_next_turn_wor
         ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
         events = raw_events(ws, COMPLETED)
     assert word_error_rate(GOFORWARD_TEXT, events[-1]["transcript"]) <= 0.25, events[-1]
+
+
+def test_a_burst_of_appends_sent_at_once_transcribes_and_a_bad_one_among_them_is_answered(
+        gateway, speech):
+    """The whole recording as 40 ms appends written back to back, a bad append among
+    them and the commit right behind: the door hands waiting appends on together, and
+    the bad one still gets its own error event (its event_id echoed) while the audio
+    around it is transcribed, in order, as if it had come one append at a time."""
+    url = f"{gateway.ws_url}/v1/realtime?intent=transcription"
+    chunks = [speech[i:i + CHUNK] for i in range(0, len(speech), CHUNK)]
+    events = [json.dumps({"type": "input_audio_buffer.append", "audio": b64(c)})
+              for c in chunks]
+    events.insert(len(events) // 2, json.dumps({"type": "input_audio_buffer.append",
+                                                "audio": "%%%", "event_id": "bad-1"}))
+    events.append(json.dumps({"type": "input_audio_buffer.commit"}))
+    with connect(url, open_timeout=10, max_size=None) as ws:
+        assert json.loads(ws.recv(timeout=20))["type"] == "session.created"
+        ws.send(json.dumps({"type": "session.update", "session": {
+            "type": "transcription", "audio": {"input": {
+                "transcription": {"model": "pocketsphinx-en-us"},
+                "turn_detection": None}}}}))
+        assert json.loads(ws.recv(timeout=20))["type"] == "session.updated"
+        for ev in events:
+            ws.send(ev)
+        seen = raw_events(ws, COMPLETED)
+    errors = [e["error"] for e in seen if e["type"] == "error"]
+    assert [(e["code"], e["param"], e["event_id"]) for e in errors] == [
+        ("invalid_value", "audio", "bad-1")], seen
+    types = [e["type"] for e in seen]
+    assert types.index("error") < types.index("input_audio_buffer.committed"), types
+    assert seen[-1]["usage"]["seconds"] > 2, seen[-1]
+    assert word_error_rate(GOFORWARD_TEXT, seen[-1]["transcript"]) <= 0.25, seen[-1]
+
+
+def test_the_door_hands_waiting_appends_on_together_in_order():
+    """Unit check of the door's loop (a recording socket and invocation stand in for
+    the client and the plugin): appends already waiting go in one `send_many`, their
+    PCM the same as one resampler fed append by append; a bad append among them stops
+    the burst, gets its own error after the audio before it was handed on, and a lone
+    append after it goes at once with `send`."""
+    import trio
+
+    from aogstream.bidi.openai_realtime import OpenAIRealtimeSession, Turn
+    from aogstream.bidi.resample import StreamResampler
+    from aogstream.bidi.socket import Disconnected
+
+    log: list[tuple[str, Any]] = []
+    gap = "(the next message is not there yet)"
+
+    class Socket:
+        def __init__(self, msgs: list[str]) -> None:
+            self.msgs = msgs
+
+        async def receive(self) -> str:
+            while self.msgs and self.msgs[0] == gap:
+                self.msgs.pop(0)
+            if not self.msgs:
+                raise Disconnected(1000)
+            return self.msgs.pop(0)
+
+        def receive_nowait(self) -> str:
+            if not self.msgs or self.msgs[0] == gap:  # nothing waiting (yet)
+                raise trio.WouldBlock
+            return self.msgs.pop(0)
+
+        async def send_text(self, text: str) -> None:
+            log.append(("event", json.loads(text)))
+
+    class Inv:
+        async def send(self, frame: Any) -> None:
+            log.append(("send", [frame.data]))
+
+        async def send_many(self, frames: list[Any]) -> None:
+            log.append(("send_many", [f.data for f in frames]))
+
+    pcm = [bytes(range(i, i + 240)) * 4 for i in range(4)]  # 4 x 20 ms at 24 kHz
+
+    def append(data: bytes, **extra: str) -> str:
+        return json.dumps({"type": "input_audio_buffer.append", "audio": b64(data),
+                           **extra})
+    msgs = [append(pcm[0]), append(pcm[1]), append(pcm[2]),
+            json.dumps({"type": "input_audio_buffer.append", "audio": "%%%",
+                        "event_id": "bad-1"}),
+            gap, append(pcm[3])]
+    gateway = type("G", (), {"config": type("C", (), {"realtime_session_seconds": None})(),
+                             "route": lambda self, service, params: None})()
+    session = OpenAIRealtimeSession(Socket(msgs), gateway, "c1",  # type: ignore[arg-type]
+                                    beta=False, model=None)
+    turn = session.turn = Turn(1, None, 0, "audio/pcm")  # type: ignore[arg-type]
+    turn.inv = Inv()  # type: ignore[assignment]
+    trio.run(session._loop)
+
+    assert [kind for kind, _ in log] == ["send_many", "event", "send"], [
+        x if kind == "event" else kind for kind, x in log]
+    assert len(log[0][1]) == 3
+    err = log[1][1]["error"]
+    assert (err["code"], err["param"], err["event_id"]) == ("invalid_value", "audio", "bad-1")
+    reference = StreamResampler(24000, 16000)
+    assert b"".join(log[0][1] + log[2][1]) == b"".join(reference.feed(p) for p in pcm)
+    assert session.audio_ms == turn.audio_ms == 80
 
 
 def test_an_unknown_model_in_the_url_is_refused_with_an_error_and_close_4000(gateway):

@@ -13,7 +13,9 @@ task of the realtime plugin (AOG's run-task, PCM frames, finish-task), and the p
   Either update event is answered in its own name, whatever the generation.
 * Audio: `input_audio_buffer.append` carries base64 PCM16 at 24 kHz (or G.711 at
   8 kHz); a stateful resampler (`bidi.resample`) turns it into the engine's 16 kHz as it
-  arrives, so the plugin decodes while the client talks.
+  arrives, so the plugin decodes while the client talks. Appends already waiting on
+  the socket behind one are handed on with it (each resampled in order), so the
+  plugin's session may pack their audio into one message; a lone append goes at once.
 * Turns. With `turn_detection: null` a turn is everything appended until the client's
   `input_audio_buffer.commit`. With `server_vad` (the default, and `semantic_vad`) the
   engine's own end-of-utterance detection (whisper's silero VAD, pocketsphinx's
@@ -81,6 +83,12 @@ __all__ = ["PATH", "OpenAIRealtimeSession", "offered_subprotocols", "requested",
 
 log = logging.getLogger(__name__)
 
+APPENDS = ("input_audio_buffer.append", "session.input_audio_buffer.append")
+# at most this many appends handed on together, as `bidi.realtime_asr` does frames (a
+# bound on the work between two schedule points)
+BURST_FRAMES = 32
+
+
 class Turn:
     """One plugin task: the audio since the last commit (or a whole VAD stream)."""
 
@@ -128,6 +136,10 @@ class OpenAIRealtimeSession:
         self.buffered_ms = 0.0  # input audio not yet committed
         self.last_item: str | None = None
         self.nursery: trio.Nursery | None = None
+        # a message read (with `receive_nowait`) behind a burst of appends that is not
+        # one of them: the loop handles it next, in order
+        self.waiting: str | bytes | None = None
+        self.gone = False  # the client left while a burst was being read
 
     # ---- events out ----------------------------------------------------------------
 
@@ -165,10 +177,16 @@ class OpenAIRealtimeSession:
 
     async def _loop(self) -> None:
         while True:
-            try:
-                msg = await self.ws.receive()
-            except Disconnected:
+            msg = self.waiting
+            if msg is not None:
+                self.waiting = None
+            elif self.gone:
                 return
+            else:
+                try:
+                    msg = await self.ws.receive()
+                except Disconnected:
+                    return
             event_id: str | None = None
             try:
                 if isinstance(msg, bytes):
@@ -189,7 +207,7 @@ class OpenAIRealtimeSession:
         kind = event.get("type")
         if kind is None:
             raise BadEvent("invalid_event", "The 'type' field is missing.")
-        if kind == "input_audio_buffer.append" or kind == "session.input_audio_buffer.append":
+        if kind in APPENDS:
             await self._append(event.get("audio"))
         elif kind == "input_audio_buffer.commit":
             await self._commit()
@@ -227,7 +245,9 @@ class OpenAIRealtimeSession:
 
     # ---- audio ---------------------------------------------------------------------
 
-    async def _append(self, audio: object) -> None:
+    def _audio(self, audio: object) -> tuple[bytes, float]:
+        """One append's raw audio and its duration (ms); BadEvent when it is not audio
+        of the session's format or is over the size limit."""
         raw = decode_audio(self.settings.format, audio)
         ms = audio_ms(self.settings.format, raw)
         if ms > MAX_APPEND_SECONDS * 1000:
@@ -235,22 +255,73 @@ class OpenAIRealtimeSession:
                            f"{ms / 1000:.1f} s of audio, over the {MAX_APPEND_SECONDS} s "
                            "limit; send the audio in smaller appends (20-100 ms each is "
                            "typical).", "audio")
+        return raw, ms
+
+    def _feed(self, turn: Turn, raw: bytes, ms: float, burst: list[Frame]) -> None:
+        """Count one append's audio on the turn and the session timeline, and add its
+        engine PCM to `burst` (nothing once the turn failed: its commit says so)."""
+        turn.audio_ms += ms
+        self.audio_ms += ms
+        self.buffered_ms += ms
+        if turn.failed is None:
+            pcm = turn.engine_pcm(raw)
+            if pcm:
+                burst.append(Frame(pcm, "binary"))
+
+    async def _append(self, audio: object) -> None:
+        raw, ms = self._audio(audio)
         if not raw:
             return
         turn = self.turn
         if turn is None:
             turn = await self._open_turn()
-        turn.audio_ms += ms
-        self.audio_ms += ms
-        self.buffered_ms += ms
-        if turn.failed is not None:
-            return  # already answered with an error event; the commit says failed
-        pcm = turn.engine_pcm(raw)
-        if pcm and turn.inv is not None:
+        burst: list[Frame] = []
+        self._feed(turn, raw, ms, burst)
+        self._take_waiting_appends(turn, burst)
+        if not burst or turn.inv is None:
+            return
+        try:
+            if len(burst) == 1:
+                await turn.inv.send(burst[0])
+            else:
+                await turn.inv.send_many(burst)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # the task ended under it; its end was reported as an event
+
+    def _take_waiting_appends(self, turn: Turn, burst: list[Frame]) -> None:
+        """The good appends already waiting on the socket behind this one, fed to the
+        same turn in order (the resampler runs on as if they came one by one), so their
+        audio is handed on together and the plugin's session may pack it into one
+        message. Never waits: a lone append goes at once. Anything else (another event,
+        an append that is bad, or one after the turn ended) stops the burst and is kept
+        in `waiting`, for the loop to handle next as it would have."""
+        for _ in range(BURST_FRAMES - 1):
             try:
-                await turn.inv.send(Frame(pcm, "binary"))
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                pass  # the task ended under it; its end was reported as an event
+                msg = self.ws.receive_nowait()
+            except trio.WouldBlock:
+                return
+            except Disconnected:
+                self.gone = True  # after this burst's audio, as `receive` would say
+                return
+            audio = self._good_append(msg, turn)
+            if audio is None:
+                self.waiting = msg  # answered by the loop, after this burst's audio
+                return
+            if audio[0]:
+                self._feed(turn, *audio, burst)
+
+    def _good_append(self, msg: str | bytes, turn: Turn) -> tuple[bytes, float] | None:
+        """The audio of `msg` when it is a good append that `turn` still takes, else
+        None (the loop then handles it as any event, error and all)."""
+        if isinstance(msg, bytes) or self.turn is not turn:
+            return None
+        try:
+            event = safejson.loads_object(msg, "the event")
+            if event.get("type") not in APPENDS:
+                return None
+            return self._audio(event.get("audio"))
+        except (BadEvent, safejson.JSONInputError):
+            return None
 
     async def _open_turn(self) -> Turn:
         assert self.nursery is not None

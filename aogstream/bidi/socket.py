@@ -24,10 +24,12 @@ class AsgiWebSocket:
         self._send = send
         self.closed = False
         # the server's queue of ASGI events, when `receive` is a trio channel's (as
-        # hypercorn's is): lets `receive_nowait` take what is already waiting
+        # hypercorn's is), or a wrapper's that offers it (`observe.middleware`): lets
+        # `receive_nowait` take what is already waiting
         queue = getattr(receive, "__self__", None)
         self._receive_nowait: Callable[[], Any] | None = (
-            queue.receive_nowait if isinstance(queue, trio.MemoryReceiveChannel) else None)
+            queue.receive_nowait if isinstance(queue, trio.MemoryReceiveChannel)
+            else getattr(receive, "receive_nowait", None))
 
     async def accept(self, subprotocol: str | None = None) -> None:
         """Accept the upgrade, selecting `subprotocol` when given (a browser that offered

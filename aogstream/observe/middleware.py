@@ -121,9 +121,8 @@ class Observed:
         accepted = False
         waiting = 0.0  # when the first client frame not yet answered arrived
 
-        async def observed_receive() -> Message:
+        def seen(msg: Message) -> Message:
             nonlocal waiting
-            msg = await receive()
             if msg["type"] == "websocket.receive":
                 if not waiting:
                     waiting = perf()
@@ -136,6 +135,20 @@ class Observed:
                 if rec.close_code is None:
                     rec.close_code = msg.get("code", 1005)
             return msg
+
+        async def observed_receive() -> Message:
+            return seen(await receive())
+
+        # the server's `receive_nowait` stays reachable through this wrapper (counted
+        # the same), so a socket can take client frames already waiting as a burst
+        # (`bidi.socket.AsgiWebSocket.receive_nowait`)
+        queue = getattr(receive, "__self__", None)
+        nowait = (queue.receive_nowait if isinstance(queue, trio.MemoryReceiveChannel)
+                  else getattr(receive, "receive_nowait", None))
+        if nowait is not None:
+            take = nowait
+            observed_receive.receive_nowait = (  # type: ignore[attr-defined]
+                lambda: seen(take()))
 
         async def observed_send(msg: Message) -> None:
             nonlocal accepted, waiting
