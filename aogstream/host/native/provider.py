@@ -44,6 +44,7 @@ from aogstream.host.native.negotiation import CLIENT_FORMAT
 from aogstream.host.native.plugin import NATIVE_DESC, NativePlugin, plugin_error
 from aogstream.host.native.translate import Translation, compact
 from aogstream.invocation import Invocation, Mode
+from aogstream.sse.framing import SseDecoder
 
 log = logging.getLogger("aogstream.native")
 
@@ -440,9 +441,5 @@ def _payloads(chunk: bytes) -> list[bytes]:
     chunk = chunk.strip()
     if not chunk.startswith((b"data:", b"event:", b":")):
         return [chunk]
-    out = []
-    for frame in chunk.replace(b"\r\n", b"\n").split(b"\n\n"):
-        lines = [ln[5:].strip() for ln in frame.split(b"\n") if ln.startswith(b"data:")]
-        if lines:
-            out.append(b"\n".join(lines))
-    return out
+    decoder = SseDecoder()  # the gateway's own SSE parser, one chunk at a time
+    return decoder.feed(chunk) + decoder.flush()
