@@ -397,19 +397,19 @@ def test_error_envelope_carries_its_http_status() -> None:
 # ---- discovery and config (unit) ---------------------------------------------------------
 
 def test_discovery_prefers_arch_folders_versions_and_valid_ids(tmp_path: Path) -> None:
-    from aogstream.host.native import loader
+    from aogstream.host.native import discovery
 
-    arch = loader.goarch()
+    arch = discovery.goarch()
     (tmp_path / "linux" / arch).mkdir(parents=True)
     for name in ("a.so", "b-v1.2.so", "b-v1.10.so", "b.so", "-bad.so", "c.txt", "D.SO"):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "linux" / arch / "a.so").write_bytes(b"")
-    found = loader.discover([tmp_path])
+    found = discovery.discover([tmp_path])
     assert found["a"].path == tmp_path / "linux" / arch / "a.so"  # arch folder first
     assert found["b"].version == "1.10"  # numeric compare, versioned beats unversioned
     assert "D" in found and "-bad" not in found and "c" not in found
-    assert loader.discover([tmp_path], {"b": "v1.2"})["b"].version == "1.2"
-    assert "b" not in loader.discover([tmp_path], {"b": "9"})  # wanted version missing
+    assert discovery.discover([tmp_path], {"b": "v1.2"})["b"].version == "1.2"
+    assert "b" not in discovery.discover([tmp_path], {"b": "9"})  # wanted version missing
 
 
 def test_config_yaml_is_normalized_with_enabled_and_priority(tmp_path: Path) -> None:

@@ -123,7 +123,8 @@ def parse_flags(declared: list[dict[str, str]], argv: list[str]
 async def _run(cfg: Config, plugin_id: str, argv: list[str]) -> int:
     from aogstream.host.native import gojson as gj
     from aogstream.host.native.callbacks import HostServices
-    from aogstream.host.native.loader import CONFIG_FILE, discover, read_config
+    from aogstream.host.native.discovery import discover
+    from aogstream.host.native.loader import CONFIG_FILE, read_config
     from aogstream.host.native.plugin import HOST_SUMMARY, NativePlugin, metadata_object
     from aogstream.plugin_config import PluginConfigFile
 

@@ -33,7 +33,8 @@ from aogstream.host.native.configfile import (
     plugin_configs,
     save_doc,
 )
-from aogstream.host.native.loader import ID_RE, NativePlugins
+from aogstream.host.native.discovery import ID_RE
+from aogstream.host.native.loader import NativePlugins
 from aogstream.host.native.plugin import HOST_SUMMARY
 
 log = logging.getLogger("aogstream.native")

@@ -26,6 +26,12 @@ host, up to 1 MiB; then `stream_read` answers what has arrived, up to 32 KiB,
 falls back exactly like a client's). Both close with the scope that opened them.
 `host.model.*` speak `openai` only, and a plugin may not call the models it serves.
 `host.auth.*` read and write the plugins' auth records (`auths`).
+
+Why one module of this size: it is the one dispatcher behind `host_api.call`, and every
+method it answers shares its tables (callback scopes, open streams by ID, the HTTP
+client) and the rule that a call from any plugin thread is answered without blocking
+the event loop; the auth callbacks, the thread bridge and the streams' queues already
+live apart (`auths`, `bridge`).
 """
 
 from __future__ import annotations
