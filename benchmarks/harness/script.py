@@ -69,9 +69,11 @@ def script_main(body: Callable[[], int]) -> int:
 
 
 # The systems ttft, cpu and throughput compare: the baselines (direct, the floor), the
-# default gateway and `--workers 1`, LiteLLM.
-WORKER_COMPARISON = ("direct,floor,aogstream,aogstream-x1,litellm",
-                     "direct,floor,aogstream,aogstream-x1,aogstream-ollama,litellm")
+# default gateway and `--workers 1`, the gateway through a native in-process executor
+# (issue 18 judges both plugin kinds against the floor), LiteLLM.
+WORKER_COMPARISON = ("direct,floor,aogstream,aogstream-x1,aogstream-native,litellm",
+                     "direct,floor,aogstream,aogstream-x1,aogstream-native,aogstream-ollama,"
+                     "litellm")
 
 
 def run_measured(name: str, args: Any, systems: Sequence[str], measure: Callable[..., Any],
