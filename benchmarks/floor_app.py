@@ -12,6 +12,21 @@ answer runs the `receive()` watcher and shields its final send, as any correct t
 streamer must (a gateway cannot do without them, so neither does the floor). Timing
 (T₀, N, Δ) comes from the model name, body, query and headers exactly as in the stub
 (`stub_engine.timing_for`).
+
+It has a WebSocket side too, for benchmarks/realtime.py: on AOG's realtime path
+(`/aog/v0.2/services/speech-to-text-ws`) it behaves exactly like
+realtime_plugin/direct_ws.py (the realtime direct baseline) through ASGI instead of raw
+wsproto: accept, on `run-task` the gateway's `task-started` bytes, on each binary frame a
+`result-generated` partial naming the frame's sequence number, on `finish-task`
+`task-finished` (the last two built by the realtime plugin's own `events.py`, imported
+through direct_ws so all three systems send byte-identical frames). `first_delay` holds
+the first answer as direct_ws does (a deadline on `receive()`, no extra task); the
+benchmark's timed rounds do not use it. So the realtime floor is what hypercorn's trio
+worker and its ASGI WebSocket handling cost per frame before any gateway logic: one
+`receive()` and one `websocket.send` (one socket write) per frame, nothing else. It
+lives in this module, not a sibling, so that the HTTP and WebSocket floors are one
+process with one hypercorn configuration and one collector policy by construction, and
+the harness starts it the same way (`start_floor`) for either benchmark.
 """
 
 from __future__ import annotations
@@ -21,6 +36,7 @@ import gc
 import json
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -28,6 +44,8 @@ from urllib.parse import parse_qsl
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "realtime_plugin"))
+from direct_ws import EVENTS, task_started
 from stub_engine import MAX_BODY, BadRequest, StubEngine, Timing, _dumps, _iso, timing_for
 
 DEFAULT = Timing(0.0, 5, 0.0)
@@ -35,6 +53,7 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
                (b"cache-control", b"no-cache")]
 NDJSON_HEADERS = [(b"content-type", b"application/x-ndjson")]
+REALTIME_PATH = "/aog/v0.2/services/speech-to-text-ws"  # harness.realtime.REALTIME_PATH
 
 
 async def _body(receive: Any) -> bytes | None:
@@ -113,8 +132,68 @@ async def _stream(receive: Any, send: Any, headers: list[tuple[bytes, bytes]],
         nursery.cancel_scope.cancel()
 
 
+async def _realtime(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """AOG's realtime socket as direct_ws.py answers it, through ASGI: one `receive()`
+    and at most one `websocket.send` per client message, in the connection's own task
+    (hypercorn's); another path is refused (403) before the handshake completes."""
+    if (await receive())["type"] != "websocket.connect":
+        return
+    if scope["path"] != REALTIME_PATH:
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    await send({"type": "websocket.accept"})
+    task_id = str(uuid.uuid4())
+    result = EVENTS.result_event
+    seq = 0
+    first_delay = 0.0
+    held = 0  # frames waiting for first_delay to pass
+    due: float | None = None  # when the held frames are answered
+    while True:
+        if due is None:
+            msg = await receive()
+        else:
+            msg = None
+            with trio.move_on_at(due):
+                msg = await receive()
+            if msg is None:  # the delay passed: the held answers, in one send each
+                for _ in range(held):
+                    await send({"type": "websocket.send",
+                                "text": result(task_id, seq).decode()})
+                    seq += 1
+                held, due, first_delay = 0, None, 0.0
+                continue
+        kind = msg["type"]
+        if kind == "websocket.disconnect":
+            return
+        if kind != "websocket.receive":
+            continue
+        if msg.get("bytes") is not None:
+            if held or (seq == 0 and first_delay):
+                held += 1
+                if due is None:
+                    due = trio.current_time() + first_delay
+                continue
+            await send({"type": "websocket.send", "text": result(task_id, seq).decode()})
+            seq += 1
+            continue
+        try:
+            ctl = json.loads(msg.get("text") or "{}")
+        except ValueError:
+            continue  # direct_ws has no answer for it either
+        action = ctl.get("action") if isinstance(ctl, dict) else None
+        if action == "run-task":
+            params = ctl.get("parameters") or {}
+            first_delay = float(params.get("first_delay") or 0)
+            seq = 0
+            await send({"type": "websocket.send", "text": task_started(task_id)})
+        elif action == "finish-task":
+            await send({"type": "websocket.send",
+                        "text": EVENTS.finished_event(task_id).decode()})
+
+
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """The whole app: chat on the stub's two paths, /health, 404 for the rest."""
+    """The whole app: chat on the stub's two paths, /health, the realtime socket, 404
+    for the rest."""
     if scope["type"] == "lifespan":
         while True:
             msg = await receive()
@@ -123,6 +202,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             elif msg["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["type"] == "websocket":
+        await _realtime(scope, receive, send)
+        return
     if scope["type"] != "http":
         return
     path = scope["path"]

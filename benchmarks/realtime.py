@@ -5,16 +5,26 @@
 
 Each client session opens `/aog/v0.2/services/speech-to-text-ws`, sends AOG's run-task,
 then one 640-byte frame (20 ms of PCM16 16 kHz mono) every 20 ms, in real time, then
-finish-task. Two systems answer every frame at once with a `result-generated` partial
-naming the frame's sequence number:
+finish-task. Three systems answer every frame at once with a `result-generated` partial
+naming the frame's sequence number (the same bytes from all three):
 
 - direct:    benchmarks/realtime_plugin/direct_ws.py, a trio + wsproto WebSocket
-             server (the physical limit: no relay);
+             server (the physical limit: no relay, no ASGI, frames that arrive
+             together answered with one write);
+- floor:     benchmarks/floor_app.py's WebSocket side, a bare ASGI WebSocket handler on
+             hypercorn's trio worker, configured like the gateway's serving process
+             (the same process and settings as the HTTP floor ttft.py and cpu.py
+             use): what the stack the gateway cannot do without costs per frame
+             (one ASGI receive and one send, each its own socket write) before any
+             gateway logic;
 - aogstream: the real gateway relaying benchmarks/realtime_plugin/realtime-plugin
              (aogstream.sdk) over gRPC, the way it relays a speech engine's plugin.
 
-Per frame the client measures answer time − send time; "added" is aogstream's
-percentile minus direct's in the round run just before it. At each number of
+Rounds alternate direct, floor, aogstream. Per frame the client measures answer time −
+send time; "added" is a system's percentile minus direct's in the round run just
+before it. CPU per frame is also given against the floor (`CPU × floor`): issue 17
+asks aogstream for ≤ 2× direct, and the floor shows how much of that budget hypercorn
+and ASGI alone take. At each number of
 concurrent sessions it reports p50/p99 latency, the added latency (target: ≤ 1 ms per
 frame with 200 sessions), whether the sessions kept up in real time (every frame
 answered, p99 under one frame period, 20 ms), CPU per frame, and memory per session
@@ -246,6 +256,7 @@ async def run_round(sut: h.System, sessions: int, frames: int, timeout: float,
 
 TARGET_SESSIONS = 200
 TARGET_ADDED_MS = 1.0
+SYSTEMS = ("direct", "floor", "aogstream")  # the order rounds run in
 
 
 def params(args: argparse.Namespace) -> dict[str, Any]:
@@ -267,7 +278,7 @@ def params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def measure(bench: h.Bench, p: dict[str, Any]) -> dict[str, Any]:
-    systems = [bench.systems["direct"], bench.systems["aogstream"]]
+    systems = [bench.systems[s] for s in SYSTEMS]
     h.raise_fd_limit(4 * max(p["sessions"]) + 256)
     # warm-up: a session on each (imports, first gRPC stream, caches)
     for sut in systems:
@@ -297,11 +308,11 @@ def kept_up(r: RoundResult) -> bool:
 
 def summarise(p: dict[str, Any], rounds: list[RoundResult]) -> dict[str, Any]:
     """Per (sessions, system): medians over rounds; added = aogstream − direct per round
-    pair (run back to back), median over pairs."""
+    pair (run back to back), median over pairs; floor_added the same for the floor."""
     out: dict[str, Any] = {}
     for c in p["sessions"]:
         by = {s: [r for r in rounds if r.sessions == c and r.system == s]
-              for s in ("direct", "aogstream")}
+              for s in SYSTEMS}
         row: dict[str, Any] = {}
         for s, rs in by.items():
             frames = [r.frames_answered for r in rs]
@@ -324,8 +335,9 @@ def summarise(p: dict[str, Any], rounds: list[RoundResult]) -> dict[str, Any]:
                 "lag_ms": max((r.send_lag_max_ms for r in rs), default=0.0),
                 "errors": sorted({e for r in rs for e in r.errors})[:5],
             }
-        pairs = list(zip(by["direct"], by["aogstream"], strict=False))
-        row["added"] = {q: h.med(b_[q] - a_[q] for a_, b_ in
+        for key, s in (("added", "aogstream"), ("floor_added", "floor")):
+            pairs = list(zip(by["direct"], by[s], strict=False))
+            row[key] = {q: h.med(b_[q] - a_[q] for a_, b_ in
                                  ((vars(a), vars(b)) for a, b in pairs))
                         for q in ("p50", "p90", "p99")}
         out[str(c)] = row
@@ -337,41 +349,47 @@ def report(bench: h.Bench, p: dict[str, Any], summary: dict[str, Any]) -> str:
         f"- each session: run-task, then a {FRAME_BYTES}-byte frame (20 ms of PCM16 16 kHz "
         f"mono) every 20 ms for {p['seconds']:g} s ({p['frames']} frames), then "
         f"finish-task; sessions spread evenly over the 20 ms period; {p['rounds']} rounds "
-        "per system and session count, alternating direct, aogstream",
+        "per system and session count, alternating direct, floor, aogstream",
         "- direct: `benchmarks/realtime_plugin/direct_ws.py` (trio + wsproto, answers each "
-        "frame at once); aogstream: the gateway relaying "
-        "`benchmarks/realtime_plugin/realtime-plugin` (aogstream.sdk) over gRPC; the stub "
-        "engine is not used here",
+        "frame at once); floor: `benchmarks/floor_app.py`'s WebSocket side, a bare ASGI "
+        "WebSocket handler on hypercorn's trio worker configured like the gateway's serving "
+        "process, answering like direct (what hypercorn + ASGI WebSocket handling cost per "
+        "frame before any gateway logic); aogstream: the gateway relaying "
+        "`benchmarks/realtime_plugin/realtime-plugin` (aogstream.sdk) over gRPC; all three "
+        "send the same bytes; the stub engine is not used here",
         "- latency: answer received − frame sent, per frame, at the client (p50/p99: median "
-        "over rounds); added = aogstream − direct, per round pair, median over pairs",
+        "over rounds); added = system − direct, per round pair, median over pairs",
     ])
     lines += ["## Per-frame latency and cost", ""]
     rows = []
     for c, row in summary.items():
-        for s in ("direct", "aogstream"):
+        for s in SYSTEMS:
             r = row[s]
             if s == "direct":
-                added50 = added99 = "—"
+                added50 = added99 = cpu_xf = "—"
                 x50 = cpu_x = "1.00×"
             else:
-                a50 = row["added"]["p50"]
+                added = row["added" if s == "aogstream" else "floor_added"]
+                a50 = added["p50"]
                 added50 = (h.target(a50, TARGET_ADDED_MS, " ms")
-                           if int(c) == TARGET_SESSIONS else h.fmt(a50, 2, sign=True))
-                added99 = h.fmt(row["added"]["p99"], 2, sign=True)
+                           if int(c) == TARGET_SESSIONS and s == "aogstream"
+                           else h.fmt(a50, 2, sign=True))
+                added99 = h.fmt(added["p99"], 2, sign=True)
                 x50 = h.ratio(r["p50"], row["direct"]["p50"])
                 cpu_x = h.ratio(r["cpu_us_per_frame"], row["direct"]["cpu_us_per_frame"])
+                cpu_xf = h.ratio(r["cpu_us_per_frame"], row["floor"]["cpu_us_per_frame"])
             rows.append([c, s, h.fmt(r["p50"]), h.fmt(r["p99"]), added50, added99, x50,
                          f"{r['kept_up']}/{r['rounds']}", h.fmt(r["cpu_us_per_frame"], 0),
-                         cpu_x, h.fmt(r["kb_per_session_open"], 1),
+                         cpu_x, cpu_xf, h.fmt(r["kb_per_session_open"], 1),
                          h.fmt(r["kb_per_session_stream"], 1),
                          f"{r['answered']}/{r['sent']}", h.fmt(r["lag_ms"], 1)])
     lines += h.md_table(
         ["sessions", "system", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms",
-         "p50 × direct", "real time", "CPU µs/frame", "CPU × direct", "KB/session open",
-         "KB/session streaming", "answered/sent", "client lag max ms"], rows,
-        align="rl" + "r" * 12)
+         "p50 × direct", "real time", "CPU µs/frame", "CPU × direct", "CPU × floor",
+         "KB/session open", "KB/session streaming", "answered/sent", "client lag max ms"],
+        rows, align="rl" + "r" * 13)
     sustained = {}
-    for s in ("direct", "aogstream"):
+    for s in SYSTEMS:
         ok = [int(c) for c, row in summary.items()
               if row[s]["kept_up"] * 2 >= row[s]["rounds"] > 0]
         sustained[s] = max(ok, default=0)
@@ -381,18 +399,23 @@ def report(bench: h.Bench, p: dict[str, Any], summary: dict[str, Any]) -> str:
             f"{c} sessions: " + ", ".join(
                 f"{s} " + " + ".join(f"{role} {h.fmt(v, 0)}"
                                       for role, v in row[s]["cpu_us_by_role"].items())
-                for s in ("direct", "aogstream"))
+                for s in SYSTEMS)
             for c, row in summary.items()) + ". The client's own CPU (share of one CPU while "
         "streaming): " + "; ".join(
-            f"{c} sessions: direct {h.fmt(row['direct']['client_cpu_share'])}, aogstream "
-            f"{h.fmt(row['aogstream']['client_cpu_share'])}" for c, row in summary.items())
-        + ".",
+            f"{c} sessions: " + ", ".join(f"{s} {h.fmt(row[s]['client_cpu_share'])}"
+                                          for s in SYSTEMS)
+            for c, row in summary.items()) + ".",
         "",
         "`real time`: rounds in which every session opened and finished, every frame was "
         "answered and p99 stayed under one frame period (20 ms). `CPU µs/frame`: CPU of all "
         "the system's processes during the streaming phase / frames answered (each frame is "
-        "one message in and one out). `KB/session`: (RSS of all the system's processes with "
-        "the sessions open, before audio / mid-stream − before opening) / sessions. "
+        "one message in and one out). `CPU × floor`: the same ÷ the floor's in the same "
+        "run, the floor being hypercorn's trio worker and its ASGI WebSocket handling "
+        "alone (the floor's own excess over direct is that stack's price: one ASGI receive "
+        "and one send per frame, each send its own socket write, where direct answers "
+        "frames that arrived together with one write). `KB/session`: (RSS of all the "
+        "system's processes with the sessions open, before audio / mid-stream − before "
+        "opening) / sessions. "
         "`client lag max`: how late the client's sender was against the schedule at worst "
         "(the client shares the 2 CPUs; a large value means the client, not the system, "
         "fell behind).",
@@ -404,8 +427,8 @@ def report(bench: h.Bench, p: dict[str, Any], summary: dict[str, Any]) -> str:
                          "target"], [
         [s, str(sustained[s]), (f"{TARGET_SESSIONS} with ≤ {TARGET_ADDED_MS:g} ms added"
                                 if s == "aogstream" else "—")]
-        for s in ("direct", "aogstream")], align="lrl")
-    errs = sorted({e for row in summary.values() for s in ("direct", "aogstream")
+        for s in SYSTEMS], align="lrl")
+    errs = sorted({e for row in summary.values() for s in SYSTEMS
                    for e in row[s]["errors"]})
     if errs:
         lines += ["", "Errors seen: " + "; ".join(errs[:8])]
@@ -416,14 +439,16 @@ def report(bench: h.Bench, p: dict[str, Any], summary: dict[str, Any]) -> str:
 def plot(p: dict[str, Any], rounds: list[RoundResult], summary: dict[str, Any]) -> Any:
     fig, (ax1, ax2) = h.figure(ncols=2)
     top = max(p["sessions"])
-    for s in ("direct", "aogstream"):
+    for i, s in enumerate(SYSTEMS):
         vals = [x / 1000 for r in rounds if r.sessions == top and r.system == s
                 for x in r.latency_ms]
         h.cdf(ax1, vals, s)
         cs = [int(c) for c in summary]
-        ax2.plot(cs, [summary[c][s]["p50"] for c in summary], marker="o", label=f"{s} p50")
+        color = f"C{i}"  # one colour per system in both panels
+        ax2.plot(cs, [summary[c][s]["p50"] for c in summary], marker="o", color=color,
+                 label=f"{s} p50")
         ax2.plot(cs, [summary[c][s]["p99"] for c in summary], marker="x", linestyle="--",
-                 label=f"{s} p99")
+                 color=color, label=f"{s} p99")
     ax1.set_xlabel("per-frame latency, ms")
     ax1.set_ylabel("fraction of frames")
     ax1.set_title(f"{top} concurrent sessions")
@@ -442,7 +467,7 @@ def plot(p: dict[str, Any], rounds: list[RoundResult], summary: dict[str, Any]) 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    h.common_args(ap, "realtime", systems="direct,aogstream")
+    h.common_args(ap, "realtime", systems="direct,floor,aogstream")
     ap.add_argument("--sessions", default="",
                     help="concurrent session counts (quick 10,50; full "
                          "1,10,50,100,200,300)")
@@ -462,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
                      keep_logs=args.keep_logs) as bench:
             assert bench.stub is not None
             bench.adopt(h.start_direct_ws(bench.tmp))
+            bench.adopt(h.start_realtime_floor(bench.tmp))
             bench.adopt(h.start_realtime_gateway(bench.tmp, bench.stub,
                                                  workers=args.workers))
             for name, sut in bench.systems.items():

@@ -30,7 +30,8 @@ import harness as h
 
 SCRIPTS = ("ttft", "cpu", "throughput", "knee", "memory", "cancel", "realtime", "coldstart")
 # `floor`: a bare ASGI app on hypercorn's trio worker (floor_app.py), what the required
-# HTTP stack costs per request; ttft, cpu and throughput run it
+# HTTP stack costs per request; ttft, cpu and throughput run it, and realtime runs its
+# WebSocket side (what hypercorn + ASGI WebSocket handling cost per frame)
 # `native`: the gateway relaying through a native (C ABI) executor loaded in process
 # (benchmarks/native_relay); cpu and ttft run it
 COLUMNS = ("direct", "floor", "aogstream", "aogstream-x1", "aogstream-native", "litellm")
@@ -172,18 +173,29 @@ def realtime_at(d: dict[str, Any]) -> tuple[int, dict[str, Any]]:
 
 def realtime_added(d: dict[str, Any]) -> Cells:
     _, s = realtime_at(d)
-    return {"direct": 0.0, "aogstream": s["added"]["p50"]}
+    out = {"direct": 0.0, "aogstream": s["added"]["p50"]}
+    if "floor_added" in s:  # runs before the floor was added have none
+        out["floor"] = s["floor_added"]["p50"]
+    return out
 
 
 def realtime_sustained(d: dict[str, Any]) -> Cells:
     out: Cells = {}
     for c in sorted(d["summary"], key=int):
         for name, x in d["summary"][c].items():
-            if name != "added" and x.get("rounds") and x["kept_up"] / x["rounds"] >= 0.5:
+            if not isinstance(x, dict) or "kept_up" not in x:
+                continue  # "added", "floor_added": differences, not systems
+            if x.get("rounds") and x["kept_up"] / x["rounds"] >= 0.5:
                 out[name] = float(int(c))
-            elif name != "added":
+            else:
                 out.setdefault(name, 0.0)
     return out
+
+
+def realtime_cpu(d: dict[str, Any], sessions: int = 10) -> Cells:
+    """CPU µs per frame of each system's processes at `sessions` sessions."""
+    return {name: x["cpu_us_per_frame"] for name, x in d["summary"][str(sessions)].items()
+            if isinstance(x, dict) and "cpu_us_per_frame" in x}
 
 
 def ran(d: dict[str, Any]) -> set[str]:
@@ -313,6 +325,10 @@ def build(data: dict[str, dict[str, Any]]) -> tuple[list[list[str]], list[str]]:
     row("realtime sessions sustained", "realtime",
         safe(lambda: realtime_sustained(rt)) if rt else {}, 0, "≥ 200",
         lambda v: v["aogstream"] >= 200 if top and top >= 200 else None)
+    # issue 17: CPU per frame, all of a system's processes, ≤ 2× the direct server's
+    row("realtime CPU µs per frame (10 sessions)", "realtime",
+        safe(lambda: realtime_cpu(rt, 10)) if rt else {}, 0, "≤ 2× direct",
+        lambda v: v["aogstream"] <= 2 * v["direct"])
 
     cs = data.get("coldstart", {})
     row("cold start: exec → first 200 on health (s)", "coldstart",

@@ -20,7 +20,8 @@ module's docstring says why it is built the way it is.
   start_litellm, stop, wait_listening, their command lines stub_argv, aogstream_argv,
   litellm_argv, label, protocol_of, ALL_SYSTEMS).
 - `realtime`: AOG's realtime protocol and its systems (run_task, FINISH_TASK, frame_seq,
-  event_name, start_direct_ws, start_realtime_gateway, read_events).
+  event_name, start_direct_ws, start_realtime_floor, start_realtime_gateway,
+  read_events).
 - `http_client`: the raw-socket HTTP client (call, KeepAlive, Result, chat_body,
   model_name, request_bytes, PROTOCOLS).
 - `websocket`: the raw-socket WebSocket client (WsClient, WsError).
@@ -73,6 +74,7 @@ from .realtime import (
     read_events,
     run_task,
     start_direct_ws,
+    start_realtime_floor,
     start_realtime_gateway,
 )
 from .schedules import MAX_INFLIGHT, closed_loop, open_loop
@@ -190,6 +192,7 @@ __all__ = [
     "start_direct_ws",
     "start_floor",
     "start_litellm",
+    "start_realtime_floor",
     "start_realtime_gateway",
     "start_stub",
     "stop",

@@ -3,9 +3,11 @@ answers it, and the two realtime systems as harness `System`s.
 
 - `run_task(...)`, `FINISH_TASK`, `frame_seq(text)`, `event_name(text)`: the frames a
   client sends and the cheap readings of the stub's answers.
-- `start_direct_ws` (the direct WebSocket baseline, realtime_plugin/direct_ws.py) and
-  `start_realtime_gateway` (the gateway with the realtime stub plugin): handed to a
-  `Bench` with `Bench.adopt`, so it measures, reports and stops them like its own.
+- `start_direct_ws` (the direct WebSocket baseline, realtime_plugin/direct_ws.py),
+  `start_realtime_floor` (floor_app.py's WebSocket side: the bare ASGI floor on
+  hypercorn's trio worker) and `start_realtime_gateway` (the gateway with the realtime
+  stub plugin): handed to a `Bench` with `Bench.adopt`, so it measures, reports and
+  stops them like its own.
 - `read_events`: the JSON lines the stubs record.
 """
 
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from .layout import HERE
 from .processes import free_port, popen
-from .systems import System, start_aogstream, stop, wait_listening
+from .systems import System, start_aogstream, start_floor, stop, wait_listening
 
 REALTIME_PLUGIN_DIR = HERE / "realtime_plugin"
 REALTIME_PLUGIN = "realtime-plugin"
@@ -73,6 +75,15 @@ def start_direct_ws(tmp: Path, events: Path | None = None, name: str = "direct")
     except BaseException:
         stop(sut)
         raise
+    return sut
+
+
+def start_realtime_floor(tmp: Path, name: str = "floor") -> System:
+    """benchmarks/floor_app.py serving the realtime path: the same process and hypercorn
+    configuration as the HTTP floor (`start_floor`), measured through its WebSocket side
+    (what hypercorn's trio worker + ASGI WebSocket handling cost per frame)."""
+    sut = start_floor(tmp, name=name)
+    sut.paths = {"ws": REALTIME_PATH}
     return sut
 
 
