@@ -5,9 +5,12 @@ sockets in a temporary folder, the lane's codec (`rpc.lane`) on both sides, the 
 protobuf messages. The plugin end is a small trio server in this module that speaks the
 contract of `rpc.lane` and does what each test asks (answer, refuse, stay silent, hang
 up); the SDK's own end is proven against this host end in its own tests. The supervisor
-check builds the environment a plugin would be launched with, without launching one.
+check builds the environment a plugin would be launched with, without launching one;
+the worker check dials the real echo plugin over gRPC, with a lane socket bound beside
+its socket here when the plugin did not make one itself.
 
-Proven: a unary round trip reuses its connection and concurrent calls use several; a
+Proven: a unary round trip reuses its connection and concurrent calls use several;
+messages larger than the socket's buffer cross whole both ways; a
 stream's burst is read at once and handed out by `receive_nowait`, and the connection is
 kept; a bidi session carries frames both ways with one task reading and another sending,
 packs queued frames once the plugin said it unpacks them, and a reader parked on it
@@ -15,8 +18,9 @@ flushes what a `send_nowait` left behind; a deadline gives DEADLINE_EXCEEDED and
 the connection (the plugin sees EOF), as does a caller cancelled mid-stream; a plugin
 that hangs up mid-call gives UNAVAILABLE, and one that ends a call with a status gives
 that status; a pooled connection the plugin closed is not reused; `close()` closes the
-idle connections and refuses new calls; `end_reading` wakes a parked reader; and
-`AOGSTREAM_PLUGIN_LANE=off` means no offer.
+idle connections and refuses new calls; `end_reading` wakes a parked reader;
+`AOGSTREAM_PLUGIN_LANE=off` means no offer; and a worker process dials the lane beside
+the socket the primary reports only when the primary says the plugin serves on it.
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from hostutil import ECHO_PLUGIN
+from hostutil import ECHO_PLUGIN, running_plugin
 
 from aogstream import manifest as m
 from aogstream.config import Config
 from aogstream.host import lane as host_lane
+from aogstream.host.attached import AttachedPlugin
 from aogstream.host.client import PluginClient
 from aogstream.host.lane import LaneChannel, open_lane
 from aogstream.host.process import PluginSupervisor
@@ -218,6 +223,19 @@ async def test_unary_round_trip_reuses_its_connection(tmp_path):
         assert channel.idle_connections == 1
         method, metadata, timeout = plugin.opens[0]
         assert method == "InvokeService" and metadata == [] and timeout == 3
+
+
+async def test_messages_larger_than_the_socket_buffer_cross_whole(tmp_path):
+    async with fake_plugin(tmp_path) as (plugin, channel):
+        big = os.urandom(3 * 1024 * 1024)
+        resp = await channel.unary(UNARY, unary_req("echo", big), pb.InvokeServiceResponse,
+                                   timeout=WAIT_S)
+        assert resp.response_data == big
+        async with channel.stream(STREAM, pb.InvokeServiceStreamResponse,
+                                  request=unary_req("burst", big), timeout=WAIT_S,
+                                  is_last=lambda r: r.is_final) as s:
+            assert len([r async for r in s]) == 5
+        assert plugin.accepted == 1 and channel.idle_connections == 1
 
 
 async def test_concurrent_calls_use_one_connection_each_and_pool_them(tmp_path):
@@ -505,3 +523,30 @@ def test_lane_is_used_only_when_its_socket_exists(tmp_path):
         assert found is not None and found.path == os.path.join(tmp_path, lane.LANE_NAME)
     finally:
         sock.close()
+
+
+async def test_worker_dials_the_lane_only_when_the_primary_says_so():
+    async with running_plugin() as (plugin, _client):
+        assert plugin.address.startswith("unix:")
+        lane_file = lane.lane_path("unix", plugin.address.removeprefix("unix:"))
+        assert lane_file is not None
+        bound = None
+        if not os.path.exists(lane_file):  # a plugin of our SDK makes it itself
+            bound = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            bound.bind(lane_file)
+        try:
+            for says in (True, False):
+                worker = AttachedPlugin(plugin.manifest, plugin.config, plugin._gl)
+                await worker.follow({"state": "running", "address": plugin.address,
+                                     "pid": plugin.pid, "lane": says})
+                client = worker.provider.client
+                assert client is not None
+                if says:
+                    assert client.lane is not None and client.lane.path == lane_file
+                else:
+                    assert client.lane is None
+                await worker.stop()
+        finally:
+            if bound is not None:
+                bound.close()
+                os.unlink(lane_file)
