@@ -26,9 +26,6 @@ of `HEADER` (payload length, u32 big-endian, then one kind byte) and the payload
 * plugin → host: optionally `HEADERS` (JSON `[[k, v], ...]`, the initial metadata),
   response messages (`MSG`), and `END` (JSON `{"code", "details"}`, a gRPC status
   name such as "OK" or "UNIMPLEMENTED") after which the connection takes the next call.
-  `MSG` and `HALF_CLOSE` frames of a call that arrive after its `END` (the host was
-  still sending) are dropped by the plugin, so the host may send the next `OPEN` as
-  soon as it has read `END`, without half-closing first.
 The host cancels a call by closing its connection (the plugin cancels the handler at
 once, as a cancelled gRPC call would); a plugin that dies closes it too, which the
 host reports as "UNAVAILABLE". Nothing here does I/O: this module is the codec and the
