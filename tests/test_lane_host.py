@@ -10,15 +10,17 @@ the worker check dials the real echo plugin over gRPC, with a lane socket bound 
 its socket here when the plugin did not make one itself.
 
 Proven: a unary round trip reuses its connection and concurrent calls use several;
-messages larger than the socket's buffer cross whole both ways; a
-stream's burst is read at once and handed out by `receive_nowait`, and the connection is
-kept; a bidi session carries frames both ways with one task reading and another sending,
-packs queued frames once the plugin said it unpacks them, and a reader parked on it
-flushes what a `send_nowait` left behind; a deadline gives DEADLINE_EXCEEDED and closes
-the connection (the plugin sees EOF), as does a caller cancelled mid-stream; a plugin
-that hangs up mid-call gives UNAVAILABLE, and one that ends a call with a status gives
-that status; a pooled connection the plugin closed is not reused; `close()` closes the
-idle connections and refuses new calls; `end_reading` wakes a parked reader;
+messages larger than the socket's buffer cross whole both ways; a stream's burst is
+read at once and handed out by `receive_nowait`, and the connection is kept; after its
+last message a stream's connection waits for the END, is reused once it came, and is
+closed (the call cancelled) once the bridge's linger time is over without it; a bidi
+session carries frames both ways with one task reading and another sending, packs
+queued frames once the plugin said it unpacks them, and a reader parked on it flushes
+what a `send_nowait` left behind; a deadline gives DEADLINE_EXCEEDED and closes the
+connection (the plugin sees EOF), as does a caller cancelled mid-stream; a plugin that
+hangs up mid-call gives UNAVAILABLE, and one that ends a call with a status gives that
+status; a pooled connection the plugin closed is not reused; `close()` closes the idle
+connections and refuses new calls; `end_reading` wakes a parked reader;
 `AOGSTREAM_PLUGIN_LANE=off` means no offer; and a worker process dials the lane beside
 the socket the primary reports only when the primary says the plugin serves on it.
 """
@@ -43,7 +45,7 @@ from aogstream.host.attached import AttachedPlugin
 from aogstream.host.client import PluginClient
 from aogstream.host.lane import LaneChannel, open_lane
 from aogstream.host.process import PluginSupervisor
-from aogstream.rpc import lane, wire
+from aogstream.rpc import bridge, lane, wire
 from aogstream.rpc.bridge import RpcFailure
 from aogstream.rpc.gen import provider_pb2 as pb
 
@@ -69,6 +71,7 @@ class FakePlugin:
         self.eofs = 0  # connections the host closed (or that broke)
         self.opens: list[tuple[str, list[tuple[str, str]], float | None]] = []
         self.holding = 0
+        self.ends_sent = 0
         self.release = trio.Event()
         self.go = trio.Event()
         self.bidi_msgs: list[pb.InvokeServiceBidiRequest] = []
@@ -185,9 +188,14 @@ class FakePlugin:
                 await stream.send_all(msg(pb.InvokeServiceStreamResponse(
                     chunk_data=f"data: {i}\n\n".encode())))
                 await trio.sleep(0.01)
-        elif what == "final_no_end":
+        elif what in ("final_no_end", "final_then_end"):
             await stream.send_all(msg(pb.InvokeServiceStreamResponse(
                 chunk_data=b"data: last\n\n", is_final=True)))
+            if what == "final_then_end":
+                await self.release.wait()
+                await stream.send_all(lane.END_OK)
+                self.ends_sent += 1
+                self._notify()
         # "silent": answers nothing, ends only when the host closes the connection
 
 
@@ -291,16 +299,37 @@ async def test_stream_burst_is_coalesced_by_receive_nowait_and_pooled(tmp_path):
         assert tuple(metadata) == wire.BATCH_OFFER  # call metadata travels in OPEN
 
 
-async def test_last_message_without_end_closes_the_connection(tmp_path):
+async def test_end_after_the_last_message_is_read_by_the_next_call(tmp_path):
+    async with fake_plugin(tmp_path) as (plugin, channel):
+        async with channel.stream(STREAM, pb.InvokeServiceStreamResponse,
+                                  request=unary_req("final_then_end"),
+                                  is_last=lambda r: r.is_final) as s:
+            assert (await s.receive()).is_final
+            with pytest.raises(trio.EndOfChannel):
+                await s.receive()
+        # over for the caller; the connection waits for its END, uncancelled
+        assert channel.lingering_connections == 1 and channel.idle_connections == 0
+        plugin.release.set()
+        await plugin.wait_for(lambda: plugin.ends_sent == 1, "the late END")
+        resp = await channel.unary(UNARY, unary_req("echo", b"next"), pb.InvokeServiceResponse)
+        assert resp.response_data == b"next"
+        assert plugin.accepted == 1 and plugin.eofs == 0  # the same connection, reused
+        assert channel.lingering_connections == 0
+
+
+async def test_no_end_after_the_last_message_cancels_once_linger_is_over(tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.setattr(bridge, "LINGER_S", 0.05)
     async with fake_plugin(tmp_path) as (plugin, channel):
         async with channel.stream(STREAM, pb.InvokeServiceStreamResponse,
                                   request=unary_req("final_no_end"),
                                   is_last=lambda r: r.is_final) as s:
             assert (await s.receive()).is_final
-            with pytest.raises(trio.EndOfChannel):
-                await s.receive()
-        await plugin.wait_for(lambda: plugin.eofs == 1, "EOF")
-        assert channel.idle_connections == 0
+        assert channel.lingering_connections == 1
+        await trio.sleep(0.06)  # past LINGER_S on trio's clock: no race involved
+        await channel.unary(UNARY, unary_req("echo"), pb.InvokeServiceResponse)
+        await plugin.wait_for(lambda: plugin.eofs == 1, "EOF: the call cancelled")
+        assert plugin.accepted == 2 and channel.lingering_connections == 0
 
 
 async def test_bidi_one_task_reads_while_another_sends(tmp_path):

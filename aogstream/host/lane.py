@@ -22,6 +22,15 @@ knowing which. Why it is built the way it is:
   it, which is how the plugin learns of it. Several concurrent calls are several
   connections; idle ones are kept (LIFO, up to `POOL_SIZE`) and checked with a
   non-blocking peek before reuse (a plugin that closed one gave it EOF).
+* **After an `is_last` message** the call is over for the caller, as on the bridge,
+  but the plugin's `END` often comes a moment later (its handler returns after the
+  write). Rather than wait for it, or close the connection and cancel a handler that is
+  finishing anyway (measured: a third of 20-chunk streams), the connection lingers: the
+  next call's connect reads the `END`s that arrived meanwhile (no task, no timer) and
+  pools those connections; one still without its `END` after the bridge's `LINGER_S`
+  is closed then, which cancels the call in the plugin. So a plugin that goes on after
+  its last message is cancelled by the next call after `LINGER_S` (or when the
+  channel closes), where the bridge's loop thread does it at `LINGER_S` itself.
 * **Failures are gRPC's**: connection refused, EOF or a reset mid-call are
   "UNAVAILABLE" (`host.connection` then asks the keeper whether the process died), the
   call's deadline is "DEADLINE_EXCEEDED" (enforced here and sent in OPEN, so the plugin
@@ -45,7 +54,7 @@ are read, requests queued with `send_nowait(kick=False)` are packed at `kick_wri
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import errno
 import math
 import os
@@ -58,7 +67,7 @@ from typing import Any, Final, Generic, TypeVar
 import trio
 from google.protobuf.message import DecodeError, Message
 
-from aogstream.rpc import lane
+from aogstream.rpc import bridge, lane
 from aogstream.rpc.bridge import Packer, PackerFor, RpcFailure
 
 Req = TypeVar("Req", bound=Message)
@@ -161,6 +170,9 @@ class LaneChannel:
     def __init__(self, path: str) -> None:
         self.path = path
         self._idle: list[_Conn] = []
+        # connections of calls left after their `is_last` message, whose END had not
+        # arrived yet, with when to give up on it (oldest first)
+        self._lingering: collections.deque[tuple[_Conn, float]] = collections.deque()
         self._closed = False
         # one read buffer for every call of the channel: a read copies out of it into
         # the connection's decoder before anything else runs (trio is one thread)
@@ -173,6 +185,8 @@ class LaneChannel:
         """An idle connection that is still alive, or a new one."""
         if self._closed:
             raise RpcFailure("UNAVAILABLE", "the plugin's lane is closed")
+        if self._lingering:
+            self._settle_lingering()
         idle = self._idle
         while idle:
             conn = idle.pop()
@@ -212,6 +226,58 @@ class LaneChannel:
         else:
             self._idle.append(conn)
 
+    def _settle(self, conn: _Conn) -> bool | None:
+        """A call whose last message was read: read its END if it has arrived, without
+        waiting (anything before it is dropped). True: END read and the connection is
+        free; None: not yet; False: it broke (EOF, an error, bytes that are no frame)."""
+        decoder = conn.decoder
+        while True:
+            try:
+                item = decoder.next()
+            except lane.LaneProtocolError:
+                return False
+            if item is not None:
+                if item[0] == _END:
+                    return not decoder.pending
+                continue
+            try:
+                n = conn.sock.recv_into(self._buf)
+            except BlockingIOError:
+                return None
+            except OSError:
+                return False
+            if not n:
+                return False
+            decoder.feed(self._view[:n])
+
+    def _linger(self, conn: _Conn) -> None:
+        """Keep a connection whose END is still on its way (see the module's notes)."""
+        if self._closed:
+            conn.close()
+            return
+        lingering = self._lingering
+        lingering.append((conn, trio.current_time() + bridge.LINGER_S))
+        if len(lingering) > POOL_SIZE:
+            lingering.popleft()[0].close()
+
+    def _settle_lingering(self) -> None:
+        now = trio.current_time()
+        waiting: collections.deque[tuple[_Conn, float]] = collections.deque()
+        for conn, give_up in self._lingering:
+            settled = self._settle(conn)
+            if settled:
+                self._release(conn)
+            elif settled is None and now < give_up:
+                waiting.append((conn, give_up))
+            else:
+                conn.close()  # past LINGER_S: cancelled in the plugin, as the bridge does
+        self._lingering = waiting
+
+    @property
+    def lingering_connections(self) -> int:
+        """Connections waiting for the END of a call left after its last message."""
+        return len(self._lingering)
+
     @property
     def idle_connections(self) -> int:
         """Connections kept for the next calls (for tests and diagnostics)."""
@@ -223,6 +289,9 @@ class LaneChannel:
         self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
+            conn.close()
+        lingering, self._lingering = self._lingering, collections.deque()
+        for conn, _ in lingering:
             conn.close()
 
     # ---- calls -------------------------------------------------------------------------
@@ -682,50 +751,30 @@ class LaneStream(Generic[Req, Resp]):
 
     # ---- the end -------------------------------------------------------------------------
 
-    def _read_end_nowait(self) -> None:
-        """After the `is_last` message: read the END that normally follows it, if it
-        has arrived, without waiting (what else arrived before it is dropped)."""
-        sock = self._sock
-        channel = self._channel
-        decoder = self._decoder
-        while self._end is None and self._failure is None and sock is not None:
-            try:
-                item = decoder.next()
-            except lane.LaneProtocolError:
-                return
-            if item is not None:
-                kind, payload = item
-                if kind == _END:
-                    with contextlib.suppress(lane.LaneProtocolError):
-                        self._end = lane.parse_end(payload)
-                    return
-                continue
-            try:
-                n = sock.recv_into(channel._buf)
-            except OSError:  # nothing yet (BlockingIOError), or broken
-                return
-            if not n:
-                return
-            decoder.feed(channel._view[:n])
-
     def _teardown(self) -> None:
-        """The `stream` block is left: pool the connection or close it (= cancel)."""
+        """The `stream` block is left: pool the connection, let it linger for the END
+        after an `is_last` message, or close it (= cancel the call in the plugin)."""
         sock = self._sock
         if sock is None:
             return
-        if self._end is None and self._clean_end and self._failure is None:
-            self._read_end_nowait()
-        reusable = (self._end is not None and self._failure is None
-                    and not self._flushing and self._read_scope is None
-                    and not self._decoder.pending)
-        if self._held or self._out:
-            # requests still queued (the plugin ended the call first): whether one of
-            # them was half written is not worth tracking, so the connection goes
-            reusable = False
         self._sock = None
-        if reusable:
-            self._channel._release(self._conn)
-            return
+        channel, conn = self._channel, self._conn
+        # requests still queued (the plugin ended the call first): whether one of them
+        # was half written is not worth tracking, so such a connection goes
+        sound = (self._failure is None and not self._flushing and self._read_scope is None
+                 and not self._held and not self._out)
+        if sound and self._end is not None:
+            if not self._decoder.pending:
+                channel._release(conn)
+                return
+        elif sound and self._clean_end:
+            settled = channel._settle(conn)
+            if settled:
+                channel._release(conn)
+                return
+            if settled is None:
+                channel._linger(conn)
+                return
         if not self._finished and self._failure is None:
             self._failure = RpcFailure("CANCELLED", "the call was cancelled")
-        self._conn.close()
+        conn.close()
