@@ -179,9 +179,9 @@ class Config:
     # `store.postgres`); empty: the embedded SQLite file in the data directory.
     database_url: str = ""
     # Offer aogstream.sdk plugins the lane (`rpc.lane`): their Invoke rpcs on a plain
-    # framed unix socket instead of gRPC, which costs far more per request and per
-    # realtime frame than the work it carries. Off (`AOGSTREAM_PLUGIN_LANE=off`): no
-    # offer, every plugin speaks gRPC only, for A/B measurement or should the lane fail.
+    # framed unix socket instead of gRPC, whose cost per request and per realtime frame
+    # is far above the work it carries. Off (`AOGSTREAM_PLUGIN_LANE=off`): no offer,
+    # every plugin speaks gRPC only, for A/B measurement or should the lane fail.
     plugin_lane: bool = True
 
     @property

@@ -153,7 +153,8 @@ def _pack_requests(run: list[pb.InvokeServiceBidiRequest],
                    limit: int) -> list[pb.InvokeServiceBidiRequest]:
     """Consecutive frames of one kind with no metadata (nearly all of a realtime
     session's) become one message each, up to `limit` frames or MAX_BATCH_BYTES;
-    anything else is left as it was, in order. Runs on the loop thread."""
+    anything else is left as it was, in order. Runs on the bridge's loop thread, or
+    in the sending task on the lane."""
     if len(run) == 1:
         return run
     out: list[pb.InvokeServiceBidiRequest] = []
