@@ -178,6 +178,11 @@ class Config:
     # A PostgreSQL URL puts the store there (several gateway hosts share it, see
     # `store.postgres`); empty: the embedded SQLite file in the data directory.
     database_url: str = ""
+    # Offer aogstream.sdk plugins the lane (`rpc.lane`): their Invoke rpcs on a plain
+    # framed unix socket instead of gRPC, whose cost per request and per realtime frame
+    # is far above the work it carries. Off (`AOGSTREAM_PLUGIN_LANE=off`): no offer,
+    # every plugin speaks gRPC only, for A/B measurement or should the lane fail.
+    plugin_lane: bool = True
 
     @property
     def db_path(self) -> Path:
@@ -208,6 +213,8 @@ class Config:
             realtime_session_seconds=_env_float("AOGSTREAM_REALTIME_SESSION_SECONDS",
                                                 3600.0) or None,
             database_url=os.environ.get("AOGSTREAM_DATABASE_URL", "").strip(),
+            plugin_lane=os.environ.get("AOGSTREAM_PLUGIN_LANE", "on").strip().lower()
+            not in ("0", "false", "no", "off"),
         )
         for key, value in overrides.items():
             if value is not None:

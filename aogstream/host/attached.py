@@ -6,7 +6,9 @@ its view of every plugin (state, pid, address). A plugin restart is therefore on
 process that every worker re-dials, never one process per worker.
 
 An `AttachedPlugin` keeps no process: it is the keeper of the plugin's
-`ProcessProvider` in this worker, the way `PluginSupervisor` is in the primary.
+`ProcessProvider` in this worker, the way `PluginSupervisor` is in the primary. When
+the primary says the plugin serves on the lane (`rpc.lane`, offered by the primary
+only), this worker dials the lane beside the socket too.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from aogstream import manifest as m
 from aogstream.config import Config
 from aogstream.host.client import PluginClient
 from aogstream.host.connection import ProcessProvider
+from aogstream.host.lane import LaneChannel, open_lane
 from aogstream.rpc.bridge import Channel, GrpcLoop, RpcFailure
 
 log = logging.getLogger("aogstream.host")
@@ -41,6 +44,7 @@ class AttachedPlugin:
         self.address = ""
         self.provider = ProcessProvider(manifest, self)
         self._channel: Channel | None = None
+        self._lane: LaneChannel | None = None
         self._update = trio.Event()
 
     async def follow(self, info: dict[str, Any]) -> None:
@@ -54,9 +58,12 @@ class AttachedPlugin:
         self.exit_status = info.get("exit_status")
         if address != self.address:
             old, self._channel, self.address = self._channel, None, ""
+            old_lane, self._lane = self._lane, None
             self.provider.detach()
             if address:
-                await self._dial(address)
+                await self._dial(address, lane=bool(info.get("lane")))
+            if old_lane is not None:
+                old_lane.close()
             if old is not None:
                 await old.close()  # calls still on it fail; `exited` says why
         connected = self.provider.client is not None
@@ -64,7 +71,7 @@ class AttachedPlugin:
         update, self._update = self._update, trio.Event()
         update.set()
 
-    async def _dial(self, address: str) -> None:
+    async def _dial(self, address: str, *, lane: bool = False) -> None:
         channel = await self._gl.open_channel(address)
         try:
             await channel.wait_ready(self.config.plugin_connect_timeout)
@@ -74,7 +81,9 @@ class AttachedPlugin:
             log.error("plugin %s: %s", self.name, self.last_error)
             return
         self._channel, self.address = channel, address
-        self.provider.attach(PluginClient(channel, self.manifest))
+        if lane and self.config.plugin_lane and address.startswith("unix:"):
+            self._lane = open_lane("unix", address.removeprefix("unix:"))
+        self.provider.attach(PluginClient(channel, self.manifest, self._lane))
 
     async def exited(self) -> tuple[bool, int | None]:
         """The call broke: did the plugin's process die? The primary says so a moment
@@ -88,6 +97,9 @@ class AttachedPlugin:
     async def stop(self) -> None:
         """Hang up (the primary stops the process itself)."""
         channel, self._channel = self._channel, None
+        lane, self._lane = self._lane, None
         self.provider.detach()
+        if lane is not None:
+            lane.close()
         if channel is not None:
             await channel.close()

@@ -1,6 +1,8 @@
 """The host's view of one plugin: every method of AOG's `client` package, in trio.
 
-Each method is one `protocol.ProviderService` rpc through the bridge. A result code
+Each method is one `protocol.ProviderService` rpc through the bridge, or, for the three
+Invoke rpcs of a plugin that listens on the lane (`rpc.lane`), through `host.lane`'s
+`LaneChannel`, which offers the same calls and streams (`CallStream`). A result code
 other than 0/200 raises `PluginError(code, message)` (as AOG's Go client does);
 gRPC-level failures (process gone, deadline) raise `RpcFailure`.
 """
@@ -10,18 +12,46 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import trio
 
 from aogstream import manifest as m
+from aogstream.host.lane import LaneChannel
 from aogstream.rpc import wire
-from aogstream.rpc.bridge import Channel, Packer, Stream
+from aogstream.rpc.bridge import Channel, Packer
 from aogstream.rpc.gen import provider_pb2 as pb
 from aogstream.rpc.wire import BATCH_OFFER, BIDI_BATCH_OFFER, MAX_BATCH_BYTES
 from aogstream.sse.framing import SseDecoder, SseEvents
 
 SERVICE = "/protocol.ProviderService/"
+
+RespT_co = TypeVar("RespT_co", covariant=True)
+
+
+class CallStream(Protocol[RespT_co]):
+    """What the code here uses of a streaming call: `rpc.bridge.Stream` (gRPC) and
+    `host.lane.LaneStream` (the lane) both have it."""
+
+    async def receive(self) -> RespT_co: ...
+
+    def receive_nowait(self) -> RespT_co: ...
+
+    def __aiter__(self) -> CallStream[RespT_co]: ...
+
+    async def __anext__(self) -> RespT_co: ...
+
+    async def send(self, msg: Any) -> None: ...
+
+    def send_nowait(self, msg: Any, *, kick: bool = True) -> None: ...
+
+    def kick_writer(self) -> None: ...
+
+    async def done_writing(self) -> None: ...
+
+    def done_writing_nowait(self) -> None: ...
+
+    def end_reading(self) -> None: ...
 
 
 def is_success(code: int) -> bool:
@@ -41,7 +71,7 @@ def _load(raw: bytes) -> Any:
 class BidiSession:
     """An open InvokeServiceBidi call: send client frames, receive plugin frames."""
 
-    def __init__(self, stream: Stream[pb.InvokeServiceBidiRequest, pb.InvokeServiceBidiResponse]):
+    def __init__(self, stream: CallStream[pb.InvokeServiceBidiResponse]):
         self._s = stream
 
     async def send(
@@ -123,7 +153,8 @@ def _pack_requests(run: list[pb.InvokeServiceBidiRequest],
                    limit: int) -> list[pb.InvokeServiceBidiRequest]:
     """Consecutive frames of one kind with no metadata (nearly all of a realtime
     session's) become one message each, up to `limit` frames or MAX_BATCH_BYTES;
-    anything else is left as it was, in order. Runs on the loop thread."""
+    anything else is left as it was, in order. Runs on the bridge's loop thread, or
+    in the sending task on the lane."""
     if len(run) == 1:
         return run
     out: list[pb.InvokeServiceBidiRequest] = []
@@ -159,10 +190,15 @@ def _pack_requests(run: list[pb.InvokeServiceBidiRequest],
 
 
 class PluginClient:
-    """A connected plugin. `manifest` is the on-disk one (AOG routes by it too)."""
+    """A connected plugin. `manifest` is the on-disk one (AOG routes by it too).
 
-    def __init__(self, channel: Channel, manifest: m.PluginManifest) -> None:
+    With `lane`, the three Invoke rpcs go over it and every other rpc over `channel`
+    (gRPC); without, everything goes over `channel`."""
+
+    def __init__(self, channel: Channel, manifest: m.PluginManifest,
+                 lane: LaneChannel | None = None) -> None:
         self.channel = channel
+        self.lane = lane
         self.manifest = manifest
         self.name = manifest.provider.name
 
@@ -206,7 +242,12 @@ class PluginClient:
     ) -> bytes:
         req = pb.InvokeServiceRequest(service_name=service, request_data=request,
                                       auth_info=auth_info)
-        resp = _check(await self._call("InvokeService", req, pb.InvokeServiceResponse, timeout))
+        if self.lane is not None:
+            resp = _check(await self.lane.unary(SERVICE + "InvokeService", req,
+                                                pb.InvokeServiceResponse, timeout=timeout))
+        else:
+            resp = _check(await self._call("InvokeService", req, pb.InvokeServiceResponse,
+                                           timeout))
         return bytes(resp.response_data)
 
     @asynccontextmanager
@@ -222,7 +263,8 @@ class PluginClient:
         """
         req = pb.InvokeServiceRequest(service_name=service, request_data=request,
                                       auth_info=auth_info)
-        async with self.channel.stream(
+        via = self.lane if self.lane is not None else self.channel
+        async with via.stream(
             SERVICE + "InvokeServiceStream", pb.InvokeServiceStreamResponse,
             request=req, timeout=timeout, metadata=BATCH_OFFER, is_last=_is_final,
         ) as s:
@@ -247,7 +289,8 @@ class PluginClient:
         to be written are packed too, once the plugin has said it unpacks them; an
         AOG plugin never says so and gets one frame per message."""
         offer = BIDI_BATCH_OFFER if batch else ()
-        async with self.channel.stream(
+        via = self.lane if self.lane is not None else self.channel
+        async with via.stream(
             SERVICE + "InvokeServiceBidi", pb.InvokeServiceBidiResponse,
             metadata=offer or None, packer_for=_bidi_packer_for if offer else None,
         ) as s:
@@ -381,7 +424,7 @@ def _dump(obj: Any) -> bytes:
 
 
 async def _stream_events(
-    s: Stream[Any, pb.InvokeServiceStreamResponse],
+    s: CallStream[pb.InvokeServiceStreamResponse],
 ) -> AsyncIterator[list[bytes]]:
     """Batches of event payloads (`SseEvents`, carrying the plugin's own SSE bytes when
     they can be relayed as they are)."""
@@ -431,7 +474,7 @@ async def _stream_events(
 
 
 async def _progress_events(
-    s: Stream[Any, pb.PullModelStreamResponse],
+    s: CallStream[pb.PullModelStreamResponse],
 ) -> AsyncIterator[dict[str, Any]]:
     async for msg in s:
         if msg.data:

@@ -5,6 +5,11 @@ and every invocation it was serving ends at once with an error that says so
 (AOG's host never noticed a dead plugin). Serving calls is not done here: each
 `PluginSupervisor` owns the plugin's `ProcessProvider` (`host.connection`) and hands
 it the connection each time the process comes up.
+
+The lane (`rpc.lane`) is negotiated here: the supervisor offers it in the plugin's
+environment (unless `Config.plugin_lane` is off), and a plugin of our SDK that took
+the offer listens on it before its handshake line, so the lane's socket exists beside
+the gRPC one once the handshake is read; the plugin's Invoke rpcs then go over it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from aogstream import manifest as m
 from aogstream.config import SECRET_ENV, Config
 from aogstream.host.client import PluginClient
 from aogstream.host.connection import ProcessProvider, crash_error
+from aogstream.host.lane import LaneChannel, open_lane
 from aogstream.rpc.bridge import Channel, GrpcLoop, RpcFailure
 from aogstream.rpc.gen import grpc_controller_pb2
 from aogstream.rpc.handshake import (
@@ -39,6 +45,7 @@ from aogstream.rpc.handshake import (
     parse_handshake,
 )
 from aogstream.rpc.hostcall import HOST_SOCKET_ENV
+from aogstream.rpc.lane import LANE_ENV, LANE_NAME, LANE_OFFER
 
 log = logging.getLogger("aogstream.host")
 
@@ -82,13 +89,15 @@ def plugin_log_line(line: str, default: int) -> tuple[int, str]:
 
 
 def remove_socket_dir(address: str) -> None:
-    """Once a plugin has exited: its unix socket, and the private folder go-plugin made
-    for it (`<tmp>/pluginXXXX`) when that folder is left empty. A plugin killed before
-    it could clean up would otherwise leave one folder behind per start."""
+    """Once a plugin has exited: its unix socket and its lane's (`rpc.lane`), and the
+    private folder go-plugin made for it (`<tmp>/pluginXXXX`) when that folder is left
+    empty. A plugin killed before it could clean up would otherwise leave one folder
+    behind per start."""
     path = Path(address)
-    with contextlib.suppress(OSError):
-        if stat.S_ISSOCK(path.lstat().st_mode):
-            path.unlink()
+    for sock in (path, path.parent / LANE_NAME):
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(sock.lstat().st_mode):
+                sock.unlink()
     if path.parent.name.startswith("plugin"):
         with contextlib.suppress(OSError):
             path.parent.rmdir()  # only ever removes an empty folder
@@ -111,8 +120,10 @@ def plugin_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     # provider keys at rest least of all: a plugin gets the keys it needs through SetAuth
     for name in SECRET_ENV:
         env.pop(name, None)
-    # a plugin's host socket is its own (given in `extra`), never one this process got
+    # a plugin's host socket is its own (given in `extra`), never one this process got;
+    # and only its supervisor offers it the lane (in `extra`), never an inherited offer
     env.pop(HOST_SOCKET_ENV, None)
+    env.pop(LANE_ENV, None)
     if extra:
         env.update(extra)
     return env
@@ -147,9 +158,16 @@ class PluginSupervisor:
         self.exit_status: int | None = None
         self._process: trio.Process | None = None
         self._channel: Channel | None = None
+        self._lane: LaneChannel | None = None
         self._ready = trio.Event()
         self._stopping = False
         self._cancel: trio.CancelScope | None = None
+
+    @property
+    def lane(self) -> bool:
+        """Whether the running plugin's Invoke rpcs go over the lane (worker processes
+        dial it too, then)."""
+        return self._lane is not None
 
     @property
     def client(self) -> PluginClient | None:
@@ -210,10 +228,7 @@ class PluginSupervisor:
             log.warning("could not make %s executable: %s", exe, exc)
         self.state = "starting"
         self._changed()
-        extra = {"AOGSTREAM_PLUGIN_DATA_DIR": str(self.data_dir)}
-        if self.launch_env is not None:
-            extra.update(self.launch_env(self.name))
-        env = plugin_env(extra)
+        env = self.environment()
         proc = await trio.lowlevel.open_process(
             [str(exe)],
             cwd=str(self.manifest.plugin_dir),
@@ -246,15 +261,17 @@ class PluginSupervisor:
                 self._channel = channel
                 await channel.wait_ready(self.config.plugin_connect_timeout)
                 await self._health_plugin(channel)
-                client = PluginClient(channel, self.manifest)
+                if self.config.plugin_lane:
+                    self._lane = open_lane(network, address)
+                client = PluginClient(channel, self.manifest, self._lane)
                 self.provider.attach(client)
                 self.state = "running"
                 self.last_error = ""
                 self.address = target
                 self._ready.set()
                 self._changed()
-                log.info("plugin %s running (pid %d, %s %s)", self.name, proc.pid,
-                         network, address)
+                log.info("plugin %s running (pid %d, %s %s%s)", self.name, proc.pid,
+                         network, address, ", lane" if self._lane is not None else "")
                 started()
                 if self.config.start_engines and self.manifest.provider.type == m.PLUGIN_TYPE_LOCAL:
                     nursery.start_soon(self._start_engine, client)
@@ -267,6 +284,16 @@ class PluginSupervisor:
                 await self._after_exit(proc)
             if socket_path:
                 remove_socket_dir(socket_path)
+
+    def environment(self) -> dict[str, str]:
+        """What the plugin is launched with: `plugin_env`, its data folder, the host
+        services' sockets (`launch_env`), and the lane's offer unless turned off."""
+        extra = {"AOGSTREAM_PLUGIN_DATA_DIR": str(self.data_dir)}
+        if self.config.plugin_lane:
+            extra[LANE_ENV] = LANE_OFFER
+        if self.launch_env is not None:
+            extra.update(self.launch_env(self.name))
+        return plugin_env(extra)
 
     @property
     def data_dir(self) -> Path:
@@ -293,6 +320,9 @@ class PluginSupervisor:
             log.error("plugin %s %s", self.name, self.last_error)
             # fail the calls first: closing the channel would cancel them anonymously
             self.provider.fail_active(crash_error(self.name, proc.returncode))
+        if self._lane is not None:
+            self._lane.close()
+            self._lane = None
         if self._channel is not None:
             await self._channel.close()
             self._channel = None

@@ -107,7 +107,7 @@ class WorkerPool:
             "plugins": [{
                 "name": p.name, "dir": str(p.manifest.plugin_dir), "state": p.state,
                 "pid": p.pid, "address": p.address, "last_error": p.last_error,
-                "restarts": p.restarts, "exit_status": p.exit_status,
+                "restarts": p.restarts, "exit_status": p.exit_status, "lane": p.lane,
                 "routable": gw.routable(p.name),
             } for p in gw.plugins.values()],
         }
