@@ -65,13 +65,16 @@ class Plugin:
 
 
 @asynccontextmanager
-async def echo_plugin(tmp_path: Path, offer: bool) -> AsyncIterator[Plugin]:
+async def echo_plugin(tmp_path: Path, offer: bool, network: str = "unix",
+                      ) -> AsyncIterator[Plugin]:
     events = tmp_path / "events.jsonl"
     env = {k: v for k, v in os.environ.items() if k != lane.LANE_ENV}
     env.update({COOKIE_KEY: COOKIE_VALUE, "AOGSTREAM_PYTHON": sys.executable,
                 "ECHO_PLUGIN_EVENTS": str(events), "PLUGIN_UNIX_SOCKET_DIR": str(tmp_path)})
     if offer:
         env[lane.LANE_ENV] = lane.LANE_OFFER
+    if network != "unix":
+        env["AOGSTREAM_PLUGIN_NETWORK"] = network
     proc = await trio.lowlevel.open_process([str(ECHO / "bin" / "echo-plugin")], env=env,
                                             stdout=subprocess.PIPE)
     try:
@@ -82,8 +85,8 @@ async def echo_plugin(tmp_path: Path, offer: bool) -> AsyncIterator[Plugin]:
                 data = await proc.stdout.receive_some(4096)
                 assert data, "the plugin exited before its handshake line"
                 line += data
-        network, address = parse_handshake(line.decode())
-        assert network == "unix"
+        got, address = parse_handshake(line.decode())
+        assert got == network
         yield Plugin(proc, address, events)
     finally:
         if proc.returncode is None:
@@ -188,8 +191,17 @@ async def test_lane_socket_exists_beside_the_grpc_socket_only_when_offered(tmp_p
         assert not os.path.exists(folder), "shutdown left the plugin's socket folder behind"
 
 
+async def test_a_plugin_on_tcp_opens_no_lane_even_when_offered(tmp_path):
+    async with echo_plugin(tmp_path, offer=True, network="tcp") as plugin:
+        assert lane.lane_path("tcp", plugin.address) is None
+        assert not list(tmp_path.glob("**/*.sock"))
+
+
 async def test_grpc_calls_of_a_plugin_offered_the_lane_still_read_grpc(tmp_path):
     async with echo_plugin(tmp_path, offer=True) as plugin:
+        async with lane_client(plugin) as c:  # a lane call first: its "lane" must not leak
+            _, end = await c.unary("generate", {"id": "over-lane"})
+            assert end == ("OK", "")
         def call() -> pb.InvokeServiceResponse:
             with grpc.insecure_channel(f"unix:{plugin.address}") as channel:
                 stub = provider_pb2_grpc.ProviderServiceStub(channel)
@@ -370,6 +382,9 @@ class _Servicer:
         self.max_buffered = 0
         self.written = 0
         self.held = asyncio.Event()  # set when the transport first pauses the writer
+        self.go = asyncio.Event()  # lets the bidi handler start reading
+        self.read_paused = asyncio.Event()  # set when the connection first stops reading
+        self.bidi_conn: Any = None
 
     async def InvokeService(self, request: Any, context: Any) -> pb.InvokeServiceResponse:  # noqa: N802
         if request.service_name == "boom":
@@ -393,7 +408,21 @@ class _Servicer:
             self.max_buffered = max(self.max_buffered, conn.transport.get_write_buffer_size())
 
     async def InvokeServiceBidi(self, request_iterator: Any, context: Any) -> None:  # noqa: N802
-        raise NotImplementedError
+        # reads nothing until told to, then echoes how many messages came, in order
+        conn = self.bidi_conn = context._conn
+        pause = conn.pause_reading
+
+        def paused() -> None:
+            pause()
+            self.read_paused.set()
+
+        conn.pause_reading = paused
+        await self.go.wait()
+        seen = []
+        while (msg := await context.read()) is not grpc.aio.EOF:
+            seen.append(int(msg.data))
+        assert seen == list(range(len(seen)))
+        await context.write(pb.InvokeServiceBidiResponse(data=str(len(seen)).encode()))
 
 
 async def _read_until_end(reader: asyncio.StreamReader) -> tuple[list[tuple[int, bytes]],
@@ -465,6 +494,38 @@ def test_a_stream_the_host_does_not_read_waits_instead_of_buffering_without_boun
         (conn,) = server.connections
         high = conn.transport.get_write_buffer_limits()[1]
         assert servicer.max_buffered <= high + size + 64
+        writer.close()
+
+    _in_process(test)
+
+
+def test_a_bidi_handler_that_does_not_read_stops_the_connection_reading():
+    n = 5000
+
+    async def test(servicer: _Servicer, server: Any, path: str) -> None:
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(lane.open_frame("InvokeServiceBidi"))
+
+        async def send_all() -> None:
+            for i in range(n):
+                writer.write(lane.frame(lane.MSG, pb.InvokeServiceBidiRequest(
+                    data=str(i).encode() + b" " * 1000).SerializeToString()))
+                await writer.drain()  # waits once the plugin stops reading
+            writer.write(lane.frame(lane.HALF_CLOSE))
+
+        sender = asyncio.create_task(send_all())
+        # the plugin stops reading the socket while its handler reads nothing ...
+        await servicer.read_paused.wait()
+        conn = servicer.bidi_conn
+        assert conn.reading_paused
+        assert not sender.done() and conn.call is not None
+        # ... holding at most one read's worth past its high mark, not the whole input
+        assert len(conn.call.inbox) < n // 2
+        servicer.go.set()
+        frames, end = await _read_until_end(reader)
+        await sender
+        assert end == ("OK", "")
+        assert pb.InvokeServiceBidiResponse.FromString(frames[0][1]).data == str(n).encode()
         writer.close()
 
     _in_process(test)

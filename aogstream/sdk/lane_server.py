@@ -297,8 +297,12 @@ class _LaneConnection(asyncio.Protocol):
                 "INTERNAL", f"{call.method} needs one request message, none was sent"))
 
     def _start(self, call: _Call, coro: Coroutine[Any, Any, None]) -> None:
+        # eager: the handler runs now, up to its first real wait, in a context of its
+        # own; a unary answer that is ready at once is written before this returns,
+        # without a turn of the loop (the frames still waiting in `data_received` then
+        # find the call ended, as the contract allows)
         call.started = True
-        call.task = self.loop.create_task(coro)
+        call.task = asyncio.Task(coro, loop=self.loop, eager_start=True)
 
     def _finish(self, call: _Call, data: bytes) -> None:
         """Write the call's last frames and free the connection for the next call."""
