@@ -165,8 +165,7 @@ class LaneContext:
         return self._conn.closed or self._call.expired
 
     def done(self) -> bool:
-        task = self._call.task
-        return task is not None and task.done()
+        return self._conn.call is not self._call  # ended (or its connection closed)
 
 
 class _LaneConnection(asyncio.Protocol):
@@ -302,7 +301,9 @@ class _LaneConnection(asyncio.Protocol):
         # without a turn of the loop (the frames still waiting in `data_received` then
         # find the call ended, as the contract allows)
         call.started = True
-        call.task = asyncio.Task(coro, loop=self.loop, eager_start=True)
+        task = asyncio.Task(coro, loop=self.loop, eager_start=True)
+        if not task.done():
+            call.task = task
 
     def _finish(self, call: _Call, data: bytes) -> None:
         """Write the call's last frames and free the connection for the next call."""
@@ -344,19 +345,24 @@ class _LaneConnection(asyncio.Protocol):
         """Run a call's handler in this task and end the call as it ended."""
         TRANSPORT.set("lane")  # this task's own context: plugin code reads "lane"
         try:
-            end = await body()
-        except asyncio.CancelledError:
-            if call.expired and not self.closed:
-                self._finish(call, lane.end_frame("DEADLINE_EXCEEDED", "deadline exceeded"))
-                return  # our own timer's cancel, handled: the connection serves on
-            raise
-        except Exception as exc:  # reported to the host, as gRPC would
-            log.warning("lane call %s failed: %r", call.method, exc, exc_info=True)
-            end = lane.end_frame("UNKNOWN", f"{call.method} failed: {type(exc).__name__}: "
-                                            f"{exc}")
-        if call.expired:  # the handler swallowed our timer's cancel and returned
-            end = lane.end_frame("DEADLINE_EXCEEDED", "deadline exceeded")
-        self._finish(call, end)
+            try:
+                end = await body()
+            except asyncio.CancelledError:
+                if call.expired and not self.closed:
+                    self._finish(call, lane.end_frame("DEADLINE_EXCEEDED", "deadline exceeded"))
+                    return  # our own timer's cancel, handled: the connection serves on
+                raise
+            except Exception as exc:  # reported to the host, as gRPC would
+                log.warning("lane call %s failed: %r", call.method, exc, exc_info=True)
+                end = lane.end_frame("UNKNOWN", f"{call.method} failed: "
+                                                f"{type(exc).__name__}: {exc}")
+            if call.expired:  # the handler swallowed our timer's cancel and returned
+                end = lane.end_frame("DEADLINE_EXCEEDED", "deadline exceeded")
+            self._finish(call, end)
+        finally:
+            # no cycle call → task → its exception's frames → call: a cancelled call is
+            # freed by reference counting, not left to the (rare, see server.py) GC
+            call.task = None
 
     def _run_unary(self, call: _Call, payload: bytes) -> Coroutine[Any, Any, None]:
         async def body() -> bytes:
