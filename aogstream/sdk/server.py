@@ -187,9 +187,11 @@ async def _serve(provider: PluginProvider, handshake_fd: int) -> None:
             await stop.wait()
         finally:
             watcher.cancel()
-            await asyncio.gather(server.stop(grace=1.0),
-                                 *([lane.stop(grace=1.0)] if lane is not None else []))
-            lane = None
+            if lane is None:
+                await server.stop(grace=1.0)
+            else:  # calls in progress on either get the same grace, at the same time
+                await asyncio.gather(server.stop(grace=1.0), lane.stop(grace=1.0))
+                lane = None
             with contextlib.suppress(Exception):
                 if isinstance(provider, LocalPluginProvider):
                     await call_plugin(provider.stop_engine)
