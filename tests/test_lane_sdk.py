@@ -387,11 +387,22 @@ class _Servicer:
         self.read_paused = asyncio.Event()  # set when the connection first stops reading
         self.bidi_conn: Any = None
         self.cancelled = 0
+        self.late: asyncio.Task[None] | None = None
+        self.late_error: RuntimeError | None = None
         self.all_cancelled = asyncio.Event()
 
     async def InvokeService(self, request: Any, context: Any) -> pb.InvokeServiceResponse:  # noqa: N802
         if request.service_name == "boom":
             raise RuntimeError("the handler broke")
+        if request.service_name == "late":  # leaves a task that writes after the call
+            async def write_late() -> None:
+                await self.go.wait()
+                try:
+                    await context.write(pb.InvokeServiceResponse(message="too late"))
+                except RuntimeError as exc:
+                    self.late_error = exc
+
+            self.late = asyncio.create_task(write_late())
         return pb.InvokeServiceResponse(code=0, response_data=request.request_data)
 
     async def InvokeServiceStream(self, request: Any, context: Any) -> None:  # noqa: N802
@@ -483,6 +494,31 @@ def test_a_handler_that_raises_ends_its_call_unknown_and_the_connection_serves_o
         frames, end = await _read_until_end(reader)
         assert end == ("OK", "")
         assert pb.InvokeServiceResponse.FromString(frames[0][1]).response_data == b"again"
+        writer.close()
+
+    _in_process(test)
+
+
+def test_a_write_after_its_call_ended_fails_and_never_reaches_the_next_call():
+    async def test(servicer: _Servicer, server: Any, path: str) -> None:
+        reader, writer = await asyncio.open_unix_connection(path)
+
+        def call(service: str) -> bytes:
+            req = pb.InvokeServiceRequest(service_name=service, request_data=service.encode())
+            return (lane.open_frame("InvokeService") + lane.frame(lane.MSG, req.SerializeToString())
+                    + lane.frame(lane.HALF_CLOSE))
+
+        writer.write(call("late"))
+        _, end = await _read_until_end(reader)
+        assert end == ("OK", "")
+        servicer.go.set()
+        assert servicer.late is not None
+        await servicer.late
+        assert servicer.late_error is not None and "has ended" in str(servicer.late_error)
+        writer.write(call("next"))
+        frames, end = await _read_until_end(reader)
+        assert end == ("OK", "") and len(frames) == 1
+        assert pb.InvokeServiceResponse.FromString(frames[0][1]).response_data == b"next"
         writer.close()
 
     _in_process(test)

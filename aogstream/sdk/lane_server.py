@@ -138,11 +138,18 @@ class LaneContext:
             conn.resume_reading()
         return _parse_bidi(payload)
 
+    def _ended(self) -> BaseException:
+        if self._conn.closed:
+            return asyncio.CancelledError()  # the handler's task is being cancelled too
+        # e.g. a task plugin code left behind: its bytes must not reach the next call
+        return RuntimeError(f"the {self._call.method} call has ended; nothing more can be "
+                            "sent on it")
+
     async def write(self, message: Any) -> None:
         """One message to the host, written now; waits while the socket is full."""
         conn = self._conn
-        if conn.closed:
-            raise asyncio.CancelledError  # the task is being cancelled as well
+        if conn.call is not self._call:
+            raise self._ended()
         body = message.SerializeToString()
         conn.transport.write(_pack_header(len(body), _MSG) + body)
         if conn.write_paused:
@@ -153,8 +160,8 @@ class LaneContext:
 
     async def send_initial_metadata(self, metadata: Any) -> None:
         conn = self._conn
-        if conn.closed:
-            raise asyncio.CancelledError
+        if conn.call is not self._call:
+            raise self._ended()
         conn.transport.write(lane.headers_frame(tuple(metadata)))
 
     def time_remaining(self) -> float | None:
