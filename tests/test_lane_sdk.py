@@ -389,6 +389,7 @@ class _Servicer:
         self.cancelled = 0
         self.late: asyncio.Task[None] | None = None
         self.late_error: RuntimeError | None = None
+        self.reader: asyncio.Task[Any] | None = None
         self.all_cancelled = asyncio.Event()
 
     async def InvokeService(self, request: Any, context: Any) -> pb.InvokeServiceResponse:  # noqa: N802
@@ -431,6 +432,10 @@ class _Servicer:
             self.max_buffered = max(self.max_buffered, conn.transport.get_write_buffer_size())
 
     async def InvokeServiceBidi(self, request_iterator: Any, context: Any) -> None:  # noqa: N802
+        if ("mode", "leave-reader") in context.invocation_metadata():
+            self.reader = asyncio.create_task(context.read())  # outlives the call
+            await asyncio.sleep(0)  # it waits for a message now
+            return
         # reads nothing until told to, then echoes how many messages came, in order
         conn = self.bidi_conn = context._conn
         pause = conn.pause_reading
@@ -519,6 +524,19 @@ def test_a_write_after_its_call_ended_fails_and_never_reaches_the_next_call():
         frames, end = await _read_until_end(reader)
         assert end == ("OK", "") and len(frames) == 1
         assert pb.InvokeServiceResponse.FromString(frames[0][1]).response_data == b"next"
+        writer.close()
+
+    _in_process(test)
+
+
+def test_a_reader_left_behind_reads_eof_once_its_call_ended():
+    async def test(servicer: _Servicer, server: Any, path: str) -> None:
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(lane.open_frame("InvokeServiceBidi", (("mode", "leave-reader"),)))
+        _, end = await _read_until_end(reader)
+        assert end == ("OK", "")
+        assert servicer.reader is not None
+        assert await servicer.reader is grpc.aio.EOF
         writer.close()
 
     _in_process(test)

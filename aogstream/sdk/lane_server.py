@@ -106,6 +106,11 @@ class _Call:
         self.waiter: asyncio.Future[None] | None = None  # read() waiting for a frame
 
 
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
 class LaneContext:
     """What the servicer's Invoke methods use of `grpc.aio.ServicerContext`, over the
     lane. One per call; plugin code never sees it (it sees `incoming` and `send`)."""
@@ -125,8 +130,10 @@ class LaneContext:
             if call.half_closed:
                 return _EOF
             conn = self._conn
-            if conn.closed:
-                raise asyncio.CancelledError
+            if conn.call is not call:  # ended: a reader plugin code left behind
+                if conn.closed:
+                    raise asyncio.CancelledError
+                return _EOF
             waiter = call.waiter = conn.loop.create_future()
             try:
                 await waiter
@@ -281,9 +288,7 @@ class _LaneConnection(asyncio.Protocol):
         if call.kind == _BIDI:
             inbox = call.inbox
             inbox.append(payload)
-            waiter = call.waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            _wake(call.waiter)
             if len(inbox) >= _READ_HIGH and not self.reading_paused:
                 self.pause_reading()
         elif not call.started:
@@ -295,9 +300,7 @@ class _LaneConnection(asyncio.Protocol):
     def _half_close(self, call: _Call) -> None:
         call.half_closed = True
         if call.kind == _BIDI:
-            waiter = call.waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            _wake(call.waiter)
         elif not call.started:
             self._finish(call, lane.end_frame(
                 "INTERNAL", f"{call.method} needs one request message, none was sent"))
@@ -316,6 +319,7 @@ class _LaneConnection(asyncio.Protocol):
         """Write the call's last frames and free the connection for the next call."""
         if call.timer is not None:
             call.timer.cancel()
+        _wake(call.waiter)  # a reader of this call still waiting reads EOF
         if self.call is call:
             self.call = None
             self.server.call_ended()
@@ -344,6 +348,7 @@ class _LaneConnection(asyncio.Protocol):
                 call.timer.cancel()
             if call.task is not None:
                 call.task.cancel()
+            _wake(call.waiter)  # a reader outside the handler's task: CancelledError
         waiter, self._drain = self._drain, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
