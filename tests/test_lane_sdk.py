@@ -372,6 +372,21 @@ async def test_a_timeout_in_open_ends_the_call_deadline_exceeded(tmp_path):
         assert end == ("OK", "")
 
 
+async def test_a_timeout_in_open_ends_a_bidi_session_deadline_exceeded(tmp_path):
+    async with echo_plugin(tmp_path, offer=True) as plugin, lane_client(plugin) as c:
+        await c.send(lane.open_frame("InvokeServiceBidi", (), 2.0),
+                     _bidi(b"", "", service_name="echo-ws", is_first=True,
+                           metadata={"ws_conn_id": "slow-bidi"}),
+                     _bidi(b"one"))
+        frames, (code, _) = await c.until_end()
+        assert _bidi_frames(frames) == [(b"one", "binary")] and code == "DEADLINE_EXCEEDED"
+        assert await wait_event(plugin.events, timeout=20, event="cancelled", conn="slow-bidi")
+        # what the host still sends of that session is dropped; the next call is served
+        await c.send(_bidi(b"late"), lane.frame(lane.HALF_CLOSE))
+        frames, end = await c.unary("generate", {"id": "after-bidi-deadline"})
+        assert end == ("OK", "") and [k for k, _ in frames] == [lane.MSG]
+
+
 # ---- lane_server alone (in process, a stand-in servicer) ---------------------------------
 
 
