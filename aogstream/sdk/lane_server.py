@@ -27,6 +27,10 @@ Per connection, one call at a time (the contract is in `rpc.lane`):
   so plugin code sees `asyncio.CancelledError` exactly as when a gRPC call is
   cancelled; `OPEN`'s timeout cancels it too and ends the call "DEADLINE_EXCEEDED".
 * Bytes the codec rejects, or an `OPEN` while a call is open, close the connection.
+* Once a call has ended, its context writes nothing more (a task plugin code left
+  behind gets an error, never a frame in the next call) and its reads give EOF.
+* A call frees itself by reference counting when it ends, cancelled or not: the
+  plugin's garbage collector runs rarely on purpose (`server._tune_gc`).
 """
 
 from __future__ import annotations
