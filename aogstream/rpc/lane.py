@@ -26,6 +26,10 @@ of `HEADER` (payload length, u32 big-endian, then one kind byte) and the payload
 * plugin → host: optionally `HEADERS` (JSON `[[k, v], ...]`, the initial metadata),
   response messages (`MSG`), and `END` (JSON `{"code", "details"}`, a gRPC status
   name such as "OK" or "UNIMPLEMENTED") after which the connection takes the next call.
+  The plugin may end a call before the host is done sending (a refused `OPEN`, a
+  handler that returns early, a deadline): `MSG` and `HALF_CLOSE` frames that reach it
+  while no call is open are that call's and are dropped, so the host may write
+  `OPEN`, request and `HALF_CLOSE` in one go and needs only wait for `END`.
 The host cancels a call by closing its connection (the plugin cancels the handler at
 once, as a cancelled gRPC call would); a plugin that dies closes it too, which the
 host reports as "UNAVAILABLE". Nothing here does I/O: this module is the codec and the

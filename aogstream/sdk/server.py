@@ -42,7 +42,9 @@ from aogstream.rpc.handshake import (
     check_cookie,
     format_handshake,
 )
+from aogstream.rpc.lane import LANE_ENV, LANE_OFFER, lane_path
 from aogstream.sdk.blocking import call_plugin
+from aogstream.sdk.lane_server import LaneServer, start_lane
 from aogstream.sdk.provider import LocalPluginProvider, PluginProvider
 from aogstream.sdk.servicer import ProviderServicer
 
@@ -161,7 +163,8 @@ async def _serve(provider: PluginProvider, handshake_fd: int) -> None:
             ("grpc.max_receive_message_length", 2**31 - 1),
         ]
     )
-    provider_pb2_grpc.add_ProviderServiceServicer_to_server(ProviderServicer(provider), server)
+    servicer = ProviderServicer(provider)
+    provider_pb2_grpc.add_ProviderServiceServicer_to_server(servicer, server)
     hs = health.aio.HealthServicer()
     await hs.set("plugin", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
@@ -169,8 +172,12 @@ async def _serve(provider: PluginProvider, handshake_fd: int) -> None:
     grpc_stdio_pb2_grpc.add_GRPCStdioServicer_to_server(_Stdio(stop), server)
     grpc_broker_pb2_grpc.add_GRPCBrokerServicer_to_server(_Broker(), server)
     network, address = _listen(server)
+    lane: LaneServer | None = None
     try:
         await server.start()
+        # the lane, when our host offers it, must exist before the handshake line: the
+        # host looks for it right after reading that line
+        lane = await _start_lane(servicer, network, address)
         line = format_handshake(network, address,
                                 multiplex_asked=os.environ.get(MULTIPLEX_ENV) == "true")
         os.write(handshake_fd, (line + "\n").encode())
@@ -180,13 +187,38 @@ async def _serve(provider: PluginProvider, handshake_fd: int) -> None:
             await stop.wait()
         finally:
             watcher.cancel()
-            await server.stop(grace=1.0)
+            if lane is None:
+                await server.stop(grace=1.0)
+            else:  # calls in progress on either get the same grace, at the same time
+                await asyncio.gather(server.stop(grace=1.0), lane.stop(grace=1.0))
+                lane = None
             with contextlib.suppress(Exception):
                 if isinstance(provider, LocalPluginProvider):
                     await call_plugin(provider.stop_engine)
     finally:
+        if lane is not None:  # start-up failed after the lane started
+            await lane.stop()
         if network == "unix":
-            _remove_socket(address)
+            _remove_socket(address)  # after the lane's socket is gone: it removes the folder
+
+
+async def _start_lane(servicer: ProviderServicer, network: str,
+                      address: str) -> LaneServer | None:
+    """The lane beside the gRPC socket (`aogstream.rpc.lane`), only when the host offered
+    it (our host does; AOG's never does, and then nothing here changes) and the plugin
+    listens on a unix socket. The lane is an optimisation: if it cannot start, the
+    plugin serves everything over gRPC, as without the offer."""
+    if os.environ.get(LANE_ENV) != LANE_OFFER:
+        return None
+    path = lane_path(network, address)
+    if path is None:
+        return None
+    try:
+        return await start_lane(servicer, path)
+    except OSError as exc:
+        log.warning("could not open the lane beside the plugin's socket (%s); "
+                    "serving over gRPC only", exc)
+        return None
 
 
 def _remove_socket(address: str) -> None:

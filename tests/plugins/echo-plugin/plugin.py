@@ -20,6 +20,7 @@ from aogstream.sdk import (
     LocalPluginProvider,
     PluginError,
     StreamablePlugin,
+    current_transport,
     serve,
 )
 
@@ -48,7 +49,7 @@ class Echo(LocalPluginProvider, StreamablePlugin, BidirectionalPlugin):
     async def invoke_service(self, service_name: str, auth_info: str, request: bytes) -> bytes:
         req = json.loads(request or b"{}")
         tag = str(req.get("id", ""))
-        record("unary", service=service_name, id=tag)
+        record("unary", service=service_name, id=tag, transport=current_transport())
         try:
             await asyncio.sleep(float(req.get("sleep", 0)))
         except asyncio.CancelledError:
@@ -71,7 +72,7 @@ class Echo(LocalPluginProvider, StreamablePlugin, BidirectionalPlugin):
         n = int(req.get("tokens", 5))
         interval = float(req.get("interval", 0))
         pad = "x" * int(req.get("pad", 0))
-        record("stream-start", service=service_name, id=tag)
+        record("stream-start", service=service_name, id=tag, transport=current_transport())
         sent = 0
         try:
             await asyncio.sleep(float(req.get("first_delay", 0)))
@@ -95,7 +96,7 @@ class Echo(LocalPluginProvider, StreamablePlugin, BidirectionalPlugin):
     async def invoke_service_bidirectional(self, service_name: str, ws_conn_id: str,
                                            auth_info: str, incoming: AsyncIterator[BidiMessage],
                                            send: Any) -> None:
-        record("bidi-start", conn=ws_conn_id)
+        record("bidi-start", conn=ws_conn_id, transport=current_transport())
         try:
             async for msg in incoming:
                 if msg.message_type == "text" and msg.data == b"crash":
@@ -105,6 +106,10 @@ class Echo(LocalPluginProvider, StreamablePlugin, BidirectionalPlugin):
                 if msg.message_type == "text" and msg.data == b"pack-counts":
                     # how many packed messages this process read and wrote so far
                     await send(BidiMessage.text(PACK_COUNTS.as_dict()))
+                    continue
+                if msg.message_type == "text" and msg.data == b"transport":
+                    # which transport serves this session: "grpc", or "lane" (rpc/lane.py)
+                    await send(BidiMessage.text({"transport": current_transport()}))
                     continue
                 await send(BidiMessage(msg.data, msg.message_type))
         except asyncio.CancelledError:
