@@ -48,11 +48,13 @@ import harness as h
 CALL_CHUNKS = 5
 
 
-def thread_cpu(sut: h.System) -> dict[tuple[str, int, str], tuple[float, int]]:
+def thread_cpu(sut: h.System) -> dict[tuple[str, int, str], tuple[float, int, float]]:
     """CPU seconds and context switches so far of every thread of the system:
-    (role, tid, thread name) → (s, voluntary + involuntary switches). A switch is a
-    thread going to sleep or being woken: the hops between threads and processes."""
-    out: dict[tuple[str, int, str], tuple[float, int]] = {}
+    (role, tid, thread name) → (s, voluntary + involuntary switches, s in the kernel).
+    A switch is a thread going to sleep or being woken: the hops between threads and
+    processes; the kernel's share is the syscalls (socket I/O, wake-ups) py-spy does not
+    see."""
+    out: dict[tuple[str, int, str], tuple[float, int, float]] = {}
     for pid, role in sut.roles.items():
         try:
             tids = os.listdir(f"/proc/{pid}/task")
@@ -71,7 +73,7 @@ def thread_cpu(sut: h.System) -> dict[tuple[str, int, str], tuple[float, int]]:
             label = ("main (trio)" if role in ("gateway", "worker") else "main") \
                 if int(tid) == pid else name
             out[(role, int(tid), label)] = ((int(fields[11]) + int(fields[12])) / h.CLK_TCK,
-                                            switches)
+                                            switches, int(fields[12]) / h.CLK_TCK)
     return out
 
 
@@ -128,8 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="closed loop length (10)")
     ap.add_argument("--concurrency", type=int, default=4, help="clients in the loop (4)")
     ap.add_argument("--workers", type=int, default=1, help="gateway --workers (1)")
+    ap.add_argument("--system", default="aogstream",
+                    choices=[s for s in h.ALL_SYSTEMS if s.startswith("aogstream")],
+                    help="the gateway system profiled (aogstream; aogstream-native for "
+                    "the in-process native executor)")
     ap.add_argument("--rate", type=int, default=200, help="py-spy samples per second (200)")
     ap.add_argument("--top", type=int, default=40, help="frames printed per profile (40)")
+    ap.add_argument("--on-cpu", action="store_true",
+                    help="sample every thread running on a CPU, not only the one holding "
+                    "the GIL (time in C and syscalls counts too; idle threads never)")
     ap.add_argument("--no-spy", action="store_true", help="CPU split only, no py-spy")
     ap.add_argument("--out", type=Path, default=h.RESULTS / "profiles" / "call",
                     help="where the collapsed stacks go")
@@ -144,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("py-spy is not installed: pip install -e '.[bench]' (or --no-spy)")
 
     def body() -> int:
-        with h.Bench("profile_call", quick=True, systems=("direct", "aogstream"),
+        with h.Bench("profile_call", quick=True, systems=("direct", args.system),
                      workers=args.workers) as bench:
-            sut = bench.systems["aogstream"]
+            sut = bench.systems[args.system]
             # warm-up: templates load and connections open on the first calls
             trio.run(closed_loop, sut, args.proto, 1.0, args.concurrency,
                      args.request_timeout)
@@ -157,32 +166,33 @@ def main(argv: list[str] | None = None) -> int:
                 assert spy is not None
                 spies.append((subprocess.Popen(
                     [spy, "record", "-p", str(pid), "-d", str(int(args.seconds)),
-                     "-r", str(args.rate), "-f", "raw", "--gil", "--nonblocking",
-                     "-o", str(path)], stdout=subprocess.DEVNULL,
+                     "-r", str(args.rate), "-f", "raw", *([] if args.on_cpu else ["--gil"]),
+                     "--nonblocking", "-o", str(path)], stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE), path, role))
             before, cpu0 = thread_cpu(sut), sut.cpu()
             calls = trio.run(closed_loop, sut, args.proto, args.seconds, args.concurrency,
                              args.request_timeout)
             after, cpu1 = thread_cpu(sut), sut.cpu()
             sut.check()
-            print(f"{calls} {args.proto} calls in {args.seconds:g} s, --workers "
+            print(f"{args.system}: {calls} {args.proto} calls in {args.seconds:g} s, --workers "
                   f"{args.workers}, load average {h.loadavg()}")
             per_role = {k: (cpu1[k] - cpu0.get(k, 0.0)) * 1000 / calls for k in cpu1}
             print("CPU-ms per call: " + ", ".join(f"{k} {v:.3f}" for k, v in
                                                   per_role.items())
                   + f"; total {sum(per_role.values()):.3f}")
-            rows: list[tuple[float, float, Any]] = []
-            for key, (sec, sw) in after.items():
-                sec0, sw0 = before.get(key, (0.0, 0))
+            rows: list[tuple[float, float, Any, float]] = []
+            for key, (sec, sw, sys_s) in after.items():
+                sec0, sw0, sys0 = before.get(key, (0.0, 0, 0.0))
                 d, hops = (sec - sec0) * 1000 / calls, (sw - sw0) / calls
                 if d > 0 or hops >= 0.05:
-                    rows.append((d, hops, key))
+                    rows.append((d, hops, key, (sys_s - sys0) * 1000 / calls))
             for role in sut.roles.values():
                 hops = sum(r[1] for r in rows if r[2][0] == role)
                 print(f"  {role}: {hops:.1f} context switches per call, all threads")
-            for d, hops, (role, tid, name) in sorted(rows, key=lambda r: r[:2], reverse=True):
-                print(f"  {role:8} {name:16} tid {tid:<8} {d:.3f} ms/call, "
-                      f"{hops:.2f} switches/call")
+            for d, hops, (role, tid, name), ker in sorted(rows, key=lambda r: r[:2],
+                                                          reverse=True):
+                print(f"  {role:8} {name:16} tid {tid:<8} {d:.3f} ms/call "
+                      f"({ker:.3f} in the kernel), {hops:.2f} switches/call")
             for proc, path, role in spies:
                 _, err = proc.communicate(timeout=args.seconds + 30)
                 if proc.returncode != 0 or not path.exists():

@@ -374,6 +374,28 @@ def test_codec_keeps_struct_order_and_sorts_maps() -> None:
     assert gj.dumps([1.5, 2.0, "é"]) == '[1.5,2,"é"]'.encode()
 
 
+def test_codec_writes_subclasses_and_escaped_keys_as_go_does_every_time() -> None:
+    """The exact built-in types take a fast path and object keys are cached: a subclass
+    (bool in a list, an int enum, a RawJSON and a GoMap inside a plain dict, a str
+    subclass key), a key that needs escaping and a lone surrogate still come out as Go
+    writes them, the second time as the first."""
+    import enum
+
+    class Level(enum.IntEnum):
+        HIGH = 7
+
+    class Name(str):
+        pass
+
+    value = {"a<b": [True, False, None, Level.HIGH, 1.0, 2.5e-7],
+             Name("k&"): gj.RawJSON(b'{"x": "<y>"}'), "Go": gj.GoMap({"b": b"", "a": [{}]}),
+             "bad": "x\ud800y", "ba": bytearray(b"hi"), 5: "int key"}
+    expected = (b'{"a\\u003cb":[true,false,null,7,1,2.5e-7],"k\\u0026":{"x":"\\u003cy\\u003e"},'
+                b'"Go":{"a":[{}],"b":""},"bad":"x\xef\xbf\xbdy","ba":"aGk=","5":"int key"}')
+    assert gj.dumps(value) == expected
+    assert gj.dumps(value) == expected
+
+
 def test_codec_reads_replies_case_insensitively_and_ignores_unknown_keys() -> None:
     result = gj.envelope_result(b'{"OK":true,"Result":{"resources":[1],"extra":0}}')
     assert gj.field(result, "Resources") == [1]

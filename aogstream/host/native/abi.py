@@ -53,6 +53,11 @@ HOST_CALL = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, cty
                              ctypes.c_size_t, ctypes.POINTER(Buffer))
 # void free_buffer(void* ptr, size_t len)
 FREE_BUFFER = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_size_t)
+# The plugin's free_buffer as the host calls it after each call: with the GIL held (a
+# free returns at once), so the calling thread does not give the GIL up and wait to get
+# it back a second time per call (each such wait is a thread switch when the event loop
+# thread is busy); a callback it might make still works (the thread holds the GIL).
+FREE_BUFFER_HOLDING_GIL = ctypes.PYFUNCTYPE(None, ctypes.c_void_p, ctypes.c_size_t)
 # int call(const char* method, const uint8_t* req, size_t len, cliproxy_buffer* response)
 PLUGIN_CALL = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p,
                                ctypes.c_size_t, ctypes.POINTER(Buffer))
@@ -156,6 +161,10 @@ class NativeLibrary:
         self._closed = True
         self._inflight = 0
         self._idle = threading.Condition()
+        # the plugin's call and free_buffer, bound once at open: reading a function
+        # pointer field of the table builds a new ctypes object on every access
+        self._call: Callable[..., int] | None = None
+        self._free_buffer: Callable[[int, int], None] | None = None
 
     def open(self) -> None:
         """dlopen (RTLD_NOW | RTLD_LOCAL), init, validate; `LoadError` says what is wrong."""
@@ -198,6 +207,10 @@ class NativeLibrary:
             self._forget()
             _dlclose(dll)
             raise LoadError(problem)
+        self._call = self._api.call
+        free_buffer = ctypes.cast(self._api.free_buffer, ctypes.c_void_p).value
+        assert free_buffer is not None  # checked above
+        self._free_buffer = FREE_BUFFER_HOLDING_GIL(free_buffer)
         self._dll = dll
         self._closed = False
 
@@ -208,16 +221,18 @@ class NativeLibrary:
             if self._closed:
                 raise CallError("plugin client is closed")
             self._inflight += 1
+            call, free_buffer = self._call, self._free_buffer
+        assert call is not None and free_buffer is not None  # set by open()
         try:
             resp = Buffer()
-            rc = self._api.call(method.encode("utf-8"), request or None, len(request),
-                                ctypes.byref(resp))
+            rc = call(method.encode("utf-8"), request or None, len(request),
+                      ctypes.byref(resp))
             ptr, size = resp.ptr, resp.len
             try:
                 raw = ctypes.string_at(ptr, size) if ptr and size else b""
             finally:
                 if ptr:
-                    self._api.free_buffer(ptr, size)
+                    free_buffer(ptr, size)
         finally:
             with self._idle:
                 self._inflight -= 1

@@ -65,7 +65,60 @@ def _float(v: float) -> str:
     return r
 
 
+_KEYS: dict[str, str] = {}  # object keys as written: mostly Go's few field names
+_KEYS_MAX = 4096  # keys from plugins' data (header names...) must not grow it forever
+
+
+def _key(k: Any) -> str:
+    text = _KEYS.get(k) if type(k) is str else None
+    if text is None:
+        text = _string(str(k))
+        if type(k) is str and len(_KEYS) < _KEYS_MAX:
+            _KEYS[k] = text
+    return text
+
+
 def _encode(v: Any, out: list[str]) -> None:
+    """Appends `v` as Go writes it. The exact built-in types a request is made of go
+    through one type lookup (this runs on every native call, a few dozen values each);
+    anything else (subclasses: `GoMap`, `RawJSON`, bool/int enums; floats) through
+    `_encode_other`, whose branches write the same for the same value."""
+    kind = type(v)
+    if kind is str:
+        out.append(_string(v))
+    elif kind is dict:
+        out.append("{")
+        first = True
+        for k, item in v.items():
+            if not first:
+                out.append(",")
+            first = False
+            out.append(_key(k))
+            out.append(":")
+            _encode(item, out)
+        out.append("}")
+    elif v is None:
+        out.append("null")
+    elif v is True:
+        out.append("true")
+    elif v is False:
+        out.append("false")
+    elif kind is int:
+        out.append(str(v))
+    elif kind is bytes:
+        out.append('"' + base64.b64encode(v).decode("ascii") + '"')
+    elif kind is list:
+        out.append("[")
+        for i, item in enumerate(v):
+            if i:
+                out.append(",")
+            _encode(item, out)
+        out.append("]")
+    else:
+        _encode_other(v, out)
+
+
+def _encode_other(v: Any, out: list[str]) -> None:
     if v is None:
         out.append("null")
     elif v is True:
@@ -91,7 +144,7 @@ def _encode(v: Any, out: list[str]) -> None:
             if not first:
                 out.append(",")
             first = False
-            out.append(_string(str(k)))
+            out.append(_key(k))
             out.append(":")
             _encode(item, out)
         out.append("}")

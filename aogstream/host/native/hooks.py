@@ -153,6 +153,11 @@ class Hooks:
         self._backlog: dict[str, int] = {}
         self._locks: dict[str, trio.Lock] = {}
 
+    def wants_usage(self, but: str = "") -> bool:
+        """Some running plugin takes `usage.handle`: only then is an answer's usage read
+        (a non-stream answer parsed once more) for it."""
+        return bool(self.having("usage_plugin", but=but))
+
     def having(self, capability: str, *, but: str = "") -> list[NativePlugin]:
         """The running plugins that declare `capability`, in precedence order."""
         found = [p for p in self._plugins()
@@ -272,7 +277,11 @@ class Hooks:
 
     def usage(self, info: RequestInfo, detail: dict[str, int] | None,
               failure: errors.GatewayError | None, but: str = "") -> None:
-        """`usage.handle` to every usage plugin, off the request path."""
+        """`usage.handle` to every usage plugin, off the request path (the event is not
+        built when no plugin takes it)."""
+        plugins = self.having("usage_plugin", but=but)
+        if not plugins:
+            return
         now = time.monotonic()
         event = {
             "Provider": info.provider, "ExecutorType": info.executor, "Model": info.model,
@@ -292,7 +301,7 @@ class Hooks:
                                  "CachedTokens": 0, "CacheReadTokens": 0,
                                  "CacheCreationTokens": 0, "TotalTokens": 0},
             "ResponseHeaders": None}
-        for plugin in self.having("usage_plugin", but=but):
+        for plugin in plugins:
             self._deliver(plugin, "usage.handle", event)
 
     def complete(self, info: RequestInfo, outcome: str, status: int, error: str,

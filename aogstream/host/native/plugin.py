@@ -3,8 +3,8 @@
 `NativePlugin` registers it (`plugin.register` with the normalized YAML config, schema
 3), asks for its models (`model.static` for a model provider, else `model.register`),
 settles which formats its executor is spoken to in (`negotiation`), and runs every
-later call on a worker thread (`trio.to_thread.run_sync` under a per-plugin limiter, so
-many calls run at once and the trio loop never blocks). A call whose request is
+later call on a worker thread (`offload.Offload`, under a per-plugin limiter, so many
+calls run at once and the trio loop never blocks). A call whose request is
 cancelled is abandoned: the thread finishes the native call and frees its answer on its
 own, as CPA does. What serves requests with it is `provider.NativeProvider`.
 
@@ -32,6 +32,7 @@ from aogstream.host.native.abi import CallError, Crashed, LoadError, NativeLibra
 from aogstream.host.native.callbacks import HostServices
 from aogstream.host.native.isolated import IsolatedLibrary
 from aogstream.host.native.negotiation import negotiate, normalize_format
+from aogstream.host.native.offload import Offload
 
 log = logging.getLogger("aogstream.native")
 
@@ -124,7 +125,7 @@ class NativePlugin:
         # management.register's answer (`host.native.management`): routes and resources
         self.routes: dict[tuple[str, str], dict[str, str]] = {}
         self.resources: dict[str, dict[str, str]] = {}
-        self.limiter = trio.CapacityLimiter(CALL_LIMIT)
+        self.offload = Offload(CALL_LIMIT)  # the worker threads of its calls
         self._lifecycle = lifecycle
         self.restarts = 0  # host processes restarted after a crash (isolation: process)
         self._crashes: list[float] = []  # when they crashed (monotonic), recent ones
@@ -158,8 +159,7 @@ class NativePlugin:
         """One call on a worker thread; the reply's `result` (raises what `gojson`
         and `abi` raise)."""
         payload = gj.dumps(request)
-        raw = await trio.to_thread.run_sync(self.lib.call, method, payload,
-                                            limiter=self.limiter, abandon_on_cancel=True)
+        raw = await self.offload.run(self.lib.call, method, payload)
         try:
             return gj.envelope_result(raw)
         except gj.ReplyError as exc:

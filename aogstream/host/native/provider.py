@@ -233,7 +233,8 @@ class NativeProvider:
         if self.hooks is not None:
             payload = await self.hooks.intercept_response(info, inv.request, request,
                                                           payload)
-            detail[0] = _usage(payload)
+            if self.hooks.wants_usage():
+                detail[0] = _usage(payload)
         await inv.emit(payload)
 
     def _request(self, plugin: NativePlugin, inv: Invocation, info: RequestInfo,
