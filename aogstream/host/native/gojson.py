@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+from collections.abc import Iterable
 from typing import Any
 
 _ESCAPES = {
@@ -87,16 +88,7 @@ def _encode(v: Any, out: list[str]) -> None:
     if kind is str:
         out.append(_string(v))
     elif kind is dict:
-        out.append("{")
-        first = True
-        for k, item in v.items():
-            if not first:
-                out.append(",")
-            first = False
-            out.append(_key(k))
-            out.append(":")
-            _encode(item, out)
-        out.append("}")
+        _encode_items(v.items(), out)
     elif v is None:
         out.append("null")
     elif v is True:
@@ -118,6 +110,20 @@ def _encode(v: Any, out: list[str]) -> None:
         _encode_other(v, out)
 
 
+def _encode_items(items: Iterable[tuple[Any, Any]], out: list[str]) -> None:
+    """A JSON object's members, in the order given."""
+    out.append("{")
+    first = True
+    for k, item in items:
+        if not first:
+            out.append(",")
+        first = False
+        out.append(_key(k))
+        out.append(":")
+        _encode(item, out)
+    out.append("}")
+
+
 def _encode_other(v: Any, out: list[str]) -> None:
     if v is None:
         out.append("null")
@@ -137,17 +143,7 @@ def _encode_other(v: Any, out: list[str]) -> None:
     elif isinstance(v, bytes | bytearray | memoryview):
         out.append('"' + base64.b64encode(bytes(v)).decode("ascii") + '"')
     elif isinstance(v, dict):
-        items = sorted(v.items()) if isinstance(v, GoMap) else v.items()
-        out.append("{")
-        first = True
-        for k, item in items:
-            if not first:
-                out.append(",")
-            first = False
-            out.append(_key(k))
-            out.append(":")
-            _encode(item, out)
-        out.append("}")
+        _encode_items(sorted(v.items()) if isinstance(v, GoMap) else v.items(), out)
     elif isinstance(v, list | tuple):
         out.append("[")
         for i, item in enumerate(v):
