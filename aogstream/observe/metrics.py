@@ -10,7 +10,8 @@ Cheap on the hot path (ARCHITECTURE.md: counters and histograms, nothing more): 
 request costs one update per metric at its end, with the labelled children cached
 here; a stream's inter-chunk gaps are counted into a local list per stream and added
 to the histogram once, when the stream ends (`StreamGaps`), so a chunk costs a
-`bisect` and a list increment.
+`bisect` and a list increment; a WebSocket session's frames likewise (`SessionFrames`),
+added about once a second and at its end.
 
 What the primary alone knows (plugin state and restarts, plugins' LLM calls and
 trust denials) is read when `/metrics` is scraped (`LiveCollector`), not counted.
@@ -46,15 +47,39 @@ PLUGIN_STATES = tuple(s.value for s in PluginState)
 class StreamGaps:
     """The inter-chunk gaps of one stream, bucketed locally (see the module docstring)."""
 
-    __slots__ = ("counts", "total")
+    __slots__ = ("bounds", "counts", "total")
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(GAP_BUCKETS) + 1)  # the last one is +Inf
+    def __init__(self, bounds: tuple[float, ...] = GAP_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
         self.total = 0.0
 
     def add(self, gap: float) -> None:
-        self.counts[bisect_left(GAP_BUCKETS, gap)] += 1
+        self.counts[bisect_left(self.bounds, gap)] += 1
         self.total += gap
+
+    def clear(self) -> None:
+        counts = self.counts
+        for i in range(len(counts)):
+            counts[i] = 0
+        self.total = 0.0
+
+
+class SessionFrames:
+    """A WebSocket session's frames and reply times since they were last added to the
+    metrics, counted locally: a realtime session moves a frame each way every 20 ms,
+    and three multi-process metric updates per frame (two counters and a histogram,
+    each a pid check, a lock and a memory-mapped write) cost more than the rest of
+    the gateway's own work on it. `Metrics.add_frames` adds them in one go, which the
+    session does about once a second and when it ends, so a scrape lags a live
+    session by at most that."""
+
+    __slots__ = ("frames_in", "frames_out", "replies")
+
+    def __init__(self) -> None:
+        self.frames_in = 0
+        self.frames_out = 0
+        self.replies = StreamGaps(LATENCY_BUCKETS)
 
 
 class Metrics:
@@ -150,6 +175,23 @@ class Metrics:
     def reply(self, service: str, seconds: float) -> None:
         self._child(self.replies, service).observe(seconds)
 
+    def new_session_frames(self) -> SessionFrames:
+        """The local frame counts of a WebSocket session that begins."""
+        return SessionFrames()
+
+    def add_frames(self, service: str, counts: SessionFrames) -> None:
+        """Add a session's frames counted since the last call, and reset them."""
+        if counts.frames_in:
+            self._child(self.frames, service, "in").inc(counts.frames_in)
+            counts.frames_in = 0
+        if counts.frames_out:
+            self._child(self.frames, service, "out").inc(counts.frames_out)
+            counts.frames_out = 0
+        replies = counts.replies
+        if any(replies.counts):
+            add_observations(self._child(self.replies, service), replies)
+            replies.clear()
+
     # ---- the hooks of `observe.record` ---------------------------------------------
 
     def provider_call(self, plugin: str, service: str, failed: bool) -> None:
@@ -177,7 +219,7 @@ def add_observations(child: Any, gaps: StreamGaps) -> None:
                 buckets[i].inc(n)
         total.inc(gaps.total)
         return
-    bounds = (*GAP_BUCKETS, GAP_BUCKETS[-1] * 2)
+    bounds = (*gaps.bounds, gaps.bounds[-1] * 2)
     for i, n in enumerate(gaps.counts):
         for _ in range(n):
             child.observe(bounds[i])

@@ -28,6 +28,8 @@ from aogstream.observe.record import CURRENT, RequestRecord
 
 STREAM_TYPES = (b"text/event-stream", b"application/x-ndjson")
 REQUEST_ID_HEADER = b"x-aogstream-request"
+# how often a WebSocket session's frame counts are added to the metrics (s)
+FRAMES_FLUSH_S = 1.0
 
 
 class Observed:
@@ -120,6 +122,11 @@ class Observed:
         metrics = self.metrics
         accepted = False
         waiting = 0.0  # when the first client frame not yet answered arrived
+        # frames and reply times are counted here and added to the metrics about once
+        # a second (`FRAMES_FLUSH_S`) and at the end (see `metrics.SessionFrames`)
+        counts = metrics.new_session_frames() if metrics is not None else None
+        replies = counts.replies if counts is not None else None
+        flushed = rec.started
 
         def seen(msg: Message) -> Message:
             nonlocal waiting
@@ -129,8 +136,8 @@ class Observed:
                 rec.frames_in += 1
                 data = msg.get("bytes") or msg.get("text") or ""
                 rec.bytes_in += len(data)
-                if metrics is not None:
-                    metrics.frame(rec.service, "in")
+                if counts is not None:
+                    counts.frames_in += 1
             elif msg["type"] == "websocket.disconnect":
                 if rec.close_code is None:
                     rec.close_code = msg.get("code", 1005)
@@ -151,7 +158,7 @@ class Observed:
                 lambda: seen(take()))
 
         async def observed_send(msg: Message) -> None:
-            nonlocal accepted, waiting
+            nonlocal accepted, waiting, flushed
             t = msg["type"]
             if t == "websocket.send":
                 rec.frames_out += 1
@@ -160,10 +167,13 @@ class Observed:
                 now = perf()
                 if rec.ttfb is None:
                     rec.ttfb = now - rec.started
-                if metrics is not None:
-                    metrics.frame(rec.service, "out")
+                if counts is not None and replies is not None:
+                    counts.frames_out += 1
                     if waiting:
-                        metrics.reply(rec.service, now - waiting)
+                        replies.add(now - waiting)
+                    if now - flushed >= FRAMES_FLUSH_S and metrics is not None:
+                        flushed = now
+                        metrics.add_frames(rec.service, counts)
                 waiting = 0.0
             elif t == "websocket.accept":
                 rec.status = 101
@@ -189,6 +199,8 @@ class Observed:
             CURRENT.reset(token)
             rec.done = True
             rec.duration = perf() - rec.started
+            if metrics is not None and counts is not None:
+                metrics.add_frames(rec.service, counts)
             if accepted and metrics is not None:
                 metrics.session_open(-1)
             self.observer.finish(rec, None)
