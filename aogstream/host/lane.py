@@ -38,12 +38,16 @@ knowing which. Why it is built the way it is:
   are "INTERNAL". Sends never raise them, as the bridge's never do: a send on a call
   that ended is dropped and the reader reports how it ended.
 * **Bidi: one reader and one writer at once**, as trio allows on one socket. A reader
-  parked in `wait_readable` sits in a cancel scope of its own (which also carries the
-  deadline): `end_reading` cancels it to wake the reader with the call's end, and a
-  `send_nowait` that left bytes in the outbox with no task flushing cancels it so that
-  the reader flushes them first (otherwise the plugin could wait for bytes that no task
-  would write). Backpressure is the kernel's socket buffer: `send` returns once its
-  message is in it; `send_nowait` says `trio.WouldBlock` past `OUTBOX_LIMIT` bytes.
+  parked in `wait_readable` is woken on purpose with `trio.lowlevel.notify_closing`
+  (which wakes the socket's waiters with ClosedResourceError and nothing else: the
+  socket stays open, and the next wait registers it again): `end_reading` wakes it
+  with the call's end, and a `send_nowait` that left bytes in the outbox with no task
+  flushing wakes it so that it flushes them first (otherwise the plugin could wait for
+  bytes that no task would write). A cancel scope around each wait would do the same,
+  but costs more than the rest of a realtime frame's read (one wait per frame); only
+  a call with a deadline has one, for the deadline. Backpressure is the kernel's
+  socket buffer: `send` returns once its message is in it; `send_nowait` says
+  `trio.WouldBlock` past `OUTBOX_LIMIT` bytes.
 * **Schedule points**: like the bridge's, `receive` returns messages already decoded
   without one, and a read that finds data at once adds none either (only a cancelled
   caller is stopped there); a wait for the socket is one.
@@ -466,7 +470,10 @@ class LaneStream(Generic[Req, Resp]):
         self._held: list[Any] = []
         self._flushing = False  # a task is waiting for room to write `_out`
         self._drained: trio.Event | None = None
-        self._read_scope: trio.CancelScope | None = None  # the parked reader's
+        self._parked = False  # a reader waits for the socket (or flushes before it)
+        # the last read took less than a chunk: the socket was emptied, so the next
+        # read waits for it at once instead of first trying a read that says EAGAIN
+        self._emptied = False
 
     # ---- writing ------------------------------------------------------------------------
 
@@ -521,8 +528,14 @@ class LaneStream(Generic[Req, Resp]):
     def _after_nowait_write(self) -> None:
         """Bytes left in the outbox with no task to finish them: wake the parked reader
         so that it writes them before it waits again."""
-        if self._out and not self._flushing and self._read_scope is not None:
-            self._read_scope.cancel()
+        if self._out and not self._flushing and self._parked:
+            self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        """Wake the parked reader (see the module's notes); it looks again."""
+        sock = self._sock
+        if sock is not None and sock.fileno() >= 0:
+            trio.lowlevel.notify_closing(sock)
 
     async def _flush(self) -> None:
         """Wait until the outbox is in the kernel (or the call is over)."""
@@ -695,39 +708,55 @@ class LaneStream(Generic[Req, Resp]):
                 return
             if self._failure is not None:
                 return
-            try:
-                n = sock.recv_into(channel._buf)
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                if exc.errno == errno.EBADF:  # closed under us (left)
-                    self._failure = self._failure or RpcFailure("CANCELLED",
-                                                                "the call was cancelled")
-                else:
-                    self._fail(_unavailable(exc))
-                return
+            if self._emptied:
+                # a realtime session reads each answer as it comes, the socket empty
+                # after it: trying a read first would be one more syscall per frame
+                # (a wait on a socket that has data meanwhile returns at once)
+                self._emptied = False
             else:
-                if not n:
-                    self._fail(_unavailable())
-                else:
-                    self._decoder.feed(channel._view[:n])
-                return
-            # nothing there yet: first write what is ours to write, then wait
-            with trio.CancelScope(deadline=self._deadline) as scope:
-                self._read_scope = scope
                 try:
-                    if self._out and not self._flushing:
-                        await self._flush()
-                    if self._sock is not None and self._failure is None:
-                        await trio.lowlevel.wait_readable(sock)
-                except trio.ClosedResourceError:
-                    pass  # left, or failed by the writer: seen at the loop's top
-                finally:
-                    self._read_scope = None
-            if scope.cancelled_caught and trio.current_time() >= self._deadline:
+                    n = sock.recv_into(channel._buf)
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    if exc.errno == errno.EBADF:  # closed under us (left)
+                        self._failure = self._failure or RpcFailure(
+                            "CANCELLED", "the call was cancelled")
+                    else:
+                        self._fail(_unavailable(exc))
+                    return
+                else:
+                    if not n:
+                        self._fail(_unavailable())
+                    else:
+                        self._emptied = n < READ_CHUNK
+                        self._decoder.feed(channel._view[:n])
+                    return
+            # nothing there yet: first write what is ours to write, then wait
+            deadline = self._deadline
+            if deadline == _INF:  # a bidi session: no cancel scope (see the notes)
+                await self._park(sock)
+                continue
+            with trio.CancelScope(deadline=deadline) as scope:
+                await self._park(sock)
+            if scope.cancelled_caught and trio.current_time() >= deadline:
                 self._fail(_deadline_exceeded())
                 return
             # else woken on purpose (end_reading, bytes to write): look again
+
+    async def _park(self, sock: socket.socket) -> None:
+        """Flush what is ours to write, then wait until `sock` is readable or the
+        reader is woken on purpose (`_wake_reader`)."""
+        self._parked = True
+        try:
+            if self._out and not self._flushing:
+                await self._flush()
+            if self._sock is not None and self._failure is None:
+                await trio.lowlevel.wait_readable(sock)
+        except trio.ClosedResourceError:
+            pass  # woken, left, or failed by the writer: seen at the loop's top
+        finally:
+            self._parked = False
 
     def __aiter__(self) -> LaneStream[Req, Resp]:
         return self
@@ -745,9 +774,8 @@ class LaneStream(Generic[Req, Resp]):
             return
         if self._failure is None:
             self._failure = RpcFailure("CANCELLED", "the call was cancelled")
-        scope = self._read_scope
-        if scope is not None:
-            scope.cancel()
+        if self._parked:
+            self._wake_reader()  # the connection is closed when the call is left
 
     # ---- the end -------------------------------------------------------------------------
 
@@ -761,7 +789,7 @@ class LaneStream(Generic[Req, Resp]):
         channel, conn = self._channel, self._conn
         # requests still queued (the plugin ended the call first): whether one of them
         # was half written is not worth tracking, so such a connection goes
-        sound = (self._failure is None and not self._flushing and self._read_scope is None
+        sound = (self._failure is None and not self._flushing and not self._parked
                  and not self._held and not self._out)
         if sound and self._end is not None:
             if not self._decoder.pending:
