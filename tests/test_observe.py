@@ -18,7 +18,7 @@ Proven:
 - `/metrics` parses, and its counters move by exactly the traffic sent, although that
   traffic was served by both processes (each counts in its own files, the primary adds
   them up); stream gaps, provider calls, WebSocket frames and reply times, and plugin
-  state are there;
+  state are there, and a live WebSocket session's frames show before it ends;
 - plugins' `ctx.llm` calls and the trust gate's denials are counted (the llm-probe test
   plugin, a real process calling back into the gateway);
 - with `AOGSTREAM_METRICS=off` nothing is counted and `/metrics` says so, while the
@@ -230,6 +230,35 @@ def test_metrics_parse_and_count_the_traffic_of_every_process(two_process_gatewa
     # unknown paths share one label, whatever clients send
     httpx.get(f"{gw.url}/no/such/{time.monotonic()}", timeout=5)
     assert not any("/no/such" in k for k in metrics(gw))
+
+
+def test_a_live_websocket_sessions_frames_reach_the_metrics_while_it_is_open(
+        two_process_gateway: Gateway):
+    """A session's frames are counted locally and added about once a second: a scrape
+    sees a long session's frames and reply times before it ends, not only after."""
+    gw = two_process_gateway
+    key_in = "aogstream_websocket_frames_total{direction=in,service=echo-ws}"
+    key_out = "aogstream_websocket_frames_total{direction=out,service=echo-ws}"
+    replies = "aogstream_websocket_reply_seconds_count{service=echo-ws}"
+    before = metrics(gw)
+    sent = 0
+    with connect(gw.service_ws_url("echo-ws"), open_timeout=5, close_timeout=2) as ws:
+        deadline = time.monotonic() + WAIT
+        while True:  # frames go on while the test looks, as a realtime client's would
+            ws.send(f"frame {sent}")
+            assert ws.recv(timeout=5) == f"frame {sent}"
+            sent += 1
+            m = metrics(gw)
+            if m.get(key_in, 0) - before.get(key_in, 0) >= 2 \
+                    and m.get(key_out, 0) - before.get(key_out, 0) >= 2 \
+                    and m.get(replies, 0) - before.get(replies, 0) >= 2:
+                break
+            assert time.monotonic() < deadline, {k: v for k, v in m.items()
+                                                  if "websocket" in k}
+            time.sleep(0.05)
+        assert m["aogstream_active_websocket_sessions{}"] >= 1  # still open
+        # never more than the session has sent and been answered
+        assert m[key_in] - before.get(key_in, 0) <= sent
 
 
 def test_metrics_off_counts_nothing_and_serving_goes_on(
