@@ -54,6 +54,11 @@ knowing which. Why it is built the way it is:
 
 `packer_for` works as on the bridge: once the plugin's `HEADERS` (its initial metadata)
 are read, requests queued with `send_nowait(kick=False)` are packed at `kick_writer`.
+
+Why one module: a connection (`_Conn`) passes between the channel's pool and a call's
+stream and back, and whether it may go back depends on the stream's state at the end
+(END read, nothing half written, nothing unread, no parked reader); the pool's rules
+and the stream's are one set of promises about one socket, as the bridge's are.
 """
 
 from __future__ import annotations
