@@ -8,8 +8,8 @@ object (this is a unit test of how the two modules meet); the end-to-end body
 deadline and trickling clients are in tests/test_slow_clients.py.
 
 Proven:
-- a body already queued whole is read with no schedule point, and counted in the
-  request's record as before;
+- a body already queued whole (one message, or several as hypercorn queues them) is
+  read with no schedule point, and counted in the request's record as before;
 - a body in several parts, part queued and part arriving later, is read whole;
 - a client that hung up before its body was read is `ClientGone`; a queued body over
   the limit is a 413;
@@ -87,6 +87,11 @@ def test_a_queued_body_is_read_without_a_schedule_point_and_counted() -> None:
         body, rec = await _read([{"type": "http.request", "body": b'{"a":1}'}],
                                 no_checkpoint=True)
         assert body == b'{"a":1}' and rec.bytes_in == 7
+        # as hypercorn queues it: the body, then an empty last message
+        body, rec = await _read([{"type": "http.request", "body": b'{"a"', "more_body": True},
+                                 {"type": "http.request", "body": b":2}", "more_body": True},
+                                 {"type": "http.request", "body": b""}], no_checkpoint=True)
+        assert body == b'{"a":2}' and rec.bytes_in == 7
 
     trio.run(main)
 
