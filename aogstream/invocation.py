@@ -274,8 +274,15 @@ class TokenCounter(Protocol):
         ...
 
 
+_NO_ANSWER: Any = object()  # a unary call's answer slot before the provider emits
+
+
 class Invocation:
     """The state of one call. Created by `open_invocation`, never by hand."""
+
+    # the provider's responses, in order (see `__getattr__` for a unary call's)
+    _out_send: trio.MemorySendChannel[Response]
+    responses: trio.MemoryReceiveChannel[Response]
 
     def __init__(
         self,
@@ -296,7 +303,15 @@ class Invocation:
         self.error: errors.GatewayError | None = None
         self.deadline = math.inf if timeout is None else trio.current_time() + timeout
         self.cancel_scope = trio.CancelScope(deadline=self.deadline)
-        self._out_send, self.responses = trio.open_memory_channel[Response](RESPONSE_BUFFER)
+        # a unary call's one answer waits in a slot, not a channel: the channel costs
+        # as much to make as the rest of the invocation, and reading a channel is a
+        # schedule point even when the answer is there (`result`); it is made only if
+        # something reads `responses` (see `__getattr__`)
+        self._answer: Any = _NO_ANSWER
+        self._ended = False
+        if mode is not Mode.UNARY:
+            self._out_send, self.responses = \
+                trio.open_memory_channel[Response](RESPONSE_BUFFER)
         # the client's frames: a bidi session's, made on first use for the other modes
         # (which never have any; a channel costs as much as the rest of the invocation)
         self._in: tuple[trio.MemorySendChannel[Frame], trio.MemoryReceiveChannel[Frame]] \
@@ -319,6 +334,14 @@ class Invocation:
         streamed batch. A full channel waits as usual (backpressure), and a
         cancelled call still stops here.
         """
+        if "_out_send" not in self.__dict__:  # unary: the first answer is the answer
+            if self._answer is _NO_ANSWER:
+                self._answer = item
+            if self._inline:
+                self.cancel_scope.cancel()  # as below
+                return
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return
         try:
             self._out_send.send_nowait(item)
         except trio.WouldBlock:
@@ -414,8 +437,33 @@ class Invocation:
         """The provider's frames of a bidi session (see `Frames`)."""
         return Frames(self)
 
+    def __getattr__(self, name: str) -> Any:
+        """A unary call's `responses` channel, made at the first read: the answer
+        already emitted waits in it, and it is closed if the provider has ended."""
+        if name not in ("responses", "_out_send") or "mode" not in self.__dict__:
+            raise AttributeError(name)
+        send, receive = trio.open_memory_channel[Response](RESPONSE_BUFFER)
+        if self._answer is not _NO_ANSWER:
+            send.send_nowait(self._answer)
+            self._answer = _NO_ANSWER
+        if self._ended:
+            send.close()
+        self._out_send, self.responses = send, receive
+        return self.__dict__[name]
+
     async def result(self) -> bytes:
         """The single response of a unary call, or the error that ended it."""
+        if "_out_send" not in self.__dict__ and (self._ended or
+                                                 self._answer is not _NO_ANSWER):
+            # unary, answered or ended: no channel, and no schedule point to take it
+            item = self._answer
+            if item is _NO_ANSWER:
+                raise self.error or errors.GatewayError(
+                    errors.PLUGIN_SERVICE_ERROR,
+                    f"{self.service}: the provider ended without an answer",
+                )
+            assert isinstance(item, bytes)
+            return item
         try:
             item = await self.responses.receive()
         except trio.EndOfChannel:
@@ -458,7 +506,9 @@ class Invocation:
                     f"change it, -1 for none)",
                 )
         finally:
-            self._out_send.close()
+            self._ended = True
+            if "_out_send" in self.__dict__:
+                self._out_send.close()
 
 
 @asynccontextmanager

@@ -1,10 +1,11 @@
 """End-to-end HTTP API of a real gateway with the echo plugin: health/version, unary
 JSON, SSE and NDJSON streaming (headers, framing, per-event flushing), error bodies and
 statuses, mid-stream errors, and cancellation of the plugin's call when the client
-goes away (SSE, NDJSON, unary, WebSocket)."""
+goes away (SSE, NDJSON, unary, WebSocket); the Date and Server headers hypercorn adds."""
 
 from __future__ import annotations
 
+import email.utils
 import itertools
 import json
 import time
@@ -59,6 +60,10 @@ def test_unary_generate(gateway: Gateway, client):
     assert r.headers.get("x-aogstream-plugin") == "echo-plugin", r.headers
     assert r.json() == {"id": tag, "service": "generate", "echo": req}
     assert gateway.events("unary", id=tag, service="generate"), "plugin never saw the call"
+    # hypercorn's own headers, made once a second by the gateway (HypercornConfig)
+    date = email.utils.parsedate_to_datetime(r.headers["date"])
+    assert abs(date.timestamp() - time.time()) < 5, r.headers["date"]
+    assert r.headers["date"].endswith(" GMT") and r.headers["server"] == "hypercorn-h11"
 
 
 # ---- streaming ----------------------------------------------------------------------

@@ -12,6 +12,11 @@ Proven:
 - a stream's gaps added in one go give the same histogram as observing each gap;
 - the text log line quotes client-chosen values, so a model name cannot forge fields
   or lines (also once the quoted form is remembered);
+- the request log's line and the ring's record, formatted straight from the request's
+  record, are exactly what the JSON encoder and `text_line` make of its fields (odd
+  names, unicode, control characters, None values, WebSocket fields); a record too
+  long for a ring slot is shortened and kept; the per-request metrics updated through
+  the cached cells sum exactly as the public `inc`/`observe` do;
 - the request log's records (made from a template, not by `makeRecord`) carry what
   `makeRecord`'s would, so every handler and format shows the same line.
 - a run folder whose primary died is removed at the next start; a live one is kept.
@@ -110,6 +115,76 @@ def test_the_text_line_quotes_what_clients_chose(tmp_path: Path):
     assert line.startswith("request POST /v1/chat/completions id=a-1 process=w1 ")
     assert "status=200" in line and "ttfb_ms=-" in line and "cancelled=false" in line
     observer.close()
+
+
+def test_lines_made_from_the_record_equal_the_lines_made_from_its_fields(tmp_path: Path):
+    from aogstream.observe.run import _COMPACT
+
+    observer = Observer(tmp_path, Settings(metrics=False, request_log="off", history=0),
+                        "w1")
+    recs = []
+    for kind, model, ttfb, code in (("http", "qwen2.5:0.5b", 0.0123456, None),
+                                    ("http", 'x "q"\nrequest GET /\u2028é😀', None, None),
+                                    ("websocket", "m\x00\x1f", 1e-7, 1006),
+                                    ("websocket", "", None, None)):
+        rec = RequestRecord("1a-7", kind, "GET" if kind == "websocket" else "POST",
+                            "/v1/é/" + "p" * 300, 1.0, 1796551931.41749)
+        rec.model, rec.ttfb, rec.duration, rec.close_code = model, ttfb, 12.3456789, code
+        rec.service, rec.provider, rec.plugin = "chat", "a b", "plug\t"
+        rec.status, rec.bytes_in, rec.bytes_out, rec.chunks = 502, 10, 20**9, 3
+        rec.stream, rec.cancelled, rec.frames_in, rec.frames_out = True, kind == "http", 4, 5
+        recs.append(rec)
+    for rec in recs:
+        for _ in range(2):  # and once the quoted forms are remembered
+            fields = observer.fields(rec, "/v1/{x}", 499)
+            assert observer.json_line(rec, "/v1/{x}", 499) == _COMPACT.encode(fields)
+            assert json.loads(observer.json_line(rec, "/v1/{x}", 499)) == fields
+            assert observer.text_of(rec, "/v1/{x}", 499) == Observer.text_line(fields)
+    observer.close()
+
+
+def test_a_record_encoded_too_long_for_a_slot_is_shortened_and_kept(tmp_path: Path):
+    ring = RingWriter(tmp_path / "requests-1.ring", 4)
+    record = {"id": 1, "ts": 1, "path": "/p", "model": "m" * 5000}
+    ring.append_encoded(json.dumps(record).encode(), lambda: record)
+    ring.append_encoded(b'{"id":2,"ts":2}', lambda: {"id": 2, "ts": 2})
+    assert [(r["id"], r.get("model")) for r in read_ring(ring.path)] == [(1, "m" * 80),
+                                                                         (2, None)]
+    ring.close()
+
+
+def test_request_metrics_through_the_cached_cells_equal_the_public_methods(tmp_path: Path):
+    script = """
+import json, sys
+from prometheus_client import CollectorRegistry, multiprocess
+from aogstream.observe.metrics import Metrics
+m = Metrics()
+for ttfb, duration, size, status in ((0.004, 0.3, 10, 200), (None, 0.05, 0, 200),
+                                     (0.01, 0.01, 5, 200), (2.5, 400.0, 7, 502),
+                                     (0.0, 0.0, 1, 200)):
+    m.request_done("/r", "chat", status, ttfb, duration, size, False, None)
+    if ttfb is not None:
+        m.ttfb.labels("/r2", "chat").observe(ttfb)
+    m.duration.labels("/r2", "chat").observe(duration)
+    m.requests.labels("/r2", "chat", str(status)).inc()
+reg = CollectorRegistry()
+multiprocess.MultiProcessCollector(reg, path=sys.argv[1])
+out = {}
+for family in reg.collect():
+    for s in family.samples:
+        out[s.name + json.dumps(sorted(s.labels.items()))] = s.value
+print(json.dumps(out))
+"""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=60, check=True)
+    samples = json.loads(done.stdout)
+    cached = {k.replace('"/r"', "R"): v for k, v in samples.items() if '"/r"' in k}
+    public = {k.replace('"/r2"', "R"): v for k, v in samples.items() if '"/r2"' in k}
+    assert public and cached.keys() == public.keys()
+    for k, v in public.items():
+        assert abs(cached[k] - v) < 1e-9, (k, v, cached[k])
+    assert samples['aogstream_response_bytes_total[["service", "chat"]]'] == 23
 
 
 def test_the_quoted_form_is_remembered_and_still_quotes(tmp_path: Path):

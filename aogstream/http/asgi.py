@@ -78,9 +78,34 @@ async def read_body(scope: Scope, receive: Receive, max_body: int,
     chunks: list[bytes] = []
     size = 0
     started = trio.current_time()
+    # a body already queued whole (most requests: it came with the head, as hypercorn's
+    # body message and its empty last one) is taken at once, without the deadline's
+    # cancel scope or a schedule point; otherwise what was there starts the loop below
+    nowait = getattr(receive, "receive_nowait", None)
+    while nowait is not None:
+        try:
+            msg = nowait()
+        except trio.WouldBlock:
+            break
+        if msg["type"] == "http.disconnect":
+            raise ClientGone
+        body: bytes = msg.get("body", b"")
+        size += len(body)
+        if size > max_body:
+            raise errors.GatewayError(
+                errors.BODY_TOO_LARGE,
+                f"request body is over the {max_body} byte limit "
+                f"(AOGSTREAM_MAX_BODY_BYTES); send smaller requests",
+            )
+        if not msg.get("more_body", False):
+            if not chunks:
+                return body
+            chunks.append(body)
+            return b"".join(chunks)
+        chunks.append(body)
     with trio.CancelScope() as deadline:
         if timeout is not None:
-            deadline.deadline = started + timeout
+            deadline.deadline = started + timeout + size / max(1, min_rate)
         while True:
             msg = await receive()
             if msg["type"] == "http.disconnect":

@@ -270,7 +270,13 @@ class Guard:
         if self.frontend is not None and not decision.preflight and \
                 (decision.allowed or decision.bcode is errors.KEY_REQUIRED) and \
                 route_kind(req.path) == "service":
-            decision, receive = await self._frontend_auth(scope, receive, req, decision)
+            # which plugins decide is known without waiting: a request no plugin has to
+            # judge (none offers frontend auth, or a client key passes) goes on without
+            # a coroutine for it
+            plugins, exclusive = self.frontend.providers()
+            if plugins and not (decision.allowed and self.policy.api_keys and not exclusive):
+                decision, receive = await self._frontend_auth(scope, receive, req,
+                                                              decision, plugins)
         if decision.preflight:
             await self._preflight(scope, send, decision.cors_origin)
             return
@@ -283,13 +289,12 @@ class Guard:
         await self.app(scope, receive, send)
 
     async def _frontend_auth(self, scope: Scope, receive: Receive, req: Request,
-                             decision: Decision) -> tuple[Decision, Receive]:
+                             decision: Decision, plugins: list[Any]
+                             ) -> tuple[Decision, Receive]:
         """Native plugins' frontend auth (`host.native.frontend`): with a plugin that
-        offers it, a service request passes when a plugin accepts it, or (unless one
-        is exclusive) when it carries a client API key the gateway accepts."""
-        plugins, exclusive = self.frontend.providers()
-        if not plugins or (decision.allowed and self.policy.api_keys and not exclusive):
-            return decision, receive
+        offers it (`plugins`, those that decide), a service request passes when a
+        plugin accepts it, or (unless one is exclusive) when it carries a client API
+        key the gateway accepts (the caller lets that one through without asking)."""
         body: bytes | None = None
         if scope["type"] == "http":
             body, receive = await _buffer_body(receive, FRONTEND_AUTH_BODY)

@@ -134,6 +134,8 @@ class Metrics:
             "aogstream_model_pulls_running", "Model pulls in progress", registry=reg,
             multiprocess_mode="livesum")
         self._children: dict[tuple[Any, ...], Any] = {}
+        # (route, service, status) → the children every request updates (one look-up)
+        self._per_request: dict[tuple[str, str, int], _RequestChildren] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -152,12 +154,15 @@ class Metrics:
                      duration: float, bytes_out: int, cancelled: bool,
                      gaps: StreamGaps | None) -> None:
         """One request or WebSocket session ended."""
-        self._child(self.requests, route, service, str(status)).inc()
-        if ttfb is not None:
-            self._child(self.ttfb, route, service).observe(ttfb)
-        self._child(self.duration, route, service).observe(duration)
-        if bytes_out:
-            self._child(self.bytes_out, service).inc(bytes_out)
+        key = (route, service, status)
+        kids = self._per_request.get(key)
+        if kids is None:
+            kids = self._per_request[key] = _RequestChildren(
+                self._child(self.requests, route, service, str(status)),
+                self._child(self.ttfb, route, service),
+                self._child(self.duration, route, service),
+                self._child(self.bytes_out, service))
+        kids.done(ttfb, duration, bytes_out)
         if cancelled:
             self._child(self.cancelled, route, service).inc()
         if gaps is not None and gaps.total >= 0 and any(gaps.counts):
@@ -204,6 +209,57 @@ class Metrics:
 
     def model_pull_running(self, delta: int) -> None:
         self.pulls_running.inc(delta)
+
+
+class _RequestChildren:
+    """The children one (route, service, status) updates at each request's end, with
+    their value cells taken out once: a request then costs one dictionary look-up and
+    one cell update per sample (count, bucket, sum), not the public methods' label and
+    observability checks and linear bucket search each time. prometheus_client (pinned)
+    keeps a counter child's cell in `_value` and a histogram child's in `_buckets`,
+    `_sum` and `_upper_bounds`; where they are missing, the public methods are used."""
+
+    __slots__ = ("bytes_out", "duration", "requests", "ttfb")
+
+    def __init__(self, requests: Any, ttfb: Any, duration: Any, bytes_out: Any) -> None:
+        self.requests = _cell(requests)
+        self.ttfb = _histogram_cells(ttfb)
+        self.duration = _histogram_cells(duration)
+        self.bytes_out = _cell(bytes_out)
+
+    def done(self, ttfb: float | None, duration: float, bytes_out: int) -> None:
+        self.requests(1)
+        if ttfb is not None:
+            self.ttfb(ttfb)
+        self.duration(duration)
+        if bytes_out:
+            self.bytes_out(bytes_out)
+
+
+def _cell(counter: Any) -> Any:
+    """`amount` → add it to this counter child (its value cell when it has one)."""
+    value = getattr(counter, "_value", None)
+    return value.inc if value is not None and hasattr(value, "inc") else counter.inc
+
+
+def _histogram_cells(child: Any) -> Any:
+    """`value` → observe it on this histogram child, as `Histogram.observe` does (the
+    first bucket whose bound is ≥ the value, and the sum) on its cells directly."""
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    bounds = getattr(child, "_upper_bounds", None)
+    if buckets is None or total is None or bounds is None or len(buckets) != len(bounds) \
+            or not bounds or bounds[-1] != float("inf"):
+        return child.observe
+    bounds = tuple(bounds)
+    incs = tuple(b.inc for b in buckets)
+    add = total.inc
+
+    def observe(value: float) -> None:
+        add(value)
+        incs[bisect_left(bounds, value)](1)
+
+    return observe
 
 
 def add_observations(child: Any, gaps: StreamGaps) -> None:

@@ -61,13 +61,23 @@ class Observed:
         gaps = None
         last = 0.0
 
-        async def observed_receive() -> Message:
-            msg = await receive()
+        def seen(msg: Message) -> Message:
             if msg["type"] == "http.request":
                 rec.bytes_in += len(msg.get("body", b""))
             elif msg["type"] == "http.disconnect" and not rec.done:
                 rec.cancelled = True
             return msg
+
+        async def observed_receive() -> Message:
+            return seen(await receive())
+
+        # the server's `receive_nowait` stays reachable (counted the same), so a body
+        # already queued is read without a schedule point (`http.asgi.read_body`)
+        nowait = _nowait_of(receive)
+        if nowait is not None:
+            take = nowait
+            observed_receive.receive_nowait = (  # type: ignore[attr-defined]
+                lambda: seen(take()))
 
         async def observed_send(msg: Message) -> None:
             nonlocal gaps, last
@@ -149,9 +159,7 @@ class Observed:
         # the server's `receive_nowait` stays reachable through this wrapper (counted
         # the same), so a socket can take client frames already waiting as a burst
         # (`bidi.socket.AsgiWebSocket.receive_nowait`)
-        queue = getattr(receive, "__self__", None)
-        nowait = (queue.receive_nowait if isinstance(queue, trio.MemoryReceiveChannel)
-                  else getattr(receive, "receive_nowait", None))
+        nowait = _nowait_of(receive)
         if nowait is not None:
             take = nowait
             observed_receive.receive_nowait = (  # type: ignore[attr-defined]
@@ -204,3 +212,10 @@ class Observed:
             if accepted and metrics is not None:
                 metrics.session_open(-1)
             self.observer.finish(rec, None)
+
+
+def _nowait_of(receive: Receive) -> Any:
+    """The server's non-blocking `receive` (hypercorn's is a memory channel's), if any."""
+    queue = getattr(receive, "__self__", None)
+    return (queue.receive_nowait if isinstance(queue, trio.MemoryReceiveChannel)
+            else getattr(receive, "receive_nowait", None))

@@ -19,6 +19,7 @@ import json
 import mmap
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,17 @@ class RingWriter:
             data = _COMPACT.encode(record).encode()
             if len(data) > limit:
                 return
+        self._write(data)
+
+    def append_encoded(self, data: bytes, record: Callable[[], dict[str, Any]]) -> None:
+        """Append a record already encoded as compact JSON (`data`); one too long for
+        a slot goes through `append` as `record()` gives it, to be shortened there."""
+        if len(data) > SLOT_SIZE - SLOT_HEAD.size:
+            self.append(record())
+            return
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
         seq = self.written + 1
         offset = HEADER.size + (self.written % self.slots) * SLOT_SIZE
         m = self._map

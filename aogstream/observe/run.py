@@ -190,6 +190,23 @@ def _field(value: str) -> str:
 
 _SHOWN: dict[str, str] = {}
 _SHOWN_MAX = 4096
+
+
+def _quoted(value: str) -> str:
+    """A string as a JSON string (as the compact encoder writes it: not ASCII-escaped),
+    remembered as `_field` remembers its shown forms."""
+    quoted = _QUOTED.get(value)
+    if quoted is None:
+        quoted = _encode_string(value)
+        if len(_QUOTED) >= _SHOWN_MAX:
+            _QUOTED.clear()
+        _QUOTED[value] = quoted
+    return quoted
+
+
+_QUOTED: dict[str, str] = {}
+_encode_string: Any = getattr(json.encoder, "c_encode_basestring", None) or \
+    json.encoder.py_encode_basestring
 # one encoder for every record (json.dumps with options builds a new one per call)
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
@@ -292,11 +309,18 @@ class Observer:
         mode = self.settings.request_log
         if self.ring is None and (mode == "off" or not request_log.isEnabledFor(logging.INFO)):
             return
-        fields = self.fields(rec, route, status)
-        if self.ring is not None:
-            self.ring.append(fields)
+        # the ring's record and the log's line are formatted straight from the record
+        # (`json_line`, `text_of`): the same text `fields()` would give through the
+        # JSON encoder or `text_line`, without the dictionary in between
+        encoded = None
+        if self.ring is not None or mode == "json":
+            encoded = self.json_line(rec, route, status)
+            if self.ring is not None:
+                self.ring.append_encoded(encoded.encode(),
+                                         lambda: self.fields(rec, route, status))
         if mode != "off" and request_log.isEnabledFor(logging.INFO):
-            line = _COMPACT.encode(fields) if mode == "json" else self.text_line(fields)
+            line = encoded if encoded is not None and mode == "json" \
+                else self.text_of(rec, route, status)
             # a record made directly: `info()` would look up the caller's frame too
             if self._template is None:
                 self._template = _RecordTemplate(request_log)
@@ -318,6 +342,42 @@ class Observer:
             out.update(frames_in=rec.frames_in, frames_out=rec.frames_out,
                        close_code=rec.close_code)
         return out
+
+    def json_line(self, rec: RequestRecord, route: str, status: int) -> str:
+        """`fields()` as compact JSON (what `_COMPACT.encode` makes of it), built
+        directly: names are quoted once and remembered (`_quoted`)."""
+        ttfb = "null" if rec.ttfb is None else repr(round(rec.ttfb * 1000, 2))
+        line = (f'{{"id":{_quoted(rec.id)},"ts":{round(rec.wall, 3)!r},'
+                f'"process":{_quoted(self.role)},"kind":{_quoted(rec.kind)},'
+                f'"method":{_quoted(rec.method)},"route":{_quoted(route)},'
+                f'"path":{_quoted(rec.path[:200])},"service":{_quoted(rec.service)},'
+                f'"model":{_quoted(rec.model)},"provider":{_quoted(rec.provider)},'
+                f'"plugin":{_quoted(rec.plugin)},"status":{int(status)},'
+                f'"ttfb_ms":{ttfb},"duration_ms":{round(rec.duration * 1000, 2)!r},'
+                f'"bytes_in":{int(rec.bytes_in)},"bytes_out":{int(rec.bytes_out)},'
+                f'"chunks":{int(rec.chunks)},"stream":{"true" if rec.stream else "false"},'
+                f'"cancelled":{"true" if rec.cancelled else "false"}')
+        if rec.kind == "websocket":
+            code = "null" if rec.close_code is None else int(rec.close_code)
+            line += (f',"frames_in":{int(rec.frames_in)},"frames_out":{int(rec.frames_out)},'
+                     f'"close_code":{code}')
+        return line + "}"
+
+    def text_of(self, rec: RequestRecord, route: str, status: int) -> str:
+        """`text_line(fields(...))`, built directly from the record."""
+        ttfb = "-" if rec.ttfb is None else round(rec.ttfb * 1000, 2)
+        line = (f"request {rec.method} {_field(rec.path[:200])} id={rec.id} "
+                f"process={self.role} kind={rec.kind} route={_field(route)} "
+                f"service={_field(rec.service)} model={_field(rec.model)} "
+                f"provider={_field(rec.provider)} plugin={_field(rec.plugin)} "
+                f"status={status} ttfb_ms={ttfb} duration_ms={round(rec.duration * 1000, 2)} "
+                f"bytes_in={rec.bytes_in} bytes_out={rec.bytes_out} chunks={rec.chunks} "
+                f"stream={'true' if rec.stream else 'false'} "
+                f"cancelled={'true' if rec.cancelled else 'false'}")
+        if rec.kind == "websocket":
+            line += (f" frames_in={rec.frames_in} frames_out={rec.frames_out} "
+                     f"close_code={rec.close_code if rec.close_code is not None else '-'}")
+        return line
 
     @staticmethod
     def text_line(f: dict[str, Any]) -> str:
