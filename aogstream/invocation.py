@@ -280,10 +280,6 @@ _NO_ANSWER: Any = object()  # a unary call's answer slot before the provider emi
 class Invocation:
     """The state of one call. Created by `open_invocation`, never by hand."""
 
-    # the provider's responses, in order (see `__getattr__` for a unary call's)
-    _out_send: trio.MemorySendChannel[Response]
-    responses: trio.MemoryReceiveChannel[Response]
-
     def __init__(
         self,
         service: str,
@@ -306,12 +302,13 @@ class Invocation:
         # a unary call's one answer waits in a slot, not a channel: the channel costs
         # as much to make as the rest of the invocation, and reading a channel is a
         # schedule point even when the answer is there (`result`); it is made only if
-        # something reads `responses` (see `__getattr__`)
+        # something reads `responses`
         self._answer: Any = _NO_ANSWER
         self._ended = False
-        if mode is not Mode.UNARY:
-            self._out_send, self.responses = \
-                trio.open_memory_channel[Response](RESPONSE_BUFFER)
+        # the provider's responses, in order (a unary call's: see above)
+        self._out: tuple[trio.MemorySendChannel[Response],
+                         trio.MemoryReceiveChannel[Response]] | None = \
+            None if mode is Mode.UNARY else trio.open_memory_channel[Response](RESPONSE_BUFFER)
         # the client's frames: a bidi session's, made on first use for the other modes
         # (which never have any; a channel costs as much as the rest of the invocation)
         self._in: tuple[trio.MemorySendChannel[Frame], trio.MemoryReceiveChannel[Frame]] \
@@ -334,7 +331,8 @@ class Invocation:
         streamed batch. A full channel waits as usual (backpressure), and a
         cancelled call still stops here.
         """
-        if "_out_send" not in self.__dict__:  # unary: the first answer is the answer
+        out = self._out
+        if out is None:  # unary: the first answer is the answer
             if self._answer is _NO_ANSWER:
                 self._answer = item
             if self._inline:
@@ -343,9 +341,9 @@ class Invocation:
             await trio.lowlevel.checkpoint_if_cancelled()
             return
         try:
-            self._out_send.send_nowait(item)
+            out[0].send_nowait(item)
         except trio.WouldBlock:
-            await self._out_send.send(item)
+            await out[0].send(item)
         else:
             if self._inline:
                 # the answer is in: what the provider still does is cancelled at its
@@ -389,7 +387,7 @@ class Invocation:
                 break
             pipe.send_nowait(frame)
         try:
-            self._out_send.send_nowait(_PIPE_ATTACHED)
+            self._out_channel()[0].send_nowait(_PIPE_ATTACHED)
         except trio.WouldBlock:
             raise RuntimeError("attach_pipe after emitting frames") from None
         self._pipe = pipe
@@ -437,24 +435,27 @@ class Invocation:
         """The provider's frames of a bidi session (see `Frames`)."""
         return Frames(self)
 
-    def __getattr__(self, name: str) -> Any:
-        """A unary call's `responses` channel, made at the first read: the answer
-        already emitted waits in it, and it is closed if the provider has ended."""
-        if name not in ("responses", "_out_send") or "mode" not in self.__dict__:
-            raise AttributeError(name)
-        send, receive = trio.open_memory_channel[Response](RESPONSE_BUFFER)
-        if self._answer is not _NO_ANSWER:
-            send.send_nowait(self._answer)
-            self._answer = _NO_ANSWER
-        if self._ended:
-            send.close()
-        self._out_send, self.responses = send, receive
-        return self.__dict__[name]
+    @property
+    def responses(self) -> trio.MemoryReceiveChannel[Response]:
+        """The provider's responses, in order; a unary call's channel is made at the
+        first read (its answer, if already emitted, waits in it)."""
+        return self._out_channel()[1]
+
+    def _out_channel(self) -> tuple[trio.MemorySendChannel[Response],
+                                    trio.MemoryReceiveChannel[Response]]:
+        out = self._out
+        if out is None:
+            out = self._out = trio.open_memory_channel[Response](RESPONSE_BUFFER)
+            if self._answer is not _NO_ANSWER:
+                out[0].send_nowait(self._answer)
+                self._answer = _NO_ANSWER
+            if self._ended:
+                out[0].close()
+        return out
 
     async def result(self) -> bytes:
         """The single response of a unary call, or the error that ended it."""
-        if "_out_send" not in self.__dict__ and (self._ended or
-                                                 self._answer is not _NO_ANSWER):
+        if self._out is None and (self._ended or self._answer is not _NO_ANSWER):
             # unary, answered or ended: no channel, and no schedule point to take it
             item = self._answer
             if item is _NO_ANSWER:
@@ -507,8 +508,8 @@ class Invocation:
                 )
         finally:
             self._ended = True
-            if "_out_send" in self.__dict__:
-                self._out_send.close()
+            if self._out is not None:
+                self._out[0].close()
 
 
 @asynccontextmanager
