@@ -10,7 +10,7 @@ operating system.
 Proven:
 * 60 sessions, ended every way a session ends (finish-task with a transcript, the client
   leaving mid-audio, which cancels the plugin's call), leave the plugin's memory within a
-  few MB of where it was after warm-up: each session's decoder (~50-90 MB) is given back, not
+  few MB (under 10) of where it was after warm-up: each session's decoder (~50-90 MB) is given back, not
   kept. The same audio gets the same transcript on every session, so a decoder reused
   from the pool carries nothing over from the session before;
 * with 3 sessions open, a 4th gets AOG's `task-failed` naming the limit and the setting
@@ -44,7 +44,10 @@ RUN = json.dumps({"task": "speech-to-text-ws", "action": "run-task",
                   "parameters": {"format": "pcm", "sample_rate": 16000, "language": "en"}})
 FINISH = json.dumps({"task": "speech-to-text-ws", "action": "finish-task"})
 SESSIONS = 60
-GROWTH_MB = 5.0  # a kept decoder is 50-90 MB; pocketsphinx's own leak is ~20 KB a session
+# a kept decoder is 50-90 MB; what else moves is pocketsphinx's own leak (~20 KB a
+# session), the lane connections the gateway keeps open to the plugin, and the allocator:
+# 1-3 MB on a quiet machine, 5.4 MB once under load
+GROWTH_MB = 10.0
 
 
 @pytest.fixture(scope="module")
