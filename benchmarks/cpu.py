@@ -53,7 +53,7 @@ def params(args: argparse.Namespace) -> dict[str, Any]:
     p = {
         "streams": args.streams or (10 if quick else 20),
         "chunks": args.chunks or (500 if quick else 1000),
-        "requests": args.requests or (100 if quick else 2000),
+        "requests": args.requests or (1000 if quick else 2000),
         "json_concurrency": args.json_concurrency,
         "rounds": args.rounds or (2 if quick else 7),
         "protocols": [x.strip() for x in args.protocols.split(",") if x.strip()],
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--streams", type=int, default=0, help="concurrent streams (10 / 20)")
     ap.add_argument("--chunks", type=int, default=0, help="chunks per stream (500 / 1000)")
     ap.add_argument("--requests", type=int, default=0,
-                    help="non-stream requests per round (100 / 2000)")
+                    help="non-stream requests per round (1000 / 2000)")
     ap.add_argument("--json-concurrency", type=int, default=10,
                     help="keep-alive connections for the non-stream requests (10)")
     ap.add_argument("--rounds", type=int, default=0, help="rounds per system (2 / 7)")
