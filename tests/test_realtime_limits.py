@@ -10,9 +10,9 @@ operating system.
 Proven:
 * 60 sessions, ended every way a session ends (finish-task with a transcript, the client
   leaving mid-audio, which cancels the plugin's call), leave the plugin's memory within a
-  few MB (under 10) of where it was after warm-up: each session's decoder (~50-90 MB) is given back, not
-  kept. The same audio gets the same transcript on every session, so a decoder reused
-  from the pool carries nothing over from the session before;
+  few MB (under 10) of where it was after warm-up: each session's decoder (~50-90 MB) is
+  given back, not kept. The same audio gets the same transcript on every session, so a
+  decoder reused from the pool carries nothing over from the session before;
 * with 3 sessions open, a 4th gets AOG's `task-failed` naming the limit and the setting
   that raises it, then a close with 1013 (try again later); once one of the 3 ends, a new
   session is accepted and transcribes;

@@ -57,6 +57,14 @@ def served_by_headers(route: Route) -> Headers:
             (b"x-aogstream-plugin", route.provider.name.encode())]
 
 
+def _too_large(max_body: int) -> errors.GatewayError:
+    return errors.GatewayError(
+        errors.BODY_TOO_LARGE,
+        f"request body is over the {max_body} byte limit "
+        f"(AOGSTREAM_MAX_BODY_BYTES); send smaller requests",
+    )
+
+
 async def read_body(scope: Scope, receive: Receive, max_body: int,
                     timeout: float | None = None, min_rate: int = 64 * 1024) -> bytes:
     """The whole request body, refused (413) past `max_body`: by its declared length
@@ -92,11 +100,7 @@ async def read_body(scope: Scope, receive: Receive, max_body: int,
         body: bytes = msg.get("body", b"")
         size += len(body)
         if size > max_body:
-            raise errors.GatewayError(
-                errors.BODY_TOO_LARGE,
-                f"request body is over the {max_body} byte limit "
-                f"(AOGSTREAM_MAX_BODY_BYTES); send smaller requests",
-            )
+            raise _too_large(max_body)
         if not msg.get("more_body", False):
             if not chunks:
                 return body
@@ -113,11 +117,7 @@ async def read_body(scope: Scope, receive: Receive, max_body: int,
             body = msg.get("body", b"")
             size += len(body)
             if size > max_body:
-                raise errors.GatewayError(
-                    errors.BODY_TOO_LARGE,
-                    f"request body is over the {max_body} byte limit "
-                    f"(AOGSTREAM_MAX_BODY_BYTES); send smaller requests",
-                )
+                raise _too_large(max_body)
             chunks.append(body)
             if not msg.get("more_body", False):
                 return b"".join(chunks)

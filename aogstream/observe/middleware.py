@@ -19,6 +19,7 @@ unrecorded here (hypercorn gives no `server` address for a unix socket).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -73,11 +74,7 @@ class Observed:
 
         # the server's `receive_nowait` stays reachable (counted the same), so a body
         # already queued is read without a schedule point (`http.asgi.read_body`)
-        nowait = _nowait_of(receive)
-        if nowait is not None:
-            take = nowait
-            observed_receive.receive_nowait = (  # type: ignore[attr-defined]
-                lambda: seen(take()))
+        _pass_nowait(observed_receive, receive, seen)
 
         async def observed_send(msg: Message) -> None:
             nonlocal gaps, last
@@ -159,11 +156,7 @@ class Observed:
         # the server's `receive_nowait` stays reachable through this wrapper (counted
         # the same), so a socket can take client frames already waiting as a burst
         # (`bidi.socket.AsgiWebSocket.receive_nowait`)
-        nowait = _nowait_of(receive)
-        if nowait is not None:
-            take = nowait
-            observed_receive.receive_nowait = (  # type: ignore[attr-defined]
-                lambda: seen(take()))
+        _pass_nowait(observed_receive, receive, seen)
 
         async def observed_send(msg: Message) -> None:
             nonlocal accepted, waiting, flushed
@@ -219,3 +212,11 @@ def _nowait_of(receive: Receive) -> Any:
     queue = getattr(receive, "__self__", None)
     return (queue.receive_nowait if isinstance(queue, trio.MemoryReceiveChannel)
             else getattr(receive, "receive_nowait", None))
+
+
+def _pass_nowait(observed: Any, receive: Receive, seen: Callable[[Message], Message]) -> None:
+    """Give `observed` (a wrapper of `receive`) the server's non-blocking receive, if
+    it has one, counting what it returns through `seen` as the wrapper does."""
+    take = _nowait_of(receive)
+    if take is not None:
+        observed.receive_nowait = lambda: seen(take())

@@ -100,14 +100,19 @@ def _encode(v: Any, out: list[str]) -> None:
     elif kind is bytes:
         out.append('"' + base64.b64encode(v).decode("ascii") + '"')
     elif kind is list:
-        out.append("[")
-        for i, item in enumerate(v):
-            if i:
-                out.append(",")
-            _encode(item, out)
-        out.append("]")
+        _encode_array(v, out)
     else:
         _encode_other(v, out)
+
+
+def _encode_array(items: Iterable[Any], out: list[str]) -> None:
+    """A JSON array's elements, in order."""
+    out.append("[")
+    for i, item in enumerate(items):
+        if i:
+            out.append(",")
+        _encode(item, out)
+    out.append("]")
 
 
 def _encode_items(items: Iterable[tuple[Any, Any]], out: list[str]) -> None:
@@ -145,12 +150,7 @@ def _encode_other(v: Any, out: list[str]) -> None:
     elif isinstance(v, dict):
         _encode_items(sorted(v.items()) if isinstance(v, GoMap) else v.items(), out)
     elif isinstance(v, list | tuple):
-        out.append("[")
-        for i, item in enumerate(v):
-            if i:
-                out.append(",")
-            _encode(item, out)
-        out.append("]")
+        _encode_array(v, out)
     else:
         raise TypeError(f"json: unsupported type {type(v).__name__}")
 
