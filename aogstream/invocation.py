@@ -435,6 +435,18 @@ class Invocation:
         """The provider's frames of a bidi session (see `Frames`)."""
         return Frames(self)
 
+    def timeout_error(self) -> errors.GatewayError:
+        """The error of a call that passed its deadline. One wording whoever notices
+        first: this invocation's cancel scope, or a provider whose transport carries
+        the same deadline (a process plugin's call fails DEADLINE_EXCEEDED at the same
+        instant, and either may be seen first)."""
+        return errors.GatewayError(
+            errors.PLUGIN_TIMEOUT,
+            f"{self.service}: no complete answer within {self.timeout:g} s "
+            f"(the service's timeout; set `timeout` in the plugin manifest to "
+            f"change it, -1 for none)",
+        )
+
     @property
     def responses(self) -> trio.MemoryReceiveChannel[Response]:
         """The provider's responses, in order; a unary call's channel is made at the
@@ -500,12 +512,7 @@ class Invocation:
                 and self.error is None
                 and trio.current_time() >= self.deadline
             ):
-                self.error = errors.GatewayError(
-                    errors.PLUGIN_TIMEOUT,
-                    f"{self.service}: no complete answer within {self.timeout:g} s "
-                    f"(the service's timeout; set `timeout` in the plugin manifest to "
-                    f"change it, -1 for none)",
-                )
+                self.error = self.timeout_error()
         finally:
             self._ended = True
             if self._out is not None:

@@ -146,9 +146,7 @@ class ProcessProvider:
                 if exited:
                     raise crash_error(self.name, status) from None
             if exc.code == "DEADLINE_EXCEEDED":
-                raise errors.GatewayError(
-                    errors.PLUGIN_TIMEOUT, f"{inv.service}: plugin {self.name} did not finish "
-                    f"within {inv.timeout:g} s") from None
+                raise inv.timeout_error() from None
             raise errors.GatewayError(
                 errors.PLUGIN_UNAVAILABLE,
                 f"plugin {self.name} failed while serving {inv.service}: {exc.details or exc.code}",
